@@ -1,0 +1,36 @@
+# serkit: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.serkit-env
+REQS := $(wildcard requirements/*.txt) tools/install_env.sh setup.py
+
+.PHONY: install demo test test-fast bench lint clean
+
+# Re-runs only when requirements/, the install script or setup.py changed (the script itself is
+# idempotent and reuses a cached base environment keyed by the requirement files' hash).
+$(STAMP): $(REQS)
+	bash tools/install_env.sh
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash recipes/IEMOCAP/run.sh --demo
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest tests
+
+# Unit tests only (seconds), for the edit-test loop.
+test-fast: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest tests -m "not slow"
+
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash bench/run_all.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check plugins tests bench tools
+	$(VENV)/bin/shellcheck -x local/*.sh recipes/*/run.sh recipes/*/*.sh recipes/*/local/*.sh .ci/run tools/*.sh bench/*.sh
+
+clean:
+	rm -rf $(VENV) recipes/*/data recipes/*/exp recipes/*/dump
