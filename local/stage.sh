@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Stage helpers shared by the recipes: logging, stage selection and `.done` markers.
+#
+#   . local/stage.sh
+#   if stage_selected 2; then
+#     log "Stage 2: k-means pseudo labels: $feats -> $labels"
+#     if ! is_done "$labels" "k=$nclusters layer=$layer"; then
+#       ... write into $labels ...
+#       mark_done "$labels" "k=$nclusters layer=$layer"
+#     fi
+#   fi
+#
+# A marker `<dir>/.done` holds the options that produced <dir>: the same options skip the work,
+# different ones re-run it, and a crashed run (no marker) is never taken for a finished one.
+
+log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${0##*/}) $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# stage_selected N: true when stage N lies in [stage, stop_stage].
+stage_selected() { [ "$1" -ge "${stage:-0}" ] && [ "$1" -le "${stop_stage:-100}" ]; }
+
+_done_file() { echo "$1/.done"; }
+
+# is_done DIR OPTIONS: DIR was completed with exactly OPTIONS.
+is_done() {
+  local f; f=$(_done_file "$1")
+  if [ -f "$f" ] && [ "$(cat "$f")" = "$2" ]; then
+    log "  skip: $1 is done with the same options (remove $f to redo)"
+    return 0
+  fi
+  if [ -f "$f" ]; then
+    log "  options changed for $1: re-running (was: $(tr '\n' ' ' < "$f"))"
+    rm -f "$f"
+  fi
+  return 1
+}
+
+mark_done() { mkdir -p "$1"; printf '%s' "$2" > "$(_done_file "$1").tmp" && mv "$(_done_file "$1").tmp" "$(_done_file "$1")"; }
+
+# timed NAME CMD...: runs CMD, appends "NAME<TAB>seconds" to $timing_file (if set).
+timed() {
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  "$@"
+  local rc=$?
+  if [ -n "${timing_file:-}" ]; then
+    printf '%s\t%s\n' "$name" "$(( $(date +%s) - t0 ))" >> "$timing_file"
+  fi
+  return $rc
+}
+
+# folds_of SPEC NFOLDS: "all" -> "1 2 ... N", "1,3" -> "1 3".
+folds_of() {
+  if [ "$1" = all ]; then seq 1 "$2" | tr '\n' ' '; else echo "${1//,/ }"; fi
+}
