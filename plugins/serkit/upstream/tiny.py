@@ -1,0 +1,113 @@
+"""Randomly initialised fairseq HuBERT checkpoints: a tiny one for CPU demos and tests, a base-sized one
+for benchmarks.
+
+The file is what fairseq's trainer writes (``{"cfg": {model, task, ...}, "model": state_dict,
+"task_state": {"dictionaries": [...]}, "optimizer_history": [...], ...}``), so it loads with
+``fairseq.checkpoint_utils.load_model_ensemble_and_task``, with ``serkit.upstream.load_upstream``, and
+as a starting point of ``fairseq-hydra-train`` (``checkpoint.restore_file=... checkpoint.reset_*``).
+
+Loading without the training data: fairseq's ``hubert_pretraining`` task reads ``dict.<label>.txt``
+from ``task.label_dir`` (or ``task.data``) lazily, only when nobody has set its dictionaries. The
+checkpoint stores them in ``task_state``, which ``load_model_ensemble_and_task`` restores before the
+model is built, so no label file is opened. ``task.data`` is stored as a placeholder path; training
+runs must override ``task.data``/``task.label_dir``/``task.labels`` with their own.
+
+Tiny configuration (keeps the 320x stride, so 50 frames per second and ``label_rate: 50``):
+7 conv layers ``[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2``, 2 transformer layers of 64 dims,
+FFN 128, 2 heads, final_dim 32; every other field is fairseq's default (the same config the
+fairseq plugin's tiny pretraining yaml uses).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..utils import SerkitError
+
+log = logging.getLogger("serkit.upstream")
+
+TINY = dict(
+    conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
+    encoder_layers=2,
+    encoder_embed_dim=64,
+    encoder_ffn_embed_dim=128,
+    encoder_attention_heads=2,
+    final_dim=32,
+)
+BASE = dict(  # HuBERT-base (fairseq's hubert_base_librispeech.yaml)
+    conv_feature_layers="[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
+    encoder_layers=12,
+    encoder_embed_dim=768,
+    encoder_ffn_embed_dim=3072,
+    encoder_attention_heads=12,
+    final_dim=256,
+)
+ARCHS = {"tiny": TINY, "base": BASE}
+PLACEHOLDER_DATA = "/OVERRIDE/task.data"
+
+
+def make_hubert_checkpoint(out: str | os.PathLike, arch: str = "tiny", seed: int = 0, num_labels: int = 50,
+                           label_rate: int = 50, normalize: bool = False) -> Path:
+    """Write a randomly initialised fairseq HuBERT checkpoint to ``out`` (atomically) and return its path.
+
+    ``num_labels`` sizes the label embeddings (the k-means dictionary, ``dict.km.txt``: labels "0".."K-1").
+    """
+    if arch not in ARCHS:
+        raise SerkitError(f"unknown --arch {arch!r}; choose one of {sorted(ARCHS)}")
+    import torch
+    from omegaconf import OmegaConf
+
+    from fairseq.data import Dictionary
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.models.hubert.hubert import HubertConfig, HubertModel
+    from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+
+    torch.manual_seed(seed)
+    task_cfg = HubertPretrainingConfig(data=PLACEHOLDER_DATA, labels=["km"], label_rate=float(label_rate),
+                                       sample_rate=16000, normalize=normalize)
+    model_cfg = HubertConfig(label_rate=float(label_rate), **ARCHS[arch])
+    cfg = OmegaConf.structured(FairseqConfig)
+    cfg.task = OmegaConf.structured(task_cfg)
+    cfg.model = OmegaConf.structured(model_cfg)
+    with open_dict(cfg):
+        cfg.task._name = "hubert_pretraining"
+        cfg.model._name = "hubert"
+        cfg.criterion = {"_name": "hubert", "pred_masked_weight": 1.0, "pred_nomask_weight": 0.0,
+                         "loss_weights": [10.0]}
+    dictionary = Dictionary()
+    for i in range(num_labels):
+        dictionary.add_symbol(str(i))
+    model = HubertModel(cfg.model, cfg.task, [dictionary])
+    state = {
+        "args": None,
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": model.state_dict(),
+        "criterion": None,
+        "optimizer_history": [{"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
+        "task_state": {"dictionaries": [dictionary]},
+        "extra_state": {"metrics": {}, "previous_training_time": 0},
+        "last_optimizer_state": None,
+        "serkit": {"made_by": "serkit make-upstream", "arch": arch, "seed": seed, "num_labels": num_labels,
+                   "note": "random initialisation, not a trained model"},
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("wrote %s HuBERT checkpoint %s (%.2f M parameters, %d labels, seed %d)", arch, out,
+             n_params / 1e6, num_labels, seed)
+    return out
+
+
+def open_dict(cfg):
+    from omegaconf import open_dict as _open_dict
+
+    return _open_dict(cfg)
