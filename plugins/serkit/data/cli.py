@@ -1,0 +1,126 @@
+"""Sub-commands ``prepare``, ``split``, ``check-split`` and ``mini-corpus``.
+
+Only argparse is imported at module level; the work modules are imported when a command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from ..utils import SerkitError
+
+CORPORA = ("iemocap", "meld", "savee")
+# Kept in sync with serkit.data.splits.PROTOCOLS by a unit test (importing it here would be cheap too,
+# but the list doubles as the --help text).
+PROTOCOLS = ("iemocap_loso5", "iemocap_loso10", "meld_official", "savee_loso4", "savee_cv10")
+
+
+def _sessions(text: str) -> list[int]:
+    try:
+        out = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sessions {text!r}: expected numbers like 1,2,3") from None
+    if not out or any(s < 1 for s in out):
+        raise argparse.ArgumentTypeError(f"--sessions {text!r}: expected numbers like 1,2,3")
+    return out
+
+
+def run_prepare(args) -> int:
+    if args.corpus == "iemocap":
+        from .prepare_iemocap import prepare
+        prepare(args.root, args.out, label_map=args.label_map, sessions=args.sessions,
+                allow_missing_wav=args.allow_missing_wav)
+    elif args.corpus == "meld":
+        from .prepare_meld import prepare
+        prepare(args.root, args.out, jobs=args.jobs)
+    elif args.corpus == "savee":
+        from .prepare_savee import prepare
+        prepare(args.root, args.out)
+    else:  # argparse's choices catch this first; kept for callers of run_prepare
+        raise SerkitError(f"unknown corpus {args.corpus!r}; choose one of {', '.join(CORPORA)}")
+    return 0
+
+
+def run_split(args) -> int:
+    from .splits import make_splits
+    out = args.out or Path(args.data_dir) / args.protocol
+    make_splits(args.protocol, args.data_dir, out, seed=args.seed, valid=args.valid,
+                valid_fraction=args.valid_fraction)
+    return 0
+
+
+def run_check_split(args) -> int:
+    from .splits import check_split
+    check_split(args.dir)
+    return 0
+
+
+def run_mini_corpus(args) -> int:
+    try:
+        mini = importlib.import_module("serkit.data.mini")
+    except ModuleNotFoundError as e:
+        if e.name not in ("serkit.data.mini",):
+            raise
+        raise SerkitError("serkit.data.mini is not installed in this checkout; update serkit") from None
+    root = mini.build(args.corpus, Path(args.out), seed=args.seed)
+    print(root)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "prepare", help="write the data directory of a corpus (wav.scp, utt2emo, ...)",
+        description="Write a validated Kaldi-style data directory (wav.scp, utt2spk, spk2utt, utt2emo, "
+                    "utt2emo_raw, utt2session, utt2dur, utt2num_samples, text, prepare.json) for a corpus. "
+                    "The output replaces --out atomically; a failed run leaves an earlier one intact.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("corpus", choices=CORPORA)
+    p.add_argument("--root", required=True, help="corpus release folder (IEMOCAP_full_release, MELD.Raw, "
+                                                 "SAVEE folder holding AudioData)")
+    p.add_argument("--out", required=True, help="data directory to write (e.g. data/iemocap)")
+    g = p.add_argument_group("IEMOCAP")
+    g.add_argument("--label-map", default="iemocap4", choices=("iemocap4", "iemocap4_fru", "iemocap6"),
+                   help="iemocap4: neu/hap(+exc)/ang/sad; iemocap4_fru: + fru; iemocap6: neu/hap/exc/ang/sad/fru")
+    g.add_argument("--sessions", type=_sessions, default=None,
+                   help="comma-separated session numbers to use (default: all five, required present)")
+    g.add_argument("--allow-missing-wav", action="store_true",
+                   help="drop (and count) labelled utterances whose wav is missing instead of failing")
+    g = p.add_argument_group("MELD")
+    g.add_argument("--jobs", type=int, default=1, help="parallel clip decoders")
+    p.set_defaults(func=run_prepare)
+
+    p = sub.add_parser(
+        "split", help="write the train/valid/test folds of a protocol",
+        description="Write DIR/fold<k>/{train,valid,test}.{tsv,emo,json}, dict.emo.txt and fold.json for a "
+                    "protocol, after a leakage check. Protocols: iemocap_loso5 (test = one session; valid = "
+                    "stratified 10%% of the training sessions, or with --valid speaker one speaker of the "
+                    "held-out session with the other as test: 10 folds, the same as iemocap_loso10); "
+                    "iemocap_loso10 (test = one speaker, valid = the other speaker of that session); "
+                    "meld_official (official train/dev/test; speakers shared); savee_loso4 (test = one "
+                    "speaker, valid = stratified 10%% of the other three); savee_cv10 (SPEAKER-DEPENDENT "
+                    "stratified 10-fold cross-validation as in the MFSN paper).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("protocol", choices=PROTOCOLS)
+    p.add_argument("data_dir", help="data directory written by `serkit prepare`")
+    p.add_argument("--out", default=None, help="output folder (default: DATA_DIR/PROTOCOL)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random validation and cv10 draws")
+    p.add_argument("--valid", default="stratified", choices=("stratified", "speaker"),
+                   help="validation set: stratified sample of training utterances, or (iemocap_loso5) "
+                        "the other speaker of the held-out session")
+    p.add_argument("--valid-fraction", type=float, default=0.1, help="size of a stratified validation set")
+    p.set_defaults(func=run_split)
+
+    p = sub.add_parser("check-split", help="check folds for speaker/session/utterance leakage and alignment",
+                       description="Exit non-zero naming every problem: utterance in two splits, speaker in "
+                                   "train and test (unless the protocol is speaker-dependent by design), "
+                                   "test session in train, misaligned tsv/emo/json, unknown labels.")
+    p.add_argument("dir", help="a protocol folder (holding fold1/ ...) or one fold folder")
+    p.set_defaults(func=run_check_split)
+
+    p = sub.add_parser("mini-corpus", help="build a small synthetic corpus in a release's layout",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("corpus", choices=CORPORA)
+    p.add_argument("--out", required=True, help="folder to build the corpus in")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_mini_corpus)
