@@ -16,7 +16,7 @@ $(STAMP): $(REQS)
 install: $(STAMP)
 
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash recipes/IEMOCAP/run.sh --demo
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash recipes/IEMOCAP/run.sh
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest tests
