@@ -26,6 +26,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+
 from serkit.utils import atomic_dir, write_json
 
 from .synth import VOCABULARY, choose_words, make_speaker, rng_for, synthesize, write_wav
