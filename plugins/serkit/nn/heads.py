@@ -60,6 +60,7 @@ def register_head(name: str):
     ...     return LinearHead(input_dim, num_classes, pooling)
     >>> build_head("doctest_mean_linear", 8, 3)(torch.randn(2, 5, 8)).shape
     torch.Size([2, 3])
+    >>> del HEADS["doctest_mean_linear"]
     """
 
     def decorator(factory):
