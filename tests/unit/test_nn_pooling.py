@@ -4,7 +4,6 @@ import importlib
 
 import pytest
 import torch
-
 from serkit.nn import (
     AttentionPooling,
     MeanPooling,

@@ -1,7 +1,6 @@
 """BAS supernet: Gumbel-softmax mixture, arch/weight split, derivation, and the derived network."""
 import pytest
 import torch
-
 from serkit.nn import BlockSearchSupernet, build_head, gumbel_temperature, lengths_to_padding_mask
 
 C, K = 20, 4
@@ -44,7 +43,6 @@ def test_two_optimisers_update_their_own_parameters():
     net = supernet().train()
     x, mask = batch()
     arch_opt = torch.optim.Adam(net.arch_parameters(), lr=0.1)
-    weight_opt = torch.optim.SGD(net.weight_parameters(), lr=0.005, momentum=0.9)
     theta0 = [p.detach().clone() for p in net.arch_parameters()]
     w0 = net.classifier.weight.detach().clone()
     arch_opt.zero_grad()

@@ -1,9 +1,8 @@
 """Temporal shift: which channels move where, zeros, padding behaviour, placements, gradients."""
 import pytest
 import torch
-from torch import nn
-
 from serkit.nn import RandomShift, ShiftedBlock, TemporalShift, lengths_to_padding_mask
+from torch import nn
 
 
 def ramp(batch=1, frames=5, channels=8):
