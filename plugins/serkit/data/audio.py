@@ -4,7 +4,7 @@ Every wav that serkit hands to a trainer is 16 kHz, mono, 16-bit PCM. Corpora th
 else (SAVEE at 44.1 kHz, MELD as 48 kHz multi-channel AAC in mp4) are converted once by ``prepare``;
 IEMOCAP's wavs are used in place after :func:`check_wav`.
 
-Heavy modules (torch, torchaudio, av) are imported inside the functions that need them.
+PyAV is imported inside the functions that need it; torch is not used here.
 """
 from __future__ import annotations
 
@@ -59,15 +59,31 @@ def to_mono(data: np.ndarray) -> np.ndarray:
     return data if data.ndim == 1 else data.mean(axis=1, dtype=np.float32)
 
 
-def resample(x: np.ndarray, orig_sr: int, new_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Band-limited resampling of a 1-D float signal (torchaudio's sinc interpolation)."""
-    if orig_sr == new_sr:
-        return x.astype(np.float32, copy=False)
-    import torch
-    import torchaudio.functional as F
+def _import_av():
+    try:
+        import av
+    except ModuleNotFoundError:
+        raise SerkitError("PyAV is needed to resample and decode audio: `pip install av` "
+                          "(its wheel bundles FFmpeg)") from None
+    return av
 
-    y = F.resample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), orig_sr, new_sr)
-    return y.numpy()
+
+def resample(x: np.ndarray, orig_sr: int, new_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a 1-D float signal with FFmpeg's band-limited resampler (through PyAV).
+
+    PyAV rather than torchaudio: MELD needs it anyway, it keeps torch out of data preparation (fast
+    start, safe to fork for ``--jobs``), and one resampler for every corpus keeps the wavs consistent.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if orig_sr == new_sr or x.size == 0:
+        return x
+    av = _import_av()
+    frame = av.AudioFrame.from_ndarray(x[None, :], format="flt", layout="mono")
+    frame.sample_rate = orig_sr
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=new_sr)
+    out = [f.to_ndarray()[0] for f in resampler.resample(frame)]
+    out += [f.to_ndarray()[0] for f in resampler.resample(None)]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, dtype=np.float32)
 
 
 def write_wav(path: str | os.PathLike, x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> int:
@@ -90,11 +106,10 @@ def decode_av(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nda
     """Decode audio stream 0 of a media file (mp4/AAC, ...) with PyAV into 1-D float32 mono.
 
     Channels are averaged (not FFmpeg's surround downmix matrix), then resampled to ``sample_rate``
-    with FFmpeg's resampler. Raises ``ValueError`` for a file without audio and whatever PyAV raises
+    with :func:`resample`. Raises ``ValueError`` for a file without audio and whatever PyAV raises
     for a broken one: callers decide whether that is fatal.
     """
-    import av
-
+    av = _import_av()
     chunks = []
     rate = None
     with av.open(str(path)) as container:
@@ -112,15 +127,7 @@ def decode_av(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nda
             rate = frame.sample_rate
     if not chunks:
         return np.zeros(0, dtype=np.float32)
-    mono = np.concatenate(chunks)
-    if rate == sample_rate or mono.size == 0:
-        return mono
-    frame = av.AudioFrame.from_ndarray(mono[None, :], format="flt", layout="mono")
-    frame.sample_rate = rate
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-    out = [f.to_ndarray()[0] for f in resampler.resample(frame)]
-    out += [f.to_ndarray()[0] for f in resampler.resample(None)]
-    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, dtype=np.float32)
+    return resample(np.concatenate(chunks), rate, sample_rate)
 
 
 def is_silent(x: np.ndarray, peak: float = SILENCE_PEAK) -> bool:

@@ -81,7 +81,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="data directory to write (e.g. data/iemocap)")
     g = p.add_argument_group("IEMOCAP")
     g.add_argument("--label-map", default="iemocap4", choices=("iemocap4", "iemocap4_fru", "iemocap6"),
-                   help="iemocap4: neu/hap(+exc)/ang/sad; iemocap4_fru: + fru; iemocap6: neu/hap/exc/ang/sad/fru")
+                   help="iemocap4: neu/hap(+exc)/ang/sad; iemocap4_fru: + fru; "
+                        "iemocap6: neu/hap/exc/ang/sad/fru")
     g.add_argument("--sessions", type=_sessions, default=None,
                    help="comma-separated session numbers to use (default: all five, required present)")
     g.add_argument("--allow-missing-wav", action="store_true",

@@ -171,7 +171,7 @@ def validate(path: str | os.PathLike, check_paths: bool = True) -> DataDir:
             raise SerkitError(f"{path / name}: covers {len(m)} utterances, wav.scp {len(ref)} "
                               f"(e.g. {only} differ); re-run `serkit prepare`")
     classes = set(meta.get("classes", []))
-    for lineno, (utt, wav) in enumerate(ref.items(), 1):
+    for lineno, wav in enumerate(ref.values(), 1):
         if not os.path.isabs(wav) or "|" in wav:
             raise SerkitError(f"{path / 'wav.scp'}:{lineno}: {wav!r} is not an absolute path")
         if check_paths and not os.path.isfile(wav):

@@ -151,7 +151,8 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, jobs: int = 1) -> P
         raise SerkitError(f"{out}: exists and is not a directory; choose another --out")
     wavdir = out / "wavs"
     wavdir.mkdir(parents=True, exist_ok=True)
-    jobs_list = [(utt, str(clip) if clip else None, str(wavdir / f"{utt}.wav")) for utt, _, _, _, _, clip in rows]
+    jobs_list = [(utt, str(clip) if clip else None, str(wavdir / f"{utt}.wav"))
+                 for utt, _, _, _, _, clip in rows]
     reused = sum(1 for _, _, dst in jobs_list if os.path.isfile(dst))
     log.info("MELD: extracting %d clips to %s (%d already there, %d jobs)", len(jobs_list), wavdir, reused,
              jobs)

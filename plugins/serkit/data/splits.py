@@ -38,9 +38,9 @@ import logging
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..utils import SerkitError, atomic_dir, write_json
 from . import datadir
@@ -103,7 +103,8 @@ def _rng(opts: SplitOptions, *key) -> random.Random:
     return random.Random(":".join(map(str, (opts.seed, *key))))
 
 
-def stratified_sample(utts: list[str], data: datadir.DataDir, fraction: float, rng: random.Random) -> set[str]:
+def stratified_sample(utts: list[str], data: datadir.DataDir, fraction: float,
+                      rng: random.Random) -> set[str]:
     """A ``fraction`` of ``utts`` drawn within each (speaker, class) group (at least one utterance)."""
     groups: dict[tuple[str, str], list[str]] = {}
     for u in sorted(utts):
@@ -145,7 +146,8 @@ def _speaker_pairs(data: datadir.DataDir) -> list[Fold]:
         pool = [u for u, r in data.records.items() if r.session != session]
         for test_spk in spks:
             valid_spk = spks[1 - spks.index(test_spk)]
-            folds.append(Fold(train=sorted(pool), valid=sorted(by_spk[valid_spk]), test=sorted(by_spk[test_spk]),
+            folds.append(Fold(train=sorted(pool), valid=sorted(by_spk[valid_spk]),
+                              test=sorted(by_spk[test_spk]),
                               info={"test": test_spk, "valid": f"speaker {valid_spk} (same session)"}))
     return folds
 
@@ -176,7 +178,8 @@ def iemocap_loso10(data: datadir.DataDir, opts: SplitOptions) -> list[Fold]:
 def meld_official(data: datadir.DataDir, opts: SplitOptions) -> list[Fold]:
     by_split = _by(data, "split")
     if None in by_split or not {"train", "dev", "test"} <= set(by_split):
-        raise SerkitError(f"{data.path}: utt2split missing or incomplete (have {sorted(map(str, by_split))}); "
+        raise SerkitError(f"{data.path}: utt2split missing or incomplete "
+                          f"(have {sorted(map(str, by_split))}); "
                           "re-run `serkit prepare meld`")
     return [Fold(train=by_split["train"], valid=by_split["dev"], test=by_split["test"],
                  info={"test": "official test", "valid": "official dev"})]
@@ -198,7 +201,7 @@ def savee_cv10(data: datadir.DataDir, opts: SplitOptions, k: int = 10) -> list[F
     assign: dict[str, int] = {}
     offset = 0
     rng = _rng(opts, "cv10")
-    for emo, utts in _by(data, "emo").items():
+    for utts in _by(data, "emo").values():
         members = sorted(utts)
         rng.shuffle(members)
         for i, u in enumerate(members):
@@ -228,7 +231,8 @@ def make_splits(protocol: str, data_dir: str | os.PathLike, out: str | os.PathLi
     """
     proto = get_protocol(protocol)
     if valid not in proto.valid_modes:
-        raise SerkitError(f"--valid {valid} is not available for {protocol} (choose {', '.join(proto.valid_modes)})")
+        raise SerkitError(f"--valid {valid} is not available for {protocol} "
+                          f"(choose {', '.join(proto.valid_modes)})")
     if not 0 < valid_fraction < 1:
         raise SerkitError(f"--valid-fraction {valid_fraction} must be between 0 and 1")
     data = datadir.load(data_dir)
@@ -309,7 +313,8 @@ def check_fold(fold_dir: str | os.PathLike, data: datadir.DataDir | None = None)
         if bad:
             problems.append(f"{fold_dir}/{s}.emo: labels {bad} not in dict.emo.txt")
         if info.get("num_utts", {}).get(s, len(us)) != len(us):
-            problems.append(f"{fold_dir}/fold.json: says {info['num_utts'][s]} {s} utterances, files hold {len(us)}")
+            problems.append(f"{fold_dir}/fold.json: says {info['num_utts'][s]} {s} utterances, "
+                            f"files hold {len(us)}")
     where: dict[str, str] = {}
     for s, us in splits.items():
         for u in us:
@@ -331,7 +336,8 @@ def check_fold(fold_dir: str | os.PathLike, data: datadir.DataDir | None = None)
             try:
                 data = datadir.load(info["data_dir"])
             except SerkitError as e:
-                log.warning("%s: cannot load data dir for the session check (%s); using fold.json", fold_dir, e)
+                log.warning("%s: cannot load data dir for the session check (%s); using fold.json",
+                            fold_dir, e)
         if data is not None:
             sess = {s: {data.records[u.utt].session for u in us if u.utt in data.records}
                     for s, us in splits.items()}
@@ -360,6 +366,7 @@ def check_split(path: str | os.PathLike) -> list[Path]:
     for f in folds:
         info = json.loads((f / "fold.json").read_text(encoding="utf-8"))
         tag = " (speaker-dependent by design)" if info.get("speaker_dependent") else ""
-        log.info("%s: %s fold %s clean%s: train/valid/test %s", f, info.get("protocol"), info.get("fold"), tag,
+        log.info("%s: %s fold %s clean%s: train/valid/test %s", f, info.get("protocol"), info.get("fold"),
+                 tag,
                  "/".join(str(info.get("num_utts", {}).get(s, "?")) for s in SPLITS))
     return folds
