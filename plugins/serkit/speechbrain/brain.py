@@ -1,0 +1,288 @@
+"""``SERBrain``: one SpeechBrain Brain for every serkit head, on cached features or on waveforms.
+
+Inputs (chosen by what the modules dict holds):
+
+- cached features (``feats``, (B, T, L, C) from ``serkit dump-features``) -> ``layer_sum`` -> ``head``;
+- waveforms (``sig``) -> ``upstream`` (a :class:`~serkit.speechbrain.lobes.FairseqUpstream`,
+  finetuned with its CNN frozen) -> ``layer_sum`` -> ``head``.
+
+An ``augment`` module (SpecAugment), when present, is applied to the summed features in training.
+
+Every epoch the Brain predicts the validation AND the test split and writes
+``<output_folder>/predictions/{valid,test}.epoch<NNN>.tsv`` (``utt label pred <class probs>``, rows in
+the fold's order), so that ``serkit score`` can apply any selection rule afterwards. Inside training
+only the validation split selects anything: the checkpoint kept as "best" is the best on validation
+(``best_metric``); test results are written, never read back.
+
+BAS search (a head with ``arch_parameters()``): the architecture logits get their own optimiser
+(``arch_opt_class``) and are updated jointly with the weights on the same training batches (as the
+paper: one loop, not DARTS' alternating validation steps); the Gumbel-softmax temperature follows
+``gumbel_temperature(epoch)``; after every epoch the per-layer block probabilities are appended to
+``search_log.jsonl``, drawn in ``search_probs.png``, and the derived architecture is written to
+``arch.txt`` (what ``bas.yaml`` reads as ``--arch "$(cat arch.txt)"``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import speechbrain as sb
+from speechbrain.utils.distributed import if_main_process
+
+from ..metrics import compute_metrics
+from ..utils import atomic_file, write_json
+
+log = logging.getLogger("serkit.speechbrain")
+
+
+class WarmupCosine:
+    """Learning rate: linear warm-up over ``warmup_epochs`` then cosine decay to ``final_lr`` at ``epochs``.
+
+    Stateless (a function of the fractional epoch), so a resumed run continues the schedule exactly.
+
+    Example
+    -------
+    >>> s = WarmupCosine(lr=1.0, warmup_epochs=5, epochs=100)
+    >>> s(0.0), s(2.5), s(5.0), round(s(52.5), 3), s(100.0)
+    (0.0, 0.5, 1.0, 0.5, 0.0)
+    """
+
+    def __init__(self, lr: float, warmup_epochs: float, epochs: float, final_lr: float = 0.0):
+        self.lr, self.warmup, self.epochs, self.final_lr = float(lr), float(warmup_epochs), float(epochs), \
+            float(final_lr)
+
+    def __call__(self, progress: float) -> float:
+        if self.warmup > 0 and progress < self.warmup:
+            return self.lr * progress / self.warmup
+        span = max(1e-9, self.epochs - self.warmup)
+        frac = min(1.0, max(0.0, (progress - self.warmup) / span))
+        return self.final_lr + 0.5 * (self.lr - self.final_lr) * (1.0 + math.cos(math.pi * frac))
+
+
+def write_predictions(path: str | os.PathLike, rows: dict, order: list[str], classes: list[str]) -> None:
+    """Write one predictions file (docs/interfaces.md): ``utt label pred <probs...>`` in ``order``."""
+    missing = [u for u in order if u not in rows]
+    if missing:
+        raise RuntimeError(f"{path}: no prediction for {len(missing)} utterance(s), e.g. {missing[:3]}")
+    with atomic_file(path, encoding="utf-8") as f:
+        f.write("\t".join(["utt", "label", "pred", *classes]) + "\n")
+        for utt in order:
+            label, probs = rows[utt]
+            pred = classes[max(range(len(probs)), key=probs.__getitem__)]
+            f.write("\t".join([utt, classes[label], pred, *(f"{p:.6f}" for p in probs)]) + "\n")
+
+
+def read_search_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_search(entries: list[dict], path: Path) -> None:
+    """Per-layer block probabilities over epochs (one panel per layer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not entries:
+        return
+    choices = entries[-1]["choices"]
+    layers = len(entries[-1]["probabilities"])
+    epochs = [e["epoch"] for e in entries]
+    fig, axes = plt.subplots(1, layers, figsize=(3.2 * layers, 2.8), sharey=True, squeeze=False)
+    for layer in range(layers):
+        ax = axes[0][layer]
+        for c, name in enumerate(choices):
+            ax.plot(epochs, [e["probabilities"][layer][c] for e in entries], label=name, marker=".")
+        ax.set_title(f"layer {layer + 1}")
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("softmax(theta)")
+    axes[0][-1].legend(fontsize="small")
+    fig.suptitle(f"BAS search: derived {entries[-1]['derived']}", fontsize="medium")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class SERBrain(sb.Brain):
+    """Trains a serkit head (see the module docstring). Extra attributes set by ``serkit.speechbrain.train``:
+
+    ``classes`` (label order), ``orders`` (``{split: [utt, ...]}``, the fold's row order), ``test_set``
+    (a DataLoader or Dataset predicted after each validation), ``train_info`` (the dict written to
+    ``train_info.json``; ``epochs_run`` is updated every epoch).
+    """
+
+    classes: list[str] = []
+    orders: dict = {}
+    test_set = None
+    train_info: dict | None = None
+
+    # ---------------------------------------------------------------- forward and loss
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        if "upstream" in self.modules:
+            wavs, wav_lens = batch.sig
+            layers, lens = self.modules.upstream(wavs, wav_lens)
+        else:
+            feats, lens = batch.feats  # (B, T, L, C)
+            layers = feats.transpose(1, 2)
+        x = self.modules.layer_sum(layers, lens)
+        if stage == sb.Stage.TRAIN and "augment" in self.modules:
+            x = self.modules.augment(x, lens)
+        return self.modules.head(x, lens)
+
+    def compute_objectives(self, predictions, batch, stage):
+        labels, _ = batch.label
+        labels = labels.to(self.device).view(-1)
+        loss = F.cross_entropy(predictions.float(), labels,
+                               label_smoothing=float(getattr(self.hparams, "label_smoothing", 0.0)))
+        if stage != sb.Stage.TRAIN:
+            probs = torch.softmax(predictions.float(), dim=-1).cpu().tolist()
+            for utt, label, p in zip(batch.id, labels.cpu().tolist(), probs):
+                self._rows[utt] = (label, p)
+        return loss
+
+    # ---------------------------------------------------------------- optimisers and schedules
+    def _search_net(self):
+        for module in self.raw_modules.values():
+            for sub in module.modules():
+                if hasattr(sub, "arch_parameters") and hasattr(sub, "set_temperature"):
+                    return sub
+        return None
+
+    def init_optimizers(self):
+        net = self._search_net()
+        if net is None or self.opt_class is None:
+            return super().init_optimizers()
+        arch_opt_class = getattr(self.hparams, "arch_opt_class", None)
+        if arch_opt_class is None:
+            raise ValueError("a BAS search head needs `arch_opt_class` in the hparams (the optimiser of the "
+                             "architecture logits)")
+        arch = list(net.arch_parameters())
+        arch_ids = {id(p) for p in arch}
+        weights = [p for p in self.modules.parameters() if id(p) not in arch_ids]
+        self.optimizer = self.opt_class(weights)
+        self.arch_optimizer = arch_opt_class(arch)
+        self.optimizers_dict = {"weights": self.optimizer, "arch": self.arch_optimizer}
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
+            self.checkpointer.add_recoverable("arch_optimizer", self.arch_optimizer)
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN:
+            self._steps_per_epoch = max(1, len(loader))
+        return loader
+
+    def on_fit_batch_start(self, batch, should_step):
+        schedule = getattr(self.hparams, "lr_schedule", None)
+        if schedule is None or not should_step:
+            return
+        steps = getattr(self, "_steps_per_epoch", 1)
+        progress = (self._epoch - 1) + (self.step - 1) / steps
+        lr = schedule(progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def current_lr(self) -> float:
+        opt = getattr(self, "optimizer", None)
+        return float(opt.param_groups[0]["lr"]) if opt is not None else float("nan")
+
+    # ---------------------------------------------------------------- stages
+    def on_stage_start(self, stage, epoch=None):
+        self._rows = {}
+        if stage == sb.Stage.TRAIN:
+            self._epoch = int(epoch or 1)
+            net = self._search_net()
+            if net is not None:
+                from serkit.nn.search import gumbel_temperature
+
+                tau = gumbel_temperature(self._epoch - 1, float(getattr(self.hparams, "temperature_start", 5.0)),
+                                         float(getattr(self.hparams, "temperature_decay", 0.956)))
+                net.set_temperature(tau)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = stage_loss
+            return
+        if stage == sb.Stage.TEST:  # Brain.evaluate(): score whatever split it was given
+            self.test_stats = self._metrics(self._rows)
+            self.test_stats["loss"] = stage_loss
+            return
+        valid_rows, self._rows = self._rows, {}
+        valid_stats = self._metrics(valid_rows)
+        valid_stats["loss"] = stage_loss
+        test_rows = self._predict(self.test_set) if self.test_set is not None else None
+        out = Path(self.hparams.output_folder)
+        if if_main_process():
+            pred_dir = out / "predictions"
+            write_predictions(pred_dir / f"valid.epoch{epoch:03d}.tsv", valid_rows,
+                              self.orders.get("valid", sorted(valid_rows)), self.classes)
+            if test_rows is not None:
+                write_predictions(pred_dir / f"test.epoch{epoch:03d}.tsv", test_rows,
+                                  self.orders.get("test", sorted(test_rows)), self.classes)
+        stats_meta = {"epoch": epoch, "lr": self.current_lr()}
+        net = self._search_net()
+        if net is not None:
+            stats_meta["tau"] = net.tau
+            self._log_search(net, epoch)
+        logger = getattr(self.hparams, "train_logger", None)
+        if logger is not None:
+            logger.log_stats(stats_meta=stats_meta, train_stats={"loss": getattr(self, "train_loss", None)},
+                             valid_stats={k: valid_stats[k] for k in ("loss", "ua", "wa", "weighted_f1")})
+        best = str(getattr(self.hparams, "best_metric", "ua"))
+        if self.checkpointer is not None:
+            meta = {f"valid_{k}": valid_stats[k] for k in ("ua", "wa", "weighted_f1")}
+            meta["epoch"] = epoch
+            self.checkpointer.save_and_keep_only(meta=meta, max_keys=[f"valid_{best}"], num_to_keep=1)
+        if self.train_info is not None and if_main_process():
+            self.train_info["epochs_run"] = epoch
+            write_json(out / "train_info.json", self.train_info)
+
+    def _metrics(self, rows: dict) -> dict:
+        labels = [self.classes[label] for label, _ in rows.values()]
+        preds = [self.classes[max(range(len(p)), key=p.__getitem__)] for _, p in rows.values()]
+        return compute_metrics(labels, preds, self.classes)
+
+    def _predict(self, dataset) -> dict:
+        """Predict a whole split (no gradients, eval mode); return ``{utt: (label, probs)}``."""
+        if not isinstance(dataset, torch.utils.data.DataLoader):
+            dataset = sb.dataio.dataloader.make_dataloader(
+                dataset, **getattr(self.hparams, "test_dataloader_opts", {"batch_size": 1}))
+            self.test_set = dataset
+        self._rows = {}
+        self.modules.eval()
+        with torch.no_grad():
+            for batch in dataset:
+                with self.evaluation_ctx:
+                    out = self.compute_forward(batch, sb.Stage.TEST)
+                    self.compute_objectives(out, batch, sb.Stage.TEST)
+        rows, self._rows = self._rows, {}
+        return rows
+
+    def _log_search(self, net, epoch: int) -> None:
+        if not if_main_process():
+            return
+        out = Path(self.hparams.output_folder)
+        path = out / "search_log.jsonl"
+        entries = [e for e in read_search_log(path) if e["epoch"] < epoch]  # a resumed epoch replaces its line
+        derived = net.derive()
+        entries.append({"epoch": epoch, "temperature": net.tau, "choices": list(net.choices),
+                        "probabilities": [[round(float(p), 6) for p in row] for row in net.probabilities()],
+                        "derived": derived})
+        with atomic_file(path, encoding="utf-8") as f:
+            for e in entries:
+                f.write(json.dumps(e) + "\n")
+        with atomic_file(out / "arch.txt", encoding="utf-8") as f:
+            f.write(derived + "\n")
+        plot_search(entries, out / "search_probs.png")

@@ -1,0 +1,40 @@
+"""``serkit train`` and ``serkit predict`` (registered by serkit.cli; nothing heavy is imported here)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    from .predict import add_arguments as add_predict_arguments
+    from .train import add_arguments as add_train_arguments
+
+    p = subparsers.add_parser(
+        "train", allow_abbrev=False,
+        help="train a head on cached features or finetune an upstream (SpeechBrain, HyperPyYAML)",
+        description="Train one fold. featex: --feats DIR (frozen upstream, weighted layer sum); finetune: "
+                    "--upstream CKPT alone. Further --key value pairs override the yaml or set SpeechBrain "
+                    "run options. Multi-GPU/CPU: torchrun --nproc_per_node N -m serkit.speechbrain.train ...")
+    add_train_arguments(p)
+    p.add_argument("overrides", nargs=argparse.REMAINDER,
+                   help="--key value pairs: yaml overrides (--number_of_epochs 5) and SpeechBrain run options "
+                        "(--device cuda:0)")
+    p.set_defaults(func=_run_train)
+
+    q = subparsers.add_parser(
+        "predict", help="classify audio files with a trained fold (one JSON line per file)",
+        description="Load a trained fold (hparams, best-on-validation checkpoint, upstream) and print "
+                    '{"file", "label", "probs"} per audio file; folders are searched for audio files.')
+    add_predict_arguments(q)
+    q.set_defaults(func=_run_predict)
+
+
+def _run_train(args):
+    from .train import run
+
+    return run(args)
+
+
+def _run_predict(args):
+    from .predict import run
+
+    return run(args)

@@ -1,0 +1,270 @@
+"""SpeechBrain lobes: serkit's modules behind SpeechBrain's ``(x, lengths)`` calling convention.
+
+SpeechBrain passes a padded batch with *relative* lengths (``lengths[b]`` in (0, 1], the fraction of
+the padded time axis that is real); ``serkit.nn`` takes a boolean ``padding_mask`` (True on padding).
+Each lobe converts, so a recipe can write ``head: !new:serkit.speechbrain.lobes.SERHead`` and call
+``head(feats, lens)`` as it would any SpeechBrain lobe.
+
+Example
+-------
+>>> import torch
+>>> head = SERHead("linear", input_dim=8, num_classes=4)
+>>> x, lens = torch.randn(2, 10, 8), torch.tensor([1.0, 0.5])
+>>> head(x, lens).shape
+torch.Size([2, 4])
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger("serkit.speechbrain")
+
+__all__ = [
+    "relative_lengths_to_padding_mask",
+    "padding_mask_to_relative_lengths",
+    "SERHead",
+    "WeightedLayerSum",
+    "SpecAugment",
+    "FairseqUpstream",
+]
+
+
+def relative_lengths_to_padding_mask(lengths: Tensor | None, max_len: int) -> Tensor | None:
+    """SpeechBrain relative lengths (B,) -> padding mask (B, T) bool, True on padded frames.
+
+    Absolute lengths are ``round(lengths * max_len)`` (SpeechBrain's own rounding), at least one frame.
+
+    Example
+    -------
+    >>> relative_lengths_to_padding_mask(torch.tensor([1.0, 0.5]), 4)
+    tensor([[False, False, False, False],
+            [False, False,  True,  True]])
+    """
+    if lengths is None:
+        return None
+    absolute = torch.round(lengths.float() * max_len).long().clamp(1, max_len)
+    steps = torch.arange(max_len, device=lengths.device)
+    return steps.unsqueeze(0) >= absolute.unsqueeze(1)
+
+
+def padding_mask_to_relative_lengths(padding_mask: Tensor) -> Tensor:
+    """Padding mask (B, T) -> SpeechBrain relative lengths (B,).
+
+    Example
+    -------
+    >>> padding_mask_to_relative_lengths(torch.tensor([[False, False], [False, True]]))
+    tensor([1.0000, 0.5000])
+    """
+    max_len = max(1, padding_mask.size(1))
+    return (~padding_mask).sum(dim=1).float() / max_len
+
+
+class SERHead(nn.Module):
+    """An utterance classifier from ``serkit.nn.build_head`` taking ``(x, lengths)``.
+
+    Parameters
+    ----------
+    name : str
+        A head registered in ``serkit.nn`` (``linear``, ``ffn``, ``cnn``, ``shiftcnn``, ``transformer``,
+        ``shiftformer``, ``lstm``, ``shiftlstm``, ``bas_search``, ``bas``, ...).
+    input_dim, num_classes : int
+    pooling : str
+        ``"mean"`` or ``"attention"`` (FLEA).
+    **kwargs
+        Passed to the head (e.g. ``arch`` for ``bas``, ``num_layers`` for ``bas_search``).
+
+    Shapes
+    ------
+    x : (B, T, C); lengths : (B,) relative, or None; output : logits (B, num_classes).
+    """
+
+    def __init__(self, name: str, input_dim: int, num_classes: int, pooling: str = "mean", **kwargs):
+        super().__init__()
+        from serkit.nn import HEADS, BlockSearchSupernet, build_head
+
+        self.name = name
+        if name == "bas_search" and name not in HEADS:  # the supernet is built directly, not registered
+            self.head = BlockSearchSupernet(int(input_dim), int(num_classes), pooling=pooling, **kwargs)
+        else:
+            self.head = build_head(name, int(input_dim), int(num_classes), pooling=pooling, **kwargs)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return self.head(x, relative_lengths_to_padding_mask(lengths, x.size(1)))
+
+
+class WeightedLayerSum(nn.Module):
+    """Learnable softmax-weighted sum over stacked upstream layers (SUPERB's feature-extraction setting).
+
+    Shapes
+    ------
+    x : (B, L, T, C); lengths : (B,) relative, unused (the sum is per frame); output : (B, T, C).
+
+    Example
+    -------
+    >>> WeightedLayerSum(3)(torch.ones(2, 3, 5, 4)).shape
+    torch.Size([2, 5, 4])
+    """
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        from serkit.nn import WeightedLayerSum as _WeightedLayerSum
+
+        self.num_layers = int(num_layers)
+        self.inner = _WeightedLayerSum(self.num_layers)
+
+    def layer_weights(self) -> Tensor:
+        return torch.softmax(self.inner.logits.detach(), dim=0)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return self.inner(x)
+
+
+class SpecAugment(nn.Module):
+    """``serkit.nn.SpecAugment`` (time and channel masks on features, training only) with ``(x, lengths)``.
+
+    Keyword arguments are those of ``serkit.nn.SpecAugment``; defaults are ShiftSER's.
+
+    Shapes
+    ------
+    x : (B, T, C); lengths : (B,) relative, or None; output : (B, T, C).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        from serkit.nn import SpecAugment as _SpecAugment
+
+        self.inner = _SpecAugment(**kwargs)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if not self.training:
+            return x
+        return self.inner.train()(x, relative_lengths_to_padding_mask(lengths, x.size(1)))
+
+
+def resolve_layers(spec, num_layers: int) -> list[int]:
+    """``"all"`` | ``"last"`` | int | list of ints -> layer indices (0 = CNN projection, L = last block).
+
+    Example
+    -------
+    >>> resolve_layers("all", 2), resolve_layers("last", 12), resolve_layers("3,4", 12)
+    ([0, 1, 2], [12], [3, 4])
+    """
+    if spec is None or spec == "all":
+        return list(range(num_layers + 1))
+    if spec == "last":
+        return [num_layers]
+    if isinstance(spec, int):
+        return [spec]
+    if isinstance(spec, str):
+        return [int(s) for s in spec.split(",") if s.strip()]
+    return [int(s) for s in spec]
+
+
+class FairseqUpstream(nn.Module):
+    """A fairseq SSL upstream (HuBERT, wav2vec 2.0, data2vec) to finetune: CNN frozen, transformer trained.
+
+    Loaded through ``serkit.upstream.load_upstream`` (a local checkpoint path; nothing is downloaded).
+    ``serkit.upstream``'s own forward runs without gradients (it extracts features); this lobe runs the
+    same steps (per-utterance CNN where the extractor group-normalises, so padding never changes an
+    utterance's features) with gradients through the parts that are trained.
+
+    Parameters
+    ----------
+    path : str
+        fairseq checkpoint.
+    freeze_cnn : bool
+        Keep the convolutional feature extractor fixed (the finetuning setting of ShiftSER and FLEA).
+    freeze : bool
+        Keep everything fixed (a frozen upstream computed on the fly, e.g. for benchmarks).
+    layers : "all" | "last" | int | list of int
+        Which layers to return, stacked.
+
+    Shapes
+    ------
+    wav : (B, S) at 16 kHz; lengths : (B,) relative; output : ((B, L, T, C), frame lengths (B,) relative).
+    """
+
+    def __init__(self, path: str, freeze_cnn: bool = True, freeze: bool = False, layers="last"):
+        super().__init__()
+        from serkit.upstream import load_upstream
+
+        self.path = str(path)
+        self.upstream = load_upstream(self.path, device="cpu")
+        self.model = getattr(self.upstream, "model", None)
+        if self.model is None or not hasattr(self.model, "feature_extractor"):
+            raise TypeError(f"{path}: FairseqUpstream finetunes fairseq HuBERT/wav2vec 2.0/data2vec models; "
+                            f"got a {getattr(self.upstream, 'kind', '?')} upstream")
+        self.layers = resolve_layers(layers, self.upstream.num_layers)
+        self.upstream.check_layers(self.layers)
+        self.num_layers = len(self.layers)
+        self.dim = self.upstream.dim
+        self.freeze = bool(freeze)
+        self.freeze_cnn = bool(freeze_cnn) or self.freeze
+        for p in self.model.feature_extractor.parameters():
+            p.requires_grad_(not self.freeze_cnn)
+        if self.freeze:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+        # Parts of fairseq's pretraining model that SER never uses (masked-prediction heads):
+        # leaving them trainable would make DDP wait for gradients that never come.
+        for name in ("final_proj", "label_embs_concat", "project_q", "quantizer", "target_glu",
+                     "mask_emb", "final_proj_list"):
+            obj = getattr(self.model, name, None)
+            if isinstance(obj, nn.Module):
+                for p in obj.parameters():
+                    p.requires_grad_(False)
+            elif isinstance(obj, nn.Parameter):
+                obj.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_cnn:  # frozen parts stay deterministic (no dropout) while the rest trains
+            self.model.feature_extractor.eval()
+        if self.freeze:
+            self.model.eval()
+        return self
+
+    def forward(self, wav: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        up, m = self.upstream, self.model
+        if wav.dim() == 1:
+            wav = wav.unsqueeze(0)
+        wav = wav.float()
+        n = wav.size(1)
+        if lengths is None:
+            sample_lengths = torch.full((wav.size(0),), n, dtype=torch.long, device=wav.device)
+        else:
+            sample_lengths = torch.round(lengths.float() * n).long().clamp(1, n)
+        if int(sample_lengths.min()) < up.receptive_field:
+            raise ValueError(f"an input of {int(sample_lengths.min())} samples is shorter than the upstream's "
+                             f"receptive field ({up.receptive_field} samples)")
+        sample_mask = torch.arange(n, device=wav.device)[None, :] >= sample_lengths[:, None]
+        if up.normalize:
+            wav = up._normalize_wave(wav, sample_lengths)
+        else:
+            wav = wav.masked_fill(sample_mask, 0.0)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_cnn):
+            feats = up._cnn(wav, sample_lengths)
+        feats = feats.transpose(1, 2)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            feats = m.layer_norm(feats)
+            if m.post_extract_proj is not None:
+                feats = m.post_extract_proj(feats)
+            if self.training and getattr(m, "dropout_input", None) is not None:
+                feats = m.dropout_input(feats)
+            frame_len = up.frame_lengths(sample_lengths).clamp_min(1)
+            t = feats.size(1)
+            frame_mask = torch.arange(t, device=feats.device)[None, :] >= frame_len[:, None]
+            hidden = {0: feats}
+            top = max(self.layers)
+            if top > 0:
+                enc_mask = frame_mask if bool(frame_mask.any()) else None
+                _, layer_results = m.encoder.extract_features(feats, padding_mask=enc_mask, tgt_layer=top - 1)
+                for i, res in enumerate(layer_results[:top], start=1):
+                    x = res[0] if isinstance(res, tuple) else res
+                    hidden[i] = x.transpose(0, 1)
+            out = torch.stack([hidden[i] for i in self.layers], dim=1)  # (B, L, T, C)
+            out = out.masked_fill(frame_mask[:, None, :, None], 0.0)
+        return out, padding_mask_to_relative_lengths(frame_mask)

@@ -1,0 +1,101 @@
+"""``serkit predict --exp EXP/<run>/fold<k> FILE_OR_DIR...``: one JSON line per audio file.
+
+Output (stdout): ``{"file": path, "label": class, "probs": {class: p, ...}}``. Folders are searched
+recursively for audio files (.wav .flac .ogg) and classified in batches with a progress bar (stderr).
+A file that cannot be classified (missing, unreadable, empty, too short) is reported on stderr with its
+name and skipped; the exit status is then 2. Audio at another sample rate is resampled to 16 kHz (with
+a warning); multi-channel audio is averaged to mono.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..utils import SerkitError
+
+log = logging.getLogger("serkit.speechbrain")
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exp", required=True, help="a fold's output folder of `serkit train` (has train_info.json)")
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files and/or folders")
+    p.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (folders)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                   help="best on validation (default) or the last epoch's")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def expand_inputs(inputs: list[str]) -> list[tuple[Path, bool]]:
+    """``[(file, from_folder)]`` in the given order; folders expand to their sorted audio files."""
+    out = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+            if not found:
+                raise SerkitError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
+            out += [(p, True) for p in found]
+        else:
+            out.append((path, False))  # checked when read, so one bad file does not stop the others
+    return out
+
+
+def predict_files(clf, files: list[Path], batch_size: int = 8, progress: bool = True):
+    """Yield ``(file, result_or_None, error_or_None)`` in input order; ``result`` is the JSON dict."""
+    import torch
+    from tqdm import tqdm
+
+    from .dataio import load_wav
+
+    bar = tqdm(total=len(files), disable=not progress or len(files) <= 1, unit="file", file=sys.stderr)
+    for start in range(0, len(files), max(1, batch_size)):
+        chunk = files[start:start + batch_size]
+        wavs, errors = {}, {}
+        for f in chunk:
+            try:
+                wav = load_wav(f)
+                clf._check_length(wav, f)
+                wavs[f] = wav
+            except SerkitError as e:
+                errors[f] = str(e)
+        results = {}
+        if wavs:
+            order = sorted(wavs, key=lambda f: wavs[f].numel(), reverse=True)
+            longest = wavs[order[0]].numel()
+            batch = torch.zeros(len(order), longest)
+            for i, f in enumerate(order):
+                batch[i, : wavs[f].numel()] = wavs[f]
+            lens = torch.tensor([wavs[f].numel() / longest for f in order])
+            probs, _, _, labels = clf.classify_batch(batch, lens)
+            for f, p, lab in zip(order, probs.cpu().tolist(), labels):
+                results[f] = {"file": str(f), "label": lab,
+                              "probs": {c: round(float(v), 6) for c, v in zip(clf.classes, p)}}
+        for f in chunk:
+            yield f, results.get(f), errors.get(f)
+        bar.update(len(chunk))
+    bar.close()
+
+
+def run(args) -> int:
+    from .interface import EmotionClassifier
+
+    files = expand_inputs(args.inputs)
+    clf = EmotionClassifier.from_hparams(args.exp, run_opts={"device": args.device}, checkpoint=args.checkpoint)
+    failed = 0
+    progress = not args.no_progress and any(from_dir for _, from_dir in files)
+    for f, result, error in predict_files(clf, [f for f, _ in files], args.batch_size, progress):
+        if error:
+            failed += 1
+            log.error("%s", error)
+            continue
+        print(json.dumps(result, ensure_ascii=False), flush=True)
+    if failed:
+        log.error("%d of %d file(s) could not be classified (see above)", failed, len(files))
+        return 2
+    return 0

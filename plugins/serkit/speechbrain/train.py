@@ -1,0 +1,233 @@
+"""Train a serkit head (or finetune an upstream) on one fold from a HyperPyYAML file.
+
+Usage::
+
+    serkit train HPARAMS.yaml --fold-dir FOLD --output-folder EXP/<run>/fold<k> \\
+        (--feats FEATS_DIR | --upstream CKPT) [--key value ...]
+    python -m serkit.speechbrain.train HPARAMS.yaml ...            # the same
+    torchrun --nproc_per_node N -m serkit.speechbrain.train ...    # SpeechBrain DDP (gloo on CPU)
+
+Settings:
+
+- ``--feats DIR`` (a ``serkit dump-features`` output): **featex**, the upstream stays frozen; the head
+  sees a learnable weighted sum of the cached layers. ``--upstream`` is then optional (the features'
+  own upstream, recorded in their ``meta.json``, is what ``serkit predict`` runs on new audio).
+- ``--upstream CKPT`` alone: **finetune**, the upstream's transformer is trained with the head, its
+  CNN frozen (``upstream_freeze_cnn``); the layers in ``upstream_layers`` feed the head.
+
+``input_dim``, ``num_layers`` and ``num_classes`` are filled in from the features / upstream and the
+fold's ``dict.emo.txt``; any other key of the yaml can be overridden with ``--key value``, SpeechBrain
+run options too (``--device cuda:0``, ``--precision bf16``, ``--distributed_backend nccl``).
+
+Writes ``<output_folder>/``: ``hyperparams.yaml`` (the resolved config), ``train_info.json``,
+``train_log.txt``, ``predictions/{valid,test}.epoch<NNN>.tsv``, ``save/CKPT+*`` (the latest and the
+best-on-validation checkpoints); BAS search also ``search_log.jsonl``, ``search_probs.png``, ``arch.txt``.
+A killed run started again with the same command resumes at the epoch after its last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ..utils import SerkitError, setup_logging
+
+log = logging.getLogger("serkit.speechbrain")
+
+#: Keys ``serkit train`` fills in; a yaml declares them as ``!PLACEHOLDER``.
+DERIVED_KEYS = ("output_folder", "num_classes", "input_dim", "num_layers")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="serkit train", allow_abbrev=False,
+        description="Train a SER head on cached features (featex) or finetune an upstream (finetune) on one "
+                    "fold. Unknown --key value pairs override the yaml (HyperPyYAML) or set SpeechBrain run "
+                    "options.")
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("hparams", help="HyperPyYAML file, e.g. recipes/IEMOCAP/conf/shiftcnn.yaml")
+    p.add_argument("--fold-dir", help="fold directory from `serkit split` (train/valid/test.json, dict.emo.txt)")
+    p.add_argument("--output-folder", help="where this fold's run goes, e.g. exp/shiftcnn/fold1")
+    p.add_argument("--feats", help="cached features from `serkit dump-features` (featex setting)")
+    p.add_argument("--upstream", help="fairseq checkpoint: finetuned (finetune setting) unless --feats is "
+                                      "given; default for --feats: the features' own upstream")
+
+
+def _peek_yaml(path: str) -> dict:
+    """Plain values of a HyperPyYAML file without building anything (tags read as None)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=Loader) or {}
+
+
+def _parse(argv):
+    import speechbrain as sb
+    import yaml
+
+    args, rest = build_parser().parse_known_args(argv)
+    for opt in ("fold_dir", "output_folder"):
+        if not getattr(args, opt):
+            raise SerkitError(f"serkit train: --{opt.replace('_', '-')} is required")
+    if not args.feats and not args.upstream:
+        raise SerkitError("serkit train: give --feats DIR (train on cached features) or --upstream CKPT "
+                          "(finetune the upstream)")
+    if not Path(args.hparams).is_file():
+        raise SerkitError(f"{args.hparams}: hparams file not found")
+    _, run_opts, overrides = sb.parse_arguments([args.hparams, *rest])
+    overrides = yaml.safe_load(overrides) if overrides else {}
+    overrides = overrides or {}
+    bad = [k for k in DERIVED_KEYS if k in overrides]
+    if bad:
+        raise SerkitError(f"serkit train: {bad} are set from --fold-dir/--output-folder/--feats/--upstream; "
+                          "do not override them")
+    return args, run_opts, overrides
+
+
+def prepare_run_opts(run_opts):
+    """Pick gloo for DDP and the CPU as device when there is no GPU (SpeechBrain defaults to NCCL)."""
+    import dataclasses
+
+    import torch
+
+    changes = {}
+    if not torch.cuda.is_available():
+        if "distributed_backend" not in run_opts.overridden_args:
+            changes["distributed_backend"] = "gloo"
+        if "device" not in run_opts.overridden_args:
+            changes["device"] = "cpu"
+    if not changes:
+        return run_opts
+    return dataclasses.replace(run_opts, **changes, overridden_args=set(run_opts.overridden_args) | set(changes))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import speechbrain as sb
+    from hyperpyyaml import load_hyperpyyaml
+
+    from ..data.manifest import read_classes
+    from .brain import SERBrain
+    from .dataio import fold_datasets, split_order
+    from .lobes import FairseqUpstream, resolve_layers
+
+    args, run_opts, overrides = _parse(sys.argv[1:] if argv is None else argv)
+    run_opts = prepare_run_opts(run_opts)
+    sb.utils.distributed.ddp_init_group(run_opts)
+
+    fold_dir = Path(args.fold_dir).resolve()
+    output_folder = Path(args.output_folder).resolve()
+    classes = read_classes(fold_dir)
+    peek = {**_peek_yaml(args.hparams), **overrides}
+
+    upstream_lobe = None
+    reader = None
+    if args.feats:
+        from serkit.upstream.features import FeatureReader
+
+        setting = "featex"
+        reader = FeatureReader(args.feats)
+        input_dim, num_layers = int(reader.dim), len(reader.layers)
+        meta = dict(getattr(reader, "meta", {}) or {})
+        upstream_path = args.upstream or meta.get("upstream")
+        upstream_layers = list(reader.layers)
+        normalize = meta.get("normalize")
+    else:
+        setting = "finetune"
+        upstream_lobe = FairseqUpstream(args.upstream, freeze_cnn=bool(peek.get("upstream_freeze_cnn", True)),
+                                        freeze=bool(peek.get("upstream_freeze", False)),
+                                        layers=peek.get("upstream_layers", "last"))
+        input_dim, num_layers = upstream_lobe.dim, upstream_lobe.num_layers
+        upstream_path, upstream_layers = args.upstream, upstream_lobe.layers
+        normalize = upstream_lobe.upstream.normalize
+    if upstream_path and str(upstream_path) != "mfcc":
+        upstream_path = str(Path(upstream_path).resolve())
+
+    overrides.update(output_folder=str(output_folder), num_classes=len(classes),
+                     input_dim=int(input_dim), num_layers=int(num_layers))
+    sb.create_experiment_directory(experiment_directory=str(output_folder), hyperparams_to_save=args.hparams,
+                                   overrides=overrides)
+    with open(args.hparams, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, overrides)
+
+    datasets, classes = fold_datasets(fold_dir, reader)
+    modules = dict(hparams["modules"])
+    checkpointer = hparams["checkpointer"]
+    if upstream_lobe is not None:
+        modules["upstream"] = upstream_lobe
+        checkpointer.add_recoverable("upstream", upstream_lobe)
+
+    import torch.distributed as dist
+
+    info = {
+        "method": hparams.get("method"),
+        "setting": setting,
+        "hparams": str(Path(args.hparams).resolve()),
+        "hparams_resolved": str(output_folder / "hyperparams.yaml"),
+        "fold_dir": str(fold_dir),
+        "upstream": upstream_path,
+        "upstream_layers": [int(x) for x in upstream_layers],
+        "upstream_normalize": normalize,
+        "upstream_freeze_cnn": bool(peek.get("upstream_freeze_cnn", True)) if setting == "finetune" else None,
+        "feats": str(Path(args.feats).resolve()) if args.feats else None,
+        "classes": classes,
+        "epochs": int(hparams["number_of_epochs"]),
+        "epochs_run": 0,
+        "seed": hparams.get("seed"),
+        "selection": hparams.get("selection", "valid"),
+        "best_metric": hparams.get("best_metric", "ua"),
+        "world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
+    }
+    previous = output_folder / "train_info.json"
+    if previous.is_file():  # resuming: keep the count of epochs already run
+        import json
+
+        info["epochs_run"] = json.loads(previous.read_text(encoding="utf-8")).get("epochs_run", 0)
+
+    brain = SERBrain(modules=modules, opt_class=hparams["opt_class"], hparams=hparams, run_opts=run_opts,
+                     checkpointer=checkpointer)
+    brain.classes = classes
+    brain.orders = {split: split_order(fold_dir, split) for split in ("valid", "test")}
+    brain.test_set = datasets["test"]
+    brain.train_info = info
+    log.info("%s: %s setting, %d classes, %d/%d/%d train/valid/test utterances, input %d x %d layers -> %s",
+             info["method"], setting, len(classes), len(datasets["train"]), len(datasets["valid"]),
+             len(datasets["test"]), input_dim, num_layers, output_folder)
+    brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"],
+              train_loader_kwargs=dict(hparams["train_dataloader_opts"]),
+              valid_loader_kwargs=dict(hparams["valid_dataloader_opts"]))
+    if sb.utils.distributed.if_main_process():
+        from ..utils import write_json
+
+        info["epochs_run"] = int(hparams["epoch_counter"].current)
+        write_json(output_folder / "train_info.json", info)
+        log.info("done: %d epochs; predictions in %s", info["epochs_run"], output_folder / "predictions")
+    return 0
+
+
+def run(args) -> int:
+    """``serkit train`` (see serkit.speechbrain.cli)."""
+    argv = [args.hparams]
+    for opt in ("fold_dir", "output_folder", "feats", "upstream"):
+        if getattr(args, opt, None):
+            argv += [f"--{opt.replace('_', '-')}", getattr(args, opt)]
+    return main(argv + list(args.overrides))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    setup_logging()
+    try:
+        sys.exit(main())
+    except SerkitError as e:
+        log.error("%s", e)
+        sys.exit(2)
