@@ -26,6 +26,12 @@ def _sessions(text: str) -> list[int]:
     return out
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def run_prepare(args) -> int:
     if args.corpus == "iemocap":
         from .prepare_iemocap import prepare
@@ -73,43 +79,43 @@ def register(sub) -> None:
         "prepare", help="write the data directory of a corpus (wav.scp, utt2emo, ...)",
         description="Write a validated Kaldi-style data directory (wav.scp, utt2spk, spk2utt, utt2emo, "
                     "utt2emo_raw, utt2session, utt2dur, utt2num_samples, text, prepare.json) for a corpus. "
-                    "The output replaces --out atomically; a failed run leaves an earlier one intact.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "The output replaces --out atomically; a failed run leaves an earlier one intact.")
     p.add_argument("corpus", choices=CORPORA)
     p.add_argument("--root", required=True, help="corpus release folder (IEMOCAP_full_release, MELD.Raw, "
                                                  "SAVEE folder holding AudioData)")
     p.add_argument("--out", required=True, help="data directory to write (e.g. data/iemocap)")
     g = p.add_argument_group("IEMOCAP")
     g.add_argument("--label-map", default="iemocap4", choices=("iemocap4", "iemocap4_fru", "iemocap6"),
-                   help="iemocap4: neu/hap(+exc)/ang/sad; iemocap4_fru: + fru; "
+                   help="iemocap4 (default): neu/hap(+exc)/ang/sad; iemocap4_fru: + fru; "
                         "iemocap6: neu/hap/exc/ang/sad/fru")
     g.add_argument("--sessions", type=_sessions, default=None,
                    help="comma-separated session numbers to use (default: all five, required present)")
     g.add_argument("--allow-missing-wav", action="store_true",
                    help="drop (and count) labelled utterances whose wav is missing instead of failing")
     g = p.add_argument_group("MELD")
-    g.add_argument("--jobs", type=int, default=1, help="parallel clip decoders")
+    g.add_argument("--jobs", type=_positive, default=1, help="parallel clip decoders (default 1)")
     p.set_defaults(func=run_prepare)
 
     p = sub.add_parser(
         "split", help="write the train/valid/test folds of a protocol",
         description="Write DIR/fold<k>/{train,valid,test}.{tsv,emo,json}, dict.emo.txt and fold.json for a "
                     "protocol, after a leakage check. Protocols: iemocap_loso5 (test = one session; valid = "
-                    "stratified 10%% of the training sessions, or with --valid speaker one speaker of the "
+                    "stratified 10% of the training sessions, or with --valid speaker one speaker of the "
                     "held-out session with the other as test: 10 folds, the same as iemocap_loso10); "
                     "iemocap_loso10 (test = one speaker, valid = the other speaker of that session); "
                     "meld_official (official train/dev/test; speakers shared); savee_loso4 (test = one "
-                    "speaker, valid = stratified 10%% of the other three); savee_cv10 (SPEAKER-DEPENDENT "
-                    "stratified 10-fold cross-validation as in the MFSN paper).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "speaker, valid = stratified 10% of the other three); savee_cv10 (SPEAKER-DEPENDENT "
+                    "stratified 10-fold cross-validation as in the MFSN paper).")
     p.add_argument("protocol", choices=PROTOCOLS)
     p.add_argument("data_dir", help="data directory written by `serkit prepare`")
     p.add_argument("--out", default=None, help="output folder (default: DATA_DIR/PROTOCOL)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random validation and cv10 draws")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random validation and cv10 draws (default 0)")
     p.add_argument("--valid", default="stratified", choices=("stratified", "speaker"),
                    help="validation set: stratified sample of training utterances, or (iemocap_loso5) "
-                        "the other speaker of the held-out session")
-    p.add_argument("--valid-fraction", type=float, default=0.1, help="size of a stratified validation set")
+                        "the other speaker of the held-out session (default stratified)")
+    p.add_argument("--valid-fraction", type=float, default=0.1,
+                   help="size of a stratified validation set (default 0.1)")
     p.set_defaults(func=run_split)
 
     p = sub.add_parser("check-split", help="check folds for speaker/session/utterance leakage and alignment",
