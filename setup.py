@@ -29,11 +29,12 @@ setup(
         "matplotlib",
         "tqdm",
         "PyYAML",
+        # PyAV: MELD mp4 decoding and resampling of 44.1/48 kHz corpora (FFmpeg bundled in the wheel)
+        "av",
     ],
     extras_require={
         "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core>=1.3", "omegaconf>=2.3"],
         "speechbrain": ["speechbrain>=1.0", "hyperpyyaml"],
-        "meld": ["av"],
         "hf": ["transformers"],
         # faiss-gpu replaces faiss-cpu (same module): pip uninstall -y faiss-cpu first.
         "gpu": ["faiss-gpu"],
