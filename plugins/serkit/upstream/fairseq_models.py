@@ -151,7 +151,7 @@ class FairseqUpstream(Upstream):
     def _cnn(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         fe = self.model.feature_extractor
         uneven = bool((lengths != wav.size(1)).any())
-        if self._group_norm and wav.size(0) > 1 and uneven:
+        if self._group_norm and uneven:
             t_max = int(self.frame_lengths(torch.tensor([wav.size(1)]))[0])
             out = None
             for i, n in enumerate(lengths.tolist()):
@@ -220,24 +220,44 @@ def _import_plugins() -> None:
 
 
 def _read_checkpoint(path: Path) -> dict:
+    """torch.load the file (unpickling: trusted files only) and turn its cfg into an OmegaConf config."""
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # fairseq checkpoints pickle configs/dicts
-    from fairseq import checkpoint_utils
+    from omegaconf import OmegaConf
 
     if not path.is_file():
         raise SerkitError(f"{path}: checkpoint not found; pass the local path of a fairseq HuBERT, "
                           "wav2vec 2.0 or data2vec checkpoint (or make one with `serkit make-upstream`)")
     try:
-        state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
-        raise SerkitError(f"{path}: cannot be read as a torch checkpoint ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); the file may be truncated or "
-                          "not a checkpoint: download or copy it again") from e
-    except Exception as e:  # unpickling errors come in many types
+        with open(path, "rb") as f:
+            state = torch.load(f, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise SerkitError(f"{path}: cannot be read as a torch checkpoint ({type(e).__name__}: {first}); the "
+                          "file may be truncated or not a checkpoint: download or copy it again") from e
+    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
         raise SerkitError(f"{path}: cannot be unpickled ({type(e).__name__}: {e}); the file may be "
                           "truncated, or need a plugin that is not installed") from e
     if not isinstance(state, dict) or "model" not in state:
         raise SerkitError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
+    if state.get("cfg") is not None and not OmegaConf.is_config(state["cfg"]):
+        state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
     return state
+
+
+def _upgrade(state: dict, path: Path) -> dict:
+    from fairseq import checkpoint_utils
+
+    # training bookkeeping the upgrader insists on; exported/converted checkpoints often lack it
+    if not state.get("optimizer_history"):
+        state["optimizer_history"] = [{"criterion_name": None, "optimizer_name": None,
+                                       "lr_scheduler_state": {}, "num_updates": 0}]
+    if state.get("extra_state") is None:
+        state["extra_state"] = {}
+    try:
+        return checkpoint_utils._upgrade_state_dict(state)  # what load_checkpoint_to_cpu applies
+    except Exception as e:  # noqa: BLE001
+        raise SerkitError(f"{path}: fairseq cannot upgrade this checkpoint ({type(e).__name__}: {e}); is it "
+                          "a complete fairseq checkpoint?") from e
 
 
 def _cfg_of(state: dict, path: Path):
@@ -273,7 +293,11 @@ def _build(model_cfg, task_cfg, model_state: dict, task_state: dict | None, path
         n = model_state.get("label_embs_concat")
         sizes = [n.size(0)] if n is not None else []
         task.state.merge_state_dict({"dictionaries": [_dummy_dictionary(s) for s in sizes] or [None]})
-    model = task.build_model(model_cfg, from_checkpoint=True)
+    try:
+        model = task.build_model(model_cfg, from_checkpoint=True)
+    except KeyError as e:
+        raise SerkitError(f"{path}: fairseq has no model '{name}' registered; if it is a serkit_* model, the "
+                          "serkit fairseq plugin (serkit.fairseq_ext) must be importable") from e
     missing, unexpected = model.load_state_dict(model_state, strict=False)
     # keys that only matter for training (EMA teacher, pretraining heads) may be absent or extra
     important = [k for k in missing if k.startswith(("feature_extractor", "encoder", "post_extract_proj",
@@ -309,6 +333,7 @@ def load_fairseq_upstream(path, device: str = "cpu") -> FairseqUpstream:
     if kind is None:
         raise SerkitError(f"{path}: a fairseq '{name}' checkpoint (task '{cfg.task.get('_name')}'), not "
                           "a speech SSL model; pass a HuBERT, wav2vec 2.0 or data2vec audio checkpoint")
+    state = _upgrade(state, path)
     if name == "wav2vec_ctc":
         # fine-tuned for ASR: keep the inner wav2vec 2.0 model (no target dictionary needed)
         w2v_args = cfg.model.w2v_args
