@@ -83,8 +83,14 @@ def predict_files(clf, files: list[Path], batch_size: int = 8, progress: bool = 
 
 
 def run(args) -> int:
+    import warnings
+
     from .interface import EmotionClassifier
 
+    for name in ("fairseq", "speechbrain"):  # their INFO chatter would drown the JSON lines
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
+    warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated.*")
     files = expand_inputs(args.inputs)
     clf = EmotionClassifier.from_hparams(args.exp, run_opts={"device": args.device}, checkpoint=args.checkpoint)
     failed = 0
@@ -94,7 +100,10 @@ def run(args) -> int:
             failed += 1
             log.error("%s", error)
             continue
-        print(json.dumps(result, ensure_ascii=False), flush=True)
+        try:
+            print(json.dumps(result, ensure_ascii=False), flush=True)
+        except BrokenPipeError:  # `serkit predict ... | head`: the reader has what it wanted
+            return 0
     if failed:
         log.error("%d of %d file(s) could not be classified (see above)", failed, len(files))
         return 2
