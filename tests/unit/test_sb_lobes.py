@@ -2,9 +2,7 @@
 import pytest
 import torch
 
-pytest.importorskip("speechbrain")
-
-from serkit.speechbrain.lobes import (  # noqa: E402
+from serkit.speechbrain.lobes import (
     SERHead,
     SpecAugment,
     WeightedLayerSum,

@@ -208,6 +208,10 @@ class FairseqUpstream(nn.Module):
         if self.freeze:
             for p in self.model.parameters():
                 p.requires_grad_(False)
+        encoder = self.model.encoder
+        if getattr(encoder, "layerdrop", 0.0) > 0:  # dropped layers would shift the layer numbering
+            log.info("%s: encoder layerdrop %.2f disabled for finetuning", path, encoder.layerdrop)
+            encoder.layerdrop = 0.0
         # Parts of fairseq's pretraining model that SER never uses (masked-prediction heads):
         # leaving them trainable would make DDP wait for gradients that never come.
         for name in ("final_proj", "label_embs_concat", "project_q", "quantizer", "target_glu",

@@ -1,0 +1,58 @@
+"""Finetuning (FLEA yaml) through SERBrain: the upstream's transformer learns, its CNN stays frozen."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("speechbrain")
+pytest.importorskip("fairseq")
+
+from test_sb_helpers import CONF, read_predictions, split_ids, tiny_setup  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_flea_finetune_trains_transformer_keeps_cnn_and_predict_restores_it(tmp_path_factory, tmp_path):
+    from serkit.speechbrain.interface import EmotionClassifier
+    from serkit.speechbrain.lobes import FairseqUpstream
+    from serkit.speechbrain.train import main
+
+    setup = tiny_setup(tmp_path_factory)
+    out = tmp_path / "flea" / "fold1"
+    assert main([str(CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
+                 "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1", "--batch_size", "4",
+                 "--lr", "0.001", "--noprogressbar"]) == 0
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["setting"] == "finetune" and info["selection"] == "valid_test_mean"
+    assert info["upstream_layers"] == [2] and info["feats"] is None
+    _, rows = read_predictions(out / "predictions" / "test.epoch001.tsv")
+    assert [r[0] for r in rows] == split_ids(setup["fold"], "test")
+
+    pretrained = FairseqUpstream(str(setup["ckpt"]))
+    clf = EmotionClassifier.from_hparams(source=str(out))
+    tuned = clf.finetuned_upstream
+    before, after = dict(pretrained.model.named_parameters()), dict(tuned.model.named_parameters())
+    cnn = [n for n in before if n.startswith("feature_extractor.")]
+    transformer = [n for n in before if n.startswith("encoder.layers.")]
+    assert cnn and transformer
+    assert all(torch.equal(before[n], after[n]) for n in cnn)
+    assert any(not torch.equal(before[n], after[n]) for n in transformer)
+    # the restored model reproduces the training run's test predictions from raw audio
+    utt, _, pred, *probs = rows[0]
+    out_prob, _, _, text = clf.classify_file(setup["root"] / "wavs" / f"{utt}.wav")
+    assert text[0] == pred
+    assert torch.allclose(out_prob[0], torch.tensor([float(p) for p in probs]), atol=1e-3)
+
+
+def test_finetune_lobe_gradients_reach_the_transformer_not_the_cnn(tmp_path_factory):
+    from serkit.speechbrain.lobes import FairseqUpstream
+
+    setup = tiny_setup(tmp_path_factory)
+    lobe = FairseqUpstream(str(setup["ckpt"]), layers="all").train()
+    wav = torch.randn(2, 8000)
+    layers, lens = lobe(wav, torch.tensor([1.0, 0.6]))
+    assert layers.shape[:2] == (2, 3) and lens.tolist()[0] == 1.0
+    layers.sum().backward()
+    grads = {n: p.grad for n, p in lobe.model.named_parameters()}
+    assert all(g is None for n, g in grads.items() if n.startswith("feature_extractor."))
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("encoder.layers."))
