@@ -193,7 +193,8 @@ class CoAttentionHead(nn.Module):
     Example
     -------
     >>> head = CoAttentionHead(8, 4, cnn_channels=(4, 8), lstm_hidden=8, attn_dim=8)
-    >>> head(torch.randn(2, 50, 8), None, wav=torch.randn(2, 16000), wav_lengths=torch.tensor([16000, 9000])).shape
+    >>> wav, wav_lengths = torch.randn(2, 16000), torch.tensor([16000, 9000])
+    >>> head(torch.randn(2, 50, 8), None, wav=wav, wav_lengths=wav_lengths).shape
     torch.Size([2, 4])
     """
 

@@ -66,7 +66,7 @@ has its padded frames set to zero. A sequence gives the same output padded or no
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -370,7 +370,8 @@ class FusionCell(nn.Module):
 
     def forward(self, a: Tensor, b: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         if a.shape[:2] != b.shape[:2]:
-            raise ValueError(f"FusionCell inputs must share (B, T): got {tuple(a.shape)} and {tuple(b.shape)}")
+            raise ValueError(f"FusionCell inputs must share (B, T): got {tuple(a.shape)} and "
+                             f"{tuple(b.shape)}")
         # Padded frames may hold anything: zero them so that per-frame operations cannot produce
         # inf/nan there (an attention would mask them anyway).
         a, b = zero_padded_frames(a, padding_mask), zero_padded_frames(b, padding_mask)
@@ -468,7 +469,9 @@ class MFSN(nn.Module):
             raise ValueError(f"variant {self.variant!r} has nothing to derive")
         weights = self.fusion.op_weights()
         probs = [float(p) for p in self.choice.probabilities()]
-        level = self.choice.derive(level_scores) if self.choice.fixed_level is None else self.choice.fixed_level
+        level = self.choice.fixed_level
+        if level is None:
+            level = self.choice.derive(level_scores)
         return {"sec_level": level, "fusion_ops": self.fusion.derive(top_k), "op_weights": weights,
                 "level_probs": probs, "level_scores": list(level_scores) if level_scores else None}
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import random
 import sys
 import time
@@ -230,7 +229,8 @@ def build_model(hp: dict, sec_dim: int, tec_dim: int, num_classes: int, arch: di
             dim, num_classes, sample_rate=int(hp["sample_rate"]), n_fft=int(hp["n_fft"]),
             hop_length=int(hp["hop_length"]), n_mfcc=int(hp["n_mfcc"]), n_mels=int(hp["n_mels"]),
             cnn=hp["cnn"], cnn_channels=tuple(hp["cnn_channels"]), pretrained_cnn=hp["pretrained_cnn"],
-            lstm_hidden=int(hp["lstm_hidden"]), attn_dim=int(hp["attn_dim"]), dropout=float(hp["head_dropout"]))
+            lstm_hidden=int(hp["lstm_hidden"]), attn_dim=int(hp["attn_dim"]),
+            dropout=float(hp["head_dropout"]))
     elif hp["emotion_head"] == "meanpool":
         head = MeanPoolHead(dim, num_classes)
     else:
@@ -299,7 +299,7 @@ def train_epoch(model, data: FoldData, hp: dict, device, opt_w, rng, opt_a=None,
             aloss = F.cross_entropy(_forward(model, abatch, device), abatch["labels"].to(device))
             aloss.backward()
             opt_a.step()
-            arch_total += float(aloss)
+            arch_total += aloss.item()
         opt_w.zero_grad(set_to_none=True)
         loss = F.cross_entropy(_forward(model, batch, device), batch["labels"].to(device))
         loss.backward()
@@ -350,11 +350,11 @@ def run(hp: dict, hparams_path: str) -> dict:
         raise SerkitError(f"ablation {ablation!r}: choose from {', '.join(ABLATIONS)}")
     out = Path(hp["output_folder"])
     fold_dir = Path(hp["fold_dir"])
-    config_key = {k: v for k, v in hp.items() if not k.startswith("__")}
+    config_key = json.loads(json.dumps({k: v for k, v in hp.items() if not k.startswith("__")}, default=str))
     info_path = out / "train_info.json"
     if info_path.is_file():
         old = json.loads(info_path.read_text(encoding="utf-8"))
-        if old.get("finished") and old.get("hparams_resolved") == json.loads(json.dumps(config_key, default=str)):
+        if old.get("finished") and old.get("hparams_resolved") == config_key:
             log.info("%s: finished earlier with the same config; nothing to do", out)
             return old
     out.mkdir(parents=True, exist_ok=True)
@@ -363,7 +363,7 @@ def run(hp: dict, hparams_path: str) -> dict:
     with atomic_file(out / "hyperparams.yaml", encoding="utf-8") as f:
         import yaml
 
-        yaml.safe_dump(json.loads(json.dumps(config_key, default=str)), f, sort_keys=False)
+        yaml.safe_dump(config_key, f, sort_keys=False)
 
     device = torch.device(hp["device"])
     rng = _seed(int(hp["seed"]))
@@ -422,13 +422,14 @@ def run(hp: dict, hparams_path: str) -> dict:
         uas = {}
         for split in ("valid", "test"):
             probs = evaluate(model, data[split], int(hp["batch_size"]), device)
-            write_predictions(out / "predictions" / f"{split}.epoch{epoch:03d}.tsv", data[split], probs, classes)
+            pred_path = out / "predictions" / f"{split}.epoch{epoch:03d}.tsv"
+            write_predictions(pred_path, data[split], probs, classes)
             uas[split] = _ua(data[split], probs, classes)
         log_line(f"epoch {epoch:03d} train_loss {stats['train_loss']:.4f} valid_UA {100 * uas['valid']:.2f} "
                  f"({time.time() - t0:.1f} s)")
     info.update(finished=True, seconds=round(time.time() - t_start, 1),
                 num_parameters=sum(p.numel() for p in model.parameters()),
-                hparams_resolved=json.loads(json.dumps(config_key, default=str)))
+                hparams_resolved=config_key)
     write_json(info_path, info)
     train_log.close()
     return info
@@ -446,14 +447,16 @@ def search(hp, data, classes, sec_dim, tec_dim, device, rng, out: Path, log_line
     entries = []
     for epoch in range(1, int(hp["search_epochs"]) + 1):
         t0 = time.time()
-        stats = train_epoch(model, data["train"], hp, device, opt_w, rng, opt_a=opt_a, arch_data=data[arch_split])
+        stats = train_epoch(model, data["train"], hp, device, opt_w, rng, opt_a=opt_a,
+                            arch_data=data[arch_split])
         probs = evaluate(model, data["valid"], int(hp["batch_size"]), device)
         entry = {"epoch": epoch, **stats, "valid_ua": _ua(data["valid"], probs, classes),
                  "op_weights": model.fusion.op_weights(),
                  "level_probs": [float(p) for p in model.choice.probabilities()]}
         entries.append(entry)
         best = max(entry["op_weights"], key=entry["op_weights"].get)
-        log_line(f"search {epoch:03d} train_loss {stats['train_loss']:.4f} valid_UA {100 * entry['valid_ua']:.2f} "
+        log_line(f"search {epoch:03d} train_loss {stats['train_loss']:.4f} "
+                 f"valid_UA {100 * entry['valid_ua']:.2f} "
                  f"top op {best} ({entry['op_weights'][best]:.3f}) ({time.time() - t0:.1f} s)")
     with atomic_file(search_dir / "log.jsonl", encoding="utf-8") as f:
         for e in entries:
@@ -461,8 +464,9 @@ def search(hp, data, classes, sec_dim, tec_dim, device, rng, out: Path, log_line
     level_scores = None
     if model.choice.mode == "uniform":
         # Nothing learned about the levels: score each with the shared weights on validation.
-        level_scores = [_ua(data["valid"], evaluate(model, data["valid"], int(hp["batch_size"]), device, level=lv),
-                            classes) for lv in range(model.num_levels)]
+        bs = int(hp["batch_size"])
+        level_scores = [_ua(data["valid"], evaluate(model, data["valid"], bs, device, level=lv), classes)
+                        for lv in range(model.num_levels)]
     arch = model.derive(level_scores=level_scores, top_k=int(hp["derive_top_k"]))
     arch["sec_layer"] = hp["sec_layers"][arch["sec_level"]]
     write_json(out / "arch.json", arch)

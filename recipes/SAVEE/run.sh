@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# SAVEE recipe: MFSN and its ablations (SEC only, SEC+TEC without search, full MFSN) on the
+# leave-one-speaker-out (4 folds) and the paper's 10-fold cross-validation protocols.
+#
+# Stages (each logs what it reads and writes, records its options in a .done marker and resumes):
+#   0  data: prepare the corpus (16 kHz wavs, data directory) and write the folds of each protocol
+#      (no corpus given: build the mini SAVEE corpus first)
+#   1  features: dump TEC (ASR model, one layer) and SEC (data2vec, early/middle/late layers) once
+#      for the whole corpus (no upstreams given on the mini corpus: one random-init tiny HuBERT for both)
+#   2  train every ablation on every fold (MFSN: search, derive, retrain)
+#   3  score every run (`serkit score`, validation selection) and print the ablation table
+set -euo pipefail
+cd "$(dirname "$0")"
+. ./path.sh
+. ./db.sh
+. ../../local/stage.sh
+
+stage=0
+stop_stage=3
+root=""                 # SAVEE directory (AudioData/ or flat wavs); default: db.sh, else the mini corpus
+protocol=both           # savee_loso4 | savee_cv10 | both
+folds=""                # all | comma list, e.g. 1,3 [all; mini corpus: 1]
+tec_upstream=""         # CTC-finetuned wav2vec 2.0 fairseq checkpoint (wav2vec_small_960h.pt)
+sec_upstream=""         # data2vec audio fairseq checkpoint (audio_base_ls.pt)
+tec_layer=""            # TEC layer [12; mini: 2] (the last transformer layer of a base model)
+sec_layers=""           # SEC early,middle,late layers [4,8,12; mini: 0,1,2]
+ablations=sec_only,sec_tec_nosearch,mfsn
+config=""               # trainer yaml [conf/mfsn.yaml; mini: conf/mfsn_mini.yaml]
+search_epochs=""        # MFSN search epochs [the config's]
+epochs=""               # training / retraining epochs [the config's]
+batch_size=""           # [the config's]
+device=auto             # auto | cpu | cuda
+tag=""                  # experiments go to exp/<tag>/<protocol>/<ablation>/fold<k> [mini or real]
+
+help_message=$(cat <<EOM
+Usage: $0 [options]
+Runs MFSN and its ablations on SAVEE. With no corpus in db.sh and no --root it builds the mini SAVEE
+corpus and a random-init tiny HuBERT (used for BOTH knowledge sources) and runs end to end on CPU in a
+few minutes; those numbers only show that the pipeline works.
+
+Options (default in brackets):
+  --stage N / --stop-stage M  run stages N..M [$stage..$stop_stage]
+  --root DIR            SAVEE corpus directory [db.sh: \${SAVEE:-none} -> mini corpus]
+  --protocol NAME       savee_loso4 | savee_cv10 | both [$protocol]
+  --folds LIST          all | 1,3,... [all; mini corpus: 1]
+  --tec-upstream FILE   CTC-finetuned wav2vec 2.0 fairseq checkpoint, the TEC source
+                        [required with a real corpus; mini: tiny HuBERT]
+  --sec-upstream FILE   data2vec audio fairseq checkpoint, the SEC source
+                        [required with a real corpus; mini: tiny HuBERT]
+  --tec-layer L         TEC layer [12; mini: 2]
+  --sec-layers L1,L2,L3 SEC early,middle,late layers [4,8,12; mini: 0,1,2]
+  --ablations LIST      comma list of sec_only, sec_tec_nosearch, mfsn [$ablations]
+  --config FILE         trainer HyperPyYAML [conf/mfsn.yaml; mini: conf/mfsn_mini.yaml]
+  --search-epochs N     MFSN architecture-search epochs [the config's]
+  --epochs N            training epochs (MFSN: retraining of the derived cell) [the config's]
+  --batch-size N        [the config's]
+  --device D            auto | cpu | cuda [$device]
+  --tag NAME            experiment directory exp/NAME [mini | real]
+EOM
+)
+. ../../local/parse_options.sh
+[ $# -eq 0 ] || die "unexpected argument '$1' (see --help)"
+
+case "$protocol" in
+  savee_loso4|savee_cv10) protocols=$protocol ;;
+  both) protocols="savee_loso4 savee_cv10" ;;
+  *) die "--protocol $protocol: savee_loso4, savee_cv10 or both" ;;
+esac
+for a in ${ablations//,/ }; do
+  case "$a" in sec_only|sec_tec_nosearch|mfsn) ;; *) die "--ablations: unknown '$a' (sec_only, sec_tec_nosearch, mfsn)" ;; esac
+done
+if [ "$device" = auto ]; then
+  device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
+fi
+
+root=${root:-$SAVEE}
+mini=false
+[ -n "$root" ] || mini=true
+if $mini; then
+  log "No corpus given (db.sh SAVEE / --root): mini SAVEE corpus, random-init tiny HuBERT for TEC and SEC, $device."
+  [ -z "$tec_upstream$sec_upstream" ] || die "--tec-upstream/--sec-upstream need a real corpus (--root); the mini corpus uses the tiny HuBERT"
+  root=db/mini/SAVEE
+  folds=${folds:-1}; tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}
+  config=${config:-conf/mfsn_mini.yaml}; tag=${tag:-mini}
+  tec_upstream=$PWD/db/tiny_hubert.pt; sec_upstream=$tec_upstream
+  sources_label="tiny HuBERT, random init (CPU demo; NOT wav2vec 2.0/data2vec): TEC L$tec_layer, SEC L$sec_layers"
+else
+  [ -d "$root" ] || die "--root $root: no such directory (set SAVEE in db.sh or pass --root)"
+  [ -n "$tec_upstream" ] || die "--tec-upstream is required with a real corpus (e.g. /models/wav2vec_small_960h.pt)"
+  [ -n "$sec_upstream" ] || die "--sec-upstream is required with a real corpus (e.g. /models/audio_base_ls.pt)"
+  for f in "$tec_upstream" "$sec_upstream"; do [ -f "$f" ] || die "$f: no such checkpoint file"; done
+  tec_upstream=$(realpath "$tec_upstream"); sec_upstream=$(realpath "$sec_upstream")
+  folds=${folds:-all}; tec_layer=${tec_layer:-12}; sec_layers=${sec_layers:-4,8,12}
+  config=${config:-conf/mfsn.yaml}; tag=${tag:-real}
+  sources_label="TEC $(basename "$tec_upstream") L$tec_layer (detached) + SEC $(basename "$sec_upstream") L$sec_layers"
+fi
+[ -f "$config" ] || die "--config $config: no such file"
+[[ "$sec_layers" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--sec-layers $sec_layers: a comma list of layer numbers"
+[[ "$tec_layer" =~ ^[0-9]+$ ]] || die "--tec-layer $tec_layer: one layer number"
+
+data=data/savee
+exp=exp/$tag
+dump=dump/$tag
+timing_file=$exp/timing.tsv
+mkdir -p "$exp"
+
+nfolds_of() { case "$1" in savee_loso4) echo 4 ;; savee_cv10) echo 10 ;; esac; }
+
+###############################################################################
+if stage_selected 0; then
+  if $mini; then
+    log "Stage 0: mini SAVEE corpus -> db/mini; tiny HuBERT -> $tec_upstream"
+    is_done db/mini "mini-corpus savee" || {
+      rm -rf db/mini; serkit mini-corpus savee --out db/mini; mark_done db/mini "mini-corpus savee"; }
+    opts="make-upstream tiny-hubert seed=0"
+    is_done db/tiny_hubert "$opts" || {
+      serkit make-upstream tiny-hubert --out "$tec_upstream" --seed 0; mark_done db/tiny_hubert "$opts"; }
+  fi
+  log "Stage 0: prepare: $root -> $data"
+  is_done "$data" "root=$(realpath "$root")" || {
+    serkit prepare savee --root "$root" --out "$data"; mark_done "$data" "root=$(realpath "$root")"; }
+  for p in $protocols; do
+    log "Stage 0: split $p: $data -> $data/$p"
+    is_done "$data/$p" "protocol=$p root=$(realpath "$root")" || {
+      serkit split "$p" "$data" --out "$data/$p"; mark_done "$data/$p" "protocol=$p root=$(realpath "$root")"; }
+  done
+fi
+
+# Feature directories: one dump when both sources are the same checkpoint.
+if [ "$tec_upstream" = "$sec_upstream" ]; then
+  layers=$(echo "$sec_layers,$tec_layer" | tr , '\n' | sort -n | uniq | paste -sd, -)
+  tec_feats=$dump/feats_shared; sec_feats=$tec_feats
+  dumps=("$tec_feats|$tec_upstream|$layers")
+else
+  tec_feats=$dump/feats_tec; sec_feats=$dump/feats_sec
+  dumps=("$tec_feats|$tec_upstream|$tec_layer" "$sec_feats|$sec_upstream|$sec_layers")
+fi
+
+###############################################################################
+if stage_selected 1; then
+  for d in "${dumps[@]}"; do
+    IFS='|' read -r out ckpt layers <<< "$d"
+    log "Stage 1: dump features: $ckpt layers $layers of $data (all $(wc -l < "$data/wav.scp") utterances) -> $out"
+    opts="upstream=$ckpt layers=$layers data=$(realpath "$data")"
+    # dump-features resumes by itself; the marker only says that it finished with these options.
+    is_done "$out" "$opts" || {
+      timed "dump_$(basename "$out")" serkit dump-features --upstream "$ckpt" --layers "$layers" \
+        --data "$data" --out "$out" --device "$device" --no-progress
+      mark_done "$out" "$opts"; }
+  done
+fi
+
+###############################################################################
+if stage_selected 2; then
+  for p in $protocols; do
+    for a in ${ablations//,/ }; do
+      run=$exp/$p/$a
+      for k in $(folds_of "$folds" "$(nfolds_of "$p")"); do
+        fold=$data/$p/fold$k; out=$run/fold$k
+        [ -d "$fold" ] || die "$fold: no such fold (run stage 0, or check --folds)"
+        log "Stage 2: $a, $p fold $k: $fold + $tec_feats / $sec_feats -> $out"
+        extra=()
+        [ -z "$search_epochs" ] || extra+=(--search_epochs "$search_epochs")
+        [ -z "$epochs" ] || extra+=(--number_of_epochs "$epochs")
+        [ -z "$batch_size" ] || extra+=(--batch_size "$batch_size")
+        opts="config=$config tec=$tec_upstream:$tec_layer sec=$sec_upstream:$sec_layers ${extra[*]:-} device=$device"
+        is_done "$out" "$opts" || {
+          timed "${p}_${a}_fold$k" python -m serkit.speechbrain.mfsn "$config" --fold-dir "$fold" \
+            --output-folder "$out" --tec-feats "$tec_feats" --sec-feats "$sec_feats" --ablation "$a" \
+            --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]" \
+            --sources_label "$sources_label" "${extra[@]}"
+          mark_done "$out" "$opts"; }
+      done
+    done
+  done
+fi
+
+###############################################################################
+if stage_selected 3; then
+  runs=()
+  for p in $protocols; do for a in ${ablations//,/ }; do runs+=("$exp/$p/$a"); done; done
+  log "Stage 3: scoring (valid selection): ${runs[*]} -> <run>/RESULTS.md, $exp/RESULTS.md"
+  for r in "${runs[@]}"; do
+    [ -d "$r" ] || die "$r: no such run (run stage 2)"
+    serkit score "$r" --selection valid > /dev/null
+  done
+  {
+    echo "# SAVEE: MFSN ablations (UA/WA mean ± std over folds, test split, epoch chosen on validation)"
+    echo
+    echo "Sources: $sources_label. savee_cv10 is speaker-dependent (the MFSN paper's protocol);"
+    echo "savee_loso4 holds each speaker out. Folds run: $folds."
+    echo
+    serkit results "${runs[@]}"
+  } > "$exp/RESULTS.md.tmp"
+  mv "$exp/RESULTS.md.tmp" "$exp/RESULTS.md"
+  cat "$exp/RESULTS.md"
+  log "Ablation table: $exp/RESULTS.md; per-run details: <run>/RESULTS.md, confusion.png, fold*/arch.txt"
+fi
