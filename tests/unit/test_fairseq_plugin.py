@@ -1,0 +1,381 @@
+"""The fairseq plugin: registration through one import path, CPT initialisation, SER model/task/criterion."""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+fairseq = pytest.importorskip("fairseq", reason="fairseq not installed (pip install 'serkit[fairseq]')")
+
+from serkit.utils import SerkitError  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+USER_DIR = REPO / "plugins" / "serkit_fairseq"
+CLASSES = ["ang", "hap", "neu", "sad"]
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures shared with tests/integration/test_fairseq_train.py
+
+def make_fold(root: Path, n_train: int = 12, n_eval: int = 4, n_clusters: int = 50, seed: int = 0) -> dict:
+    """A tiny fold of 1-2.5 s tone wavs (class = pitch) with `.km` labels of the right lengths.
+
+    Returns ``{"fold": dir, "km": dir}``: ``fold`` holds train/valid/test .tsv/.emo/.json and
+    dict.emo.txt (serkit.data.manifest), ``km`` holds <split>.km (one label per 20 ms frame) and
+    dict.km.txt, as `serkit kmeans apply` writes them.
+    """
+    import soundfile as sf
+
+    from serkit.data.manifest import Utterance, write_dict, write_split
+    from serkit.upstream import num_frames
+
+    rng = np.random.default_rng(seed)
+    wavs, fold, km = root / "wavs", root / "fold", root / "km"
+    for d in (wavs, fold, km):
+        d.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("valid", n_eval), ("test", n_eval)):
+        utts = []
+        for i in range(n):
+            label = CLASSES[i % len(CLASSES)]
+            utt = f"{split}{i:02d}_{label}"
+            num_samples = int(16000 * rng.uniform(1.0, 2.5))
+            t = np.arange(num_samples) / 16000
+            wav = 0.3 * np.sin(2 * np.pi * (150 + 80 * (i % 4)) * t) + 0.05 * rng.standard_normal(num_samples)
+            path = wavs / f"{utt}.wav"
+            sf.write(path, wav.astype("float32"), 16000)
+            utts.append(Utterance(utt, str(path), num_samples, label, f"spk{i % 2}"))
+        write_split(fold, split, utts, root=str(wavs))
+        with open(km / f"{split}.km", "w") as f:
+            for u in utts:
+                f.write(" ".join(map(str, rng.integers(0, n_clusters, num_frames(u.num_samples)))) + "\n")
+    write_dict(fold, CLASSES, {c: n_train // 4 for c in CLASSES})
+    (km / "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(n_clusters)))
+    return {"fold": fold, "km": km}
+
+
+def make_tiny_hubert(path: Path, num_labels: int = 25, seed: int = 0) -> Path:
+    """A randomly initialised tiny fairseq HuBERT checkpoint (serkit make-upstream tiny-hubert)."""
+    from serkit.upstream.tiny import make_hubert_checkpoint
+
+    return make_hubert_checkpoint(path, arch="tiny", num_labels=num_labels, seed=seed)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids oversubscription (10x faster here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fairseq_plugin")
+    out = make_fold(root)
+    out["tiny"] = make_tiny_hubert(root / "tiny_hubert.pt")
+    return out
+
+
+def _km_dictionary(n: int):
+    from fairseq.data import Dictionary
+
+    d = Dictionary()
+    for i in range(n):
+        d.add_symbol(str(i))
+    return d
+
+
+def _cpt_model(init_from: str | None, **overrides):
+    """A serkit_hubert built the way fairseq builds it: config merged with its dataclass, then build_model."""
+    from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+    from omegaconf import OmegaConf
+
+    import serkit.fairseq_ext  # noqa: F401
+    from serkit.fairseq_ext.hubert_cpt import SerkitHubertConfig, SerkitHubertModel
+    from serkit.upstream.tiny import TINY
+
+    cfg = OmegaConf.structured(SerkitHubertConfig(label_rate=50.0, init_from=init_from, feature_grad_mult=0.0,
+                                                  **{**TINY, **overrides}))
+    task = Namespace(cfg=HubertPretrainingConfig(data="unused", labels=["km"], label_rate=50.0),
+                     dictionaries=[_km_dictionary(50)])
+    return SerkitHubertModel.build_model(cfg, task), cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# registration
+
+def test_registered_classes_are_serkits_and_prefixed():
+    from fairseq.criterions import CRITERION_REGISTRY
+    from fairseq.models import MODEL_REGISTRY
+    from fairseq.tasks import TASK_REGISTRY
+
+    import serkit.fairseq_ext as ext
+
+    assert MODEL_REGISTRY["serkit_hubert"] is ext.hubert_cpt.SerkitHubertModel
+    assert MODEL_REGISTRY["serkit_ser_model"] is ext.ser_model.SerModel
+    assert TASK_REGISTRY["serkit_ser"] is ext.ser_task.SerTask
+    assert CRITERION_REGISTRY["serkit_ser_ce"] is ext.ser_criterion.SerCrossEntropy
+    registries = {"model": MODEL_REGISTRY, "task": TASK_REGISTRY, "criterion": CRITERION_REGISTRY}
+    for kind, registry in registries.items():
+        ours = {name for name, cls in registry.items() if cls.__module__.startswith("serkit")}
+        assert ours == set(ext.REGISTERED[kind]), kind
+        assert all(name.startswith("serkit_") for name in ours)
+    assert issubclass(ext.SerkitHubertModel, fairseq.models.hubert.HubertModel)
+
+
+def test_importing_the_plugin_again_is_harmless():
+    from fairseq import utils
+    from fairseq.models import MODEL_REGISTRY
+
+    import serkit.fairseq_ext as ext
+
+    before = MODEL_REGISTRY["serkit_hubert"]
+    importlib.import_module("serkit_fairseq")
+    importlib.import_module("serkit.fairseq_ext")
+    for _ in range(2):
+        utils.import_user_module(Namespace(user_dir=str(USER_DIR)))
+    assert MODEL_REGISTRY["serkit_hubert"] is before is ext.SerkitHubertModel
+    assert sys.modules["serkit_fairseq"].__path__ == [str(USER_DIR)]
+    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == "1"
+
+
+def test_user_dir_registers_nothing_itself():
+    # fairseq imports a user dir under its folder name and also imports its tasks/ and models/
+    # sub-folders: registrations there would run under a second module name.
+    source = (USER_DIR / "__init__.py").read_text()
+    assert "register_" not in source and "import serkit.fairseq_ext" in source
+    assert not (USER_DIR / "tasks").exists() and not (USER_DIR / "models").exists()
+    assert sorted(p.name for p in USER_DIR.iterdir() if p.name != "__pycache__") == ["__init__.py"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", ["serkit.fairseq_ext", "user_dir"])
+def test_fresh_interpreter_either_import_order(first):
+    code = f"""
+import importlib, sys
+from argparse import Namespace
+from fairseq import utils
+from fairseq.models import MODEL_REGISTRY
+from fairseq.tasks import TASK_REGISTRY
+steps = ["serkit.fairseq_ext", "user_dir"] if {first!r} == "serkit.fairseq_ext" else ["user_dir", "serkit.fairseq_ext"]
+for step in steps + steps:
+    if step == "user_dir":
+        utils.import_user_module(Namespace(user_dir={str(USER_DIR)!r}))
+    else:
+        importlib.import_module(step)
+import serkit.fairseq_ext as ext
+assert MODEL_REGISTRY["serkit_hubert"] is ext.SerkitHubertModel
+assert TASK_REGISTRY["serkit_ser"] is ext.SerTask
+print("OK")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"} | {"OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# serkit_hubert: start from a pretrained checkpoint, re-initialise the label-set parts
+
+def test_cpt_init_loads_every_label_independent_weight(data):
+    src = torch.load(data["tiny"], weights_only=False)["model"]
+    model, cfg = _cpt_model(str(data["tiny"]))
+    own = model.state_dict()
+    label_dependent = {"label_embs_concat", "final_proj.weight", "final_proj.bias"}
+    assert set(own) - set(src) == set()  # same modules
+    for key, value in own.items():
+        if key in label_dependent:
+            continue
+        assert torch.equal(value, src[key]), key
+    # the new dictionary: 50 k-means labels + fairseq's 4 specials (the checkpoint had 25 + 4)
+    assert own["label_embs_concat"].shape == (54, 32) and src["label_embs_concat"].shape == (29, 32)
+    assert not torch.equal(own["final_proj.weight"], src["final_proj.weight"])
+    assert cfg.init_done is True
+    # CNN frozen: not trainable at all
+    assert not any(p.requires_grad for p in model.feature_extractor.parameters())
+    assert all(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_cpt_init_can_keep_final_proj(data):
+    src = torch.load(data["tiny"], weights_only=False)["model"]
+    model, _ = _cpt_model(str(data["tiny"]), reinit_final_proj=False)
+    assert torch.equal(model.state_dict()["final_proj.weight"], src["final_proj.weight"])
+
+
+def test_cpt_init_rejects_a_different_architecture(data):
+    with pytest.raises(SerkitError, match=r"encoder_layers=3 \(checkpoint: 2\)"):
+        _cpt_model(str(data["tiny"]), encoder_layers=3)
+    with pytest.raises(SerkitError, match="no such file"):
+        _cpt_model(str(data["tiny"]) + ".missing")
+
+
+def test_cpt_without_init_from_is_plain_hubert():
+    model, cfg = _cpt_model(None)
+    assert cfg.init_done is False
+    assert model.label_embs_concat.shape == (54, 32)
+
+
+def test_init_done_reaches_the_run_config(data):
+    """fairseq builds from a merged copy of cfg.model; the flag must land in the config it saves."""
+    from fairseq.dataclass.utils import merge_with_parent
+    from omegaconf import OmegaConf
+
+    from serkit.fairseq_ext.hubert_cpt import SerkitHubertConfig, _mark_init_done
+
+    run = OmegaConf.create({"model": {"_name": "serkit_hubert", "init_from": str(data["tiny"])}})
+    OmegaConf.set_struct(run, True)
+    merged = merge_with_parent(SerkitHubertConfig(), run.model)
+    _mark_init_done(merged)
+    assert merged.init_done is True and run.model.init_done is True
+
+
+# ---------------------------------------------------------------------------------------------
+# serkit_ser: task, model, criterion
+
+def _ser_task(fold: Path, **kw):
+    from omegaconf import OmegaConf
+
+    from serkit.fairseq_ext.ser_task import SerTask, SerTaskConfig
+
+    cfg = OmegaConf.structured(SerTaskConfig(data=str(fold), **kw))
+    return SerTask.setup_task(cfg)
+
+
+def _ser_model(task, upstream: Path, **kw):
+    from omegaconf import OmegaConf
+
+    from serkit.fairseq_ext.ser_model import SerModel, SerModelConfig
+
+    cfg = OmegaConf.structured(SerModelConfig(upstream_path=str(upstream), **kw))
+    cfg._name = "serkit_ser_model"
+    return task.build_model(cfg), cfg
+
+
+def test_task_reads_the_fold_and_batches_with_a_padding_mask(data):
+    task = _ser_task(data["fold"])
+    assert task.classes == CLASSES
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    assert ds.utts == [f"valid{i:02d}_{CLASSES[i % 4]}" for i in range(4)]
+    batch = ds.collater([ds[0], ds[1]])
+    lengths = [int(ds.sizes[0]), int(ds.sizes[1])]
+    assert batch["net_input"]["source"].shape == (2, max(lengths))
+    assert (~batch["net_input"]["padding_mask"]).sum(1).tolist() == lengths
+    assert batch["target"].tolist() == [0, 1] and batch["subset"] == "valid"
+
+
+def test_task_names_the_line_of_an_unknown_label(data, tmp_path):
+    import shutil
+
+    fold = tmp_path / "fold"
+    shutil.copytree(data["fold"], fold)
+    lines = (fold / "valid.emo").read_text().splitlines()
+    lines[2] = "fru"
+    (fold / "valid.emo").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SerkitError, match=r"valid\.emo:3: label 'fru' is not in dict"):
+        _ser_task(fold).load_dataset("valid")
+
+
+@pytest.mark.parametrize("kw", [dict(head="linear", pooling="attention"),
+                                dict(head="linear", pooling="mean", weighted_layer_sum=True),
+                                dict(head="shiftcnn", layer=1)])
+def test_ser_model_gives_the_same_logits_padded_or_alone(data, kw):
+    task = _ser_task(data["fold"])
+    model, cfg = _ser_model(task, data["tiny"], **kw)
+    model.eval()
+    task.load_dataset("test")
+    ds = task.dataset("test")
+    batch = ds.collater([ds[i] for i in range(4)])
+    logits = model(**batch["net_input"])["logits"]
+    assert logits.shape == (4, 4)
+    for i in range(4):
+        alone = ds.collater([ds[i]])
+        torch.testing.assert_close(model(**alone["net_input"])["logits"][0], logits[i], atol=1e-4, rtol=1e-4)
+    # the CNN is frozen; the upstream's config travels with the model
+    assert not any(p.requires_grad for p in model.upstream.feature_extractor.parameters())
+    assert model.upstream_cfg.model._name == "hubert" and cfg.upstream_cfg is not None
+    assert model.upstream.final_proj is None  # pretraining modules dropped
+
+
+def test_ser_model_rebuilds_from_its_config_without_the_upstream_file(data, tmp_path):
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    upstream = tmp_path / "up.pt"
+    shutil.copy(data["tiny"], upstream)
+    task = _ser_task(data["fold"])
+    model, cfg = _ser_model(task, upstream)
+    upstream.unlink()
+    again = task.build_model(OmegaConf.create(OmegaConf.to_container(cfg)))  # as a checkpoint's cfg
+    again.load_state_dict(model.state_dict())
+    x = torch.randn(1, 16000)
+    model.eval(), again.eval()
+    torch.testing.assert_close(model(x)["logits"], again(x)["logits"])
+
+
+def test_criterion_ua_wa_are_computed_over_the_whole_set():
+    from fairseq.logging import metrics
+
+    from serkit.fairseq_ext.ser_criterion import SerCrossEntropy
+
+    # batch 1: 3 of class 0, all right; batch 2: 1 of class 0 wrong, 1 of class 1 right.
+    logs = [
+        {"loss": 1.0, "sample_size": 3, "_correct_0": 3, "_total_0": 3, "_correct_1": 0, "_total_1": 0},
+        {"loss": 2.0, "sample_size": 2, "_correct_0": 0, "_total_0": 1, "_correct_1": 1, "_total_1": 1},
+    ]
+    with metrics.aggregate(new_root=True) as agg:
+        for log in logs:  # fairseq's validation reduces batch by batch into one aggregator
+            SerCrossEntropy.reduce_metrics([log])
+        values = agg.get_smoothed_values()
+    # whole set: class 0 recall 3/4, class 1 recall 1/1 -> UA 87.5; WA 4/5 = 80
+    assert values["ua"] == pytest.approx(87.5) and values["wa"] == pytest.approx(80.0)
+    assert values["loss"] == pytest.approx(3.0 / 5 / math.log(2), abs=1e-3)
+    assert not any(k.startswith("_") for k in values)  # the counts stay out of the log
+
+
+def test_criterion_counts_and_probabilities(data):
+    from serkit.fairseq_ext.ser_criterion import SerCrossEntropy
+
+    task = _ser_task(data["fold"])
+    model, _ = _ser_model(task, data["tiny"])
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    sample = ds.collater([ds[i] for i in range(4)])
+    crit = SerCrossEntropy(task)
+    model.eval()
+    loss, n, log = crit(model, sample)
+    assert n == 4 and sum(log[f"_total_{k}"] for k in range(4)) == 4
+    assert log["_probs"].shape == (4, 4) and torch.allclose(log["_probs"].sum(1), torch.ones(4))
+    model.train()
+    assert "_probs" not in crit(model, sample)[2]
+
+
+def test_task_writes_a_prediction_file_once_a_subset_is_complete(data, tmp_path):
+    from serkit.fairseq_ext.ser_criterion import SerCrossEntropy
+
+    task = _ser_task(data["fold"], predictions_dir=str(tmp_path / "pred"))
+    model, _ = _ser_model(task, data["tiny"])
+    crit = SerCrossEntropy(task)
+    task.load_dataset("test")
+    ds = task.dataset("test")
+    task.begin_valid_epoch(3, model)
+    task.valid_step(ds.collater([ds[2], ds[0]]), model, crit)
+    assert not (tmp_path / "pred").exists()
+    _, _, log = task.valid_step(ds.collater([ds[1], ds[3]]), model, crit)
+    assert "_probs" not in log
+    rows = (tmp_path / "pred" / "test.epoch003.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["utt", "label", "pred", *CLASSES]
+    assert [r.split("\t")[0] for r in rows[1:]] == ds.utts  # tsv order
+    assert [r.split("\t")[1] for r in rows[1:]] == (data["fold"] / "test.emo").read_text().split()
+    for r in rows[1:]:
+        probs = [float(x) for x in r.split("\t")[3:]]
+        assert abs(sum(probs) - 1) < 1e-4 and r.split("\t")[2] == CLASSES[int(np.argmax(probs))]
