@@ -1,4 +1,5 @@
 """Feature dumping: format, inputs, resuming after a crash, sharding + merge, FeatureReader."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,12 @@ def make_corpus(root: Path, lengths=LENGTHS, seed=0):
         utt = f"spk{i // 2}_u{i}"
         wav = root / "wav" / f"{utt}.wav"
         t = np.arange(n) / 16000
-        sf.write(wav, (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.05 * rng.standard_normal(n)).astype(np.float32),
-                 16000, subtype="FLOAT")
+        sf.write(
+            wav,
+            (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.05 * rng.standard_normal(n)).astype(np.float32),
+            16000,
+            subtype="FLOAT",
+        )
         utts.append(Utterance(utt, str(wav), n, "neu" if i % 2 else "ang", f"spk{i // 2}"))
     data = root / "data"
     data.mkdir(exist_ok=True)
@@ -83,7 +88,13 @@ def test_dump_format_and_reader(corpus, up, tmp_path):
 
     meta = json.loads((out / "meta.json").read_text())
     assert {k: meta[k] for k in ("kind", "layers", "dim", "dtype", "frame_rate", "normalize")} == {
-        "kind": "hubert", "layers": [0, 1, 2], "dim": 64, "dtype": "float16", "frame_rate": 50.0, "normalize": False}
+        "kind": "hubert",
+        "layers": [0, 1, 2],
+        "dim": 64,
+        "dtype": "float16",
+        "frame_rate": 50.0,
+        "normalize": False,
+    }
 
 
 def test_resume_after_crash_is_byte_identical(corpus, up, tmp_path, monkeypatch):
@@ -162,8 +173,23 @@ def test_mfcc_dump_cli(corpus, tmp_path):
 
     _, data = corpus
     out = tmp_path / "mfcc"
-    assert main(["dump-features", "--upstream", "mfcc", "--data", str(data), "--out", str(out),
-                 "--dtype", "float32", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "dump-features",
+                "--upstream",
+                "mfcc",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--dtype",
+                "float32",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     reader = FeatureReader(out)
     assert reader.layers == [0] and reader.dim == 39
     u = next(iter(reader.keys()))

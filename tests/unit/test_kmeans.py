@@ -1,4 +1,5 @@
-"""k-means pseudo labels: train-only fitting, leakage refusals, and .km files fairseq's HubertDataset accepts."""
+"""k-means pseudo labels: train-only fitting, leakage refusals, .km files fairseq's HubertDataset accepts."""
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,15 @@ def test_fit_refuses_heldout_splits_without_transductive(setup, tmp_path):
         with pytest.raises(SerkitError, match="--transductive"):
             km.fit(setup["feats"], setup["fold"], tmp_path / "m.npz", n_clusters=3, splits=splits)
     assert not (tmp_path / "m.npz").exists()
-    meta = km.fit(setup["feats"], setup["fold"], tmp_path / "t.npz", n_clusters=3, max_frames=80,
-                  splits=["train", "valid", "test"], transductive=True)
+    meta = km.fit(
+        setup["feats"],
+        setup["fold"],
+        tmp_path / "t.npz",
+        n_clusters=3,
+        max_frames=80,
+        splits=["train", "valid", "test"],
+        transductive=True,
+    )
     assert meta["transductive"] and meta["sees_test_audio"]
     info = km.apply(tmp_path / "t.npz", setup["feats"], setup["fold"], tmp_path / "labels")
     assert json.loads((tmp_path / "labels" / "km.json").read_text())["transductive"] is True
@@ -113,9 +121,18 @@ def _hubert_dataset(fold: Path, labels: Path, split: str):
     from fairseq.tasks.hubert_pretraining import LabelEncoder
 
     d = Dictionary.load(str(labels / "dict.km.txt"))
-    return HubertDataset(str(fold / f"{split}.tsv"), sample_rate=16000, label_paths=[str(labels / f"{split}.km")],
-                         label_rates=50.0, pad_list=[d.pad()], eos_list=[d.eos()], label_processors=[LabelEncoder(d)],
-                         pad_audio=True, store_labels=False, shuffle=False), d
+    return HubertDataset(
+        str(fold / f"{split}.tsv"),
+        sample_rate=16000,
+        label_paths=[str(labels / f"{split}.km")],
+        label_rates=50.0,
+        pad_list=[d.pad()],
+        eos_list=[d.eos()],
+        label_processors=[LabelEncoder(d)],
+        pad_audio=True,
+        store_labels=False,
+        shuffle=False,
+    ), d
 
 
 def test_km_files_are_what_fairseq_hubert_dataset_expects(setup, tmp_path, caplog):
@@ -142,8 +159,9 @@ def test_km_files_are_what_fairseq_hubert_dataset_expects(setup, tmp_path, caplo
             item = ds[i]
             assert len(item["label_list"][0]) == (len(item["source"]) - 400) // 320 + 1
         batch = ds.collater([ds[i] for i in range(len(ds))])
-        assert batch["target_lengths_list"][0].tolist() == [(len(ds[i]["source"]) - 400) // 320 + 1
-                                                             for i in range(len(ds))]
+        assert batch["target_lengths_list"][0].tolist() == [
+            (len(ds[i]["source"]) - 400) // 320 + 1 for i in range(len(ds))
+        ]
 
 
 def test_labels_feed_the_tiny_hubert_forward(setup, tmp_path):
@@ -168,12 +186,65 @@ def test_sklearn_backend_and_cli(setup, tmp_path):
     from serkit.cli import main
 
     model = tmp_path / "sk.npz"
-    assert main(["kmeans", "fit", "--feats", str(setup["feats"]), "--fold", str(setup["fold"]), "--n-clusters", "3",
-                 "--max-frames", "100", "--backend", "sklearn", "--out", str(model)]) == 0
+    assert (
+        main(
+            [
+                "kmeans",
+                "fit",
+                "--feats",
+                str(setup["feats"]),
+                "--fold",
+                str(setup["fold"]),
+                "--n-clusters",
+                "3",
+                "--max-frames",
+                "100",
+                "--backend",
+                "sklearn",
+                "--out",
+                str(model),
+            ]
+        )
+        == 0
+    )
     centroids, meta = km.load_model(model)
     assert centroids.shape == (3, 39) and meta["backend"] == "sklearn"
-    assert main(["kmeans", "apply", "--model", str(model), "--feats", str(setup["feats"]), "--fold",
-                 str(setup["fold"]), "--splits", "train", "--out", str(tmp_path / "lab")]) == 0
+    assert (
+        main(
+            [
+                "kmeans",
+                "apply",
+                "--model",
+                str(model),
+                "--feats",
+                str(setup["feats"]),
+                "--fold",
+                str(setup["fold"]),
+                "--splits",
+                "train",
+                "--out",
+                str(tmp_path / "lab"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "lab" / "train.km").is_file()
-    assert main(["kmeans", "fit", "--feats", str(setup["feats"]), "--fold", str(setup["fold"]), "--n-clusters", "3",
-                 "--split", "test", "--out", str(model)]) == 2  # refused: SerkitError -> exit 2
+    assert (
+        main(
+            [
+                "kmeans",
+                "fit",
+                "--feats",
+                str(setup["feats"]),
+                "--fold",
+                str(setup["fold"]),
+                "--n-clusters",
+                "3",
+                "--split",
+                "test",
+                "--out",
+                str(model),
+            ]
+        )
+        == 2
+    )  # refused: SerkitError -> exit 2

@@ -1,4 +1,5 @@
 """Upstream loading: tiny HuBERT checkpoints, layer shapes, frame counts, mask invariance, bad files."""
+
 from __future__ import annotations
 
 import os
@@ -78,7 +79,7 @@ def test_padding_invariance(up):
         pad[i, :n] = False
     hidden, mask = up(wav, pad)
     for i, n in enumerate(lens):
-        alone, _ = up(wav[i:i + 1, :n])
+        alone, _ = up(wav[i : i + 1, :n])
         t = num_frames(n)
         assert (~mask[i]).sum() == t
         for h, a in zip(hidden, alone):
@@ -138,9 +139,14 @@ def test_garbage_file(tmp_path):
 
 def test_translation_checkpoint_is_refused(tmp_path):
     bad = tmp_path / "mt.pt"
-    torch.save({"cfg": {"model": {"_name": "transformer"}, "task": {"_name": "translation"}}, "model": {},
-                "optimizer_history": [{"criterion_name": "x", "optimizer_name": "y", "lr_scheduler_state": {}}]},
-               bad)
+    torch.save(
+        {
+            "cfg": {"model": {"_name": "transformer"}, "task": {"_name": "translation"}},
+            "model": {},
+            "optimizer_history": [{"criterion_name": "x", "optimizer_name": "y", "lr_scheduler_state": {}}],
+        },
+        bad,
+    )
     with pytest.raises(SerkitError, match=r"mt\.pt: a fairseq 'transformer' checkpoint .*not a speech SSL"):
         load_upstream(bad)
 
@@ -149,9 +155,16 @@ def _tiny_w2v(tmp_path):
     from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
     from omegaconf import OmegaConf
 
-    cfg = Wav2Vec2Config(conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2", encoder_layers=2,
-                         encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=2, final_dim=32,
-                         latent_vars=8, latent_groups=2)
+    cfg = Wav2Vec2Config(
+        conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
+        encoder_layers=2,
+        encoder_embed_dim=64,
+        encoder_ffn_embed_dim=128,
+        encoder_attention_heads=2,
+        final_dim=32,
+        latent_vars=8,
+        latent_groups=2,
+    )
     model = Wav2Vec2Model(cfg)
     model_cfg = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     model_cfg["_name"] = "wav2vec2"
@@ -163,8 +176,14 @@ def test_wav2vec2_pretrained_and_ctc(tmp_path):
     model, model_cfg, task_cfg = _tiny_w2v(tmp_path)
     hist = [{"criterion_name": "x", "optimizer_name": "y", "lr_scheduler_state": {}, "num_updates": 0}]
     pre = tmp_path / "w2v.pt"
-    torch.save({"cfg": {"model": model_cfg, "task": task_cfg}, "model": model.state_dict(),
-                "optimizer_history": hist}, pre)
+    torch.save(
+        {
+            "cfg": {"model": model_cfg, "task": task_cfg},
+            "model": model.state_dict(),
+            "optimizer_history": hist,
+        },
+        pre,
+    )
     up = load_upstream(pre)
     assert (up.kind, up.num_layers, up.dim, up.normalize) == ("wav2vec2", 2, 64, True)
     wav = torch.randn(1, 8000)
@@ -174,9 +193,14 @@ def test_wav2vec2_pretrained_and_ctc(tmp_path):
     sd = {f"w2v_encoder.w2v_model.{k}": v for k, v in model.state_dict().items()}
     sd["w2v_encoder.proj.weight"] = torch.zeros(32, 64)
     sd["w2v_encoder.proj.bias"] = torch.zeros(32)
-    ctc_cfg = {"model": {"_name": "wav2vec_ctc", "w2v_path": "/nowhere.pt",
-                         "w2v_args": {"model": model_cfg, "task": task_cfg}},
-               "task": {"_name": "audio_finetuning", "data": "/nowhere", "normalize": True, "labels": "ltr"}}
+    ctc_cfg = {
+        "model": {
+            "_name": "wav2vec_ctc",
+            "w2v_path": "/nowhere.pt",
+            "w2v_args": {"model": model_cfg, "task": task_cfg},
+        },
+        "task": {"_name": "audio_finetuning", "data": "/nowhere", "normalize": True, "labels": "ltr"},
+    }
     ctc = tmp_path / "ctc.pt"
     torch.save({"cfg": ctc_cfg, "model": sd, "optimizer_history": hist}, ctc)
     up_ctc = load_upstream(ctc)
@@ -220,8 +244,15 @@ def test_hf_directory_errors(tmp_path):
 
 def test_hf_upstream_tiny_wavlm(tmp_path):
     transformers = pytest.importorskip("transformers", reason="the serkit[hf] extra is not installed")
-    cfg = transformers.WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                   conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    cfg = transformers.WavLMConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
     transformers.WavLMModel(cfg).save_pretrained(tmp_path / "wavlm")
     up = load_upstream(tmp_path / "wavlm")
     hidden, mask = up(torch.randn(1, 16000))

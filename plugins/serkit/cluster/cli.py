@@ -1,37 +1,61 @@
 """``serkit kmeans fit`` and ``serkit kmeans apply``."""
+
 from __future__ import annotations
 
 import argparse
 
 
 def register(sub) -> None:
-    p = sub.add_parser("kmeans", help="k-means pseudo labels: fit on a fold's training frames, apply to splits",
-                       description="Fit k-means on cached features of a fold's TRAINING split (faiss; GPU "
-                       "when present) and write HuBERT pseudo-label files (<split>.km, dict.km.txt).")
+    p = sub.add_parser(
+        "kmeans",
+        help="k-means pseudo labels: fit on a fold's training frames, apply to splits",
+        description="Fit k-means on cached features of a fold's TRAINING split (faiss; GPU "
+        "when present) and write HuBERT pseudo-label files (<split>.km, dict.km.txt).",
+    )
     ks = p.add_subparsers(dest="kmeans_command", metavar="{fit,apply}")
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
     f = ks.add_parser("fit", help="fit k-means on a capped random sample of training frames")
     f.add_argument("--feats", required=True, help="directory written by `serkit dump-features`")
     f.add_argument("--fold", required=True, help="fold directory written by `serkit split`")
-    f.add_argument("--split", default="train",
-                   help="split(s) to fit on, comma-separated; anything but 'train' needs --transductive")
+    f.add_argument(
+        "--split",
+        default="train",
+        help="split(s) to fit on, comma-separated; anything but 'train' needs --transductive",
+    )
     f.add_argument("--layer", type=int, default=None, help="layer to cluster (needed if several were dumped)")
     f.add_argument("--n-clusters", type=int, required=True, help="number of clusters K")
-    f.add_argument("--max-frames", type=int, default=1_000_000,
-                   help="cap on the number of frames sampled (uniformly, without replacement)")
+    f.add_argument(
+        "--max-frames",
+        type=int,
+        default=1_000_000,
+        help="cap on the number of frames sampled (uniformly, without replacement)",
+    )
     f.add_argument("--out", required=True, help="model file to write (.npz)")
-    f.add_argument("--backend", choices=["faiss", "sklearn"], default="faiss",
-                   help="faiss (k-means++ init, Lloyd) or sklearn (fairseq learn_kmeans.py settings)")
-    f.add_argument("--transductive", action="store_true",
-                   help="allow held-out (valid/test) audio in the fit; recorded in the model and km.json")
+    f.add_argument(
+        "--backend",
+        choices=["faiss", "sklearn"],
+        default="faiss",
+        help="faiss (k-means++ init, Lloyd) or sklearn (fairseq learn_kmeans.py settings)",
+    )
+    f.add_argument(
+        "--transductive",
+        action="store_true",
+        help="allow held-out (valid/test) audio in the fit; recorded in the model and km.json",
+    )
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--niter", type=int, default=20, help="faiss: Lloyd iterations")
-    f.add_argument("--init-sample", type=int, default=100_000,
-                   help="faiss: frames the k-means++ seeding runs on (a random subset of the sample)")
+    f.add_argument(
+        "--init-sample",
+        type=int,
+        default=100_000,
+        help="faiss: frames the k-means++ seeding runs on (a random subset of the sample)",
+    )
     f.set_defaults(func=run_fit)
 
-    a = ks.add_parser("apply", help="write <split>.km, dict.km.txt and km.json for fairseq's hubert_pretraining")
+    a = ks.add_parser(
+        "apply", help="write <split>.km, dict.km.txt and km.json for fairseq's hubert_pretraining"
+    )
     a.add_argument("--model", required=True, help="model written by `serkit kmeans fit`")
     a.add_argument("--feats", required=True, help="features of every utterance of the splits")
     a.add_argument("--fold", required=True, help="fold directory (its <split>.tsv fix the line order)")
@@ -43,9 +67,20 @@ def register(sub) -> None:
 def run_fit(args: argparse.Namespace) -> int:
     from .kmeans import fit
 
-    fit(args.feats, args.fold, args.out, n_clusters=args.n_clusters, splits=args.split.split(","),
-        layer=args.layer, max_frames=args.max_frames, backend=args.backend, transductive=args.transductive,
-        seed=args.seed, niter=args.niter, init_sample=args.init_sample)
+    fit(
+        args.feats,
+        args.fold,
+        args.out,
+        n_clusters=args.n_clusters,
+        splits=args.split.split(","),
+        layer=args.layer,
+        max_frames=args.max_frames,
+        backend=args.backend,
+        transductive=args.transductive,
+        seed=args.seed,
+        niter=args.niter,
+        init_sample=args.init_sample,
+    )
     return 0
 
 

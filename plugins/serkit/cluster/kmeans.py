@@ -18,6 +18,7 @@ trimming.
 The model file (``--out MODEL``) is a numpy ``.npz`` with ``centroids`` (K, C) float32 and ``meta``
 (a JSON string).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,6 +47,7 @@ def expected_frames(num_samples: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # k-means++ seeding and the two backends
 
+
 def _sq_dists(x: np.ndarray, c: np.ndarray, x_sq: np.ndarray | None = None) -> np.ndarray:
     """Squared Euclidean distances (n, m) between rows of x (n, d) and c (m, d)."""
     if x_sq is None:
@@ -55,7 +57,9 @@ def _sq_dists(x: np.ndarray, c: np.ndarray, x_sq: np.ndarray | None = None) -> n
     return np.maximum(d, 0.0)
 
 
-def kmeans_pp_init(x: np.ndarray, k: int, rng: np.random.Generator, n_local_trials: int | None = None) -> np.ndarray:
+def kmeans_pp_init(
+    x: np.ndarray, k: int, rng: np.random.Generator, n_local_trials: int | None = None
+) -> np.ndarray:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre is the best of
     ``2 + log(k)`` candidates drawn with probability proportional to the squared distance to the
     nearest chosen centre. Returns (k, d) float32 centres, all rows of ``x``."""
@@ -108,7 +112,8 @@ def faiss_build() -> str:
             level = f", dynamic dispatch at {simd.get_level_name()}"
         except Exception:  # noqa: BLE001 - older builds lack it
             level = ", dynamic dispatch"
-    return f"faiss {faiss.__version__} {lib} library{level} (compiled: {' '.join(opts)}), gpus={faiss.get_num_gpus()}"
+    compiled, gpus = " ".join(opts), faiss.get_num_gpus()
+    return f"faiss {faiss.__version__} {lib} library{level} (compiled: {compiled}), gpus={gpus}"
 
 
 def inertia(x: np.ndarray, centroids: np.ndarray) -> float:
@@ -126,8 +131,14 @@ def assign(x: np.ndarray, centroids: np.ndarray, return_dist: bool = False):
     return (i[:, 0], d[:, 0]) if return_dist else i[:, 0]
 
 
-def fit_faiss(x: np.ndarray, k: int, seed: int = 0, niter: int = 20, init_sample: int = 100_000,
-              use_gpu: bool | None = None) -> tuple[np.ndarray, dict]:
+def fit_faiss(
+    x: np.ndarray,
+    k: int,
+    seed: int = 0,
+    niter: int = 20,
+    init_sample: int = 100_000,
+    use_gpu: bool | None = None,
+) -> tuple[np.ndarray, dict]:
     """Lloyd iterations on all of ``x`` with faiss, starting from k-means++ centres of a subsample."""
     import faiss
 
@@ -139,14 +150,36 @@ def fit_faiss(x: np.ndarray, k: int, seed: int = 0, niter: int = 20, init_sample
     t_init = time.perf_counter() - t0
     ngpu = faiss.get_num_gpus()
     gpu = ngpu > 0 if use_gpu is None else use_gpu
-    log.info("k-means: faiss on %s (%s), %d x %d frames, k=%d, %d iterations, k-means++ init on %d frames",
-             "GPU" if gpu else "CPU", faiss_build(), len(x), x.shape[1], k, niter, len(sub))
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, gpu=gpu,
-                      max_points_per_centroid=len(x) // k + 1,  # use every sampled frame, no subsampling
-                      min_points_per_centroid=1)
+    log.info(
+        "k-means: faiss on %s (%s), %d x %d frames, k=%d, %d iterations, k-means++ init on %d frames",
+        "GPU" if gpu else "CPU",
+        faiss_build(),
+        len(x),
+        x.shape[1],
+        k,
+        niter,
+        len(sub),
+    )
+    km = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=niter,
+        seed=seed,
+        verbose=False,
+        gpu=gpu,
+        max_points_per_centroid=len(x) // k + 1,  # use every sampled frame, no subsampling
+        min_points_per_centroid=1,
+    )
     km.train(x, init_centroids=init)
-    info = {"backend": "faiss", "device": "gpu" if gpu else "cpu", "niter": niter, "init": "k-means++",
-            "init_sample": len(sub), "init_seconds": round(t_init, 3), "faiss": faiss_build()}
+    info = {
+        "backend": "faiss",
+        "device": "gpu" if gpu else "cpu",
+        "niter": niter,
+        "init": "k-means++",
+        "init_sample": len(sub),
+        "init_seconds": round(t_init, 3),
+        "faiss": faiss_build(),
+    }
     return np.asarray(km.centroids, dtype=np.float32).reshape(k, -1), info
 
 
@@ -154,19 +187,41 @@ def fit_sklearn(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, dict]
     """fairseq's ``examples/hubert/simple_kmeans/learn_kmeans.py`` settings (MiniBatchKMeans)."""
     from sklearn.cluster import MiniBatchKMeans
 
-    log.info("k-means: sklearn MiniBatchKMeans (fairseq learn_kmeans settings), %d x %d frames, k=%d",
-             len(x), x.shape[1], k)
-    km = MiniBatchKMeans(n_clusters=k, init="k-means++", max_iter=100, batch_size=10000, verbose=0,
-                         compute_labels=False, tol=0.0, max_no_improvement=100, init_size=None, n_init=20,
-                         reassignment_ratio=0.0, random_state=seed)
+    log.info(
+        "k-means: sklearn MiniBatchKMeans (fairseq learn_kmeans settings), %d x %d frames, k=%d",
+        len(x),
+        x.shape[1],
+        k,
+    )
+    km = MiniBatchKMeans(
+        n_clusters=k,
+        init="k-means++",
+        max_iter=100,
+        batch_size=10000,
+        verbose=0,
+        compute_labels=False,
+        tol=0.0,
+        max_no_improvement=100,
+        init_size=None,
+        n_init=20,
+        reassignment_ratio=0.0,
+        random_state=seed,
+    )
     km.fit(x)
-    info = {"backend": "sklearn", "device": "cpu", "max_iter": 100, "batch_size": 10000, "n_init": 20,
-            "init": "k-means++"}
+    info = {
+        "backend": "sklearn",
+        "device": "cpu",
+        "max_iter": 100,
+        "batch_size": 10000,
+        "n_init": 20,
+        "init": "k-means++",
+    }
     return km.cluster_centers_.astype(np.float32), info
 
 
 # ---------------------------------------------------------------------------------------------
 # which frames a fit may see
+
 
 def _fold_guard(fold_dir: Path, splits: list[str], transductive: bool):
     """Utterances to fit on, after the leakage checks; returns (utterances, test utts, test speakers)."""
@@ -174,9 +229,11 @@ def _fold_guard(fold_dir: Path, splits: list[str], transductive: bool):
 
     bad = [s for s in splits if s != "train"]
     if bad and not transductive:
-        raise SerkitError(f"{fold_dir}: refusing to fit k-means on split(s) {bad}: pseudo labels must come "
-                          "from the training split only. Pass --transductive to fit on held-out audio "
-                          "on purpose (FLEA's official setting); it is recorded in the model and km.json")
+        raise SerkitError(
+            f"{fold_dir}: refusing to fit k-means on split(s) {bad}: pseudo labels must come "
+            "from the training split only. Pass --transductive to fit on held-out audio "
+            "on purpose (FLEA's official setting); it is recorded in the model and km.json"
+        )
     test = read_split(fold_dir, "test") if (fold_dir / "test.tsv").is_file() else []
     test_utts, test_spks = {u.utt for u in test}, {u.spk for u in test}
     utts, seen = [], set()
@@ -189,9 +246,11 @@ def _fold_guard(fold_dir: Path, splits: list[str], transductive: bool):
         leak_u = [u.utt for u in utts if u.utt in test_utts]
         leak_s = sorted({u.spk for u in utts if u.spk in test_spks})
         if leak_u or leak_s:
-            raise SerkitError(f"{fold_dir}: the training split shares {len(leak_u)} utterance(s) "
-                              f"{leak_u[:3]} and speaker(s) {leak_s[:5]} with the test split; the fold leaks: "
-                              "re-run `serkit split` (or pass --transductive deliberately)")
+            raise SerkitError(
+                f"{fold_dir}: the training split shares {len(leak_u)} utterance(s) "
+                f"{leak_u[:3]} and speaker(s) {leak_s[:5]} with the test split; the fold leaks: "
+                "re-run `serkit split` (or pass --transductive deliberately)"
+            )
     return utts, test_utts, test_spks
 
 
@@ -220,7 +279,7 @@ def sample_frames(reader, utts: list[str], layer: int, max_frames: int, seed: in
         feats = reader.load(utts[i], layers=[layer])[0]
         if x is None:
             x = np.empty((len(picks), feats.shape[1]), dtype=np.float32)
-        x[row: row + len(frames)] = feats[frames]
+        x[row : row + len(frames)] = feats[frames]
         row += len(frames)
         keys.extend((utts[i], int(t)) for t in frames)
     return x, keys
@@ -230,9 +289,20 @@ def _digest(items) -> str:
     return hashlib.sha1("\n".join(sorted(items)).encode()).hexdigest()
 
 
-def fit(feats: str | os.PathLike, fold: str | os.PathLike, out: str | os.PathLike, n_clusters: int,
-        splits=("train",), layer: int | None = None, max_frames: int = 1_000_000, backend: str = "faiss",
-        transductive: bool = False, seed: int = 0, niter: int = 20, init_sample: int = 100_000) -> dict:
+def fit(
+    feats: str | os.PathLike,
+    fold: str | os.PathLike,
+    out: str | os.PathLike,
+    n_clusters: int,
+    splits=("train",),
+    layer: int | None = None,
+    max_frames: int = 1_000_000,
+    backend: str = "faiss",
+    transductive: bool = False,
+    seed: int = 0,
+    niter: int = 20,
+    init_sample: int = 100_000,
+) -> dict:
     """Fit k-means on frames of ``splits`` of ``fold`` (train only unless transductive); write ``out``."""
     from ..upstream.features import FeatureReader
 
@@ -248,11 +318,20 @@ def fit(feats: str | os.PathLike, fold: str | os.PathLike, out: str | os.PathLik
     utts, test_utts, test_spks = _fold_guard(fold, splits, transductive)
     missing = [u.utt for u in utts if u.utt not in reader]
     if missing:
-        raise SerkitError(f"{feats}: no features for {len(missing)} utterance(s) of {fold} {splits} "
-                          f"({missing[:3]}...); dump features for this data first")
+        raise SerkitError(
+            f"{feats}: no features for {len(missing)} utterance(s) of {fold} {splits} "
+            f"({missing[:3]}...); dump features for this data first"
+        )
     x, keys = sample_frames(reader, [u.utt for u in utts], layer, max_frames, seed)
-    log.info("k-means fit: %d frames sampled from %d utterances of %s %s (layer %d, cap %d)", len(x),
-             len({k for k, _ in keys}), fold, ",".join(splits), layer, max_frames)
+    log.info(
+        "k-means fit: %d frames sampled from %d utterances of %s %s (layer %d, cap %d)",
+        len(x),
+        len({k for k, _ in keys}),
+        fold,
+        ",".join(splits),
+        layer,
+        max_frames,
+    )
     t0 = time.perf_counter()
     if backend == "faiss":
         centroids, info = fit_faiss(x, n_clusters, seed=seed, niter=niter, init_sample=init_sample)
@@ -264,20 +343,39 @@ def fit(feats: str | os.PathLike, fold: str | os.PathLike, out: str | os.PathLik
     fit_inertia = inertia(x, centroids)
     fit_spks = sorted({u.spk for u in utts})
     meta = {
-        "n_clusters": n_clusters, "dim": int(x.shape[1]), "layer": layer, "feats": str(Path(feats).resolve()),
-        "upstream": reader.meta.get("upstream"), "fold": str(fold.resolve()), "splits": splits,
-        "transductive": bool(transductive), "seed": seed, "max_frames": max_frames, "num_frames": len(x),
-        "num_utterances": len(utts), "utterances_sha1": _digest(u.utt for u in utts), "speakers": fit_spks,
-        "sees_test_audio": bool(transductive and ({u.utt for u in utts} & test_utts
-                                                  or set(fit_spks) & test_spks)),
-        "inertia": fit_inertia, "mean_sq_dist": fit_inertia / len(x), "fit_seconds": round(seconds, 3), **info,
+        "n_clusters": n_clusters,
+        "dim": int(x.shape[1]),
+        "layer": layer,
+        "feats": str(Path(feats).resolve()),
+        "upstream": reader.meta.get("upstream"),
+        "fold": str(fold.resolve()),
+        "splits": splits,
+        "transductive": bool(transductive),
+        "seed": seed,
+        "max_frames": max_frames,
+        "num_frames": len(x),
+        "num_utterances": len(utts),
+        "utterances_sha1": _digest(u.utt for u in utts),
+        "speakers": fit_spks,
+        "sees_test_audio": bool(
+            transductive and ({u.utt for u in utts} & test_utts or set(fit_spks) & test_spks)
+        ),
+        "inertia": fit_inertia,
+        "mean_sq_dist": fit_inertia / len(x),
+        "fit_seconds": round(seconds, 3),
+        **info,
     }
     buf = io.BytesIO()
     np.savez(buf, centroids=centroids, meta=np.array(json.dumps(meta)))
     with atomic_file(out, "wb") as f:
         f.write(buf.getvalue())
-    log.info("k-means fit: %s in %.1f s, mean squared distance %.4g -> %s", backend, seconds,
-             meta["mean_sq_dist"], out)
+    log.info(
+        "k-means fit: %s in %.1f s, mean squared distance %.4g -> %s",
+        backend,
+        seconds,
+        meta["mean_sq_dist"],
+        out,
+    )
     return meta
 
 
@@ -292,8 +390,13 @@ def load_model(path) -> tuple[np.ndarray, dict]:
         raise SerkitError(f"{path}: not a serkit k-means model ({e})") from e
 
 
-def apply(model: str | os.PathLike, feats: str | os.PathLike, fold: str | os.PathLike,
-          out: str | os.PathLike, splits=("train", "valid", "test")) -> dict:
+def apply(
+    model: str | os.PathLike,
+    feats: str | os.PathLike,
+    fold: str | os.PathLike,
+    out: str | os.PathLike,
+    splits=("train", "valid", "test"),
+) -> dict:
     """Write ``<split>.km``, ``dict.km.txt`` and ``km.json`` to ``out`` (see module docstring)."""
     from ..data.manifest import read_split
     from ..upstream.features import FeatureReader
@@ -303,14 +406,18 @@ def apply(model: str | os.PathLike, feats: str | os.PathLike, fold: str | os.Pat
     fold, out = Path(fold), Path(out)
     layer = meta["layer"]
     if reader.dim != meta["dim"] or layer not in reader.layers:
-        raise SerkitError(f"{feats}: features (layers {reader.layers}, dim {reader.dim}) do not match the "
-                          f"model {model} (layer {layer}, dim {meta['dim']})")
+        raise SerkitError(
+            f"{feats}: features (layers {reader.layers}, dim {reader.dim}) do not match the "
+            f"model {model} (layer {layer}, dim {meta['dim']})"
+        )
     if not meta.get("transductive") and (fold / "test.tsv").is_file():
         test_spks = {u.spk for u in read_split(fold, "test")}
         shared = sorted(test_spks & set(meta.get("speakers", [])))
         if shared:
-            raise SerkitError(f"{model}: fitted on speaker(s) {shared[:5]} of {fold}'s test split; fit a model "
-                              "on this fold's training split")
+            raise SerkitError(
+                f"{model}: fitted on speaker(s) {shared[:5]} of {fold}'s test split; fit a model "
+                "on this fold's training split"
+            )
     counts = np.zeros(len(centroids), dtype=np.int64)
     per_split = {}
     out.mkdir(parents=True, exist_ok=True)
@@ -319,14 +426,18 @@ def apply(model: str | os.PathLike, feats: str | os.PathLike, fold: str | os.Pat
         with atomic_file(out / f"{split}.km", encoding="utf-8") as f:
             for u in utts:
                 if u.utt not in reader:
-                    raise SerkitError(f"{feats}: no features for {u.utt} ({fold / (split + '.tsv')}); dump "
-                                      "features for every utterance of the fold")
+                    raise SerkitError(
+                        f"{feats}: no features for {u.utt} ({fold / (split + '.tsv')}); dump "
+                        "features for every utterance of the fold"
+                    )
                 x = reader.load(u.utt, layers=[layer])[0]
                 want = expected_frames(u.num_samples)
                 if x.shape[0] != want:
-                    raise SerkitError(f"{feats}: {u.utt} has {x.shape[0]} frames, but {u.num_samples} samples "
-                                      f"make {want} at 50 Hz (fairseq's HubertDataset expects that many); "
-                                      "were the features dumped from other audio?")
+                    raise SerkitError(
+                        f"{feats}: {u.utt} has {x.shape[0]} frames, but {u.num_samples} samples "
+                        f"make {want} at 50 Hz (fairseq's HubertDataset expects that many); "
+                        "were the features dumped from other audio?"
+                    )
                 labels = assign(x, centroids) if len(x) else np.zeros(0, dtype=np.int64)
                 counts += np.bincount(labels, minlength=len(centroids))
                 f.write(" ".join(map(str, labels.tolist())) + "\n")
@@ -334,10 +445,22 @@ def apply(model: str | os.PathLike, feats: str | os.PathLike, fold: str | os.Pat
         log.info("k-means apply: %s.km: %d utterances -> %s", split, len(utts), out / f"{split}.km")
     with atomic_file(out / "dict.km.txt", encoding="utf-8") as f:
         f.write("".join(f"{i} {int(c)}\n" for i, c in enumerate(counts)))
-    info = {"model": str(Path(model).resolve()), "feats": str(Path(feats).resolve()), "fold": str(fold.resolve()),
-            "splits": per_split, "label_rate": LABEL_RATE, "n_clusters": len(centroids), "layer": layer,
-            "transductive": bool(meta.get("transductive")), "fit": meta,
-            "fairseq": {"task.data": str(fold.resolve()), "task.label_dir": str(out.resolve()),
-                        "task.labels": ["km"], "task.label_rate": LABEL_RATE}}
+    info = {
+        "model": str(Path(model).resolve()),
+        "feats": str(Path(feats).resolve()),
+        "fold": str(fold.resolve()),
+        "splits": per_split,
+        "label_rate": LABEL_RATE,
+        "n_clusters": len(centroids),
+        "layer": layer,
+        "transductive": bool(meta.get("transductive")),
+        "fit": meta,
+        "fairseq": {
+            "task.data": str(fold.resolve()),
+            "task.label_dir": str(out.resolve()),
+            "task.labels": ["km"],
+            "task.label_rate": LABEL_RATE,
+        },
+    }
     write_json(out / "km.json", info)
     return info

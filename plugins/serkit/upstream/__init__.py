@@ -17,6 +17,7 @@ Loading a fairseq checkpoint unpickles it (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`
 
 The package imports nothing heavy: torch and fairseq are imported when a model is loaded.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """``serkit make-upstream`` and ``serkit dump-features``."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,19 +11,30 @@ log = logging.getLogger("serkit.upstream")
 def register(sub) -> None:
     p = sub.add_parser(
         "make-upstream",
-        help="write a randomly initialised fairseq HuBERT checkpoint (tiny for demos/tests, base for benchmarks)",
+        help="write a random-weight fairseq HuBERT checkpoint (tiny: demos/tests, base: benchmarks)",
         description="Write a fairseq HuBERT checkpoint with random weights. 'tiny-hubert' is the CPU demo "
         "model (2 layers x 64 dims, 20 ms frames); --arch base gives a HuBERT-base-sized model.",
     )
     p.add_argument("name", choices=["tiny-hubert", "hubert"], help="model family (both write HuBERT)")
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
-    p.add_argument("--arch", choices=["tiny", "base"], default=None,
-                   help="size (default: tiny for tiny-hubert, base for hubert)")
+    p.add_argument(
+        "--arch",
+        choices=["tiny", "base"],
+        default=None,
+        help="size (default: tiny for tiny-hubert, base for hubert)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed of the initialisation")
-    p.add_argument("--num-labels", type=int, default=50,
-                   help="size of the pseudo-label dictionary the prediction head is built for")
-    p.add_argument("--normalize", action="store_true",
-                   help="record task.normalize=true (waveforms layer-normalised per utterance)")
+    p.add_argument(
+        "--num-labels",
+        type=int,
+        default=50,
+        help="size of the pseudo-label dictionary the prediction head is built for",
+    )
+    p.add_argument(
+        "--normalize",
+        action="store_true",
+        help="record task.normalize=true (waveforms layer-normalised per utterance)",
+    )
     p.set_defaults(func=run_make_upstream)
 
     d = sub.add_parser(
@@ -32,21 +44,36 @@ def register(sub) -> None:
         "one (T, n_layers*C) matrix per utterance at 50 frames/s. Re-running the same command resumes; "
         "--shard/--nshard split the work; the run that finds every chunk present merges.",
     )
-    d.add_argument("--upstream", required=True,
-                   help="fairseq checkpoint (.pt), Hugging Face model directory, or 'mfcc'")
+    d.add_argument(
+        "--upstream", required=True, help="fairseq checkpoint (.pt), Hugging Face model directory, or 'mfcc'"
+    )
     d.add_argument("--layers", default="all", help="'all', one layer (9) or a list (3,6,9); 0 = CNN output")
-    d.add_argument("--data", required=True, nargs="+",
-                   help="data directory (wav.scp), fold directory, or FOLD/<split>.tsv (several allowed)")
-    d.add_argument("--splits", default=None, help="with a fold directory: comma-separated splits (default all)")
+    d.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="data directory (wav.scp), fold directory, or FOLD/<split>.tsv (several allowed)",
+    )
+    d.add_argument(
+        "--splits", default=None, help="with a fold directory: comma-separated splits (default all)"
+    )
     d.add_argument("--out", required=True, help="output directory")
     d.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     d.add_argument("--shard", type=int, default=0, help="this job's shard index (0-based)")
     d.add_argument("--nshard", type=int, default=1, help="number of shards")
     d.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    d.add_argument("--max-chunk-seconds", type=float, default=None,
-                   help="utterances longer than this are encoded in chunks (default 60 s)")
-    d.add_argument("--chunk-utterances", type=int, default=100,
-                   help="utterances per ark part (the unit of resuming and sharding)")
+    d.add_argument(
+        "--max-chunk-seconds",
+        type=float,
+        default=None,
+        help="utterances longer than this are encoded in chunks (default 60 s)",
+    )
+    d.add_argument(
+        "--chunk-utterances",
+        type=int,
+        default=100,
+        help="utterances per ark part (the unit of resuming and sharding)",
+    )
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=run_dump_features)
 
@@ -55,8 +82,9 @@ def run_make_upstream(args: argparse.Namespace) -> int:
     from .tiny import make_hubert_checkpoint
 
     arch = args.arch or ("tiny" if args.name == "tiny-hubert" else "base")
-    make_hubert_checkpoint(args.out, arch=arch, seed=args.seed, num_labels=args.num_labels,
-                           normalize=args.normalize)
+    make_hubert_checkpoint(
+        args.out, arch=arch, seed=args.seed, num_labels=args.num_labels, normalize=args.normalize
+    )
     return 0
 
 
@@ -74,11 +102,26 @@ def run_dump_features(args: argparse.Namespace) -> int:
     items = collect_inputs(args.data, splits)
     log.info("read %d utterances from %s", len(items), " ".join(args.data))
     upstream = load_upstream(args.upstream, device=args.device)
-    res = dump_features(upstream, items, args.out, layers=args.layers, dtype=args.dtype, shard=args.shard,
-                        nshard=args.nshard, device=args.device, max_chunk_seconds=args.max_chunk_seconds,
-                        chunk_utterances=args.chunk_utterances, progress=not args.no_progress)
+    res = dump_features(
+        upstream,
+        items,
+        args.out,
+        layers=args.layers,
+        dtype=args.dtype,
+        shard=args.shard,
+        nshard=args.nshard,
+        device=args.device,
+        max_chunk_seconds=args.max_chunk_seconds,
+        chunk_utterances=args.chunk_utterances,
+        progress=not args.no_progress,
+    )
     if res["audio_s"]:
-        log.info("dumped %d utterances (%.1f s of audio) in %.1f s: %.1f utt/s, real-time factor %.4f",
-                 res["utterances"], res["audio_s"], res["wall_s"], res["utterances"] / max(res["wall_s"], 1e-9),
-                 res["wall_s"] / res["audio_s"])
+        log.info(
+            "dumped %d utterances (%.1f s of audio) in %.1f s: %.1f utt/s, real-time factor %.4f",
+            res["utterances"],
+            res["audio_s"],
+            res["wall_s"],
+            res["utterances"] / max(res["wall_s"], 1e-9),
+            res["wall_s"] / res["audio_s"],
+        )
     return 0

@@ -12,6 +12,7 @@ padded length, and HuBERT maps the sample mask to frames by reshaping. Here the 
 utterance's valid samples when the extractor uses group norm (batched otherwise: layer-norm
 extractors are per frame) and the frame mask comes from the conv length formula.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -67,8 +68,10 @@ class Upstream(torch.nn.Module):
         layers = [int(x) for x in layers]
         bad = [x for x in layers if not 0 <= x <= self.num_layers]
         if bad:
-            raise SerkitError(f"{self.path}: layer(s) {bad} out of range; this {self.kind} model has "
-                              f"layers 0..{self.num_layers}")
+            raise SerkitError(
+                f"{self.path}: layer(s) {bad} out of range; this {self.kind} model has "
+                f"layers 0..{self.num_layers}"
+            )
         return layers
 
     def num_frames(self, num_samples: int) -> int:
@@ -77,8 +80,11 @@ class Upstream(torch.nn.Module):
         return (num_samples - self.receptive_field) // self.hop + 1
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.where(lengths < self.receptive_field, torch.zeros_like(lengths),
-                           torch.div(lengths - self.receptive_field, self.hop, rounding_mode="floor") + 1)
+        return torch.where(
+            lengths < self.receptive_field,
+            torch.zeros_like(lengths),
+            torch.div(lengths - self.receptive_field, self.hop, rounding_mode="floor") + 1,
+        )
 
     @staticmethod
     def _lengths(wav: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
@@ -114,7 +120,7 @@ class Upstream(torch.nn.Module):
         pieces = []
         for f0 in range(0, total, chunk_frames):
             f1 = min(total, f0 + chunk_frames)
-            seg = wav[f0 * self.hop: (f1 - 1) * self.hop + self.receptive_field]
+            seg = wav[f0 * self.hop : (f1 - 1) * self.hop + self.receptive_field]
             hidden, _ = self.forward(seg.unsqueeze(0), None, layers, _normalized=True)
             pieces.append(torch.stack([h[0] for h in hidden]))
         return torch.cat(pieces, dim=1)
@@ -144,8 +150,12 @@ class FairseqUpstream(Upstream):
         self.dim = model.encoder.embedding_dim
         self.receptive_field, self.hop, self._group_norm = _conv_geometry(model.feature_extractor)
         if self.receptive_field != 400 or self.hop != 320:
-            log.warning("%s: conv front end has receptive field %d and hop %d (not 400/320): frames are "
-                        "not at 50 Hz", path, self.receptive_field, self.hop)
+            log.warning(
+                "%s: conv front end has receptive field %d and hop %d (not 400/320): frames are not at 50 Hz",
+                path,
+                self.receptive_field,
+                self.hop,
+            )
         self.frame_rate = SAMPLE_RATE / self.hop
 
     def _cnn(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -155,7 +165,7 @@ class FairseqUpstream(Upstream):
             t_max = int(self.frame_lengths(torch.tensor([wav.size(1)]))[0])
             out = None
             for i, n in enumerate(lengths.tolist()):
-                f = fe(wav[i: i + 1, :n])  # (1, C, T_i)
+                f = fe(wav[i : i + 1, :n])  # (1, C, T_i)
                 if out is None:
                     out = f.new_zeros(wav.size(0), f.size(1), t_max)
                 out[i, :, : f.size(2)] = f[0]
@@ -163,8 +173,13 @@ class FairseqUpstream(Upstream):
         return fe(wav)
 
     @torch.no_grad()
-    def forward(self, wav: torch.Tensor, padding_mask: torch.Tensor | None = None, layers=None,
-                _normalized: bool = False):
+    def forward(
+        self,
+        wav: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        layers=None,
+        _normalized: bool = False,
+    ):
         """Run the model; return ``([ (B, T, C) per requested layer ], padding_mask (B, T) bool)``.
 
         ``wav`` (B, S) float at 16 kHz; ``padding_mask`` (B, S) True on padded samples, or None.
@@ -175,9 +190,11 @@ class FairseqUpstream(Upstream):
         wav = wav.float()
         lengths = self._lengths(wav, padding_mask)
         if lengths.min() < self.receptive_field:
-            raise SerkitError(f"{self.path}: input of {int(lengths.min())} samples is shorter than the "
-                              f"model's receptive field ({self.receptive_field} samples = "
-                              f"{self.receptive_field / SAMPLE_RATE * 1000:.0f} ms)")
+            raise SerkitError(
+                f"{self.path}: input of {int(lengths.min())} samples is shorter than the "
+                f"model's receptive field ({self.receptive_field} samples = "
+                f"{self.receptive_field / SAMPLE_RATE * 1000:.0f} ms)"
+            )
         if self.normalize and not _normalized:
             wav = self._normalize_wave(wav, lengths)
         elif padding_mask is not None:
@@ -204,6 +221,7 @@ class FairseqUpstream(Upstream):
 # ---------------------------------------------------------------------------------------------
 # loading
 
+
 def _import_plugins() -> None:
     """Register serkit_* models (if the fairseq plugin exists) and data2vec audio before unpickling."""
     try:
@@ -211,7 +229,10 @@ def _import_plugins() -> None:
     except ModuleNotFoundError as e:
         if e.name not in ("serkit.fairseq_ext",):
             raise
-    for name in ("fairseq.examples.data2vec.models.data2vec_audio", "examples.data2vec.models.data2vec_audio"):
+    for name in (
+        "fairseq.examples.data2vec.models.data2vec_audio",
+        "examples.data2vec.models.data2vec_audio",
+    ):
         try:
             importlib.import_module(name)
             break
@@ -225,18 +246,24 @@ def _read_checkpoint(path: Path) -> dict:
     from omegaconf import OmegaConf
 
     if not path.is_file():
-        raise SerkitError(f"{path}: checkpoint not found; pass the local path of a fairseq HuBERT, "
-                          "wav2vec 2.0 or data2vec checkpoint (or make one with `serkit make-upstream`)")
+        raise SerkitError(
+            f"{path}: checkpoint not found; pass the local path of a fairseq HuBERT, "
+            "wav2vec 2.0 or data2vec checkpoint (or make one with `serkit make-upstream`)"
+        )
     try:
         with open(path, "rb") as f:
             state = torch.load(f, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else ""
-        raise SerkitError(f"{path}: cannot be read as a torch checkpoint ({type(e).__name__}: {first}); the "
-                          "file may be truncated or not a checkpoint: download or copy it again") from e
+        raise SerkitError(
+            f"{path}: cannot be read as a torch checkpoint ({type(e).__name__}: {first}); the "
+            "file may be truncated or not a checkpoint: download or copy it again"
+        ) from e
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise SerkitError(f"{path}: cannot be unpickled ({type(e).__name__}: {e}); the file may be "
-                          "truncated, or need a plugin that is not installed") from e
+        raise SerkitError(
+            f"{path}: cannot be unpickled ({type(e).__name__}: {e}); the file may be "
+            "truncated, or need a plugin that is not installed"
+        ) from e
     if not isinstance(state, dict) or "model" not in state:
         raise SerkitError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
     if state.get("cfg") is not None and not OmegaConf.is_config(state["cfg"]):
@@ -249,15 +276,18 @@ def _upgrade(state: dict, path: Path) -> dict:
 
     # training bookkeeping the upgrader insists on; exported/converted checkpoints often lack it
     if not state.get("optimizer_history"):
-        state["optimizer_history"] = [{"criterion_name": None, "optimizer_name": None,
-                                       "lr_scheduler_state": {}, "num_updates": 0}]
+        state["optimizer_history"] = [
+            {"criterion_name": None, "optimizer_name": None, "lr_scheduler_state": {}, "num_updates": 0}
+        ]
     if state.get("extra_state") is None:
         state["extra_state"] = {}
     try:
         return checkpoint_utils._upgrade_state_dict(state)  # what load_checkpoint_to_cpu applies
     except Exception as e:  # noqa: BLE001
-        raise SerkitError(f"{path}: fairseq cannot upgrade this checkpoint ({type(e).__name__}: {e}); is it "
-                          "a complete fairseq checkpoint?") from e
+        raise SerkitError(
+            f"{path}: fairseq cannot upgrade this checkpoint ({type(e).__name__}: {e}); is it "
+            "a complete fairseq checkpoint?"
+        ) from e
 
 
 def _cfg_of(state: dict, path: Path):
@@ -296,15 +326,21 @@ def _build(model_cfg, task_cfg, model_state: dict, task_state: dict | None, path
     try:
         model = task.build_model(model_cfg, from_checkpoint=True)
     except KeyError as e:
-        raise SerkitError(f"{path}: fairseq has no model '{name}' registered; if it is a serkit_* model, the "
-                          "serkit fairseq plugin (serkit.fairseq_ext) must be importable") from e
+        raise SerkitError(
+            f"{path}: fairseq has no model '{name}' registered; if it is a serkit_* model, the "
+            "serkit fairseq plugin (serkit.fairseq_ext) must be importable"
+        ) from e
     missing, unexpected = model.load_state_dict(model_state, strict=False)
     # keys that only matter for training (EMA teacher, pretraining heads) may be absent or extra
-    important = [k for k in missing if k.startswith(("feature_extractor", "encoder", "post_extract_proj",
-                                                        "layer_norm"))]
+    important = [
+        k
+        for k in missing
+        if k.startswith(("feature_extractor", "encoder", "post_extract_proj", "layer_norm"))
+    ]
     if important:
-        raise SerkitError(f"{path}: checkpoint lacks weights the encoder needs ({important[:3]}...); "
-                          "is it complete?")
+        raise SerkitError(
+            f"{path}: checkpoint lacks weights the encoder needs ({important[:3]}...); is it complete?"
+        )
     if unexpected:
         log.debug("%s: ignored %d checkpoint entries (%s ...)", path, len(unexpected), unexpected[:3])
     return model
@@ -320,8 +356,10 @@ def load_fairseq_upstream(path, device: str = "cpu") -> FairseqUpstream:
     try:
         import fairseq  # noqa: F401
     except ImportError as e:
-        raise SerkitError(f"{path}: loading fairseq checkpoints needs fairseq (pip install "
-                          "'serkit[fairseq]' or `make install`)") from e
+        raise SerkitError(
+            f"{path}: loading fairseq checkpoints needs fairseq (pip install "
+            "'serkit[fairseq]' or `make install`)"
+        ) from e
     _import_plugins()
     state = _read_checkpoint(path)
     cfg = _cfg_of(state, path)
@@ -331,8 +369,10 @@ def load_fairseq_upstream(path, device: str = "cpu") -> FairseqUpstream:
     if name and name.startswith("serkit_") and kind is None:
         kind = "hubert"  # serkit's continued-pretraining model is a HuBERT subclass
     if kind is None:
-        raise SerkitError(f"{path}: a fairseq '{name}' checkpoint (task '{cfg.task.get('_name')}'), not "
-                          "a speech SSL model; pass a HuBERT, wav2vec 2.0 or data2vec audio checkpoint")
+        raise SerkitError(
+            f"{path}: a fairseq '{name}' checkpoint (task '{cfg.task.get('_name')}'), not "
+            "a speech SSL model; pass a HuBERT, wav2vec 2.0 or data2vec audio checkpoint"
+        )
     state = _upgrade(state, path)
     if name == "wav2vec_ctc":
         # fine-tuned for ASR: keep the inner wav2vec 2.0 model (no target dictionary needed)
@@ -340,7 +380,7 @@ def load_fairseq_upstream(path, device: str = "cpu") -> FairseqUpstream:
         if w2v_args is None:
             raise SerkitError(f"{path}: CTC checkpoint without w2v_args; cannot rebuild its encoder")
         prefix = "w2v_encoder.w2v_model."
-        inner = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+        inner = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
         inner_model_cfg = w2v_args.model
         model = _build(inner_model_cfg, w2v_args.task, inner, None, path)
         normalize = bool(cfg.task.get("normalize", False))
@@ -353,6 +393,12 @@ def load_fairseq_upstream(path, device: str = "cpu") -> FairseqUpstream:
         if not hasattr(model, attr):
             raise SerkitError(f"{path}: model '{name}' has no {attr}; not a wav2vec-style encoder")
     up = FairseqUpstream(model, kind=kind, normalize=normalize, path=str(path))
-    log.info("loaded %s upstream %s: %d layers x %d dims, normalize=%s", kind, path, up.num_layers, up.dim,
-             normalize)
+    log.info(
+        "loaded %s upstream %s: %d layers x %d dims, normalize=%s",
+        kind,
+        path,
+        up.num_layers,
+        up.dim,
+        normalize,
+    )
     return up.to(device).eval()

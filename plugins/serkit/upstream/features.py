@@ -22,6 +22,7 @@ scripts take ranges of lines), so any mix of sharded, interrupted and single run
 bytes. The merge runs at the end of any run that finds every chunk present; re-running the command
 without ``--shard`` (or after the last shard) completes it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,6 +52,7 @@ class AudioItem:
 
 # ---------------------------------------------------------------------------------------------
 # inputs
+
 
 def _read_tsv(tsv: Path) -> list[AudioItem]:
     lines = tsv.read_text(encoding="utf-8").splitlines()
@@ -84,8 +86,10 @@ def collect_inputs(data: list[str], splits: list[str] | None = None) -> list[Aud
         for it in items:
             old = out.get(it.utt)
             if old is not None and os.path.normpath(old.wav) != os.path.normpath(it.wav):
-                raise SerkitError(f"{source}: utterance {it.utt!r} points to {it.wav}, but an earlier input "
-                                  f"gave {old.wav}; utterance ids must be unique")
+                raise SerkitError(
+                    f"{source}: utterance {it.utt!r} points to {it.wav}, but an earlier input "
+                    f"gave {old.wav}; utterance ids must be unique"
+                )
             out.setdefault(it.utt, it)
 
     for entry in data:
@@ -109,8 +113,10 @@ def collect_inputs(data: list[str], splits: list[str] | None = None) -> list[Aud
             for s in names:
                 add([AudioItem(u.utt, u.wav, u.num_samples) for u in read_split(p, s)], p / f"{s}.tsv")
         else:
-            raise SerkitError(f"{p}: not found; --data takes a data directory (wav.scp), a fold directory "
-                              "or a <split>.tsv file")
+            raise SerkitError(
+                f"{p}: not found; --data takes a data directory (wav.scp), a fold directory "
+                "or a <split>.tsv file"
+            )
     if not out:
         raise SerkitError(f"{', '.join(data)}: no utterances to dump")
     return list(out.values())
@@ -124,8 +130,9 @@ def read_wav(path: str) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - libsndfile errors
         raise SerkitError(f"{path}: cannot read audio ({e})") from e
     if sr != SAMPLE_RATE:
-        raise SerkitError(f"{path}: sample rate {sr}, expected {SAMPLE_RATE}; resample the corpus with "
-                          "`serkit prepare`")
+        raise SerkitError(
+            f"{path}: sample rate {sr}, expected {SAMPLE_RATE}; resample the corpus with `serkit prepare`"
+        )
     if wav.ndim == 2:
         wav = wav.mean(axis=1)
     return wav
@@ -138,12 +145,15 @@ def parse_layers(spec, upstream) -> list[int]:
         try:
             spec = [int(x) for x in spec.split(",") if x.strip()]
         except ValueError:
-            raise SerkitError(f"--layers {spec!r}: expected 'all', a layer number or a list like 3,6,9") from None
+            raise SerkitError(
+                f"--layers {spec!r}: expected 'all', a layer number or a list like 3,6,9"
+            ) from None
     return upstream.check_layers(spec)
 
 
 # ---------------------------------------------------------------------------------------------
 # dumping
+
 
 def _fingerprint(items: list[AudioItem]) -> str:
     h = hashlib.sha1()
@@ -161,8 +171,9 @@ def shard_chunks(num_chunks: int, shard: int, nshard: int) -> range:
     return range(start, end)
 
 
-def _write_chunk(out: Path, c: int, items: list[AudioItem], upstream, layers, dtype, device, max_chunk_seconds,
-                 bar) -> int:
+def _write_chunk(
+    out: Path, c: int, items: list[AudioItem], upstream, layers, dtype, device, max_chunk_seconds, bar
+) -> int:
     import kaldiio
     import torch
 
@@ -176,11 +187,15 @@ def _write_chunk(out: Path, c: int, items: list[AudioItem], upstream, layers, dt
             for it in items:
                 wav = read_wav(it.wav)
                 if it.num_samples is not None and it.num_samples != len(wav):
-                    raise SerkitError(f"{it.wav}: has {len(wav)} samples, the split file says {it.num_samples}; "
-                                      "re-run `serkit split`")
+                    raise SerkitError(
+                        f"{it.wav}: has {len(wav)} samples, the split file says {it.num_samples}; "
+                        "re-run `serkit split`"
+                    )
                 if len(wav) < upstream.receptive_field:
-                    raise SerkitError(f"{it.wav}: {len(wav)} samples, shorter than one frame "
-                                      f"({upstream.receptive_field}); drop it from the data")
+                    raise SerkitError(
+                        f"{it.wav}: {len(wav)} samples, shorter than one frame "
+                        f"({upstream.receptive_field}); drop it from the data"
+                    )
                 x = torch.from_numpy(wav).to(device)
                 feats = upstream.extract(x, layers, max_chunk_seconds=max_chunk_seconds)  # (L, T, C)
                 mat = feats.permute(1, 0, 2).reshape(feats.size(1), -1).cpu().numpy().astype(dtype)
@@ -222,14 +237,29 @@ def _merge(out: Path, num_chunks: int, meta: dict) -> bool:
     write_json(out / "meta.json", meta)
     with atomic_file(out / "feats.scp", encoding="utf-8") as f:  # last: its presence means complete
         f.write("".join(e + "\n" for e in entries))
-    log.info("merged %d chunks: %s (%d utterances, %d frames)", num_chunks, out / "feats.scp", len(entries),
-             meta["num_frames"])
+    log.info(
+        "merged %d chunks: %s (%d utterances, %d frames)",
+        num_chunks,
+        out / "feats.scp",
+        len(entries),
+        meta["num_frames"],
+    )
     return True
 
 
-def dump_features(upstream, items: list[AudioItem], out, layers=None, dtype: str = "float16",
-                  shard: int = 0, nshard: int = 1, device: str = "cpu", max_chunk_seconds: float | None = None,
-                  chunk_utterances: int = DEFAULT_CHUNK_UTTERANCES, progress: bool = True) -> dict:
+def dump_features(
+    upstream,
+    items: list[AudioItem],
+    out,
+    layers=None,
+    dtype: str = "float16",
+    shard: int = 0,
+    nshard: int = 1,
+    device: str = "cpu",
+    max_chunk_seconds: float | None = None,
+    chunk_utterances: int = DEFAULT_CHUNK_UTTERANCES,
+    progress: bool = True,
+) -> dict:
     """Dump ``layers`` of ``upstream`` for ``items`` into ``out`` (resumable; see module docstring).
 
     Returns a summary dict (utterances and audio seconds done in this call, wall time, merged or not).
@@ -242,9 +272,14 @@ def dump_features(upstream, items: list[AudioItem], out, layers=None, dtype: str
     (out / "parts").mkdir(parents=True, exist_ok=True)
     num_chunks = -(-len(items) // chunk_utterances)
     options = {
-        "upstream": str(upstream.path), "kind": upstream.kind, "layers": layers, "dtype": dtype,
-        "chunk_utterances": chunk_utterances, "max_chunk_seconds": max_chunk_seconds,
-        "num_utterances": len(items), "inputs_sha1": _fingerprint(items),
+        "upstream": str(upstream.path),
+        "kind": upstream.kind,
+        "layers": layers,
+        "dtype": dtype,
+        "chunk_utterances": chunk_utterances,
+        "max_chunk_seconds": max_chunk_seconds,
+        "num_utterances": len(items),
+        "inputs_sha1": _fingerprint(items),
     }
     if upstream.path not in ("", "mfcc") and os.path.exists(upstream.path):
         options["upstream_bytes"] = os.path.getsize(upstream.path)
@@ -253,18 +288,39 @@ def dump_features(upstream, items: list[AudioItem], out, layers=None, dtype: str
         old = json.loads(done_file.read_text(encoding="utf-8"))
         diff = sorted(k for k in set(old) | set(options) if old.get(k) != options.get(k))
         if diff:
-            raise SerkitError(f"{out}: holds a dump made with other options ({', '.join(diff)} differ); remove "
-                              "it or choose another --out")
+            raise SerkitError(
+                f"{out}: holds a dump made with other options ({', '.join(diff)} differ); remove "
+                "it or choose another --out"
+            )
     else:
         write_json(done_file, options)
-    meta = {"upstream": str(upstream.path), "kind": upstream.kind, "layers": layers, "dim": upstream.dim,
-            "dtype": dtype, "frame_rate": upstream.frame_rate, "normalize": upstream.normalize}
+    meta = {
+        "upstream": str(upstream.path),
+        "kind": upstream.kind,
+        "layers": layers,
+        "dim": upstream.dim,
+        "dtype": dtype,
+        "frame_rate": upstream.frame_rate,
+        "normalize": upstream.normalize,
+    }
     mine = shard_chunks(num_chunks, shard, nshard)
     todo = [c for c in mine if not (out / "parts" / f"part-{c:05d}.scp").is_file()]
-    n_todo = sum(len(items[c * chunk_utterances:(c + 1) * chunk_utterances]) for c in todo)
-    log.info("dump-features: %d utterances in %d chunks -> %s; shard %d/%d owns chunks %d..%d, %d to do "
-             "(%d utterances), layers %s, %s", len(items), num_chunks, out, shard, nshard, mine.start,
-             mine.stop - 1, len(todo), n_todo, layers, dtype)
+    n_todo = sum(len(items[c * chunk_utterances : (c + 1) * chunk_utterances]) for c in todo)
+    log.info(
+        "dump-features: %d utterances in %d chunks -> %s; shard %d/%d owns chunks %d..%d, %d to do "
+        "(%d utterances), layers %s, %s",
+        len(items),
+        num_chunks,
+        out,
+        shard,
+        nshard,
+        mine.start,
+        mine.stop - 1,
+        len(todo),
+        n_todo,
+        layers,
+        dtype,
+    )
     for stale in (out / "parts").glob(".part-*.ark.tmp-*"):  # left by a killed run of this shard
         c = int(stale.name[6:11])
         if c in mine and not stale.name.endswith(f"-{os.getpid()}"):
@@ -274,7 +330,7 @@ def dump_features(upstream, items: list[AudioItem], out, layers=None, dtype: str
     frames = 0
     try:
         for c in todo:
-            chunk = items[c * chunk_utterances:(c + 1) * chunk_utterances]
+            chunk = items[c * chunk_utterances : (c + 1) * chunk_utterances]
             frames += _write_chunk(out, c, chunk, upstream, layers, np_dtype, device, max_chunk_seconds, bar)
     finally:
         if bar is not None:
@@ -284,8 +340,9 @@ def dump_features(upstream, items: list[AudioItem], out, layers=None, dtype: str
     merged = _merge(out, num_chunks, meta)
     if not merged:
         missing = sum(not (out / "parts" / f"part-{c:05d}.scp").is_file() for c in range(num_chunks))
-        log.info("%d of %d chunks still missing (other shards); the last run to finish merges", missing,
-                 num_chunks)
+        log.info(
+            "%d of %d chunks still missing (other shards); the last run to finish merges", missing, num_chunks
+        )
     return {"utterances": n_todo, "frames": frames, "wall_s": wall, "audio_s": audio, "merged": merged}
 
 
@@ -307,6 +364,7 @@ def _progress_bar(total: int):
 # ---------------------------------------------------------------------------------------------
 # reading
 
+
 class FeatureReader:
     """Read a directory written by ``serkit dump-features``.
 
@@ -319,8 +377,11 @@ class FeatureReader:
         self.path = Path(path)
         scp, meta = self.path / "feats.scp", self.path / "meta.json"
         if not scp.is_file() or not meta.is_file():
-            hint = " (dump incomplete: re-run the same dump-features command to finish it)" \
-                if (self.path / "dump.json").is_file() else ""
+            hint = (
+                " (dump incomplete: re-run the same dump-features command to finish it)"
+                if (self.path / "dump.json").is_file()
+                else ""
+            )
             raise SerkitError(f"{self.path}: no feats.scp/meta.json{hint}; run `serkit dump-features`")
         self.meta = json.loads(meta.read_text(encoding="utf-8"))
         self.layers: list[int] = list(self.meta["layers"])

@@ -9,6 +9,7 @@ norm): transformers does not expose the bare projection that fairseq's layer 0 i
 HF upstream is close to, not the same as, layer 0 of the fairseq checkpoint it was converted from.
 The waveform is normalised when ``preprocessor_config.json`` says ``do_normalize``.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,10 @@ def _transformers():
     try:
         import transformers
     except ImportError as e:
-        raise SerkitError("Hugging Face upstreams need `transformers`: pip install 'serkit[hf]' "
-                          "(or pass a fairseq checkpoint instead)") from e
+        raise SerkitError(
+            "Hugging Face upstreams need `transformers`: pip install 'serkit[hf]' "
+            "(or pass a fairseq checkpoint instead)"
+        ) from e
     return transformers
 
 
@@ -51,8 +54,13 @@ class HFUpstream(Upstream):
         self.frame_rate = 16000 / hop
 
     @torch.no_grad()
-    def forward(self, wav: torch.Tensor, padding_mask: torch.Tensor | None = None, layers=None,
-                _normalized: bool = False):
+    def forward(
+        self,
+        wav: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        layers=None,
+        _normalized: bool = False,
+    ):
         layers = self.check_layers(layers)
         if wav.dim() == 1:
             wav = wav.unsqueeze(0)
@@ -72,8 +80,10 @@ class HFUpstream(Upstream):
 def load_hf_upstream(path, device: str = "cpu") -> HFUpstream:
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise SerkitError(f"{path}: a directory without config.json; pass a fairseq checkpoint file or a "
-                          "Hugging Face model directory")
+        raise SerkitError(
+            f"{path}: a directory without config.json; pass a fairseq checkpoint file or a "
+            "Hugging Face model directory"
+        )
     tf = _transformers()
     try:
         model = tf.AutoModel.from_pretrained(str(path), local_files_only=True)
@@ -86,8 +96,9 @@ def load_hf_upstream(path, device: str = "cpu") -> HFUpstream:
     if pre.is_file():
         normalize = bool(json.loads(pre.read_text()).get("do_normalize", False))
     up = HFUpstream(model.eval(), normalize=normalize, path=str(path))
-    log.info("loaded HF %s upstream %s: %d layers x %d dims", model.config.model_type, path, up.num_layers,
-             up.dim)
+    log.info(
+        "loaded HF %s upstream %s: %d layers x %d dims", model.config.model_type, path, up.num_layers, up.dim
+    )
     return up.to(device).eval()
 
 

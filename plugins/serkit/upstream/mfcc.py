@@ -9,6 +9,7 @@ iteration 1 instead uses 100 Hz labels with ``label_rate: 100``). With Kaldi's `
 ``ceil(m / 2) = floor((n - 400) / 320) + 1``: exactly the frame count of HuBERT's conv stack.
 Frame ``t`` at 50 Hz is then centred on the same 25 ms window as MFCC frame ``2t``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,10 @@ from .fairseq_models import Upstream
 
 
 class MfccUpstream(Upstream):
-    """``forward(wav (B, S), padding_mask (B, S) | None, layers=[0])`` -> ``([ (B, T, 39) ], mask (B, T))``."""
+    """MFCC as an upstream with one layer (0) of 39 dims.
+
+    ``forward(wav (B, S), padding_mask (B, S) | None, layers=[0])`` -> ``([ (B, T, 39) ], mask (B, T))``.
+    """
 
     kind = "mfcc"
     num_layers = 0
@@ -32,8 +36,9 @@ class MfccUpstream(Upstream):
     def _one(self, wav: torch.Tensor) -> torch.Tensor:
         import torchaudio
 
-        mfcc = torchaudio.compliance.kaldi.mfcc(waveform=wav.unsqueeze(0), sample_frequency=SAMPLE_RATE,
-                                                use_energy=False)  # (T100, 13)
+        mfcc = torchaudio.compliance.kaldi.mfcc(
+            waveform=wav.unsqueeze(0), sample_frequency=SAMPLE_RATE, use_energy=False
+        )  # (T100, 13)
         mfcc = mfcc.transpose(0, 1)  # (13, T100)
         delta = torchaudio.functional.compute_deltas(mfcc)
         ddelta = torchaudio.functional.compute_deltas(delta)
@@ -41,8 +46,13 @@ class MfccUpstream(Upstream):
         return feats[::2]
 
     @torch.no_grad()
-    def forward(self, wav: torch.Tensor, padding_mask: torch.Tensor | None = None, layers=None,
-                _normalized: bool = False):
+    def forward(
+        self,
+        wav: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        layers=None,
+        _normalized: bool = False,
+    ):
         layers = self.check_layers(layers)
         if wav.dim() == 1:
             wav = wav.unsqueeze(0)

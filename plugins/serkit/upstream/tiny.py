@@ -17,6 +17,7 @@ Tiny configuration (keeps the 320x stride, so 50 frames per second and ``label_r
 FFN 128, 2 heads, final_dim 32; every other field is fairseq's default (the same config the
 fairseq plugin's tiny pretraining yaml uses).
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,14 @@ ARCHS = {"tiny": TINY, "base": BASE}
 PLACEHOLDER_DATA = "/OVERRIDE/task.data"
 
 
-def make_hubert_checkpoint(out: str | os.PathLike, arch: str = "tiny", seed: int = 0, num_labels: int = 50,
-                           label_rate: int = 50, normalize: bool = False) -> Path:
+def make_hubert_checkpoint(
+    out: str | os.PathLike,
+    arch: str = "tiny",
+    seed: int = 0,
+    num_labels: int = 50,
+    label_rate: int = 50,
+    normalize: bool = False,
+) -> Path:
     """Write a randomly initialised fairseq HuBERT checkpoint to ``out`` (atomically) and return its path.
 
     ``num_labels`` sizes the label embeddings (the k-means dictionary, ``dict.km.txt``: labels "0".."K-1").
@@ -56,16 +63,20 @@ def make_hubert_checkpoint(out: str | os.PathLike, arch: str = "tiny", seed: int
     if arch not in ARCHS:
         raise SerkitError(f"unknown --arch {arch!r}; choose one of {sorted(ARCHS)}")
     import torch
-    from omegaconf import OmegaConf
-
     from fairseq.data import Dictionary
     from fairseq.dataclass.configs import FairseqConfig
     from fairseq.models.hubert.hubert import HubertConfig, HubertModel
     from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+    from omegaconf import OmegaConf
 
     torch.manual_seed(seed)
-    task_cfg = HubertPretrainingConfig(data=PLACEHOLDER_DATA, labels=["km"], label_rate=float(label_rate),
-                                       sample_rate=16000, normalize=normalize)
+    task_cfg = HubertPretrainingConfig(
+        data=PLACEHOLDER_DATA,
+        labels=["km"],
+        label_rate=float(label_rate),
+        sample_rate=16000,
+        normalize=normalize,
+    )
     model_cfg = HubertConfig(label_rate=float(label_rate), **ARCHS[arch])
     cfg = OmegaConf.structured(FairseqConfig)
     cfg.task = OmegaConf.structured(task_cfg)
@@ -73,8 +84,12 @@ def make_hubert_checkpoint(out: str | os.PathLike, arch: str = "tiny", seed: int
     with open_dict(cfg):
         cfg.task._name = "hubert_pretraining"
         cfg.model._name = "hubert"
-        cfg.criterion = {"_name": "hubert", "pred_masked_weight": 1.0, "pred_nomask_weight": 0.0,
-                         "loss_weights": [10.0]}
+        cfg.criterion = {
+            "_name": "hubert",
+            "pred_masked_weight": 1.0,
+            "pred_nomask_weight": 0.0,
+            "loss_weights": [10.0],
+        }
     dictionary = Dictionary()
     for i in range(num_labels):
         dictionary.add_symbol(str(i))
@@ -84,13 +99,24 @@ def make_hubert_checkpoint(out: str | os.PathLike, arch: str = "tiny", seed: int
         "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         "model": model.state_dict(),
         "criterion": None,
-        "optimizer_history": [{"criterion_name": "HubertCriterion", "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
+        "optimizer_history": [
+            {
+                "criterion_name": "HubertCriterion",
+                "optimizer_name": "FairseqAdam",
+                "lr_scheduler_state": {"best": None},
+                "num_updates": 0,
+            }
+        ],
         "task_state": {"dictionaries": [dictionary]},
         "extra_state": {"metrics": {}, "previous_training_time": 0},
         "last_optimizer_state": None,
-        "serkit": {"made_by": "serkit make-upstream", "arch": arch, "seed": seed, "num_labels": num_labels,
-                   "note": "random initialisation, not a trained model"},
+        "serkit": {
+            "made_by": "serkit make-upstream",
+            "arch": arch,
+            "seed": seed,
+            "num_labels": num_labels,
+            "note": "random initialisation, not a trained model",
+        },
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -102,8 +128,14 @@ def make_hubert_checkpoint(out: str | os.PathLike, arch: str = "tiny", seed: int
         if tmp.exists():
             tmp.unlink()
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("wrote %s HuBERT checkpoint %s (%.2f M parameters, %d labels, seed %d)", arch, out,
-             n_params / 1e6, num_labels, seed)
+    log.info(
+        "wrote %s HuBERT checkpoint %s (%.2f M parameters, %d labels, seed %d)",
+        arch,
+        out,
+        n_params / 1e6,
+        num_labels,
+        seed,
+    )
     return out
 
 
