@@ -74,15 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_overrides(rest: list[str]) -> dict:
+def _yaml_value(raw):
+    """A command-line value read as YAML (``[3,6,9]``, ``5``, ``null``); non-strings pass through."""
     import yaml
 
+    return yaml.safe_load(raw) if isinstance(raw, str) else raw
+
+
+def _parse_overrides(rest: list[str]) -> dict:
     out, i = {}, 0
     while i < len(rest):
         key = rest[i]
         if not key.startswith("--") or "=" in key or i + 1 >= len(rest):
             raise SerkitError(f"override {key!r}: write `--key value` (keys of the yaml)")
-        out[key[2:].replace("-", "_")] = yaml.safe_load(rest[i + 1])
+        out[key[2:].replace("-", "_")] = rest[i + 1]
         i += 2
     return out
 
@@ -97,11 +102,14 @@ def load_hparams(path: str, overrides: dict) -> dict:
     text = path.read_text(encoding="utf-8")
     import yaml
 
-    known = set((yaml.safe_load(text.replace("!PLACEHOLDER", "null")) or {}).keys())
-    unknown = sorted(set(overrides) - known)
+    defaults = yaml.safe_load(text.replace("!PLACEHOLDER", "null")) or {}
+    unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise SerkitError(f"{path}: no key(s) {', '.join(unknown)} to override; known keys: "
-                          f"{', '.join(sorted(known))}")
+                          f"{', '.join(sorted(defaults))}")
+    # Text keys keep the text as given (a label such as "a: b" must not become a mapping).
+    overrides = {k: (raw if isinstance(raw, str) and (k in PATH_KEYS or isinstance(defaults[k], str)) else
+                     _yaml_value(raw)) for k, raw in overrides.items()}
     try:
         return dict(load_hyperpyyaml(text, overrides=overrides))
     except ValueError as e:  # an unfilled !PLACEHOLDER
@@ -309,7 +317,7 @@ def train_epoch(model, data: FoldData, hp: dict, device, opt_w, rng, opt_a=None,
         if hp["max_grad_norm"]:
             torch.nn.utils.clip_grad_norm_(w_params, float(hp["max_grad_norm"]))
         opt_w.step()
-        total += float(loss) * batch["labels"].shape[0]
+        total += loss.item() * batch["labels"].shape[0]
         n += batch["labels"].shape[0]
     return {"train_loss": total / max(1, n), **({"arch_loss": arch_total} if opt_a is not None else {})}
 

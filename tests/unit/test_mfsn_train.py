@@ -1,0 +1,110 @@
+"""The MFSN trainer on a synthetic fold: search -> derive -> retrain writes what `serkit score` reads."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from serkit.data.manifest import Utterance, write_dict, write_split
+from serkit.nn.mfsn import FUSION_OPS
+from serkit.speechbrain import mfsn as trainer
+
+CLASSES = ["ang", "hap", "sad"]
+DIM = 8
+LAYERS = [0, 1, 2]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write_feats(path, utts, frames):
+    import kaldiio
+
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with kaldiio.WriteHelper(f"ark,scp:{path}/feats.ark,{path}/feats.scp") as w:
+        for u in utts:
+            w(u, rng.standard_normal((frames[u], len(LAYERS) * DIM)).astype(np.float32))
+    (path / "utt2num_frames").write_text("".join(f"{u} {frames[u]}\n" for u in utts))
+    (path / "meta.json").write_text(json.dumps({
+        "upstream": "synthetic.pt", "kind": "hubert", "layers": LAYERS, "dim": DIM, "dtype": "float32",
+        "frame_rate": 50, "normalize": False}))
+
+
+@pytest.fixture(scope="module")
+def fold(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mfsn_fold")
+    rng = np.random.default_rng(0)
+    splits = {"train": [], "valid": [], "test": []}
+    frames = {}
+    for spk, split in (("s1", "train"), ("s2", "train"), ("s3", "valid"), ("s4", "test")):
+        for c in CLASSES:
+            for i in range(2):
+                utt = f"{spk}_{c}{i}"
+                # One clip longer than 3 s, so that an utterance has two segments (the last right-aligned).
+                n = 56000 if (spk, c, i) == ("s4", "ang", 0) else int(rng.integers(12000, 30000))
+                wav = root / "wavs" / f"{utt}.wav"
+                wav.parent.mkdir(exist_ok=True)
+                sf.write(wav, (0.1 * rng.standard_normal(n)).astype(np.float32), 16000)
+                splits[split].append(Utterance(utt, str(wav), n, c, spk))
+                frames[utt] = (n - 400) // 320 + 1
+    fold_dir = root / "fold1"
+    for split, utts in splits.items():
+        write_split(fold_dir, split, utts, root=str(root / "wavs"))
+    write_dict(fold_dir, CLASSES, {c: 4 for c in CLASSES})
+    (fold_dir / "fold.json").write_text(json.dumps({"protocol": "synthetic", "fold": 1, "corpus": "toy"}))
+    _write_feats(root / "feats", list(frames), frames)
+    return root, splits
+
+
+def _args(root, out, ablation, *extra):
+    conf = "recipes/SAVEE/conf/mfsn_mini.yaml"
+    return [conf, "--fold-dir", str(root / "fold1"), "--output-folder", str(out),
+            "--tec-feats", str(root / "feats"), "--sec-feats", str(root / "feats"), "--ablation", ablation,
+            "--search_epochs", "1", "--number_of_epochs", "2", "--batch_size", "4", *extra]
+
+
+@pytest.mark.slow
+def test_mfsn_search_derive_retrain_writes_predictions_and_arch(fold, monkeypatch):
+    root, splits = fold
+    monkeypatch.chdir(REPO)
+    out = root / "exp" / "mfsn" / "fold1"
+    assert trainer.main(_args(root, out, "mfsn")) == 0
+    for split in ("valid", "test"):
+        for epoch in (1, 2):
+            lines = (out / "predictions" / f"{split}.epoch{epoch:03d}.tsv").read_text().splitlines()
+            assert lines[0].split("\t") == ["utt", "label", "pred", *CLASSES]
+            assert [r.split("\t")[0] for r in lines[1:]] == [u.utt for u in splits[split]]
+            for r in lines[1:]:
+                cols = r.split("\t")
+                probs = [float(x) for x in cols[3:]]
+                assert math.isclose(sum(probs), 1.0, abs_tol=1e-4)
+                assert cols[2] == CLASSES[int(np.argmax(probs))]
+    assert not (out / "predictions" / "valid.epoch003.tsv").exists()
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch["fusion_ops"][0] in FUSION_OPS and arch["sec_level"] in (0, 1, 2)
+    assert "fusion_ops:" in (out / "arch.txt").read_text()
+    assert len((out / "search" / "log.jsonl").read_text().splitlines()) == 1
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["finished"] and info["method"] == "MFSN" and info["setting"] == "mfsn"
+    assert info["selection"] == "valid" and info["classes"] == CLASSES and info["protocol"] == "synthetic"
+    assert info["sources"]["tec"]["detached"] is True and info["sources"]["sec"]["layers"] == LAYERS
+    # Same config again: nothing is redone.
+    stamp = (out / "predictions" / "test.epoch002.tsv").stat().st_mtime_ns
+    assert trainer.main(_args(root, out, "mfsn")) == 0
+    assert (out / "predictions" / "test.epoch002.tsv").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_sec_only_needs_no_tec_and_bad_layer_is_named(fold, monkeypatch, capsys):
+    root, _ = fold
+    monkeypatch.chdir(REPO)
+    out = root / "exp" / "sec_only" / "fold1"
+    args = _args(root, out, "sec_only", "--emotion_head", "meanpool")
+    args[args.index("--tec-feats") + 1] = str(root / "does-not-exist")
+    assert trainer.main(args) == 0
+    assert (out / "predictions" / "test.epoch002.tsv").is_file()
+    assert not (out / "arch.txt").exists()
+    assert "tec" not in json.loads((out / "train_info.json").read_text())["sources"]
+    bad = _args(root, root / "exp" / "bad" / "fold1", "sec_tec_nosearch", "--sec_layers", "[0,1,9]")
+    assert trainer.main(bad) == 2
+    assert "layer 9 not stored" in capsys.readouterr().err
