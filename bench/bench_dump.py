@@ -32,6 +32,8 @@ import numpy as np
 
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 SR = 16000
+# torch threads; on a shared 2-core machine 1 thread was 20x faster than 2 (oversubscription)
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 
 
 def synthetic_items(hours: float, seed: int = 0):
@@ -60,7 +62,7 @@ def dump(ckpt: str, items, out: str, layers="all"):
     import torch
     from serkit.upstream import features, load_upstream
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
+    torch.set_num_threads(THREADS)
     features.read_wav = synth_read  # stream generated audio through the real dumper
     up = load_upstream(ckpt)
     t0 = time.perf_counter()
@@ -121,7 +123,7 @@ def main() -> int:
 
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, CPU only"
+        f"{torch.__version__}, {THREADS} torch thread(s) (BENCH_THREADS), CPU only"
     )
     result = {"cpus": os.cpu_count(), "throughput": [], "memory": []}
     with tempfile.TemporaryDirectory(dir=args.tmp) as work:

@@ -74,6 +74,12 @@ def register(sub) -> None:
         default=100,
         help="utterances per ark part (the unit of resuming and sharding)",
     )
+    d.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is fastest on a machine shared by other jobs)",
+    )
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=run_dump_features)
 
@@ -98,6 +104,10 @@ def run_dump_features(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise SerkitError("--device cuda: no CUDA device is visible; use --device cpu")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     splits = args.splits.split(",") if args.splits else None
     items = collect_inputs(args.data, splits)
     log.info("read %d utterances from %s", len(items), " ".join(args.data))
