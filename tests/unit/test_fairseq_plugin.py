@@ -33,7 +33,6 @@ def make_fold(root: Path, n_train: int = 12, n_eval: int = 4, n_clusters: int = 
     dict.km.txt, as `serkit kmeans apply` writes them.
     """
     import soundfile as sf
-
     from serkit.data.manifest import Utterance, write_dict, write_split
     from serkit.upstream import num_frames
 
@@ -96,10 +95,9 @@ def _km_dictionary(n: int):
 
 def _cpt_model(init_from: str | None, **overrides):
     """A serkit_hubert built the way fairseq builds it: config merged with its dataclass, then build_model."""
+    import serkit.fairseq_ext  # noqa: F401
     from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
     from omegaconf import OmegaConf
-
-    import serkit.fairseq_ext  # noqa: F401
     from serkit.fairseq_ext.hubert_cpt import SerkitHubertConfig, SerkitHubertModel
     from serkit.upstream.tiny import TINY
 
@@ -114,11 +112,10 @@ def _cpt_model(init_from: str | None, **overrides):
 # registration
 
 def test_registered_classes_are_serkits_and_prefixed():
+    import serkit.fairseq_ext as ext
     from fairseq.criterions import CRITERION_REGISTRY
     from fairseq.models import MODEL_REGISTRY
     from fairseq.tasks import TASK_REGISTRY
-
-    import serkit.fairseq_ext as ext
 
     assert MODEL_REGISTRY["serkit_hubert"] is ext.hubert_cpt.SerkitHubertModel
     assert MODEL_REGISTRY["serkit_ser_model"] is ext.ser_model.SerModel
@@ -133,10 +130,9 @@ def test_registered_classes_are_serkits_and_prefixed():
 
 
 def test_importing_the_plugin_again_is_harmless():
+    import serkit.fairseq_ext as ext
     from fairseq import utils
     from fairseq.models import MODEL_REGISTRY
-
-    import serkit.fairseq_ext as ext
 
     before = MODEL_REGISTRY["serkit_hubert"]
     importlib.import_module("serkit_fairseq")
@@ -146,6 +142,22 @@ def test_importing_the_plugin_again_is_harmless():
     assert MODEL_REGISTRY["serkit_hubert"] is before is ext.SerkitHubertModel
     assert sys.modules["serkit_fairseq"].__path__ == [str(USER_DIR)]
     assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == "1"
+
+
+def test_configs_also_work_with_fairseqs_argparse_bridge():
+    """fairseq-train (argparse) and old checkpoints turn dataclasses into options: types must be real."""
+    import argparse
+
+    from fairseq.dataclass.utils import gen_parser_from_dataclass
+
+    import serkit.fairseq_ext as ext
+
+    for dc in (ext.SerTaskConfig, ext.SerModelConfig, ext.SerkitHubertConfig,
+               ext.ser_criterion.SerCrossEntropyConfig):
+        parser = argparse.ArgumentParser()
+        gen_parser_from_dataclass(parser, dc())
+        required = ["/fold"] if dc is ext.SerTaskConfig else []  # the task's data is positional
+        parser.parse_args(required)
 
 
 def test_user_dir_registers_nothing_itself():
@@ -166,7 +178,9 @@ from argparse import Namespace
 from fairseq import utils
 from fairseq.models import MODEL_REGISTRY
 from fairseq.tasks import TASK_REGISTRY
-steps = ["serkit.fairseq_ext", "user_dir"] if {first!r} == "serkit.fairseq_ext" else ["user_dir", "serkit.fairseq_ext"]
+steps = ["serkit.fairseq_ext", "user_dir"]
+if {first!r} == "user_dir":
+    steps.reverse()
 for step in steps + steps:
     if step == "user_dir":
         utils.import_user_module(Namespace(user_dir={str(USER_DIR)!r}))
@@ -177,7 +191,8 @@ assert MODEL_REGISTRY["serkit_hubert"] is ext.SerkitHubertModel
 assert TASK_REGISTRY["serkit_ser"] is ext.SerTask
 print("OK")
 """
-    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"} | {"OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    env["OMP_NUM_THREADS"] = "1"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
 
@@ -227,7 +242,6 @@ def test_init_done_reaches_the_run_config(data):
     """fairseq builds from a merged copy of cfg.model; the flag must land in the config it saves."""
     from fairseq.dataclass.utils import merge_with_parent
     from omegaconf import OmegaConf
-
     from serkit.fairseq_ext.hubert_cpt import SerkitHubertConfig, _mark_init_done
 
     run = OmegaConf.create({"model": {"_name": "serkit_hubert", "init_from": str(data["tiny"])}})
@@ -242,7 +256,6 @@ def test_init_done_reaches_the_run_config(data):
 
 def _ser_task(fold: Path, **kw):
     from omegaconf import OmegaConf
-
     from serkit.fairseq_ext.ser_task import SerTask, SerTaskConfig
 
     cfg = OmegaConf.structured(SerTaskConfig(data=str(fold), **kw))
@@ -251,8 +264,7 @@ def _ser_task(fold: Path, **kw):
 
 def _ser_model(task, upstream: Path, **kw):
     from omegaconf import OmegaConf
-
-    from serkit.fairseq_ext.ser_model import SerModel, SerModelConfig
+    from serkit.fairseq_ext.ser_model import SerModelConfig
 
     cfg = OmegaConf.structured(SerModelConfig(upstream_path=str(upstream), **kw))
     cfg._name = "serkit_ser_model"
@@ -324,7 +336,6 @@ def test_ser_model_rebuilds_from_its_config_without_the_upstream_file(data, tmp_
 
 def test_criterion_ua_wa_are_computed_over_the_whole_set():
     from fairseq.logging import metrics
-
     from serkit.fairseq_ext.ser_criterion import SerCrossEntropy
 
     # batch 1: 3 of class 0, all right; batch 2: 1 of class 0 wrong, 1 of class 1 right.

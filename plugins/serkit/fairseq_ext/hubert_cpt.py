@@ -22,14 +22,11 @@ checkpoints it saves load (``checkpoint_utils``, ``serkit.upstream.load_upstream
 ``init_from`` being read, or even present, again. A resumed run reads ``init_from`` once more and then
 the checkpoint's weights replace it.
 """
-from __future__ import annotations
-
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from fairseq import checkpoint_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models import register_model
@@ -55,7 +52,7 @@ PROJ_PREFIX = "final_proj."
 
 @dataclass
 class SerkitHubertConfig(HubertConfig):
-    init_from: Optional[str] = field(
+    init_from: Optional[str] = field(  # noqa: UP045
         default=None,
         metadata={"help": "fairseq HuBERT checkpoint (hubert or serkit_hubert) to start from: its "
                           "feature extractor and encoder are loaded, the label embeddings and "
@@ -124,7 +121,7 @@ class SerkitHubertModel(HubertModel):
             _mark_init_done(cfg)
         return model
 
-    def load_initial_weights(self, path: str, task_normalize: Optional[bool] = None) -> dict:
+    def load_initial_weights(self, path: str, task_normalize: bool | None = None) -> dict:
         """Copy every label-independent weight of the HuBERT checkpoint ``path`` into this model.
 
         Returns a summary ``{"loaded": [...], "reinitialised": [...]}``. Raises ``SerkitError`` naming

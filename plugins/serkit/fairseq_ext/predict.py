@@ -27,8 +27,9 @@ def load_ser_checkpoint(checkpoint: str | os.PathLike, fold: str | os.PathLike |
                         device: str = "cpu"):
     """``(model, task)`` of a ``serkit_ser_model`` checkpoint, in eval mode, reading data from ``fold``."""
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    import serkit.fairseq_ext  # noqa: F401  (registers serkit_* before the checkpoint is unpickled)
     from fairseq import checkpoint_utils
+
+    import serkit.fairseq_ext  # noqa: F401  (registers serkit_* before the checkpoint is unpickled)
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
@@ -40,7 +41,8 @@ def load_ser_checkpoint(checkpoint: str | os.PathLike, fold: str | os.PathLike |
     except SerkitError:
         raise
     except Exception as e:  # noqa: BLE001 - fairseq raises many kinds on foreign files
-        raise SerkitError(f"{checkpoint}: cannot load as a fairseq checkpoint ({type(e).__name__}: {e})") from e
+        raise SerkitError(f"{checkpoint}: cannot load as a fairseq checkpoint "
+                          f"({type(e).__name__}: {e})") from e
     if cfg.task.get("_name") != "serkit_ser":
         raise SerkitError(f"{checkpoint}: a '{cfg.task.get('_name')}' checkpoint; predict needs one trained "
                           "with task serkit_ser (ser_finetune.yaml)")
@@ -53,14 +55,14 @@ def predict_split(model, task, split: str, out: str | os.PathLike, batch_size: i
     """Run ``model`` on ``split`` of the task's fold and write the predictions TSV to ``out``."""
     import numpy as np
     import torch
-
     from fairseq import utils as fairseq_utils
 
     from .ser_task import write_predictions
 
     fold_classes = task._read_classes()
     if fold_classes != task.classes:
-        raise SerkitError(f"{task.cfg.data}: classes {fold_classes} differ from the checkpoint's {task.classes}; "
+        raise SerkitError(f"{task.cfg.data}: classes {fold_classes} differ from the checkpoint's "
+                          f"{task.classes}; "
                           "predict on a fold of the same protocol")
     task.load_dataset(split)
     dataset = task.dataset(split)
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serkit.fairseq_ext.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a serkit_ser_model checkpoint (fairseq .pt)")
-    parser.add_argument("--fold", required=True, help="fold directory (serkit split) holding <split>.tsv/.emo")
+    parser.add_argument("--fold", required=True,
+                        help="fold directory (serkit split) holding <split>.tsv/.emo")
     parser.add_argument("--split", default="test", help="split to predict (default: test)")
     parser.add_argument("--out", required=True, help="predictions TSV to write")
     parser.add_argument("--batch-size", type=int, default=8)

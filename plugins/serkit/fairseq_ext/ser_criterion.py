@@ -6,8 +6,6 @@ so a validation value is the value of the whole subset, not a mean of per-batch 
 from a subset do not enter its UA. Both are logged in percent; ``loss`` is the mean cross entropy per
 utterance in bits (fairseq's convention).
 """
-from __future__ import annotations
-
 import math
 from dataclasses import dataclass, field
 

@@ -17,13 +17,11 @@ the same logits alone or padded inside a batch.
 The upstream's config is stored in ``model.upstream_cfg`` when training starts (by the ``serkit_ser``
 task), so a saved checkpoint rebuilds the upstream without ``upstream_path``.
 """
-from __future__ import annotations
-
 import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional  # noqa: UP035 - see SerModelConfig
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +46,7 @@ _PRETRAINING_ONLY = ("label_embs_concat", "final_proj.", "target_glu.", "quantiz
 
 @dataclass
 class SerModelConfig(FairseqDataclass):
-    upstream_path: Optional[str] = field(default=None, metadata={
+    upstream_path: Optional[str] = field(default=None, metadata={  # noqa: UP045
         "help": "fairseq checkpoint of the upstream (HuBERT, serkit_hubert, wav2vec 2.0, or a CTC "
                 "finetuned one); absolute path"})
     upstream_cfg: Any = field(default=None, metadata={
@@ -59,7 +57,7 @@ class SerModelConfig(FairseqDataclass):
                 "shiftformer, lstm, shiftlstm, ..."})
     pooling: str = field(default="attention", metadata={
         "help": "pooling of heads that pool: attention (FLEA) or mean"})
-    head_options: Dict[str, Any] = field(default_factory=dict, metadata={
+    head_options: Dict[str, Any] = field(default_factory=dict, metadata={  # noqa: UP006
         "help": "extra keyword arguments of the head, e.g. {dropout: 0.1}"})
     layer: int = field(default=-1, metadata={
         "help": "-1: the upstream's output; l >= 1: output of transformer layer l (layers above it "
@@ -75,11 +73,11 @@ class SerModelConfig(FairseqDataclass):
     encoder_layerdrop: float = field(default=0.0, metadata={
         "help": "probability of dropping a transformer layer in training (must be 0 with "
                 "weighted_layer_sum)"})
-    dropout: Optional[float] = field(default=None, metadata={
+    dropout: Optional[float] = field(default=None, metadata={  # noqa: UP045
         "help": "transformer dropout; unset keeps the upstream's"})
-    attention_dropout: Optional[float] = field(default=None, metadata={
+    attention_dropout: Optional[float] = field(default=None, metadata={  # noqa: UP045
         "help": "attention dropout; unset keeps the upstream's"})
-    activation_dropout: Optional[float] = field(default=None, metadata={
+    activation_dropout: Optional[float] = field(default=None, metadata={  # noqa: UP045
         "help": "FFN activation dropout; unset keeps the upstream's"})
     mask_prob: float = field(default=0.0, metadata={
         "help": "training-time time masking of the transformer input (the upstream's mask "
@@ -132,7 +130,7 @@ def read_upstream(path: str) -> tuple[Any, dict]:
     return upstream_cfg, model_state
 
 
-def build_upstream(upstream_cfg, model_state: Optional[dict] = None, path: str = "") -> BaseFairseqModel:
+def build_upstream(upstream_cfg, model_state: dict | None = None, path: str = "") -> BaseFairseqModel:
     """Build the fairseq encoder described by ``upstream_cfg`` (and load ``model_state`` if given)."""
     task = tasks.setup_task(upstream_cfg.task, from_checkpoint=True)
     if upstream_cfg.task.get("_name") == "hubert_pretraining":
@@ -144,7 +142,8 @@ def build_upstream(upstream_cfg, model_state: Optional[dict] = None, path: str =
         model.remove_pretraining_modules()
     for attr in ("feature_extractor", "encoder", "layer_norm"):
         if not hasattr(model, attr):
-            raise SerkitError(f"{path}: model '{upstream_cfg.model.get('_name')}' has no {attr}; serkit_ser_model "
+            name = upstream_cfg.model.get("_name")
+            raise SerkitError(f"{path}: model '{name}' has no {attr}; serkit_ser_model "
                               "needs a HuBERT / wav2vec 2.0 style encoder")
     if model_state is not None:
         kept = {k: v for k, v in model_state.items() if not k.startswith(_PRETRAINING_ONLY)}
@@ -179,7 +178,8 @@ class SerModel(BaseFairseqModel):
         self.upstream_cfg = upstream_cfg
         self.normalize = bool(upstream_cfg.task.get("normalize", False))
         self.conv_layers = eval(upstream_cfg.model.conv_feature_layers)  # noqa: S307 - fairseq's format
-        self.group_norm_cnn = any(isinstance(m, torch.nn.GroupNorm) for m in upstream.feature_extractor.modules())
+        self.group_norm_cnn = any(isinstance(m, torch.nn.GroupNorm)
+                                  for m in upstream.feature_extractor.modules())
         rf, hop = 1, 1
         for _, kernel, stride in self.conv_layers:
             rf, hop = rf + (kernel - 1) * hop, hop * stride
@@ -188,7 +188,8 @@ class SerModel(BaseFairseqModel):
         self.num_layers = len(encoder.layers)
         self.dim = encoder.embedding_dim
         if not -1 <= cfg.layer <= self.num_layers:
-            raise SerkitError(f"model.layer={cfg.layer}: this upstream has layers 0..{self.num_layers} (-1: its output)")
+            raise SerkitError(f"model.layer={cfg.layer}: this upstream has layers 0..{self.num_layers} "
+                              "(-1: its output)")
         if cfg.weighted_layer_sum and cfg.encoder_layerdrop > 0:
             raise SerkitError("model.weighted_layer_sum needs model.encoder_layerdrop=0 (a dropped layer "
                               "has no output to weigh)")
@@ -198,7 +199,8 @@ class SerModel(BaseFairseqModel):
             if value is not None:
                 self._set_dropout(name, value)
         self.layer_sum = WeightedLayerSum(self.num_layers + 1) if cfg.weighted_layer_sum else None
-        self.head = build_head(cfg.head, self.dim, num_classes, pooling=cfg.pooling, **dict(cfg.head_options or {}))
+        self.head = build_head(cfg.head, self.dim, num_classes, pooling=cfg.pooling,
+                               **dict(cfg.head_options or {}))
         self.num_updates = 0
         self._freeze()
 
@@ -253,8 +255,9 @@ class SerModel(BaseFairseqModel):
         else:
             upstream_cfg, state = read_upstream(cfg.upstream_path)
             upstream = build_upstream(upstream_cfg, state, cfg.upstream_path)
-            log.info("serkit_ser_model: upstream %s (%s, %d layers x %d dims, normalize=%s)", cfg.upstream_path,
-                     upstream_cfg.model.get("_name"), len(upstream.encoder.layers), upstream.encoder.embedding_dim,
+            log.info("serkit_ser_model: upstream %s (%s, %d layers x %d dims, normalize=%s)",
+                     cfg.upstream_path, upstream_cfg.model.get("_name"), len(upstream.encoder.layers),
+                     upstream.encoder.embedding_dim,
                      bool(upstream_cfg.task.get("normalize", False)))
         num_classes = getattr(task, "num_classes", None)
         if not num_classes:
@@ -279,9 +282,10 @@ class SerModel(BaseFairseqModel):
             return out
         return fe(wav)
 
-    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> Dict[str, Any]:
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,  # noqa: UP045
+                **kwargs) -> dict[str, Any]:
         up, cfg = self.upstream, self.cfg
-        wav = source.float()
+        wav = source  # float32, or half when fairseq runs the model in fp16
         if padding_mask is None or not bool(padding_mask.any()):
             lengths = torch.full((wav.size(0),), wav.size(1), dtype=torch.long, device=wav.device)
         else:
@@ -291,8 +295,8 @@ class SerModel(BaseFairseqModel):
             raise SerkitError(f"an input of {int(lengths.min())} samples is shorter than the upstream's "
                               f"receptive field ({self.receptive_field} samples)")
         if self.normalize:  # the upstream was trained on per-utterance standardised waveforms
-            wav = torch.stack([F.pad(F.layer_norm(w[:n], (int(n),)), (0, wav.size(1) - int(n)))
-                               for w, n in zip(wav, lengths.tolist())])
+            wav = torch.stack([F.pad(F.layer_norm(w[:n].float(), (int(n),)), (0, wav.size(1) - int(n)))
+                               for w, n in zip(wav, lengths.tolist())]).to(source.dtype)
 
         tune_upstream = not cfg.freeze_upstream and self.num_updates >= cfg.freeze_finetune_updates
         cnn_grad = tune_upstream and cfg.feature_grad_mult > 0 and self.training

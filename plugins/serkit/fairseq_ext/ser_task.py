@@ -15,8 +15,6 @@ apply any selection rule afterwards, without keeping a checkpoint per epoch. fai
 (a rank sees only its shard); with several GPUs, run ``python -m serkit.fairseq_ext.predict`` on
 saved checkpoints instead.
 """
-from __future__ import annotations
-
 import logging
 import os
 import sys
@@ -44,13 +42,13 @@ class SerTaskConfig(FairseqDataclass):
     labels: str = field(default="emo", metadata={
         "help": "extension of the label files: <split>.<labels> and dict.<labels>.txt"})
     sample_rate: int = field(default=16000, metadata={"help": "sample rate the wavs must have"})
-    max_sample_size: Optional[int] = field(default=None, metadata={
+    max_sample_size: Optional[int] = field(default=None, metadata={  # noqa: UP045
         "help": "randomly crop TRAINING utterances longer than this many samples (bounds memory); "
                 "valid and test utterances are never cropped"})
     min_sample_size: int = field(default=400, metadata={
         "help": "utterances shorter than this are an error (400 samples = one frame of the 20 ms conv "
                 "front end)"})
-    predictions_dir: Optional[str] = field(default=None, metadata={
+    predictions_dir: Optional[str] = field(default=None, metadata={  # noqa: UP045
         "help": "if set, write <dir>/<subset>.epoch<NNN>.tsv with per-utterance class probabilities "
                 "after each validation pass (see dataset.valid_subset); absolute path"})
 
@@ -83,7 +81,8 @@ def read_manifest(path: Path) -> tuple[str, list[str], list[int]]:
         for lineno, line in enumerate(f, 2):
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 2 or not parts[1].isdigit():
-                raise SerkitError(f"{path}:{lineno}: expected 'relpath<TAB>num_samples', got {line.strip()!r}")
+                raise SerkitError(f"{path}:{lineno}: expected 'relpath<TAB>num_samples', "
+                                  f"got {line.strip()!r}")
             rels.append(parts[0])
             sizes.append(int(parts[1]))
     if not root:
@@ -95,7 +94,7 @@ class SerAudioDataset(FairseqDataset):
     """Waveforms with one class label each; batches carry ``padding_mask`` (True on padded samples)."""
 
     def __init__(self, name: str, root: str, relpaths: list[str], sizes: list[int], labels: list[int],
-                 sample_rate: int = 16000, max_sample_size: Optional[int] = None, shuffle: bool = False):
+                 sample_rate: int = 16000, max_sample_size: int | None = None, shuffle: bool = False):
         super().__init__()
         self.name = name
         self.root = root
@@ -178,7 +177,7 @@ class SerTask(FairseqTask):
         self._warned_distributed = False
 
     @classmethod
-    def setup_task(cls, cfg: SerTaskConfig, **kwargs) -> "SerTask":
+    def setup_task(cls, cfg: SerTaskConfig, **kwargs) -> "SerTask":  # noqa: UP037
         return cls(cfg)
 
     def _read_classes(self) -> list[str]:
@@ -213,7 +212,8 @@ class SerTask(FairseqTask):
             max_sample_size=self.cfg.max_sample_size if is_train else None, shuffle=is_train)
         counts = np.bincount(labels, minlength=self.num_classes)
         log.info("serkit_ser: %s: %d utterances (%s), %.1f s of audio", split, len(rels),
-                 ", ".join(f"{c} {n}" for c, n in zip(self.classes, counts)), sum(sizes) / self.cfg.sample_rate)
+                 ", ".join(f"{c} {n}" for c, n in zip(self.classes, counts)),
+                 sum(sizes) / self.cfg.sample_rate)
 
     def build_model(self, cfg, from_checkpoint: bool = False):
         model = super().build_model(cfg, from_checkpoint)

@@ -1,0 +1,178 @@
+"""fairseq-hydra-train with the recipe's configs and the serkit user dir, on a tiny fold, on CPU.
+
+HuBERT iteration 1 (fairseq's own model), CPT from a tiny HuBERT (serkit_hubert), SER finetuning
+(serkit_ser) with per-epoch predictions, then predict.py and serkit.upstream on the checkpoints.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("fairseq", reason="fairseq not installed (pip install 'serkit[fairseq]')")
+
+from tests.unit.test_fairseq_plugin import CLASSES, make_fold, make_tiny_hubert  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "recipes" / "IEMOCAP" / "conf" / "fairseq"
+USER_DIR = REPO / "plugins" / "serkit_fairseq"
+CPU = ["common.cpu=true", "common.fp16=false", "distributed_training.distributed_world_size=1",
+       "dataset.num_workers=0"]
+
+
+def hydra_train(config: str, out: Path, *overrides: str, timeout: int = 600) -> str:
+    """Run fairseq-hydra-train as the recipe does (absolute paths, run dir = output dir); return its log."""
+    exe = shutil.which("fairseq-hydra-train", path=str(Path(sys.executable).parent) + os.pathsep
+                       + os.environ.get("PATH", ""))
+    assert exe, "fairseq-hydra-train not found next to the test's python or on PATH"
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [exe, "--config-dir", str(CONF), "--config-name", config, f"checkpoint.save_dir={out}",
+           f"hydra.run.dir={out}", *CPU, *overrides]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    res = subprocess.run(cmd, cwd=out, capture_output=True, text=True, env=env, timeout=timeout)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{log[-5000:]}"
+    return log
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fairseq_train")
+    out = make_fold(root)
+    out["tiny"] = make_tiny_hubert(root / "tiny_hubert.pt", num_labels=25)
+    out["root"] = root
+    return out
+
+
+@pytest.fixture(scope="module")
+def cpt(data):
+    """CPT of the tiny HuBERT on 50 k-means labels, 5 updates; init_from is a copy removed afterwards."""
+    init = data["root"] / "init" / "tiny_hubert.pt"
+    init.parent.mkdir()
+    shutil.copy(data["tiny"], init)
+    out = data["root"] / "cpt"
+    log = hydra_train("cpt_hubert_tiny", out, f"common.user_dir={USER_DIR}", f"task.data={data['fold']}",
+                      f"task.label_dir={data['km']}", f"model.init_from={init}", "optimization.max_update=5",
+                      "dataset.validate_interval_updates=5")
+    shutil.rmtree(init.parent)  # the checkpoints must not need it any more
+    return {"dir": out, "log": log}
+
+
+def test_hubert_iteration1_trains_fairseqs_own_model(data):
+    out = data["root"] / "iter1"
+    log = hydra_train("hubert_tiny_iter1", out, f"task.data={data['fold']}", f"task.label_dir={data['km']}",
+                      "optimization.max_update=4")
+    assert "num_updates 4" in log and "The dataset is empty" not in log
+    assert "loaded 12, skipped 0 short and 0 long" in log  # no mini-corpus turn is dropped
+    state = torch.load(out / "checkpoint_last.pt", weights_only=False)
+    assert state["cfg"]["model"]["_name"] == "hubert" and state["cfg"]["task"]["label_rate"] == 50
+    assert state["model"]["label_embs_concat"].shape[0] == 50 + 4
+
+
+def test_cpt_starts_from_init_from_and_keeps_the_cnn_frozen(data, cpt):
+    src = torch.load(data["tiny"], weights_only=False)["model"]
+    state = torch.load(cpt["dir"] / "checkpoint_last.pt", weights_only=False)
+    model = state["model"]
+    assert state["cfg"]["model"]["_name"] == "serkit_hubert"
+    assert state["cfg"]["model"]["init_done"] is True  # so it loads without init_from
+    assert state["optimizer_history"][-1]["num_updates"] == 5
+    assert re.search(r"serkit_hubert: loaded \d+ tensors from .*init/tiny_hubert.pt", cpt["log"])
+    # the CNN was loaded and never updated
+    cnn = [k for k in src if k.startswith("feature_extractor.")]
+    assert cnn and all(torch.equal(model[k], src[k]) for k in cnn)
+    # the encoder was loaded, then moved by 5 small Adam steps (a fresh init would be O(0.1) away)
+    enc = [k for k in src if k.startswith("encoder.layers.") and k.endswith("weight")]
+    drift = max((model[k] - src[k]).abs().max().item() for k in enc)
+    assert 0 < drift < 0.01
+    # the label set is the run's 50 clusters (+4 specials), not the checkpoint's 25
+    assert model["label_embs_concat"].shape == (54, 32) and src["label_embs_concat"].shape == (29, 32)
+    # masked-frame loss only, with the feature penalty
+    assert "loss_m_0" in cpt["log"] and "loss_u_0" not in cpt["log"] and "loss_features_pen" in cpt["log"]
+
+
+def test_cpt_checkpoint_extracts_features_through_serkit_upstream(cpt):
+    from serkit.upstream import load_upstream
+
+    up = load_upstream(cpt["dir"] / "checkpoint_last.pt")
+    wav = torch.randn(2, 16000)
+    mask = torch.zeros(2, 16000, dtype=torch.bool)
+    mask[1, 8000:] = True
+    hidden, frame_mask = up(wav, mask, layers=[0, 2])
+    assert [h.shape for h in hidden] == [(2, 49, 64)] * 2
+    assert frame_mask[1].sum() == 49 - 24
+
+
+@pytest.fixture(scope="module")
+def finetune(data, cpt):
+    out = data["root"] / "ser"
+    log = hydra_train("ser_finetune", out, f"common.user_dir={USER_DIR}", f"task.data={data['fold']}",
+                      f"task.predictions_dir={out / 'predictions'}",
+                      f"model.upstream_path={cpt['dir'] / 'checkpoint_last.pt'}",
+                      "optimization.max_epoch=2", "dataset.batch_size=4", "optimization.update_freq=[1]",
+                      "common.log_format=simple")
+    return {"dir": out, "log": log}
+
+
+def _read_tsv(path: Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text().splitlines()]
+
+
+def test_finetune_logs_whole_set_ua_wa_and_writes_predictions_each_epoch(data, finetune):
+    log = finetune["log"]
+    for subset in ("valid", "test"):
+        lines = [ln for ln in log.splitlines() if f"valid on '{subset}' subset" in ln]
+        assert len(lines) == 2, subset  # one validation per epoch
+        assert all(re.search(r"\| ua [\d.]+ \| wa [\d.]+", ln) for ln in lines), lines
+    assert "best_ua" in log  # checkpoint_best is chosen on valid UA
+    utts = [Path(r[0]).stem for r in _read_tsv(data["fold"] / "test.tsv")[1:]]
+    labels = (data["fold"] / "test.emo").read_text().split()
+    for epoch in (1, 2):
+        for split in ("valid", "test"):
+            rows = _read_tsv(finetune["dir"] / "predictions" / f"{split}.epoch{epoch:03d}.tsv")
+            assert rows[0] == ["utt", "label", "pred", *CLASSES]
+            if split == "test":
+                assert [r[0] for r in rows[1:]] == utts and [r[1] for r in rows[1:]] == labels
+    state = torch.load(finetune["dir"] / "checkpoint_last.pt", weights_only=False)
+    assert state["cfg"]["model"]["upstream_cfg"]["model"]["_name"] == "serkit_hubert"
+    assert state["task_state"]["classes"] == CLASSES
+
+
+def test_predict_matches_the_last_epochs_predictions(data, finetune, tmp_path):
+    out = tmp_path / "test.tsv"
+    # the upstream file is not needed: the checkpoint carries the upstream
+    moved = finetune["dir"].parent / "cpt_moved"
+    (finetune["dir"].parent / "cpt").rename(moved)
+    try:
+        res = subprocess.run([sys.executable, "-m", "serkit.fairseq_ext.predict", "--checkpoint",
+                              str(finetune["dir"] / "checkpoint_last.pt"), "--fold", str(data["fold"]),
+                              "--split", "test", "--out", str(out), "--batch-size", "3"],
+                             capture_output=True, text=True, cwd=tmp_path,
+                             env=os.environ | {"OMP_NUM_THREADS": "1"})
+    finally:
+        moved.rename(finetune["dir"].parent / "cpt")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ours = _read_tsv(out)
+    in_training = _read_tsv(finetune["dir"] / "predictions" / "test.epoch002.tsv")
+    assert [r[:3] for r in ours] == [r[:3] for r in in_training]
+    for a, b in zip(ours[1:], in_training[1:]):
+        assert all(abs(float(x) - float(y)) < 1e-4 for x, y in zip(a[3:], b[3:]))
+
+
+def test_predict_rejects_a_fold_with_other_classes(data, finetune, tmp_path, capsys):
+    from serkit.fairseq_ext.predict import main
+
+    fold = tmp_path / "fold"
+    shutil.copytree(data["fold"], fold)
+    (fold / "dict.emo.txt").write_text("".join(f"{c} 1\n" for c in ["ang", "hap", "neu", "fru"]))
+    rc = main(["--checkpoint", str(finetune["dir"] / "checkpoint_last.pt"), "--fold", str(fold),
+               "--out", str(tmp_path / "x.tsv")])
+    assert rc == 2 and "differ from the checkpoint's" in capsys.readouterr().err
+    assert not (tmp_path / "x.tsv").exists()
