@@ -148,9 +148,8 @@ def test_configs_also_work_with_fairseqs_argparse_bridge():
     """fairseq-train (argparse) and old checkpoints turn dataclasses into options: types must be real."""
     import argparse
 
-    from fairseq.dataclass.utils import gen_parser_from_dataclass
-
     import serkit.fairseq_ext as ext
+    from fairseq.dataclass.utils import gen_parser_from_dataclass
 
     for dc in (ext.SerTaskConfig, ext.SerModelConfig, ext.SerkitHubertConfig,
                ext.ser_criterion.SerCrossEntropyConfig):
