@@ -29,7 +29,6 @@ import numpy as np
 
 def make_data(root: Path, n: int, seconds: float, seed: int = 0):
     import soundfile as sf
-
     from serkit.data.manifest import Utterance, write_dict, write_split
 
     rng = np.random.default_rng(seed)
@@ -50,7 +49,6 @@ def make_data(root: Path, n: int, seconds: float, seed: int = 0):
 
 def bench_one(arch: str, root: Path, fold: Path, args) -> dict:
     import torch
-
     from serkit.cli import main as serkit
     from serkit.speechbrain.lobes import FairseqUpstream, SERHead, WeightedLayerSum
     from serkit.upstream.features import FeatureReader
@@ -132,7 +130,6 @@ def main(argv=None) -> int:
     args.steps += args.warmup
 
     import torch
-
     from serkit.utils import setup_logging
 
     setup_logging()
@@ -142,7 +139,8 @@ def main(argv=None) -> int:
         fold = make_data(root, args.utterances, args.seconds)
         for arch in args.archs.split(","):
             rows.append(bench_one(arch, root, fold, args))
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
+    on_gpu = args.device.startswith("cuda")
+    device = torch.cuda.get_device_name(0) if on_gpu else platform.processor() or "cpu"
     print(f"\nHead training throughput ({args.head}, batch {args.batch_size}, {args.seconds:g} s utterances, "
           f"{args.device}: {device}, torch threads {torch.get_num_threads()})\n")
     print("| upstream | layers x dim | cached feats (utt/s) | upstream every step (utt/s) | speed-up | "
@@ -151,7 +149,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['arch']} | {r['layers']} x {r['dim']} | {r['cached_utt_per_s']:.1f} | "
               f"{r['upstream_utt_per_s']:.1f} | {r['speedup']:.1f}x | {r['dump_utt_per_s']:.1f} |")
-    result = {"config": {k: v for k, v in vars(args).items()}, "device": device, "python": sys.version.split()[0],
+    result = {"config": dict(vars(args)), "device": device, "python": sys.version.split()[0],
               "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

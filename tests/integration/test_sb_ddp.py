@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 def _train_cmd(launcher, fold, feats, out):
     return [*launcher, "-m", "serkit.speechbrain.train", str(CONF / "linear.yaml"), "--fold-dir", str(fold),
-            "--output-folder", str(out), "--feats", str(feats), "--number_of_epochs", "1", "--batch_size", "4",
+            "--output-folder", str(out), "--feats", str(feats), "--number_of_epochs", "1",
+            "--batch_size", "4",
             "--channel_mask_width", "8", "--noprogressbar"]
 
 

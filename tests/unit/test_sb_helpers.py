@@ -17,7 +17,8 @@ SR = 16000
 _CACHE: dict = {}
 
 
-def write_tone(path: Path, pitch: float, seconds: float, rng, sample_rate: int = SR, channels: int = 1) -> int:
+def write_tone(path: Path, pitch: float, seconds: float, rng, sample_rate: int = SR,
+               channels: int = 1) -> int:
     import soundfile as sf
 
     n = int(seconds * sample_rate)
@@ -47,7 +48,8 @@ def make_fold(root: Path, per_class=(4, 2, 2), seed: int = 0) -> Path:
                 path = wav_dir / f"{utt}.wav"
                 seconds = float(rng.uniform(0.4, 0.9))
                 num = write_tone(path, PITCH[c] * float(rng.uniform(0.95, 1.05)), seconds, rng)
-                utts.append(Utterance(utt=utt, wav=str(path.resolve()), num_samples=num, emo=c, spk=f"spk{i % 2}"))
+                utts.append(Utterance(utt=utt, wav=str(path.resolve()), num_samples=num, emo=c,
+                                      spk=f"spk{i % 2}"))
                 counts[c] += split == "train"
         rng.shuffle(utts)  # the fold's order is not sorted by class or length
         write_split(fold, split, utts, root=str(wav_dir))

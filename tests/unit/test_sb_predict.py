@@ -1,4 +1,5 @@
-"""serkit predict and EmotionClassifier: a trained fold classifies raw audio; bad input gets a clear message."""
+"""serkit predict and EmotionClassifier: a trained fold classifies raw audio; bad input gets a clear
+message."""
 import json
 
 import numpy as np
@@ -78,7 +79,6 @@ def test_predict_cli_prints_one_json_line_per_file_and_batches_folders(trained, 
 
 def test_bad_input_is_named_and_the_good_files_still_get_results(trained, tmp_path, capsys, caplog):
     import soundfile as sf
-
     from serkit.cli import main as serkit
     from serkit.speechbrain.interface import EmotionClassifier
     from serkit.utils import SerkitError
@@ -93,8 +93,8 @@ def test_bad_input_is_named_and_the_good_files_still_get_results(trained, tmp_pa
     write_tone(stereo, PITCH["neu"], 0.6, rng, channels=2)
     tiny = tmp_path / "tiny.wav"
     write_tone(tiny, PITCH["neu"], 0.01, rng)
-    rc = serkit(["predict", "--exp", str(out), str(tmp_path / "missing.wav"), str(empty), str(at8k), str(stereo),
-                 str(tiny)])
+    rc = serkit(["predict", "--exp", str(out), str(tmp_path / "missing.wav"), str(empty), str(at8k),
+                 str(stereo), str(tiny)])
     assert rc == 2
     printed = [json.loads(line)["file"] for line in capsys.readouterr().out.splitlines()]
     assert printed == [str(at8k), str(stereo)]  # resampled / downmixed, not refused

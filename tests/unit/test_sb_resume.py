@@ -30,8 +30,8 @@ def test_killed_training_resumes_at_the_next_epoch(tmp_path_factory, tmp_path):
     setup = tiny_setup(tmp_path_factory)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "serkit.speechbrain.train", str(CONF / "linear.yaml"), "--fold-dir",
-           str(setup["fold"]), "--output-folder", str(out), "--feats", str(setup["feats"]), "--batch_size", "4",
-           "--channel_mask_width", "8", "--noprogressbar"]
+           str(setup["fold"]), "--output-folder", str(out), "--feats", str(setup["feats"]),
+           "--batch_size", "4", "--channel_mask_width", "8", "--noprogressbar"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([*cmd, "--number_of_epochs", "200"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -48,8 +48,8 @@ def test_killed_training_resumes_at_the_next_epoch(tmp_path_factory, tmp_path):
     old = {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("*.epoch*.tsv")}
 
     # the same command (a shorter limit so the test ends) picks up where the checkpoint left off
-    rerun = subprocess.run([*cmd, "--number_of_epochs", str(done + 1)], env=env, capture_output=True, text=True,
-                           timeout=300)
+    rerun = subprocess.run([*cmd, "--number_of_epochs", str(done + 1)], env=env, capture_output=True,
+                           text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"Going into epoch {done + 1}" in rerun.stderr + rerun.stdout
     for epoch in range(1, done + 1):

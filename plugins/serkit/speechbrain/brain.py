@@ -29,10 +29,9 @@ import math
 import os
 from pathlib import Path
 
+import speechbrain as sb
 import torch
 import torch.nn.functional as F
-
-import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process
 
 from ..metrics import compute_metrics
@@ -207,7 +206,8 @@ class SERBrain(sb.Brain):
             if net is not None:
                 from serkit.nn.search import gumbel_temperature
 
-                tau = gumbel_temperature(self._epoch - 1, float(getattr(self.hparams, "temperature_start", 5.0)),
+                tau = gumbel_temperature(self._epoch - 1,
+                                         float(getattr(self.hparams, "temperature_start", 5.0)),
                                          float(getattr(self.hparams, "temperature_decay", 0.956)))
                 net.set_temperature(tau)
 
@@ -275,7 +275,8 @@ class SERBrain(sb.Brain):
             return
         out = Path(self.hparams.output_folder)
         path = out / "search_log.jsonl"
-        entries = [e for e in read_search_log(path) if e["epoch"] < epoch]  # a resumed epoch replaces its line
+        # a resumed epoch replaces its line
+        entries = [e for e in read_search_log(path) if e["epoch"] < epoch]
         derived = net.derive()
         entries.append({"epoch": epoch, "temperature": net.tau, "choices": list(net.choices),
                         "probabilities": [[round(float(p), 6) for p in row] for row in net.probabilities()],

@@ -16,8 +16,8 @@ def register(subparsers) -> None:
                     "run options. Multi-GPU/CPU: torchrun --nproc_per_node N -m serkit.speechbrain.train ...")
     add_train_arguments(p)
     p.add_argument("overrides", nargs=argparse.REMAINDER,
-                   help="--key value pairs: yaml overrides (--number_of_epochs 5) and SpeechBrain run options "
-                        "(--device cuda:0)")
+                   help="--key value pairs: yaml overrides (--number_of_epochs 5) and SpeechBrain run "
+                        "options (--device cuda:0)")
     p.set_defaults(func=_run_train)
 
     q = subparsers.add_parser(

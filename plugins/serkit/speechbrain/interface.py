@@ -80,8 +80,8 @@ class EmotionClassifier(torch.nn.Module):
             recoverables["upstream"] = finetuned
         else:
             if not info.get("upstream"):
-                raise SerkitError(f"{source / 'train_info.json'}: no upstream recorded for the cached features; "
-                                  "retrain with --upstream CKPT so new audio can be encoded")
+                raise SerkitError(f"{source / 'train_info.json'}: no upstream recorded for the cached "
+                                  "features; retrain with --upstream CKPT so new audio can be encoded")
             from serkit.upstream import load_upstream
 
             upstream = load_upstream(info["upstream"], device="cpu")
@@ -141,8 +141,8 @@ class EmotionClassifier(torch.nn.Module):
         module = self.upstream if self.upstream is not None else self.finetuned_upstream.upstream
         need = int(getattr(module, "receptive_field", 400))
         if wav.numel() < need:
-            raise SerkitError(f"{path}: {wav.numel()} samples ({wav.numel() / 16:.1f} ms) is shorter than the "
-                              f"upstream's receptive field ({need} samples); nothing to classify")
+            raise SerkitError(f"{path}: {wav.numel()} samples ({wav.numel() / 16:.1f} ms) is shorter than "
+                              f"the upstream's receptive field ({need} samples); nothing to classify")
 
     def forward(self, wavs, wav_lens=None):
         return self.classify_batch(wavs, wav_lens)

@@ -242,8 +242,8 @@ class FairseqUpstream(nn.Module):
         else:
             sample_lengths = torch.round(lengths.float() * n).long().clamp(1, n)
         if int(sample_lengths.min()) < up.receptive_field:
-            raise ValueError(f"an input of {int(sample_lengths.min())} samples is shorter than the upstream's "
-                             f"receptive field ({up.receptive_field} samples)")
+            raise ValueError(f"an input of {int(sample_lengths.min())} samples is shorter than the "
+                             f"upstream's receptive field ({up.receptive_field} samples)")
         sample_mask = torch.arange(n, device=wav.device)[None, :] >= sample_lengths[:, None]
         if up.normalize:
             wav = up._normalize_wave(wav, sample_lengths)

@@ -22,7 +22,8 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--exp", required=True, help="a fold's output folder of `serkit train` (has train_info.json)")
+    p.add_argument("--exp", required=True,
+                   help="a fold's output folder of `serkit train` (has train_info.json)")
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="audio files and/or folders")
     p.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (folders)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -92,10 +93,11 @@ def run(args) -> int:
     warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
     warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated.*")
     files = expand_inputs(args.inputs)
-    clf = EmotionClassifier.from_hparams(args.exp, run_opts={"device": args.device}, checkpoint=args.checkpoint)
+    clf = EmotionClassifier.from_hparams(args.exp, run_opts={"device": args.device},
+                                         checkpoint=args.checkpoint)
     failed = 0
     progress = not args.no_progress and any(from_dir for _, from_dir in files)
-    for f, result, error in predict_files(clf, [f for f, _ in files], args.batch_size, progress):
+    for _, result, error in predict_files(clf, [f for f, _ in files], args.batch_size, progress):
         if error:
             failed += 1
             log.error("%s", error)

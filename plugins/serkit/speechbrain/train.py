@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("hparams", help="HyperPyYAML file, e.g. recipes/IEMOCAP/conf/shiftcnn.yaml")
-    p.add_argument("--fold-dir", help="fold directory from `serkit split` (train/valid/test.json, dict.emo.txt)")
+    p.add_argument("--fold-dir",
+                   help="fold directory from `serkit split` (train/valid/test.json, dict.emo.txt)")
     p.add_argument("--output-folder", help="where this fold's run goes, e.g. exp/shiftcnn/fold1")
     p.add_argument("--feats", help="cached features from `serkit dump-features` (featex setting)")
     p.add_argument("--upstream", help="fairseq checkpoint: finetuned (finetune setting) unless --feats is "
@@ -108,7 +109,8 @@ def prepare_run_opts(run_opts):
             changes["device"] = "cpu"
     if not changes:
         return run_opts
-    return dataclasses.replace(run_opts, **changes, overridden_args=set(run_opts.overridden_args) | set(changes))
+    overridden = set(run_opts.overridden_args) | set(changes)
+    return dataclasses.replace(run_opts, **changes, overridden_args=overridden)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..data.manifest import read_classes
     from .brain import SERBrain
     from .dataio import fold_datasets, split_order
-    from .lobes import FairseqUpstream, resolve_layers
+    from .lobes import FairseqUpstream
 
     args, run_opts, overrides = _parse(sys.argv[1:] if argv is None else argv)
     run_opts = prepare_run_opts(run_opts)
