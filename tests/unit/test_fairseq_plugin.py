@@ -389,3 +389,44 @@ def test_task_writes_a_prediction_file_once_a_subset_is_complete(data, tmp_path)
     for r in rows[1:]:
         probs = [float(x) for x in r.split("\t")[3:]]
         assert abs(sum(probs) - 1) < 1e-4 and r.split("\t")[2] == CLASSES[int(np.argmax(probs))]
+
+
+def _tiny_wav2vec2_checkpoint(path: Path) -> Path:
+    """A wav2vec 2.0 in the large model's style: pre-LN transformer, layer-norm CNN, normalised input."""
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+    from omegaconf import OmegaConf
+    from serkit.upstream.tiny import TINY
+
+    cfg = Wav2Vec2Config(**{k: v for k, v in TINY.items()}, extractor_mode="layer_norm", layer_norm_first=True,
+                         conv_bias=True, latent_vars=8, latent_groups=2)
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(cfg)
+    model_cfg = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True) | {"_name": "wav2vec2"}
+    torch.save({"cfg": {"model": model_cfg, "task": {"_name": "audio_pretraining", "data": "/nowhere",
+                                                     "normalize": True, "sample_rate": 16000}},
+                "model": model.state_dict(), "args": None, "extra_state": {},
+                "optimizer_history": [{"criterion_name": "x", "optimizer_name": "y", "lr_scheduler_state": {},
+                                       "num_updates": 0}]}, path)
+    return path
+
+
+def test_ser_model_on_a_wav2vec2_upstream(data, tmp_path):
+    ckpt = _tiny_wav2vec2_checkpoint(tmp_path / "w2v.pt")
+    src = torch.load(ckpt, weights_only=False)["model"]
+    task = _ser_task(data["fold"])
+    model, _ = _ser_model(task, ckpt, pooling="mean")
+    assert model.normalize and model.upstream_cfg.model._name == "wav2vec2"
+    own = model.upstream.state_dict()
+    assert own and all(torch.equal(v, src[k]) for k, v in own.items())
+    assert not any(k.startswith(("quantizer.", "project_q.")) for k in own)
+    model.eval()
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    batch = ds.collater([ds[i] for i in range(3)])
+    logits = model(**batch["net_input"])["logits"]
+    for i in range(3):
+        alone = model(**ds.collater([ds[i]])["net_input"])["logits"][0]
+        torch.testing.assert_close(alone, logits[i], atol=1e-4, rtol=1e-4)
+    # normalised input: the waveform's scale does not matter
+    x = torch.randn(1, 12000)
+    torch.testing.assert_close(model(x)["logits"], model(3 * x)["logits"], atol=1e-4, rtol=1e-4)
