@@ -397,7 +397,7 @@ def _tiny_wav2vec2_checkpoint(path: Path) -> Path:
     from omegaconf import OmegaConf
     from serkit.upstream.tiny import TINY
 
-    cfg = Wav2Vec2Config(**{k: v for k, v in TINY.items()}, extractor_mode="layer_norm", layer_norm_first=True,
+    cfg = Wav2Vec2Config(**TINY, extractor_mode="layer_norm", layer_norm_first=True,
                          conv_bias=True, latent_vars=8, latent_groups=2)
     torch.manual_seed(0)
     model = Wav2Vec2Model(cfg)
