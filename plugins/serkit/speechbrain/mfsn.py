@@ -374,6 +374,9 @@ def run(hp: dict, hparams_path: str) -> dict:
         yaml.safe_dump(config_key, f, sort_keys=False)
 
     device = torch.device(hp["device"])
+    if int(hp["num_threads"]) > 0:
+        # On a shared CPU, torch's default (one thread per core) can be 20x slower than one thread.
+        torch.set_num_threads(int(hp["num_threads"]))
     rng = _seed(int(hp["seed"]))
     classes = read_classes(fold_dir)
     sec_reader = FeatureReader(hp["sec_feats"])
