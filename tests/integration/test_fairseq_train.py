@@ -19,7 +19,7 @@ pytest.importorskip("fairseq", reason="fairseq not installed (pip install 'serki
 
 from tests.unit.test_fairseq_plugin import CLASSES, make_fold, make_tiny_hubert  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "recipes" / "IEMOCAP" / "conf" / "fairseq"

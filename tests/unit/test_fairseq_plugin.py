@@ -17,6 +17,8 @@ fairseq = pytest.importorskip("fairseq", reason="fairseq not installed (pip inst
 
 from serkit.utils import SerkitError  # noqa: E402
 
+pytestmark = pytest.mark.fairseq
+
 REPO = Path(__file__).resolve().parents[2]
 USER_DIR = REPO / "plugins" / "serkit_fairseq"
 CLASSES = ["ang", "hap", "neu", "sad"]
