@@ -171,6 +171,7 @@ class SerkitHubertModel(HubertModel):
         self.load_state_dict(merged, strict=True)
         reinit = [k for k in own if label_dependent(k)]
         n_labels = sum(getattr(self, "num_classes", []) or [])
-        log.info("serkit_hubert: loaded %d tensors from %s; re-initialised %s for %d labels",
-                 len(src), path, ", ".join(reinit), n_labels)
+        log.info("serkit_hubert: loaded %d tensors from %s; re-initialised %s for this run's dictionary "
+                 "(%d entries: its labels + fairseq's 4 special symbols)", len(src), path, ", ".join(reinit),
+                 n_labels)
         return {"loaded": sorted(src), "reinitialised": reinit}
