@@ -9,6 +9,7 @@ import soundfile as sf
 from serkit.data.manifest import Utterance, write_dict, write_split
 from serkit.nn.mfsn import FUSION_OPS
 from serkit.speechbrain import mfsn as trainer
+from serkit.utils import SerkitError
 
 CLASSES = ["ang", "hap", "sad"]
 DIM = 8
@@ -108,3 +109,55 @@ def test_sec_only_needs_no_tec_and_bad_layer_is_named(fold, monkeypatch, capsys)
     bad = _args(root, root / "exp" / "bad" / "fold1", "sec_tec_nosearch", "--sec_layers", "[0,1,9]")
     assert trainer.main(bad) == 2
     assert "layer 9 not stored" in capsys.readouterr().err
+
+
+def test_ctc_greedy_transcripts_merge_repeats_and_drop_blanks(tmp_path):
+    import torch
+    from serkit.speechbrain.mfsn_text import ctc_greedy_transcripts
+
+    (tmp_path / "dict.ltr.txt").write_text("| 10\nH 5\nI 4\n")
+    V = 7  # <s> <pad> </s> <unk> | H I
+    torch.save({"model": {"w2v_encoder.proj.weight": torch.eye(V), "w2v_encoder.proj.bias": torch.zeros(V)}},
+               tmp_path / "ctc.pt")
+    # frames: H H <blank> I | | H I I  ->  "hi hi"
+    ids = [5, 5, 0, 6, 4, 4, 5, 0, 6, 6]
+
+    class Reader:
+        def load(self, utt, layers):
+            return np.eye(V, dtype=np.float32)[ids][None]
+
+    out = ctc_greedy_transcripts(tmp_path / "ctc.pt", tmp_path / "dict.ltr.txt", Reader(), 12, ["u1"])
+    assert out == {"u1": "hi hi"}
+    (tmp_path / "bad.txt").write_text("| 1\n")
+    with pytest.raises(SerkitError, match="dictionary"):
+        ctc_greedy_transcripts(tmp_path / "ctc.pt", tmp_path / "bad.txt", Reader(), 12, ["u1"])
+
+
+@pytest.mark.slow
+def test_text_ablation_trains_tokenizer_on_train_split_only(fold, monkeypatch):
+    from serkit.speechbrain import mfsn_text
+
+    root, splits = fold
+    monkeypatch.chdir(REPO)
+    words = {"ang": "i am so angry now", "hap": "what a lovely day", "sad": "i miss her so much"}
+    text = root / "text"
+    # The test split has words nowhere else: they must not enter the tokenizer.
+    text.write_text("".join(f"{u.utt} {words[u.emo]}{' zebra quokka' if s == 'test' else ''}\n"
+                            for s, us in splits.items() for u in us))
+    out = root / "exp" / "text" / "fold1"
+    args = _args(root, out, "mfsn")
+    args[args.index("--tec-feats"):args.index("--tec-feats") + 2] = []
+    args[0] = "recipes/IEMOCAP/conf/mfsn_text.yaml"
+    args += ["--text", str(text), "--text_vocab_size", "30", "--text_dim", "16", "--fusion_dim", "16",
+             "--cnn_channels", "[4,8]", "--lstm_hidden", "8", "--attn_dim", "8", "--num_threads", "1",
+             "--sec_layers", "[0,1,2]", "--num_heads", "2"]
+    assert mfsn_text.main(args) == 0
+    assert (out / "predictions" / "test.epoch002.tsv").is_file() and (out / "arch.txt").is_file()
+    train_text = (out / "transcripts.train.txt").read_text()
+    assert "zebra" not in train_text and len(train_text.splitlines()) == len(splits["train"])
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(out / "text_sp.model"))
+    assert "zebra" not in {sp.id_to_piece(i).lstrip("▁") for i in range(sp.get_piece_size())}
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["sources"]["tec"]["detached"] is False and "TEXT LEAK" in info["note"]

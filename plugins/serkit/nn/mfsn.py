@@ -409,6 +409,9 @@ class MFSN(nn.Module):
     choice_mode : ChoiceCell mode (``mfsn``).
     arch : dict, optional
         A derived architecture ``{"sec_level": int, "fusion_ops": [names]}``: builds the fixed cell.
+    detach_tec : bool
+        True (MFSN): no gradient reaches TEC. False only when TEC comes from a module trained with
+        the model (the text ablation's text encoder).
 
     Shapes
     ------
@@ -426,8 +429,9 @@ class MFSN(nn.Module):
     def __init__(self, sec_dim: int, tec_dim: int, num_levels: int, head: nn.Module,
                  variant: str = "mfsn", dim: int = 256, ops: Sequence[str] = FUSION_OPS,
                  choice_mode: str = "uniform", num_heads: int = 4, dropout: float = 0.1,
-                 arch: dict | None = None):
+                 arch: dict | None = None, detach_tec: bool = True):
         super().__init__()
+        self.detach_tec = detach_tec
         if variant not in MFSN_VARIANTS:
             raise ValueError(f"unknown MFSN variant {variant!r}; choose from {', '.join(MFSN_VARIANTS)}")
         self.variant = variant
@@ -492,7 +496,9 @@ class MFSN(nn.Module):
         if tec is None:
             raise ValueError(f"variant {self.variant!r} needs TEC features")
         # TEC is a fixed knowledge source: no gradient flows back into it (or its producer).
-        return self.fusion(s, self.dropout(tec.detach()), padding_mask)
+        if self.detach_tec:
+            tec = tec.detach()
+        return self.fusion(s, self.dropout(tec), padding_mask)
 
     def forward(self, sec: Tensor, tec: Tensor | None = None, padding_mask: Tensor | None = None,
                 level: int | None = None, **head_inputs) -> Tensor:

@@ -250,8 +250,9 @@ def build_model(hp: dict, sec_dim: int, tec_dim: int, num_classes: int, arch: di
 
 def _forward(model, batch, device, level=None):
     t = lambda x: None if x is None else x.to(device)
+    extra = {"tec_padding_mask": t(batch["tec_padding_mask"])} if "tec_padding_mask" in batch else {}
     return model(t(batch["sec"]), t(batch["tec"]), t(batch["padding_mask"]), level=level,
-                 wav=t(batch["wav"]), wav_lengths=t(batch["wav_lengths"]))
+                 wav=t(batch["wav"]), wav_lengths=t(batch["wav_lengths"]), **extra)
 
 
 def evaluate(model, data: FoldData, batch_size: int, device, level=None):
@@ -347,7 +348,36 @@ def _feature_label(reader, layers) -> str:
     return f"{reader.meta.get('kind', '?')} {name} L{','.join(str(x) for x in layers)}"
 
 
-def run(hp: dict, hparams_path: str) -> dict:
+class AudioTEC:
+    """TEC from cached features of the ASR model (the paper's setting); detached before fusion.
+
+    The text ablation (:mod:`serkit.speechbrain.mfsn_text`) plugs another TEC source into :func:`run`
+    with the same four methods.
+    """
+
+    def setup(self, hp: dict, train_utts, out: Path) -> None:
+        from serkit.upstream.features import FeatureReader
+
+        self.reader = FeatureReader(hp["tec_feats"]) if hp["ablation"] != "sec_only" else None
+        self.layer = _resolve_layer(self.reader, hp["tec_layer"], "TEC") if self.reader else None
+
+    def fold_data(self, utts, classes, sec_reader, sec_layers, hp) -> FoldData:
+        return FoldData(utts, classes, self.reader, sec_reader, self.layer, sec_layers, hp,
+                        cache=bool(hp["cache_in_memory"]))
+
+    def build_model(self, hp: dict, sec_dim: int, num_classes: int, arch: dict | None = None):
+        return build_model(hp, sec_dim, self.reader.dim if self.reader else 1, num_classes, arch=arch)
+
+    def describe(self, hp: dict) -> tuple[dict | None, str]:
+        """(the ``sources["tec"]`` entry of train_info.json, the table label), or (None, "") without TEC."""
+        if self.reader is None:
+            return None, ""
+        return ({"feats": str(hp["tec_feats"]), "upstream": self.reader.meta.get("upstream"),
+                 "kind": self.reader.meta.get("kind"), "layer": self.layer, "detached": True},
+                f" + TEC {_feature_label(self.reader, [self.layer])}")
+
+
+def run(hp: dict, hparams_path: str, tec: AudioTEC | None = None) -> dict:
     import torch
 
     from serkit.data.manifest import read_classes, read_split
@@ -381,24 +411,22 @@ def run(hp: dict, hparams_path: str) -> dict:
     classes = read_classes(fold_dir)
     sec_reader = FeatureReader(hp["sec_feats"])
     sec_layers = [_resolve_layer(sec_reader, x, "SEC") for x in hp["sec_layers"]]
-    tec_reader = FeatureReader(hp["tec_feats"]) if ablation != "sec_only" else None
-    tec_layer = _resolve_layer(tec_reader, hp["tec_layer"], "TEC") if tec_reader else None
+    tec = tec or AudioTEC()
+    splits = {s: read_split(fold_dir, s) for s in ("train", "valid", "test")}
+    tec.setup(hp, splits["train"], out)
     fold_info = json.loads((fold_dir / "fold.json").read_text(encoding="utf-8")) \
         if (fold_dir / "fold.json").is_file() else {}
 
-    data = {s: FoldData(read_split(fold_dir, s), classes, tec_reader, sec_reader, tec_layer, sec_layers, hp,
-                        cache=bool(hp["cache_in_memory"])) for s in ("train", "valid", "test")}
+    data = {s: tec.fold_data(utts, classes, sec_reader, sec_layers, hp) for s, utts in splits.items()}
     for s, d in data.items():
         log.info("%s: %d utterances, %d segments of %.1f s", s, len(d.utts), len(d.segments),
                  hp["segment_seconds"])
-    tec_dim = tec_reader.dim if tec_reader else 1
     sources = {"sec": {"feats": str(hp["sec_feats"]), "upstream": sec_reader.meta.get("upstream"),
                        "kind": sec_reader.meta.get("kind"), "layers": sec_layers}}
-    if tec_reader:
-        sources["tec"] = {"feats": str(hp["tec_feats"]), "upstream": tec_reader.meta.get("upstream"),
-                          "kind": tec_reader.meta.get("kind"), "layer": tec_layer, "detached": True}
-    label = hp["sources_label"] or ("SEC " + _feature_label(sec_reader, sec_layers) + (
-        f" + TEC {_feature_label(tec_reader, [tec_layer])}" if tec_reader else ""))
+    tec_entry, tec_label = tec.describe(hp)
+    if tec_entry:
+        sources["tec"] = tec_entry
+    label = hp["sources_label"] or ("SEC " + _feature_label(sec_reader, sec_layers) + tec_label)
     info = {
         "method": hp["method"], "setting": ablation, "ablation": ablation,
         "corpus": fold_info.get("corpus"), "protocol": fold_info.get("protocol"),
@@ -417,12 +445,13 @@ def run(hp: dict, hparams_path: str) -> dict:
     t_start = time.time()
     arch = None
     if ablation == "mfsn":
-        arch = search(hp, data, classes, sec_reader.dim, tec_dim, device, rng, out, log_line)
+        arch = search(hp, data, classes, lambda a=None: tec.build_model(hp, sec_reader.dim, len(classes), a),
+                      device, rng, out, log_line)
         info["arch"] = arch
         # Retraining starts from a fresh initialisation with the derived, fixed cell.
         rng = _seed(int(hp["seed"]) + 1)
 
-    model = build_model(hp, sec_reader.dim, tec_dim, len(classes), arch=arch).to(device)
+    model = tec.build_model(hp, sec_reader.dim, len(classes), arch=arch).to(device)
     opt_w, _ = _optimizers(model, hp)
     epochs = int(hp["number_of_epochs"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_w, T_max=max(1, epochs))
@@ -446,9 +475,9 @@ def run(hp: dict, hparams_path: str) -> dict:
     return info
 
 
-def search(hp, data, classes, sec_dim, tec_dim, device, rng, out: Path, log_line) -> dict:
+def search(hp, data, classes, make_model, device, rng, out: Path, log_line) -> dict:
     """First-order DARTS over the Choice and Fusion Cells; returns the derived architecture."""
-    model = build_model(hp, sec_dim, tec_dim, len(classes)).to(device)
+    model = make_model().to(device)
     opt_w, opt_a = _optimizers(model, hp)
     arch_split = hp["arch_data"]
     if arch_split not in ("valid", "train"):
