@@ -1,6 +1,7 @@
 """MFSN text ablation: TEC from a transcript (the corpus' or the ASR model's greedy CTC output).
 
-    !!! IEMOCAP's scripted dialogues use the same sentences in every session. A text branch can
+    !!! IEMOCAP's scripted dialogues use the same sentences in every session (and SAVEE's sentence
+    !!! lists are chosen per emotion and read by every speaker). A text branch can
     !!! recognise a script line seen in training (in another session, spoken by other actors) and
     !!! read its emotion off the words: text leaks content between folds. Numbers from this ablation on
     !!! IEMOCAP are not comparable with audio-only ones; report them with this warning (the trainer
@@ -39,8 +40,9 @@ from . import mfsn as base
 
 log = logging.getLogger("serkit.speechbrain.mfsn")
 
-LEAK_WARNING = ("TEXT LEAK: IEMOCAP's scripted sentences repeat across sessions; a text branch can "
-                "recognise a script seen in training. Not comparable with audio-only results.")
+LEAK_WARNING = ("TEXT LEAK: IEMOCAP's scripted sentences repeat across sessions (SAVEE's sentence lists "
+                "are chosen per emotion and shared by its speakers); a text branch can recognise a "
+                "sentence seen in training. Not comparable with audio-only results.")
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 
 
