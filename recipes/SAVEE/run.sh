@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # SAVEE recipe: MFSN and its ablations (SEC only, SEC+TEC without search, full MFSN) on the
 # leave-one-speaker-out (4 folds) and the paper's 10-fold cross-validation protocols.
 #
