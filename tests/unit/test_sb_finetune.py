@@ -57,3 +57,30 @@ def test_finetune_lobe_gradients_reach_the_transformer_not_the_cnn(tmp_path_fact
     assert all(g is None for n, g in grads.items() if n.startswith("feature_extractor."))
     transformer = [g for n, g in grads.items() if n.startswith("encoder.layers.")]
     assert any(g is not None and g.abs().sum() > 0 for g in transformer)
+
+
+def test_exported_teacher_is_a_fairseq_checkpoint_with_the_finetuned_weights(tmp_path_factory, tmp_path):
+    from serkit.speechbrain.export import export_upstream
+    from serkit.speechbrain.interface import EmotionClassifier
+    from serkit.speechbrain.train import main
+    from serkit.upstream import load_upstream
+    from serkit.utils import SerkitError
+
+    setup = tiny_setup(tmp_path_factory)
+    out = tmp_path / "teacher" / "fold1"
+    assert main([str(CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
+                 "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1", "--batch_size", "4",
+                 "--lr", "0.001", "--noprogressbar"]) == 0
+    path = export_upstream(out, tmp_path / "teacher.pt")
+    exported = load_upstream(str(path))
+    tuned = EmotionClassifier.from_hparams(source=str(out)).finetuned_upstream.model.state_dict()
+    original = load_upstream(str(setup["ckpt"])).model.state_dict()
+    got = exported.model.state_dict()
+    assert set(got) == set(original)
+    assert all(torch.equal(got[k], tuned[k]) for k in got)
+    assert any(not torch.equal(got[k], original[k]) for k in got if k.startswith("encoder.layers."))
+    # a featex run cannot be exported
+    (tmp_path / "featex").mkdir()
+    (tmp_path / "featex" / "train_info.json").write_text(json.dumps({"setting": "featex"}))
+    with pytest.raises(SerkitError, match="only a finetuned upstream"):
+        export_upstream(tmp_path / "featex", tmp_path / "x.pt")

@@ -27,6 +27,15 @@ def register(subparsers) -> None:
     add_predict_arguments(q)
     q.set_defaults(func=_run_predict)
 
+    from .export import add_arguments as add_export_arguments
+
+    e = subparsers.add_parser(
+        "export-upstream", help="write a finetuned fold's upstream as a fairseq checkpoint",
+        description="Put the finetuned upstream weights of a fold (serkit train --upstream) into a copy "
+                    "of its original fairseq checkpoint, for dump-features, load_upstream or init_from.")
+    add_export_arguments(e)
+    e.set_defaults(func=_run_export)
+
 
 def _run_train(args):
     from .train import run
@@ -36,5 +45,11 @@ def _run_train(args):
 
 def _run_predict(args):
     from .predict import run
+
+    return run(args)
+
+
+def _run_export(args):
+    from .export import run
 
     return run(args)
