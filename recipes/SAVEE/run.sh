@@ -21,6 +21,7 @@ stop_stage=3
 root=""                 # SAVEE directory (AudioData/ or flat wavs); default: db.sh, else the mini corpus
 protocol=both           # savee_loso4 | savee_cv10 | both
 folds=""                # all | comma list, e.g. 1,3 [all; mini corpus: 1]
+valid_fraction=""       # stratified validation share of the training speakers' utterances [0.1; mini: 0.25]
 tec_upstream=""         # CTC-finetuned wav2vec 2.0 fairseq checkpoint (wav2vec_small_960h.pt)
 sec_upstream=""         # data2vec audio fairseq checkpoint (audio_base_ls.pt)
 tec_layer=""            # TEC layer [12; mini: 2] (the last transformer layer of a base model)
@@ -44,6 +45,8 @@ Options (default in brackets):
   --root DIR            SAVEE corpus directory [db.sh: \${SAVEE:-none} -> mini corpus]
   --protocol NAME       savee_loso4 | savee_cv10 | both [$protocol]
   --folds LIST          all | 1,3,... [all; mini corpus: 1]
+  --valid-fraction F    stratified validation share of the training utterances [0.1; mini corpus: 0.25,
+                        so that its 32 clips per speaker still give every class a validation clip]
   --tec-upstream FILE   CTC-finetuned wav2vec 2.0 fairseq checkpoint, the TEC source
                         [required with a real corpus; mini: tiny HuBERT]
   --sec-upstream FILE   data2vec audio fairseq checkpoint, the SEC source
@@ -81,7 +84,7 @@ if $mini; then
   log "No corpus given (db.sh SAVEE / --root): mini SAVEE corpus, random-init tiny HuBERT for TEC and SEC, $device."
   [ -z "$tec_upstream$sec_upstream" ] || die "--tec-upstream/--sec-upstream need a real corpus (--root); the mini corpus uses the tiny HuBERT"
   root=db/mini/SAVEE
-  folds=${folds:-1}; tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}
+  folds=${folds:-1}; valid_fraction=${valid_fraction:-0.25}; tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}
   config=${config:-conf/mfsn_mini.yaml}; tag=${tag:-mini}
   tec_upstream=$PWD/db/tiny_hubert.pt; sec_upstream=$tec_upstream
   sources_label="tiny HuBERT, random init (CPU demo; NOT wav2vec 2.0/data2vec): TEC L$tec_layer, SEC L$sec_layers"
@@ -91,7 +94,7 @@ else
   [ -n "$sec_upstream" ] || die "--sec-upstream is required with a real corpus (e.g. /models/audio_base_ls.pt)"
   for f in "$tec_upstream" "$sec_upstream"; do [ -f "$f" ] || die "$f: no such checkpoint file"; done
   tec_upstream=$(realpath "$tec_upstream"); sec_upstream=$(realpath "$sec_upstream")
-  folds=${folds:-all}; tec_layer=${tec_layer:-12}; sec_layers=${sec_layers:-4,8,12}
+  folds=${folds:-all}; valid_fraction=${valid_fraction:-0.1}; tec_layer=${tec_layer:-12}; sec_layers=${sec_layers:-4,8,12}
   config=${config:-conf/mfsn.yaml}; tag=${tag:-real}
   sources_label="TEC $(basename "$tec_upstream") L$tec_layer (detached) + SEC $(basename "$sec_upstream") L$sec_layers"
 fi
@@ -122,8 +125,9 @@ if stage_selected 0; then
     serkit prepare savee --root "$root" --out "$data"; mark_done "$data" "root=$(realpath "$root")"; }
   for p in $protocols; do
     log "Stage 0: split $p: $data -> $data/$p"
-    is_done "$data/$p" "protocol=$p root=$(realpath "$root")" || {
-      serkit split "$p" "$data" --out "$data/$p"; mark_done "$data/$p" "protocol=$p root=$(realpath "$root")"; }
+    opts="protocol=$p valid_fraction=$valid_fraction root=$(realpath "$root")"
+    is_done "$data/$p" "$opts" || {
+      serkit split "$p" "$data" --out "$data/$p" --valid-fraction "$valid_fraction"; mark_done "$data/$p" "$opts"; }
   done
 fi
 
