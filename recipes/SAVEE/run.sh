@@ -168,7 +168,9 @@ if stage_selected 2; then
         [ -z "$search_epochs" ] || extra+=(--search_epochs "$search_epochs")
         [ -z "$epochs" ] || extra+=(--number_of_epochs "$epochs")
         [ -z "$batch_size" ] || extra+=(--batch_size "$batch_size")
-        opts="config=$config@$(md5sum < "$config" | cut -c1-8) tec=$tec_upstream:$tec_layer sec=$sec_upstream:$sec_layers ${extra[*]:-} device=$device"
+        # The marker names its inputs' contents too: re-split folds or re-dumped features retrain.
+        inputs=$(cat "$fold"/{train,valid,test}.tsv "$tec_feats/.done" "$sec_feats/.done" | md5sum | cut -c1-8)
+        opts="config=$config@$(md5sum < "$config" | cut -c1-8) inputs=$inputs tec=$tec_upstream:$tec_layer sec=$sec_upstream:$sec_layers ${extra[*]:-} device=$device"
         is_done "$out" "$opts" || {
           timed "${p}_${a}_fold$k" python -m serkit.speechbrain.mfsn "$config" --fold-dir "$fold" \
             --output-folder "$out" --tec-feats "$tec_feats" --sec-feats "$sec_feats" --ablation "$a" \

@@ -82,8 +82,8 @@ def test_savee_recipe_mini_end_to_end(recipe):
 def test_savee_recipe_help_and_bad_options(recipe):
     r = _run(recipe, "--help")
     assert r.returncode == 0
-    for opt in ("--stage", "--stop-stage", "--root", "--protocol", "--folds", "--tec-upstream",
-                "--sec-upstream", "--tec-layer", "--sec-layers", "--ablations", "--config",
+    for opt in ("--stage", "--stop-stage", "--root", "--protocol", "--folds", "--valid-fraction",
+                "--tec-upstream", "--sec-upstream", "--tec-layer", "--sec-layers", "--ablations", "--config",
                 "--search-epochs", "--epochs", "--batch-size", "--device", "--tag"):
         assert opt in r.stdout, opt
     bad = _run(recipe, "--ablations", "sec_only,oops")

@@ -377,6 +377,19 @@ class AudioTEC:
                 f" + TEC {_feature_label(self.reader, [self.layer])}")
 
 
+def _inputs_fingerprint(hp: dict) -> str:
+    """md5 of the fold's split files and the feature indexes: a re-split or re-dump is a new run."""
+    import hashlib
+
+    md5 = hashlib.md5()
+    fold = Path(hp["fold_dir"])
+    files = [fold / f"{s}.{e}" for s in ("train", "valid", "test") for e in ("tsv", "emo")]
+    files += [Path(d) / "feats.scp" for d in {hp["sec_feats"], hp["tec_feats"]} if d]
+    for f in files:
+        md5.update(f.read_bytes() if f.is_file() else b"-")
+    return md5.hexdigest()
+
+
 def run(hp: dict, hparams_path: str, tec: AudioTEC | None = None) -> dict:
     import torch
 
@@ -389,6 +402,7 @@ def run(hp: dict, hparams_path: str, tec: AudioTEC | None = None) -> dict:
     out = Path(hp["output_folder"])
     fold_dir = Path(hp["fold_dir"])
     config_key = json.loads(json.dumps({k: v for k, v in hp.items() if not k.startswith("__")}, default=str))
+    config_key["inputs_md5"] = _inputs_fingerprint(hp)
     info_path = out / "train_info.json"
     if info_path.is_file():
         old = json.loads(info_path.read_text(encoding="utf-8"))
