@@ -11,7 +11,8 @@
 #   fi
 #
 # A marker `<dir>/.done` holds the options that produced <dir>: the same options skip the work,
-# different ones re-run it, and a crashed run (no marker) is never taken for a finished one.
+# different ones move the old output aside and re-run, and a crashed run (no marker) is never taken
+# for a finished one: re-running it with the same options resumes it.
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${0##*/}) $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -21,17 +22,25 @@ stage_selected() { [ "$1" -ge "${stage:-0}" ] && [ "$1" -le "${stop_stage:-100}"
 
 _done_file() { echo "$1/.done"; }
 
-# is_done DIR OPTIONS: DIR was completed with exactly OPTIONS.
+# is_done DIR OPTIONS: true when DIR was completed with exactly OPTIONS. Otherwise DIR is about to be
+# (re)made with OPTIONS: output of a run with other options (finished or not) is moved aside to
+# DIR.prev-<time> so it can neither be mistaken for the new one nor be resumed from, and OPTIONS are
+# recorded in DIR/.options so that a killed run with the same options resumes.
 is_done() {
-  local f; f=$(_done_file "$1")
-  if [ -f "$f" ] && [ "$(cat "$f")" = "$2" ]; then
-    log "  skip: $1 is done with the same options (remove $f to redo)"
+  local dir=$1 opts=$2 f recorded=""
+  f=$(_done_file "$dir")
+  if [ -f "$f" ] && [ "$(cat "$f")" = "$opts" ]; then
+    log "  skip: $dir is done with the same options (remove $f to redo)"
     return 0
   fi
-  if [ -f "$f" ]; then
-    log "  options changed for $1: re-running (was: $(tr '\n' ' ' < "$f"))"
-    rm -f "$f"
+  if [ -f "$f" ]; then recorded=$(cat "$f"); elif [ -f "$dir/.options" ]; then recorded=$(cat "$dir/.options"); fi
+  if [ -n "$recorded" ] && [ "$recorded" != "$opts" ]; then
+    local old; old="$dir.prev-$(date +%Y%m%d-%H%M%S)"
+    log "  options changed for $dir (was: $recorded): moving the old output to $old"
+    mv "$dir" "$old"
   fi
+  mkdir -p "$dir"
+  printf '%s' "$opts" > "$dir/.options"
   return 1
 }
 

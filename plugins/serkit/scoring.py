@@ -205,8 +205,9 @@ def _run_info(exp: Path) -> dict:
 def score_run(exp: str | Path, rule: str | None = None, headline: str | None = None) -> dict:
     """Score every ``fold*/`` of a run; write RESULTS.md, results.json and confusion.png."""
     exp = Path(exp)
-    folds = sorted((p for p in exp.glob("fold*") if p.is_dir()),
-                   key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
+    # fold<k> only: a recipe moves superseded output aside as fold<k>.prev-<time>
+    folds = sorted((p for p in exp.glob("fold*") if p.is_dir() and re.fullmatch(r"fold\d+", p.name)),
+                   key=lambda p: int(p.name[4:]))
     if not folds:
         raise SerkitError(f"{exp}: no fold*/ directories; is this an experiment directory?")
     info = _run_info(exp)

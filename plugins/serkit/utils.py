@@ -31,7 +31,7 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(level)
     root.propagate = False
     # torchaudio 2.8's FFmpeg probe (torio) logs tracebacks at DEBUG; fairseq and speechbrain are chatty.
-    for name in ("torio", "torio._extension", "torio._extension.utils", "torchaudio", "matplotlib",
+    for name in ("fairseq", "fairseq.tasks", "fairseq.models", "fairseq.tasks.text_to_speech", "torio", "torio._extension", "torio._extension.utils", "torchaudio", "matplotlib",
                  "numba", "h5py", "PIL", "fsspec"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*torchaudio.*deprecat.*", category=UserWarning)

@@ -35,9 +35,11 @@ finetune_epochs=""    # default 40 (mini corpus: 8)
 head_epochs=""        # default 100 (mini corpus: 15)
 cpt_updates=""        # default 20000 (mini corpus: 150)
 cpt_config=""         # default conf/fairseq/cpt_hubert_base.yaml (mini corpus: cpt_hubert_tiny.yaml)
+finetune_lr=""        # teacher and FLEA finetune learning rate: default conf/flea.yaml's 1e-4 (mini corpus: 1e-3)
 device=auto           # auto | cpu | cuda
 nj=2                  # parallel jobs for feature extraction
 tag=""                # experiment directory name (default: the protocol)
+head_overrides=""     # extra yaml overrides for the heads, e.g. "--batch_size 16 --lr 0.001"
 
 help_message=$(cat <<EOM
 Usage: $0 [options]
@@ -60,10 +62,11 @@ Options (default in brackets):
   --transductive B    true = k-means sees the held-out session (the FLEA paper), labelled in results [$transductive]
   --tapt-labels DIR   continue pretraining on these k-means labels before the teacher (TAPT) [none]
   --selection RULE    valid | paper [$selection]
-  --teacher-epochs N, --finetune-epochs N, --head-epochs N, --cpt-updates N, --cpt-config FILE
+  --teacher-epochs N, --finetune-epochs N, --head-epochs N, --cpt-updates N, --cpt-config FILE, --finetune-lr LR
   --device D          auto | cpu | cuda [$device]
   --nj N              parallel feature-extraction jobs [$nj]
   --tag NAME          experiment directory exp/NAME [protocol]
+  --head-overrides S  extra yaml overrides for the heads' training, e.g. "--batch_size 16"
 EOM
 )
 . ../../local/parse_options.sh
@@ -86,7 +89,11 @@ if $mini; then
   log "No corpus given (db.sh IEMOCAP / --root): running on the mini corpus with a tiny HuBERT on $device."
   root=db/mini_iemocap/IEMOCAP_full_release
   method=${method:-flea,shiftcnn}
-  teacher_epochs=${teacher_epochs:-8}; finetune_epochs=${finetune_epochs:-8}; head_epochs=${head_epochs:-15}
+  # the tiny HuBERT learns nothing in 10 epochs at the paper's 1e-4
+  finetune_lr=${finetune_lr:-0.001}
+  # SpecAugment's channel masks scaled from ShiftSER's 64 of 768 channels to the tiny model's 64
+  head_overrides=${head_overrides:-"--channel_mask_width 5"}
+  teacher_epochs=${teacher_epochs:-10}; finetune_epochs=${finetune_epochs:-10}; head_epochs=${head_epochs:-15}
   cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_tiny.yaml}
 else
   method=${method:-flea}
@@ -103,8 +110,9 @@ tag=${tag:-$protocol}
 exp=exp/$tag
 timing_file=$exp/timing.tsv
 mkdir -p "$exp"
+: > "$timing_file"
 fold_list=$(folds_of "$folds" "$nfolds")
-user_dir=$SERKIT_ROOT/plugins/serkit_fairseq
+lr_opt=(); [ -n "$finetune_lr" ] && lr_opt=(--lr "$finetune_lr")
 
 # run_json DIR key=value...: the run's description, read by `serkit score` for RESULTS.md.
 run_json() {
@@ -148,7 +156,7 @@ if $mini && [ -z "$upstream" ]; then
 fi
 [ "$stop_stage" -lt 1 ] || [ -f "$upstream" ] || die "no upstream checkpoint at '$upstream' (run stage 0 or pass --upstream)"
 if $mini; then
-  num_layers=$(python -c "from serkit.upstream import load_upstream; print(load_upstream('$upstream').num_layers)")
+  num_layers=$(python -c "from serkit.upstream import load_upstream; print(load_upstream('$upstream').num_layers)" 2>/dev/null)
   if [ "$layer" -gt "$num_layers" ]; then
     log "the tiny HuBERT has $num_layers layers: clustering layer $num_layers instead of $layer"
     layer=$num_layers
@@ -174,15 +182,16 @@ if $flea && stage_selected 1; then
     if [ -n "$tapt_labels" ]; then
       opts="upstream=$upstream labels=$tapt_labels updates=$cpt_updates config=$cpt_config"
       is_done "$exp/tapt/fold$k" "$opts" || {
-        timed "tapt_fold$k" bash local/cpt.sh --config "$cpt_config" --fold "$fold" --labels "$tapt_labels" \
+        timed "tapt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$tapt_labels" \
           --init "$upstream" --updates "$cpt_updates" --out "$exp/tapt/fold$k"
         mark_done "$exp/tapt/fold$k" "$opts"; }
       start=$(realpath "$exp/tapt/fold$k/checkpoint_last.pt")
     fi
-    opts="upstream=$start epochs=$teacher_epochs"
+    opts="upstream=$start epochs=$teacher_epochs lr=$finetune_lr"
     is_done "$out" "$opts" || {
       timed "teacher_fold$k" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
-        --upstream "$start" --pooling attention --number_of_epochs "$teacher_epochs" --device "$device"
+        --upstream "$start" --pooling attention --number_of_epochs "$teacher_epochs" "${lr_opt[@]}" \
+        --device "$device" --noprogressbar
       serkit export-upstream --exp "$out" --out "$out/upstream.pt"
       mark_done "$out" "$opts"; }
     opts="layer=$layer"
@@ -217,7 +226,7 @@ if $flea && stage_selected 3; then
     log "Stage 3: continued pretraining fold $k: $(basename "$upstream") + $exp/km/fold$k -> $out"
     opts="upstream=$upstream k=$nclusters updates=$cpt_updates config=$cpt_config"
     is_done "$out" "$opts" || {
-      timed "cpt_fold$k" bash local/cpt.sh --config "$cpt_config" --fold "$fold" --labels "$exp/km/fold$k" \
+      timed "cpt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$exp/km/fold$k" \
         --init "$upstream" --updates "$cpt_updates" --out "$out"
       mark_done "$out" "$opts"; }
   done
@@ -231,10 +240,11 @@ if stage_selected 4; then
       for k in $fold_list; do
         fold=$splits/fold$k; cpt=$(realpath "$exp/cpt/fold$k/checkpoint_last.pt"); out=$run/fold$k
         log "Stage 4: FLEA finetune fold $k ($p pooling): $cpt -> $out"
-        opts="cpt=$cpt pooling=$p epochs=$finetune_epochs"
+        opts="cpt=$cpt pooling=$p epochs=$finetune_epochs lr=$finetune_lr"
         is_done "$out" "$opts" || {
           timed "flea_${p}_fold$k" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
-            --upstream "$cpt" --pooling "$p" --number_of_epochs "$finetune_epochs" --device "$device"
+            --upstream "$cpt" --pooling "$p" --number_of_epochs "$finetune_epochs" "${lr_opt[@]}" \
+            --device "$device" --noprogressbar
           mark_done "$out" "$opts"; }
       done
       run_json "$run" method="FLEA ($p pooling)" setting=finetune protocol="$protocol" \
@@ -256,14 +266,14 @@ if stage_selected 4; then
     for k in $fold_list; do
       fold=$splits/fold$k; out=$run/fold$k
       log "Stage 4: $h ($setting) fold $k: $fold -> $out"
-      opts="upstream=$upstream setting=$setting epochs=$head_epochs"
+      opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$head_overrides"
       is_done "$out" "$opts" || {
         if [ "$setting" = featex ]; then
           timed "${h}_fold$k" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
-            --feats "$feats" --epochs "$head_epochs" --device "$device"
+            --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$head_overrides"
         else
           timed "${h}_fold$k" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
-            --upstream "$upstream" --epochs "$head_epochs" --device "$device"
+            --upstream "$upstream" --epochs "$head_epochs" --device "$device" --overrides "$head_overrides"
         fi
         mark_done "$out" "$opts"; }
     done
@@ -284,7 +294,9 @@ if stage_selected 5; then
   serkit results "${runs[@]}" --out "$exp/RESULTS.md"
   log "Results table: $exp/RESULTS.md; per-run details: <run>/RESULTS.md, confusion.png"
   if [ -f "$timing_file" ]; then
-    log "Where the time went (seconds):"
-    sort -t$'\t' -k2,2nr "$timing_file" | head -20 >&2
+    log "Where the time went in this run (seconds per step, summed over folds):"
+    sed -E 's/_fold[0-9]+\t/\t/' "$timing_file" \
+      | awk -F'\t' '{t[$1]+=$2; s+=$2} END {for (k in t) printf "%8d  %s\n", t[k], k; printf "%8d  total\n", s}' \
+      | sort -k1,1nr >&2
   fi
 fi

@@ -121,3 +121,15 @@ def test_spec_augment_masks_are_random_per_call():
     x = torch.randn(1, 100, 8) + 5.0
     outs = {tuple((aug(x) == 0).all(dim=2)[0].nonzero().flatten().tolist()) for _ in range(5)}
     assert len(outs) > 1
+
+
+def test_specaugment_refuses_a_channel_mask_that_blanks_every_channel():
+    import pytest
+    import torch
+
+    from serkit.nn import SpecAugment
+
+    aug = SpecAugment(channel_mask_width=64).train()
+    with pytest.raises(ValueError, match="covers all 64 channels"):
+        aug(torch.randn(2, 30, 64))
+    assert aug(torch.randn(2, 30, 768)).shape == (2, 30, 768)

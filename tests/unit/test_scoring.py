@@ -48,6 +48,7 @@ def make_run(tmp_path, nfolds=2):
         write_preds(p / "test.epoch001.tsv", y, half)     # test UA 0.5
         write_preds(p / "valid.epoch002.tsv", y, wrong)   # valid UA 0.0
         write_preds(p / "test.epoch002.tsv", y, y)        # test UA 1.0
+    (exp / "fold1.prev-20260101-000000" / "predictions").mkdir(parents=True)  # moved-aside output
     (exp / "run.json").write_text(json.dumps({"method": "shiftcnn", "selection": "best_test",
                                               "protocol": "iemocap_loso5", "upstream": "tiny"}))
     return exp
@@ -68,6 +69,7 @@ def test_score_run_writes_results(tmp_path):
     exp = make_run(tmp_path)
     r = score_run(exp, "paper")  # the method's paper rule, from run.json
     assert r["selection"] == "best_test"
+    assert r["folds"] == ["fold1", "fold2"]  # not the moved-aside fold1.prev-*
     assert r["summary"]["ua"] == {"mean": 1.0, "std": 0.0}
     md = (exp / "RESULTS.md").read_text()
     assert "best test epoch" in md and "iemocap_loso5" in md and "git commit" in md

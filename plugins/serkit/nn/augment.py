@@ -95,6 +95,12 @@ class SpecAugment(nn.Module):
                 time = time & ~padding_mask  # holes inside the mask: keep padding untouched
         channel = torch.zeros(batch, channels, dtype=torch.bool, device=device)
         if self.channel_mask_prob > 0:
+            if self.channel_mask_width * max(self.min_channel_masks, 1) >= channels:
+                # every training batch would be blanked: a model trained like that learns nothing
+                raise ValueError(
+                    f"SpecAugment: channel_mask_width {self.channel_mask_width} x {max(self.min_channel_masks, 1)} "
+                    f"span(s) covers all {channels} channels; use a width well below the feature dimension "
+                    f"(ShiftSER: 64 of 768)")
             all_channels = torch.full((batch,), channels, dtype=torch.long, device=device)
             channel = _span_mask(all_channels, channels, self.channel_mask_prob, self.channel_mask_width,
                                  self.min_channel_masks, generator)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# HuBERT continued pretraining (FLEA's CPT, or TAPT) on k-means labels with fairseq-hydra-train, the
+# fairseq `hubert_pretraining` task and `hubert` criterion, and serkit's `serkit_hubert` model, which
+# starts from --init and re-initialises only the label-dependent parts for the new label set.
+#
+#   bash local/cpt.sh --yaml conf/fairseq/cpt_hubert_base.yaml --fold FOLD --labels KM_DIR \
+#       --init hubert_base_ls960.pt --updates 20000 --out EXP/cpt/fold1
+# Writes OUT/checkpoint_last.pt (a fairseq checkpoint any serkit tool loads) and OUT/train.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. ./path.sh
+. ../../local/stage.sh
+
+yaml=""; fold=""; labels=""; init=""; updates=""; out=""
+help_message="Usage: $0 --yaml FILE --fold DIR --labels DIR --init CKPT --updates N --out DIR"
+. ../../local/parse_options.sh
+for v in yaml fold labels init updates out; do [ -n "${!v}" ] || die "--$v is required ($help_message)"; done
+for f in "$labels/train.km" "$labels/valid.km" "$labels/dict.km.txt" "$fold/train.tsv" "$init"; do
+  [ -f "$f" ] || die "$f: missing (run the earlier stages first)"
+done
+
+log "CPT: $(basename "$init") + labels $labels on $fold, $updates updates ($yaml) -> $out"
+mkdir -p "$out"
+# fairseq resumes from OUT/checkpoint_last.pt when it exists, so a killed run continues.
+fairseq-hydra-train --config-dir "$(realpath "$(dirname "$yaml")")" \
+  --config-name "$(basename "${yaml%.yaml}")" \
+  common.user_dir="$SERKIT_ROOT/plugins/serkit_fairseq" \
+  task.data="$(realpath "$fold")" task.label_dir="$(realpath "$labels")" \
+  model.init_from="$(realpath "$init")" optimization.max_update="$updates" \
+  checkpoint.save_dir="$(realpath "$out")" hydra.run.dir="$(realpath "$out")" \
+  >> "$out/train.log" 2>&1 || { tail -30 "$out/train.log" >&2; die "CPT failed (log: $out/train.log)"; }
+[ -f "$out/checkpoint_last.pt" ] || die "CPT wrote no $out/checkpoint_last.pt (log: $out/train.log)"
+grep -E "\| valid \|" "$out/train.log" | tail -1 >&2 || true

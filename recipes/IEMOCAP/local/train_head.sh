@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Trains one head on one fold: `serkit train conf/<method>.yaml`, or for BAS the search
+# (conf/bas_search.yaml, in <out>/search) followed by the retrain of the derived architecture.
+#
+#   bash local/train_head.sh --method shiftcnn --fold FOLD --out EXP/shiftcnn_featex/fold1 \
+#       --feats DUMP_DIR --epochs 100 [--upstream CKPT] [--device cpu]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. ./path.sh
+. ../../local/stage.sh
+
+method=""; fold=""; out=""; feats=""; upstream=""; epochs=""; device=cpu; search_epochs=""
+overrides=""   # extra yaml overrides, e.g. "--channel_mask_width 5"
+help_message="Usage: $0 --method NAME --fold DIR --out DIR (--feats DIR | --upstream CKPT) [--epochs N] [--search-epochs N] [--device D] [--overrides \"--key value ...\"]"
+. ../../local/parse_options.sh
+[ -n "$method" ] && [ -n "$fold" ] && [ -n "$out" ] || die "$help_message"
+
+src=()
+[ -n "$feats" ] && src+=(--feats "$feats")
+[ -n "$upstream" ] && src+=(--upstream "$upstream")
+[ ${#src[@]} -gt 0 ] || die "give --feats or --upstream"
+ep=(); [ -n "$epochs" ] && ep=(--number_of_epochs "$epochs")
+read -r -a extra <<< "$overrides"
+
+case "$method" in
+  bas)
+    sep=(); [ -n "${search_epochs:-$epochs}" ] && sep=(--number_of_epochs "${search_epochs:-$epochs}")
+    log "BAS search: $fold -> $out/search"
+    serkit train conf/bas_search.yaml --fold-dir "$fold" --output-folder "$out/search" "${src[@]}" \
+      "${sep[@]}" "${extra[@]}" --device "$device" --noprogressbar
+    arch=$(cat "$out/search/arch.txt")
+    log "BAS retrain of the derived architecture '$arch': $fold -> $out"
+    serkit train conf/bas.yaml --fold-dir "$fold" --output-folder "$out" "${src[@]}" --arch "$arch" \
+      "${ep[@]}" "${extra[@]}" --device "$device" --noprogressbar
+    ;;
+  mfsn)
+    die "MFSN needs two knowledge sources: use --method mfsn through run.sh (stage 4 mfsn branch)"
+    ;;
+  *)
+    [ -f "conf/$method.yaml" ] || die "no conf/$method.yaml"
+    serkit train "conf/$method.yaml" --fold-dir "$fold" --output-folder "$out" "${src[@]}" "${ep[@]}" \
+      "${extra[@]}" --device "$device" --noprogressbar
+    ;;
+esac
