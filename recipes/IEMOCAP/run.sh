@@ -37,7 +37,6 @@ cpt_updates=""        # default 20000 (mini corpus: 150)
 cpt_config=""         # default conf/fairseq/cpt_hubert_base.yaml (mini corpus: cpt_hubert_tiny.yaml)
 finetune_lr=""        # teacher and FLEA finetune learning rate: default conf/flea.yaml's 1e-4 (mini corpus: 1e-3)
 device=auto           # auto | cpu | cuda
-nj=2                  # parallel jobs for feature extraction
 tag=""                # experiment directory name (default: the protocol)
 head_overrides=""     # extra yaml overrides for the heads, e.g. "--batch_size 16 --lr 0.001"
 
@@ -64,7 +63,6 @@ Options (default in brackets):
   --selection RULE    valid | paper [$selection]
   --teacher-epochs N, --finetune-epochs N, --head-epochs N, --cpt-updates N, --cpt-config FILE, --finetune-lr LR
   --device D          auto | cpu | cuda [$device]
-  --nj N              parallel feature-extraction jobs [$nj]
   --tag NAME          experiment directory exp/NAME [protocol]
   --head-overrides S  extra yaml overrides for the heads' training, e.g. "--batch_size 16"
 EOM
@@ -87,6 +85,9 @@ mini=false
 [ -n "$root" ] && [ ! -d "$root" ] && die "--root $root: no such directory (set IEMOCAP in db.sh or pass --root)"
 if $mini; then
   log "No corpus given (db.sh IEMOCAP / --root): running on the mini corpus with a tiny HuBERT on $device."
+  # Tiny models gain nothing from a second thread, and torch's spinning threads slow down tenfold
+  # when another process shares the cores: one thread per process keeps the demo's time predictable.
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
   root=db/mini_iemocap/IEMOCAP_full_release
   method=${method:-flea,shiftcnn}
   # the tiny HuBERT learns nothing in 10 epochs at the paper's 1e-4
@@ -148,7 +149,7 @@ if stage_selected 0; then
     mark_done "$splits" "$opts"; }
   serkit check-split "$splits"
   if $mini && [ -z "$upstream" ]; then
-    timed tiny_upstream bash local/make_tiny_upstream.sh --out exp/upstream --nj "$nj"
+    timed tiny_upstream bash ../../local/make_tiny_upstream.sh --workdir . --out exp/upstream
   fi
 fi
 if $mini && [ -z "$upstream" ]; then

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Builds the tiny HuBERT that stands in for a real checkpoint (hubert_base_ls960.pt, WavLM, ...) when a
+# recipe runs on its mini corpus, the way HuBERT's own first iteration is made: MFCC k-means labels ->
+# masked-prediction pretraining with fairseq's `hubert_pretraining` task. It pretrains on a *separate*
+# mini IEMOCAP (another seed: other speakers, other sentences, no emotion label used), so, like the
+# real HuBERT, it has never heard the corpus it is evaluated on.
+#
+#   bash local/make_tiny_upstream.sh --workdir recipes/IEMOCAP --out recipes/IEMOCAP/exp/upstream
+#   -> OUT/tiny_hubert.pt (its pretraining corpus and data under WORKDIR/db and WORKDIR/data)
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+. "$repo/local/stage.sh"
+command -v serkit >/dev/null || die "serkit is not on PATH: run 'make install' and source a recipe's path.sh"
+
+workdir=""
+out=""
+seed=1000           # the pretraining corpus' seed (the evaluation mini corpora use 0)
+nclusters=25        # MFCC clusters (HuBERT-base used 100 on LibriSpeech)
+updates=300         # pretraining updates (about a minute on 2 CPU cores)
+help_message="Usage: $0 --workdir DIR --out DIR [--seed N] [--nclusters K] [--updates N]"
+. "$repo/local/parse_options.sh"
+[ -n "$workdir" ] && [ -n "$out" ] || die "$help_message"
+mkdir -p "$workdir" "$out"
+workdir=$(realpath "$workdir"); out=$(realpath "$out")
+
+db=$workdir/db/mini_pretrain
+data=$workdir/data/pretrain
+fold=$data/iemocap_loso5/fold1
+opts="seed=$seed k=$nclusters updates=$updates"
+is_done "$out" "$opts" && exit 0
+
+log "tiny HuBERT 1/5: pretraining corpus (seed $seed) -> $db -> $data -> $fold"
+serkit mini-corpus iemocap --out "$db" --seed "$seed"
+serkit prepare iemocap --root "$db/IEMOCAP_full_release" --out "$data"
+# Any fold works: pretraining uses no emotion label, only the train (sessions 2-5) and valid audio.
+serkit split iemocap_loso5 "$data" --out "$data/iemocap_loso5"
+
+log "tiny HuBERT 2/5: random initialisation -> $out/tiny_hubert_init.pt"
+serkit make-upstream tiny-hubert --out "$out/tiny_hubert_init.pt" --num-labels "$nclusters" --seed 0
+
+log "tiny HuBERT 3/5: MFCC features (39 dims, 50 Hz) of $fold -> $out/mfcc"
+serkit dump-features --upstream mfcc --data "$fold" --splits train,valid --out "$out/mfcc" --no-progress
+
+log "tiny HuBERT 4/5: k-means ($nclusters clusters) on MFCC -> $out/km_mfcc"
+serkit kmeans fit --feats "$out/mfcc" --fold "$fold" --split train --n-clusters "$nclusters" \
+  --out "$out/km_mfcc/km.model"
+serkit kmeans apply --model "$out/km_mfcc/km.model" --feats "$out/mfcc" --fold "$fold" \
+  --splits train,valid --out "$out/km_mfcc"
+
+log "tiny HuBERT 5/5: fairseq-hydra-train hubert_pretraining, $updates updates -> $out/iter1"
+rm -rf "$out/iter1"
+fairseq-hydra-train --config-dir "$repo/recipes/IEMOCAP/conf/fairseq" --config-name hubert_tiny_iter1 \
+  task.data="$fold" task.label_dir="$out/km_mfcc" optimization.max_update="$updates" \
+  checkpoint.save_dir="$out/iter1" hydra.run.dir="$out/iter1" > "$out/iter1.log" 2>&1 \
+  || { tail -30 "$out/iter1.log" >&2; die "tiny HuBERT pretraining failed (log: $out/iter1.log)"; }
+grep -E "valid on 'valid'" "$out/iter1.log" | tail -1 | sed -E 's/.*(loss [0-9.]+).*(correct_m_0 [0-9.]+).*/  last validation: \1, \2 (masked-frame accuracy)/' >&2 || true
+cp "$out/iter1/checkpoint_last.pt" "$out/tiny_hubert.pt.tmp" && mv "$out/tiny_hubert.pt.tmp" "$out/tiny_hubert.pt"
+mark_done "$out" "$opts"
+log "tiny HuBERT ready: $out/tiny_hubert.pt"
