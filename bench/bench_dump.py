@@ -60,6 +60,7 @@ def synth_read(path: str) -> np.ndarray:
 
 def dump(ckpt: str, items, out: str, layers="all"):
     import torch
+
     from serkit.upstream import features, load_upstream
 
     torch.set_num_threads(THREADS)
@@ -119,6 +120,7 @@ def main() -> int:
 
     logging.basicConfig(level=logging.WARNING)
     import torch
+
     from serkit.upstream.tiny import make_hubert_checkpoint
 
     print(

@@ -29,6 +29,7 @@ import numpy as np
 
 def make_data(root: Path, n: int, seconds: float, seed: int = 0):
     import soundfile as sf
+
     from serkit.data.manifest import Utterance, write_dict, write_split
 
     rng = np.random.default_rng(seed)
@@ -49,6 +50,7 @@ def make_data(root: Path, n: int, seconds: float, seed: int = 0):
 
 def bench_one(arch: str, root: Path, fold: Path, args) -> dict:
     import torch
+
     from serkit.cli import main as serkit
     from serkit.speechbrain.lobes import FairseqUpstream, SERHead, WeightedLayerSum
     from serkit.upstream.features import FeatureReader
@@ -130,6 +132,7 @@ def main(argv=None) -> int:
     args.steps += args.warmup
 
     import torch
+
     from serkit.utils import setup_logging
 
     setup_logging()

@@ -14,7 +14,7 @@ list of classes that were absent is reported so a reader can tell.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

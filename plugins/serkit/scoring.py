@@ -296,8 +296,10 @@ def results_table(exps: list[str | Path], rule: str | None = None) -> str:
 
 
 def register(sub) -> None:
+    import argparse
+
     p = sub.add_parser("score", help="score a run: metrics.json per fold, RESULTS.md, confusion.png",
-                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("exp", help="experiment run directory holding fold*/predictions/")
     p.add_argument("--selection", default="valid", choices=[*RULES, "paper"],
                    help="epoch selection rule; 'paper' = the rule recorded in run.json for this method")

@@ -8,8 +8,8 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 log = logging.getLogger("serkit")
 
@@ -31,8 +31,9 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(level)
     root.propagate = False
     # torchaudio 2.8's FFmpeg probe (torio) logs tracebacks at DEBUG; fairseq and speechbrain are chatty.
-    for name in ("fairseq", "fairseq.tasks", "fairseq.models", "fairseq.tasks.text_to_speech", "torio", "torio._extension", "torio._extension.utils", "torchaudio", "matplotlib",
-                 "numba", "h5py", "PIL", "fsspec"):
+    for name in ("fairseq", "fairseq.tasks", "fairseq.models", "fairseq.tasks.text_to_speech", "torio",
+                 "torio._extension", "torio._extension.utils", "torchaudio", "matplotlib", "numba", "h5py",
+                 "PIL", "fsspec"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*torchaudio.*deprecat.*", category=UserWarning)
     warnings.filterwarnings("ignore", message=".*In 2.9, this function's implementation will be changed.*")

@@ -7,7 +7,7 @@
 #   0  data: prepare the corpus (16 kHz wavs, data directory) and write the folds of each protocol
 #      (no corpus given: build the mini SAVEE corpus first)
 #   1  features: dump TEC (ASR model, one layer) and SEC (data2vec, early/middle/late layers) once
-#      for the whole corpus (no upstreams given on the mini corpus: one random-init tiny HuBERT for both)
+#      for the whole corpus (no upstreams given on the mini corpus: the tiny HuBERT for both)
 #   2  train every ablation on every fold (MFSN: search, derive, retrain)
 #   3  score every run (`serkit score`, validation selection) and print the ablation table
 set -euo pipefail
@@ -37,7 +37,7 @@ tag=""                  # experiments go to exp/<tag>/<protocol>/<ablation>/fold
 help_message=$(cat <<EOM
 Usage: $0 [options]
 Runs MFSN and its ablations on SAVEE. With no corpus in db.sh and no --root it builds the mini SAVEE
-corpus and a random-init tiny HuBERT (used for BOTH knowledge sources) and runs end to end on CPU in a
+corpus and the tiny HuBERT (pretrained here on a separate mini corpus; used for BOTH knowledge sources) and runs end to end on CPU in a
 few minutes; those numbers only show that the pipeline works.
 
 Options (default in brackets):
@@ -81,13 +81,14 @@ root=${root:-$SAVEE}
 mini=false
 [ -n "$root" ] || mini=true
 if $mini; then
-  log "No corpus given (db.sh SAVEE / --root): mini SAVEE corpus, random-init tiny HuBERT for TEC and SEC, $device."
+  log "No corpus given (db.sh SAVEE / --root): mini SAVEE corpus, the tiny HuBERT for TEC and SEC, $device."
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # tiny models: one thread per process avoids spinning-thread slowdowns
   [ -z "$tec_upstream$sec_upstream" ] || die "--tec-upstream/--sec-upstream need a real corpus (--root); the mini corpus uses the tiny HuBERT"
   root=db/mini/SAVEE
   folds=${folds:-1}; valid_fraction=${valid_fraction:-0.25}; tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}
   config=${config:-conf/mfsn_mini.yaml}; tag=${tag:-mini}
-  tec_upstream=$PWD/db/tiny_hubert.pt; sec_upstream=$tec_upstream
-  sources_label="tiny HuBERT, random init (CPU demo; NOT wav2vec 2.0/data2vec): TEC L$tec_layer, SEC L$sec_layers"
+  tec_upstream=$PWD/exp/upstream/tiny_hubert.pt; sec_upstream=$tec_upstream
+  sources_label="tiny HuBERT pretrained on a separate mini corpus (CPU demo; NOT wav2vec 2.0/data2vec): TEC L$tec_layer, SEC L$sec_layers"
 else
   [ -d "$root" ] || die "--root $root: no such directory (set SAVEE in db.sh or pass --root)"
   [ -n "$tec_upstream" ] || die "--tec-upstream is required with a real corpus (e.g. /models/wav2vec_small_960h.pt)"
@@ -116,9 +117,7 @@ if stage_selected 0; then
     log "Stage 0: mini SAVEE corpus -> db/mini; tiny HuBERT -> $tec_upstream"
     is_done db/mini "mini-corpus savee" || {
       rm -rf db/mini; serkit mini-corpus savee --out db/mini; mark_done db/mini "mini-corpus savee"; }
-    opts="make-upstream tiny-hubert seed=0"
-    is_done db/tiny_hubert "$opts" || {
-      serkit make-upstream tiny-hubert --out "$tec_upstream" --seed 0; mark_done db/tiny_hubert "$opts"; }
+    bash ../../local/make_tiny_upstream.sh --workdir . --out exp/upstream
   fi
   log "Stage 0: prepare: $root -> $data"
   is_done "$data" "root=$(realpath "$root")" || {

@@ -35,6 +35,7 @@ def make_fold(root: Path, n_train: int = 12, n_eval: int = 4, n_clusters: int = 
     dict.km.txt, as `serkit kmeans apply` writes them.
     """
     import soundfile as sf
+
     from serkit.data.manifest import Utterance, write_dict, write_split
     from serkit.upstream import num_frames
 
@@ -97,9 +98,10 @@ def _km_dictionary(n: int):
 
 def _cpt_model(init_from: str | None, **overrides):
     """A serkit_hubert built the way fairseq builds it: config merged with its dataclass, then build_model."""
-    import serkit.fairseq_ext  # noqa: F401
     from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
     from omegaconf import OmegaConf
+
+    import serkit.fairseq_ext  # noqa: F401
     from serkit.fairseq_ext.hubert_cpt import SerkitHubertConfig, SerkitHubertModel
     from serkit.upstream.tiny import TINY
 
@@ -114,10 +116,11 @@ def _cpt_model(init_from: str | None, **overrides):
 # registration
 
 def test_registered_classes_are_serkits_and_prefixed():
-    import serkit.fairseq_ext as ext
     from fairseq.criterions import CRITERION_REGISTRY
     from fairseq.models import MODEL_REGISTRY
     from fairseq.tasks import TASK_REGISTRY
+
+    import serkit.fairseq_ext as ext
 
     assert MODEL_REGISTRY["serkit_hubert"] is ext.hubert_cpt.SerkitHubertModel
     assert MODEL_REGISTRY["serkit_ser_model"] is ext.ser_model.SerModel
@@ -132,9 +135,10 @@ def test_registered_classes_are_serkits_and_prefixed():
 
 
 def test_importing_the_plugin_again_is_harmless():
-    import serkit.fairseq_ext as ext
     from fairseq import utils
     from fairseq.models import MODEL_REGISTRY
+
+    import serkit.fairseq_ext as ext
 
     before = MODEL_REGISTRY["serkit_hubert"]
     importlib.import_module("serkit_fairseq")
@@ -150,8 +154,9 @@ def test_configs_also_work_with_fairseqs_argparse_bridge():
     """fairseq-train (argparse) and old checkpoints turn dataclasses into options: types must be real."""
     import argparse
 
-    import serkit.fairseq_ext as ext
     from fairseq.dataclass.utils import gen_parser_from_dataclass
+
+    import serkit.fairseq_ext as ext
 
     for dc in (ext.SerTaskConfig, ext.SerModelConfig, ext.SerkitHubertConfig,
                ext.ser_criterion.SerCrossEntropyConfig):
@@ -243,6 +248,7 @@ def test_init_done_reaches_the_run_config(data):
     """fairseq builds from a merged copy of cfg.model; the flag must land in the config it saves."""
     from fairseq.dataclass.utils import merge_with_parent
     from omegaconf import OmegaConf
+
     from serkit.fairseq_ext.hubert_cpt import SerkitHubertConfig, _mark_init_done
 
     run = OmegaConf.create({"model": {"_name": "serkit_hubert", "init_from": str(data["tiny"])}})
@@ -257,6 +263,7 @@ def test_init_done_reaches_the_run_config(data):
 
 def _ser_task(fold: Path, **kw):
     from omegaconf import OmegaConf
+
     from serkit.fairseq_ext.ser_task import SerTask, SerTaskConfig
 
     cfg = OmegaConf.structured(SerTaskConfig(data=str(fold), **kw))
@@ -265,6 +272,7 @@ def _ser_task(fold: Path, **kw):
 
 def _ser_model(task, upstream: Path, **kw):
     from omegaconf import OmegaConf
+
     from serkit.fairseq_ext.ser_model import SerModelConfig
 
     cfg = OmegaConf.structured(SerModelConfig(upstream_path=str(upstream), **kw))
@@ -337,6 +345,7 @@ def test_ser_model_rebuilds_from_its_config_without_the_upstream_file(data, tmp_
 
 def test_criterion_ua_wa_are_computed_over_the_whole_set():
     from fairseq.logging import metrics
+
     from serkit.fairseq_ext.ser_criterion import SerCrossEntropy
 
     # batch 1: 3 of class 0, all right; batch 2: 1 of class 0 wrong, 1 of class 1 right.
@@ -397,6 +406,7 @@ def _tiny_wav2vec2_checkpoint(path: Path) -> Path:
     """A wav2vec 2.0 in the large model's style: pre-LN transformer, layer-norm CNN, normalised input."""
     from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
     from omegaconf import OmegaConf
+
     from serkit.upstream.tiny import TINY
 
     cfg = Wav2Vec2Config(**TINY, extractor_mode="layer_norm", layer_norm_first=True,

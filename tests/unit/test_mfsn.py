@@ -1,6 +1,7 @@
 """MFSN modules: fusion operations, the mixed operation's search step, the Choice Cell, masks, segments."""
 import pytest
 import torch
+
 from serkit.nn.coattention import CoAttentionHead, MeanPoolHead, aggregate_segments, segment_starts
 from serkit.nn.mfsn import FUSION_OPS, MFSN, ChoiceCell, FusionCell, build_fusion_op
 

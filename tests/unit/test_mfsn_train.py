@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from serkit.data.manifest import Utterance, write_dict, write_split
 from serkit.nn.mfsn import FUSION_OPS
 from serkit.speechbrain import mfsn as trainer
@@ -113,6 +114,7 @@ def test_sec_only_needs_no_tec_and_bad_layer_is_named(fold, monkeypatch, capsys)
 
 def test_ctc_greedy_transcripts_merge_repeats_and_drop_blanks(tmp_path):
     import torch
+
     from serkit.speechbrain.mfsn_text import ctc_greedy_transcripts
 
     (tmp_path / "dict.ltr.txt").write_text("| 10\nH 5\nI 4\n")

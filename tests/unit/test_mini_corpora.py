@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from serkit.data.mini import build
 from serkit.utils import SerkitError
 

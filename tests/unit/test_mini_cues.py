@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import signal
+
 from serkit.data.mini.synth import EMOTIONS, make_speaker, rng_for, synthesize
 
 SR = 16000

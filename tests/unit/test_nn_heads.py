@@ -1,6 +1,7 @@
 """Heads built by name: shapes, mask invariance, no input mutation, gradients, parameter counts."""
 import pytest
 import torch
+
 from serkit.nn import HEADS, build_head, count_parameters, lengths_to_padding_mask
 
 C, K = 24, 4  # small width keeps the suite fast; 24 is divisible by 12 heads

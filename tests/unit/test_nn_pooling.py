@@ -4,6 +4,7 @@ import importlib
 
 import pytest
 import torch
+
 from serkit.nn import (
     AttentionPooling,
     MeanPooling,

@@ -1,6 +1,7 @@
 """BAS supernet: Gumbel-softmax mixture, arch/weight split, derivation, and the derived network."""
 import pytest
 import torch
+
 from serkit.nn import BlockSearchSupernet, build_head, gumbel_temperature, lengths_to_padding_mask
 
 C, K = 20, 4

@@ -1,8 +1,9 @@
 """Temporal shift: which channels move where, zeros, padding behaviour, placements, gradients."""
 import pytest
 import torch
-from serkit.nn import RandomShift, ShiftedBlock, TemporalShift, lengths_to_padding_mask
 from torch import nn
+
+from serkit.nn import RandomShift, ShiftedBlock, TemporalShift, lengths_to_padding_mask
 
 
 def ramp(batch=1, frames=5, channels=8):

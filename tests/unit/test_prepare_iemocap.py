@@ -6,13 +6,13 @@ import shutil
 
 import numpy as np
 import pytest
-import serkit.cli
 import soundfile as sf
+
+import serkit.cli
 from serkit.cli import main
 from serkit.data import datadir
 from serkit.data.prepare_iemocap import prepare, speaker_of
 from serkit.utils import SerkitError, read_map
-
 from tests.fixtures.corpora import IEMOCAP_TURNS, iemocap_num_samples, iemocap_utts, make_iemocap
 
 

@@ -5,10 +5,10 @@ import logging
 
 import pytest
 import soundfile as sf
+
 from serkit.data import audio, datadir
 from serkit.data.prepare_meld import prepare
 from serkit.utils import SerkitError, read_map
-
 from tests.fixtures.corpora import make_meld, meld_expected
 
 

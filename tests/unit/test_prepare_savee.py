@@ -5,10 +5,10 @@ import shutil
 
 import pytest
 import soundfile as sf
+
 from serkit.data import datadir
 from serkit.data.prepare_savee import prepare
 from serkit.utils import SerkitError
-
 from tests.fixtures.corpora import make_savee, savee_expected
 
 

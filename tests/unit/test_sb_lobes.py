@@ -1,6 +1,7 @@
 """serkit.speechbrain.lobes: SpeechBrain's (x, relative lengths) convention on top of serkit.nn."""
 import pytest
 import torch
+
 from serkit.speechbrain.lobes import (
     SERHead,
     SpecAugment,

@@ -79,6 +79,7 @@ def test_predict_cli_prints_one_json_line_per_file_and_batches_folders(trained, 
 
 def test_bad_input_is_named_and_the_good_files_still_get_results(trained, tmp_path, capsys, caplog):
     import soundfile as sf
+
     from serkit.cli import main as serkit
     from serkit.speechbrain.interface import EmotionClassifier
     from serkit.utils import SerkitError

@@ -5,13 +5,13 @@ import json
 from collections import Counter
 
 import pytest
+
 import serkit.cli
 from serkit.data import cli as data_cli
 from serkit.data import datadir
 from serkit.data.manifest import SPLITS, read_classes, read_split, write_split
 from serkit.data.splits import PROTOCOLS, check_fold, check_split, make_splits
 from serkit.utils import SerkitError
-
 from tests.fixtures.corpora import make_iemocap, make_meld, make_savee
 
 

@@ -98,9 +98,9 @@ class SpecAugment(nn.Module):
             if self.channel_mask_width * max(self.min_channel_masks, 1) >= channels:
                 # every training batch would be blanked: a model trained like that learns nothing
                 raise ValueError(
-                    f"SpecAugment: channel_mask_width {self.channel_mask_width} x {max(self.min_channel_masks, 1)} "
-                    f"span(s) covers all {channels} channels; use a width well below the feature dimension "
-                    f"(ShiftSER: 64 of 768)")
+                    f"SpecAugment: channel_mask_width {self.channel_mask_width} x "
+                    f"{max(self.min_channel_masks, 1)} span(s) covers all {channels} channels; use a width "
+                    f"well below the feature dimension (ShiftSER: 64 of 768)")
             all_channels = torch.full((batch,), channels, dtype=torch.long, device=device)
             channel = _span_mask(all_channels, channels, self.channel_mask_prob, self.channel_mask_width,
                                  self.min_channel_masks, generator)

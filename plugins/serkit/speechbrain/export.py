@@ -39,12 +39,12 @@ def export_upstream(exp: str | Path, out: str | Path, checkpoint: str = "best") 
                           "trained from this checkpoint?")
     state["model"] = {k: v.detach().cpu().clone() for k, v in tuned.items() if k in state["model"]}
     state["last_optimizer_state"] = None
-    state.setdefault("extra_state", {})
-    state["extra_state"] = {"serkit_export": {"from": str(Path(exp).resolve()), "checkpoint": str(clf.checkpoint.path),
-                                              "epoch": clf.checkpoint.meta.get("epoch")}}
+    epoch = clf.checkpoint.meta.get("epoch")
+    state["extra_state"] = {"serkit_export": {"from": str(Path(exp).resolve()),
+                                              "checkpoint": str(clf.checkpoint.path), "epoch": epoch}}
     with atomic_file(out, "wb") as f:
         torch.save(state, f)
-    log.info("exported the finetuned upstream of %s (epoch %s) -> %s", exp, clf.checkpoint.meta.get("epoch"), out)
+    log.info("exported the finetuned upstream of %s (epoch %s) -> %s", exp, epoch, out)
     return Path(out)
 
 
