@@ -25,8 +25,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest tests -m "not slow"
 
+# `make bench BENCH="shift dump"` runs some; the README's benchmark section is regenerated.
 bench: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash bench/run_all.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash bench/run_all.sh $(BENCH)
+	$(PY) tools/update_readme.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plugins tests bench tools
