@@ -22,7 +22,7 @@ cd "$(dirname "$0")"
 stage=0
 stop_stage=4
 root=""              # MELD.Raw directory; default: db.sh, else the mini corpus
-upstream=""          # fairseq checkpoint (WavLM-Large, HuBERT-Large) or Hugging Face model directory; mini corpus: tiny HuBERT
+upstream=""          # fairseq checkpoint (hubert_large_ll60k.pt) or Hugging Face directory (wavlm-large); mini corpus: tiny HuBERT
 method=bas,ffn,transformer   # comma list of: bas ffn transformer linear cnn shiftcnn shiftformer lstm shiftlstm
 bas_layers=4         # searchable layers: 3 or 4 (the paper's 3L-/4L-BAS)
 search_epochs=""     # BAS search epochs [100; mini corpus: 20]
@@ -47,9 +47,10 @@ Options (default in brackets):
   --stage N / --stop-stage M  run stages N..M [$stage..$stop_stage]
   --root DIR            MELD.Raw directory (train/, dev_sent_emo.csv, test_sent_emo.csv, the clip folders)
                         [db.sh: \${MELD:-none} -> mini corpus]
-  --upstream PATH       fairseq checkpoint (WavLM_Large.pt, hubert_large_ll60k.pt) or a Hugging Face
-                        model directory (WavLM; needs the hf extra) [required with a real corpus;
-                        mini corpus: a tiny HuBERT pretrained on a separate mini corpus]
+  --upstream PATH       fairseq checkpoint (HuBERT-Large: hubert_large_ll60k.pt) or a local Hugging Face
+                        model directory (WavLM-Large: microsoft/wavlm-large; needs serkit[hf])
+                        [required with a real corpus; mini corpus: a tiny HuBERT pretrained here on a
+                        separate mini corpus]
   --method LIST         comma list of bas ffn transformer linear cnn shiftcnn shiftformer lstm shiftlstm
                         [$method]; bas = search + retrain; ffn = simple-FFN; transformer = 4 layers;
                         the others are the IEMOCAP recipe's heads with their ShiftSER settings
@@ -103,7 +104,7 @@ if $mini; then
 else
   search_epochs=${search_epochs:-100}; epochs=${epochs:-100}; batch_size=${batch_size:-32}
   model_dim=${model_dim:-256}; tag=${tag:-meld_official}
-  [ -n "$upstream" ] || die "--upstream is required with a real corpus (e.g. --upstream /models/WavLM-Large.pt)"
+  [ -n "$upstream" ] || die "--upstream is required with a real corpus (e.g. --upstream /models/wavlm-large or /models/hubert_large_ll60k.pt)"
 fi
 [ -z "$upstream" ] || [ -e "$upstream" ] || die "--upstream $upstream: no such file or directory"
 upstream=${upstream:+$(realpath "$upstream")}
