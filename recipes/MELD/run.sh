@@ -84,10 +84,6 @@ for m in ${method//,/ }; do
   esac
 done
 [ ${#heads[@]} -gt 0 ] || die "--method: give at least one method"
-if [ "$device" = auto ]; then
-  device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
-fi
-
 root=${root:-$MELD}
 mini=false
 [ -n "$root" ] || mini=true
@@ -108,6 +104,9 @@ else
 fi
 [ -z "$upstream" ] || [ -e "$upstream" ] || die "--upstream $upstream: no such file or directory"
 upstream=${upstream:+$(realpath "$upstream")}
+if [ "$device" = auto ]; then
+  device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
+fi
 if [ -n "$threads" ]; then
   # torch takes its intra-op thread count from it; tiny models gain nothing from a second thread,
   # and spinning threads slow down tenfold when another process shares the cores

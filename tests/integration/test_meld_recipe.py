@@ -1,0 +1,146 @@
+"""The MELD recipe (BAS) end to end on the mini corpus, in a reduced setting (a few epochs).
+
+Runs recipes/MELD/run.sh as a user would, in a copy of the recipe directory so that the repository's
+own recipes/MELD/{data,exp,dump,db} are untouched, and checks what a user relies on: the prepared
+data and what was skipped, the official split, the search log and the architecture the retrain used,
+the per-run metrics and the final table. The upstream is a random-init tiny HuBERT passed with
+--upstream: pretraining the tiny HuBERT (the recipe's default on the mini corpus) takes minutes and
+is covered by the IEMOCAP recipe's run.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SEARCH_EPOCHS = 3
+EPOCHS = 2
+RUNS = ("bas", "ffn", "transformer")
+
+
+def _env():
+    env = dict(os.environ, MELD="", OMP_NUM_THREADS="1")
+    venv_bin = REPO / ".venv" / "bin"
+    if venv_bin.is_dir():
+        env["PATH"] = f"{venv_bin}:{env['PATH']}"
+    env["PYTHONPATH"] = str(REPO / "plugins") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _run(recipe_dir, *args, timeout=900):
+    return subprocess.run(["bash", str(recipe_dir / "run.sh"), *args], env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """A copy of recipes/MELD at the same depth below a repository root (run.sh uses ../../local and
+    the IEMOCAP recipe's head configs)."""
+    root = tmp_path_factory.mktemp("meld_recipe")
+    shutil.copytree(REPO / "local", root / "local")
+    shutil.copytree(REPO / "recipes" / "MELD", root / "recipes" / "MELD",
+                    ignore=shutil.ignore_patterns("data", "exp", "dump", "db"))
+    shutil.copytree(REPO / "recipes" / "IEMOCAP" / "conf", root / "recipes" / "IEMOCAP" / "conf")
+    return root / "recipes" / "MELD"
+
+
+def test_help_documents_every_option(recipe):
+    r = _run(recipe, "--help", timeout=60)
+    assert r.returncode == 0, r.stderr
+    script = (recipe / "run.sh").read_text()
+    declared = re.findall(r"^([a-z_]+)=", script.split("help_message=")[0], flags=re.M)
+    assert {"stage", "stop_stage", "root", "upstream", "bas_layers"} <= set(declared), declared
+    for name in declared:
+        assert f"--{name.replace('_', '-')}" in r.stdout, f"--{name} is not in --help"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--no-such-option", "1"), "unknown option --no-such-option"),
+    (("--bas-layers", "5"), "--bas-layers 5"),
+    (("--method", "bas,nope"), "--method nope: unknown"),
+    (("--root", "/no/such/MELD.Raw"), "--root /no/such/MELD.Raw: no such directory"),
+])
+def test_bad_option_fails_with_a_message(recipe, args, message):
+    r = _run(recipe, *args, timeout=60)
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_meld_recipe_mini_end_to_end(recipe, tmp_path):
+    upstream = tmp_path / "tiny_hubert_random.pt"
+    made = subprocess.run(["serkit", "make-upstream", "tiny-hubert", "--out", str(upstream), "--seed", "0"],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    args = ("--upstream", str(upstream), "--search-epochs", str(SEARCH_EPOCHS), "--epochs", str(EPOCHS),
+            "--tag", "test", "--device", "cpu")
+    r = _run(recipe, *args)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+    # Stage 0: every clip but the broken, silent and missing ones, listed with their reason.
+    manifest = json.loads((recipe / "db" / "mini_meld" / "MELD.Raw" / "MANIFEST.json").read_text())
+    bad = {u: kind for kind in ("broken", "silent", "missing") for u in manifest[kind]}
+    assert len(bad) == 3
+    data = recipe / "data" / "meld"
+    utts = [line.split()[0] for line in (data / "wav.scp").read_text().splitlines()]
+    assert sorted(utts) == sorted(set(manifest["utterances"]) - set(bad))
+    skipped = [line.split("\t") for line in (data / "skipped.tsv").read_text().splitlines()[1:]]
+    assert {row[0] for row in skipped} == set(bad)
+    reasons = {row[0]: row[2] for row in skipped}
+    assert reasons[manifest["missing"][0]] == "missing clip" and reasons[manifest["silent"][0]] == "silent"
+
+    # The official split: train / dev -> valid / test, every kept utterance once.
+    fold = data / "meld_official" / "fold1"
+    official = {"train": "train", "valid": "dev", "test": "test"}
+    seen = []
+    for split, source in official.items():
+        keys = list(json.loads((fold / f"{split}.json").read_text()))
+        expected = [u for u in utts if manifest["utterances"][u]["split"] == source]
+        assert sorted(keys) == sorted(expected), split
+        seen += keys
+    assert sorted(seen) == sorted(utts)
+    classes = [line.split()[0] for line in (fold / "dict.emo.txt").read_text().splitlines()]
+    assert classes == manifest["classes"]
+
+    # Stage 2: one search-log line per epoch; the retrain used the derived architecture.
+    exp = recipe / "exp" / "test"
+    search = exp / "bas_search" / "fold1"
+    log = [json.loads(line) for line in (search / "search_log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == list(range(1, SEARCH_EPOCHS + 1))
+    assert all(len(e["probabilities"]) == 4 for e in log)
+    arch = (search / "arch.txt").read_text().strip()
+    assert re.fullmatch(r"(msa_ffn|msa|ffn)(,(msa_ffn|msa|ffn)){3}", arch)
+    assert arch == log[-1]["derived"]
+    assert (search / "search_probs.png").stat().st_size > 0
+    assert f"arch: {arch}" in (exp / "bas" / "fold1" / "hyperparams.yaml").read_text()
+
+    # Stage 3-4: metrics per run, selected on validation weighted F1.
+    n_test = len(json.loads((fold / "test.json").read_text()))
+    for run in RUNS:
+        m = json.loads((exp / run / "fold1" / "metrics.json").read_text())
+        assert m["selection"] == "valid" and m["headline"] == "wf1"
+        assert 1 <= m["selected_epoch"] <= EPOCHS
+        assert 0.0 <= m["weighted_f1"] <= 1.0
+        assert len(m["test"]["classes"]) == 7
+        assert sum(map(sum, m["test"]["confusion"])) == n_test
+
+    # One table, WF1 (and UA, WA) for the searched architecture and both baselines.
+    table = (exp / "RESULTS.md").read_text()
+    assert "| UA | WA | WF1 |" in table
+    for name in (f"BAS 4L ({arch})", "simple-FFN", "Transformer (4 layers)"):
+        row = next((line for line in table.splitlines() if line.startswith(f"| {name} |")), None)
+        assert row is not None, (name, table)
+        wf1 = row.rstrip(" |").rsplit("|", 1)[-1]
+        assert re.search(r"\d+\.\d", wf1), row
+    assert table in r.stdout
+
+    # Same options again: nothing is redone.
+    stamp = (exp / "bas" / "fold1" / "metrics.json").stat().st_mtime_ns
+    again = _run(recipe, *args, "--stop-stage", "3")
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.stderr.count("skip:") >= 5
+    assert (exp / "bas" / "fold1" / "metrics.json").stat().st_mtime_ns == stamp
