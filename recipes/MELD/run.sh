@@ -8,7 +8,7 @@
 #   0  data: decode the mp4 clips once to 16 kHz mono wavs, write the data directory (broken, silent
 #      and missing clips listed in data/meld/skipped.tsv), the meld_official split, the leakage check
 #      (no corpus given: build the mini MELD first)
-#   1  features: every layer of the upstream for every utterance, dumped once
+#   1  features: every layer (--layers) of the upstream for every utterance, dumped once
 #      (no upstream given on the mini corpus: build the tiny HuBERT first)
 #   2  BAS search: Gumbel-softmax supernet over {MSA+FFN, MSA, FFN} per layer -> arch.txt
 #   3  retrain the derived architecture from scratch; train the baselines (and any --method heads)
@@ -23,6 +23,7 @@ stage=0
 stop_stage=4
 root=""              # MELD.Raw directory; default: db.sh, else the mini corpus
 upstream=""          # fairseq checkpoint (hubert_large_ll60k.pt) or Hugging Face directory (wavlm-large); mini corpus: tiny HuBERT
+layers=all           # upstream layers dumped and mixed by the learned weighted sum: all | 0,6,12,...
 method=bas,ffn,transformer   # comma list of: bas ffn transformer linear cnn shiftcnn shiftformer lstm shiftlstm
 bas_layers=4         # searchable layers: 3 or 4 (the paper's 3L-/4L-BAS)
 search_epochs=""     # BAS search epochs [100; mini corpus: 20]
@@ -51,6 +52,8 @@ Options (default in brackets):
                         model directory (WavLM-Large: microsoft/wavlm-large; needs serkit[hf])
                         [required with a real corpus; mini corpus: a tiny HuBERT pretrained here on a
                         separate mini corpus]
+  --layers L            upstream layers to dump and mix: all | a comma list (0 = the CNN output) [$layers];
+                        all layers of a Large model take ~9 GB per hour of audio in float16
   --method LIST         comma list of bas ffn transformer linear cnn shiftcnn shiftformer lstm shiftlstm
                         [$method]; bas = search + retrain; ffn = simple-FFN; transformer = 4 layers;
                         the others are the IEMOCAP recipe's heads with their ShiftSER settings
@@ -89,7 +92,7 @@ mini=false
 [ -n "$root" ] || mini=true
 [ -n "$root" ] && [ ! -d "$root" ] && die "--root $root: no such directory (set MELD in db.sh or pass --root)"
 if $mini; then
-  log "No corpus given (db.sh MELD / --root): running on the mini MELD corpus on $device."
+  log "No corpus given (db.sh MELD / --root): running on the mini MELD corpus."
   root=db/mini_meld/MELD.Raw
   search_epochs=${search_epochs:-20}; epochs=${epochs:-15}; batch_size=${batch_size:-8}
   model_dim=${model_dim:-64}; threads=${threads:-${OMP_NUM_THREADS:-1}}; tag=${tag:-mini}
@@ -107,6 +110,7 @@ upstream=${upstream:+$(realpath "$upstream")}
 if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 fi
+log "Device: $device"
 if [ -n "$threads" ]; then
   # torch takes its intra-op thread count from it; tiny models gain nothing from a second thread,
   # and spinning threads slow down tenfold when another process shares the cores
@@ -178,13 +182,13 @@ if $mini && [ -z "$upstream" ]; then
   fi
 fi
 [ "$stop_stage" -lt 1 ] || [ -e "$upstream" ] || die "no upstream at '$upstream' (run stage 1 or pass --upstream)"
-feats=dump/$(basename "${upstream%.pt}")/all_layers
+feats=dump/$(basename "${upstream%.pt}")/$([ "$layers" = all ] && echo all_layers || echo "layers_${layers//,/_}")
 if stage_selected 1; then
-  log "Stage 1: features: every layer of $(basename "$upstream") for all of $data -> $feats"
-  opts="upstream=$upstream data=$(realpath "$data")"
+  log "Stage 1: features: layers $layers of $(basename "$upstream") for all of $data -> $feats"
+  opts="upstream=$upstream layers=$layers data=$(realpath "$data")"
   thread_opt=(); [ -n "$threads" ] && thread_opt=(--threads "$threads")
   is_done "$feats" "$opts" || {
-    timed dump serkit dump-features --upstream "$upstream" --layers all --data "$data" --out "$feats" \
+    timed dump serkit dump-features --upstream "$upstream" --layers "$layers" --data "$data" --out "$feats" \
       --device "$device" "${thread_opt[@]}" --no-progress
     mark_done "$feats" "$opts"; }
 fi
