@@ -62,3 +62,18 @@ timed() {
 folds_of() {
   if [ "$1" = all ]; then seq 1 "$2" | tr '\n' ' '; else echo "${1//,/ }"; fi
 }
+
+# logged LOGFILE CMD...: runs CMD with its output appended to LOGFILE, so the console keeps to the
+# stage lines; on failure shows the end of the log and where it is.
+logged() {
+  local logfile=$1 rc=0
+  shift
+  mkdir -p "$(dirname "$logfile")"
+  "$@" >> "$logfile" 2>&1 || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    log "FAILED (exit $rc): $*"
+    tail -n 25 "$logfile" >&2
+    log "full log: $logfile"
+  fi
+  return "$rc"
+}

@@ -288,9 +288,9 @@ def results_table(exps: list[str | Path], rule: str | None = None) -> str:
         r = json.loads(res_path.read_text(encoding="utf-8")) if res_path.is_file() and rule is None \
             else score_run(exp, rule)
         s = r["summary"]
-        sel = "paper" if r["selection"] != "valid" else "valid"
+        sel = "valid" if r["selection"] == "valid" else f"paper: {r['selection']}"
         rows.append(f"| {r['method']} | {r.get('setting') or ''} | {r.get('protocol') or ''} | "
-                    f"{r.get('upstream') or ''} | {sel} ({r['selection']}) | {len(r['folds'])} | "
+                    f"{r.get('upstream') or ''} | {sel} | {len(r['folds'])} | "
                     f"{_pct(s['ua'])} | {_pct(s['wa'])} | {_pct(s['weighted_f1'])} |")
     return "\n".join(rows) + "\n"
 

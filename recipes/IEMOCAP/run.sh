@@ -32,12 +32,19 @@ tapt_labels=""        # FLEA: a directory of k-means labels (<split>.km, dict.km
 selection=valid       # valid | paper (ShiftSER: best test epoch; FLEA: (valid+test)/2), always named in RESULTS
 teacher_epochs=""     # default 40 (mini corpus: 8)
 finetune_epochs=""    # default 40 (mini corpus: 8)
-head_epochs=""        # default 100 (mini corpus: 15)
+head_epochs=""        # default 100 (mini corpus: 30)
 cpt_updates=""        # default 20000 (mini corpus: 150)
 cpt_config=""         # default conf/fairseq/cpt_hubert_base.yaml (mini corpus: cpt_hubert_tiny.yaml)
 finetune_lr=""        # teacher and FLEA finetune learning rate: default conf/flea.yaml's 1e-4 (mini corpus: 1e-3)
 device=auto           # auto | cpu | cuda
 tag=""                # experiment directory name (default: the protocol)
+workdir=.             # where data/, dump/, exp/ and db/ (the mini corpora) go (default: this recipe's directory)
+tec_upstream=""       # MFSN: CTC-finetuned wav2vec 2.0 (e.g. wav2vec_small_960h.pt) [mini corpus: the tiny HuBERT]
+sec_upstream=""       # MFSN: data2vec audio (e.g. audio_base_ls.pt) [mini corpus: the tiny HuBERT]
+tec_layer=""          # MFSN: TEC layer [12; mini corpus: 2]
+sec_layers=""         # MFSN: SEC layers, early,middle,late [4,8,12; mini corpus: 0,1,2]
+mfsn_config=""        # MFSN: [conf/mfsn.yaml; mini corpus: ../SAVEE/conf/mfsn_mini.yaml]
+mfsn_ablation=mfsn    # MFSN: sec_only | sec_tec_nosearch | mfsn
 head_overrides=""     # extra yaml overrides for the heads, e.g. "--batch_size 16 --lr 0.001"
 
 help_message=$(cat <<EOM
@@ -64,6 +71,9 @@ Options (default in brackets):
   --teacher-epochs N, --finetune-epochs N, --head-epochs N, --cpt-updates N, --cpt-config FILE, --finetune-lr LR
   --device D          auto | cpu | cuda [$device]
   --tag NAME          experiment directory exp/NAME [protocol]
+  --workdir DIR       where data/, dump/, exp/ and db/ go [this recipe's directory]
+  --tec-upstream FILE, --sec-upstream FILE, --tec-layer L, --sec-layers L1,L2,L3, --mfsn-config FILE,
+  --mfsn-ablation sec_only|sec_tec_nosearch|mfsn    MFSN (--method mfsn) [mini corpus: the tiny HuBERT]
   --head-overrides S  extra yaml overrides for the heads' training, e.g. "--batch_size 16"
 EOM
 )
@@ -79,6 +89,7 @@ if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 fi
 
+mkdir -p "$workdir"; workdir=$(realpath "$workdir")
 root=${root:-$IEMOCAP}
 mini=false
 [ -n "$root" ] || mini=true
@@ -88,27 +99,29 @@ if $mini; then
   # Tiny models gain nothing from a second thread, and torch's spinning threads slow down tenfold
   # when another process shares the cores: one thread per process keeps the demo's time predictable.
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-  root=db/mini_iemocap/IEMOCAP_full_release
+  root=$workdir/db/mini_iemocap/IEMOCAP_full_release
   method=${method:-flea,shiftcnn}
   # the tiny HuBERT learns nothing in 10 epochs at the paper's 1e-4
   finetune_lr=${finetune_lr:-0.001}
   # SpecAugment's channel masks scaled from ShiftSER's 64 of 768 channels to the tiny model's 64
   head_overrides=${head_overrides:-"--channel_mask_width 5"}
-  teacher_epochs=${teacher_epochs:-10}; finetune_epochs=${finetune_epochs:-10}; head_epochs=${head_epochs:-15}
+  teacher_epochs=${teacher_epochs:-10}; finetune_epochs=${finetune_epochs:-10}; head_epochs=${head_epochs:-30}
   cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_tiny.yaml}
+  tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}; mfsn_config=${mfsn_config:-../SAVEE/conf/mfsn_mini.yaml}
 else
   method=${method:-flea}
   teacher_epochs=${teacher_epochs:-40}; finetune_epochs=${finetune_epochs:-40}; head_epochs=${head_epochs:-100}
   cpt_updates=${cpt_updates:-20000}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_base.yaml}
+  tec_layer=${tec_layer:-12}; sec_layers=${sec_layers:-4,8,12}; mfsn_config=${mfsn_config:-conf/mfsn.yaml}
   [ -n "$upstream" ] || die "--upstream is required with a real corpus (e.g. --upstream /models/hubert_base_ls960.pt)"
 fi
 [ -z "$upstream" ] || [ -f "$upstream" ] || die "--upstream $upstream: no such file"
 upstream=${upstream:+$(realpath "$upstream")}
 
-data=data/iemocap
+data=$workdir/data/iemocap
 splits=$data/$protocol
 tag=${tag:-$protocol}
-exp=exp/$tag
+exp=$workdir/exp/$tag
 timing_file=$exp/timing.tsv
 mkdir -p "$exp"
 : > "$timing_file"
@@ -128,6 +141,18 @@ for kv in sys.argv[2:]:
 json.dump(out, open(sys.argv[1], "w"), indent=2)
 PY
 }
+# dump_all CKPT: every layer of CKPT for every utterance of $data, dumped once; prints the directory.
+dump_all() {
+  local ckpt=$1 dir
+  dir=$workdir/dump/$(basename "${ckpt%.*}")-$(echo "$ckpt" | md5sum | cut -c1-6)/all_layers
+  if ! is_done "$dir" "upstream=$ckpt data=$data"; then
+    log "  features of every layer of $ckpt for all of $data -> $dir"
+    timed "dump_$(basename "${ckpt%.*}")" logged "$dir/dump.log" serkit dump-features --upstream "$ckpt" \
+      --layers all --data "$data" --out "$dir" --device "$device"
+    mark_done "$dir" "upstream=$ckpt data=$data"
+  fi
+  echo "$dir"
+}
 upstream_label() { if $mini; then echo "tiny HuBERT (pretrained here on a separate mini corpus)"; else basename "$upstream"; fi; }
 
 ###############################################################################
@@ -135,9 +160,9 @@ if stage_selected 0; then
   log "Stage 0: data: $root -> $data -> $splits"
   if $mini; then
     opts="mini seed=0"
-    is_done db/mini_iemocap "$opts" || {
-      timed mini_corpus serkit mini-corpus iemocap --out db/mini_iemocap --seed 0
-      mark_done db/mini_iemocap "$opts"; }
+    is_done "$workdir/db/mini_iemocap" "$opts" || {
+      timed mini_corpus serkit mini-corpus iemocap --out "$workdir/db/mini_iemocap" --seed 0
+      mark_done "$workdir/db/mini_iemocap" "$opts"; }
   fi
   opts="root=$(realpath "$root")"
   is_done "$data" "$opts" || {
@@ -149,11 +174,11 @@ if stage_selected 0; then
     mark_done "$splits" "$opts"; }
   serkit check-split "$splits"
   if $mini && [ -z "$upstream" ]; then
-    timed tiny_upstream bash ../../local/make_tiny_upstream.sh --workdir . --out exp/upstream
+    timed tiny_upstream bash ../../local/make_tiny_upstream.sh --workdir "$workdir" --out "$workdir/exp/upstream"
   fi
 fi
 if $mini && [ -z "$upstream" ]; then
-  upstream=$(realpath exp/upstream/tiny_hubert.pt)
+  upstream=$workdir/exp/upstream/tiny_hubert.pt
 fi
 [ "$stop_stage" -lt 1 ] || [ -f "$upstream" ] || die "no upstream checkpoint at '$upstream' (run stage 0 or pass --upstream)"
 if $mini; then
@@ -190,14 +215,14 @@ if $flea && stage_selected 1; then
     fi
     opts="upstream=$start epochs=$teacher_epochs lr=$finetune_lr"
     is_done "$out" "$opts" || {
-      timed "teacher_fold$k" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
+      timed "teacher_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
         --upstream "$start" --pooling attention --number_of_epochs "$teacher_epochs" "${lr_opt[@]}" \
         --device "$device" --noprogressbar
-      serkit export-upstream --exp "$out" --out "$out/upstream.pt"
+      logged "$out/log/export.log" serkit export-upstream --exp "$out" --out "$out/upstream.pt"
       mark_done "$out" "$opts"; }
     opts="layer=$layer"
     is_done "$out/layer$layer" "$opts" || {
-      timed "dump_fold$k" serkit dump-features --upstream "$out/upstream.pt" --layers "$layer" \
+      timed "dump_fold$k" logged "$out/log/dump.log" serkit dump-features --upstream "$out/upstream.pt" --layers "$layer" \
         --data "$fold/train.tsv" "$fold/valid.tsv" "$fold/test.tsv" --out "$out/layer$layer" --device "$device"
       mark_done "$out/layer$layer" "$opts"; }
   done
@@ -233,6 +258,36 @@ if $flea && stage_selected 3; then
   done
 fi
 
+# MFSN (stage 4): TEC and SEC features dumped once, then search + derive + retrain per fold.
+run_mfsn() {
+  local tec=${tec_upstream:-} sec=${sec_upstream:-} label run k fold out opts
+  if $mini; then
+    tec=${tec:-$upstream}; sec=${sec:-$upstream}
+    label="tiny HuBERT pretrained on a separate mini corpus (NOT wav2vec 2.0/data2vec): TEC L$tec_layer, SEC L$sec_layers"
+  else
+    [ -n "$tec" ] && [ -n "$sec" ] || die "--method mfsn needs --tec-upstream (CTC wav2vec 2.0) and --sec-upstream (data2vec)"
+    tec=$(realpath "$tec"); sec=$(realpath "$sec")
+    label="TEC $(basename "$tec") L$tec_layer (detached) + SEC $(basename "$sec") L$sec_layers"
+  fi
+  log "Stage 4: MFSN ($mfsn_ablation): knowledge sources $label"
+  local tec_feats sec_feats
+  tec_feats=$(dump_all "$tec"); sec_feats=$(dump_all "$sec")
+  run=$exp/mfsn_$mfsn_ablation
+  for k in $fold_list; do
+    fold=$splits/fold$k; out=$run/fold$k
+    log "Stage 4: MFSN fold $k: $fold -> $out"
+    opts="tec=$tec:$tec_layer sec=$sec:$sec_layers config=$mfsn_config ablation=$mfsn_ablation epochs=$head_epochs"
+    is_done "$out" "$opts" || {
+      timed "mfsn_fold$k" logged "$out/log/train.log" python -m serkit.speechbrain.mfsn "$mfsn_config" \
+        --fold-dir "$fold" --output-folder "$out" --tec-feats "$tec_feats" --sec-feats "$sec_feats" \
+        --ablation "$mfsn_ablation" --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]" \
+        --sources_label "$label"
+      mark_done "$out" "$opts"; }
+  done
+  run_json "$run" method="MFSN ($mfsn_ablation)" setting=featex protocol="$protocol" upstream="$label" \
+    config="$mfsn_config" selection=valid
+}
+
 ###############################################################################
 if stage_selected 4; then
   if $flea; then
@@ -243,7 +298,7 @@ if stage_selected 4; then
         log "Stage 4: FLEA finetune fold $k ($p pooling): $cpt -> $out"
         opts="cpt=$cpt pooling=$p epochs=$finetune_epochs lr=$finetune_lr"
         is_done "$out" "$opts" || {
-          timed "flea_${p}_fold$k" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
+          timed "flea_${p}_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
             --upstream "$cpt" --pooling "$p" --number_of_epochs "$finetune_epochs" "${lr_opt[@]}" \
             --device "$device" --noprogressbar
           mark_done "$out" "$opts"; }
@@ -254,15 +309,11 @@ if stage_selected 4; then
     done
   fi
   for h in "${heads[@]}"; do
+    if [ "$h" = mfsn ]; then run_mfsn; continue; fi
     run=$exp/${h}_$setting
     if [ "$setting" = featex ]; then
-      feats=dump/$(basename "${upstream%.*}")/all_layers
-      log "Stage 4: features of every layer of $(basename "$upstream") for all of $data -> $feats"
-      opts="upstream=$upstream"
-      is_done "$feats" "$opts" || {
-        timed dump_all serkit dump-features --upstream "$upstream" --layers all --data "$data" --out "$feats" \
-          --device "$device"
-        mark_done "$feats" "$opts"; }
+      log "Stage 4: $h needs cached features of $(basename "$upstream")"
+      feats=$(dump_all "$upstream")
     fi
     for k in $fold_list; do
       fold=$splits/fold$k; out=$run/fold$k
@@ -270,10 +321,10 @@ if stage_selected 4; then
       opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$head_overrides"
       is_done "$out" "$opts" || {
         if [ "$setting" = featex ]; then
-          timed "${h}_fold$k" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
+          timed "${h}_fold$k" logged "$out/log/train.log" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
             --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$head_overrides"
         else
-          timed "${h}_fold$k" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
+          timed "${h}_fold$k" logged "$out/log/train.log" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
             --upstream "$upstream" --epochs "$head_epochs" --device "$device" --overrides "$head_overrides"
         fi
         mark_done "$out" "$opts"; }
@@ -287,7 +338,9 @@ fi
 if stage_selected 5; then
   runs=()
   $flea && runs+=("$exp/teacher") && for p in $poolings; do runs+=("$exp/flea_$p"); done
-  for h in "${heads[@]}"; do runs+=("$exp/${h}_$setting"); done
+  for h in "${heads[@]}"; do
+    if [ "$h" = mfsn ]; then runs+=("$exp/mfsn_$mfsn_ablation"); else runs+=("$exp/${h}_$setting"); fi
+  done
   log "Stage 5: scoring (${selection} selection): ${runs[*]}"
   for r in "${runs[@]}"; do
     timed "score_$(basename "$r")" serkit score "$r" --selection "$selection" > /dev/null

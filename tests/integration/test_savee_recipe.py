@@ -22,6 +22,8 @@ def recipe(tmp_path_factory):
     """A copy of recipes/SAVEE at the same depth below a repository root (run.sh uses ../../local)."""
     root = tmp_path_factory.mktemp("savee_recipe")
     shutil.copytree(REPO / "local", root / "local")
+    # local/make_tiny_upstream.sh pretrains the tiny HuBERT with the IEMOCAP recipe's fairseq config
+    shutil.copytree(REPO / "recipes" / "IEMOCAP" / "conf", root / "recipes" / "IEMOCAP" / "conf")
     shutil.copytree(REPO / "recipes" / "SAVEE", root / "recipes" / "SAVEE",
                     ignore=shutil.ignore_patterns("data", "exp", "dump", "db"))
     return root / "recipes" / "SAVEE"

@@ -76,7 +76,7 @@ def test_score_run_writes_results(tmp_path):
     assert (exp / "confusion.png").stat().st_size > 1000
     assert np.asarray(r["confusion"]).sum() == 16
     table = results_table([exp])
-    assert "| shiftcnn |" in table and "paper (best_test)" in table
+    assert "| shiftcnn |" in table and "paper: best_test" in table
 
 
 def test_bad_predictions_file(tmp_path):
