@@ -345,8 +345,12 @@ if stage_selected 5; then
   for r in "${runs[@]}"; do
     timed "score_$(basename "$r")" serkit score "$r" --selection "$selection" > /dev/null
   done
-  serkit results "${runs[@]}" --out "$exp/RESULTS.md"
-  log "Results table: $exp/RESULTS.md; per-run details: <run>/RESULTS.md, confusion.png"
+  log "Results of this run:"
+  serkit results "${runs[@]}"
+  # The experiment's table lists every run scored under it so far, this invocation's and earlier ones.
+  mapfile -t scored < <(find "$exp" -mindepth 2 -maxdepth 2 -name results.json -printf '%h\n' | sort)
+  serkit results "${scored[@]}" --out "$exp/RESULTS.md" > /dev/null
+  log "All runs of $exp: $exp/RESULTS.md; per-run details: <run>/RESULTS.md, confusion.png"
   if [ -f "$timing_file" ]; then
     log "Where the time went in this run (seconds per step, summed over folds):"
     sed -E 's/_fold[0-9]+\t/\t/' "$timing_file" \
