@@ -1,11 +1,4 @@
 #!/usr/bin/env bash
-# Puts the repo's environment first on PATH (made by `make install`) and keeps logs unbuffered.
-_recipe_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-if [ -x "$_recipe_root/.venv/bin/python" ]; then
-  export PATH="$_recipe_root/.venv/bin:$PATH"
-fi
-export PYTHONUNBUFFERED=1
-export SERKIT_ROOT="$_recipe_root"
-# fairseq checkpoints need pickle loading on torch >= 2.6: only load checkpoints you trust.
-export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
-command -v serkit >/dev/null || { echo "serkit is not installed: run 'make install' in $_recipe_root" >&2; exit 1; }
+# The recipe's environment (shared by all recipes: ../../local/path.sh).
+# shellcheck source=../../local/path.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../../local/path.sh"
