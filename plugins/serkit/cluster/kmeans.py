@@ -136,7 +136,7 @@ def fit_faiss(
     k: int,
     seed: int = 0,
     niter: int = 20,
-    init_sample: int = 100_000,
+    init_sample: int = 20_000,
     use_gpu: bool | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Lloyd iterations on all of ``x`` with faiss, starting from k-means++ centres of a subsample."""
@@ -296,12 +296,12 @@ def fit(
     n_clusters: int,
     splits=("train",),
     layer: int | None = None,
-    max_frames: int = 1_000_000,
+    max_frames: int = 250_000,
     backend: str = "faiss",
     transductive: bool = False,
     seed: int = 0,
     niter: int = 20,
-    init_sample: int = 100_000,
+    init_sample: int = 20_000,
 ) -> dict:
     """Fit k-means on frames of ``splits`` of ``fold`` (train only unless transductive); write ``out``."""
     from ..upstream.features import FeatureReader
