@@ -276,7 +276,7 @@ run_mfsn() {
   for k in $fold_list; do
     fold=$splits/fold$k; out=$run/fold$k
     log "Stage 4: MFSN fold $k: $fold -> $out"
-    opts="tec=$tec:$tec_layer sec=$sec:$sec_layers config=$mfsn_config ablation=$mfsn_ablation epochs=$head_epochs"
+    opts="tec=$tec:$tec_layer sec=$sec:$sec_layers config=$mfsn_config ablation=$mfsn_ablation"  # epochs: the config's
     is_done "$out" "$opts" || {
       timed "mfsn_fold$k" logged "$out/log/train.log" python -m serkit.speechbrain.mfsn "$mfsn_config" \
         --fold-dir "$fold" --output-folder "$out" --tec-feats "$tec_feats" --sec-feats "$sec_feats" \

@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "recipes" / "IEMOCAP" / "run.sh"
-SHORT = ["--folds", "1", "--layer", "2", "--nclusters", "8", "--teacher-epochs", "2", "--finetune-epochs", "2",
-         "--head-epochs", "2", "--finetune-lr", "0.001", "--cpt-updates", "4",
+SHORT = ["--folds", "1", "--layer", "2", "--nclusters", "8", "--teacher-epochs", "2",
+         "--finetune-epochs", "2", "--head-epochs", "2", "--finetune-lr", "0.001", "--cpt-updates", "4",
          "--cpt-config", "conf/fairseq/cpt_hubert_tiny.yaml", "--head-overrides", "--channel_mask_width 5",
          "--device", "cpu"]
 
@@ -50,7 +50,8 @@ def setup(tmp_path_factory):
             "--method", "flea,shiftcnn"]
     first = run(*args)
     assert first.returncode == 0, first.stderr[-6000:]
-    return {"root": root, "work": work, "exp": work / "exp" / "iemocap_loso5", "args": args, "log": first.stderr}
+    return {"root": root, "work": work, "exp": work / "exp" / "iemocap_loso5", "args": args,
+            "log": first.stderr}
 
 
 def test_stages_0_to_5_write_folds_labels_checkpoints_and_results(setup):
@@ -69,8 +70,8 @@ def test_stages_0_to_5_write_folds_labels_checkpoints_and_results(setup):
     for run_name in ("teacher", "flea_attention", "flea_mean", "shiftcnn_featex"):
         m = json.loads((exp / run_name / "fold1" / "metrics.json").read_text())
         assert m["selection"] == "valid" and 0.0 <= m["ua"] <= 1.0
-        assert len((exp / run_name / "fold1" / "predictions" / "test.epoch002.tsv").read_text().splitlines()) \
-            == n["test"] + 1
+        rows = (exp / run_name / "fold1" / "predictions" / "test.epoch002.tsv").read_text().splitlines()
+        assert len(rows) == n["test"] + 1
     table = (exp / "RESULTS.md").read_text()
     for name in ("teacher", "FLEA (attention pooling)", "FLEA (mean pooling)", "shiftcnn"):
         assert f"| {name}" in table, table
@@ -108,3 +109,20 @@ def test_bad_options_fail_with_a_message(tmp_path):
     assert res.returncode != 0 and "unknown option --no-such-option" in res.stderr
     res = run("--root", str(tmp_path / "missing"), "--workdir", str(tmp_path))
     assert res.returncode != 0 and "no such directory" in res.stderr
+
+
+@pytest.mark.parametrize("protocol", ["iemocap_loso5", "iemocap_loso10"])
+def test_mfsn_runs_on_both_protocols(setup, protocol):
+    ckpt = setup["args"][setup["args"].index("--upstream") + 1]
+    args = [a for a in setup["args"]]
+    args[args.index("--method") + 1] = "mfsn"
+    res = run(*args, "--protocol", protocol, "--tec-upstream", ckpt, "--sec-upstream", ckpt,
+              "--tec-layer", "2", "--sec-layers", "0,1,2", "--mfsn-config", "../SAVEE/conf/mfsn_mini.yaml",
+              "--head-overrides", "")
+    assert res.returncode == 0, res.stderr[-4000:]
+    fold = setup["work"] / "exp" / protocol / "mfsn_mfsn" / "fold1"
+    m = json.loads((fold / "metrics.json").read_text())
+    assert m["selection"] == "valid" and 0.0 <= m["ua"] <= 1.0
+    assert (fold / "arch.txt").is_file()
+    table = (setup["work"] / "exp" / protocol / "RESULTS.md").read_text()
+    assert f"| MFSN (mfsn) | featex | {protocol} |" in table
