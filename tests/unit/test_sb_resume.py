@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def _checkpointed_epochs(out):
-    """Epochs whose end-of-epoch checkpoint is complete (CKPT.yaml is written last)."""
+    """Epochs whose end-of-epoch checkpoint is complete (serkit's Checkpointer writes CKPT.yaml last)."""
     epochs = []
     for meta in (out / "save").glob("CKPT+*/CKPT.yaml"):
         found = re.search(r"^epoch: (\d+)", meta.read_text(), re.M)

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 import speechbrain as sb
@@ -111,6 +112,23 @@ def plot_search(entries: list[dict], path: Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def forget_logged_epochs(path, epoch: int) -> None:
+    """Drop the lines of epochs >= ``epoch`` from a ``FileTrainLogger`` file (``epoch: N, ...``).
+
+    A run killed after logging an epoch but before its checkpoint was complete redoes that epoch when
+    resumed; its new line replaces the old one instead of following it.
+    """
+    if not path or not Path(path).is_file():
+        return
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    found = [re.match(r"epoch: (\d+)\b", line) for line in lines]
+    kept = [line for line, m in zip(lines, found) if m is None or int(m.group(1)) < epoch]
+    if len(kept) != len(lines):
+        with atomic_file(path, encoding="utf-8") as f:
+            f.writelines(kept)
 
 
 class SERBrain(sb.Brain):
@@ -238,6 +256,8 @@ class SERBrain(sb.Brain):
             self._log_search(net, epoch)
         logger = getattr(self.hparams, "train_logger", None)
         if logger is not None:
+            if if_main_process():
+                forget_logged_epochs(getattr(logger, "save_file", None), epoch)
             logger.log_stats(stats_meta=stats_meta, train_stats={"loss": getattr(self, "train_loss", None)},
                              valid_stats={k: valid_stats[k] for k in ("loss", "ua", "wa", "weighted_f1")})
         best = str(getattr(self.hparams, "best_metric", "ua"))

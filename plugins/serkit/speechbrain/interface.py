@@ -60,7 +60,8 @@ class EmotionClassifier(torch.nn.Module):
         or ``"last"``; ``savedir`` is accepted for SpeechBrain compatibility and unused (nothing is fetched).
         """
         from hyperpyyaml import load_hyperpyyaml
-        from speechbrain.utils.checkpoints import Checkpointer
+
+        from .checkpoints import Checkpointer
 
         del savedir
         source = Path(source)

@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..data.manifest import read_classes
     from .brain import SERBrain
+    from .checkpoints import atomic
     from .dataio import fold_datasets, split_order
     from .lobes import FairseqUpstream
 
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     datasets, classes = fold_datasets(fold_dir, reader)
     modules = dict(hparams["modules"])
-    checkpointer = hparams["checkpointer"]
+    checkpointer = atomic(hparams["checkpointer"])
     if upstream_lobe is not None:
         modules["upstream"] = upstream_lobe
         checkpointer.add_recoverable("upstream", upstream_lobe)
