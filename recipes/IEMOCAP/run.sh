@@ -43,8 +43,10 @@ tec_upstream=""       # MFSN: CTC-finetuned wav2vec 2.0 (e.g. wav2vec_small_960h
 sec_upstream=""       # MFSN: data2vec audio (e.g. audio_base_ls.pt) [mini corpus: the tiny HuBERT]
 tec_layer=""          # MFSN: TEC layer [12; mini corpus: 2]
 sec_layers=""         # MFSN: SEC layers, early,middle,late [4,8,12; mini corpus: 0,1,2]
-mfsn_config=""        # MFSN: [conf/mfsn.yaml; mini corpus: ../SAVEE/conf/mfsn_mini.yaml]
+mfsn_config=""        # MFSN: [conf/mfsn.yaml, text/asr TEC: conf/mfsn_text.yaml; mini corpus: ../SAVEE/conf/mfsn_mini.yaml]
 mfsn_ablation=mfsn    # MFSN: sec_only | sec_tec_nosearch | mfsn
+mfsn_tec=audio        # MFSN TEC source: audio (the ASR model's frames, the paper) | text (IEMOCAP's transcripts) | asr (greedy CTC transcripts of --tec-upstream)
+ctc_dict=""           # MFSN --mfsn-tec asr: the letter dictionary (dict.ltr.txt) of --tec-upstream
 head_overrides=""     # extra yaml overrides for the heads, e.g. "--batch_size 16 --lr 0.001"
 
 help_message=$(cat <<EOM
@@ -74,6 +76,9 @@ Options (default in brackets):
   --workdir DIR       where data/, dump/, exp/ and db/ go [this recipe's directory]
   --tec-upstream FILE, --sec-upstream FILE, --tec-layer L, --sec-layers L1,L2,L3, --mfsn-config FILE,
   --mfsn-ablation sec_only|sec_tec_nosearch|mfsn    MFSN (--method mfsn) [mini corpus: the tiny HuBERT]
+  --mfsn-tec SOURCE   MFSN TEC: audio | text (the corpus transcripts) | asr (greedy CTC, needs --ctc-dict)
+                      [$mfsn_tec]; text and asr are the paper's text ablation (text leaks across sessions)
+  --ctc-dict FILE     dict.ltr.txt of the CTC --tec-upstream, for --mfsn-tec asr
   --head-overrides S  extra yaml overrides for the heads' training, e.g. "--batch_size 16"
 EOM
 )
@@ -85,6 +90,7 @@ case "$protocol" in iemocap_loso5) nfolds=5 ;; iemocap_loso10) nfolds=10 ;;
 case "$pooling" in attention|mean) poolings=$pooling ;; both) poolings="attention mean" ;;
   *) die "--pooling $pooling: attention, mean or both" ;; esac
 case "$transductive" in true|false) ;; *) die "--transductive takes true or false" ;; esac
+case "$mfsn_tec" in audio|text|asr) ;; *) die "--mfsn-tec $mfsn_tec: audio, text or asr" ;; esac
 if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 fi
@@ -95,6 +101,7 @@ mini=false
 [ -n "$root" ] || mini=true
 [ -n "$root" ] && [ ! -d "$root" ] && die "--root $root: no such directory (set IEMOCAP in db.sh or pass --root)"
 if $mini; then
+  [ "$mfsn_tec" != asr ] || die "--mfsn-tec asr needs a CTC-finetuned wav2vec 2.0 (--tec-upstream) and --ctc-dict; the mini corpus has no ASR model (use --mfsn-tec text)"
   log "No corpus given (db.sh IEMOCAP / --root): running on the mini corpus with a tiny HuBERT on $device."
   # Tiny models gain nothing from a second thread, and torch's spinning threads slow down tenfold
   # when another process shares the cores: one thread per process keeps the demo's time predictable.
@@ -112,7 +119,8 @@ else
   method=${method:-flea}
   teacher_epochs=${teacher_epochs:-40}; finetune_epochs=${finetune_epochs:-40}; head_epochs=${head_epochs:-100}
   cpt_updates=${cpt_updates:-20000}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_base.yaml}
-  tec_layer=${tec_layer:-12}; sec_layers=${sec_layers:-4,8,12}; mfsn_config=${mfsn_config:-conf/mfsn.yaml}
+  tec_layer=${tec_layer:-12}; sec_layers=${sec_layers:-4,8,12}
+  if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
   [ -n "$upstream" ] || die "--upstream is required with a real corpus (e.g. --upstream /models/hubert_base_ls960.pt)"
 fi
 [ -z "$upstream" ] || [ -f "$upstream" ] || die "--upstream $upstream: no such file"
@@ -153,6 +161,8 @@ dump_all() {
   fi
   echo "$dir"
 }
+# mfsn_run TEC_SOURCE: the run directory of MFSN with that TEC source and the chosen ablation.
+mfsn_run() { case $1 in audio) echo "$exp/mfsn_$mfsn_ablation" ;; *) echo "$exp/mfsn_$1_$mfsn_ablation" ;; esac; }
 upstream_label() { if $mini; then echo "tiny HuBERT (pretrained here on a separate mini corpus)"; else basename "$upstream"; fi; }
 
 ###############################################################################
@@ -259,32 +269,58 @@ if $flea && stage_selected 3; then
 fi
 
 # MFSN (stage 4): TEC and SEC features dumped once, then search + derive + retrain per fold.
+# --mfsn-tec text|asr: the paper's text ablation, TEC from transcripts (serkit.speechbrain.mfsn_text).
 run_mfsn() {
-  local tec=${tec_upstream:-} sec=${sec_upstream:-} label run k fold out opts
+  local tec=${tec_upstream:-} sec=${sec_upstream:-} sec_label tec_label label run k fold out opts trainer
+  local -a tec_args
   if $mini; then
     tec=${tec:-$upstream}; sec=${sec:-$upstream}
-    label="tiny HuBERT pretrained on a separate mini corpus (NOT wav2vec 2.0/data2vec): TEC L$tec_layer, SEC L$sec_layers"
+    sec_label="tiny HuBERT pretrained on a separate mini corpus (NOT data2vec) L$sec_layers"
+    tec_label="tiny HuBERT (NOT wav2vec 2.0) L$tec_layer"
   else
-    [ -n "$tec" ] && [ -n "$sec" ] || die "--method mfsn needs --tec-upstream (CTC wav2vec 2.0) and --sec-upstream (data2vec)"
-    tec=$(realpath "$tec"); sec=$(realpath "$sec")
-    label="TEC $(basename "$tec") L$tec_layer (detached) + SEC $(basename "$sec") L$sec_layers"
+    [ -n "$sec" ] || die "--method mfsn needs --sec-upstream (data2vec audio)"
+    [ "$mfsn_tec" = text ] || [ -n "$tec" ] || die "--method mfsn needs --tec-upstream (CTC wav2vec 2.0)"
+    sec=$(realpath "$sec"); tec=${tec:+$(realpath "$tec")}
+    sec_label="$(basename "$sec") L$sec_layers"; tec_label="$(basename "${tec:-none}") L$tec_layer"
   fi
-  log "Stage 4: MFSN ($mfsn_ablation): knowledge sources $label"
-  local tec_feats sec_feats
-  tec_feats=$(dump_all "$tec"); sec_feats=$(dump_all "$sec")
-  run=$exp/mfsn_$mfsn_ablation
+  local sec_feats tec_feats=""
+  sec_feats=$(dump_all "$sec")
+  case $mfsn_tec in
+    audio)
+      trainer=serkit.speechbrain.mfsn; label="TEC $tec_label (detached) + SEC $sec_label"
+      if $mini; then  # the demo's label, unchanged
+        label="tiny HuBERT pretrained on a separate mini corpus (NOT wav2vec 2.0/data2vec): TEC L$tec_layer, SEC L$sec_layers"
+      fi
+      tec_feats=$(dump_all "$tec"); tec_args=(--tec-feats "$tec_feats") ;;
+    text)
+      [ -s "$data/text" ] || die "$data/text: no transcripts; re-run stage 0 (serkit prepare writes them from dialog/transcriptions)"
+      trainer=serkit.speechbrain.mfsn_text; label="TEC IEMOCAP's transcripts + SEC $sec_label"
+      tec_args=(--text "$data/text") ;;
+    asr)
+      [ -n "$ctc_dict" ] && [ -f "$ctc_dict" ] || die "--mfsn-tec asr needs --ctc-dict FILE (the dict.ltr.txt of $tec)"
+      trainer=serkit.speechbrain.mfsn_text; label="TEC greedy CTC transcripts of $tec_label + SEC $sec_label"
+      tec_feats=$(dump_all "$tec")
+      tec_args=(--tec-feats "$tec_feats" --ctc-checkpoint "$tec" --ctc-dict "$(realpath "$ctc_dict")") ;;
+  esac
+  run=$(mfsn_run "$mfsn_tec")
+  log "Stage 4: MFSN ($mfsn_ablation, TEC: $mfsn_tec): knowledge sources $label"
   for k in $fold_list; do
     fold=$splits/fold$k; out=$run/fold$k
     log "Stage 4: MFSN fold $k: $fold -> $out"
-    opts="tec=$tec:$tec_layer sec=$sec:$sec_layers config=$mfsn_config ablation=$mfsn_ablation"  # epochs: the config's
+    opts="tec=$mfsn_tec:${tec:-none}:$tec_layer sec=$sec:$sec_layers config=$mfsn_config ablation=$mfsn_ablation"  # epochs: the config's
     is_done "$out" "$opts" || {
-      timed "mfsn_fold$k" logged "$out/log/train.log" python -m serkit.speechbrain.mfsn "$mfsn_config" \
-        --fold-dir "$fold" --output-folder "$out" --tec-feats "$tec_feats" --sec-feats "$sec_feats" \
+      timed "$(basename "$run")_fold$k" logged "$out/log/train.log" python -m $trainer "$mfsn_config" \
+        --fold-dir "$fold" --output-folder "$out" "${tec_args[@]}" --sec-feats "$sec_feats" \
         --ablation "$mfsn_ablation" --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]" \
         --sources_label "$label"
       mark_done "$out" "$opts"; }
   done
-  run_json "$run" method="MFSN ($mfsn_ablation)" setting=featex protocol="$protocol" upstream="$label" \
+  local what="MFSN ($mfsn_ablation)"
+  case $mfsn_tec in
+    text) what="MFSN ($mfsn_ablation, TEC from the transcripts; text leaks across sessions)" ;;
+    asr) what="MFSN ($mfsn_ablation, TEC from greedy CTC transcripts; text leaks across sessions)" ;;
+  esac
+  run_json "$run" method="$what" setting=featex protocol="$protocol" upstream="$label" \
     config="$mfsn_config" selection=valid
 }
 
@@ -336,17 +372,22 @@ fi
 
 ###############################################################################
 if stage_selected 5; then
-  runs=()
+  runs=(); beside=()
   $flea && runs+=("$exp/teacher") && for p in $poolings; do runs+=("$exp/flea_$p"); done
   for h in "${heads[@]}"; do
-    if [ "$h" = mfsn ]; then runs+=("$exp/mfsn_$mfsn_ablation"); else runs+=("$exp/${h}_$setting"); fi
+    if [ "$h" != mfsn ]; then runs+=("$exp/${h}_$setting"); continue; fi
+    runs+=("$(mfsn_run "$mfsn_tec")")
+    # MFSN runs with the other TEC sources, scored earlier, go beside it: the text-vs-audio gap in one table
+    for t in audio text asr; do
+      [ "$t" != "$mfsn_tec" ] && [ -f "$(mfsn_run $t)/results.json" ] && beside+=("$(mfsn_run $t)")
+    done
   done
   log "Stage 5: scoring (${selection} selection): ${runs[*]}"
   for r in "${runs[@]}"; do
     timed "score_$(basename "$r")" serkit score "$r" --selection "$selection" > /dev/null
   done
-  log "Results of this run:"
-  serkit results "${runs[@]}"
+  log "Results of this run${beside[*]:+ (and, for comparison, ${beside[*]##*/})}:"
+  serkit results "${runs[@]}" "${beside[@]}"
   # The experiment's table lists every run scored under it so far, this invocation's and earlier ones.
   mapfile -t scored < <(find "$exp" -mindepth 2 -maxdepth 2 -name results.json -printf '%h\n' | sort)
   serkit results "${scored[@]}" --out "$exp/RESULTS.md" > /dev/null

@@ -126,3 +126,75 @@ def test_mfsn_runs_on_both_protocols(setup, protocol):
     assert (fold / "arch.txt").is_file()
     table = (setup["work"] / "exp" / protocol / "RESULTS.md").read_text()
     assert f"| MFSN (mfsn) | featex | {protocol} |" in table
+
+
+def _tiny_ctc_checkpoint(out: Path) -> tuple[Path, Path]:
+    """A 2-layer CTC wav2vec 2.0 in fairseq's finetuned layout (random weights) and its dict.ltr.txt.
+
+    It stands for wav2vec_small_960h.pt on the recipe's ASR path: its greedy transcripts are letter soup,
+    which is all the path needs (dump, greedy CTC, sentencepiece on the training split, training).
+    """
+    import torch
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
+                         encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
+                         encoder_attention_heads=2, final_dim=32, latent_vars=8, latent_groups=2)
+    model_cfg = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    model_cfg["_name"] = "wav2vec2"
+    letters = ["|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
+    sd = {f"w2v_encoder.w2v_model.{k}": v for k, v in Wav2Vec2Model(cfg).state_dict().items()}
+    sd["w2v_encoder.proj.weight"] = torch.randn(4 + len(letters), 64)
+    sd["w2v_encoder.proj.bias"] = torch.zeros(4 + len(letters))
+    task = {"_name": "audio_pretraining", "data": "/nowhere", "normalize": False, "sample_rate": 16000}
+    ckpt = out / "wav2vec_tiny_ctc.pt"
+    torch.save({"cfg": {"model": {"_name": "wav2vec_ctc", "w2v_path": "/nowhere.pt",
+                                  "w2v_args": {"model": model_cfg, "task": task}},
+                        "task": {**task, "_name": "audio_finetuning", "labels": "ltr"}},
+                "model": sd, "optimizer_history": [{"criterion_name": "ctc", "optimizer_name": "adam",
+                                                    "lr_scheduler_state": {}, "num_updates": 0}]}, ckpt)
+    letters_dict = out / "dict.ltr.txt"
+    letters_dict.write_text("".join(f"{c} {1000 - i}\n" for i, c in enumerate(letters)))
+    return ckpt, letters_dict
+
+
+def test_mfsn_text_ablation_from_transcripts_and_asr_sits_beside_audio(setup, tmp_path):
+    ckpt = setup["args"][setup["args"].index("--upstream") + 1]
+    args = [a for a in setup["args"]]
+    args[args.index("--method") + 1] = "mfsn"
+    args += ["--sec-upstream", ckpt, "--tec-layer", "2", "--sec-layers", "0,1,2",
+             "--mfsn-config", "../SAVEE/conf/mfsn_mini.yaml", "--head-overrides", ""]
+    exp = setup["exp"]
+    audio = run(*args, "--tec-upstream", ckpt)  # done already when the protocol test ran first
+    assert audio.returncode == 0, audio.stderr[-4000:]
+
+    text = run(*args, "--mfsn-tec", "text")
+    assert text.returncode == 0, text.stderr[-4000:]
+    fold = exp / "mfsn_text_mfsn" / "fold1"
+    info = json.loads((fold / "train_info.json").read_text())
+    assert "TEXT LEAK" in info["note"] and info["sources"]["tec"]["text"].startswith("transcript ")
+    train_utts = [Path(line.split("\t")[0]).stem for line in
+                  (setup["work"] / "data/iemocap/iemocap_loso5/fold1/train.tsv").read_text().splitlines()[1:]]
+    transcribed = [line.split()[0] for line in (fold / "transcripts.train.txt").read_text().splitlines()]
+    assert transcribed == train_utts  # the tokenizer saw the training split, nothing else
+    rows = [line for line in text.stdout.splitlines() if line.startswith("| MFSN")]
+    assert len(rows) == 2 and "TEC from the transcripts" in rows[0], text.stdout
+    assert rows[1].startswith("| MFSN (mfsn) |")  # the audio TEC run, for the gap
+
+    no_dict = run(*args, "--mfsn-tec", "asr", "--tec-upstream", ckpt)
+    assert no_dict.returncode != 0 and "--ctc-dict" in no_dict.stderr
+    ctc, letters = _tiny_ctc_checkpoint(tmp_path)
+    asr = run(*args, "--mfsn-tec", "asr", "--tec-upstream", str(ctc), "--ctc-dict", str(letters))
+    assert asr.returncode == 0, asr.stderr[-4000:]
+    info = json.loads((exp / "mfsn_asr_mfsn" / "fold1" / "train_info.json").read_text())
+    assert info["sources"]["tec"]["text"] == "greedy CTC of wav2vec_tiny_ctc.pt (layer 2)"
+    transcripts = (exp / "mfsn_asr_mfsn" / "fold1" / "transcripts.train.txt").read_text().splitlines()
+    assert len(transcripts) == len(train_utts) and any(len(t.split()) > 1 for t in transcripts)
+    assert len([line for line in asr.stdout.splitlines() if line.startswith("| MFSN")]) == 3
+
+
+def test_mfsn_asr_tec_is_refused_on_the_mini_corpus(tmp_path):
+    res = run("--method", "mfsn", "--mfsn-tec", "asr", "--workdir", str(tmp_path), "--stage", "4")
+    assert res.returncode != 0 and "the mini corpus has no ASR model" in res.stderr

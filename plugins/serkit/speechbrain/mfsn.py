@@ -358,6 +358,9 @@ class AudioTEC:
     def setup(self, hp: dict, train_utts, out: Path) -> None:
         from serkit.upstream.features import FeatureReader
 
+        if hp["ablation"] != "sec_only" and not hp["tec_feats"]:
+            raise SerkitError(f"ablation {hp['ablation']} needs TEC features: give --tec-feats (a dump of the "
+                              "CTC-finetuned wav2vec 2.0), or use --ablation sec_only")
         self.reader = FeatureReader(hp["tec_feats"]) if hp["ablation"] != "sec_only" else None
         self.layer = _resolve_layer(self.reader, hp["tec_layer"], "TEC") if self.reader else None
 
