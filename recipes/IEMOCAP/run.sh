@@ -28,7 +28,7 @@ layer=9               # FLEA: teacher layer clustered (the paper's best: 9)
 nclusters=50          # FLEA: k-means clusters (the paper's best: 50)
 pooling=both          # FLEA finetune pooling: attention | mean | both
 transductive=false    # true: fit k-means on all audio of the fold, held-out session included (the paper's setting)
-tapt_labels=""        # FLEA: a directory of k-means labels (<split>.km, dict.km.txt) to continue pretraining on before the teacher (TAPT)
+tapt_labels=""        # FLEA: k-means labels to continue pretraining on before the teacher (TAPT): a directory laid out like stage 2's exp/<tag>/km (fold<k>/{train,valid}.km, dict.km.txt), or one fold's labels
 selection=valid       # valid | paper (ShiftSER: best test epoch; FLEA: (valid+test)/2), always named in RESULTS
 teacher_epochs=""     # default 40 (mini corpus: 8)
 finetune_epochs=""    # default 40 (mini corpus: 8)
@@ -68,7 +68,8 @@ Options (default in brackets):
   --nclusters K       FLEA k-means clusters [$nclusters]
   --pooling KIND      FLEA finetune pooling: attention | mean | both [$pooling]
   --transductive B    true = k-means sees the held-out session (the FLEA paper), labelled in results [$transductive]
-  --tapt-labels DIR   continue pretraining on these k-means labels before the teacher (TAPT) [none]
+  --tapt-labels DIR   continue pretraining on these k-means labels before the teacher (TAPT): DIR/fold<k>/
+                      {train,valid}.km + dict.km.txt, row-aligned with the folds' manifests [none]
   --selection RULE    valid | paper [$selection]
   --teacher-epochs N, --finetune-epochs N, --head-epochs N, --cpt-updates N, --cpt-config FILE, --finetune-lr LR
   --device D          auto | cpu | cuda [$device]
@@ -216,9 +217,16 @@ if $flea && stage_selected 1; then
     log "Stage 1: teacher fold $k: finetune $(basename "$upstream") on $fold -> $out; dump layer $layer -> $out/layer$layer"
     start=$upstream
     if [ -n "$tapt_labels" ]; then
-      opts="upstream=$upstream labels=$tapt_labels updates=$cpt_updates config=$cpt_config"
+      labels=$tapt_labels; [ -d "$labels/fold$k" ] && labels=$labels/fold$k
+      for sp in train valid; do
+        [ -f "$labels/$sp.km" ] || die "--tapt-labels: $labels/$sp.km missing (expected DIR/fold$k/$sp.km, as stage 2 writes)"
+        [ "$(wc -l < "$labels/$sp.km")" -eq "$(($(wc -l < "$fold/$sp.tsv") - 1))" ] ||
+          die "--tapt-labels: $labels/$sp.km has $(wc -l < "$labels/$sp.km") lines, $fold/$sp.tsv $(($(wc -l < "$fold/$sp.tsv") - 1)) utterances; labels must be row-aligned with fold $k's manifests"
+      done
+      labels=$(realpath "$labels")
+      opts="upstream=$upstream labels=$labels updates=$cpt_updates config=$cpt_config"
       is_done "$exp/tapt/fold$k" "$opts" || {
-        timed "tapt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$tapt_labels" \
+        timed "tapt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$labels" \
           --init "$upstream" --updates "$cpt_updates" --out "$exp/tapt/fold$k"
         mark_done "$exp/tapt/fold$k" "$opts"; }
       start=$(realpath "$exp/tapt/fold$k/checkpoint_last.pt")
@@ -236,7 +244,9 @@ if $flea && stage_selected 1; then
         --data "$fold/train.tsv" "$fold/valid.tsv" "$fold/test.tsv" --out "$out/layer$layer" --device "$device"
       mark_done "$out/layer$layer" "$opts"; }
   done
-  run_json "$exp/teacher" method="teacher (HuBERT finetuned, attention pooling)" setting=finetune \
+  teacher="teacher (HuBERT finetuned, attention pooling)"
+  [ -z "$tapt_labels" ] || teacher="teacher (HuBERT TAPT on $tapt_labels, then finetuned, attention pooling)"
+  run_json "$exp/teacher" method="$teacher" setting=finetune \
     protocol="$protocol" upstream="$(upstream_label)" config=conf/flea.yaml selection=valid_test_mean
 fi
 

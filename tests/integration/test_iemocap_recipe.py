@@ -128,6 +128,30 @@ def test_mfsn_runs_on_both_protocols(setup, protocol):
     assert f"| MFSN (mfsn) | featex | {protocol} |" in table
 
 
+def test_tapt_continues_pretraining_on_given_labels_before_the_teacher(setup, tmp_path):
+    exp = setup["exp"]
+    args = [a for a in setup["args"]]
+    args[args.index("--method") + 1] = "flea"
+    tapt = exp.parent / "tapt"
+    # TAPT on labels laid out as stage 2 writes them: here the first run's own k-means labels
+    res = run(*args, "--tag", "tapt", "--tapt-labels", str(exp / "km"), "--stop-stage", "1")
+    assert res.returncode == 0, res.stderr[-4000:]
+    ckpt = tapt / "tapt" / "fold1" / "checkpoint_last.pt"
+    assert ckpt.is_file() and "num_updates 4" in (tapt / "tapt" / "fold1" / "train.log").read_text()
+    info = json.loads((tapt / "teacher" / "fold1" / "train_info.json").read_text())
+    assert info["upstream"] == str(ckpt.resolve())  # the teacher starts from the TAPT model
+    assert "TAPT" in json.loads((tapt / "teacher" / "run.json").read_text())["method"]
+    assert (tapt / "teacher" / "fold1" / "layer2").is_dir()
+
+    bad = tmp_path / "labels"
+    bad.mkdir()
+    for name in ("train.km", "valid.km"):
+        (bad / name).write_text("1 2 3\n")
+    (bad / "dict.km.txt").write_text("1 1\n2 1\n3 1\n")
+    res = run(*args, "--tag", "tapt_bad", "--tapt-labels", str(bad), "--stop-stage", "1")
+    assert res.returncode != 0 and "row-aligned with fold 1's manifests" in res.stderr
+
+
 def _tiny_ctc_checkpoint(out: Path) -> tuple[Path, Path]:
     """A 2-layer CTC wav2vec 2.0 in fairseq's finetuned layout (random weights) and its dict.ltr.txt.
 
