@@ -163,3 +163,73 @@ def test_text_ablation_trains_tokenizer_on_train_split_only(fold, monkeypatch):
     assert "zebra" not in {sp.id_to_piece(i).lstrip("▁") for i in range(sp.get_piece_size())}
     info = json.loads((out / "train_info.json").read_text())
     assert info["sources"]["tec"]["detached"] is False and "TEXT LEAK" in info["note"]
+
+
+def _predictions(out):
+    return {p.name: p.read_text() for p in sorted((out / "predictions").glob("*.tsv"))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crash_at", [("search", 2), ("retrain", 2)])
+def test_a_killed_fold_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted_run(fold, monkeypatch,
+                                                                                      crash_at):
+    root, _ = fold
+    monkeypatch.chdir(REPO)
+    extra = ("--search_epochs", "3", "--number_of_epochs", "3")
+    reference = root / "exp" / "resume_reference" / "fold1"
+    if not (reference / "train_info.json").is_file():
+        assert trainer.main([*_args(root, reference, "mfsn"), *extra]) == 0
+    out = root / "exp" / f"resume_{crash_at[0]}" / "fold1"
+
+    saves = []
+    real_save = trainer.Resume.save
+
+    def save_then_die(self, phase, epoch, *args, **kw):
+        real_save(self, phase, epoch, *args, **kw)
+        saves.append((phase, epoch))
+        if (phase, epoch) == crash_at:
+            raise KeyboardInterrupt  # killed right after that epoch's state was written
+
+    monkeypatch.setattr(trainer.Resume, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.main([*_args(root, out, "mfsn"), *extra])
+    assert (out / "resume.pt").is_file()
+    before = {name: (out / "predictions" / name).stat().st_mtime_ns for name in _predictions(out)}
+
+    saves.clear()
+    monkeypatch.setattr(trainer.Resume, "save", lambda self, phase, epoch, *a, **k: (
+        saves.append((phase, epoch)), real_save(self, phase, epoch, *a, **k)))
+    assert trainer.main([*_args(root, out, "mfsn"), *extra]) == 0
+    phases = ["search"] * 3 + ["retrain"] * 3
+    all_epochs = list(zip(phases, [1, 2, 3, 1, 2, 3]))
+    assert saves == all_epochs[all_epochs.index(crash_at) + 1:]  # finished epochs are not redone
+    for name, stamp in before.items():  # nor are their predictions rewritten
+        assert (out / "predictions" / name).stat().st_mtime_ns == stamp
+    assert _predictions(out) == _predictions(reference)  # bit for bit what one uninterrupted run writes
+    assert (out / "arch.txt").read_text() == (reference / "arch.txt").read_text()
+    assert not (out / "resume.pt").exists() and json.loads((out / "train_info.json").read_text())["finished"]
+
+
+@pytest.mark.slow
+def test_a_resume_state_of_another_config_is_not_used(fold, monkeypatch, capsys):
+    root, _ = fold
+    monkeypatch.chdir(REPO)
+    out = root / "exp" / "resume_other" / "fold1"
+    real_save = trainer.Resume.save
+
+    def die_after_first(self, *args, **kw):
+        real_save(self, *args, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.Resume, "save", die_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.main(_args(root, out, "sec_tec_nosearch"))
+    monkeypatch.setattr(trainer.Resume, "save", real_save)
+    capsys.readouterr()
+    assert trainer.main([*_args(root, out, "sec_tec_nosearch"), "--lr", "0.001"]) == 0
+    assert "written with another config; starting over" in capsys.readouterr().err
+    assert (out / "predictions" / "test.epoch001.tsv").is_file() and not (out / "resume.pt").exists()
+
+    (out / "resume.pt").write_bytes(b"PK\x03\x04 truncated")
+    assert trainer.main([*_args(root, out, "sec_tec_nosearch"), "--lr", "0.002"]) == 2
+    assert "resume.pt: unreadable resume state" in capsys.readouterr().err

@@ -32,7 +32,9 @@ Every (re)training epoch scores the valid and test splits: an utterance's predic
 (the retraining epochs; ``serkit score`` selects among them), ``train_info.json``, ``train_log.txt``,
 ``hyperparams.yaml`` (the resolved config), and for ``mfsn`` ``arch.txt`` (the derived cell),
 ``arch.json`` and ``search/log.jsonl`` (operation weights and validation UA per search epoch).
-A run that finished with the same config is not repeated; an interrupted one starts the fold again.
+A run that finished with the same config is not repeated; a killed one, started again with the same
+config, resumes after its last finished search or retraining epoch (``resume.pt``, see :class:`Resume`)
+and ends exactly as an uninterrupted run would.
 """
 from __future__ import annotations
 
@@ -359,8 +361,8 @@ class AudioTEC:
         from serkit.upstream.features import FeatureReader
 
         if hp["ablation"] != "sec_only" and not hp["tec_feats"]:
-            raise SerkitError(f"ablation {hp['ablation']} needs TEC features: give --tec-feats (a dump of the "
-                              "CTC-finetuned wav2vec 2.0), or use --ablation sec_only")
+            raise SerkitError(f"ablation {hp['ablation']} needs TEC features: give --tec-feats (a dump of "
+                              "the CTC-finetuned wav2vec 2.0), or use --ablation sec_only")
         self.reader = FeatureReader(hp["tec_feats"]) if hp["ablation"] != "sec_only" else None
         self.layer = _resolve_layer(self.reader, hp["tec_layer"], "TEC") if self.reader else None
 
@@ -393,6 +395,63 @@ def _inputs_fingerprint(hp: dict) -> str:
     return md5.hexdigest()
 
 
+class Resume:
+    """A fold's per-epoch resume state, ``<output_folder>/resume.pt``, written atomically after every
+    search and retraining epoch: weights, optimisers, scheduler, every random generator, the search log
+    so far and (in retraining) the derived architecture. A killed run started again with the same
+    config continues after the last finished epoch and ends exactly as an uninterrupted run would;
+    another config starts over. Removed when the fold finishes.
+    """
+
+    def __init__(self, out: Path, config_key: dict):
+        import hashlib
+
+        self.path = out / "resume.pt"
+        self.key = hashlib.md5(json.dumps(config_key, sort_keys=True).encode()).hexdigest()
+
+    def load(self) -> dict | None:
+        import torch
+
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            raise SerkitError(f"{self.path}: unreadable resume state ({type(e).__name__}: {e}); remove it to "
+                              "restart this fold from scratch") from e
+        if state.get("key") != self.key:
+            log.info("%s: written with another config; starting over", self.path)
+            return None
+        log.info("%s: resuming after %s epoch %d", self.path, state["phase"], state["epoch"])
+        return state
+
+    def save(self, phase: str, epoch: int, model, optimizers: dict, rng: random.Random, **extra) -> None:
+        import torch
+
+        state = {"key": self.key, "phase": phase, "epoch": epoch, "model": model.state_dict(),
+                 "optimizers": {k: o.state_dict() for k, o in optimizers.items() if o is not None},
+                 "rng": {"local": rng.getstate(), "python": random.getstate(), "numpy": np.random.get_state(),
+                         "torch": torch.get_rng_state()}, **extra}
+        with atomic_file(self.path, "wb") as f:
+            torch.save(state, f)
+
+    @staticmethod
+    def restore(state: dict, model, optimizers: dict, rng: random.Random) -> None:
+        import torch
+
+        model.load_state_dict(state["model"])
+        for k, o in optimizers.items():
+            if o is not None:
+                o.load_state_dict(state["optimizers"][k])
+        rng.setstate(state["rng"]["local"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def run(hp: dict, hparams_path: str, tec: AudioTEC | None = None) -> dict:
     import torch
 
@@ -413,8 +472,13 @@ def run(hp: dict, hparams_path: str, tec: AudioTEC | None = None) -> dict:
             log.info("%s: finished earlier with the same config; nothing to do", out)
             return old
     out.mkdir(parents=True, exist_ok=True)
+    resume = Resume(out, config_key)
+    state = resume.load()
+    done = state["epoch"] if state and state["phase"] == "retrain" else 0
     for old_pred in (out / "predictions").glob("*.tsv") if (out / "predictions").is_dir() else []:
-        old_pred.unlink()  # an interrupted or differently-configured run must not mix epochs
+        # a differently-configured run must not mix epochs; a resumed one keeps its finished epochs
+        if int(old_pred.stem.rsplit("epoch", 1)[1]) > done:
+            old_pred.unlink()
     with atomic_file(out / "hyperparams.yaml", encoding="utf-8") as f:
         import yaml
 
@@ -460,19 +524,26 @@ def run(hp: dict, hparams_path: str, tec: AudioTEC | None = None) -> dict:
         train_log.flush()
 
     t_start = time.time()
-    arch = None
+    arch = state.get("arch") if state else None
     if ablation == "mfsn":
-        arch = search(hp, data, classes, lambda a=None: tec.build_model(hp, sec_reader.dim, len(classes), a),
-                      device, rng, out, log_line)
+        if arch is None:  # not resuming into retraining
+            def make_model(a=None):
+                return tec.build_model(hp, sec_reader.dim, len(classes), a)
+
+            arch = search(hp, data, classes, make_model, device, rng, out, log_line, resume, state)
+            state = None
         info["arch"] = arch
         # Retraining starts from a fresh initialisation with the derived, fixed cell.
-        rng = _seed(int(hp["seed"]) + 1)
+        if state is None:
+            rng = _seed(int(hp["seed"]) + 1)
 
     model = tec.build_model(hp, sec_reader.dim, len(classes), arch=arch).to(device)
     opt_w, _ = _optimizers(model, hp)
     epochs = int(hp["number_of_epochs"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_w, T_max=max(1, epochs))
-    for epoch in range(1, epochs + 1):
+    if state is not None and state["phase"] == "retrain":
+        Resume.restore(state, model, {"weights": opt_w, "sched": sched}, rng)
+    for epoch in range(done + 1, epochs + 1):
         t0 = time.time()
         stats = train_epoch(model, data["train"], hp, device, opt_w, rng)
         sched.step()
@@ -484,25 +555,35 @@ def run(hp: dict, hparams_path: str, tec: AudioTEC | None = None) -> dict:
             uas[split] = _ua(data[split], probs, classes)
         log_line(f"epoch {epoch:03d} train_loss {stats['train_loss']:.4f} valid_UA {100 * uas['valid']:.2f} "
                  f"({time.time() - t0:.1f} s)")
+        resume.save("retrain", epoch, model, {"weights": opt_w, "sched": sched}, rng, arch=arch)
     info.update(finished=True, seconds=round(time.time() - t_start, 1),
                 num_parameters=sum(p.numel() for p in model.parameters()),
                 hparams_resolved=config_key)
     write_json(info_path, info)
+    resume.clear()
     train_log.close()
     return info
 
 
-def search(hp, data, classes, make_model, device, rng, out: Path, log_line) -> dict:
-    """First-order DARTS over the Choice and Fusion Cells; returns the derived architecture."""
+def search(hp, data, classes, make_model, device, rng, out: Path, log_line, resume: Resume | None = None,
+           state: dict | None = None) -> dict:
+    """First-order DARTS over the Choice and Fusion Cells; returns the derived architecture.
+
+    With ``resume``, the state is saved after every epoch; a ``state`` of the search phase continues it.
+    """
     model = make_model().to(device)
     opt_w, opt_a = _optimizers(model, hp)
+    optimizers = {"weights": opt_w, "arch": opt_a}
     arch_split = hp["arch_data"]
     if arch_split not in ("valid", "train"):
         raise SerkitError(f"arch_data {arch_split!r}: choose valid or train")
     search_dir = out / "search"
     search_dir.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for epoch in range(1, int(hp["search_epochs"]) + 1):
+    entries, first = [], 1
+    if state is not None and state["phase"] == "search":
+        Resume.restore(state, model, optimizers, rng)
+        entries, first = list(state["entries"]), state["epoch"] + 1
+    for epoch in range(first, int(hp["search_epochs"]) + 1):
         t0 = time.time()
         stats = train_epoch(model, data["train"], hp, device, opt_w, rng, opt_a=opt_a,
                             arch_data=data[arch_split])
@@ -515,6 +596,8 @@ def search(hp, data, classes, make_model, device, rng, out: Path, log_line) -> d
         log_line(f"search {epoch:03d} train_loss {stats['train_loss']:.4f} "
                  f"valid_UA {100 * entry['valid_ua']:.2f} "
                  f"top op {best} ({entry['op_weights'][best]:.3f}) ({time.time() - t0:.1f} s)")
+        if resume is not None:
+            resume.save("search", epoch, model, optimizers, rng, entries=entries)
     with atomic_file(search_dir / "log.jsonl", encoding="utf-8") as f:
         for e in entries:
             f.write(json.dumps(e) + "\n")
