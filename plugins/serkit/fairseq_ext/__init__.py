@@ -11,17 +11,23 @@ Use it from ``fairseq-hydra-train`` with ``common.user_dir=<absolute path>/plugi
 shim that imports this package), or import it before loading a checkpoint of these models.
 Python imports a module once, so importing this package again, or the shim after it, registers
 nothing twice.
+
+Importing it also makes the masks of fairseq's HuBERT and wav2vec 2.0 models reproducible
+(:mod:`.masking`): fairseq 0.12 draws them from unseeded generators, so ``common.seed`` alone did not
+make two pretraining runs agree.
 """
 import os
 
 # torch >= 2.6 unpickles only tensors by default; fairseq checkpoints pickle configs and dictionaries.
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
-from . import hubert_cpt, ser_criterion, ser_model, ser_task  # noqa: E402  (registration)
+from . import hubert_cpt, masking, ser_criterion, ser_model, ser_task  # noqa: E402  (registration)
 from .hubert_cpt import SerkitHubertConfig, SerkitHubertModel  # noqa: E402
 from .ser_criterion import SerCrossEntropy  # noqa: E402
 from .ser_model import SerModel, SerModelConfig  # noqa: E402
 from .ser_task import SerTask, SerTaskConfig  # noqa: E402
+
+masking.install()
 
 #: what this package registers with fairseq: registry -> name -> class
 REGISTERED = {
@@ -31,4 +37,5 @@ REGISTERED = {
 }
 
 __all__ = ["REGISTERED", "SerCrossEntropy", "SerModel", "SerModelConfig", "SerTask", "SerTaskConfig",
-           "SerkitHubertConfig", "SerkitHubertModel", "hubert_cpt", "ser_criterion", "ser_model", "ser_task"]
+           "SerkitHubertConfig", "SerkitHubertModel", "hubert_cpt", "masking", "ser_criterion", "ser_model",
+           "ser_task"]

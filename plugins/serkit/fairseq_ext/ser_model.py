@@ -26,7 +26,6 @@ from typing import Any, Dict, Optional  # noqa: UP035 - see SerModelConfig
 import torch
 import torch.nn.functional as F
 from fairseq import checkpoint_utils, tasks
-from fairseq.data.data_utils import compute_mask_indices
 from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models import BaseFairseqModel, register_model
@@ -34,6 +33,7 @@ from fairseq.modules import GradMultiply
 from omegaconf import OmegaConf, open_dict
 
 from ..utils import SerkitError
+from .masking import compute_mask_indices
 
 log = logging.getLogger("serkit.fairseq_ext")
 
