@@ -52,8 +52,9 @@ rm -rf "$out/iter1"
 # Reproducible (two builds used to differ in every weight): serkit's user dir seeds HuBERT's masks,
 # which fairseq 0.12 draws from unseeded generators; no prefetch thread (data_buffer_size=0), since
 # its random crops draw from numpy's global generator in an order that depends on thread timing.
+user_dir=$(serkit_user_dir) || exit 1
 fairseq-hydra-train --config-dir "$repo/recipes/IEMOCAP/conf/fairseq" --config-name hubert_tiny_iter1 \
-  common.user_dir="$repo/plugins/serkit_fairseq" dataset.data_buffer_size=0 \
+  common.user_dir="$user_dir" dataset.data_buffer_size=0 \
   task.data="$fold" task.label_dir="$out/km_mfcc" optimization.max_update="$updates" \
   checkpoint.save_dir="$out/iter1" hydra.run.dir="$out/iter1" > "$out/iter1.log" 2>&1 \
   || { tail -30 "$out/iter1.log" >&2; die "tiny HuBERT pretraining failed (log: $out/iter1.log)"; }

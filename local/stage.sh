@@ -17,6 +17,13 @@
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${0##*/}) $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# serkit_user_dir: the fairseq user-dir (plugins/serkit_fairseq) of the serkit that is installed, found
+# without importing it, so a recipe copied out of the repository (or serkit installed with pip) finds it.
+serkit_user_dir() {
+  python -c 'import importlib.util as u, os; s = u.find_spec("serkit_fairseq"); print(os.path.dirname(s.origin))' \
+    || die "serkit_fairseq is not importable: run 'make install' (or pip install serkit)"
+}
+
 # stage_selected N: true when stage N lies in [stage, stop_stage].
 stage_selected() { [ "$1" -ge "${stage:-0}" ] && [ "$1" -le "${stop_stage:-100}" ]; }
 

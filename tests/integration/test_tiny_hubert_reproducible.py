@@ -7,7 +7,6 @@ dumped from them and every result downstream.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -25,11 +24,14 @@ SCRIPT = REPO / "local" / "make_tiny_upstream.sh"
 
 def script_overrides() -> list[str]:
     """The reproducibility overrides make_tiny_upstream.sh passes to fairseq-hydra-train."""
+    import importlib.util
+
     text = SCRIPT.read_text(encoding="utf-8")
-    user_dir = re.search(r'common\.user_dir="\$repo/([^"]+)"', text)
-    assert user_dir, f"{SCRIPT}: fairseq-hydra-train runs without serkit's user dir (unseeded masks)"
+    assert 'user_dir=$(serkit_user_dir)' in text and 'common.user_dir="$user_dir"' in text, \
+        f"{SCRIPT}: fairseq-hydra-train runs without serkit's user dir (unseeded masks)"
     assert "dataset.data_buffer_size=0" in text, f"{SCRIPT}: fairseq's prefetch thread is back"
-    return [f"common.user_dir={REPO / user_dir.group(1)}", "dataset.data_buffer_size=0"]
+    user_dir = Path(importlib.util.find_spec("serkit_fairseq").origin).parent  # what serkit_user_dir prints
+    return [f"common.user_dir={user_dir}", "dataset.data_buffer_size=0"]
 
 
 def test_tiny_hubert_pretraining_is_reproducible(tmp_path: Path):

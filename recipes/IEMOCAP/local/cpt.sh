@@ -22,9 +22,10 @@ done
 log "CPT: $(basename "$init") + labels $labels on $fold, $updates updates ($yaml) -> $out"
 mkdir -p "$out"
 # fairseq resumes from OUT/checkpoint_last.pt when it exists, so a killed run continues.
+user_dir=$(serkit_user_dir) || exit 1
 fairseq-hydra-train --config-dir "$(realpath "$(dirname "$yaml")")" \
   --config-name "$(basename "${yaml%.yaml}")" \
-  common.user_dir="$SERKIT_ROOT/plugins/serkit_fairseq" \
+  common.user_dir="$user_dir" \
   task.data="$(realpath "$fold")" task.label_dir="$(realpath "$labels")" \
   model.init_from="$(realpath "$init")" optimization.max_update="$updates" \
   checkpoint.save_dir="$(realpath "$out")" hydra.run.dir="$(realpath "$out")" \
