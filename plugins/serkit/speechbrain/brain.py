@@ -118,7 +118,8 @@ def forget_logged_epochs(path, epoch: int) -> None:
     """Drop the lines of epochs >= ``epoch`` from a ``FileTrainLogger`` file (``epoch: N, ...``).
 
     A run killed after logging an epoch but before its checkpoint was complete redoes that epoch when
-    resumed; its new line replaces the old one instead of following it.
+    resumed: ``SERBrain.on_fit_start`` drops the lines after the recovered epoch once, so the redone
+    epoch's new line replaces the old one instead of following it.
     """
     if not path or not Path(path).is_file():
         return
@@ -143,6 +144,13 @@ class SERBrain(sb.Brain):
     orders: dict = {}
     test_set = None
     train_info: dict | None = None
+
+    def on_fit_start(self):
+        super().on_fit_start()  # recovers the latest checkpoint, if any
+        logger = getattr(self.hparams, "train_logger", None)
+        counter = getattr(self.hparams, "epoch_counter", None)
+        if logger is not None and counter is not None and if_main_process():
+            forget_logged_epochs(getattr(logger, "save_file", None), counter.current + 1)
 
     # ---------------------------------------------------------------- forward and loss
     def compute_forward(self, batch, stage):
@@ -256,8 +264,6 @@ class SERBrain(sb.Brain):
             self._log_search(net, epoch)
         logger = getattr(self.hparams, "train_logger", None)
         if logger is not None:
-            if if_main_process():
-                forget_logged_epochs(getattr(logger, "save_file", None), epoch)
             logger.log_stats(stats_meta=stats_meta, train_stats={"loss": getattr(self, "train_loss", None)},
                              valid_stats={k: valid_stats[k] for k in ("loss", "ua", "wa", "weighted_f1")})
         best = str(getattr(self.hparams, "best_metric", "ua"))

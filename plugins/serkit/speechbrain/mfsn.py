@@ -623,22 +623,26 @@ def search(hp, data, classes, make_model, device, rng, out: Path, log_line, resu
     return {"sec_level": arch["sec_level"], "fusion_ops": arch["fusion_ops"], "sec_layer": arch["sec_layer"]}
 
 
+def hparams_from_args(args: argparse.Namespace, rest: list[str]) -> dict:
+    """The resolved config of a :func:`build_parser` command line (``rest``: the ``--key value`` pairs)."""
+    overrides = _parse_overrides(rest)
+    for key in PATH_KEYS:
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = str(Path(value).absolute())
+    if args.ablation:
+        overrides["ablation"] = args.ablation
+    if args.device:
+        overrides["device"] = args.device
+    return load_hparams(args.hparams, overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     setup_logging()
     try:
-        overrides = _parse_overrides(rest)
-        for key in PATH_KEYS:
-            value = getattr(args, key)
-            if value is not None:
-                overrides[key] = str(Path(value).absolute())
-        if args.ablation:
-            overrides["ablation"] = args.ablation
-        if args.device:
-            overrides["device"] = args.device
-        hp = load_hparams(args.hparams, overrides)
-        run(hp, args.hparams)
+        run(hparams_from_args(args, rest), args.hparams)
     except SerkitError as e:
         log.error("%s", e)
         return 2

@@ -241,16 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     setup_logging()
     try:
-        overrides = base._parse_overrides(rest)
-        for key in base.PATH_KEYS:
-            value = getattr(args, key)
-            if value is not None:
-                overrides[key] = str(Path(value).absolute())
-        if args.ablation:
-            overrides["ablation"] = args.ablation
-        if args.device:
-            overrides["device"] = args.device
-        hp = base.load_hparams(args.hparams, overrides)
+        hp = base.hparams_from_args(args, rest)
         log.warning("%s", LEAK_WARNING)
         tec = TextTEC(args.text, args.ctc_checkpoint, args.ctc_dict)
         hp["note"] = (hp["note"] + " " if hp["note"] else "") + LEAK_WARNING
