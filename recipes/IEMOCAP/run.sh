@@ -18,11 +18,13 @@ cd "$(dirname "$0")"
 stage=0
 stop_stage=5
 root=""               # corpus directory (IEMOCAP_full_release); default: db.sh, else the mini corpus
-upstream=""           # fairseq HuBERT checkpoint, e.g. hubert_base_ls960.pt; default on the mini corpus: tiny HuBERT
+upstream=""           # fairseq HuBERT checkpoint (hubert_base_ls960.pt) or, for the heads, a Hugging Face directory (wavlm-large); default on the mini corpus: tiny HuBERT
 protocol=iemocap_loso5
 valid=stratified      # iemocap_loso5 validation: stratified (10 % of training sessions) | speaker
 folds=all             # all | comma list, e.g. 1,3
-method=""             # default flea (mini corpus: flea,shiftcnn); comma list of: flea linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas mfsn
+method=""             # default flea (mini corpus: flea,shiftcnn); comma list of: flea linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas bas_ffn bas_msa_ffn bas_transformer mfsn
+bas_layers=4          # BAS: searchable layers, 3 or 4 (the paper's 3L-/4L-BAS), and the bas_msa_ffn/bas_transformer baselines' layers
+search_overrides=""   # BAS: extra yaml overrides for the search only [mini corpus: faster arch lr, cooler temperature (ours)]
 setting=featex        # heads: featex (frozen upstream, weighted layer sum) | finetune (upstream transformer trained)
 layer=9               # FLEA: teacher layer clustered (the paper's best: 9)
 nclusters=50          # FLEA: k-means clusters (the paper's best: 50)
@@ -57,12 +59,21 @@ tiny HuBERT and runs end to end on CPU (that is 'make demo').
 Options (default in brackets):
   --stage N / --stop-stage M   run stages N..M [$stage..$stop_stage]
   --root DIR          IEMOCAP_full_release directory [db.sh: \${IEMOCAP:-none}]
-  --upstream FILE     fairseq HuBERT checkpoint (e.g. hubert_base_ls960.pt) [tiny HuBERT on the mini corpus]
+  --upstream PATH     fairseq HuBERT checkpoint (e.g. hubert_base_ls960.pt), or for the heads (not FLEA) a local
+                      Hugging Face model directory (WavLM-Large: microsoft/wavlm-large, the BAS paper's best
+                      row; needs serkit[hf]) [tiny HuBERT on the mini corpus]
   --protocol NAME     iemocap_loso5 | iemocap_loso10 [$protocol]
   --valid KIND        iemocap_loso5 validation set: stratified | speaker [$valid]
   --folds LIST        all | 1,3,... [$folds]
-  --method LIST       flea and/or heads: linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas mfsn
-                      [flea; mini corpus: flea,shiftcnn]
+  --method LIST       flea and/or heads: linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas
+                      bas_ffn bas_msa_ffn bas_transformer mfsn [flea; mini corpus: flea,shiftcnn].
+                      BAS and its baselines train with BAS's settings (SGD 0.005, batch 32, 100 epochs):
+                      bas = search + retrain, bas_ffn = simple-FFN, bas_msa_ffn = BAS's blocks all msa_ffn
+                      (the like-for-like transformer), bas_transformer = serkit's transformer head;
+                      ffn and transformer are the same heads with ShiftSER's settings
+  --bas-layers N      BAS searchable layers, 3 or 4, and the layers of bas_msa_ffn, bas_transformer [$bas_layers]
+  --search-overrides S  BAS: extra yaml overrides for the search only, e.g. "--arch_lr 0.01"
+                      [mini corpus: "--arch_lr 0.1 --temperature_start 1.0 --temperature_decay 0.85", ours]
   --setting KIND      heads: featex | finetune [$setting]
   --layer L           FLEA teacher layer to cluster [$layer]
   --nclusters K       FLEA k-means clusters [$nclusters]
@@ -92,6 +103,7 @@ case "$pooling" in attention|mean) poolings=$pooling ;; both) poolings="attentio
   *) die "--pooling $pooling: attention, mean or both" ;; esac
 case "$transductive" in true|false) ;; *) die "--transductive takes true or false" ;; esac
 case "$mfsn_tec" in audio|text|asr) ;; *) die "--mfsn-tec $mfsn_tec: audio, text or asr" ;; esac
+case "$bas_layers" in 3|4) ;; *) die "--bas-layers $bas_layers: the paper searches 3 or 4 layers" ;; esac
 if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 fi
@@ -112,7 +124,12 @@ if $mini; then
   # the tiny HuBERT learns nothing in 10 epochs at the paper's 1e-4
   finetune_lr=${finetune_lr:-0.001}
   # SpecAugment's channel masks scaled from ShiftSER's 64 of 768 channels to the tiny model's 64
+  # (ShiftSER heads only: BAS's yamls have no SpecAugment)
+  [ -n "$head_overrides" ] || mini_specaugment=true
   head_overrides=${head_overrides:-"--channel_mask_width 5"}
+  # BAS search, ours for the mini corpus only: 30 short epochs settle only with a faster arch lr and a
+  # cooler schedule than the defaults (SGD 0.005, FBNet's tau 5.0 * 0.956^epoch) made for real data
+  search_overrides=${search_overrides:-"--arch_lr 0.1 --temperature_start 1.0 --temperature_decay 0.85"}
   teacher_epochs=${teacher_epochs:-10}; finetune_epochs=${finetune_epochs:-10}; head_epochs=${head_epochs:-30}
   cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_tiny.yaml}
   tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}; mfsn_config=${mfsn_config:-../SAVEE/conf/mfsn_mini.yaml}
@@ -124,7 +141,7 @@ else
   if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
   [ -n "$upstream" ] || die "--upstream is required with a real corpus (e.g. --upstream /models/hubert_base_ls960.pt)"
 fi
-[ -z "$upstream" ] || [ -f "$upstream" ] || die "--upstream $upstream: no such file"
+[ -z "$upstream" ] || [ -e "$upstream" ] || die "--upstream $upstream: no such file or directory"
 upstream=${upstream:+$(realpath "$upstream")}
 
 data=$workdir/data/iemocap
@@ -191,7 +208,7 @@ fi
 if $mini && [ -z "$upstream" ]; then
   upstream=$workdir/exp/upstream/tiny_hubert.pt
 fi
-[ "$stop_stage" -lt 1 ] || [ -f "$upstream" ] || die "no upstream checkpoint at '$upstream' (run stage 0 or pass --upstream)"
+[ "$stop_stage" -lt 1 ] || [ -e "$upstream" ] || die "no upstream checkpoint at '$upstream' (run stage 0 or pass --upstream)"
 if $mini; then
   num_layers=$(python -c "from serkit.upstream import load_upstream; print(load_upstream('$upstream').num_layers)" 2>/dev/null)
   if [ "$layer" -gt "$num_layers" ]; then
@@ -205,10 +222,12 @@ flea=false; heads=()
 for m in ${method//,/ }; do
   case "$m" in
     flea) flea=true ;;
-    linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm|bas|mfsn) heads+=("$m") ;;
+    linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm|bas|bas_ffn|bas_msa_ffn|bas_transformer|mfsn) heads+=("$m") ;;
     *) die "--method $m: unknown (see --help)" ;;
   esac
 done
+# FLEA continues HuBERT's pretraining with fairseq: a Hugging Face directory serves the heads only.
+! $flea || [ ! -d "$upstream" ] || die "--upstream $upstream is a directory (Hugging Face): FLEA needs a fairseq HuBERT checkpoint file; use it with heads (--method bas,...) only"
 
 ###############################################################################
 if $flea && stage_selected 1; then
@@ -364,19 +383,27 @@ if stage_selected 4; then
     for k in $fold_list; do
       fold=$splits/fold$k; out=$run/fold$k
       log "Stage 4: $h ($setting) fold $k: $fold -> $out"
-      opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$head_overrides"
+      # BAS and its baselines: --bas-layers layers; the mini corpus's SpecAugment width is not theirs
+      overrides=$head_overrides; bas_opts=()
+      case "$h" in bas*) ${mini_specaugment:-false} && overrides="" ;; esac
+      case "$h" in
+        bas) bas_opts=(--search-overrides "--search_layers $bas_layers $search_overrides") ;;
+        bas_msa_ffn) overrides="--arch msa_ffn$(for ((i = 1; i < bas_layers; i++)); do printf ,msa_ffn; done) $overrides" ;;
+        bas_transformer) overrides="--transformer_layers $bas_layers $overrides" ;;
+      esac
+      opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$overrides${bas_opts[*]:+ ${bas_opts[*]}}"
       is_done "$out" "$opts" || {
         if [ "$setting" = featex ]; then
           timed "${h}_fold$k" logged "$out/log/train.log" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
-            --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$head_overrides"
+            --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
         else
           timed "${h}_fold$k" logged "$out/log/train.log" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
-            --upstream "$upstream" --epochs "$head_epochs" --device "$device" --overrides "$head_overrides"
+            --upstream "$upstream" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
         fi
         mark_done "$out" "$opts"; }
     done
     run_json "$run" method="$h" setting="$setting" protocol="$protocol" upstream="$(upstream_label)" \
-      config="conf/$h.yaml" selection="$(case $h in bas|mfsn) echo valid ;; *) echo best_test ;; esac)"
+      config="conf/$h.yaml" selection="$(case $h in bas*|mfsn) echo valid ;; *) echo best_test ;; esac)"
   done
 fi
 
