@@ -31,8 +31,8 @@ def tiny_wavlm_dir(path: Path) -> Path:
     transformers = pytest.importorskip("transformers")
     config = transformers.WavLMConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=64)
+        conv_dim=(16, 16, 16), conv_stride=(10, 8, 4), conv_kernel=(10, 8, 4),  # 320 samples a frame
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=64)
     import torch
 
     torch.manual_seed(0)
