@@ -67,12 +67,37 @@ def read_csv(path: Path) -> list[tuple[int, dict[str, str]]]:
         raise SerkitError(f"{path}:1: missing column(s) {', '.join(missing)}; the header must contain "
                           f"{', '.join(REQUIRED_COLUMNS)}")
     reader.fieldnames = fields
+    physical = text.splitlines()
     rows = []
     start = 2
     for row in reader:
+        end = reader.line_num
+        _check_row(path, start, end, row, physical, len(fields))
         rows.append((start, row))
-        start = reader.line_num + 1
+        start = end + 1
     return rows
+
+
+# Every MELD row starts with its "Sr No.": a physical line like this inside a field is a swallowed row.
+ROW_START_RE = re.compile(r"^\d+,")
+
+
+def _check_row(path: Path, start: int, end: int, row: dict, physical: list[str], n_fields: int) -> None:
+    """Refuse a row that swallowed the next one(s) (a missing closing quote) or lost its fields."""
+    swallowed = [k for k in range(start + 1, end + 1) if ROW_START_RE.match(physical[k - 1])]
+    if swallowed:
+        k = swallowed[0]
+        raise SerkitError(f"{path}:{start}: this row runs on to line {end} and swallows {len(swallowed)} "
+                          f"row(s) (line {k}: {physical[k - 1][:60]!r}); a closing quote is probably missing "
+                          f"in line {start}: fix the quoting or use the release's CSV")
+    if None in row or any(v is None for v in row.values()):
+        got = n_fields - sum(v is None for v in row.values()) + len(row.get(None) or [])
+        raise SerkitError(f"{path}:{start}: {got} fields, the header has {n_fields} (a stray or missing "
+                          "quote?); fix the row or use the release's CSV")
+    text = row.get("Utterance") or ""
+    if "\x00" in text or len(text) > 2000:  # far above any line of TV dialogue (our limit)
+        raise SerkitError(f"{path}:{start}: implausible Utterance field ({len(text)} characters: "
+                          f"{text[:60]!r}); fix the row or use the release's CSV")
 
 
 def _first(root: Path, candidates: tuple[str, ...], kind: str, is_dir: bool) -> Path:
