@@ -55,6 +55,10 @@ LOCK_NAME = ".serkit-lock"
 _TMP_RE = re.compile(r"^\..+\.(tmp|old)-[^/]+$")  # leftovers of atomic_file/atomic_dir in a killed run
 
 
+class DiskFull(SerkitError):
+    """No space left while writing an output; what was there before is intact."""
+
+
 def _real(p: str | os.PathLike) -> Path:
     return Path(os.path.realpath(os.path.abspath(p)))
 
@@ -219,10 +223,12 @@ def atomic_dir(final: str | os.PathLike, kind: str = "output", inputs: Iterable[
         claim_output_dir(final, kind, inputs, what)  # nothing appeared in the meantime
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, DiskFull):  # name the output, not the temporary directory just removed
+            raise DiskFull(str(e).replace(str(tmp), str(final))) from None
         if _no_space(e):
-            raise SerkitError(f"{final}: no space left on the device while writing {e.filename or tmp} "
-                              f"({e.strerror}); the partial output was removed and nothing already "
-                              "written was changed. Free some space and re-run") from None
+            raise DiskFull(f"{final}: no space left on the device while writing it ({e.strerror}); the "
+                           "partial output was removed and nothing already written was changed. Free some "
+                           "space and re-run") from None
         raise
     if os.path.lexists(final):
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -253,7 +259,7 @@ def atomic_file(final: str | os.PathLike, mode: str = "w", **kw) -> Iterator:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if _no_space(e):
-            raise SerkitError(f"{final}: no space left on the device while writing it ({e.strerror}); "
+            raise DiskFull(f"{final}: no space left on the device while writing it ({e.strerror}); "
                               f"the partial file was removed and nothing already written was changed "
                               f"(an earlier {final.name}, if any, is intact). Free some space and "
                               "re-run") from None
