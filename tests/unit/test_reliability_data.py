@@ -360,8 +360,8 @@ def test_emo_evaluation_cut_between_turns_warns_per_file(iemocap, tmp_path, capl
         prepare_iemocap(iemocap, tmp_path / "d", sessions=[1, 2])
     finally:
         serkit.utils.log.propagate = False
-    warnings = sorted({r.getMessage() for r in caplog.records
-                       if r.levelname == "WARNING" and "no line for" in r.getMessage() and str(ev) in r.getMessage()})
+    warnings = sorted({m for r in caplog.records if r.levelname == "WARNING"
+                       and "no line for" in (m := r.getMessage()) and str(ev) in m})
     # the fixture's unlabelled wav (F003) plus the two cut turns
     assert len(warnings) == 1 and f"{ev} has no line for 3 wav(s)" in warnings[0]
 
