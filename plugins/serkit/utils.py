@@ -234,7 +234,10 @@ def atomic_dir(final: str | os.PathLike, kind: str = "output", inputs: Iterable[
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         final.rename(old)
         tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():  # the link goes, never what it points to
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
 
@@ -306,7 +309,7 @@ def output_lock(path: str | os.PathLike, what: str, shared: bool = False) -> Ite
                               "finish or stop it, then re-run") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                "command": " ".join(["serkit" if i == 0 else a for i, a in enumerate(sys.argv)])}
+                "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])}
         # Exclusive holders record themselves; shared ones clear any record left by a killed holder.
         os.ftruncate(fd, 0)
         if not shared:
