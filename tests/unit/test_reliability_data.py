@@ -413,32 +413,24 @@ def test_kmeans_fit_rejects_bad_numbers_cleanly(tmp_path, capsys, args, message)
     assert message in capsys.readouterr().err
 
 
-def test_kmeans_fit_init_sample_below_k_says_so(tmp_path, capsys):
-    assert cli("kmeans", "fit", "--feats", tmp_path / "f", "--fold", tmp_path / "fold", "--out",
-               tmp_path / "m.npz", "--n-clusters", "50", "--init-sample", "20") == 2
-    assert "--init-sample 20 is below --n-clusters 50" in capsys.readouterr().err
-
-
-def test_kmeans_fit_never_overwrites_a_foreign_file(tmp_path, capsys):
-    (tmp_path / "thesis.tex").write_text("x")
-    assert cli("kmeans", "fit", "--feats", tmp_path / "f", "--fold", tmp_path / "fold", "--out",
-               tmp_path / "thesis.tex", "--n-clusters", "4") == 2
-    assert (tmp_path / "thesis.tex").read_text() == "x"
-    assert "is not a serkit k-means model" in capsys.readouterr().err
-
-
 # ---------------------------------------------------------------------------------------- locking
 
+# Holds flock(2) on a lock file the way serkit documents it (an exclusive holder records itself as
+# JSON: pid, host, since, command), without serkit's code: any process holding the lock excludes serkit.
 HOLDER = """
-import sys, time
+import fcntl, json, os, socket, sys, time
 from pathlib import Path
 out, lock, mode, ready, release = sys.argv[1:]
-sys.argv = ["serkit", "dump-features", "--out", out, "(holder)"]
-from serkit.utils import output_lock
-with output_lock(Path(lock), "test", shared=mode == "shared"):
-    Path(ready).write_text("held")
-    while not Path(release).exists():
-        time.sleep(0.05)
+Path(lock).parent.mkdir(parents=True, exist_ok=True)
+fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_SH if mode == "shared" else fcntl.LOCK_EX)
+if mode != "shared":
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now",
+                             "command": f"serkit dump-features --out {out} (holder)"}).encode())
+Path(ready).write_text("held")
+while not Path(release).exists():
+    time.sleep(0.05)
 """
 
 
@@ -529,6 +521,22 @@ def test_second_kmeans_on_one_output_fails_at_once(tiny_fold, tmp_path, capsys):
     assert cli("kmeans", "apply", "--model", model, "--feats", feats, "--fold", tiny_fold, "--out",
                model.parent) == 0
     assert (model.parent / "train.km").is_file()
+
+
+def test_kmeans_fit_init_sample_below_k_says_so(tiny_fold, tmp_path, capsys):
+    assert dump(tiny_fold, tmp_path / "feats") == 0
+    assert cli("kmeans", "fit", "--feats", tmp_path / "feats", "--fold", tiny_fold, "--out",
+               tmp_path / "m.npz", "--n-clusters", "50", "--init-sample", "20") == 2
+    assert "--init-sample 20 is below --n-clusters 50" in capsys.readouterr().err
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_kmeans_fit_never_overwrites_a_foreign_file(tiny_fold, tmp_path, capsys):
+    assert dump(tiny_fold, tmp_path / "feats") == 0
+    (tmp_path / "thesis.tex").write_text("x")
+    assert km_fit(tmp_path / "feats", tiny_fold, tmp_path / "thesis.tex") == 2
+    assert (tmp_path / "thesis.tex").read_text() == "x"
+    assert "is not a serkit k-means model" in capsys.readouterr().err
 
 
 def test_outputs_of_dump_features_and_kmeans_apply_may_not_be_inputs(tiny_fold, tmp_path, capsys):

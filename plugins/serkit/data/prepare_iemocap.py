@@ -86,7 +86,8 @@ def parse_emo_evaluation(path: Path) -> list[tuple[int, str, str]]:
     except UnicodeDecodeError:
         text = path.read_text(encoding="latin-1")
     turns = []
-    last_turn, evaluated = 0, True  # line of the latest turn; whether a C- line followed it
+    last_turn, evaluated = 0, True  # line of the latest turn; whether a C- line followed it (every turn
+    # of the release carries its evaluators' categorical lines, so a last turn without one was cut off)
     lines = text.splitlines()
     for lineno, line in enumerate(lines, 1):
         s = line.strip()
@@ -113,9 +114,6 @@ def parse_emo_evaluation(path: Path) -> list[tuple[int, str, str]]:
                               f"{', '.join(RAW_LABELS)}. Fix the line or replace the file")
         if end < start:
             raise SerkitError(f"{path}:{lineno}: end time {end} before start time {start}")
-        if not evaluated:
-            raise SerkitError(f"{path}:{last_turn}: turn without any categorical evaluation line (C-...) "
-                              "before the next turn; replace the file with the release's copy")
         last_turn, evaluated = lineno, False
         turns.append((lineno, utt, emo))
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")
