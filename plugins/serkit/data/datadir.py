@@ -38,6 +38,7 @@ from ..utils import (
     unknown_entries,
     write_json,
     write_map,
+    write_marker,
 )
 
 log = logging.getLogger("serkit.data")
@@ -64,6 +65,24 @@ def output_kind(corpus: str) -> str:
 def wavs_kind(corpus: str) -> str:
     """The marker kind of the ``OUT/wavs`` folder that ``prepare`` fills with converted audio."""
     return f"wavs-{corpus}"
+
+
+def load_sources(wavdir: Path) -> dict:
+    """The per-wav source records of a converted-wav folder (empty when absent or unreadable)."""
+    try:
+        records = json.loads((wavdir / SOURCES).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def open_wavdir(out: Path, corpus: str) -> Path:
+    """``out/wavs``, created with serkit's marker when new."""
+    wavdir = out / "wavs"
+    wavdir.mkdir(parents=True, exist_ok=True)
+    if read_marker(wavdir) is None:
+        write_marker(wavdir, wavs_kind(corpus))
+    return wavdir
 
 
 def _files_under(path: Path, prefix: str) -> list[str]:

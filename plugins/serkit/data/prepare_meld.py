@@ -35,7 +35,6 @@ from pathlib import Path
 from .. import __version__
 from ..utils import SerkitError, claim_output_dir, write_json
 from . import datadir
-from .prepare_savee import load_sources, open_wavdir
 
 log = logging.getLogger("serkit.data")
 
@@ -177,8 +176,8 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, jobs: int = 1) -> P
             rows.append((utt, split, emo, spk, row["Utterance"] or "", clips.get((dia, utt_id))))
         log.info("MELD %s: %d rows in %s, %d clips in %s", split, len(seen), path, len(clips), folder)
 
-    wavdir = open_wavdir(out, "meld")
-    old_records = load_sources(wavdir)
+    wavdir = datadir.open_wavdir(out, "meld")
+    old_records = datadir.load_sources(wavdir)
     jobs_list = [(utt, str(clip) if clip else None, str(wavdir / f"{utt}.wav"), old_records.get(utt))
                  for utt, _, _, _, _, clip in rows]
     log.info("MELD: extracting %d clips to %s (%d recorded from an earlier run, %d jobs)", len(jobs_list),

@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 from .. import __version__
-from ..utils import SerkitError, claim_output_dir, read_marker, write_json, write_marker
+from ..utils import SerkitError, claim_output_dir, write_json
 from . import datadir
 
 log = logging.getLogger("serkit.data")
@@ -69,26 +69,6 @@ def find_wavs(root: Path) -> dict[str, Path]:
     return found
 
 
-def load_sources(wavdir: Path) -> dict:
-    """The per-wav source records of a converted-wav folder (empty when absent or unreadable)."""
-    import json
-
-    try:
-        records = json.loads((wavdir / datadir.SOURCES).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return records if isinstance(records, dict) else {}
-
-
-def open_wavdir(out: Path, corpus: str) -> Path:
-    """``out/wavs``, created with serkit's marker when new."""
-    wavdir = out / "wavs"
-    wavdir.mkdir(parents=True, exist_ok=True)
-    if read_marker(wavdir) is None:
-        write_marker(wavdir, datadir.wavs_kind(corpus))
-    return wavdir
-
-
 def prepare(root: str | os.PathLike, out: str | os.PathLike, allow_truncated: bool = False) -> Path:
     """Write the SAVEE data directory ``out`` (16 kHz wavs in ``out/wavs``); return ``out``."""
     from .audio import TruncatedWav, check_complete, conversion_record, convert_wav, reusable
@@ -112,8 +92,8 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, allow_truncated: bo
             log.warning("SAVEE: dropping %s (--allow-truncated): %s", utt, e)
             truncated.append(str(src))
             del sources[utt]
-    wavdir = open_wavdir(out, "savee")
-    old_records = load_sources(wavdir)
+    wavdir = datadir.open_wavdir(out, "savee")
+    old_records = datadir.load_sources(wavdir)
     new_records: dict[str, dict] = {}
     records = []
     reused = 0
