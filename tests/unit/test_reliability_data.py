@@ -572,3 +572,32 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert lock.read_text() == ""
     shutil.rmtree(tmp_path / "out")
+
+
+# ------------------------------------------------------------------ outputs of earlier serkit versions
+
+def test_split_written_before_markers_is_replaced_but_not_with_foreign_files(iemocap, tmp_path):
+    data = prepare_iemocap(iemocap, tmp_path / "d", sessions=[1, 2])
+    make_splits("iemocap_loso5", data, tmp_path / "s")
+    (tmp_path / "s" / MARKER).unlink()  # as an earlier version left it: split.json + fold*/
+    make_splits("iemocap_loso5", data, tmp_path / "s", seed=3)
+    assert json.loads((tmp_path / "s" / "split.json").read_text())["seed"] == 3
+    (tmp_path / "s" / MARKER).unlink()
+    (tmp_path / "s" / "fold1" / "notes.txt").write_text("mine")
+    with pytest.raises(SerkitError, match="it holds fold1/notes.txt"):
+        make_splits("iemocap_loso5", data, tmp_path / "s")
+    assert (tmp_path / "s" / "fold1" / "notes.txt").read_text() == "mine"
+
+
+def test_meld_output_written_before_markers_is_reused_safely(meld_release, tmp_path, monkeypatch):
+    out = prepare_meld(meld_release, tmp_path / "d")
+    for p in (out / MARKER, out / "wavs" / MARKER, out / "wavs" / "sources.json"):
+        p.unlink()  # an earlier version wrote neither markers nor source records
+    decoded = []
+    real = audio.decode_av
+    monkeypatch.setattr(audio, "decode_av", lambda p, *a: decoded.append(Path(p).name) or real(p, *a))
+    prepare_meld(meld_release, out)
+    assert len(decoded) == 7  # every clip there is decoded again: no record proves where a wav came from
+    assert datadir.load(out).meta["extraction"]["reused_wavs"] == 0
+    prepare_meld(meld_release, out)
+    assert len(decoded) == 7 + 2  # now recorded: only the silent and the broken clip are tried again
