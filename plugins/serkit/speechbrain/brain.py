@@ -20,6 +20,16 @@ paper: one loop, not DARTS' alternating validation steps); the Gumbel-softmax te
 ``gumbel_temperature(epoch)``; after every epoch the per-layer block probabilities are appended to
 ``search_log.jsonl``, drawn in ``search_probs.png``, and the derived architecture is written to
 ``arch.txt`` (what ``bas.yaml`` reads as ``--arch "$(cat arch.txt)"``).
+
+Batching (hparams ``batching``): ``dynamic`` (serkit's recipes) batches utterances of similar duration
+with SpeechBrain's ``DynamicBatchSampler``: a budget of ``max_batch_length`` seconds of padded audio per
+batch (default: ``batch_size`` times the mean padded duration, so a batch holds ``batch_size``
+utterances on average), ``num_buckets`` buckets of equal total duration (at most one per
+``batch_size`` utterances), utterances shuffled into their buckets and batches in random order every
+epoch (``seed`` + epoch: a resumed run draws the same batches). Validation and test batches take
+consecutive utterances in ascending duration under the same budget, each at most 5 % padding.
+``random`` (the default of a yaml without the key) keeps SpeechBrain's batches of ``batch_size`` drawn
+at random.
 """
 from __future__ import annotations
 
@@ -36,7 +46,7 @@ import torch.nn.functional as F
 from speechbrain.utils.distributed import if_main_process
 
 from ..metrics import compute_metrics
-from ..utils import atomic_file, write_json
+from ..utils import SerkitError, atomic_file, write_json
 
 log = logging.getLogger("serkit.speechbrain")
 
@@ -132,6 +142,64 @@ def forget_logged_epochs(path, epoch: int) -> None:
             f.writelines(kept)
 
 
+BATCHING = ("dynamic", "random")
+#: An evaluation batch is closed before it would exceed this fraction of padding (ours).
+EVAL_MAX_PADDING = 0.05
+
+
+def _durations(dataset):
+    import numpy as np
+
+    return np.array([float(dataset.data[i]["duration"]) for i in dataset.data_ids])
+
+
+def duration_batch_sampler(dataset, batch_size: int, max_batch_length: float | None = None,
+                           num_buckets: int = 40, shuffle: bool = True, seed: int = 0,
+                           drop_last: bool = False):
+    """SpeechBrain's ``DynamicBatchSampler`` over the ``duration`` (seconds) of a ``DynamicItemDataset``.
+
+    Bucket boundaries split the sorted durations into ``num_buckets`` parts of equal total duration (so
+    each bucket fills about as many batches; the longest boundary is the longest utterance, so none falls
+    into SpeechBrain's overflow bucket of batch size 1); ``num_buckets`` is capped at
+    ``len(dataset) // batch_size``. A bucket's batches hold ``int(max_batch_length / boundary)``
+    utterances; ``max_batch_length=None`` takes ``batch_size`` times the mean boundary of the
+    utterances, so that batches hold ``batch_size`` utterances on average.
+    """
+    import numpy as np
+    from speechbrain.dataio.sampler import DynamicBatchSampler
+
+    lengths = _durations(dataset)
+    ordered = np.sort(lengths)
+    buckets = max(1, min(int(num_buckets), len(lengths) // max(1, int(batch_size))))
+    cumulative = np.cumsum(ordered) / ordered.sum()
+    ends = np.minimum(np.searchsorted(cumulative, np.arange(1, buckets + 1) / buckets), len(ordered) - 1)
+    boundaries = np.unique(np.append(ordered[ends], ordered[-1]))
+    if max_batch_length is None:
+        max_batch_length = int(batch_size) * float(boundaries[np.searchsorted(boundaries, lengths)].mean())
+    return DynamicBatchSampler(dataset, max_batch_length=float(max_batch_length),
+                               bucket_boundaries=boundaries.tolist(), lengths_list=lengths.tolist(),
+                               shuffle=shuffle, batch_ordering="random", seed=int(seed), drop_last=drop_last)
+
+
+def sorted_batches(dataset, batch_size: int, max_batch_length: float | None = None) -> list[list[int]]:
+    """Evaluation batches: consecutive utterances in ascending duration, a batch closed before it would
+    exceed ``max_batch_length`` seconds of padded audio (None: ``batch_size`` times the mean duration)
+    or ``EVAL_MAX_PADDING`` of padding."""
+    import numpy as np
+
+    lengths = _durations(dataset)
+    budget = float(max_batch_length) if max_batch_length is not None else int(batch_size) * lengths.mean()
+    batches, current, total = [], [], 0.0
+    for i in np.argsort(lengths, kind="stable").tolist():
+        n, longest = len(current) + 1, lengths[i]
+        if current and (n * longest > budget or total + longest < (1 - EVAL_MAX_PADDING) * n * longest):
+            batches.append(current)
+            current, total = [], 0.0
+        current.append(i)
+        total += longest
+    return batches + [current] if current else batches
+
+
 class SERBrain(sb.Brain):
     """Trains a serkit head (see the module docstring). Extra attributes set by ``serkit.speechbrain.train``:
 
@@ -203,9 +271,32 @@ class SERBrain(sb.Brain):
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
             self.checkpointer.add_recoverable("arch_optimizer", self.arch_optimizer)
 
+    def batching_kwargs(self, dataset, stage, loader_kwargs: dict) -> dict:
+        """The DataLoader arguments for ``dataset`` under the hparams' ``batching`` (module docstring)."""
+        batching = str(getattr(self.hparams, "batching", "random"))
+        if batching not in BATCHING:
+            raise SerkitError(f"batching: {batching!r} is not one of {', '.join(BATCHING)}; set it in the "
+                              "hparams yaml or with --batching")
+        if batching == "random" or not isinstance(dataset, sb.dataio.dataset.DynamicItemDataset):
+            return loader_kwargs
+        kwargs = dict(loader_kwargs)
+        batch_size = int(kwargs.pop("batch_size", 1))
+        max_length = getattr(self.hparams, "max_batch_length", None)
+        shuffle, drop_last = bool(kwargs.pop("shuffle", False)), bool(kwargs.pop("drop_last", False))
+        if stage == sb.Stage.TRAIN:
+            kwargs["batch_sampler"] = duration_batch_sampler(
+                dataset, batch_size, max_length, int(getattr(self.hparams, "num_buckets", 40)),
+                shuffle=shuffle, seed=int(getattr(self.hparams, "seed", 0) or 0), drop_last=drop_last)
+        else:
+            kwargs["batch_sampler"] = sorted_batches(dataset, batch_size, max_length)
+        return kwargs
+
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        loader_kwargs = self.batching_kwargs(dataset, stage, loader_kwargs)
         loader = super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
+            if "batch_sampler" in loader_kwargs and not self.distributed_launch:
+                self.train_sampler = loader_kwargs["batch_sampler"]  # Brain.fit calls its set_epoch
             self._steps_per_epoch = max(1, len(loader))
         return loader
 
@@ -283,8 +374,9 @@ class SERBrain(sb.Brain):
     def _predict(self, dataset) -> dict:
         """Predict a whole split (no gradients, eval mode); return ``{utt: (label, probs)}``."""
         if not isinstance(dataset, torch.utils.data.DataLoader):
+            opts = dict(getattr(self.hparams, "test_dataloader_opts", {"batch_size": 1}))
             dataset = sb.dataio.dataloader.make_dataloader(
-                dataset, **getattr(self.hparams, "test_dataloader_opts", {"batch_size": 1}))
+                dataset, **self.batching_kwargs(dataset, sb.Stage.TEST, opts))
             self.test_set = dataset
         self._rows = {}
         self.modules.eval()
