@@ -11,6 +11,7 @@ to fairseq's loader where fairseq can load the file at all), ``serkit dump-featu
 With ``SERKIT_CHECKPOINT_RESULTS=FILE`` the module writes which of those passed per release; the README's
 table is rendered from that file (``python tools/update_readme.py --checkpoints FILE``).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ from tests.unit.test_fairseq_plugin import CLASSES, make_fold  # noqa: E402
 pytestmark = pytest.mark.fairseq
 REPO = Path(__file__).resolve().parents[2]
 RELEASES = list(BUILDERS)
-CTC = ["wav2vec_small_960h.pt", "wav2vec2_vox_960h_new.pt", "hubert_large_ll60k_finetune_ls960.pt",
-       "audio_base_ls_960h.pt"]
+CTC = [
+    "wav2vec_small_960h.pt",
+    "wav2vec2_vox_960h_new.pt",
+    "hubert_large_ll60k_finetune_ls960.pt",
+    "audio_base_ls_960h.pt",
+]
 PRE_LN = ["wav2vec2_vox_960h_new.pt", "hubert_large_ll60k_finetune_ls960.pt"]
 HUBERT = ["hubert_base_ls960.pt", "hubert_large_ll60k.pt", "hubert_large_ll60k_finetune_ls960.pt"]
 #: (kind, normalize) of each release (normalize: the task config it was trained with)
@@ -51,13 +56,16 @@ EXPECTED = {
     "audio_base_ls.pt": ("data2vec", True),
     "audio_base_ls_960h.pt": ("data2vec", True),
 }
-#: what fairseq 0.12's own load_model_ensemble_and_task does with the release (None: it loads it)
+#: how fairseq 0.12's own load_model_ensemble_and_task fails on a release (absent: it loads it)
 FAIRSEQ_FAILS = {
-    # argparse args with a nested w2v_args Namespace: Hydra 1.3 ignores compose(strict=False)
     "wav2vec_small_960h.pt": "Could not override 'model.w2v_args.common.no_progress_bar'",
     "wav2vec2_vox_960h_new.pt": "Could not override 'model.w2v_args.common.no_progress_bar'",
-    # the encoder's pretraining label dictionary is read from the authors' cluster
     "hubert_large_ll60k_finetune_ls960.pt": "dict.lyr9.km500.txt",
+}
+FAIRSEQ_WHY = {
+    "wav2vec_small_960h.pt": "nested w2v_args Namespace: hydra-core 1.3 ignores compose(strict=False)",
+    "wav2vec2_vox_960h_new.pt": "nested w2v_args Namespace: hydra-core 1.3 ignores compose(strict=False)",
+    "hubert_large_ll60k_finetune_ls960.pt": "reads dict.lyr9.km500.txt from the authors' label_dir",
 }
 #: the README lines that recommend each release (rows that must be green)
 RECOMMENDED = {
@@ -91,10 +99,20 @@ def write_results():
     rows = []
     for release in RELEASES + list(HF_DIRS):
         kind = "hf" if release.endswith("/") else EXPECTED[release][0]
-        cells = {c: ("n/a" if not applies(release, c) else bool(RESULTS.get(release, {}).get(c))) for c in COLUMNS}
-        rows.append({"release": release, "kind": kind, "ctc": release in CTC, "format": FORMATS.get(release, ""),
-                     "fairseq_loads": release not in FAIRSEQ_FAILS and not release.endswith("/"),
-                     "recommended": RECOMMENDED.get(release, ""), **cells})
+        cells = {
+            c: ("n/a" if not applies(release, c) else bool(RESULTS.get(release, {}).get(c))) for c in COLUMNS
+        }
+        rows.append(
+            {
+                "release": release,
+                "kind": kind,
+                "ctc": release in CTC,
+                "format": FORMATS.get(release, ""),
+                "fairseq_loads": "n/a" if release.endswith("/") else FAIRSEQ_WHY.get(release, True),
+                "recommended": RECOMMENDED.get(release, ""),
+                **cells,
+            }
+        )
     Path(out).write_text(json.dumps({"rows": rows}, indent=1) + "\n")
 
 
@@ -177,12 +195,15 @@ def test_fairseqs_own_loader_agrees_where_it_loads_the_file(standins, release):
     up = load_upstream(s.path)
     wav = torch.randn(1, 9000)
     hidden, _ = up(wav, layers=[1, 2])
-    for h, ref in zip(hidden, _reference_layers(Namespace(release=release, kind=s.kind, encoder=model), wav, 2)):
+    for h, ref in zip(
+        hidden, _reference_layers(Namespace(release=release, kind=s.kind, encoder=model), wav, 2)
+    ):
         torch.testing.assert_close(h, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_the_stand_ins_have_the_releases_structure(standins):
     """The facts the stand-ins must carry, checked on the files themselves."""
+
     def load(r):
         return torch.load(standins[r].path, map_location="cpu", weights_only=False)
 
@@ -196,8 +217,13 @@ def test_the_stand_ins_have_the_releases_structure(standins):
     assert not any(k.startswith("w2v_encoder.w2v_model.quantizer") for k in small["model"])
     base = load("hubert_base_ls960.pt")
     assert base["args"] is None and isinstance(base["cfg"], dict)
-    assert len(base["task_state"]["dictionaries"][0]) == 504 and base["model"]["label_embs_concat"].shape[0] == 504
-    assert base["cfg"]["task"]["labels"] == ["layer6.km500"] and base["cfg"]["task"]["data"].startswith("/checkpoint/")
+    assert (
+        len(base["task_state"]["dictionaries"][0]) == 504
+        and base["model"]["label_embs_concat"].shape[0] == 504
+    )
+    assert base["cfg"]["task"]["labels"] == ["layer6.km500"] and base["cfg"]["task"]["data"].startswith(
+        "/checkpoint/"
+    )
     large = load("hubert_large_ll60k.pt")
     assert large["cfg"]["task"]["label_dir"].startswith("/checkpoint/wnhsu/")
     ft = load("hubert_large_ll60k_finetune_ls960.pt")
@@ -205,7 +231,11 @@ def test_the_stand_ins_have_the_releases_structure(standins):
     assert ft["model"]["w2v_encoder.w2v_model.label_embs_concat"].shape[0] == 504
     assert len(ft["task_state"]["target_dictionary"]) == 32
     d2v = load("audio_base_ls.pt")
-    assert d2v["cfg"]["model"]["_name"] == "data2vec_audio" and "_ema" in d2v["model"] and d2v["task_state"] == {}
+    assert (
+        d2v["cfg"]["model"]["_name"] == "data2vec_audio"
+        and "_ema" in d2v["model"]
+        and d2v["task_state"] == {}
+    )
     assert load("audio_base_ls_960h.pt")["cfg"]["model"]["w2v_args"]["model"]["_name"] == "data2vec_audio"
 
 
@@ -213,17 +243,25 @@ def test_nested_namespace_is_converted_without_hydra(standins):
     from serkit.upstream.checkpoint import read_checkpoint
 
     ck = read_checkpoint(standins["wav2vec2_vox_960h_new.pt"].path)
-    assert ck.name == "wav2vec_ctc" and ck.model_cfg._name == "wav2vec2" and ck.task_cfg._name == "audio_pretraining"
+    assert (
+        ck.name == "wav2vec_ctc"
+        and ck.model_cfg._name == "wav2vec2"
+        and ck.task_cfg._name == "audio_pretraining"
+    )
     assert ck.model_cfg.layer_norm_first is True and ck.model_cfg.extractor_mode == "layer_norm"
     assert list(ck.model_cfg.latent_temp) == [2, 0.1, 0.999995]  # "(2,0.1,0.999995)" -> a literal
-    assert ck.model_cfg.pos_conv_depth == 1 and ck.model_cfg.layer_type == "transformer"  # not in the 2020 args: the dataclass default
+    assert (
+        ck.model_cfg.pos_conv_depth == 1 and ck.model_cfg.layer_type == "transformer"
+    )  # not in the 2020 args: the dataclass default
     assert ck.normalize is True and ck.ctc.num_outputs == 32 and ck.ctc.norm_weight is not None
 
 
 @pytest.mark.parametrize("release", ["wav2vec_small.pt", "hubert_base_ls960.pt"])
 def test_parametrized_weight_norm_names_load_the_same(tmp_path, standins, release):
     s = standins[release]
-    again = make_standin(release, tmp_path, seed=RELEASES.index(release), pos_conv_weight_norm="parametrizations")
+    again = make_standin(
+        release, tmp_path, seed=RELEASES.index(release), pos_conv_weight_norm="parametrizations"
+    )
     keys = torch.load(again.path, weights_only=False)["model"].keys()
     assert "encoder.pos_conv.0.parametrizations.weight.original0" in keys
     assert "encoder.pos_conv.0.weight_g" not in keys
@@ -255,8 +293,22 @@ def wavs(tmp_path_factory):
 def _dump(ckpt: Path, data: Path, out: Path, layers: str = "all") -> Path:
     from serkit.cli import main
 
-    rc = main(["dump-features", "--upstream", str(ckpt), "--data", str(data), "--out", str(out),
-               "--layers", layers, "--dtype", "float32", "--no-progress"])
+    rc = main(
+        [
+            "dump-features",
+            "--upstream",
+            str(ckpt),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--layers",
+            layers,
+            "--dtype",
+            "float32",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -335,11 +387,16 @@ def _cpt_model(ck, init_from: str, **overrides):
     from serkit.fairseq_ext.hubert_cpt import ARCH_FIELDS, SerkitHubertConfig, SerkitHubertModel
 
     arch = {f: ck.model_cfg[f] for f in ARCH_FIELDS + ("final_dim",) if f in ck.model_cfg}
-    cfg = OmegaConf.structured(SerkitHubertConfig(label_rate=50.0, init_from=init_from, feature_grad_mult=0.0,
-                                                  **{**arch, **overrides}))
+    cfg = OmegaConf.structured(
+        SerkitHubertConfig(
+            label_rate=50.0, init_from=init_from, feature_grad_mult=0.0, **{**arch, **overrides}
+        )
+    )
     d = make_km_dictionary(50)
-    task = Namespace(cfg=HubertPretrainingConfig(data="unused", labels=["km"], label_rate=50.0,
-                                                 normalize=ck.normalize), dictionaries=[d])
+    task = Namespace(
+        cfg=HubertPretrainingConfig(data="unused", labels=["km"], label_rate=50.0, normalize=ck.normalize),
+        dictionaries=[d],
+    )
     return SerkitHubertModel.build_model(cfg, task), cfg
 
 
@@ -370,10 +427,18 @@ def test_cpt_init_from_the_release(standins, release):
 
 def test_cpt_init_from_a_wav2vec2_release_is_refused(standins):
     ck = Namespace(model_cfg={"encoder_layers": 2}, normalize=False)
-    with pytest.raises(SerkitError, match="a 'wav2vec2' checkpoint; continued pretraining starts from a HuBERT"):
-        _cpt_model(ck, str(standins["wav2vec_small.pt"].path),
-                   conv_feature_layers="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] * 2",
-                   encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=2, final_dim=32)
+    with pytest.raises(
+        SerkitError, match="a 'wav2vec2' checkpoint; continued pretraining starts from a HuBERT"
+    ):
+        _cpt_model(
+            ck,
+            str(standins["wav2vec_small.pt"].path),
+            conv_feature_layers="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] * 2",
+            encoder_embed_dim=64,
+            encoder_ffn_embed_dim=128,
+            encoder_attention_heads=2,
+            final_dim=32,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,11 +496,19 @@ HF_DIRS = {"wavlm-large/": "WavLM"}
 
 def _hf_dir(root: Path, arch: str) -> Path:
     transformers = pytest.importorskip("transformers", reason="the serkit[hf] extra is not installed")
-    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                  conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    common = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
     if arch == "WavLM":  # microsoft/wavlm-large: layer-norm CNN, conv bias, pre-LN transformer
-        cfg = transformers.WavLMConfig(**common, feat_extract_norm="layer", conv_bias=True,
-                                       do_stable_layer_norm=True)
+        cfg = transformers.WavLMConfig(
+            **common, feat_extract_norm="layer", conv_bias=True, do_stable_layer_norm=True
+        )
         model = transformers.WavLMModel(cfg)
     elif arch == "Hubert":
         model = transformers.HubertModel(transformers.HubertConfig(**common))
@@ -443,9 +516,19 @@ def _hf_dir(root: Path, arch: str) -> Path:
         model = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**common))
     out = root / arch
     model.save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps({
-        "do_normalize": True, "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
-        "padding_side": "right", "padding_value": 0.0, "return_attention_mask": True, "sampling_rate": 16000}))
+    (out / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "do_normalize": True,
+                "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+                "feature_size": 1,
+                "padding_side": "right",
+                "padding_value": 0.0,
+                "return_attention_mask": True,
+                "sampling_rate": 16000,
+            }
+        )
+    )
     return out
 
 
@@ -473,6 +556,21 @@ def test_hf_directory_loads_and_dumps(tmp_path, wavs, arch):
 
 # ---------------------------------------------------------------------------------------------
 # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD stays where it is needed
+
+
+def test_readme_table_is_rendered_from_the_committed_results():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("update_readme", REPO / "tools" / "update_readme.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    results = json.loads((REPO / "docs" / "released_checkpoints.json").read_text())
+    table, bad = tool.checkpoint_table(results)
+    assert bad == []  # every row a README recommends is green
+    readme = (REPO / "README.md").read_text()
+    assert f"<!-- CHECKPOINTS-START -->\n{table}\n<!-- CHECKPOINTS-END -->" in readme
+    assert [r["release"] for r in results["rows"]] == RELEASES + list(HF_DIRS)
+    assert {r["release"] for r in results["rows"] if r["recommended"]} == set(RECOMMENDED)
 
 
 def test_trusted_unpickling_restores_the_previous_value(monkeypatch):

@@ -112,7 +112,8 @@ def build_upstream(upstream_cfg, model_state: dict | None = None, path: str = ""
     """Build the fairseq encoder described by ``upstream_cfg`` (and load ``model_state`` if given)."""
     from serkit.upstream.checkpoint import SpeechCheckpoint, build_encoder, load_encoder_weights
 
-    ck = SpeechCheckpoint(path, upstream_cfg.model.get("_name"), "", upstream_cfg.model, upstream_cfg.task, {})
+    ck = SpeechCheckpoint(path, upstream_cfg.model.get("_name"), "", upstream_cfg.model, upstream_cfg.task,
+                          {})
     model = build_encoder(ck, label_embeddings=False, load=False)
     if hasattr(model, "remove_pretraining_modules"):
         model.remove_pretraining_modules()

@@ -52,10 +52,15 @@ CTC_MODELS = ("wav2vec_ctc", "hubert_ctc")
 INNER_PREFIX = "w2v_encoder.w2v_model."
 PROJ = "w2v_encoder.proj."
 #: the two names torch gives a weight-normalised ``weight``: (legacy nn.utils.weight_norm, parametrizations)
-WEIGHT_NORM_NAMES = (("weight_g", "parametrizations.weight.original0"),
-                     ("weight_v", "parametrizations.weight.original1"))
+WEIGHT_NORM_NAMES = (
+    ("weight_g", "parametrizations.weight.original0"),
+    ("weight_v", "parametrizations.weight.original1"),
+)
 #: data2vec audio lives in fairseq's examples package, registered only when imported
-DATA2VEC_MODULES = ("fairseq.examples.data2vec.models.data2vec_audio", "examples.data2vec.models.data2vec_audio")
+DATA2VEC_MODULES = (
+    "fairseq.examples.data2vec.models.data2vec_audio",
+    "examples.data2vec.models.data2vec_audio",
+)
 
 
 @contextlib.contextmanager
@@ -136,7 +141,13 @@ def _coerce(value, f: dataclasses.Field):
         return namespace_to_cfg(value)
     t = _field_type(f)
     is_enum = isinstance(t, type) and issubclass(t, enum.Enum)
-    if isinstance(value, str) and t is not str and not is_enum and t is not Any and not value.startswith("${"):
+    if (
+        isinstance(value, str)
+        and t is not str
+        and not is_enum
+        and t is not Any
+        and not value.startswith("${")
+    ):
         try:
             value = ast.literal_eval(value)  # a literal only: nothing from the file is executed
         except (ValueError, SyntaxError):
@@ -251,7 +262,9 @@ def checkpoint_cfg(state: dict, path) -> Any:
         elif state.get("args") is not None:
             cfg = _as_config(namespace_to_cfg(state["args"]))
         else:
-            raise SerkitError(f"{path}: fairseq checkpoint without 'cfg' or 'args'; cannot tell which model it is")
+            raise SerkitError(
+                f"{path}: fairseq checkpoint without 'cfg' or 'args'; cannot tell which model it is"
+            )
     except SerkitError as e:
         if str(path) in str(e):
             raise
@@ -324,14 +337,17 @@ def read_checkpoint(path: str | os.PathLike, state: dict | None = None) -> Speec
         model_cfg, task_cfg = inner.model, inner.task
         with open_dict(task_cfg):  # the finetuned model reads input scaled as its own task says
             task_cfg.normalize = bool(cfg.task.get("normalize", task_cfg.get("normalize", False)))
-        encoder_state = {k[len(INNER_PREFIX):]: v for k, v in weights.items() if k.startswith(INNER_PREFIX)}
+        encoder_state = {k[len(INNER_PREFIX) :]: v for k, v in weights.items() if k.startswith(INNER_PREFIX)}
         if f"{PROJ}weight" in weights:
             pre_ln = bool(model_cfg.get("layer_norm_first", False))
             ctc = CtcProjection(
-                weights[f"{PROJ}weight"], weights[f"{PROJ}bias"],
+                weights[f"{PROJ}weight"],
+                weights[f"{PROJ}bias"],
                 encoder_state.get("encoder.layer_norm.weight") if pre_ln else None,
                 encoder_state.get("encoder.layer_norm.bias") if pre_ln else None,
-                float(cfg.model.get("blank_weight", 0.0) or 0.0), str(cfg.model.get("blank_mode", "add")))
+                float(cfg.model.get("blank_weight", 0.0) or 0.0),
+                str(cfg.model.get("blank_mode", "add")),
+            )
         task_state = None  # the file's task state is the finetuning task's (letters), not the encoder's
     else:
         model_cfg, task_cfg = cfg.model, cfg.task
@@ -347,8 +363,9 @@ def read_checkpoint(path: str | os.PathLike, state: dict | None = None) -> Speec
         )
     if not encoder_state:
         raise SerkitError(f"{path}: '{name}' checkpoint without encoder weights ({INNER_PREFIX}...)")
-    return SpeechCheckpoint(str(path), name, kind, model_cfg, task_cfg, encoder_state, task_state, ctc, cfg,
-                            sorted(state))
+    return SpeechCheckpoint(
+        str(path), name, kind, model_cfg, task_cfg, encoder_state, task_state, ctc, cfg, sorted(state)
+    )
 
 
 def rename_weight_norm(weights: dict, model_keys) -> dict:
@@ -387,8 +404,9 @@ def build_encoder(ck: SpeechCheckpoint, label_embeddings: bool = True, load: boo
     try:
         task = tasks.setup_task(task_cfg, from_checkpoint=True)
     except Exception as e:  # noqa: BLE001
-        raise SerkitError(f"{ck.path}: fairseq cannot set up its task '{task_cfg.get('_name')}' "
-                          f"({type(e).__name__}: {e})") from e
+        raise SerkitError(
+            f"{ck.path}: fairseq cannot set up its task '{task_cfg.get('_name')}' ({type(e).__name__}: {e})"
+        ) from e
     if task_cfg.get("_name") == "hubert_pretraining":
         key = "target_dictionary" if task_cfg.get("fine_tuning") else "dictionaries"
         if not label_embeddings or "label_embs_concat" not in ck.encoder_state:
@@ -402,8 +420,11 @@ def build_encoder(ck: SpeechCheckpoint, label_embeddings: bool = True, load: boo
     try:
         model = task.build_model(ck.model_cfg, from_checkpoint=True)
     except KeyError as e:
-        hint = (" (data2vec audio is in fairseq's examples package: is it importable?)" if name == "data2vec_audio"
-                else "; if it is a serkit_* model, serkit.fairseq_ext must be importable")
+        hint = (
+            " (data2vec audio is in fairseq's examples package: is it importable?)"
+            if name == "data2vec_audio"
+            else "; if it is a serkit_* model, serkit.fairseq_ext must be importable"
+        )
         raise SerkitError(f"{ck.path}: fairseq has no model '{name}' registered{hint}") from e
     for attr in ("feature_extractor", "encoder", "layer_norm"):
         if not hasattr(model, attr):
@@ -414,8 +435,15 @@ def build_encoder(ck: SpeechCheckpoint, label_embeddings: bool = True, load: boo
 
 
 #: weights only the pretraining objective uses; an encoder may lack them, or have them re-initialised
-PRETRAINING_ONLY = ("label_embs_concat", "final_proj.", "target_glu.", "quantizer.", "project_q.",
-                    "project_inp.", "_ema")
+PRETRAINING_ONLY = (
+    "label_embs_concat",
+    "final_proj.",
+    "target_glu.",
+    "quantizer.",
+    "project_q.",
+    "project_inp.",
+    "_ema",
+)
 
 
 def load_encoder_weights(model, weights: dict, path: str = "") -> None:
@@ -423,19 +451,35 @@ def load_encoder_weights(model, weights: dict, path: str = "") -> None:
     own = model.state_dict()
     weights = rename_weight_norm(weights, own)
     kept = {k: v for k, v in weights.items() if k in own}
-    shape = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in kept.items() if v.shape != own[k].shape]
+    shape = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in kept.items() if v.shape != own[k].shape
+    ]
     if shape:
-        raise SerkitError(f"{path}: weights do not fit the model its config describes ({'; '.join(shape[:3])})")
+        raise SerkitError(
+            f"{path}: weights do not fit the model its config describes ({'; '.join(shape[:3])})"
+        )
     missing = [k for k in own if k not in kept and not k.startswith(PRETRAINING_ONLY)]
     if missing:
-        raise SerkitError(f"{path}: checkpoint lacks weights the encoder needs ({', '.join(missing[:4])}"
-                          f"{' ...' if len(missing) > 4 else ''}); is it complete?")
+        raise SerkitError(
+            f"{path}: checkpoint lacks weights the encoder needs ({', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''}); is it complete?"
+        )
     model.load_state_dict(kept, strict=False)
     ignored = sorted(set(weights) - set(kept))
     if ignored:
         log.debug("%s: ignored %d checkpoint entries (%s ...)", path, len(ignored), ignored[:3])
 
 
-__all__ = ["CtcProjection", "SpeechCheckpoint", "build_encoder", "checkpoint_cfg", "load_encoder_weights",
-           "load_state", "namespace_to_cfg", "read_checkpoint", "register_models", "rename_weight_norm",
-           "trusted_unpickling"]
+__all__ = [
+    "CtcProjection",
+    "SpeechCheckpoint",
+    "build_encoder",
+    "checkpoint_cfg",
+    "load_encoder_weights",
+    "load_state",
+    "namespace_to_cfg",
+    "read_checkpoint",
+    "register_models",
+    "rename_weight_norm",
+    "trusted_unpickling",
+]

@@ -25,22 +25,31 @@ class GreedyCtc:
         checkpoint, dict_path = Path(checkpoint), Path(dict_path)
         for p in (checkpoint, dict_path):
             if not p.is_file():
-                raise SerkitError(f"{p}: not found (the CTC checkpoint and its letter dictionary dict.ltr.txt)")
+                raise SerkitError(
+                    f"{p}: not found (the CTC checkpoint and its letter dictionary dict.ltr.txt)"
+                )
         ck = read_checkpoint(checkpoint)
         if ck.ctc is None:
-            raise SerkitError(f"{checkpoint}: a '{ck.name}' checkpoint with no CTC output layer (w2v_encoder.proj); "
-                              "pass a CTC-finetuned wav2vec 2.0 / HuBERT / data2vec checkpoint")
+            raise SerkitError(
+                f"{checkpoint}: a '{ck.name}' checkpoint with no CTC output layer (w2v_encoder.proj); "
+                "pass a CTC-finetuned wav2vec 2.0 / HuBERT / data2vec checkpoint"
+            )
         self.path, self.proj, self.layer = checkpoint, ck.ctc, ck.num_layers
         self.symbols = list(FAIRSEQ_SPECIALS) + [
-            line.split()[0] for line in dict_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            line.split()[0] for line in dict_path.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
         if len(self.symbols) != self.proj.num_outputs:
-            raise SerkitError(f"{dict_path}: {len(self.symbols)} symbols with fairseq's 4 specials, the checkpoint's "
-                              f"projection has {self.proj.num_outputs} outputs; use the dictionary it was trained with")
+            raise SerkitError(
+                f"{dict_path}: {len(self.symbols)} symbols with fairseq's 4 specials, the checkpoint's "
+                f"projection has {self.proj.num_outputs} outputs; use the dictionary it was trained with"
+            )
 
     def check_layer(self, layer: int) -> None:
         if layer != self.layer:
-            raise SerkitError(f"{self.path}: its CTC projection reads the last layer ({self.layer}); the cached "
-                              f"features are layer {layer}: dump layer {self.layer} (e.g. --tec-layer {self.layer})")
+            raise SerkitError(
+                f"{self.path}: its CTC projection reads the last layer ({self.layer}); the cached "
+                f"features are layer {layer}: dump layer {self.layer} (e.g. --tec-layer {self.layer})"
+            )
 
     def logits(self, feats):
         """(T, V) CTC logits from (T, C) features of the last layer (a tensor or an array)."""

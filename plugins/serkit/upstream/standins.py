@@ -41,16 +41,59 @@ from pathlib import Path
 from typing import Any
 
 #: the letters of fairseq's dict.ltr.txt (LibriSpeech CTC fine-tuning), in its order
-LETTERS = ["|", "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L", "U", "M", "W", "C", "F", "G", "Y", "P",
-           "B", "V", "K", "'", "X", "J", "Q", "Z"]
+LETTERS = [
+    "|",
+    "E",
+    "T",
+    "A",
+    "O",
+    "N",
+    "I",
+    "H",
+    "S",
+    "R",
+    "D",
+    "L",
+    "U",
+    "M",
+    "W",
+    "C",
+    "F",
+    "G",
+    "Y",
+    "P",
+    "B",
+    "V",
+    "K",
+    "'",
+    "X",
+    "J",
+    "Q",
+    "Z",
+]
 CONV_BASE = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2"
 SIZES = {
-    "tiny": dict(conv_feature_layers="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] * 2", encoder_layers=2,
-                 encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=2),
-    "base": dict(conv_feature_layers=CONV_BASE, encoder_layers=12, encoder_embed_dim=768,
-                 encoder_ffn_embed_dim=3072, encoder_attention_heads=12),
-    "large": dict(conv_feature_layers=CONV_BASE, encoder_layers=24, encoder_embed_dim=1024,
-                  encoder_ffn_embed_dim=4096, encoder_attention_heads=16),
+    "tiny": dict(
+        conv_feature_layers="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] * 2",
+        encoder_layers=2,
+        encoder_embed_dim=64,
+        encoder_ffn_embed_dim=128,
+        encoder_attention_heads=2,
+    ),
+    "base": dict(
+        conv_feature_layers=CONV_BASE,
+        encoder_layers=12,
+        encoder_embed_dim=768,
+        encoder_ffn_embed_dim=3072,
+        encoder_attention_heads=12,
+    ),
+    "large": dict(
+        conv_feature_layers=CONV_BASE,
+        encoder_layers=24,
+        encoder_embed_dim=1024,
+        encoder_ffn_embed_dim=4096,
+        encoder_attention_heads=16,
+    ),
 }
 #: the authors' cluster paths as the published configs show them (torchaudio's JSONs keep save_dir and
 #: HuBERT-Large's label_dir; the data paths are of the same kind: absolute, and absent here)
@@ -113,8 +156,14 @@ def _save(state: dict, out: Path) -> Path:
 
 
 def _history(criterion: str, optimizer: str, num_updates: int) -> list:
-    return [{"criterion_name": criterion, "optimizer_name": optimizer, "lr_scheduler_state": {"best": None},
-             "num_updates": num_updates}]
+    return [
+        {
+            "criterion_name": criterion,
+            "optimizer_name": optimizer,
+            "lr_scheduler_state": {"best": None},
+            "num_updates": num_updates,
+        }
+    ]
 
 
 def _dictionary(symbols):
@@ -148,23 +197,52 @@ def _parametrized_names(weights: dict) -> dict:
 #: Wav2Vec2Config values of the published configs (torchaudio's wav2vec_small.json, libri960_big.json,
 #: wav2vec_vox_new.json); dimensions come from SIZES
 W2V_PRETRAINED = {
-    "wav2vec_small.pt": dict(size="base", normalize=False, extractor_mode="default", layer_norm_first=False,
-                             conv_bias=False, dropout=0.1, encoder_layerdrop=0.05, feature_grad_mult=0.1,
-                             final_dim=256, latent_temp=(2, 0.5, 0.999995)),
-    "libri960_big.pt": dict(size="large", normalize=False, extractor_mode="default", layer_norm_first=False,
-                            conv_bias=False, dropout=0.0, encoder_layerdrop=0.2, feature_grad_mult=0.1,
-                            final_dim=768, latent_temp=(2, 0.5, 0.999995)),
-    "wav2vec_vox_new.pt": dict(size="large", normalize=True, extractor_mode="layer_norm", layer_norm_first=True,
-                               conv_bias=True, dropout=0.0, encoder_layerdrop=0.0, feature_grad_mult=1.0,
-                               final_dim=768, latent_temp=(2, 0.1, 0.999995)),
+    "wav2vec_small.pt": dict(
+        size="base",
+        normalize=False,
+        extractor_mode="default",
+        layer_norm_first=False,
+        conv_bias=False,
+        dropout=0.1,
+        encoder_layerdrop=0.05,
+        feature_grad_mult=0.1,
+        final_dim=256,
+        latent_temp=(2, 0.5, 0.999995),
+    ),
+    "libri960_big.pt": dict(
+        size="large",
+        normalize=False,
+        extractor_mode="default",
+        layer_norm_first=False,
+        conv_bias=False,
+        dropout=0.0,
+        encoder_layerdrop=0.2,
+        feature_grad_mult=0.1,
+        final_dim=768,
+        latent_temp=(2, 0.5, 0.999995),
+    ),
+    "wav2vec_vox_new.pt": dict(
+        size="large",
+        normalize=True,
+        extractor_mode="layer_norm",
+        layer_norm_first=True,
+        conv_bias=True,
+        dropout=0.0,
+        encoder_layerdrop=0.0,
+        feature_grad_mult=1.0,
+        final_dim=768,
+        latent_temp=(2, 0.1, 0.999995),
+    ),
 }
 #: CTC releases -> the pretrained model they were finetuned from (torchaudio's wav2vec_small_960h.json,
 #: wav2vec_large_lv60k_960h.json: the outer model's fields)
 W2V_CTC = {
-    "wav2vec_small_960h.pt": dict(pretrained="wav2vec_small.pt", mask_prob=0.5, mask_channel_prob=0.1,
-                                  freeze_finetune_updates=0),
-    "wav2vec2_vox_960h_new.pt": dict(pretrained="wav2vec_vox_new.pt", mask_prob=0.5, mask_channel_prob=0.25,
-                                     freeze_finetune_updates=10000),
+    "wav2vec_small_960h.pt": dict(
+        pretrained="wav2vec_small.pt", mask_prob=0.5, mask_channel_prob=0.1, freeze_finetune_updates=0
+    ),
+    "wav2vec2_vox_960h_new.pt": dict(
+        pretrained="wav2vec_vox_new.pt", mask_prob=0.5, mask_channel_prob=0.25, freeze_finetune_updates=10000
+    ),
 }
 
 
@@ -177,21 +255,31 @@ def _w2v_model_config(release: str, size: str):
     dims = SIZES[release_size if size == "release" else size]
     if size == "tiny":
         spec["final_dim"] = 32
-    return Wav2Vec2Config(**dims, **spec, attention_dropout=0.1, activation_dropout=0.0, dropout_input=0.1,
-                          dropout_features=0.1, mask_prob=0.65, latent_vars=8 if size == "tiny" else 320)
+    return Wav2Vec2Config(
+        **dims,
+        **spec,
+        attention_dropout=0.1,
+        activation_dropout=0.0,
+        dropout_input=0.1,
+        dropout_features=0.1,
+        mask_prob=0.65,
+        latent_vars=8 if size == "tiny" else 320,
+    )
 
 
 #: the Wav2Vec2Config fields the published configs list (torchaudio's wav2vec_small.json); fields fairseq
 #: added later are absent from the 2020 Namespace
 W2V_ARG_FIELDS = (
-    "activation_dropout activation_fn attention_dropout codebook_negatives conv_bias conv_feature_layers conv_pos "
-    "conv_pos_groups cross_sample_negatives dropout dropout_features dropout_input encoder_attention_heads "
-    "encoder_embed_dim encoder_ffn_embed_dim encoder_layerdrop encoder_layers extractor_mode feature_grad_mult "
-    "final_dim latent_dim latent_groups latent_temp latent_vars layer_norm_first logit_temp mask_channel_before "
-    "mask_channel_length mask_channel_min_space mask_channel_other mask_channel_prob mask_channel_selection "
-    "mask_length mask_min_space mask_other mask_prob mask_selection negatives_from_everywhere "
-    "no_mask_channel_overlap no_mask_overlap num_negatives quantize_input quantize_targets quantizer_depth "
-    "quantizer_factor same_quantizer target_glu").split()
+    "activation_dropout activation_fn attention_dropout codebook_negatives conv_bias "
+    "conv_feature_layers conv_pos conv_pos_groups cross_sample_negatives dropout dropout_features "
+    "dropout_input encoder_attention_heads encoder_embed_dim encoder_ffn_embed_dim encoder_layerdrop "
+    "encoder_layers extractor_mode feature_grad_mult final_dim latent_dim latent_groups latent_temp "
+    "latent_vars layer_norm_first logit_temp mask_channel_before mask_channel_length "
+    "mask_channel_min_space mask_channel_other mask_channel_prob mask_channel_selection mask_length "
+    "mask_min_space mask_other mask_prob mask_selection negatives_from_everywhere "
+    "no_mask_channel_overlap no_mask_overlap num_negatives quantize_input quantize_targets "
+    "quantizer_depth quantizer_factor same_quantizer target_glu"
+).split()
 
 
 def _argparse_values(dc_obj) -> dict:
@@ -211,26 +299,62 @@ def _argparse_values(dc_obj) -> dict:
 
 
 #: argparse-era options of the trainer and the wav2vec 2.0 recipe, as in the published w2v_args
-_W2V_TRAIN_ARGS = dict(no_progress_bar=False, log_interval=200, log_format="json", seed=5, fp16=True,
-                       distributed_world_size=64, distributed_init_method="tcp://learnfair2106:55498",
-                       save_dir=W2V_SAVE_DIR, save_interval_updates=25000, keep_interval_updates=1,
-                       no_epoch_checkpoints=True, max_tokens=1400000, max_update=400000, lr=[0.0005],
-                       optimizer="adam", adam_betas="(0.9,0.98)", adam_eps=1e-06, weight_decay=0.01,
-                       lr_scheduler="polynomial_decay", warmup_updates=32000, total_num_update=400000,
-                       num_workers=6, skip_invalid_size_inputs_valid_test=True, user_dir=None,
-                       criterion="wav2vec", infonce=True, log_keys='["prob_perplexity","code_perplexity","temp"]',
-                       loss_weights="[0.1, 10]")
+_W2V_TRAIN_ARGS = dict(
+    no_progress_bar=False,
+    log_interval=200,
+    log_format="json",
+    seed=5,
+    fp16=True,
+    distributed_world_size=64,
+    distributed_init_method="tcp://learnfair2106:55498",
+    save_dir=W2V_SAVE_DIR,
+    save_interval_updates=25000,
+    keep_interval_updates=1,
+    no_epoch_checkpoints=True,
+    max_tokens=1400000,
+    max_update=400000,
+    lr=[0.0005],
+    optimizer="adam",
+    adam_betas="(0.9,0.98)",
+    adam_eps=1e-06,
+    weight_decay=0.01,
+    lr_scheduler="polynomial_decay",
+    warmup_updates=32000,
+    total_num_update=400000,
+    num_workers=6,
+    skip_invalid_size_inputs_valid_test=True,
+    user_dir=None,
+    criterion="wav2vec",
+    infonce=True,
+    log_keys='["prob_perplexity","code_perplexity","temp"]',
+    loss_weights="[0.1, 10]",
+)
 
 
 def _w2v_pretrain_args(release: str, model_cfg) -> Namespace:
     normalize = W2V_PRETRAINED[release]["normalize"]
-    return Namespace(**_W2V_TRAIN_ARGS, **_argparse_values(model_cfg), arch="wav2vec2", task="audio_pretraining",
-                     data=W2V_DATA, sample_rate=16000, normalize=normalize, max_sample_size=250000,
-                     min_sample_size=32000, enable_padding=False, labels=None)
+    return Namespace(
+        **_W2V_TRAIN_ARGS,
+        **_argparse_values(model_cfg),
+        arch="wav2vec2",
+        task="audio_pretraining",
+        data=W2V_DATA,
+        sample_rate=16000,
+        normalize=normalize,
+        max_sample_size=250000,
+        min_sample_size=32000,
+        enable_padding=False,
+        labels=None,
+    )
 
 
-def make_wav2vec2_pretrained(out, release: str = "wav2vec_small.pt", size: str = "tiny", seed: int = 0,
-                             pos_conv_weight_norm: str = "legacy") -> StandIn:
+def make_wav2vec2_pretrained(
+    out,
+    release: str = "wav2vec_small.pt",
+    size: str = "tiny",
+    seed: int = 0,
+    pos_conv_weight_norm: str = "legacy",
+) -> StandIn:
     import torch
     from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
 
@@ -241,17 +365,29 @@ def make_wav2vec2_pretrained(out, release: str = "wav2vec_small.pt", size: str =
     weights = model.state_dict()
     if pos_conv_weight_norm == "parametrizations":
         weights = _parametrized_names(weights)
-    state = {"args": _w2v_pretrain_args(release, model_cfg), "model": weights,
-             "optimizer_history": _history("Wav2vecCriterion", "FairseqAdam", 400000),
-             "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
-             "last_optimizer_state": None}
+    state = {
+        "args": _w2v_pretrain_args(release, model_cfg),
+        "model": weights,
+        "optimizer_history": _history("Wav2vecCriterion", "FairseqAdam", 400000),
+        "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
+        "last_optimizer_state": None,
+    }
     path = _save(state, Path(out))
-    return StandIn(release, path, "wav2vec2", False, model.eval(), model.eval(),
-                   info={"format": "args Namespace", "normalize": W2V_PRETRAINED[release]["normalize"]})
+    return StandIn(
+        release,
+        path,
+        "wav2vec2",
+        False,
+        model.eval(),
+        model.eval(),
+        info={"format": "args Namespace", "normalize": W2V_PRETRAINED[release]["normalize"]},
+    )
 
 
-def make_wav2vec2_ctc(out, release: str = "wav2vec_small_960h.pt", size: str = "tiny", seed: int = 0) -> StandIn:
-    """A CTC release: args Namespace whose w2v_args is the pretraining Namespace; weights under w2v_encoder."""
+def make_wav2vec2_ctc(
+    out, release: str = "wav2vec_small_960h.pt", size: str = "tiny", seed: int = 0
+) -> StandIn:
+    """A CTC release: args Namespace, w2v_args the pretraining Namespace, weights under w2v_encoder."""
     import torch
     from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
     from fairseq.tasks.audio_pretraining import AudioPretrainingConfig
@@ -262,33 +398,79 @@ def make_wav2vec2_ctc(out, release: str = "wav2vec_small_960h.pt", size: str = "
     normalize = W2V_PRETRAINED[pretrained]["normalize"]
     torch.manual_seed(seed)
     inner_model_cfg = _w2v_model_config(pretrained, size)
-    inner = _root_cfg(AudioPretrainingConfig(data=W2V_DATA, normalize=normalize), inner_model_cfg,
-                      "audio_pretraining", "wav2vec2")
-    ctc_fields = dict(apply_mask=True, mask_length=10, dropout=0.0, activation_dropout=0.1,
-                      attention_dropout=0.0, dropout_input=0.0, final_dropout=0.0, feature_grad_mult=0.0,
-                      layerdrop=0.1, mask_channel_length=64, **spec)
-    root = _root_cfg(AudioPretrainingConfig(data=W2V_DATA, normalize=normalize, labels="ltr"),
-                     Wav2Vec2CtcConfig(w2v_path="", **ctc_fields), "audio_pretraining", "wav2vec_ctc")
+    inner = _root_cfg(
+        AudioPretrainingConfig(data=W2V_DATA, normalize=normalize),
+        inner_model_cfg,
+        "audio_pretraining",
+        "wav2vec2",
+    )
+    ctc_fields = dict(
+        apply_mask=True,
+        mask_length=10,
+        dropout=0.0,
+        activation_dropout=0.1,
+        attention_dropout=0.0,
+        dropout_input=0.0,
+        final_dropout=0.0,
+        feature_grad_mult=0.0,
+        layerdrop=0.1,
+        mask_channel_length=64,
+        **spec,
+    )
+    root = _root_cfg(
+        AudioPretrainingConfig(data=W2V_DATA, normalize=normalize, labels="ltr"),
+        Wav2Vec2CtcConfig(w2v_path="", **ctc_fields),
+        "audio_pretraining",
+        "wav2vec_ctc",
+    )
     root.model.w2v_args = inner
     task = Namespace(target_dictionary=_dictionary(LETTERS))
     model = Wav2VecCtc.build_model(root.model, task)
     _seed_noise(model, seed)
     ctc_args = {k: v for k, v in ctc_fields.items()}
-    args = Namespace(**_W2V_TRAIN_ARGS | dict(criterion="ctc", max_update=320000, lr=[0.00003],
-                                              lr_scheduler="tri_stage", save_dir=W2V_SAVE_DIR + "/ft_960h"),
-                     **ctc_args, arch="wav2vec_ctc", task="audio_pretraining", data=W2V_DATA, labels="ltr",
-                     normalize=normalize, sample_rate=16000, max_sample_size=None, min_sample_size=None,
-                     no_pretrained_weights=False, zero_infinity=True, post_process="letter",
-                     w2v_args=_w2v_pretrain_args(pretrained, inner_model_cfg))
-    state = {"args": args, "model": model.state_dict(),
-             "optimizer_history": _history("CtcCriterion", "FairseqAdam", 320000),
-             "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
-             "last_optimizer_state": None}
+    args = Namespace(
+        **_W2V_TRAIN_ARGS
+        | dict(
+            criterion="ctc",
+            max_update=320000,
+            lr=[0.00003],
+            lr_scheduler="tri_stage",
+            save_dir=W2V_SAVE_DIR + "/ft_960h",
+        ),
+        **ctc_args,
+        arch="wav2vec_ctc",
+        task="audio_pretraining",
+        data=W2V_DATA,
+        labels="ltr",
+        normalize=normalize,
+        sample_rate=16000,
+        max_sample_size=None,
+        min_sample_size=None,
+        no_pretrained_weights=False,
+        zero_infinity=True,
+        post_process="letter",
+        w2v_args=_w2v_pretrain_args(pretrained, inner_model_cfg),
+    )
+    state = {
+        "args": args,
+        "model": model.state_dict(),
+        "optimizer_history": _history("CtcCriterion", "FairseqAdam", 320000),
+        "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
+        "last_optimizer_state": None,
+    }
     path = _save(state, Path(out))
     dict_path = write_letter_dict(Path(out).parent / "dict.ltr.txt")
     assert OmegaConf.is_config(model.w2v_encoder.w2v_model.cfg)
-    return StandIn(release, path, "wav2vec2", True, model.eval(), model.w2v_encoder.w2v_model.eval(), dict_path,
-                   info={"format": "args Namespace, nested w2v_args Namespace", "normalize": normalize})
+    return StandIn(
+        release,
+        path,
+        "wav2vec2",
+        True,
+        model.eval(),
+        model.w2v_encoder.w2v_model.eval(),
+        dict_path,
+        info={"format": "args Namespace, nested w2v_args Namespace", "normalize": normalize},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,14 +478,34 @@ def make_wav2vec2_ctc(out, release: str = "wav2vec_small_960h.pt", size: str = "
 
 #: HubertConfig values of torchaudio's hubert_base_ls960.json / hubert_large_ll60k.json
 HUBERT = {
-    "hubert_base_ls960.pt": dict(size="base", final_dim=256, extractor_mode="default", layer_norm_first=False,
-                                 untie_final_proj=False, dropout=0.1, attention_dropout=0.1, dropout_input=0.1,
-                                 dropout_features=0.1, encoder_layerdrop=0.05, feature_grad_mult=0.1,
-                                 skip_nomask=False),
-    "hubert_large_ll60k.pt": dict(size="large", final_dim=768, extractor_mode="layer_norm", layer_norm_first=True,
-                                  untie_final_proj=True, dropout=0.0, attention_dropout=0.0, dropout_input=0.0,
-                                  dropout_features=0.0, encoder_layerdrop=0.0, feature_grad_mult=1.0,
-                                  skip_nomask=True),
+    "hubert_base_ls960.pt": dict(
+        size="base",
+        final_dim=256,
+        extractor_mode="default",
+        layer_norm_first=False,
+        untie_final_proj=False,
+        dropout=0.1,
+        attention_dropout=0.1,
+        dropout_input=0.1,
+        dropout_features=0.1,
+        encoder_layerdrop=0.05,
+        feature_grad_mult=0.1,
+        skip_nomask=False,
+    ),
+    "hubert_large_ll60k.pt": dict(
+        size="large",
+        final_dim=768,
+        extractor_mode="layer_norm",
+        layer_norm_first=True,
+        untie_final_proj=True,
+        dropout=0.0,
+        attention_dropout=0.0,
+        dropout_input=0.0,
+        dropout_features=0.0,
+        encoder_layerdrop=0.0,
+        feature_grad_mult=1.0,
+        skip_nomask=True,
+    ),
 }
 #: HubertPretrainingConfig values (labels, label_dir, normalize) of the same JSONs
 HUBERT_TASK = {
@@ -322,41 +524,71 @@ def _hubert_cfgs(release: str, size: str):
     dims = SIZES[release_size if size == "release" else size]
     if size == "tiny":
         spec["final_dim"] = 32
-    task_dc = HubertPretrainingConfig(data=HUBERT_DATA, label_rate=50.0, sample_rate=16000,
-                                      max_sample_size=250000, min_sample_size=32000, **HUBERT_TASK[release])
+    task_dc = HubertPretrainingConfig(
+        data=HUBERT_DATA,
+        label_rate=50.0,
+        sample_rate=16000,
+        max_sample_size=250000,
+        min_sample_size=32000,
+        **HUBERT_TASK[release],
+    )
     model_dc = HubertConfig(label_rate=50.0, mask_prob=0.8, **dims, **spec)
     return task_dc, model_dc
 
 
-def make_hubert_pretrained(out, release: str = "hubert_base_ls960.pt", size: str = "tiny", seed: int = 0,
-                           pos_conv_weight_norm: str = "legacy") -> StandIn:
+def make_hubert_pretrained(
+    out,
+    release: str = "hubert_base_ls960.pt",
+    size: str = "tiny",
+    seed: int = 0,
+    pos_conv_weight_norm: str = "legacy",
+) -> StandIn:
     import torch
     from fairseq.models.hubert.hubert import HubertModel
     from omegaconf import OmegaConf
 
     torch.manual_seed(seed)
     task_dc, model_dc = _hubert_cfgs(release, size)
-    cfg = _root_cfg(task_dc, model_dc, "hubert_pretraining", "hubert",
-                    common={"seed": 1337, "fp16": True, "log_format": "json"},
-                    optimization={"max_update": 400000, "lr": [0.0005]},
-                    checkpoint={"save_dir": HUBERT_DATA.replace("/data/", "/experiments/")})
+    cfg = _root_cfg(
+        task_dc,
+        model_dc,
+        "hubert_pretraining",
+        "hubert",
+        common={"seed": 1337, "fp16": True, "log_format": "json"},
+        optimization={"max_update": 400000, "lr": [0.0005]},
+        checkpoint={"save_dir": HUBERT_DATA.replace("/data/", "/experiments/")},
+    )
     dictionary = _dictionary(str(i) for i in range(KM_LABELS))
     model = HubertModel(cfg.model, cfg.task, [dictionary])
     _seed_noise(model, seed)
     weights = model.state_dict()
     if pos_conv_weight_norm == "parametrizations":
         weights = _parametrized_names(weights)
-    state = {"args": None, "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "model": weights,
-             "criterion": None, "optimizer_history": _history("HubertCriterion", "FairseqAdam", 400000),
-             "task_state": {"dictionaries": [dictionary]},
-             "extra_state": {"metrics": {}, "previous_training_time": 0}, "last_optimizer_state": None}
+    state = {
+        "args": None,
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": weights,
+        "criterion": None,
+        "optimizer_history": _history("HubertCriterion", "FairseqAdam", 400000),
+        "task_state": {"dictionaries": [dictionary]},
+        "extra_state": {"metrics": {}, "previous_training_time": 0},
+        "last_optimizer_state": None,
+    }
     path = _save(state, Path(out))
-    return StandIn(release, path, "hubert", False, model.eval(), model.eval(),
-                   info={"format": "cfg dict, task_state dictionaries [504]", "normalize": task_dc.normalize})
+    return StandIn(
+        release,
+        path,
+        "hubert",
+        False,
+        model.eval(),
+        model.eval(),
+        info={"format": "cfg dict, task_state dictionaries [504]", "normalize": task_dc.normalize},
+    )
 
 
-def make_hubert_ctc(out, release: str = "hubert_large_ll60k_finetune_ls960.pt", size: str = "tiny",
-                    seed: int = 0) -> StandIn:
+def make_hubert_ctc(
+    out, release: str = "hubert_large_ll60k_finetune_ls960.pt", size: str = "tiny", seed: int = 0
+) -> StandIn:
     """hubert_ctc: cfg dict, w2v_args = the pretraining run's full cfg (labels on the authors' cluster)."""
     import torch
     from fairseq.models.hubert.hubert_asr import HubertCtc, HubertCtcConfig
@@ -367,44 +599,93 @@ def make_hubert_ctc(out, release: str = "hubert_large_ll60k_finetune_ls960.pt", 
     pre = "hubert_large_ll60k.pt"
     task_dc, model_dc = _hubert_cfgs(pre, size)
     inner = _root_cfg(task_dc, model_dc, "hubert_pretraining", "hubert")
-    ft_task = HubertPretrainingConfig(data=HUBERT_DATA.replace("iter", "ft"), fine_tuning=True, labels=["ltr"],
-                                      label_dir=HUBERT_DATA.replace("iter", "ft"), normalize=True,
-                                      single_target=True, label_rate=-1.0)
-    ctc_fields = dict(apply_mask=True, mask_prob=0.5, mask_channel_prob=0.25, mask_channel_length=64,
-                      layerdrop=0.1, activation_dropout=0.1, feature_grad_mult=0.0, freeze_finetune_updates=10000)
-    root = _root_cfg(ft_task, HubertCtcConfig(w2v_path="/checkpoint/wnhsu/hubert/hubert_large_ll60k.pt",
-                                              **ctc_fields), "hubert_pretraining", "hubert_ctc")
+    ft_task = HubertPretrainingConfig(
+        data=HUBERT_DATA.replace("iter", "ft"),
+        fine_tuning=True,
+        labels=["ltr"],
+        label_dir=HUBERT_DATA.replace("iter", "ft"),
+        normalize=True,
+        single_target=True,
+        label_rate=-1.0,
+    )
+    ctc_fields = dict(
+        apply_mask=True,
+        mask_prob=0.5,
+        mask_channel_prob=0.25,
+        mask_channel_length=64,
+        layerdrop=0.1,
+        activation_dropout=0.1,
+        feature_grad_mult=0.0,
+        freeze_finetune_updates=10000,
+    )
+    root = _root_cfg(
+        ft_task,
+        HubertCtcConfig(w2v_path="/checkpoint/wnhsu/hubert/hubert_large_ll60k.pt", **ctc_fields),
+        "hubert_pretraining",
+        "hubert_ctc",
+    )
     root.model.w2v_args = inner
     letters = _dictionary(LETTERS)
     task = HubertPretrainingTask(root.task)
     # fine-tuning started from the pretrained file: its pretraining dictionaries reached the encoder
-    task.state.merge_state_dict({"target_dictionary": letters,
-                                 "dictionaries": [_dictionary(str(i) for i in range(KM_LABELS))]})
+    task.state.merge_state_dict(
+        {"target_dictionary": letters, "dictionaries": [_dictionary(str(i) for i in range(KM_LABELS))]}
+    )
     build = root.copy()
     with open_dict(build.model):  # fairseq 0.12's HubertEncoder reads a field only its seq2seq config has
         build.model.autoregressive = False
     model = HubertCtc.build_model(build.model, task)
     _seed_noise(model, seed)
-    state = {"args": None, "cfg": OmegaConf.to_container(root, resolve=True, enum_to_str=True),
-             "model": model.state_dict(), "criterion": None,
-             "optimizer_history": _history("CtcCriterion", "FairseqAdam", 320000),
-             "task_state": {"target_dictionary": letters},
-             "extra_state": {"metrics": {}, "previous_training_time": 0}, "last_optimizer_state": None}
+    state = {
+        "args": None,
+        "cfg": OmegaConf.to_container(root, resolve=True, enum_to_str=True),
+        "model": model.state_dict(),
+        "criterion": None,
+        "optimizer_history": _history("CtcCriterion", "FairseqAdam", 320000),
+        "task_state": {"target_dictionary": letters},
+        "extra_state": {"metrics": {}, "previous_training_time": 0},
+        "last_optimizer_state": None,
+    }
     path = _save(state, Path(out))
     dict_path = write_letter_dict(Path(out).parent / "dict.ltr.txt")
-    return StandIn(release, path, "hubert", True, model.eval(), model.w2v_encoder.w2v_model.eval(), dict_path,
-                   info={"format": "cfg dict, w2v_args cfg, task_state target_dictionary", "normalize": True})
+    return StandIn(
+        release,
+        path,
+        "hubert",
+        True,
+        model.eval(),
+        model.w2v_encoder.w2v_model.eval(),
+        dict_path,
+        info={"format": "cfg dict, w2v_args cfg, task_state target_dictionary", "normalize": True},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # data2vec audio (cfg dict; the pretrained file carries its EMA teacher)
 
 #: Data2VecAudioConfig values of fairseq's examples/data2vec/config/audio/pretraining/base_librispeech.yaml
-D2V = dict(extractor_mode="layer_norm", encoder_layerdrop=0.05, dropout_input=0.0, dropout_features=0.0,
-           feature_grad_mult=1.0, mask_prob=0.65, mask_length=10, loss_beta=0, loss_scale=None,
-           instance_norm_target_layer=True, average_top_k_layers=8, pos_conv_depth=5, conv_pos=95,
-           ema_decay=0.999, ema_end_decay=0.9999, ema_anneal_end_step=30000, ema_transformer_only=True,
-           ema_layers_only=True, require_same_masks=True, mask_dropout=0.0)
+D2V = dict(
+    extractor_mode="layer_norm",
+    encoder_layerdrop=0.05,
+    dropout_input=0.0,
+    dropout_features=0.0,
+    feature_grad_mult=1.0,
+    mask_prob=0.65,
+    mask_length=10,
+    loss_beta=0,
+    loss_scale=None,
+    instance_norm_target_layer=True,
+    average_top_k_layers=8,
+    pos_conv_depth=5,
+    conv_pos=95,
+    ema_decay=0.999,
+    ema_end_decay=0.9999,
+    ema_anneal_end_step=30000,
+    ema_transformer_only=True,
+    ema_layers_only=True,
+    require_same_masks=True,
+    mask_dropout=0.0,
+)
 
 
 def _d2v_cfgs(size: str):
@@ -420,11 +701,15 @@ def _d2v_cfgs(size: str):
     if size == "tiny":
         dims["average_top_k_layers"] = 2
     spec = {**D2V, **dims}
-    task_dc = AudioPretrainingConfig(data=D2V_DATA, max_sample_size=320000, min_sample_size=32000, normalize=True)
+    task_dc = AudioPretrainingConfig(
+        data=D2V_DATA, max_sample_size=320000, min_sample_size=32000, normalize=True
+    )
     return task_dc, dc(**spec)
 
 
-def make_data2vec_pretrained(out, release: str = "audio_base_ls.pt", size: str = "tiny", seed: int = 0) -> StandIn:
+def make_data2vec_pretrained(
+    out, release: str = "audio_base_ls.pt", size: str = "tiny", seed: int = 0
+) -> StandIn:
     import torch
     from omegaconf import OmegaConf
 
@@ -435,21 +720,42 @@ def make_data2vec_pretrained(out, release: str = "audio_base_ls.pt", size: str =
 
     torch.manual_seed(seed)
     task_dc, model_dc = _d2v_cfgs(size)
-    cfg = _root_cfg(task_dc, model_dc, "audio_pretraining", "data2vec_audio",
-                    optimization={"max_update": 400000, "lr": [0.0005]}, common={"fp16": True})
+    cfg = _root_cfg(
+        task_dc,
+        model_dc,
+        "audio_pretraining",
+        "data2vec_audio",
+        optimization={"max_update": 400000, "lr": [0.0005]},
+        common={"fp16": True},
+    )
     model = MODEL_REGISTRY["data2vec_audio"](cfg.model)
     _seed_noise(model, seed)
     model.set_num_updates(400000)  # builds the EMA teacher, saved as "_ema" (as the trainer's checkpoints)
-    state = {"args": None, "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-             "model": model.state_dict(), "criterion": None,
-             "optimizer_history": _history("ModelCriterion", "FairseqAdam", 400000), "task_state": {},
-             "extra_state": {"metrics": {}, "previous_training_time": 0}, "last_optimizer_state": None}
+    state = {
+        "args": None,
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": model.state_dict(),
+        "criterion": None,
+        "optimizer_history": _history("ModelCriterion", "FairseqAdam", 400000),
+        "task_state": {},
+        "extra_state": {"metrics": {}, "previous_training_time": 0},
+        "last_optimizer_state": None,
+    }
     path = _save(state, Path(out))
-    return StandIn(release, path, "data2vec", False, model.eval(), model.eval(),
-                   info={"format": "cfg dict, _ema teacher", "normalize": True})
+    return StandIn(
+        release,
+        path,
+        "data2vec",
+        False,
+        model.eval(),
+        model.eval(),
+        info={"format": "cfg dict, _ema teacher", "normalize": True},
+    )
 
 
-def make_data2vec_ctc(out, release: str = "audio_base_ls_960h.pt", size: str = "tiny", seed: int = 0) -> StandIn:
+def make_data2vec_ctc(
+    out, release: str = "audio_base_ls_960h.pt", size: str = "tiny", seed: int = 0
+) -> StandIn:
     import torch
     from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
     from fairseq.tasks.audio_finetuning import AudioFinetuningConfig
@@ -457,27 +763,58 @@ def make_data2vec_ctc(out, release: str = "audio_base_ls_960h.pt", size: str = "
 
     torch.manual_seed(seed)
     task_dc, model_dc = _d2v_cfgs(size)
-    inner = _root_cfg(task_dc, model_dc, "audio_pretraining", "data2vec_audio",
-                      optimization={"max_update": 400000, "lr": [0.0005]})
-    ctc_fields = dict(apply_mask=True, mask_prob=0.65, mask_channel_prob=0.25, mask_channel_length=64,
-                      layerdrop=0.1, activation_dropout=0.1, feature_grad_mult=0.0, freeze_finetune_updates=0)
-    root = _root_cfg(AudioFinetuningConfig(data=D2V_DATA, normalize=True, labels="ltr"),
-                     Wav2Vec2CtcConfig(w2v_path="/private/home/abaevski/models/data2vec/audio_base_ls.pt",
-                                       **ctc_fields), "audio_finetuning", "wav2vec_ctc")
+    inner = _root_cfg(
+        task_dc,
+        model_dc,
+        "audio_pretraining",
+        "data2vec_audio",
+        optimization={"max_update": 400000, "lr": [0.0005]},
+    )
+    ctc_fields = dict(
+        apply_mask=True,
+        mask_prob=0.65,
+        mask_channel_prob=0.25,
+        mask_channel_length=64,
+        layerdrop=0.1,
+        activation_dropout=0.1,
+        feature_grad_mult=0.0,
+        freeze_finetune_updates=0,
+    )
+    root = _root_cfg(
+        AudioFinetuningConfig(data=D2V_DATA, normalize=True, labels="ltr"),
+        Wav2Vec2CtcConfig(w2v_path="/private/home/abaevski/models/data2vec/audio_base_ls.pt", **ctc_fields),
+        "audio_finetuning",
+        "wav2vec_ctc",
+    )
     root.model.w2v_args = inner
     letters = _dictionary(LETTERS)
     model = Wav2VecCtc.build_model(root.model, Namespace(target_dictionary=letters))
     _seed_noise(model, seed)
-    state = {"args": None, "cfg": OmegaConf.to_container(root, resolve=True, enum_to_str=True),
-             "model": model.state_dict(), "criterion": None,
-             "optimizer_history": _history("CtcCriterion", "FairseqAdam", 320000),
-             "task_state": {"target_dictionary": letters},
-             "extra_state": {"metrics": {}, "previous_training_time": 0}, "last_optimizer_state": None}
+    state = {
+        "args": None,
+        "cfg": OmegaConf.to_container(root, resolve=True, enum_to_str=True),
+        "model": model.state_dict(),
+        "criterion": None,
+        "optimizer_history": _history("CtcCriterion", "FairseqAdam", 320000),
+        "task_state": {"target_dictionary": letters},
+        "extra_state": {"metrics": {}, "previous_training_time": 0},
+        "last_optimizer_state": None,
+    }
     path = _save(state, Path(out))
     dict_path = write_letter_dict(Path(out).parent / "dict.ltr.txt")
-    return StandIn(release, path, "data2vec", True, model.eval(), model.w2v_encoder.w2v_model.eval(), dict_path,
-                   info={"format": "cfg dict, w2v_args cfg (data2vec_audio), task_state target_dictionary",
-                         "normalize": True})
+    return StandIn(
+        release,
+        path,
+        "data2vec",
+        True,
+        model.eval(),
+        model.w2v_encoder.w2v_model.eval(),
+        dict_path,
+        info={
+            "format": "cfg dict, w2v_args cfg (data2vec_audio), task_state target_dictionary",
+            "normalize": True,
+        },
+    )
 
 
 #: every release serkit's READMEs name (or a sibling of one): file -> builder
