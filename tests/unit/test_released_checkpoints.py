@@ -532,7 +532,7 @@ def _hf_dir(root: Path, arch: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize("arch", ["WavLM", "Hubert", "Wav2Vec2"])
+@pytest.mark.parametrize("arch", ["Hubert", "Wav2Vec2"])
 def test_hf_directory_loads_and_dumps(tmp_path, wavs, arch):
     import soundfile as sf
 
@@ -550,8 +550,45 @@ def test_hf_directory_loads_and_dumps(tmp_path, wavs, arch):
     got = reader.load("u1")
     for layer in range(3):
         np.testing.assert_allclose(got[layer], ref[layer][0].numpy(), atol=1e-5, rtol=1e-5)
-    if arch == "WavLM":
-        passed("wavlm-large/", "dump")
+
+
+def test_wavlm_large_directory_as_released_dumps_its_layers(tmp_path, wavs):
+    """microsoft/wavlm-large: pytorch_model.bin with weight_g/weight_v; layers equal its source model."""
+    pytest.importorskip("transformers", reason="the serkit[hf] extra is not installed")
+    import soundfile as sf
+
+    from serkit.upstream.features import FeatureReader
+    from serkit.upstream.standins import make_hf_wavlm_large
+
+    s = make_hf_wavlm_large(tmp_path / "wavlm-large")
+    assert sorted(p.name for p in s.path.iterdir()) == [
+        "config.json",
+        "preprocessor_config.json",
+        "pytorch_model.bin",
+    ]
+    assert "encoder.pos_conv_embed.conv.weight_g" in torch.load(s.path / "pytorch_model.bin")
+    reader = FeatureReader(_dump(s.path, wavs, tmp_path / "dump"))
+    assert reader.layers == [0, 1, 2]
+    for utt in ("u0", "u1"):
+        wav, _ = sf.read(wavs / f"{utt}.wav", dtype="float32")
+        x = torch.nn.functional.layer_norm(torch.from_numpy(wav), (len(wav),))[None]  # do_normalize
+        with torch.no_grad():
+            ref = s.model(x, output_hidden_states=True).hidden_states
+        for layer in range(3):
+            np.testing.assert_allclose(reader.load(utt)[layer], ref[layer][0].numpy(), atol=1e-5, rtol=1e-5)
+    passed("wavlm-large/", "dump")
+
+
+def test_hf_directory_with_missing_weights_is_refused(tmp_path):
+    pytest.importorskip("transformers", reason="the serkit[hf] extra is not installed")
+    from serkit.upstream.standins import make_hf_wavlm_large
+
+    s = make_hf_wavlm_large(tmp_path / "wavlm-large")
+    weights = torch.load(s.path / "pytorch_model.bin")
+    del weights["encoder.pos_conv_embed.conv.weight_v"]
+    torch.save(weights, s.path / "pytorch_model.bin")
+    with pytest.raises(SerkitError, match=r"lack 1 tensor\(s\).*pos_conv_embed"):
+        load_upstream(s.path)
 
 
 # ---------------------------------------------------------------------------------------------

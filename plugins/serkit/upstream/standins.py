@@ -842,3 +842,65 @@ def make_standin(release: str, out_dir, **kw) -> StandIn:
 
 
 __all__ = ["BUILDERS", "LETTERS", "StandIn", "make_standin", "write_letter_dict"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face directories (WavLM-Large as the MELD README offers it)
+
+
+def make_hf_wavlm_large(out, size: str = "tiny", seed: int = 0) -> StandIn:
+    """A ``microsoft/wavlm-large``-style directory: config.json, preprocessor_config.json, pytorch_model.bin.
+
+    The Hub release predates safetensors and torch's parametrized weight norm: its weights are a
+    ``pytorch_model.bin`` whose positional convolution is stored as ``weight_g``/``weight_v``; the model
+    is WavLM with a layer-norm CNN with conv bias and a pre-LN transformer (``feat_extract_norm: layer``,
+    ``conv_bias: true``, ``do_stable_layer_norm: true``), 1024 dims and 24 layers at ``size="release"``.
+    """
+    import json
+
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    dims = (
+        dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+        if size == "release"
+        else dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            conv_dim=(16,) * 7,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=2,
+        )
+    )
+    cfg = transformers.WavLMConfig(
+        **dims, feat_extract_norm="layer", conv_bias=True, do_stable_layer_norm=True
+    )
+    model = transformers.WavLMModel(cfg)
+    _seed_noise(model, seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save_pretrained(out)
+    legacy = {}
+    for k, v in model.state_dict().items():
+        k = k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        )
+        legacy[k] = v.clone()
+    torch.save(legacy, out / "pytorch_model.bin")
+    (out / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "do_normalize": True,
+                "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+                "feature_size": 1,
+                "padding_side": "right",
+                "padding_value": 0.0,
+                "return_attention_mask": True,
+                "sampling_rate": 16000,
+            }
+        )
+    )
+    return StandIn("wavlm-large/", out, "hf", False, model.eval(), model.eval(), info={"format": "HF dir"})
