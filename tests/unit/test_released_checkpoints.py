@@ -256,6 +256,21 @@ def test_nested_namespace_is_converted_without_hydra(standins):
     assert ck.normalize is True and ck.ctc.num_outputs == 32 and ck.ctc.norm_weight is not None
 
 
+def test_unreadable_configs_name_the_file_and_the_fix(tmp_path, standins):
+    state = torch.load(standins["wav2vec_small.pt"].path, weights_only=False)
+    state["args"].arch = "wav2vec3"
+    torch.save(state, tmp_path / "odd.pt")
+    with pytest.raises(SerkitError, match=r"odd\.pt: checkpoint args name model 'wav2vec3'"):
+        load_upstream(tmp_path / "odd.pt")
+    state = torch.load(standins["hubert_large_ll60k_finetune_ls960.pt"].path, weights_only=False)
+    state["cfg"]["model"]["w2v_args"] = None  # fairseq would read the encoder's config from w2v_path
+    torch.save(state, tmp_path / "ctc.pt")
+    with pytest.raises(
+        SerkitError, match=r"ctc\.pt: 'hubert_ctc' checkpoint without w2v_args.*w2v_path=/checkpoint/"
+    ):
+        load_upstream(tmp_path / "ctc.pt")
+
+
 @pytest.mark.parametrize("release", ["wav2vec_small.pt", "hubert_base_ls960.pt"])
 def test_parametrized_weight_norm_names_load_the_same(tmp_path, standins, release):
     s = standins[release]
