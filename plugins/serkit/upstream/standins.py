@@ -7,7 +7,8 @@ positional convolution) and returns a :class:`StandIn` holding the fairseq model
 tests can compare serkit against fairseq's own ``extract_features`` on the same weights.
 
 Dimensions are tiny by default (``size="tiny"``: 7 convs of 32 channels with the 320x stride, 2
-transformer layers of 64 dims); ``size="base"``/``"large"`` give the release's own sizes.
+transformer layers of 64 dims); ``size="release"`` gives the release's own dimensions (``"base"`` or
+``"large"`` forces one).
 
 Where the structure comes from:
 
