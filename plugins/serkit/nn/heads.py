@@ -32,10 +32,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch  # noqa: F401  (used by the doctests)
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-import torch.nn.functional as F
 
 from .blocks import ConvNeXtBlock1d, RelativeSelfAttention, ShiftformerLayer, TransformerLayer
 from .masking import zero_padded_frames
@@ -352,7 +351,8 @@ class TransformerHead(nn.Module):
         if token_mixer not in ("attention", "pooling"):
             raise ValueError(f"token_mixer must be 'attention' or 'pooling', got {token_mixer!r}")
         if shift_placement not in ("none", "residual", "inplace"):
-            raise ValueError(f"shift_placement must be 'none', 'residual' or 'inplace', got {shift_placement!r}")
+            raise ValueError(f"shift_placement must be 'none', 'residual' or 'inplace', "
+                             f"got {shift_placement!r}")
         plain = positions == "relative" and token_mixer == "attention" and shift_placement == "none"
         self.layers = nn.ModuleList(
             TransformerLayer(input_dim, num_heads, mlp_ratio, max_len, out_proj, dropout) if plain else
@@ -445,10 +445,12 @@ class LSTMHead(nn.Module):
         if placement not in ("inplace", "residual"):
             raise ValueError(f"placement must be 'inplace' or 'residual', got {placement!r}")
         hidden = input_dim if hidden is None else hidden
-        self.shift = make_shift(proportion, bidirectional, mask_aware, shift_augment_p) if proportion > 0 else None
+        self.shift = None
+        if proportion > 0:
+            self.shift = make_shift(proportion, bidirectional, mask_aware, shift_augment_p)
         self.placement = placement
-        self.shortcut = nn.Linear(input_dim, 2 * hidden) if self.shift is not None and placement == "residual" \
-            else None
+        residual = self.shift is not None and placement == "residual"
+        self.shortcut = nn.Linear(input_dim, 2 * hidden) if residual else None
         self.lstm = nn.LSTM(input_dim, hidden, num_layers=1, batch_first=True, bidirectional=True)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(2 * hidden)

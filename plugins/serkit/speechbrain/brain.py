@@ -79,7 +79,8 @@ class WarmupCosine:
 class WarmupHoldLinear:
     """Learning rate: linear warm-up from 0 over ``warmup_epochs``, constant for ``hold_epochs``, then linear
     decay to 0 at ``epochs`` (the lambda schedule of ShiftSER's official finetuning code, taken from
-    FT-w2v2-ser, whose hold equals the warm-up); a function of the fractional epoch, evaluated every iteration.
+    FT-w2v2-ser, whose hold equals the warm-up); a function of the fractional epoch, evaluated every
+    iteration.
 
     Example
     -------

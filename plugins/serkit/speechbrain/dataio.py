@@ -81,7 +81,7 @@ CROPS = ("start", "random")
 
 
 def crop_to(x: torch.Tensor, max_len: int, crop: str = "start", pad: bool = False) -> torch.Tensor:
-    """Cut ``x`` to at most ``max_len`` items along its first axis (and zero-pad it to ``max_len`` when ``pad``).
+    """Cut ``x`` to at most ``max_len`` items along its first axis (zero-pad it to ``max_len`` with ``pad``).
 
     ``crop="start"`` keeps the first ``max_len``; ``"random"`` a window drawn with torch's global generator.
 
@@ -211,8 +211,8 @@ def fold_datasets(fold_dir: str | os.PathLike, reader=None, splits=("train", "va
         if reader is not None and feature_layers is not None:
             steps.append(functools.partial(_select_layers, index=torch.tensor(list(feature_layers))))
         if max_len is not None:
-            steps.append(functools.partial(crop_to, max_len=max_len, crop=crop if split == "train" else "start",
-                                           pad=bool(pad_to_max)))
+            split_crop = crop if split == "train" else "start"  # evaluation: always the first seconds
+            steps.append(functools.partial(crop_to, max_len=max_len, crop=split_crop, pad=bool(pad_to_max)))
         transform = functools.partial(_chain, steps=steps) if steps else None
         if reader is not None:
             ds.add_dynamic_item(feature_pipeline(reader, transform))

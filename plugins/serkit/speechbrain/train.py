@@ -92,6 +92,10 @@ def _parse(argv):
     if bad:
         raise SerkitError(f"serkit train: {bad} are set from --fold-dir/--output-folder/--feats/--upstream; "
                           "do not override them")
+    known = _peek_yaml(args.hparams)
+    unknown = [k for k in overrides if k not in known]
+    if unknown:  # before anything is written: a mis-spelled option must not silently do nothing
+        raise SerkitError(f"{args.hparams}: no key {unknown} to override; its keys are {sorted(known)}")
     return args, run_opts, overrides
 
 
@@ -121,8 +125,12 @@ def _featex_layers(spec, layers: list[int], where: str) -> list[int] | None:
         return None
     if spec == "last":
         return [len(layers) - 1]
-    wanted = [spec] if isinstance(spec, int) else \
-        [int(s) for s in str(spec).strip("[]").split(",") if s.strip()] if isinstance(spec, str) else list(spec)
+    if isinstance(spec, int):
+        wanted = [spec]
+    elif isinstance(spec, str):
+        wanted = [int(s) for s in spec.strip("[]").split(",") if s.strip()]
+    else:
+        wanted = [int(s) for s in spec]
     missing = [w for w in wanted if w not in layers]
     if missing or not wanted:
         raise SerkitError(f"featex_layers {spec!r}: layers {missing or spec} are not among the cached layers "
@@ -179,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         meta = dict(getattr(reader, "meta", {}) or {})
         upstream_path = args.upstream or meta.get("upstream")
         feature_layers = _featex_layers(peek.get("featex_layers", "all"), list(reader.layers), args.feats)
-        upstream_layers = [reader.layers[i] for i in feature_layers] if feature_layers else list(reader.layers)
+        upstream_layers = list(reader.layers)
+        if feature_layers is not None:
+            upstream_layers = [reader.layers[i] for i in feature_layers]
         num_layers = len(upstream_layers)
         normalize = meta.get("normalize")
     else:
