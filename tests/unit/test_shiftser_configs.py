@@ -147,7 +147,8 @@ def test_schedules_match_the_official_code():
     from serkit.speechbrain.brain import WarmupCosine, WarmupHoldLinear
 
     steps, epochs, warmup = 10, 100, 5
-    cosine = WarmupCosine(5e-4, warmup, epochs, final_lr=5e-6, warmup_start_lr=5e-7)
+    cosine = WarmupCosine(5e-4, warmup, epochs, final_lr=5e-6, warmup_start_lr=5e-7,
+                          cosine_after_warmup=False)
     # timm CosineLRScheduler(t_initial=1000, lr_min=5e-6, warmup_lr_init=5e-7, warmup_t=50), per iteration
     import math
 

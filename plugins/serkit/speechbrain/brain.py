@@ -45,23 +45,24 @@ class WarmupCosine:
     """Learning rate: linear warm-up from ``warmup_start_lr`` over ``warmup_epochs``, then cosine decay to
     ``final_lr`` at ``epochs``; a function of the fractional epoch, evaluated every iteration.
 
-    ``cosine_after_warmup=False`` is timm's ``CosineLRScheduler`` as the official ShiftSER code uses it
-    (``warmup_prefix=False``): the cosine runs over the whole schedule and the warm-up overrides its
-    first epochs, so the rate after warm-up starts just below ``lr``. ``True`` starts the cosine at the
-    end of the warm-up. Stateless, so a resumed run continues the schedule exactly.
+    ``cosine_after_warmup=True`` (default) starts the cosine at the end of the warm-up. ``False`` is
+    timm's ``CosineLRScheduler`` as the official ShiftSER code uses it (``warmup_prefix=False``): the
+    cosine runs over the whole schedule and the warm-up overrides its first epochs, so the rate after
+    the warm-up starts just below ``lr``. Stateless, so a resumed run continues the schedule exactly.
 
     Example
     -------
-    >>> s = WarmupCosine(lr=1.0, warmup_epochs=5, epochs=100, cosine_after_warmup=True)
+    >>> s = WarmupCosine(lr=1.0, warmup_epochs=5, epochs=100)
     >>> s(0.0), s(2.5), s(5.0), round(s(52.5), 3), s(100.0)
     (0.0, 0.5, 1.0, 0.5, 0.0)
-    >>> official = WarmupCosine(lr=5e-4, warmup_epochs=5, epochs=100, final_lr=5e-6, warmup_start_lr=5e-7)
+    >>> official = WarmupCosine(lr=5e-4, warmup_epochs=5, epochs=100, final_lr=5e-6, warmup_start_lr=5e-7,
+    ...                         cosine_after_warmup=False)
     >>> official(0.0), round(official(50.0), 8), official(100.0)
     (5e-07, 0.0002525, 5e-06)
     """
 
     def __init__(self, lr: float, warmup_epochs: float, epochs: float, final_lr: float = 0.0,
-                 warmup_start_lr: float = 0.0, cosine_after_warmup: bool = False):
+                 warmup_start_lr: float = 0.0, cosine_after_warmup: bool = True):
         self.lr, self.warmup, self.epochs, self.final_lr = float(lr), float(warmup_epochs), float(epochs), \
             float(final_lr)
         self.warmup_start_lr = float(warmup_start_lr)
