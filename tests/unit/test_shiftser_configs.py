@@ -201,3 +201,16 @@ def test_gradient_clipping_covers_every_parameter_group():
     step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, net.parameters())])
     assert step.norm().item() == pytest.approx(1.0, rel=1e-5)
     assert (step > 0).all()  # every parameter moved, by the same clipped amount
+
+
+def test_featex_layers_picks_cached_layers():
+    from serkit.speechbrain.train import _featex_layers
+    from serkit.utils import SerkitError
+
+    cached = [0, 4, 8, 12]
+    assert _featex_layers("all", cached, "feats") is None
+    assert _featex_layers("last", cached, "feats") == [3]  # the official code's input: the last layer
+    assert _featex_layers(8, cached, "feats") == [2]
+    assert _featex_layers("4,12", cached, "feats") == [1, 3] == _featex_layers([4, 12], cached, "feats")
+    with pytest.raises(SerkitError, match=r"layers \[5\] are not among the cached layers"):
+        _featex_layers("5", cached, "feats")
