@@ -69,11 +69,12 @@ FAIRSEQ_WHY = {
 }
 #: the README lines that recommend each release (rows that must be green)
 RECOMMENDED = {
-    "hubert_base_ls960.pt": "IEMOCAP: FLEA upstream and CPT start (`--upstream`)",
+    "wav2vec_small.pt": "IEMOCAP: ShiftSER finetune and featex (`--upstream`)",
+    "hubert_base_ls960.pt": "IEMOCAP: FLEA upstream and CPT start, ShiftSER featex (`--upstream`)",
     "hubert_large_ll60k.pt": "MELD: BAS (`--upstream`)",
     "wav2vec_small_960h.pt": "SAVEE/IEMOCAP: MFSN TEC (`--tec-upstream`, `--ctc-dict`)",
     "audio_base_ls.pt": "SAVEE/IEMOCAP: MFSN SEC (`--sec-upstream`)",
-    "wavlm-large/": "MELD: BAS (`--upstream DIR`)",
+    "wavlm-large/": "MELD/IEMOCAP: BAS (`--upstream DIR`)",
 }
 COLUMNS = ("dump", "finetune", "cpt", "tec")
 RESULTS: dict[str, dict] = {}
@@ -99,9 +100,9 @@ def write_results():
     rows = []
     for release in RELEASES + list(HF_DIRS):
         kind = "hf" if release.endswith("/") else EXPECTED[release][0]
-        cells = {
-            c: ("n/a" if not applies(release, c) else bool(RESULTS.get(release, {}).get(c))) for c in COLUMNS
-        }
+        got = dict(RESULTS.get(release, {}))
+        got["finetune"] = bool(got.get("finetune_fairseq") and got.get("finetune_sb"))
+        cells = {c: ("n/a" if not applies(release, c) else bool(got.get(c))) for c in COLUMNS}
         rows.append(
             {
                 "release": release,
@@ -127,7 +128,7 @@ FORMATS = {
     "hubert_large_ll60k_finetune_ls960.pt": "cfg dict (hubert_ctc), w2v_args cfg, pre-LN",
     "audio_base_ls.pt": "cfg dict (data2vec_audio, examples/), _ema teacher",
     "audio_base_ls_960h.pt": "cfg dict (wav2vec_ctc around data2vec_audio)",
-    "wavlm-large/": "Hugging Face directory (config.json, model.safetensors)",
+    "wavlm-large/": "Hugging Face directory (config.json, pytorch_model.bin: weight_g/weight_v)",
 }
 
 
@@ -174,6 +175,23 @@ def test_load_upstream_layers_equal_fairseqs_extract_features(standins, release)
         hidden, _ = up(wav, layers=[1, 2])
         for h, ref in zip(hidden, _reference_layers(s, wav, 2)):
             torch.testing.assert_close(h, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_padded_batch_gives_each_utterance_its_own_features(standins, release):
+    up = load_upstream(standins[release].path)
+    torch.manual_seed(1)
+    lens = [9000, 5400]
+    wav = torch.randn(2, 9000) * 0.3
+    pad = torch.zeros(2, 9000, dtype=torch.bool)
+    pad[1, 5400:] = True
+    hidden, mask = up(wav, pad, layers=[0, 1, 2])
+    for b, n in enumerate(lens):
+        alone, _ = up(wav[b : b + 1, :n], layers=[0, 1, 2])
+        t = alone[0].shape[1]
+        assert int((~mask[b]).sum()) == t
+        for h, a in zip(hidden, alone):
+            torch.testing.assert_close(h[b, :t], a[0], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("release", RELEASES)
@@ -391,7 +409,33 @@ def test_serkit_ser_model_finetunes_from_the_release(standins, fold, release):
     torch.nn.functional.cross_entropy(logits, batch["target"]).backward()
     top = model.upstream.encoder.layers[-1].fc2.weight.grad
     assert top is not None and top.abs().sum() > 0  # the transformer trains
-    passed(release, "finetune")
+    passed(release, "finetune_fairseq")
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_speechbrain_finetune_lobe_from_the_release(standins, release):
+    """`serkit train --setting finetune` (ShiftSER, the heads): the SpeechBrain lobe around load_upstream."""
+    from serkit.speechbrain.lobes import FairseqUpstream
+
+    s = standins[release]
+    lobe = FairseqUpstream(str(s.path), freeze_cnn=True, layers="all")
+    wav = torch.randn(2, 9000) * 0.3
+    lengths = torch.tensor([1.0, 0.6])
+    lobe.eval()
+    with torch.no_grad():
+        out, _ = lobe(wav, lengths)
+    n = int(round(0.6 * 9000))
+    ref, _ = load_upstream(s.path)(wav[1:, :n], layers=[0, 1, 2])
+    t = ref[0].shape[1]
+    for layer in range(3):
+        torch.testing.assert_close(out[1, layer, :t], ref[layer][0], atol=1e-5, rtol=1e-5)
+    lobe.train()
+    out, _ = lobe(wav, lengths)
+    out[:, -1].pow(2).mean().backward()
+    top = lobe.model.encoder.layers[-1].fc2.weight.grad
+    assert top is not None and top.abs().sum() > 0  # the transformer trains
+    assert all(p.grad is None for p in lobe.model.feature_extractor.parameters())  # the CNN does not
+    passed(release, "finetune_sb")
 
 
 def _cpt_model(ck, init_from: str, **overrides):

@@ -10,7 +10,9 @@ padded inside a batch. fairseq's own forward does not guarantee that: the "defau
 (HuBERT-base, wav2vec2-base, the tiny HuBERT) group-normalises the first conv layer over the whole
 padded length, and HuBERT maps the sample mask to frames by reshaping. Here the CNN runs on each
 utterance's valid samples when the extractor uses group norm (batched otherwise: layer-norm
-extractors are per frame) and the frame mask comes from the conv length formula.
+extractors are per frame) and the frame mask comes from the conv length formula; data2vec's stacked
+positional convolution would carry padding into valid frames, so its transformer runs per utterance
+when a batch is padded.
 """
 
 from __future__ import annotations
@@ -147,6 +149,9 @@ class FairseqUpstream(Upstream):
                 self.hop,
             )
         self.frame_rate = SAMPLE_RATE / self.hop
+        pos_conv = getattr(model.encoder, "pos_conv", None)
+        convs = [] if pos_conv is None else [x for x in pos_conv.modules() if isinstance(x, torch.nn.Conv1d)]
+        self._stacked_pos_conv = len(convs) > 1
 
     def _cnn(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         fe = self.model.feature_extractor
@@ -200,12 +205,29 @@ class FairseqUpstream(Upstream):
         hidden = {0: feats.masked_fill(frame_mask[..., None], 0.0)}
         top = max(layers)
         if top > 0:
-            enc_mask = frame_mask if bool(frame_mask.any()) else None
-            _, layer_results = m.encoder.extract_features(feats, padding_mask=enc_mask, tgt_layer=top - 1)
-            for i, res in enumerate(layer_results[:top], start=1):
-                x = res[0] if isinstance(res, tuple) else res
-                hidden[i] = x.transpose(0, 1).masked_fill(frame_mask[..., None], 0.0)
+            for i, x in enumerate(self.encoder_layers(feats, frame_mask, top), start=1):
+                hidden[i] = x.masked_fill(frame_mask[..., None], 0.0)
         return [hidden[i] for i in layers], frame_mask
+
+    def encoder_layers(self, feats: torch.Tensor, frame_mask: torch.Tensor, top: int) -> list[torch.Tensor]:
+        """Outputs (B, T, C) of transformer layers 1..``top`` for the encoder input ``feats`` (B, T, C).
+
+        A multi-layer positional convolution (data2vec's ``pos_conv_depth > 1``) carries padded frames
+        into valid ones between its layers (fairseq zeroes them only before the first); the encoder
+        then runs on each utterance's own frames so that padding never changes them.
+        """
+        enc = self.model.encoder
+        frame_len = (~frame_mask).sum(1)
+        if self._stacked_pos_conv and bool(frame_mask.any()):
+            out = [feats.new_zeros(feats.shape) for _ in range(top)]
+            for b, n in enumerate(frame_len.tolist()):
+                alone = self.encoder_layers(feats[b : b + 1, :n], frame_mask[b : b + 1, :n], top)
+                for i, x in enumerate(alone):
+                    out[i][b, :n] = x[0]
+            return out
+        enc_mask = frame_mask if bool(frame_mask.any()) else None
+        _, layer_results = enc.extract_features(feats, padding_mask=enc_mask, tgt_layer=top - 1)
+        return [(res[0] if isinstance(res, tuple) else res).transpose(0, 1) for res in layer_results[:top]]
 
 
 # ---------------------------------------------------------------------------------------------
