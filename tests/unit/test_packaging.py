@@ -114,3 +114,23 @@ def test_installed_config_dir_and_user_dir(installed, tmp_path):
     assert proc.stdout.strip() == str(installed / "serkit" / "conf" / "IEMOCAP" / "fairseq")
     proc = installed_serkit(installed, "user-dir", cwd=tmp_path)
     assert proc.stdout.strip() == str(installed / "serkit_fairseq")
+
+
+def _make_n(*args: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("GPU", "MAKEFLAGS", "MAKELEVEL")}
+    proc = subprocess.run(["make", "-n", "-C", str(REPO), "install", *args], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_make_install_gpu_adds_faiss_gpu_only_when_asked():
+    assert "bash tools/install_faiss_gpu.sh" in _make_n("GPU=1")
+    assert not [line for line in _make_n("GPU=0") if "faiss" in line]
+    lock = (REPO / "requirements" / "lock.txt").read_text().splitlines()
+    (faiss_cpu,) = [line for line in lock if line.startswith("faiss-cpu==")]
+    proc = subprocess.run(["bash", str(REPO / "tools" / "install_faiss_gpu.sh"), "--dry-run"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.split() == [str(REPO / ".venv" / "bin" / "python"), "-m", "pip", "install", "-q", "-c",
+                                   str(REPO / "requirements" / "lock.txt"),
+                                   "faiss-gpu==" + faiss_cpu.split("==")[1]]
