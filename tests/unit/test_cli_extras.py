@@ -123,3 +123,26 @@ def test_kmeans_sklearn_backend_fits_and_applies_without_faiss(tmp_path):
     for row, utt in zip(rows, utts[:2]):
         x = np.ascontiguousarray(reader.load(utt.utt, layers=[reader.layers[0]])[0], dtype=np.float32)
         assert row.split() == [str(i) for i in index.search(x, 1)[1][:, 0]]
+
+
+def test_serkit_nn_needs_torch_only():
+    code = """
+import sys
+BLOCKED = set(sys.argv[1].split(","))
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+import torch
+from serkit.nn import HEADS, build_head
+for name in sorted(HEADS):
+    head = build_head(name, 16, 4).eval()
+    print(name, tuple(head(torch.randn(2, 30, 16), torch.zeros(2, 30, dtype=torch.bool)).shape))
+"""
+    blocked = OPTIONAL + ",sklearn,scipy,soundfile,av,kaldiio,matplotlib,yaml,tqdm"
+    proc = subprocess.run([sys.executable, "-c", code, blocked], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"{name} (2, 4)" for name in sorted(
+        ["bas", "cnn", "ffn", "linear", "lstm", "shiftcnn", "shiftformer", "shiftlstm", "transformer"])]
