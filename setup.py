@@ -27,7 +27,7 @@ setup(
     # The recipes' configs, shipped so that `serkit config NAME` and `serkit config-dir fairseq` work
     # outside a checkout: plugins/serkit/conf/<RECIPE> are symbolic links to recipes/<RECIPE>/conf,
     # so the package data is the recipes' own files, copied when the wheel is built.
-    package_data={"serkit": ["conf/*/*.yaml", "conf/*/fairseq/*.yaml"]},
+    package_data={"serkit": ["conf/**/*.yaml"]},
     # The pinned, tested set lives in requirements/ (torch must be installed before fairseq);
     # these are the loose requirements for people installing serkit into their own environment.
     install_requires=[
