@@ -163,10 +163,10 @@ def run_list(args: argparse.Namespace) -> int:
     from .nn import HEADS
     from .nn.pooling import POOLINGS
 
-    print("heads (SpeechBrain configs' head:, serkit.nn.build_head):")
+    print("heads (SERHead name: in a SpeechBrain config, serkit.nn.build_head):")
     for name in sorted(HEADS):
         print(f"  {name}")
-    print("poolings:")
+    print("poolings (pooling: in a config):")
     for name in sorted(POOLINGS):
         print(f"  {name}")
     print("protocols (serkit split):")
