@@ -125,8 +125,8 @@ def run_config(args: argparse.Namespace) -> int:
     if not args.out:
         print(text, end="")
         return 0
-    if os.path.lexists(args.out) and not args.force:
-        raise SerkitError(f"{args.out}: exists; choose another --out or add --force to replace it")
+    if os.path.lexists(args.out):  # never replaces a file serkit did not write
+        raise SerkitError(f"{args.out}: exists; choose another --out, or move it away first")
     with atomic_file(args.out, encoding="utf-8") as f:
         f.write(text)
     print(os.path.abspath(args.out))
@@ -190,8 +190,7 @@ def register(sub) -> None:
                        description="Print a recipe config installed with serkit (NAME, RECIPE/NAME, or "
                        "fairseq/NAME); without NAME, list them all with their installed paths.")
     p.add_argument("name", nargs="?", help="config name, e.g. shiftcnn, MELD/bas, fairseq/ser_finetune")
-    p.add_argument("--out", help="write the config to this file instead of printing it")
-    p.add_argument("--force", action="store_true", help="replace --out when it exists")
+    p.add_argument("--out", help="write the config to this new file instead of printing it")
     p.set_defaults(func=run_config)
 
     p = sub.add_parser("config-dir", help="print the installed directory of a set of configs",

@@ -96,7 +96,8 @@ def test_installed_config_prints_and_copies(installed, tmp_path):
 
     (tmp_path / "mine.yaml").write_text("my own\n")
     proc = installed_serkit(installed, "config", "shiftcnn", "--out", "mine.yaml", cwd=tmp_path)
-    assert proc.returncode == 2 and "mine.yaml: exists; choose another --out or add --force" in proc.stderr
+    assert proc.returncode == 2
+    assert "mine.yaml: exists; choose another --out, or move it away first" in proc.stderr
     assert (tmp_path / "mine.yaml").read_text() == "my own\n"
 
     proc = installed_serkit(installed, "config", "bas", cwd=tmp_path)
