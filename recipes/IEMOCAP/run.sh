@@ -50,6 +50,7 @@ mfsn_ablation=mfsn    # MFSN: sec_only | sec_tec_nosearch | mfsn
 mfsn_tec=audio        # MFSN TEC source: audio (the ASR model's frames, the paper) | text (IEMOCAP's transcripts) | asr (greedy CTC transcripts of --tec-upstream)
 ctc_dict=""           # MFSN --mfsn-tec asr: the letter dictionary (dict.ltr.txt) of --tec-upstream
 head_overrides=""     # extra yaml overrides for the heads, e.g. "--batch_size 16 --lr 0.001"
+shiftser_input=masked # heads linear..shiftlstm: masked (whole utterances, padding masked: ours) | paper (clipped to 7.5 s, ShiftSER Sec. 3.1) | official (the first 7.5 s, zero-padded to 7.5 s, no mask: the ShiftSER code)
 
 help_message=$(cat <<EOM
 Usage: $0 [options]
@@ -92,6 +93,8 @@ Options (default in brackets):
                       [$mfsn_tec]; text and asr are the paper's text ablation (text leaks across sessions)
   --ctc-dict FILE     dict.ltr.txt of the CTC --tec-upstream, for --mfsn-tec asr
   --head-overrides S  extra yaml overrides for the heads' training, e.g. "--batch_size 16"
+  --shiftser-input K  what heads linear..shiftlstm see: masked (whole utterances, padding masked) |
+                      paper (clipped to 7.5 s) | official (first 7.5 s zero-padded to 7.5 s, no mask) [$shiftser_input]
 EOM
 )
 . ../../local/parse_options.sh
@@ -104,6 +107,12 @@ case "$pooling" in attention|mean) poolings=$pooling ;; both) poolings="attentio
 case "$transductive" in true|false) ;; *) die "--transductive takes true or false" ;; esac
 case "$mfsn_tec" in audio|text|asr) ;; *) die "--mfsn-tec $mfsn_tec: audio, text or asr" ;; esac
 case "$bas_layers" in 3|4) ;; *) die "--bas-layers $bas_layers: the paper searches 3 or 4 layers" ;; esac
+case "$shiftser_input" in
+  masked) input_overrides=""; input_tag="" ;;
+  paper) input_overrides="--max_duration 7.5"; input_tag="_clip7.5s" ;;
+  official) input_overrides="--max_duration 7.5 --pad_to_max True"; input_tag="_pad7.5s" ;;
+  *) die "--shiftser-input $shiftser_input: masked, paper or official" ;;
+esac
 if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 fi
@@ -376,7 +385,13 @@ if stage_selected 4; then
   fi
   for h in "${heads[@]}"; do
     if [ "$h" = mfsn ]; then run_mfsn; continue; fi
-    run=$exp/${h}_$setting
+    h_overrides=$head_overrides; h_label=$h
+    case $h in linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm)
+      h_overrides="${input_overrides:+$input_overrides }$head_overrides"
+      run=$exp/${h}_$setting$input_tag
+      [ -z "$input_overrides" ] || h_label="$h ($shiftser_input input: $input_overrides)" ;;
+    *) run=$exp/${h}_$setting ;;
+    esac
     if [ "$setting" = featex ]; then
       log "Stage 4: $h needs cached features of $(basename "$upstream")"
       feats=$(dump_all "$upstream")
@@ -385,7 +400,7 @@ if stage_selected 4; then
       fold=$splits/fold$k; out=$run/fold$k
       log "Stage 4: $h ($setting) fold $k: $fold -> $out"
       # BAS and its baselines: --bas-layers layers; the mini corpus's SpecAugment width is not theirs
-      overrides=$head_overrides; bas_opts=()
+      overrides=$h_overrides; bas_opts=()
       case "$h" in bas*) ${mini_specaugment:-false} && overrides="" ;; esac
       case "$h" in
         bas) bas_opts=(--search-overrides "--search_layers $bas_layers $search_overrides") ;;
@@ -403,7 +418,7 @@ if stage_selected 4; then
         fi
         mark_done "$out" "$opts"; }
     done
-    run_json "$run" method="$h" setting="$setting" protocol="$protocol" upstream="$(upstream_label)" \
+    run_json "$run" method="$h_label" setting="$setting" protocol="$protocol" upstream="$(upstream_label)" \
       config="conf/$h.yaml" selection="$(case $h in bas*|mfsn) echo valid ;; *) echo best_test ;; esac)"
   done
 fi
@@ -413,7 +428,10 @@ if stage_selected 5; then
   runs=(); beside=()
   $flea && runs+=("$exp/teacher") && for p in $poolings; do runs+=("$exp/flea_$p"); done
   for h in "${heads[@]}"; do
-    if [ "$h" != mfsn ]; then runs+=("$exp/${h}_$setting"); continue; fi
+    case $h in
+      linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm) runs+=("$exp/${h}_$setting$input_tag"); continue ;;
+      bas) runs+=("$exp/${h}_$setting"); continue ;;
+    esac
     runs+=("$(mfsn_run "$mfsn_tec")")
     # MFSN runs with the other TEC sources, scored earlier, go beside it: the text-vs-audio gap in one table
     for t in audio text asr; do
