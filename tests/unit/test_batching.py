@@ -146,3 +146,16 @@ def test_precision_option_reaches_the_brain(tmp_path):
     # SpeechBrain's own check of the option
     with pytest.raises(ValueError, match="fp16. This option is not yet supported on CPU"):
         brain_with("fp16")
+
+
+def test_dynamic_batches_bucket_the_cropped_durations():
+    """With ``max_duration`` the model sees at most that many seconds: buckets follow the cropped lengths."""
+    fold, duration = iemocap_fold()
+    cropped = {u: min(d, 7.5) for u, d in duration.items()}
+    b = brain(**recipe_hparams(max_duration=7.5))
+    for split, loader in loaders(b, fold).items():
+        assert padding(epoch_batches(loader), cropped) <= 0.05, split
+    # padded to max_duration, every utterance is as long as the others: batches of batch_size exactly
+    padded = brain(**recipe_hparams(max_duration=7.5, pad_to_max=True))
+    sizes = sorted(len(x) for x in epoch_batches(loaders(padded, fold)["train"]))
+    assert sizes[1:] == [32] * (len(sizes) - 1) and sizes[0] == len(fold["train"]) % 32

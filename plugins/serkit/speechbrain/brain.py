@@ -204,15 +204,20 @@ BATCHING = ("dynamic", "random")
 EVAL_MAX_PADDING = 0.05
 
 
-def _durations(dataset):
+def _durations(dataset, max_duration=None, pad_to_max: bool = False):
+    """Seconds of each item as the model sees it (``max_duration`` crops; ``pad_to_max`` pads to it)."""
     import numpy as np
 
-    return np.array([float(dataset.data[i]["duration"]) for i in dataset.data_ids])
+    lengths = np.array([float(dataset.data[i]["duration"]) for i in dataset.data_ids])
+    if max_duration is not None:
+        lengths = np.full_like(lengths, float(max_duration)) if pad_to_max else np.minimum(lengths,
+                                                                                          float(max_duration))
+    return lengths
 
 
 def duration_batch_sampler(dataset, batch_size: int, max_batch_length: float | None = None,
                            num_buckets: int = 40, shuffle: bool = True, seed: int = 0,
-                           drop_last: bool = False):
+                           drop_last: bool = False, max_duration=None, pad_to_max: bool = False):
     """SpeechBrain's ``DynamicBatchSampler`` over the ``duration`` (seconds) of a ``DynamicItemDataset``.
 
     Bucket boundaries split the sorted durations into ``num_buckets`` parts of equal total duration (so
@@ -225,7 +230,7 @@ def duration_batch_sampler(dataset, batch_size: int, max_batch_length: float | N
     import numpy as np
     from speechbrain.dataio.sampler import DynamicBatchSampler
 
-    lengths = _durations(dataset)
+    lengths = _durations(dataset, max_duration, pad_to_max)
     ordered = np.sort(lengths)
     buckets = max(1, min(int(num_buckets), len(lengths) // max(1, int(batch_size))))
     cumulative = np.cumsum(ordered) / ordered.sum()
@@ -238,13 +243,14 @@ def duration_batch_sampler(dataset, batch_size: int, max_batch_length: float | N
                                shuffle=shuffle, batch_ordering="random", seed=int(seed), drop_last=drop_last)
 
 
-def sorted_batches(dataset, batch_size: int, max_batch_length: float | None = None) -> list[list[int]]:
+def sorted_batches(dataset, batch_size: int, max_batch_length: float | None = None, max_duration=None,
+                   pad_to_max: bool = False) -> list[list[int]]:
     """Evaluation batches: consecutive utterances in ascending duration, a batch closed before it would
     exceed ``max_batch_length`` seconds of padded audio (None: ``batch_size`` times the mean duration)
     or ``EVAL_MAX_PADDING`` of padding."""
     import numpy as np
 
-    lengths = _durations(dataset)
+    lengths = _durations(dataset, max_duration, pad_to_max)
     budget = float(max_batch_length) if max_batch_length is not None else int(batch_size) * lengths.mean()
     batches, current, total = [], [], 0.0
     for i in np.argsort(lengths, kind="stable").tolist():
@@ -347,12 +353,14 @@ class SERBrain(sb.Brain):
         batch_size = int(kwargs.pop("batch_size", 1))
         max_length = getattr(self.hparams, "max_batch_length", None)
         shuffle, drop_last = bool(kwargs.pop("shuffle", False)), bool(kwargs.pop("drop_last", False))
+        seen = {"max_duration": getattr(self.hparams, "max_duration", None),  # what the model sees
+                "pad_to_max": bool(getattr(self.hparams, "pad_to_max", False))}
         if stage == sb.Stage.TRAIN:
             kwargs["batch_sampler"] = duration_batch_sampler(
                 dataset, batch_size, max_length, int(getattr(self.hparams, "num_buckets", 40)),
-                shuffle=shuffle, seed=int(getattr(self.hparams, "seed", 0) or 0), drop_last=drop_last)
+                shuffle=shuffle, seed=int(getattr(self.hparams, "seed", 0) or 0), drop_last=drop_last, **seen)
         else:
-            kwargs["batch_sampler"] = sorted_batches(dataset, batch_size, max_length)
+            kwargs["batch_sampler"] = sorted_batches(dataset, batch_size, max_length, **seen)
         return kwargs
 
     def optimizers_step(self):
