@@ -159,3 +159,26 @@ def test_dynamic_batches_bucket_the_cropped_durations():
     padded = brain(**recipe_hparams(max_duration=7.5, pad_to_max=True))
     sizes = sorted(len(x) for x in epoch_batches(loaders(padded, fold)["train"]))
     assert sizes[1:] == [32] * (len(sizes) - 1) and sizes[0] == len(fold["train"]) % 32
+
+
+def test_results_say_which_batching_trained_the_run(tmp_path):
+    """``serkit train`` records ``batching`` in train_info.json; RESULTS.md and the results table show it."""
+    import json
+
+    from serkit.scoring import results_table, score_run
+
+    exp = tmp_path / "run"
+    rows = "utt\tlabel\tpred\tang\thap\nu1\tang\tang\t0.9\t0.1\nu2\thap\thap\t0.2\t0.8\n"
+    for k in (1, 2):
+        pred = exp / f"fold{k}" / "predictions"
+        pred.mkdir(parents=True)
+        for split in ("valid", "test"):
+            (pred / f"{split}.epoch001.tsv").write_text(rows)
+        info = {"setting": "featex", "batching": "dynamic"}
+        (exp / f"fold{k}" / "train_info.json").write_text(json.dumps(info))
+    (exp / "run.json").write_text(json.dumps({"method": "shiftcnn", "setting": "featex"}))
+    assert score_run(exp)["batching"] == "dynamic"
+    assert "- Batching: dynamic" in (exp / "RESULTS.md").read_text()
+    assert "| shiftcnn | featex (dynamic batches) |" in results_table([exp])
+    (exp / "fold2" / "train_info.json").write_text(json.dumps({"setting": "featex"}))  # before the key
+    assert "| shiftcnn | featex (dynamic, random batches) |" in results_table([exp], rule="valid")
