@@ -25,9 +25,10 @@ Batching (hparams ``batching``): ``dynamic`` (serkit's recipes) batches utteranc
 with SpeechBrain's ``DynamicBatchSampler``: a budget of ``max_batch_length`` seconds of padded audio per
 batch (default: ``batch_size`` times the mean padded duration, so a batch holds ``batch_size``
 utterances on average), ``num_buckets`` buckets of equal total duration (at most one per
-``batch_size`` utterances), utterances shuffled into their buckets and batches in random order every
-epoch (``seed`` + epoch: a resumed run draws the same batches). Validation and test batches take
-consecutive utterances in ascending duration under the same budget, each at most 5 % padding.
+``batch_size`` utterances; a bucket's few leftover utterances join its full batches), utterances
+shuffled into their buckets and batches in random order every epoch (``seed`` + epoch: a resumed run
+draws the same batches). Validation and test batches take consecutive utterances in ascending
+duration under the same budget, each at most 5 % padding.
 ``random`` (the default of a yaml without the key) keeps SpeechBrain's batches of ``batch_size`` drawn
 at random.
 """
@@ -215,6 +216,37 @@ def _durations(dataset, max_duration=None, pad_to_max: bool = False):
     return lengths
 
 
+def _duration_sampler_class():
+    import numpy as np
+    from speechbrain.dataio.sampler import DynamicBatchSampler
+
+    class DurationBatchSampler(DynamicBatchSampler):
+        """SpeechBrain's ``DynamicBatchSampler`` whose buckets do not end in a batch of a few utterances:
+        a bucket's last, partial batch is spread over the bucket's full batches (one utterance more
+        each) when it has no more utterances than there are full batches (ours: a batch of one or two
+        utterances would weigh as much as a full one in the gradient steps)."""
+
+        def _generate_batches(self):
+            super()._generate_batches()
+            groups: dict[int, list] = {}
+            for batch in self._batches:
+                bucket = int(np.searchsorted(self._bucket_boundaries, self._ex_lengths[str(batch[0])]))
+                groups.setdefault(bucket, []).append(batch)
+            batches = []
+            for bucket, group in sorted(groups.items()):
+                full = [b for b in group if len(b) >= self._bucket_lens[bucket]]
+                rest = [i for b in group if len(b) < self._bucket_lens[bucket] for i in b]
+                if rest and len(rest) <= len(full):
+                    for k, i in enumerate(rest):
+                        full[k].append(i)
+                    rest = []
+                batches += full + ([rest] if rest else [])
+            self._batches = batches
+            self._permute_batches()
+
+    return DurationBatchSampler
+
+
 def duration_batch_sampler(dataset, batch_size: int, max_batch_length: float | None = None,
                            num_buckets: int = 40, shuffle: bool = True, seed: int = 0,
                            drop_last: bool = False, max_duration=None, pad_to_max: bool = False):
@@ -228,7 +260,6 @@ def duration_batch_sampler(dataset, batch_size: int, max_batch_length: float | N
     utterances, so that batches hold ``batch_size`` utterances on average.
     """
     import numpy as np
-    from speechbrain.dataio.sampler import DynamicBatchSampler
 
     lengths = _durations(dataset, max_duration, pad_to_max)
     ordered = np.sort(lengths)
@@ -238,7 +269,7 @@ def duration_batch_sampler(dataset, batch_size: int, max_batch_length: float | N
     boundaries = np.unique(np.append(ordered[ends], ordered[-1]))
     if max_batch_length is None:
         max_batch_length = int(batch_size) * float(boundaries[np.searchsorted(boundaries, lengths)].mean())
-    return DynamicBatchSampler(dataset, max_batch_length=float(max_batch_length),
+    return _duration_sampler_class()(dataset, max_batch_length=float(max_batch_length),
                                bucket_boundaries=boundaries.tolist(), lengths_list=lengths.tolist(),
                                shuffle=shuffle, batch_ordering="random", seed=int(seed), drop_last=drop_last)
 
