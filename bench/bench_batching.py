@@ -97,7 +97,8 @@ def bench_padding(result: dict) -> None:
         key = (int(peek["batch_size"]), peek.get("max_batch_length"), int(peek.get("num_buckets", 40)))
         groups.setdefault(key, []).append(f"{conf.parent.parent.name}/{conf.stem}")
     print("\n### padding on IEMOCAP's durations (sessions 1-4 train: "
-          f"{len(fold['train'])}, session 5 valid/test: {len(fold['valid'])}/{len(fold['test'])})\n")
+          f"{len(fold['train'])}, session 5 valid/test: {len(fold['valid'])}/{len(fold['test'])}; "
+          "goal of `dynamic`: <= 5 %)\n")
     print("| configs | batching | split | batches | mean utterances per batch | padding |")
     print("|---|---|---|---:|---:|---:|")
     result["padding"] = []
@@ -188,7 +189,8 @@ def train_epoch(conf: Path, fold: Path, work: Path, batching: str, batch_size: i
 def bench_finetune(result: dict, args) -> None:
     from serkit.upstream.tiny import make_hubert_checkpoint
 
-    print("\n### finetuning epoch (flea.yaml, upstream trained every step), dynamic vs random batches\n")
+    print("\n### finetuning epoch (flea.yaml, upstream trained every step), dynamic vs random batches "
+          "(goal: >= 2.5x)\n")
     print("| upstream | utterances | audio s | batch_size | repeats | random s (median) | dynamic s (median) "
           "| speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -253,7 +255,7 @@ def bench_heads(result: dict, args) -> None:
     from serkit.upstream.features import AudioItem, FeatureReader
 
     print("\n### head epoch from cached features (768 channels x 3 layers, float16) / the head's own compute "
-          "on the same batches\n")
+          "on the same batches (goal: <= 1.1)\n")
     print("| head (config) | utterances | batching | repeats | serkit epoch s (median) | head compute s "
           "(median) | ratio |")
     print("|---|---:|---|---:|---:|---:|---:|")

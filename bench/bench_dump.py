@@ -96,6 +96,7 @@ def overhead(ckpts: dict, minutes: dict, repeats: int, work: str) -> list[dict]:
 
     from serkit.upstream import load_upstream
 
+    print("\n`dump_features` (last layer) / a bare loop of fairseq's `extract_features` (goal: <= 1.05)")
     print("\n| upstream | utterances | audio s | repeats | bare extract_features s (median) "
           "| dump_features s (median) | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
