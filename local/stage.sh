@@ -103,6 +103,8 @@ lock_workdir() {
 stage_selected() { [ "$1" -ge "${stage:-0}" ] && [ "$1" -le "${stop_stage:-100}" ]; }
 
 _done_file() { echo "$1/.done"; }
+# The identity each is_done in this shell found missing, for mark_done: DIR -> identity.
+declare -gA _serkit_started=()
 
 # Files up to this size are identified by their content; bigger ones (checkpoints) by size and mtime.
 SERKIT_HASH_MAX_BYTES=${SERKIT_HASH_MAX_BYTES:-67108864}
@@ -177,16 +179,20 @@ is_done() {
   fi
   mkdir -p "$dir"
   printf '%s\n' "$identity" > "$dir/.options"
+  _serkit_started[$dir]=$identity
   return 1
 }
 
 # mark_done DIR [OPTIONS [INPUT...]]: DIR is complete. Records the identity is_done took when the
-# work started (DIR/.options; from OPTIONS and INPUTs if the work removed it), and when it finished.
+# work started (kept in memory and in DIR/.options, which a tool replacing DIR removes; without
+# either, OPTIONS and INPUTs), and when it finished.
 mark_done() {
   local dir=$1 f identity; shift
   mkdir -p "$dir"
   f=$(_done_file "$dir")
-  if [ -f "$dir/.options" ]; then identity=$(cat "$dir/.options"); else identity=$(stage_identity "${1:-}" "${@:2}"); fi
+  if [ -n "${_serkit_started[$dir]:-}" ]; then identity=${_serkit_started[$dir]}
+  elif [ -f "$dir/.options" ]; then identity=$(cat "$dir/.options")
+  else identity=$(stage_identity "${1:-}" "${@:2}"); fi
   printf '%s\nfinished: %s on %s (pid %s)\n' "$identity" "$(date '+%Y-%m-%d %H:%M:%S.%N')" "$(hostname)" "$$" \
     > "$f.tmp" && mv "$f.tmp" "$f"
 }
@@ -203,10 +209,6 @@ timed() {
   return $rc
 }
 
-# folds_of SPEC NFOLDS: "all" -> "1 2 ... N", "1,3" -> "1 3".
-folds_of() {
-  if [ "$1" = all ]; then seq 1 "$2" | tr '\n' ' '; else echo "${1//,/ }"; fi
-}
 
 # split_folds SPLIT_DIR SPEC: the fold numbers to run, read from the folds `serkit split` wrote
 # (SPLIT_DIR/split.json), so a protocol option that changes the fold count is followed:
