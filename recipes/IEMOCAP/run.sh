@@ -166,7 +166,7 @@ for m in ${method//,/ }; do
   esac
 done
 # The layer FLEA clusters must exist: checked now when the upstream is given, else once stage 0 built it.
-[ -z "$upstream" ] || [ "$stop_stage" -lt 1 ] || check_layer
+if [ -n "$upstream" ] && [ "$stop_stage" -ge 1 ] && { $flea || $mini; }; then check_layer; fi
 
 data=$workdir/data/iemocap
 splits=$data/$protocol
@@ -221,7 +221,7 @@ if stage_selected 0; then
 fi
 if $mini && [ -z "$upstream" ]; then
   upstream=$workdir/exp/upstream/tiny_hubert.pt
-  [ "$stop_stage" -lt 1 ] || [ ! -f "$upstream" ] || check_layer
+  if [ "$stop_stage" -ge 1 ] && [ -f "$upstream" ]; then check_layer; fi
 fi
 [ "$stop_stage" -lt 1 ] || [ -f "$upstream" ] || die "no upstream checkpoint at '$upstream' (run stage 0 or pass --upstream)"
 $mini && nclusters=$([ "$nclusters" -gt 16 ] && echo 16 || echo "$nclusters")
