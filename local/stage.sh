@@ -149,7 +149,7 @@ stage_identity() {
 
 # _recorded DIR: the identity recorded in DIR (finished: .done; started: .options), or nothing.
 _recorded() {
-  if [ -f "$1/.done" ]; then grep -v '^finished: ' "$1/.done"; elif [ -f "$1/.options" ]; then cat "$1/.options"; fi
+  if [ -f "$1/.done" ]; then grep -v '^finished: ' "$1/.done" || true; elif [ -f "$1/.options" ]; then cat "$1/.options"; fi
 }
 
 # is_done DIR OPTIONS [INPUT...]: true when DIR was completed with exactly OPTIONS from the same
