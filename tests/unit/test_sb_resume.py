@@ -1,5 +1,6 @@
 """A training killed (SIGKILL) after some epochs resumes, with the same command, at the next epoch."""
 import os
+import random
 import re
 import signal
 import subprocess
@@ -60,3 +61,158 @@ def test_killed_training_resumes_at_the_next_epoch(tmp_path_factory, tmp_path):
     assert [r[0] for r in rows] == split_ids(setup["fold"], "test")
     logged = [int(e) for e in re.findall(r"^epoch: (\d+)", (out / "train_log.txt").read_text(), re.M)]
     assert logged[-1] == done + 1 and logged.count(done + 1) == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# A killed run, resumed with the same command, ends bit-identical to a run that was never interrupted:
+# the same predictions at every epoch, the same log, the same final weights and optimiser state.
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _train_cmd(conf, setup, out, *extra):
+    source = ["--feats", str(setup["feats"])] if conf != "flea.yaml" else ["--upstream", str(setup["ckpt"])]
+    return [sys.executable, "-m", "serkit.speechbrain.train", str(CONF / conf), "--fold-dir", str(setup["fold"]),
+            "--output-folder", str(out), *source, "--noprogressbar", *extra]
+
+
+def _run(cmd):
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def _checkpoints(out):
+    """``[(meta, brain_step, epoch_counter)]`` of the complete checkpoints (CKPT.yaml is written last)."""
+    found = []
+    for meta in (out / "save").glob("CKPT+*/CKPT.yaml"):
+        try:
+            text = meta.read_text()
+            counter = int((meta.parent / "counter.ckpt").read_text())
+            step = re.search(r"^step: (\d+)", (meta.parent / "brain.ckpt").read_text(), re.M)
+        except (OSError, ValueError):
+            continue  # removed or being removed right now
+        found.append((text, int(step.group(1)) if step else 0, counter))
+    return found
+
+
+def _epochs_done(out):
+    return max((c for text, _, c in _checkpoints(out) if "brain_intra_epoch_ckpt" not in text), default=0)
+
+
+def _kill_when(cmd, ready, delay=0.0):
+    """Start ``cmd``, SIGKILL it ``delay`` seconds after ``ready()`` first holds (polled every 10 ms)."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while not ready():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline, "the kill point was never reached"
+            time.sleep(0.01)
+        time.sleep(delay)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def _final_state(out):
+    """The tensors of the newest end-of-epoch checkpoint, by file."""
+    import torch
+
+    newest = max((p.parent for p in (out / "save").glob("CKPT+*/CKPT.yaml")
+                  if "brain_intra_epoch_ckpt" not in p.read_text()),
+                 key=lambda d: re.search(r"^unixtime: (\S+)", (d / "CKPT.yaml").read_text(), re.M).group(1))
+    state = {}
+    for f in sorted(newest.glob("*.ckpt")):
+        if f.name in ("counter.ckpt", "brain.ckpt") or f.name.startswith("dataloader"):
+            state[f.name] = f.read_text()
+        else:
+            state[f.name] = torch.load(f, map_location="cpu", weights_only=True)
+    return state
+
+
+def _assert_identical(a, b, path="state"):
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, dict):
+        assert sorted(a, key=str) == sorted(b, key=str), f"{path}: keys differ"
+        for k in a:
+            _assert_identical(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{path}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def _assert_same_run(uninterrupted, resumed, files=()):
+    preds = sorted(p.name for p in (uninterrupted / "predictions").glob("*.tsv"))
+    assert preds == sorted(p.name for p in (resumed / "predictions").glob("*.tsv"))
+    for name in preds:  # byte for byte, every epoch
+        assert (resumed / "predictions" / name).read_bytes() == \
+            (uninterrupted / "predictions" / name).read_bytes(), f"predictions/{name} differs"
+    for name in ("train_log.txt", *files):
+        assert (resumed / name).read_bytes() == (uninterrupted / name).read_bytes(), f"{name} differs"
+    _assert_identical(_final_state(uninterrupted), _final_state(resumed))
+
+
+def _killed_and_resumed(cmd, out, epochs, rng, intra_epoch):
+    """Kill ``cmd`` at a point drawn from ``rng``, then re-run it to the end; return the re-run's log."""
+    after = rng.randint(1, max(1, epochs // 3))
+    if intra_epoch:  # just after an intra-epoch checkpoint `step` steps into epoch `after + 1`
+        step = rng.randint(1, 3)
+        _kill_when(cmd, lambda: any("brain_intra_epoch_ckpt" in text and counter == after + 1 and s >= step
+                                    for text, s, counter in _checkpoints(out)))
+        newest = max(_checkpoints(out), key=lambda c: re.search(r"^unixtime: (\S+)", c[0], re.M).group(1))
+        assert "brain_intra_epoch_ckpt" in newest[0] and newest[1] >= step  # the resume is mid-epoch
+    else:  # a random moment after epoch `after` was checkpointed
+        _kill_when(cmd, lambda: _epochs_done(out) >= after, delay=rng.uniform(0.0, 0.3))
+    done = _epochs_done(out)
+    assert done < epochs, "the killed run had finished"
+    log = _run(cmd)
+    assert f"Going into epoch {done + 1}" in log and "Going into epoch 1\n" not in log
+    return log
+
+
+@pytest.mark.parametrize("intra_epoch", [False, True], ids=["epoch-boundary", "mid-epoch"])
+def test_killed_head_training_ends_as_an_uninterrupted_run(tmp_path_factory, tmp_path, intra_epoch):
+    setup = tiny_setup(tmp_path_factory)
+    epochs = 12
+    extra = ["--number_of_epochs", str(epochs), "--channel_mask_width", "8", "--batch_size", "2"]
+    if intra_epoch:
+        extra += ["--ckpt_interval_steps", "1"]
+    _run(_train_cmd("linear.yaml", setup, tmp_path / "a", *extra))
+    cmd = _train_cmd("linear.yaml", setup, tmp_path / "b", *extra)
+    _killed_and_resumed(cmd, tmp_path / "b", epochs, random.Random(f"head {intra_epoch}"), intra_epoch)
+    _assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+@pytest.mark.parametrize("intra_epoch", [False, True], ids=["epoch-boundary", "mid-epoch"])
+def test_killed_bas_search_ends_as_an_uninterrupted_run(tmp_path_factory, tmp_path, intra_epoch):
+    setup = tiny_setup(tmp_path_factory)
+    epochs = 12
+    extra = ["--number_of_epochs", str(epochs), "--batch_size", "2", "--search_layers", "2"]
+    if intra_epoch:
+        extra += ["--ckpt_interval_steps", "1"]
+    _run(_train_cmd("bas_search.yaml", setup, tmp_path / "a", *extra))
+    cmd = _train_cmd("bas_search.yaml", setup, tmp_path / "b", *extra)
+    _killed_and_resumed(cmd, tmp_path / "b", epochs, random.Random(f"bas {intra_epoch}"), intra_epoch)
+    _assert_same_run(tmp_path / "a", tmp_path / "b", files=("search_log.jsonl", "arch.txt"))
+
+
+@pytest.mark.parametrize("intra_epoch", [False, True], ids=["epoch-boundary", "mid-epoch"])
+def test_killed_finetuning_ends_as_an_uninterrupted_run(tmp_path_factory, tmp_path, intra_epoch):
+    setup = tiny_setup(tmp_path_factory)
+    epochs = 4
+    # flea.yaml accumulates gradients over 2 batches: a mid-epoch checkpoint must not split them
+    extra = ["--number_of_epochs", str(epochs), "--batch_size", "2"]
+    if intra_epoch:
+        extra += ["--ckpt_interval_steps", "1"]
+    _run(_train_cmd("flea.yaml", setup, tmp_path / "a", *extra))
+    cmd = _train_cmd("flea.yaml", setup, tmp_path / "b", *extra)
+    _killed_and_resumed(cmd, tmp_path / "b", epochs, random.Random(f"flea {intra_epoch}"), intra_epoch)
+    _assert_same_run(tmp_path / "a", tmp_path / "b")
