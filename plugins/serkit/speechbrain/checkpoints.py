@@ -182,10 +182,12 @@ class Checkpointer(sb_checkpoints.Checkpointer):
         try:
             return super().load_checkpoint(checkpoint)
         except pickle.UnpicklingError as e:
+            detail = [line.strip() for line in str(e).splitlines()
+                      if "GLOBAL" in line or "Unsupported" in line] or ["not loadable with weights_only=True"]
             raise SerkitError(
-                f"{checkpoint.path}: refusing to load this checkpoint: a parameter file holds pickled objects "
-                f"beyond tensors ({str(e).splitlines()[0]}). serkit saves tensors only; a file like this was "
-                "not written by serkit. Use experiment folders from trusted sources only (docs/trust.md)"
+                f"{checkpoint.path}: refusing to load this checkpoint: a parameter file holds pickled "
+                f"objects beyond tensors ({detail[0]}). serkit writes tensors only, so this file was not "
+                "written by serkit. Use experiment folders from trusted sources only (docs/trust.md)"
             ) from None
         except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
             raise SerkitError(

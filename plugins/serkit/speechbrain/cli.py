@@ -20,10 +20,13 @@ def register(subparsers) -> None:
                         "options (--device cuda:0)")
     p.set_defaults(func=_run_train)
 
+    from .predict import TRUST
+
     q = subparsers.add_parser(
         "predict", help="classify audio files with a trained fold (one JSON line per file)",
         description="Load a trained fold (hparams, best-on-validation checkpoint, upstream) and print "
-                    '{"file", "label", "probs"} per audio file; folders are searched for audio files.')
+                    '{"file", "label", "probs"} per audio file; folders are searched for audio files.',
+        epilog=TRUST)
     add_predict_arguments(q)
     q.set_defaults(func=_run_predict)
 
