@@ -185,11 +185,12 @@ _UNINTERRUPTED: dict = {}
 
 def _uninterrupted(tmp_path_factory, setup, conf, extra):
     """The run never killed, once per session (intra-epoch checkpoints off: saving one changes nothing)."""
-    if conf not in _UNINTERRUPTED:
+    key = (conf, *extra)
+    if key not in _UNINTERRUPTED:
         out = tmp_path_factory.mktemp("uninterrupted") / conf
         _run(_train_cmd(conf, setup, out, *extra))
-        _UNINTERRUPTED[conf] = out
-    return _UNINTERRUPTED[conf]
+        _UNINTERRUPTED[key] = out
+    return _UNINTERRUPTED[key]
 
 
 def _check_resume(tmp_path_factory, tmp_path, conf, epochs, extra, intra_epoch, files=()):
@@ -202,11 +203,14 @@ def _check_resume(tmp_path_factory, tmp_path, conf, epochs, extra, intra_epoch, 
     _assert_same_run(reference, tmp_path / "run", files)
 
 
-@pytest.mark.parametrize("intra_epoch", [False, True], ids=["epoch-boundary", "mid-epoch"])
-def test_killed_head_training_ends_as_an_uninterrupted_run(tmp_path_factory, tmp_path, intra_epoch):
-    # linear.yaml: SpecAugment masks and a warm-up/cosine schedule over steps
+@pytest.mark.parametrize("intra_epoch,crop", [(False, []), (True, []),
+                                              (True, ["--max_duration", "0.5", "--crop", "random"])],
+                         ids=["epoch-boundary", "mid-epoch", "mid-epoch-random-crops"])
+def test_killed_head_training_ends_as_an_uninterrupted_run(tmp_path_factory, tmp_path, intra_epoch, crop):
+    # linear.yaml: SpecAugment masks and a warm-up/cosine schedule over steps; random crops are drawn
+    # in the data pipeline
     _check_resume(tmp_path_factory, tmp_path, "linear.yaml", 12,
-                  ["--channel_mask_width", "8", "--batch_size", "2"], intra_epoch)
+                  ["--channel_mask_width", "8", "--batch_size", "2", *crop], intra_epoch)
 
 
 @pytest.mark.parametrize("intra_epoch", [False, True], ids=["epoch-boundary", "mid-epoch"])
