@@ -223,3 +223,25 @@ def test_every_file_of_a_training_checkpoint_loads_weights_only(trained):
         if f.name in ("counter.ckpt", "brain.ckpt") or f.name.startswith("dataloader"):
             continue  # text files
         torch.load(f, map_location="cpu", weights_only=True)
+
+
+def test_checkpoint_last_is_the_last_finished_epoch_not_a_killed_runs_intra_epoch_one(trained, tmp_path):
+    import re
+    import shutil
+    import time
+
+    from serkit.speechbrain.interface import EmotionClassifier
+
+    _, out = trained
+    exp = tmp_path / "exp"
+    shutil.copytree(out, exp)
+    last = EmotionClassifier.from_hparams(source=str(exp), checkpoint="last").checkpoint
+    # what `--ckpt_interval_steps` leaves when a run is killed mid-epoch: a newer, intra-epoch checkpoint
+    intra = exp / "save" / "CKPT+intra-epoch"
+    shutil.copytree(last.path, intra)
+    meta = (intra / "CKPT.yaml").read_text()
+    meta = re.sub(r"end-of-epoch: true", "end-of-epoch: false", meta)
+    meta = re.sub(r"unixtime: \S+", f"unixtime: {time.time() + 60}", meta)
+    (intra / "CKPT.yaml").write_text(meta + "brain_intra_epoch_ckpt: true\n")
+    loaded = EmotionClassifier.from_hparams(source=str(exp), checkpoint="last").checkpoint
+    assert loaded.path == last.path and loaded.meta["end-of-epoch"] is True
