@@ -13,7 +13,9 @@ def register(subparsers) -> None:
         help="train a head on cached features or finetune an upstream (SpeechBrain, HyperPyYAML)",
         description="Train one fold. featex: --feats DIR (frozen upstream, weighted layer sum); finetune: "
                     "--upstream CKPT alone. Further --key value pairs override the yaml or set SpeechBrain "
-                    "run options. Multi-GPU/CPU: torchrun --nproc_per_node N -m serkit.speechbrain.train ...")
+                    "run options. Multi-GPU/CPU: torchrun --nproc_per_node N -m serkit.speechbrain.train ... "
+                    "A killed run started again with the same command resumes from its last checkpoint and "
+                    "ends as the uninterrupted run would have (on CPU, bit for bit).")
     add_train_arguments(p)
     p.add_argument("overrides", nargs=argparse.REMAINDER,
                    help="--key value pairs: yaml overrides (--number_of_epochs 5) and SpeechBrain run "
