@@ -21,7 +21,7 @@ for name in "${names[@]}"; do
     *) echo "unknown benchmark '$name' (shift kmeans dump train_throughput batching)" >&2; exit 2 ;;
   esac
   echo "== $name: ${cmd[*]}" >&2
-  { echo "\$ ${cmd[*]}   # $(date -u '+%Y-%m-%d'), $(nproc) CPU cores$(python -c 'import torch; print(", " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else ", no GPU")')";
+  { echo "\$ ${cmd[*]}   # $(date -u '+%Y-%m-%d'), $(nproc --all) CPU cores$(python -c 'import torch; print(", " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else ", no GPU")')";
     "${cmd[@]}"; } | tee "bench/latest/$name.txt.tmp"
   mv "bench/latest/$name.txt.tmp" "bench/latest/$name.txt"
 done
