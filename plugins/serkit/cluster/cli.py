@@ -58,7 +58,18 @@ def register(sub) -> None:
     a = ks.add_parser(
         "apply", help="write <split>.km, dict.km.txt and km.json for fairseq's hubert_pretraining"
     )
-    a.add_argument("--model", required=True, help="model written by `serkit kmeans fit`")
+    a.add_argument(
+        "--model",
+        required=True,
+        help="model written by `serkit kmeans fit`, or a published scikit-learn k-means file "
+        "(fairseq HuBERT / textless-NLP, e.g. hubert_base_ls960_L9_km500.bin; read without executing it)",
+    )
+    a.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="layer of --feats to label; required with a published k-means file (it does not record one)",
+    )
     a.add_argument("--feats", required=True, help="features of every utterance of the splits")
     a.add_argument("--fold", required=True, help="fold directory (its <split>.tsv fix the line order)")
     a.add_argument("--splits", default="train,valid,test", help="comma-separated splits to label")
@@ -89,5 +100,5 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_apply(args: argparse.Namespace) -> int:
     from .kmeans import apply
 
-    apply(args.model, args.feats, args.fold, args.out, splits=args.splits.split(","))
+    apply(args.model, args.feats, args.fold, args.out, splits=args.splits.split(","), layer=args.layer)
     return 0
