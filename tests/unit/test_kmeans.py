@@ -305,9 +305,9 @@ def _sklearn_model(setup, k=4):
 
     reader = FeatureReader(setup["feats"])
     x = np.concatenate([reader.load(u.utt)[0] for u in setup["by"]["spk0"] + setup["by"]["spk1"]])
-    return MiniBatchKMeans(n_clusters=k, init="k-means++", max_iter=100, batch_size=10000, compute_labels=False,
-                           tol=0.0, max_no_improvement=100, init_size=None, n_init=3, reassignment_ratio=0.0,
-                           random_state=0).fit(x), reader
+    return MiniBatchKMeans(n_clusters=k, init="k-means++", max_iter=100, batch_size=10000,
+                           compute_labels=False, tol=0.0, max_no_improvement=100, init_size=None, n_init=3,
+                           reassignment_ratio=0.0, random_state=0).fit(x), reader
 
 
 class _Unseekable(io.RawIOBase):

@@ -62,7 +62,8 @@ class _ArrayWrapper:
         self.__dict__.update(state)
 
     def read(self, f) -> np.ndarray:
-        dtype, shape, order = self.__dict__.get("dtype"), self.__dict__.get("shape"), self.__dict__.get("order")
+        state = self.__dict__
+        dtype, shape, order = state.get("dtype"), state.get("shape"), state.get("order")
         if not isinstance(dtype, np.dtype) or dtype.hasobject:
             raise pickle.UnpicklingError(f"array of dtype {dtype!r}: only plain numeric arrays are read")
         if self.__dict__.get("subclass", np.ndarray) is not np.ndarray:
