@@ -70,9 +70,55 @@ def label_encoder(classes: list[str], where: str = ""):
     return encode
 
 
-def feature_pipeline(reader):
-    """A SpeechBrain dynamic item ``id -> feats (T, L, C)`` reading a FeatureReader."""
+CROPS = ("random", "start", "center")
+
+
+def crop(x: torch.Tensor, max_len: int | None, policy: str = "start", train: bool = True) -> torch.Tensor:
+    """The first axis of ``x`` cut to at most ``max_len`` items: from the ``start``, the ``center``, or
+    a ``random`` offset (training only: evaluation crops take the centre, so scores repeat).
+
+    Example
+    -------
+    >>> crop(torch.arange(10), 4, "start").tolist(), crop(torch.arange(10), 4, "center").tolist()
+    ([0, 1, 2, 3], [3, 4, 5, 6])
+    """
+    if policy not in CROPS:
+        raise SerkitError(f"crop: {policy!r}; choose one of {', '.join(CROPS)}")
+    if max_len is None or x.shape[0] <= max_len:
+        return x
+    room = x.shape[0] - max_len
+    if policy == "start":
+        offset = 0
+    elif policy == "center" or not train:
+        offset = room // 2
+    else:
+        offset = int(torch.randint(room + 1, (1,)))
+    return x[offset : offset + max_len]
+
+
+def class_balanced_sampler(dataset, seed: int = 0):
+    """A sampler drawing ``len(dataset)`` training items per epoch with replacement, each with weight
+    1 / (count of its class): every class is drawn equally often on average (FLEA's official code,
+    ``WeightedRandomSampler``). Reproducible from ``seed`` and the epoch (``set_epoch``)."""
+    from collections import Counter
+
+    from speechbrain.dataio.sampler import ReproducibleWeightedRandomSampler
+
+    with dataset.output_keys_as(["emo"]):
+        emos = [item["emo"] for item in dataset]
+    counts = Counter(emos)
+    weights = [1.0 / counts[e] for e in emos]
+    return ReproducibleWeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
+                                             seed=int(seed))
+
+
+def feature_pipeline(reader, max_duration: float | None = None, crop_policy: str = "start",
+                     train: bool = True):
+    """A SpeechBrain dynamic item ``id -> feats (T, L, C)`` reading a FeatureReader (cut to
+    ``max_duration`` seconds, 50 frames a second, by ``crop_policy``)."""
     import speechbrain as sb
+
+    max_len = None if max_duration is None else int(max_duration * 50)
 
     @sb.utils.data_pipeline.takes("id")
     @sb.utils.data_pipeline.provides("feats")
@@ -82,31 +128,37 @@ def feature_pipeline(reader):
         except KeyError:
             raise SerkitError(f"{getattr(reader, 'path', 'features')}: no features for utterance {utt!r}; "
                               "dump features for every split of the fold (`serkit dump-features`)") from None
-        return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).transpose(0, 1)
+        feats = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).transpose(0, 1)
+        return crop(feats, max_len, crop_policy, train)
 
     return pipeline
 
 
-def wav_pipeline():
-    """A SpeechBrain dynamic item ``wav -> sig (S,)``."""
+def wav_pipeline(max_duration: float | None = None, crop_policy: str = "start", train: bool = True):
+    """A SpeechBrain dynamic item ``wav -> sig (S,)`` (cut to ``max_duration`` seconds by ``crop_policy``)."""
     import speechbrain as sb
+
+    max_len = None if max_duration is None else int(max_duration * SAMPLE_RATE)
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def pipeline(wav):
-        return load_wav(wav)
+        return crop(load_wav(wav), max_len, crop_policy, train)
 
     return pipeline
 
 
 def fold_datasets(fold_dir: str | os.PathLike, reader=None, splits=("train", "valid", "test"),
-                  sort_eval: bool = True):
+                  sort_eval: bool = True, max_duration: float | None = None, crop_policy: str = "start"):
     """Build ``{split: DynamicItemDataset}`` for a fold, plus the class list.
 
     ``reader`` (a ``FeatureReader``) gives cached features (``feats``); without it the datasets give
     waveforms (``sig``). Evaluation splits are sorted by duration (less padding); the order of rows in
-    prediction files is restored from ``split_order``.
+    prediction files is restored from ``split_order``. ``max_duration`` (seconds) cuts every item of
+    every split (as FLEA's official code truncates its inputs) by ``crop_policy`` (see :func:`crop`).
     """
+    if crop_policy not in CROPS:
+        raise SerkitError(f"crop: {crop_policy!r}; choose one of {', '.join(CROPS)}")
     import speechbrain as sb
 
     fold_dir = Path(fold_dir)
@@ -127,11 +179,12 @@ def fold_datasets(fold_dir: str | os.PathLike, reader=None, splits=("train", "va
             return torch.tensor([encode(emo)], dtype=torch.long)
 
         ds.add_dynamic_item(label_pipeline)
+        train = split == "train"
         if reader is not None:
-            ds.add_dynamic_item(feature_pipeline(reader))
+            ds.add_dynamic_item(feature_pipeline(reader, max_duration, crop_policy, train))
             ds.set_output_keys(["id", "label", "feats"])
         else:
-            ds.add_dynamic_item(wav_pipeline())
+            ds.add_dynamic_item(wav_pipeline(max_duration, crop_policy, train))
             ds.set_output_keys(["id", "label", "sig"])
         if split != "train" and sort_eval:
             ds = ds.filtered_sorted(sort_key="duration")

@@ -148,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         setting = "finetune"
         upstream_lobe = FairseqUpstream(args.upstream, freeze_cnn=bool(peek.get("upstream_freeze_cnn", True)),
                                         freeze=bool(peek.get("upstream_freeze", False)),
-                                        layers=peek.get("upstream_layers", "last"))
+                                        layers=peek.get("upstream_layers", "last"),
+                                        mask_time_prob=float(peek.get("upstream_mask_time_prob", 0.0)),
+                                        mask_time_length=int(peek.get("upstream_mask_time_length", 10)),
+                                        output_dropout=float(peek.get("upstream_output_dropout", 0.0)))
         input_dim, num_layers = upstream_lobe.dim, upstream_lobe.num_layers
         upstream_path, upstream_layers = args.upstream, upstream_lobe.layers
         normalize = upstream_lobe.upstream.normalize
@@ -162,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.hparams, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, overrides)
 
-    datasets, classes = fold_datasets(fold_dir, reader)
+    max_duration = peek.get("max_duration")
+    datasets, classes = fold_datasets(fold_dir, reader,
+                                      max_duration=None if max_duration is None else float(max_duration),
+                                      crop_policy=str(peek.get("crop", "start")))
     modules = dict(hparams["modules"])
     checkpointer = atomic(hparams["checkpointer"])
     if upstream_lobe is not None:
@@ -205,8 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s: %s setting, %d classes, %d/%d/%d train/valid/test utterances, input %d x %d layers -> %s",
              info["method"], setting, len(classes), len(datasets["train"]), len(datasets["valid"]),
              len(datasets["test"]), input_dim, num_layers, output_folder)
+    train_loader_kwargs = dict(hparams["train_dataloader_opts"])
+    if hparams.get("class_balanced_sampler"):
+        from .dataio import class_balanced_sampler
+
+        train_loader_kwargs.pop("shuffle", None)
+        train_loader_kwargs["sampler"] = brain.train_sampler = class_balanced_sampler(
+            datasets["train"], seed=int(hparams.get("seed") or 0))
     brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"],
-              train_loader_kwargs=dict(hparams["train_dataloader_opts"]),
+              train_loader_kwargs=train_loader_kwargs,
               valid_loader_kwargs=dict(hparams["valid_dataloader_opts"]))
     if sb.utils.distributed.if_main_process():
         from ..utils import write_json
