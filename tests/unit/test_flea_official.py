@@ -167,3 +167,27 @@ def test_flea_training_uses_sampler_truncation_and_weight_decay(tmp_path_factory
     item = ds[0]
     full = dataio.load_wav(json.loads((setup["fold"] / "train.json").read_text())[item["id"]]["wav"])
     torch.testing.assert_close(item["sig"], full[:4000])
+
+
+def test_feature_penalty_cannot_change_weights_with_the_cnn_frozen(tmp_path):
+    """Why the CPT configs leave out HuBERT's feature penalty: with feature_grad_mult 0 (the CNN
+    frozen, as FLEA's official code) the penalty is computed on features that carry no gradient."""
+    import yaml
+
+    from serkit.upstream import load_upstream
+    from serkit.upstream.tiny import make_hubert_checkpoint
+
+    for name in ("cpt_hubert_base.yaml", "cpt_hubert_tiny.yaml"):
+        cfg = yaml.safe_load((CONF / "fairseq" / name).read_text())
+        assert cfg["model"]["feature_grad_mult"] == 0.0 and "loss_weights" not in cfg["criterion"]
+    model = load_upstream(make_hubert_checkpoint(tmp_path / "tiny.pt", num_labels=5)).model.train()
+    model.feature_grad_mult = 0.0
+    src = torch.randn(2, 8000)
+    target = torch.randint(0, 5, (2, (8000 - 400) // 320 + 1))
+    pad = torch.zeros(2, 8000, dtype=torch.bool)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    out = model(src, target_list=[target], padding_mask=pad)
+    assert not out["features_pen"].requires_grad  # so coef * features_pen adds no gradient
+    model.feature_grad_mult = 0.1  # HuBERT from scratch: the penalty does act
+    assert model(src, target_list=[target], padding_mask=pad)["features_pen"].requires_grad
