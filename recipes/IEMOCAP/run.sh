@@ -5,7 +5,8 @@
 # Stages (each logs what it reads and writes, records its options in a .done marker and resumes):
 #   0  data: prepare the corpus, write the folds (and, on the mini corpus, build the tiny HuBERT)
 #   1  teacher: finetune the upstream for SER per fold, dump its layer --layer
-#   2  k-means pseudo labels (faiss) fitted on the fold's training frames, labels for all splits
+#   2  k-means pseudo labels (faiss) fitted on the fold's training frames (--transductive true: on all
+#      of its splits' frames), labels for all splits
 #   3  HuBERT continued pretraining on the pseudo labels (fairseq-hydra-train + serkit user-dir)
 #   4  finetune: the continued model with attention/mean pooling (FLEA), or any head (--method)
 #   5  score every run and print one table
@@ -27,8 +28,12 @@ setting=featex        # heads: featex (frozen upstream, weighted layer sum) | fi
 layer=9               # FLEA: teacher layer clustered (the paper's best: 9)
 nclusters=50          # FLEA: k-means clusters (the paper's best: 50)
 pooling=both          # FLEA finetune pooling: attention | mean | both
-transductive=false    # true: fit k-means on all audio of the fold, held-out session included (the paper's setting)
+transductive=false    # true: fit k-means on the frames of all splits of the fold (train+valid+test), held-out audio included (the official code's setting)
+tapt_km=""            # FLEA TAPT (Sec. 3.1): a published k-means model (fairseq HuBERT/textless-NLP .bin, e.g. hubert_base_ls960_L9_km500.bin) applied to --upstream's layer --tapt-layer on each fold's audio; pretraining continues on those labels before the teacher
+tapt_layer=9          # FLEA TAPT: the layer --tapt-km was fitted on (fairseq's HuBERT-base km500 release: layer 9)
 tapt_labels=""        # FLEA: k-means labels to continue pretraining on before the teacher (TAPT): a directory laid out like stage 2's exp/<tag>/km (fold<k>/{train,valid}.km, dict.km.txt), or one fold's labels
+teacher_pooling=mean  # FLEA teacher pooling: mean (Table 1 lists the TAPT teacher under average pooling only) | attention
+cpt_update_freq=auto  # FLEA CPT gradient accumulation: auto = ceil(4 / GPUs), the official code's 4 GPUs x 87.5 s per update | N
 selection=valid       # valid | paper (ShiftSER: best test epoch; FLEA: (valid+test)/2), always named in RESULTS
 teacher_epochs=""     # default 40 (mini corpus: 8)
 finetune_epochs=""    # default 40 (mini corpus: 8)
@@ -67,9 +72,17 @@ Options (default in brackets):
   --layer L           FLEA teacher layer to cluster [$layer]
   --nclusters K       FLEA k-means clusters [$nclusters]
   --pooling KIND      FLEA finetune pooling: attention | mean | both [$pooling]
-  --transductive B    true = k-means sees the held-out session (the FLEA paper), labelled in results [$transductive]
+  --transductive B    true = k-means is fitted on every split of the fold, held-out audio included (FLEA's
+                      official code); km.json counts the frames of each split; labelled in results [$transductive]
+  --tapt-km FILE      TAPT (the paper): a published k-means model (fairseq HuBERT / textless-NLP .bin, read
+                      without executing it) labels --upstream's layer --tapt-layer per fold; pretraining
+                      continues on those labels before the teacher [none]
+  --tapt-layer L      the layer --tapt-km was fitted on [$tapt_layer]
   --tapt-labels DIR   continue pretraining on these k-means labels before the teacher (TAPT): DIR/fold<k>/
                       {train,valid}.km + dict.km.txt, row-aligned with the folds' manifests [none]
+  --teacher-pooling P FLEA teacher (stage 1) pooling: mean | attention [$teacher_pooling]
+  --cpt-update-freq N CPT updates accumulate N batches of max_tokens per GPU: auto = ceil(4 / GPUs), the
+                      official code's 4 x 87.5 s per update [$cpt_update_freq]
   --selection RULE    valid | paper [$selection]
   --teacher-epochs N, --finetune-epochs N, --head-epochs N, --cpt-updates N, --cpt-config FILE, --finetune-lr LR
   --device D          auto | cpu | cuda [$device]
@@ -91,6 +104,11 @@ case "$protocol" in iemocap_loso5) nfolds=5 ;; iemocap_loso10) nfolds=10 ;;
 case "$pooling" in attention|mean) poolings=$pooling ;; both) poolings="attention mean" ;;
   *) die "--pooling $pooling: attention, mean or both" ;; esac
 case "$transductive" in true|false) ;; *) die "--transductive takes true or false" ;; esac
+case "$teacher_pooling" in attention|mean) ;; *) die "--teacher-pooling $teacher_pooling: attention or mean" ;; esac
+[ -z "$tapt_km" ] || [ -z "$tapt_labels" ] || die "--tapt-km and --tapt-labels both give TAPT labels: pass one"
+[ -z "$tapt_km" ] || [ -f "$tapt_km" ] || die "--tapt-km $tapt_km: no such file"
+tapt_km=${tapt_km:+$(realpath "$tapt_km")}
+case "$cpt_update_freq" in auto|[1-9]|[1-9][0-9]) ;; *) die "--cpt-update-freq $cpt_update_freq: auto or a number of batches" ;; esac
 case "$mfsn_tec" in audio|text|asr) ;; *) die "--mfsn-tec $mfsn_tec: audio, text or asr" ;; esac
 if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
@@ -115,6 +133,7 @@ if $mini; then
   head_overrides=${head_overrides:-"--channel_mask_width 5"}
   teacher_epochs=${teacher_epochs:-10}; finetune_epochs=${finetune_epochs:-10}; head_epochs=${head_epochs:-30}
   cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_tiny.yaml}
+  [ "$cpt_update_freq" != auto ] || cpt_update_freq=1  # the tiny model's batch is its own, not the paper's
   tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}; mfsn_config=${mfsn_config:-../SAVEE/conf/mfsn_mini.yaml}
 else
   method=${method:-flea}
@@ -136,6 +155,17 @@ mkdir -p "$exp"
 : > "$timing_file"
 fold_list=$(folds_of "$folds" "$nfolds")
 lr_opt=(); [ -n "$finetune_lr" ] && lr_opt=(--lr "$finetune_lr")
+# CPT batch: fairseq's dataset.max_tokens is per GPU, so the batch of one update is
+# max_tokens x GPUs x update_freq; the official code ran 4 GPUs x 87.5 s (350 s of audio per update).
+cpt_gpus=$(python -c 'import torch; print(max(1, torch.cuda.device_count()))')
+[ "$cpt_update_freq" != auto ] || cpt_update_freq=$(( (4 + cpt_gpus - 1) / cpt_gpus ))
+cpt_batch=$(python - "$cpt_config" "$cpt_gpus" "$cpt_update_freq" <<'PY'
+import sys, yaml
+tokens = yaml.safe_load(open(sys.argv[1]))["dataset"]["max_tokens"]
+gpus, freq = int(sys.argv[2]), int(sys.argv[3])
+print(f"{tokens * gpus * freq / 16000:g} s of audio per update = {tokens / 16000:g} s x {gpus} GPU(s) x update_freq {freq}")
+PY
+)
 
 # run_json DIR key=value...: the run's description, read by `serkit score` for RESULTS.md.
 run_json() {
@@ -164,6 +194,21 @@ dump_all() {
 }
 # mfsn_run TEC_SOURCE: the run directory of MFSN with that TEC source and the chosen ablation.
 mfsn_run() { case $1 in audio) echo "$exp/mfsn_$mfsn_ablation" ;; *) echo "$exp/mfsn_$1_$mfsn_ablation" ;; esac; }
+# km_label: which splits' frames the folds' k-means saw, and how many of each (mean over folds), from km.json.
+km_label() {
+  local files=() k
+  for k in $fold_list; do [ -f "$exp/km/fold$k/km.json" ] && files+=("$exp/km/fold$k/km.json"); done
+  python - "$transductive" "${files[@]}" <<'PY'
+import json, sys
+trans, metas = sys.argv[1] == "true", [json.load(open(p)) for p in sys.argv[2:]]
+splits = metas[0].get("fit_splits", metas[0]["fit"]["splits"]) if metas else \
+    (["train", "valid", "test"] if trans else ["train"])
+counts = ", ".join(f"{s} {sum(m.get('fit_frames_per_split', {}).get(s, 0) for m in metas) / len(metas):.0f}"
+                   for s in splits)
+what = "transductive, " if trans else ""
+print(f"k-means {what}fitted on {'+'.join(splits)} frames" + (f" (per fold: {counts})" if metas else ""))
+PY
+}
 upstream_label() { if $mini; then echo "tiny HuBERT (pretrained here on a separate mini corpus)"; else basename "$upstream"; fi; }
 
 ###############################################################################
@@ -212,29 +257,48 @@ done
 
 ###############################################################################
 if $flea && stage_selected 1; then
+  if [ -n "$tapt_km" ]; then  # TAPT labels: the published k-means model on --upstream's layer, per fold
+    tapt_feats=$workdir/dump/$(basename "${upstream%.*}")-$(echo "$upstream" | md5sum | cut -c1-6)/layer$tapt_layer
+    if ! is_done "$tapt_feats" "upstream=$upstream data=$data layer=$tapt_layer"; then
+      log "Stage 1: TAPT: layer $tapt_layer of $upstream for all of $data -> $tapt_feats"
+      timed tapt_dump logged "$tapt_feats/dump.log" serkit dump-features --upstream "$upstream" \
+        --layers "$tapt_layer" --data "$data" --out "$tapt_feats" --device "$device"
+      mark_done "$tapt_feats" "upstream=$upstream data=$data layer=$tapt_layer"
+    fi
+  fi
   for k in $fold_list; do
     fold=$splits/fold$k; out=$exp/teacher/fold$k
-    log "Stage 1: teacher fold $k: finetune $(basename "$upstream") on $fold -> $out; dump layer $layer -> $out/layer$layer"
+    log "Stage 1: teacher fold $k: finetune $(basename "$upstream") on $fold ($teacher_pooling pooling) -> $out; dump layer $layer -> $out/layer$layer"
     start=$upstream
-    if [ -n "$tapt_labels" ]; then
-      labels=$tapt_labels; [ -d "$labels/fold$k" ] && labels=$labels/fold$k
+    if [ -n "$tapt_km" ]; then
+      opts="km=$tapt_km layer=$tapt_layer feats=$tapt_feats"
+      is_done "$exp/tapt_km/fold$k" "$opts" || {
+        log "Stage 1: TAPT labels fold $k: $(basename "$tapt_km") on layer $tapt_layer -> $exp/tapt_km/fold$k"
+        timed "tapt_km_fold$k" serkit kmeans apply --model "$tapt_km" --layer "$tapt_layer" --feats "$tapt_feats" \
+          --fold "$fold" --splits train,valid,test --out "$exp/tapt_km/fold$k"
+        mark_done "$exp/tapt_km/fold$k" "$opts"; }
+    fi
+    tapt_dir=$tapt_labels; [ -z "$tapt_km" ] || tapt_dir=$exp/tapt_km
+    if [ -n "$tapt_dir" ]; then
+      labels=$tapt_dir; [ -d "$labels/fold$k" ] && labels=$labels/fold$k
       for sp in train valid; do
         [ -f "$labels/$sp.km" ] || die "--tapt-labels: $labels/$sp.km missing (expected DIR/fold$k/$sp.km, as stage 2 writes)"
         [ "$(wc -l < "$labels/$sp.km")" -eq "$(($(wc -l < "$fold/$sp.tsv") - 1))" ] ||
           die "--tapt-labels: $labels/$sp.km has $(wc -l < "$labels/$sp.km") lines, $fold/$sp.tsv $(($(wc -l < "$fold/$sp.tsv") - 1)) utterances; labels must be row-aligned with fold $k's manifests"
       done
       labels=$(realpath "$labels")
-      opts="upstream=$upstream labels=$labels updates=$cpt_updates config=$cpt_config"
+      opts="upstream=$upstream labels=$labels updates=$cpt_updates config=$cpt_config update_freq=$cpt_update_freq"
       is_done "$exp/tapt/fold$k" "$opts" || {
+        log "Stage 1: TAPT fold $k: $cpt_batch"
         timed "tapt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$labels" \
-          --init "$upstream" --updates "$cpt_updates" --out "$exp/tapt/fold$k"
+          --init "$upstream" --updates "$cpt_updates" --update-freq "$cpt_update_freq" --out "$exp/tapt/fold$k"
         mark_done "$exp/tapt/fold$k" "$opts"; }
       start=$(realpath "$exp/tapt/fold$k/checkpoint_last.pt")
     fi
-    opts="upstream=$start epochs=$teacher_epochs lr=$finetune_lr"
+    opts="upstream=$start epochs=$teacher_epochs lr=$finetune_lr pooling=$teacher_pooling"
     is_done "$out" "$opts" || {
       timed "teacher_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
-        --upstream "$start" --pooling attention --number_of_epochs "$teacher_epochs" "${lr_opt[@]}" \
+        --upstream "$start" --pooling "$teacher_pooling" --number_of_epochs "$teacher_epochs" "${lr_opt[@]}" \
         --device "$device" --noprogressbar
       logged "$out/log/export.log" serkit export-upstream --exp "$out" --out "$out/upstream.pt"
       mark_done "$out" "$opts"; }
@@ -244,8 +308,9 @@ if $flea && stage_selected 1; then
         --data "$fold/train.tsv" "$fold/valid.tsv" "$fold/test.tsv" --out "$out/layer$layer" --device "$device"
       mark_done "$out/layer$layer" "$opts"; }
   done
-  teacher="teacher (HuBERT finetuned, attention pooling)"
-  [ -z "$tapt_labels" ] || teacher="teacher (HuBERT TAPT on $tapt_labels, then finetuned, attention pooling)"
+  teacher="teacher (HuBERT finetuned, $teacher_pooling pooling)"
+  [ -z "$tapt_labels" ] || teacher="teacher (HuBERT TAPT on $tapt_labels, then finetuned, $teacher_pooling pooling)"
+  [ -z "$tapt_km" ] || teacher="teacher (HuBERT TAPT on $(basename "$tapt_km") labels of layer $tapt_layer, batch $cpt_batch, then finetuned, $teacher_pooling pooling)"
   run_json "$exp/teacher" method="$teacher" setting=finetune \
     protocol="$protocol" upstream="$(upstream_label)" config=conf/flea.yaml selection=valid_test_mean
 fi
@@ -254,14 +319,16 @@ fi
 if $flea && stage_selected 2; then
   for k in $fold_list; do
     fold=$splits/fold$k; feats=$exp/teacher/fold$k/layer$layer; out=$exp/km/fold$k
-    log "Stage 2: k-means fold $k: $feats (train split$($transductive && echo ', transductive: all splits')) -> $out"
-    trans=(); $transductive && trans=(--transductive)
-    opts="layer=$layer k=$nclusters transductive=$transductive"
+    fit_splits=train; trans=()
+    if $transductive; then fit_splits=train,valid,test; trans=(--transductive); fi
+    log "Stage 2: k-means fold $k: $feats, fitted on the frames of split(s) $fit_splits$($transductive && echo ' (transductive: held-out audio included)') -> $out"
+    opts="layer=$layer k=$nclusters transductive=$transductive fit_splits=$fit_splits"
     is_done "$out" "$opts" || {
-      timed "kmeans_fold$k" serkit kmeans fit --feats "$feats" --fold "$fold" --split train --layer "$layer" \
+      timed "kmeans_fold$k" serkit kmeans fit --feats "$feats" --fold "$fold" --split "$fit_splits" --layer "$layer" \
         --n-clusters "$nclusters" --out "$out/km.model" "${trans[@]}"
       serkit kmeans apply --model "$out/km.model" --feats "$feats" --fold "$fold" --splits train,valid,test --out "$out"
       mark_done "$out" "$opts"; }
+    log "Stage 2: fold $k: k-means frames per split: $(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["fit_frames_per_split"])' "$out/km.json")"
   done
 fi
 
@@ -269,11 +336,11 @@ fi
 if $flea && stage_selected 3; then
   for k in $fold_list; do
     fold=$splits/fold$k; out=$exp/cpt/fold$k
-    log "Stage 3: continued pretraining fold $k: $(basename "$upstream") + $exp/km/fold$k -> $out"
-    opts="upstream=$upstream k=$nclusters updates=$cpt_updates config=$cpt_config"
+    log "Stage 3: continued pretraining fold $k: $(basename "$upstream") + $exp/km/fold$k -> $out; batch: $cpt_batch"
+    opts="upstream=$upstream k=$nclusters updates=$cpt_updates config=$cpt_config update_freq=$cpt_update_freq"
     is_done "$out" "$opts" || {
       timed "cpt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$exp/km/fold$k" \
-        --init "$upstream" --updates "$cpt_updates" --out "$out"
+        --init "$upstream" --updates "$cpt_updates" --update-freq "$cpt_update_freq" --out "$out"
       mark_done "$out" "$opts"; }
   done
 fi
@@ -350,7 +417,7 @@ if stage_selected 4; then
           mark_done "$out" "$opts"; }
       done
       run_json "$run" method="FLEA ($p pooling)" setting=finetune protocol="$protocol" \
-        upstream="CPT-$(upstream_label), layer $layer, k=$nclusters$($transductive && echo ', transductive')" \
+        upstream="CPT-$(upstream_label), CPT batch $cpt_batch, layer $layer, k=$nclusters, $(km_label)" \
         config=conf/flea.yaml selection=valid_test_mean
     done
   fi

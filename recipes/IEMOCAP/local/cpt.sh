@@ -12,14 +12,15 @@ cd "$(dirname "$0")/.."
 . ../../local/stage.sh
 
 yaml=""; fold=""; labels=""; init=""; updates=""; out=""
-help_message="Usage: $0 --yaml FILE --fold DIR --labels DIR --init CKPT --updates N --out DIR"
+update_freq=1  # batches of dataset.max_tokens (per GPU) accumulated per update
+help_message="Usage: $0 --yaml FILE --fold DIR --labels DIR --init CKPT --updates N [--update-freq N] --out DIR"
 . ../../local/parse_options.sh
 for v in yaml fold labels init updates out; do [ -n "${!v}" ] || die "--$v is required ($help_message)"; done
 for f in "$labels/train.km" "$labels/valid.km" "$labels/dict.km.txt" "$fold/train.tsv" "$init"; do
   [ -f "$f" ] || die "$f: missing (run the earlier stages first)"
 done
 
-log "CPT: $(basename "$init") + labels $labels on $fold, $updates updates ($yaml) -> $out"
+log "CPT: $(basename "$init") + labels $labels on $fold, $updates updates of update_freq $update_freq ($yaml) -> $out"
 mkdir -p "$out"
 # fairseq resumes from OUT/checkpoint_last.pt when it exists, so a killed run continues.
 user_dir=$(serkit_user_dir) || exit 1
@@ -28,6 +29,7 @@ fairseq-hydra-train --config-dir "$(realpath "$(dirname "$yaml")")" \
   common.user_dir="$user_dir" \
   task.data="$(realpath "$fold")" task.label_dir="$(realpath "$labels")" \
   model.init_from="$(realpath "$init")" optimization.max_update="$updates" \
+  "optimization.update_freq=[$update_freq]" \
   checkpoint.save_dir="$(realpath "$out")" hydra.run.dir="$(realpath "$out")" \
   >> "$out/train.log" 2>&1 || { tail -30 "$out/train.log" >&2; die "CPT failed (log: $out/train.log)"; }
 [ -f "$out/checkpoint_last.pt" ] || die "CPT wrote no $out/checkpoint_last.pt (log: $out/train.log)"
