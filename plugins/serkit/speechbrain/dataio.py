@@ -70,29 +70,23 @@ def label_encoder(classes: list[str], where: str = ""):
     return encode
 
 
-CROPS = ("random", "start", "center")
+CROPS = ("start", "random")
 
 
 def crop(x: torch.Tensor, max_len: int | None, policy: str = "start", train: bool = True) -> torch.Tensor:
-    """The first axis of ``x`` cut to at most ``max_len`` items: from the ``start``, the ``center``, or
-    a ``random`` offset (training only: evaluation crops take the centre, so scores repeat).
+    """The first axis of ``x`` cut to at most ``max_len`` items: the first ``max_len`` (``start``), or a
+    window at a random offset (``random``, training only: evaluation keeps the start, so scores repeat).
 
     Example
     -------
-    >>> crop(torch.arange(10), 4, "start").tolist(), crop(torch.arange(10), 4, "center").tolist()
-    ([0, 1, 2, 3], [3, 4, 5, 6])
+    >>> crop(torch.arange(10), 4, "start").tolist()
+    [0, 1, 2, 3]
     """
     if policy not in CROPS:
         raise SerkitError(f"crop: {policy!r}; choose one of {', '.join(CROPS)}")
     if max_len is None or x.shape[0] <= max_len:
         return x
-    room = x.shape[0] - max_len
-    if policy == "start":
-        offset = 0
-    elif policy == "center" or not train:
-        offset = room // 2
-    else:
-        offset = int(torch.randint(room + 1, (1,)))
+    offset = int(torch.randint(x.shape[0] - max_len + 1, (1,))) if policy == "random" and train else 0
     return x[offset : offset + max_len]
 
 
