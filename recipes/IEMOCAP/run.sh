@@ -155,17 +155,6 @@ mkdir -p "$exp"
 : > "$timing_file"
 fold_list=$(folds_of "$folds" "$nfolds")
 lr_opt=(); [ -n "$finetune_lr" ] && lr_opt=(--lr "$finetune_lr")
-# CPT batch: fairseq's dataset.max_tokens is per GPU, so the batch of one update is
-# max_tokens x GPUs x update_freq; the official code ran 4 GPUs x 87.5 s (350 s of audio per update).
-cpt_gpus=$(python -c 'import torch; print(max(1, torch.cuda.device_count()))')
-[ "$cpt_update_freq" != auto ] || cpt_update_freq=$(( (4 + cpt_gpus - 1) / cpt_gpus ))
-cpt_batch=$(python - "$cpt_config" "$cpt_gpus" "$cpt_update_freq" <<'PY'
-import sys, yaml
-tokens = yaml.safe_load(open(sys.argv[1]))["dataset"]["max_tokens"]
-gpus, freq = int(sys.argv[2]), int(sys.argv[3])
-print(f"{tokens * gpus * freq / 16000:g} s of audio per update = {tokens / 16000:g} s x {gpus} GPU(s) x update_freq {freq}")
-PY
-)
 
 # run_json DIR key=value...: the run's description, read by `serkit score` for RESULTS.md.
 run_json() {
@@ -254,6 +243,20 @@ for m in ${method//,/ }; do
     *) die "--method $m: unknown (see --help)" ;;
   esac
 done
+if $flea; then
+  # CPT batch: fairseq's dataset.max_tokens is per GPU, so the batch of one update is
+  # max_tokens x GPUs x update_freq; the official code ran 4 GPUs x 87.5 s (350 s of audio per update).
+  [ -f "$cpt_config" ] || die "--cpt-config $cpt_config: no such file"
+  cpt_gpus=$(python -c 'import torch; print(max(1, torch.cuda.device_count()))')
+  [ "$cpt_update_freq" != auto ] || cpt_update_freq=$(( (4 + cpt_gpus - 1) / cpt_gpus ))
+  cpt_batch=$(python - "$cpt_config" "$cpt_gpus" "$cpt_update_freq" <<'PY'
+import sys, yaml
+tokens = yaml.safe_load(open(sys.argv[1]))["dataset"]["max_tokens"]
+gpus, freq = int(sys.argv[2]), int(sys.argv[3])
+print(f"{tokens * gpus * freq / 16000:g} s of audio per update = {tokens / 16000:g} s x {gpus} GPU(s) x update_freq {freq}")
+PY
+  )
+fi
 
 ###############################################################################
 if $flea && stage_selected 1; then
