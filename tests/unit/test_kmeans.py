@@ -389,3 +389,16 @@ def test_a_pickle_naming_anything_else_is_refused_and_not_run(setup, tmp_path):
     path.write_bytes(pickle.dumps(np.zeros((2, 3))))
     with pytest.raises(SerkitError, match="not a scikit-learn k-means model"):
         km.load_model(path)
+
+
+def test_fit_never_overwrites_a_published_kmeans_file(setup, tmp_path):
+    joblib = pytest.importorskip("joblib")
+    from serkit.cli import main
+
+    model, _ = _sklearn_model(setup, k=2)
+    path = tmp_path / "km500.bin"
+    joblib.dump(model, path)
+    before = path.read_bytes()
+    rc = main(["kmeans", "fit", "--feats", str(setup["feats"]), "--fold", str(setup["fold"]),
+               "--n-clusters", "2", "--max-frames", "50", "--out", str(path)])
+    assert rc == 2 and path.read_bytes() == before  # read as k-means for apply, never replaced by fit

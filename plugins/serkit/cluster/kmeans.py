@@ -396,17 +396,18 @@ def fit(
     return meta
 
 
-def load_model(path) -> tuple[np.ndarray, dict]:
+def load_model(path, external: bool = True) -> tuple[np.ndarray, dict]:
     """Centroids (K, D) float32 and the fit's description, from a serkit model (``.npz``) or a
     scikit-learn k-means pickle as published with fairseq's HuBERT / textless-NLP examples (read by
     :func:`serkit.cluster.external.read_sklearn_kmeans`, which executes nothing from the file; its
-    ``meta`` has ``layer: None``, since the file does not say which layer it was fitted on)."""
+    ``meta`` has ``layer: None``, since the file does not say which layer it was fitted on).
+    ``external=False`` accepts serkit's own models only."""
     path = Path(path)
     if not path.is_file():
         raise SerkitError(f"{path}: k-means model not found; run `serkit kmeans fit`")
     with open(path, "rb") as f:
         head = f.read(2)
-    if head != b"PK":  # not a zip (npz): the published sklearn models
+    if head != b"PK" and external:  # not a zip (npz): the published sklearn models
         from .external import read_sklearn_kmeans
 
         centroids, info = read_sklearn_kmeans(path)
