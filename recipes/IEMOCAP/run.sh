@@ -19,11 +19,13 @@ cd "$(dirname "$0")"
 stage=0
 stop_stage=5
 root=""               # corpus directory (IEMOCAP_full_release); default: db.sh, else the mini corpus
-upstream=""           # fairseq HuBERT checkpoint, e.g. hubert_base_ls960.pt; default on the mini corpus: tiny HuBERT
+upstream=""           # fairseq HuBERT checkpoint (hubert_base_ls960.pt) or, for the heads, a Hugging Face directory (wavlm-large); default on the mini corpus: tiny HuBERT
 protocol=iemocap_loso5
 valid=stratified      # iemocap_loso5 validation: stratified (10 % of training sessions) | speaker
 folds=all             # all | comma list, e.g. 1,3
-method=""             # default flea (mini corpus: flea,shiftcnn); comma list of: flea linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas mfsn
+method=""             # default flea (mini corpus: flea,shiftcnn); comma list of: flea linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas bas_ffn bas_msa_ffn bas_transformer mfsn
+bas_layers=4          # BAS: searchable layers, 3 or 4 (the paper's 3L-/4L-BAS), and the bas_msa_ffn/bas_transformer baselines' layers
+search_overrides=""   # BAS: extra yaml overrides for the search only [mini corpus: faster arch lr, cooler temperature (ours)]
 setting=featex        # heads: featex (frozen upstream, weighted layer sum) | finetune (upstream transformer trained)
 layer=9               # FLEA: teacher layer clustered (the paper's best: 9)
 nclusters=50          # FLEA: k-means clusters (the paper's best: 50)
@@ -53,6 +55,7 @@ mfsn_ablation=mfsn    # MFSN: sec_only | sec_tec_nosearch | mfsn
 mfsn_tec=audio        # MFSN TEC source: audio (the ASR model's frames, the paper) | text (IEMOCAP's transcripts) | asr (greedy CTC transcripts of --tec-upstream)
 ctc_dict=""           # MFSN --mfsn-tec asr: the letter dictionary (dict.ltr.txt) of --tec-upstream
 head_overrides=""     # extra yaml overrides for the heads, e.g. "--batch_size 16 --lr 0.001"
+shiftser_input=masked # heads linear..shiftlstm: masked (whole utterances, padding masked: ours) | paper (clipped to 7.5 s, ShiftSER Sec. 3.1) | official (the first 7.5 s, zero-padded to 7.5 s, no mask: the ShiftSER code)
 
 help_message=$(cat <<EOM
 Usage: $0 [options]
@@ -62,12 +65,21 @@ tiny HuBERT and runs end to end on CPU (that is 'make demo').
 Options (default in brackets):
   --stage N / --stop-stage M   run stages N..M [$stage..$stop_stage]
   --root DIR          IEMOCAP_full_release directory [db.sh: \${IEMOCAP:-none}]
-  --upstream FILE     fairseq HuBERT checkpoint (e.g. hubert_base_ls960.pt) [tiny HuBERT on the mini corpus]
+  --upstream PATH     fairseq HuBERT checkpoint (e.g. hubert_base_ls960.pt), or for the heads (not FLEA) a local
+                      Hugging Face model directory (WavLM-Large: microsoft/wavlm-large, the BAS paper's best
+                      row; needs serkit[hf]) [tiny HuBERT on the mini corpus]
   --protocol NAME     iemocap_loso5 | iemocap_loso10 [$protocol]
   --valid KIND        iemocap_loso5 validation set: stratified | speaker [$valid]
   --folds LIST        all | 1,3,... [$folds]
-  --method LIST       flea and/or heads: linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas mfsn
-                      [flea; mini corpus: flea,shiftcnn]
+  --method LIST       flea and/or heads: linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas
+                      bas_ffn bas_msa_ffn bas_transformer mfsn [flea; mini corpus: flea,shiftcnn].
+                      BAS and its baselines train with BAS's settings (SGD 0.005, batch 32, 100 epochs):
+                      bas = search + retrain, bas_ffn = simple-FFN, bas_msa_ffn = BAS's blocks all msa_ffn
+                      (the like-for-like transformer), bas_transformer = serkit's transformer head;
+                      ffn and transformer are the same heads with ShiftSER's settings
+  --bas-layers N      BAS searchable layers, 3 or 4, and the layers of bas_msa_ffn, bas_transformer [$bas_layers]
+  --search-overrides S  BAS: extra yaml overrides for the search only, e.g. "--arch_lr 0.01"
+                      [mini corpus: "--arch_lr 0.5 --temperature_start 1.0 --temperature_decay 0.85", ours]
   --setting KIND      heads: featex | finetune [$setting]
   --layer L           FLEA teacher layer to cluster [$layer]
   --nclusters K       FLEA k-means clusters [$nclusters]
@@ -94,6 +106,8 @@ Options (default in brackets):
                       [$mfsn_tec]; text and asr are the paper's text ablation (text leaks across sessions)
   --ctc-dict FILE     dict.ltr.txt of the CTC --tec-upstream, for --mfsn-tec asr
   --head-overrides S  extra yaml overrides for the heads' training, e.g. "--batch_size 16"
+  --shiftser-input K  what heads linear..shiftlstm see: masked (whole utterances, padding masked) |
+                      paper (clipped to 7.5 s) | official (first 7.5 s zero-padded to 7.5 s, no mask) [$shiftser_input]
 EOM
 )
 . ../../local/parse_options.sh
@@ -110,6 +124,13 @@ case "$teacher_pooling" in attention|mean) ;; *) die "--teacher-pooling $teacher
 tapt_km=${tapt_km:+$(realpath "$tapt_km")}
 case "$cpt_update_freq" in auto|[1-9]|[1-9][0-9]) ;; *) die "--cpt-update-freq $cpt_update_freq: auto or a number of batches" ;; esac
 case "$mfsn_tec" in audio|text|asr) ;; *) die "--mfsn-tec $mfsn_tec: audio, text or asr" ;; esac
+case "$bas_layers" in 3|4) ;; *) die "--bas-layers $bas_layers: the paper searches 3 or 4 layers" ;; esac
+case "$shiftser_input" in
+  masked) input_overrides=""; input_tag="" ;;
+  paper) input_overrides="--max_duration 7.5"; input_tag="_clip7.5s" ;;
+  official) input_overrides="--max_duration 7.5 --pad_to_max True"; input_tag="_pad7.5s" ;;
+  *) die "--shiftser-input $shiftser_input: masked, paper or official" ;;
+esac
 if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 fi
@@ -130,7 +151,13 @@ if $mini; then
   # the tiny HuBERT learns nothing in 10 epochs at the paper's 1e-4
   finetune_lr=${finetune_lr:-0.001}
   # SpecAugment's channel masks scaled from ShiftSER's 64 of 768 channels to the tiny model's 64
+  # (ShiftSER heads only: BAS's yamls have no SpecAugment)
+  [ -n "$head_overrides" ] || mini_specaugment=true
   head_overrides=${head_overrides:-"--channel_mask_width 5"}
+  # BAS search, ours for the mini corpus only: short epochs settle only with a faster arch lr and a
+  # cooler schedule than the defaults (SGD 0.005, FBNet's tau 5.0 * 0.956^epoch) made for real data
+  # (the values measured on the mini MELD, recipes/MELD/README.md)
+  search_overrides=${search_overrides:-"--arch_lr 0.5 --temperature_start 1.0 --temperature_decay 0.85"}
   teacher_epochs=${teacher_epochs:-10}; finetune_epochs=${finetune_epochs:-10}; head_epochs=${head_epochs:-30}
   cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_tiny.yaml}
   [ "$cpt_update_freq" != auto ] || cpt_update_freq=1  # the tiny model's batch is its own, not the paper's
@@ -143,7 +170,7 @@ else
   if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
   [ -n "$upstream" ] || die "--upstream is required with a real corpus (e.g. --upstream /models/hubert_base_ls960.pt)"
 fi
-[ -z "$upstream" ] || [ -f "$upstream" ] || die "--upstream $upstream: no such file"
+[ -z "$upstream" ] || [ -e "$upstream" ] || die "--upstream $upstream: no such file or directory"
 upstream=${upstream:+$(realpath "$upstream")}
 
 data=$workdir/data/iemocap
@@ -225,7 +252,7 @@ fi
 if $mini && [ -z "$upstream" ]; then
   upstream=$workdir/exp/upstream/tiny_hubert.pt
 fi
-[ "$stop_stage" -lt 1 ] || [ -f "$upstream" ] || die "no upstream checkpoint at '$upstream' (run stage 0 or pass --upstream)"
+[ "$stop_stage" -lt 1 ] || [ -e "$upstream" ] || die "no upstream checkpoint at '$upstream' (run stage 0 or pass --upstream)"
 if $mini; then
   num_layers=$(python -c "from serkit.upstream import load_upstream; print(load_upstream('$upstream').num_layers)" 2>/dev/null)
   if [ "$layer" -gt "$num_layers" ]; then
@@ -239,10 +266,12 @@ flea=false; heads=()
 for m in ${method//,/ }; do
   case "$m" in
     flea) flea=true ;;
-    linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm|bas|mfsn) heads+=("$m") ;;
+    linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm|bas|bas_ffn|bas_msa_ffn|bas_transformer|mfsn) heads+=("$m") ;;
     *) die "--method $m: unknown (see --help)" ;;
   esac
 done
+# FLEA continues HuBERT's pretraining with fairseq: a Hugging Face directory serves the heads only.
+! $flea || [ ! -d "$upstream" ] || die "--upstream $upstream is a directory (Hugging Face): FLEA needs a fairseq HuBERT checkpoint file; use it with heads (--method bas,...) only"
 if $flea; then
   # CPT batch: fairseq's dataset.max_tokens is per GPU, so the batch of one update is
   # max_tokens x GPUs x update_freq; the official code ran 4 GPUs x 87.5 s (350 s of audio per update).
@@ -426,7 +455,13 @@ if stage_selected 4; then
   fi
   for h in "${heads[@]}"; do
     if [ "$h" = mfsn ]; then run_mfsn; continue; fi
-    run=$exp/${h}_$setting
+    h_overrides=$head_overrides; h_label=$h
+    case $h in linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm)
+      h_overrides="${input_overrides:+$input_overrides }$head_overrides"
+      run=$exp/${h}_$setting$input_tag
+      [ -z "$input_overrides" ] || h_label="$h ($shiftser_input input: $input_overrides)" ;;
+    *) run=$exp/${h}_$setting ;;
+    esac
     if [ "$setting" = featex ]; then
       log "Stage 4: $h needs cached features of $(basename "$upstream")"
       feats=$(dump_all "$upstream")
@@ -434,19 +469,27 @@ if stage_selected 4; then
     for k in $fold_list; do
       fold=$splits/fold$k; out=$run/fold$k
       log "Stage 4: $h ($setting) fold $k: $fold -> $out"
-      opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$head_overrides"
+      # BAS and its baselines: --bas-layers layers; the mini corpus's SpecAugment width is not theirs
+      overrides=$h_overrides; bas_opts=()
+      case "$h" in bas*) ${mini_specaugment:-false} && overrides="" ;; esac
+      case "$h" in
+        bas) bas_opts=(--search-overrides "--search_layers $bas_layers $search_overrides") ;;
+        bas_msa_ffn) overrides="--arch msa_ffn$(for ((i = 1; i < bas_layers; i++)); do printf ,msa_ffn; done) $overrides" ;;
+        bas_transformer) overrides="--transformer_layers $bas_layers $overrides" ;;
+      esac
+      opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$overrides${bas_opts[*]:+ ${bas_opts[*]}}"
       is_done "$out" "$opts" || {
         if [ "$setting" = featex ]; then
           timed "${h}_fold$k" logged "$out/log/train.log" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
-            --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$head_overrides"
+            --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
         else
           timed "${h}_fold$k" logged "$out/log/train.log" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
-            --upstream "$upstream" --epochs "$head_epochs" --device "$device" --overrides "$head_overrides"
+            --upstream "$upstream" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
         fi
         mark_done "$out" "$opts"; }
     done
-    run_json "$run" method="$h" setting="$setting" protocol="$protocol" upstream="$(upstream_label)" \
-      config="conf/$h.yaml" selection="$(case $h in bas|mfsn) echo valid ;; *) echo best_test ;; esac)"
+    run_json "$run" method="$h_label" setting="$setting" protocol="$protocol" upstream="$(upstream_label)" \
+      config="conf/$h.yaml" selection="$(case $h in bas*|mfsn) echo valid ;; *) echo best_test ;; esac)"
   done
 fi
 
@@ -455,7 +498,10 @@ if stage_selected 5; then
   runs=(); beside=()
   $flea && runs+=("$exp/teacher") && for p in $poolings; do runs+=("$exp/flea_$p"); done
   for h in "${heads[@]}"; do
-    if [ "$h" != mfsn ]; then runs+=("$exp/${h}_$setting"); continue; fi
+    case $h in
+      linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm) runs+=("$exp/${h}_$setting$input_tag"); continue ;;
+      bas) runs+=("$exp/${h}_$setting"); continue ;;
+    esac
     runs+=("$(mfsn_run "$mfsn_tec")")
     # MFSN runs with the other TEC sources, scored earlier, go beside it: the text-vs-audio gap in one table
     for t in audio text asr; do

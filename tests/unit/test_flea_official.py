@@ -101,21 +101,6 @@ def test_class_balanced_sampler_weights_each_class_equally():
     assert list(sampler) == first  # reproducible per epoch
 
 
-def test_crop_policies():
-    from serkit.speechbrain.dataio import crop
-    from serkit.utils import SerkitError
-
-    x = torch.arange(10)
-    assert crop(x, 4, "start").tolist() == [0, 1, 2, 3]
-    assert crop(x, 4, "random", train=False).tolist() == [0, 1, 2, 3]  # evaluation repeats
-    torch.manual_seed(0)
-    starts = {crop(x, 4, "random")[0].item() for _ in range(100)}
-    assert starts == set(range(7))
-    assert crop(x, 20, "start") is x and crop(x, None, "start") is x
-    with pytest.raises(SerkitError, match="crop"):
-        crop(x, 4, "end")
-
-
 def test_flea_training_uses_sampler_truncation_and_weight_decay(tmp_path_factory, tmp_path, monkeypatch):
     """A one-epoch run of conf/flea.yaml: every training signal is cut to max_duration from the start,
     the training loader draws through the class-balanced sampler, AdamW has weight decay 1e-5."""
@@ -162,7 +147,7 @@ def test_flea_training_uses_sampler_truncation_and_weight_decay(tmp_path_factory
     assert len(made) == 1 and loaders[0].sampler is made[0]
     assert sigs and max(sigs) == 4000  # 0.25 s at 16 kHz; the utterances are 0.4-0.9 s
     assert decay and set(decay) == {1e-5}
-    ds = dataio.fold_datasets(setup["fold"], max_duration=0.25, crop_policy="start")[0]["train"]
+    ds = dataio.fold_datasets(setup["fold"], max_duration=0.25, crop="start")[0]["train"]
     item = ds[0]
     full = dataio.load_wav(json.loads((setup["fold"] / "train.json").read_text())[item["id"]]["wav"])
     torch.testing.assert_close(item["sig"], full[:4000])

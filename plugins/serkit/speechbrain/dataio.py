@@ -8,6 +8,13 @@ and ``dict.emo.txt`` (the class list in label-index order). Items:
 - ``feats``: cached features ``(T, L, C)`` from a ``serkit dump-features`` directory (time first, so
   SpeechBrain's ``PaddedBatch`` pads the time axis and its relative lengths refer to frames);
 - ``sig``: the waveform (S,) at 16 kHz.
+
+``max_duration`` (seconds) limits what a model sees of each utterance, on either input: longer
+utterances are cropped to ``max_duration`` (``crop="start"``: the first seconds, in every split;
+``crop="random"``: a random window in training, the first seconds in evaluation); with ``pad_to_max``
+shorter ones are zero-padded to it, so that every item has the same length and the padding counts as
+signal (no padding mask: the official ShiftSER code's 7.5 s clips). Cached features are cut in frames
+(7.5 s = 374 frames of a 20 ms upstream), from features computed on the whole utterance.
 """
 from __future__ import annotations
 
@@ -73,21 +80,23 @@ def label_encoder(classes: list[str], where: str = ""):
 CROPS = ("start", "random")
 
 
-def crop(x: torch.Tensor, max_len: int | None, policy: str = "start", train: bool = True) -> torch.Tensor:
-    """The first axis of ``x`` cut to at most ``max_len`` items: the first ``max_len`` (``start``), or a
-    window at a random offset (``random``, training only: evaluation keeps the start, so scores repeat).
+def crop_to(x: torch.Tensor, max_len: int, crop: str = "start", pad: bool = False) -> torch.Tensor:
+    """Cut ``x`` to at most ``max_len`` items along its first axis (zero-pad it to ``max_len`` with ``pad``).
+
+    ``crop="start"`` keeps the first ``max_len``; ``"random"`` a window drawn with torch's global generator.
 
     Example
     -------
-    >>> crop(torch.arange(10), 4, "start").tolist()
-    [0, 1, 2, 3]
+    >>> crop_to(torch.arange(5), 3), crop_to(torch.arange(2), 3, pad=True)
+    (tensor([0, 1, 2]), tensor([0, 1, 0]))
     """
-    if policy not in CROPS:
-        raise SerkitError(f"crop: {policy!r}; choose one of {', '.join(CROPS)}")
-    if max_len is None or x.shape[0] <= max_len:
-        return x
-    offset = int(torch.randint(x.shape[0] - max_len + 1, (1,))) if policy == "random" and train else 0
-    return x[offset : offset + max_len]
+    n = x.shape[0]
+    if n > max_len:
+        start = 0 if crop == "start" else int(torch.randint(0, n - max_len + 1, ()))
+        x = x[start:start + max_len]
+    elif pad and n < max_len:
+        x = torch.cat([x, x.new_zeros((max_len - n, *x.shape[1:]))], dim=0)
+    return x
 
 
 def class_balanced_sampler(dataset, seed: int = 0):
@@ -106,13 +115,52 @@ def class_balanced_sampler(dataset, seed: int = 0):
                                              seed=int(seed))
 
 
-def feature_pipeline(reader, max_duration: float | None = None, crop_policy: str = "start",
-                     train: bool = True):
-    """A SpeechBrain dynamic item ``id -> feats (T, L, C)`` reading a FeatureReader (cut to
-    ``max_duration`` seconds, 50 frames a second, by ``crop_policy``)."""
-    import speechbrain as sb
+def _select_layers(feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return feats.index_select(1, index)
 
-    max_len = None if max_duration is None else int(max_duration * 50)
+
+def _chain(x, steps):
+    for step in steps:
+        x = step(x)
+    return x
+
+
+def duration_limit(max_duration, crop: str = "start", pad_to_max: bool = False, reader=None,
+                   where: str = "hparams") -> int | None:
+    """Check the crop options and return ``max_duration`` in items of the input (frames of ``reader``'s
+    features, else samples at 16 kHz); None when ``max_duration`` is None (no limit).
+
+    Example
+    -------
+    >>> duration_limit(7.5), duration_limit(None)
+    (120000, None)
+    """
+    if crop not in CROPS:
+        raise SerkitError(f"{where}: crop {crop!r} is not one of {list(CROPS)}")
+    if max_duration is None:
+        if pad_to_max:
+            raise SerkitError(f"{where}: pad_to_max needs max_duration (seconds)")
+        return None
+    try:
+        seconds = float(max_duration)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds > 0:
+        raise SerkitError(f"{where}: max_duration must be a positive number of seconds or null, "
+                          f"got {max_duration!r}")
+    samples = int(round(seconds * SAMPLE_RATE))
+    if reader is None:
+        return samples
+    from ..upstream import FRAME_RATE, num_frames
+
+    rate = float(getattr(reader, "frame_rate", FRAME_RATE) or FRAME_RATE)
+    frames = num_frames(samples) if rate == FRAME_RATE else int(seconds * rate)
+    return max(1, frames)
+
+
+def feature_pipeline(reader, transform=None):
+    """A SpeechBrain dynamic item ``id -> feats (T, L, C)`` reading a FeatureReader (then ``transform``)."""
+    import speechbrain as sb
 
     @sb.utils.data_pipeline.takes("id")
     @sb.utils.data_pipeline.provides("feats")
@@ -123,40 +171,42 @@ def feature_pipeline(reader, max_duration: float | None = None, crop_policy: str
             raise SerkitError(f"{getattr(reader, 'path', 'features')}: no features for utterance {utt!r}; "
                               "dump features for every split of the fold (`serkit dump-features`)") from None
         feats = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).transpose(0, 1)
-        return crop(feats, max_len, crop_policy, train)
+        return feats if transform is None else transform(feats)
 
     return pipeline
 
 
-def wav_pipeline(max_duration: float | None = None, crop_policy: str = "start", train: bool = True):
-    """A SpeechBrain dynamic item ``wav -> sig (S,)`` (cut to ``max_duration`` seconds by ``crop_policy``)."""
+def wav_pipeline(transform=None):
+    """A SpeechBrain dynamic item ``wav -> sig (S,)`` (then ``transform``)."""
     import speechbrain as sb
-
-    max_len = None if max_duration is None else int(max_duration * SAMPLE_RATE)
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def pipeline(wav):
-        return crop(load_wav(wav), max_len, crop_policy, train)
+        sig = load_wav(wav)
+        return sig if transform is None else transform(sig)
 
     return pipeline
 
 
 def fold_datasets(fold_dir: str | os.PathLike, reader=None, splits=("train", "valid", "test"),
-                  sort_eval: bool = True, max_duration: float | None = None, crop_policy: str = "start"):
+                  sort_eval: bool = True, max_duration=None, crop: str = "start", pad_to_max: bool = False,
+                  feature_layers: list[int] | None = None):
     """Build ``{split: DynamicItemDataset}`` for a fold, plus the class list.
 
     ``reader`` (a ``FeatureReader``) gives cached features (``feats``); without it the datasets give
     waveforms (``sig``). Evaluation splits are sorted by duration (less padding); the order of rows in
-    prediction files is restored from ``split_order``. ``max_duration`` (seconds) cuts every item of
-    every split (as FLEA's official code truncates its inputs) by ``crop_policy`` (see :func:`crop`).
+    prediction files is restored from ``split_order``. ``max_duration``, ``crop`` and ``pad_to_max``:
+    see the module docstring. ``feature_layers``: positions along the cached features' layer axis to
+    keep (default all).
     """
-    if crop_policy not in CROPS:
-        raise SerkitError(f"crop: {crop_policy!r}; choose one of {', '.join(CROPS)}")
+    import functools
+
     import speechbrain as sb
 
     fold_dir = Path(fold_dir)
     classes = read_classes(fold_dir)
+    max_len = duration_limit(max_duration, crop, pad_to_max, reader, where=str(fold_dir))
     datasets = {}
     for split in splits:
         path = fold_dir / f"{split}.json"
@@ -173,12 +223,18 @@ def fold_datasets(fold_dir: str | os.PathLike, reader=None, splits=("train", "va
             return torch.tensor([encode(emo)], dtype=torch.long)
 
         ds.add_dynamic_item(label_pipeline)
-        train = split == "train"
+        steps = []
+        if reader is not None and feature_layers is not None:
+            steps.append(functools.partial(_select_layers, index=torch.tensor(list(feature_layers))))
+        if max_len is not None:
+            split_crop = crop if split == "train" else "start"  # evaluation: always the first seconds
+            steps.append(functools.partial(crop_to, max_len=max_len, crop=split_crop, pad=bool(pad_to_max)))
+        transform = functools.partial(_chain, steps=steps) if steps else None
         if reader is not None:
-            ds.add_dynamic_item(feature_pipeline(reader, max_duration, crop_policy, train))
+            ds.add_dynamic_item(feature_pipeline(reader, transform))
             ds.set_output_keys(["id", "label", "feats"])
         else:
-            ds.add_dynamic_item(wav_pipeline(max_duration, crop_policy, train))
+            ds.add_dynamic_item(wav_pipeline(transform))
             ds.set_output_keys(["id", "label", "sig"])
         if split != "train" and sort_eval:
             ds = ds.filtered_sorted(sort_key="duration")

@@ -92,7 +92,50 @@ def _parse(argv):
     if bad:
         raise SerkitError(f"serkit train: {bad} are set from --fold-dir/--output-folder/--feats/--upstream; "
                           "do not override them")
+    known = _peek_yaml(args.hparams)
+    unknown = [k for k in overrides if k not in known]
+    if unknown:  # before anything is written: a mis-spelled option must not silently do nothing
+        raise SerkitError(f"{args.hparams}: no key {unknown} to override; its keys are {sorted(known)}")
     return args, run_opts, overrides
+
+
+FINETUNE_OPTIMIZERS = ("paper", "featex")
+
+
+def _select_optimizer(hparams: dict, setting: str, where: str):
+    """The optimiser class for this run; in the finetune setting ``finetune_optimizer: paper`` takes
+    ``finetune_opt_class`` and ``finetune_lr_schedule`` (replacing ``lr_schedule``), ``featex`` the
+    feature-extraction ones (``opt_class``, ``lr_schedule``) for the upstream and the head alike."""
+    choice = str(hparams.get("finetune_optimizer", "featex"))
+    if choice not in FINETUNE_OPTIMIZERS:
+        raise SerkitError(f"{where}: finetune_optimizer {choice!r} is not one of {list(FINETUNE_OPTIMIZERS)}")
+    if setting != "finetune" or choice == "featex":
+        return hparams["opt_class"]
+    missing = [k for k in ("finetune_opt_class", "finetune_lr_schedule") if k not in hparams]
+    if missing:
+        raise SerkitError(f"{where}: finetune_optimizer: paper needs {missing} in the yaml")
+    hparams["lr_schedule"] = hparams["finetune_lr_schedule"]
+    return hparams["finetune_opt_class"]
+
+
+def _featex_layers(spec, layers: list[int], where: str) -> list[int] | None:
+    """Positions in the cached layers (``layers``, upstream layer numbers) that ``featex_layers`` keeps:
+    ``all`` (None: every layer, summed with learned weights), ``last``, a layer number or a list of them."""
+    if spec is None or spec == "all":
+        return None
+    if spec == "last":
+        return [len(layers) - 1]
+    if isinstance(spec, int):
+        wanted = [spec]
+    elif isinstance(spec, str):
+        wanted = [int(s) for s in spec.strip("[]").split(",") if s.strip()]
+    else:
+        wanted = [int(s) for s in spec]
+    missing = [w for w in wanted if w not in layers]
+    if missing or not wanted:
+        raise SerkitError(f"featex_layers {spec!r}: layers {missing or spec} are not among the cached layers "
+                          f"{layers} of {where}")
+    return [layers.index(w) for w in wanted]
 
 
 def prepare_run_opts(run_opts):
@@ -134,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     upstream_lobe = None
     reader = None
+    feature_layers = None
     if args.feats:
         from serkit.upstream.features import FeatureReader
 
@@ -142,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         input_dim, num_layers = int(reader.dim), len(reader.layers)
         meta = dict(getattr(reader, "meta", {}) or {})
         upstream_path = args.upstream or meta.get("upstream")
+        feature_layers = _featex_layers(peek.get("featex_layers", "all"), list(reader.layers), args.feats)
         upstream_layers = list(reader.layers)
+        if feature_layers is not None:
+            upstream_layers = [reader.layers[i] for i in feature_layers]
+        num_layers = len(upstream_layers)
         normalize = meta.get("normalize")
     else:
         setting = "finetune"
@@ -165,11 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.hparams, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, overrides)
 
-    max_duration = peek.get("max_duration")
-    datasets, classes = fold_datasets(fold_dir, reader,
-                                      max_duration=None if max_duration is None else float(max_duration),
-                                      crop_policy=str(peek.get("crop", "start")))
+    crop_opts = {"max_duration": hparams.get("max_duration"), "crop": hparams.get("crop", "start"),
+                 "pad_to_max": bool(hparams.get("pad_to_max", False))}
+    try:
+        datasets, classes = fold_datasets(fold_dir, reader, feature_layers=feature_layers, **crop_opts)
+    except SerkitError as e:
+        raise SerkitError(f"{args.hparams}: {e}") from None
     modules = dict(hparams["modules"])
+    opt_class = _select_optimizer(hparams, setting, args.hparams)
     checkpointer = atomic(hparams["checkpointer"])
     if upstream_lobe is not None:
         modules["upstream"] = upstream_lobe
@@ -195,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         "selection": hparams.get("selection", "valid"),
         "best_metric": hparams.get("best_metric", "ua"),
         "world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
+        "finetune_optimizer": hparams.get("finetune_optimizer", "featex") if setting == "finetune" else None,
+        **crop_opts,
     }
     previous = output_folder / "train_info.json"
     if previous.is_file():  # resuming: keep the count of epochs already run
@@ -202,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
         info["epochs_run"] = json.loads(previous.read_text(encoding="utf-8")).get("epochs_run", 0)
 
-    brain = SERBrain(modules=modules, opt_class=hparams["opt_class"], hparams=hparams, run_opts=run_opts,
+    brain = SERBrain(modules=modules, opt_class=opt_class, hparams=hparams, run_opts=run_opts,
                      checkpointer=checkpointer)
     brain.classes = classes
     brain.orders = {split: split_order(fold_dir, split) for split in ("valid", "test")}
