@@ -53,31 +53,10 @@ def read_transcripts(path: str | Path) -> dict[str, str]:
 
 def ctc_greedy_transcripts(checkpoint: str | Path, dict_path: str | Path, reader, layer: int,
                            utts: list[str]) -> dict[str, str]:
-    """Greedy CTC transcripts from a fine-tuned wav2vec 2.0's cached last layer and its output projection."""
-    import torch
+    """Greedy CTC transcripts from a CTC-finetuned model's cached last layer (:mod:`serkit.upstream.ctc`)."""
+    from serkit.upstream.ctc import greedy_transcripts
 
-    checkpoint, dict_path = Path(checkpoint), Path(dict_path)
-    for p in (checkpoint, dict_path):
-        if not p.is_file():
-            raise SerkitError(f"{p}: not found (the CTC checkpoint and its letter dictionary dict.ltr.txt)")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = state.get("model", state)
-    if "w2v_encoder.proj.weight" not in model:
-        raise SerkitError(f"{checkpoint}: no w2v_encoder.proj (not a CTC-finetuned wav2vec 2.0 checkpoint)")
-    weight, bias = model["w2v_encoder.proj.weight"].float(), model["w2v_encoder.proj.bias"].float()
-    symbols = list(FAIRSEQ_SPECIALS) + [line.split()[0] for line in dict_path.read_text(encoding="utf-8")
-                                        .splitlines() if line.strip()]
-    if len(symbols) != weight.shape[0]:
-        raise SerkitError(f"{dict_path}: {len(symbols)} symbols with fairseq's 4 specials, the checkpoint's "
-                          f"projection has {weight.shape[0]} outputs; use the dictionary it was trained with")
-    out = {}
-    for utt in utts:
-        x = torch.from_numpy(reader.load(utt, layers=[layer])[0])
-        ids = (x @ weight.T + bias).argmax(-1).tolist()
-        pieces = [symbols[i] for k, i in enumerate(ids)
-                  if (k == 0 or i != ids[k - 1]) and i >= len(FAIRSEQ_SPECIALS)]
-        out[utt] = " ".join("".join(pieces).replace("|", " ").split()).lower()
-    return out
+    return greedy_transcripts(checkpoint, dict_path, reader, layer, utts)
 
 
 def train_sentencepiece(texts: list[str], prefix: Path, vocab_size: int):
