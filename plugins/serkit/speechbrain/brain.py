@@ -20,6 +20,15 @@ paper: one loop, not DARTS' alternating validation steps); the Gumbel-softmax te
 ``gumbel_temperature(epoch)``; after every epoch the per-layer block probabilities are appended to
 ``search_log.jsonl``, drawn in ``search_probs.png``, and the derived architecture is written to
 ``arch.txt`` (what ``bas.yaml`` reads as ``--arch "$(cat arch.txt)"``).
+
+Resuming: a run killed at any moment and started again with the same command ends bit-identical (on
+CPU) to a run that was never interrupted. Checkpoints hold the random generators
+(:class:`~serkit.speechbrain.checkpoints.RandomState`, recoverable ``rng``) besides the weights,
+optimisers, epoch counter and SpeechBrain's step counters; the learning-rate and temperature schedules
+are functions of the epoch and step. Intra-epoch checkpoints (SpeechBrain's ``--ckpt_interval_steps`` /
+``--ckpt_interval_minutes``) are taken only between optimiser steps, never inside a gradient
+accumulation, and a mid-epoch resume fast-forwards the sampler without drawing from the global
+generators.
 """
 from __future__ import annotations
 
@@ -203,6 +212,21 @@ class SERBrain(sb.Brain):
     train_info: dict | None = None
 
     def on_fit_start(self):
+        if self.checkpointer is not None and "rng" not in self.checkpointer.recoverables:
+            from .checkpoints import RandomState
+
+            # optional: checkpoints of an older serkit resume too (with a warning)
+            self.checkpointer.add_recoverable("rng", RandomState(), optional_load=True)
+        # Import what the epoch loop imports lazily before the generators are restored: a module that
+        # draws from a global generator when first imported (rich, under sklearn, draws from `random`)
+        # would otherwise draw after the restore in a resumed run, before it in an uninterrupted one.
+        import sklearn.metrics  # noqa: F401  (serkit.metrics)
+
+        if self._search_net() is not None:  # plot_search
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot  # noqa: F401
         super().on_fit_start()  # recovers the latest checkpoint, if any
         logger = getattr(self.hparams, "train_logger", None)
         counter = getattr(self.hparams, "epoch_counter", None)
@@ -292,7 +316,29 @@ class SERBrain(sb.Brain):
         loader = super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             self._steps_per_epoch = max(1, len(loader))
+            self._train_loader = loader
         return loader
+
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+        # a checkpoint inside a gradient accumulation would lose the gradients accumulated so far
+        due = super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
+        return due and self.step % self.grad_accumulation_factor == 0
+
+    def _resume_mid_epoch(self) -> None:
+        """Before the train iterator of a mid-epoch resume is created: keep the global generators as saved.
+
+        Creating a DataLoader iterator draws its workers' base seed from the loader's ``generator``,
+        the global torch generator when it has none. The uninterrupted run drew it at the start of the
+        epoch, before the restored state was saved, so the resumed iterator draws it from a generator
+        of its own (put back at the end of the epoch).
+        """
+        rng = self.checkpointer.recoverables.get("rng") if self.checkpointer is not None else None
+        loader = getattr(self, "_train_loader", None)
+        if rng is None or rng.end_of_epoch is not False or loader is None:
+            return
+        rng.end_of_epoch = None
+        self._loader_generator = loader.generator
+        loader.generator = torch.Generator()
 
     def on_fit_batch_start(self, batch, should_step):
         schedule = getattr(self.hparams, "lr_schedule", None)
@@ -313,6 +359,7 @@ class SERBrain(sb.Brain):
         self._rows = {}
         if stage == sb.Stage.TRAIN:
             self._epoch = int(epoch or 1)
+            self._resume_mid_epoch()
             net = self._search_net()
             if net is not None:
                 from serkit.nn.search import gumbel_temperature
@@ -325,6 +372,9 @@ class SERBrain(sb.Brain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
+            if hasattr(self, "_loader_generator"):
+                self._train_loader.generator = self._loader_generator
+                del self._loader_generator
             return
         if stage == sb.Stage.TEST:  # Brain.evaluate(): score whatever split it was given
             self.test_stats = self._metrics(self._rows)

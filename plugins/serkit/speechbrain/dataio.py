@@ -31,14 +31,18 @@ from ..utils import SerkitError
 log = logging.getLogger("serkit.speechbrain")
 
 SAMPLE_RATE = 16000
+#: Sample rates outside this range are refused (a header declaring 1 Hz would resample 8 KB into 1 GB).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
 
 
-def load_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: bool = True) -> torch.Tensor:
+def load_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: bool = True,
+             max_duration: float | None = None) -> torch.Tensor:
     """Read an audio file as a mono float32 tensor (S,) at ``sample_rate``.
 
     Multi-channel audio is averaged to mono. Another sample rate is resampled (with a warning) when
-    ``resample`` is True, refused otherwise. A missing, unreadable or empty file raises
-    :class:`SerkitError` naming it.
+    ``resample`` is True, refused otherwise. A missing, unreadable or empty file, a sample rate outside
+    ``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE``, a duration above ``max_duration`` seconds (both read from the
+    header, before the samples) and NaN or Inf samples raise :class:`SerkitError` naming the file.
     """
     import soundfile as sf
 
@@ -46,11 +50,25 @@ def load_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: 
     if not path.is_file():
         raise SerkitError(f"{path}: file not found")
     try:
+        info = sf.info(str(path))
+        if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+            raise SerkitError(f"{path}: sample rate {info.samplerate} Hz is outside {MIN_SAMPLE_RATE}.."
+                              f"{MAX_SAMPLE_RATE} Hz; the header is wrong or this is not speech audio")
+        seconds = info.frames / info.samplerate
+        if max_duration is not None and seconds > max_duration:
+            raise SerkitError(f"{path}: {seconds:.1f} s of audio is longer than --max-duration "
+                              f"{max_duration:g} s; cut it into utterances, or raise --max-duration")
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except SerkitError:
+        raise
     except Exception as e:  # libsndfile's messages do not name the file
         raise SerkitError(f"{path}: unreadable audio ({e}); pass a wav/flac/ogg file") from None
     if data.shape[0] == 0:
         raise SerkitError(f"{path}: empty audio (0 samples)")
+    finite = np.isfinite(data).all(axis=1)
+    if not finite.all():
+        raise SerkitError(f"{path}: non-finite samples (NaN or Inf) at {int((~finite).sum())} time step(s), "
+                          f"the first at {int(np.argmin(finite)) / sr:.3f} s; the file is corrupt")
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]))
     if sr != sample_rate:
         if not resample:

@@ -22,7 +22,9 @@ run options too (``--device cuda:0``, ``--precision bf16``, ``--distributed_back
 Writes ``<output_folder>/``: ``hyperparams.yaml`` (the resolved config), ``train_info.json``,
 ``train_log.txt``, ``predictions/{valid,test}.epoch<NNN>.tsv``, ``save/CKPT+*`` (the latest and the
 best-on-validation checkpoints); BAS search also ``search_log.jsonl``, ``search_probs.png``, ``arch.txt``.
-A killed run started again with the same command resumes at the epoch after its last checkpoint.
+A killed run started again with the same command resumes where its last checkpoint left off (the
+next epoch, or mid-epoch with SpeechBrain's ``--ckpt_interval_steps N`` / ``--ckpt_interval_minutes M``)
+and ends bit-identical, on CPU, to a run that was never interrupted (see serkit.speechbrain.brain).
 """
 from __future__ import annotations
 
