@@ -54,9 +54,10 @@ def relative_lengths_to_padding_mask(lengths: Tensor | None, max_len: int) -> Te
     """
     if lengths is None:
         return None
+    from speechbrain.dataio.dataio import length_to_mask
+
     absolute = torch.round(lengths.float() * max_len).long().clamp(1, max_len)
-    steps = torch.arange(max_len, device=lengths.device)
-    return steps.unsqueeze(0) >= absolute.unsqueeze(1)
+    return ~length_to_mask(absolute, max_len, dtype=torch.bool)
 
 
 def padding_mask_to_relative_lengths(padding_mask: Tensor) -> Tensor:
