@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,59 @@ def test_a_stopped_and_resumed_finetune_matches_an_uninterrupted_one(data, cpt, 
     a = torch.load(whole / "checkpoint_last.pt", weights_only=False)["model"]
     b = torch.load(resumed / "checkpoint_last.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+RECIPE_CPT = """set -euo pipefail
+cd {recipe}
+. ./path.sh
+. ../../local/stage.sh
+echo "unpickling override: ${{TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD-unset}}" >&2
+opts="updates=4 config=cpt_hubert_tiny"
+is_done {out} "$opts" {init} {labels} || {{
+  bash local/cpt.sh --yaml conf/fairseq/cpt_hubert_tiny.yaml --fold {fold} --labels {labels} --init {init} \\
+    --updates 4 --out {out}
+  mark_done {out} "$opts"; }}
+"""
+
+
+def test_recipe_cpt_retries_a_failed_attempt_and_prints_the_validation_summary(data, tmp_path):
+    """Stage 3 as run.sh runs it (path.sh, is_done, local/cpt.sh, mark_done): the recipe's environment has
+    no TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; an attempt killed mid-run is retried in place (its output is not
+    moved aside as if its options had changed); cpt.sh ends with fairseq's last validation summary."""
+    from shlex import quote
+
+    init = tmp_path / "tiny_hubert.pt"
+    shutil.copy(data["tiny"], init)
+    out = tmp_path / "exp" / "cpt" / "fold1"
+    script = RECIPE_CPT.format(recipe=quote(str(REPO / "recipes" / "IEMOCAP")), out=quote(str(out)),
+                               init=quote(str(init)), labels=quote(str(data["km"])),
+                               fold=quote(str(data["fold"])))
+    path = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
+    env = no_unpickling_override() | {"OMP_NUM_THREADS": "1", "PATH": path}
+    # first attempt: killed once fairseq is training
+    first = subprocess.Popen(["bash", "-c", script], env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None:
+        log = out / "train.log"
+        if log.is_file() and "Start iterating over samples" in log.read_text(errors="replace"):
+            os.killpg(first.pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL, first.stdout.read().decode()[-3000:]
+    assert not (out / ".done").exists() and (out / ".options").is_file()
+    # the retry: same options, same directory
+    res = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-5000:]
+    assert "unpickling override: unset" in res.stderr
+    assert "moving the old output" not in res.stderr
+    assert [p.name for p in out.parent.iterdir()] == ["fold1"]
+    assert (out / ".done").is_file()
+    state = torch.load(out / "checkpoint_last.pt", weights_only=False)
+    assert state["optimizer_history"][-1]["num_updates"] == 4
+    log = (out / "train.log").read_text()
+    assert log.count("begin dry-run validation") == 2 and log.count("done training") == 1  # both attempts
+    summary = [ln for ln in res.stderr.splitlines() if "valid on 'valid' subset" in ln]
+    assert len(summary) == 1, res.stderr[-3000:]
+    assert re.search(r"epoch 002 \| valid on 'valid' subset \| loss [\d.]+ .*\| num_updates 4$", summary[0])
