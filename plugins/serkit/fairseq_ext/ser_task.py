@@ -130,11 +130,8 @@ class SerAudioDataset(FairseqDataset):
             raise SerkitError(f"{path}: {sr} Hz, expected {self.sample_rate}; `serkit prepare` writes 16 kHz")
         return wav.mean(axis=1)
 
-    @property
-    def can_reuse_epoch_itr_across_epochs(self) -> bool:
-        return False  # crops depend on the epoch
-
     def set_epoch(self, epoch: int) -> None:
+        # fairseq's EpochBatchIterator calls it at every epoch (sizes do not change, so batches are reused)
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
