@@ -130,8 +130,14 @@ class SerAudioDataset(FairseqDataset):
             raise SerkitError(f"{path}: {sr} Hz, expected {self.sample_rate}; `serkit prepare` writes 16 kHz")
         return wav.mean(axis=1)
 
+    @property
+    def can_reuse_epoch_itr_across_epochs(self) -> bool:
+        # A resumed run builds a fresh epoch iterator; building one every epoch makes an uninterrupted run
+        # do the same (a reused one did not reproduce the resumed run's epochs, tested). Batches are the
+        # same either way: ordered_indices runs under fairseq's fixed seed and sizes never change.
+        return False
+
     def set_epoch(self, epoch: int) -> None:
-        # fairseq's EpochBatchIterator calls it at every epoch (sizes do not change, so batches are reused)
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
