@@ -100,7 +100,35 @@ EOM
 . ../../local/parse_options.sh
 [ $# -eq 0 ] || die "unexpected argument '$1' (see --help)"
 
-case "$protocol" in iemocap_loso5) nfolds=5 ;; iemocap_loso10) nfolds=10 ;;
+check_options() {
+  local v
+  check_stages "$stage" "$stop_stage" 5
+  check_choice --valid "$valid" stratified speaker
+  check_choice --setting "$setting" featex finetune
+  check_choice --selection "$selection" valid paper best_test valid_test_mean
+  check_choice --mfsn-ablation "$mfsn_ablation" sec_only sec_tec_nosearch mfsn
+  check_folds_spec "$folds"
+  [ -z "$method" ] || check_choice_list --method "$method" flea linear ffn cnn shiftcnn transformer \
+    shiftformer lstm shiftlstm bas bas_ffn bas_msa_ffn bas_transformer mfsn
+  check_int --layer "$layer"; check_int --nclusters "$nclusters" 2; check_device "$device"
+  for v in teacher_epochs finetune_epochs head_epochs cpt_updates; do
+    [ -z "${!v}" ] || check_int "--${v//_/-}" "${!v}" 1
+  done
+  [ -z "$finetune_lr" ] || check_number --finetune-lr "$finetune_lr"
+  [ -z "$tec_layer" ] || check_int --tec-layer "$tec_layer"
+  [ -z "$sec_layers" ] || check_int_list --sec-layers "$sec_layers"
+  [ -z "$tapt_labels" ] || [ -d "$tapt_labels" ] || die "--tapt-labels $tapt_labels: no such directory"
+  for v in cpt_config mfsn_config ctc_dict; do [ -z "${!v}" ] || [ -f "${!v}" ] || die "--${v//_/-} ${!v}: no such file"; done
+}
+# check_layer: the layer FLEA clusters exists in the upstream (on the mini corpus: its last layer instead).
+check_layer() {
+  local n; n=$(upstream_num_layers "$upstream") || exit 1
+  [ "$layer" -gt "$n" ] || return 0
+  $mini || die "--layer $layer: $(basename "$upstream") has $n layers (0 = the CNN output)"
+  log "the tiny HuBERT has $n layers: clustering layer $n instead of $layer"; layer=$n
+}
+
+case "$protocol" in iemocap_loso5|iemocap_loso10) ;;
   *) die "--protocol $protocol: this recipe runs iemocap_loso5 or iemocap_loso10" ;; esac
 case "$pooling" in attention|mean) poolings=$pooling ;; both) poolings="attention mean" ;;
   *) die "--pooling $pooling: attention, mean or both" ;; esac
@@ -113,11 +141,13 @@ case "$shiftser_input" in
   official) input_overrides="--max_duration 7.5 --pad_to_max True"; input_tag="_pad7.5s" ;;
   *) die "--shiftser-input $shiftser_input: masked, paper or official" ;;
 esac
+check_options  # every other option, before anything runs
 if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 fi
 
 mkdir -p "$workdir"; workdir=$(realpath "$workdir")
+lock_workdir "$workdir"
 root=${root:-$IEMOCAP}
 mini=false
 [ -n "$root" ] || mini=true
@@ -154,6 +184,19 @@ fi
 [ -z "$upstream" ] || [ -e "$upstream" ] || die "--upstream $upstream: no such file or directory"
 upstream=${upstream:+$(realpath "$upstream")}
 
+flea=false; heads=()
+for m in ${method//,/ }; do
+  case "$m" in
+    flea) flea=true ;;
+    linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm|bas|bas_ffn|bas_msa_ffn|bas_transformer|mfsn) heads+=("$m") ;;
+    *) die "--method $m: unknown (see --help)" ;;
+  esac
+done
+# FLEA continues HuBERT's pretraining with fairseq: a Hugging Face directory serves the heads only.
+! $flea || [ ! -d "$upstream" ] || die "--upstream $upstream is a directory (Hugging Face): FLEA needs a fairseq HuBERT checkpoint file; use it with heads (--method bas,...) only"
+# The layer FLEA clusters must exist: checked now when the upstream is given, else once stage 0 built it.
+if [ -n "$upstream" ] && [ "$stop_stage" -ge 1 ] && { $flea || $mini; }; then check_layer; fi
+
 data=$workdir/data/iemocap
 splits=$data/$protocol
 tag=${tag:-$protocol}
@@ -161,36 +204,26 @@ exp=$workdir/exp/$tag
 timing_file=$exp/timing.tsv
 mkdir -p "$exp"
 : > "$timing_file"
-fold_list=$(folds_of "$folds" "$nfolds")
 lr_opt=(); [ -n "$finetune_lr" ] && lr_opt=(--lr "$finetune_lr")
 
 # run_json DIR key=value...: the run's description, read by `serkit score` for RESULTS.md.
-run_json() {
-  local dir=$1; shift
-  mkdir -p "$dir"
-  python - "$dir/run.json" "$@" <<'PY'
-import json, sys
-out = {"corpus": "IEMOCAP"}
-for kv in sys.argv[2:]:
-    k, _, v = kv.partition("=")
-    out[k] = v
-json.dump(out, open(sys.argv[1], "w"), indent=2)
-PY
-}
+run_json() { local dir=$1; shift; write_run_json "$dir/run.json" corpus=IEMOCAP "$@"; }
 # dump_all CKPT: every layer of CKPT for every utterance of $data, dumped once; prints the directory.
 dump_all() {
   local ckpt=$1 dir
   dir=$workdir/dump/$(basename "${ckpt%.*}")-$(echo "$ckpt" | md5sum | cut -c1-6)/all_layers
-  if ! is_done "$dir" "upstream=$ckpt data=$data"; then
+  if ! is_done "$dir" "upstream=$ckpt data=$data" "$ckpt" "$data"; then
     log "  features of every layer of $ckpt for all of $data -> $dir"
     timed "dump_$(basename "${ckpt%.*}")" logged "$dir/dump.log" serkit dump-features --upstream "$ckpt" \
       --layers all --data "$data" --out "$dir" --device "$device"
-    mark_done "$dir" "upstream=$ckpt data=$data"
+    mark_done "$dir"
   fi
   echo "$dir"
 }
 # mfsn_run TEC_SOURCE: the run directory of MFSN with that TEC source and the chosen ablation.
 mfsn_run() { case $1 in audio) echo "$exp/mfsn_$mfsn_ablation" ;; *) echo "$exp/mfsn_$1_$mfsn_ablation" ;; esac; }
+# head_search_conf HEAD: the search config a head reads besides conf/HEAD.yaml (BAS), or nothing.
+head_search_conf() { [ "$1" != bas ] || echo conf/bas_search.yaml; }
 upstream_label() { if $mini; then echo "tiny HuBERT (pretrained here on a separate mini corpus)"; else basename "$upstream"; fi; }
 
 ###############################################################################
@@ -203,13 +236,13 @@ if stage_selected 0; then
       mark_done "$workdir/db/mini_iemocap" "$opts"; }
   fi
   opts="root=$(realpath "$root")"
-  is_done "$data" "$opts" || {
+  is_done "$data" "$opts" "$root" || {
     timed prepare serkit prepare iemocap --root "$root" --out "$data"
-    mark_done "$data" "$opts"; }
+    mark_done "$data"; }
   opts="protocol=$protocol valid=$valid"
-  is_done "$splits" "$opts" || {
+  is_done "$splits" "$opts" "$data" || {
     timed split serkit split "$protocol" "$data" --out "$splits" --valid "$valid"
-    mark_done "$splits" "$opts"; }
+    mark_done "$splits"; }
   serkit check-split "$splits"
   if $mini && [ -z "$upstream" ]; then
     timed tiny_upstream bash ../../local/make_tiny_upstream.sh --workdir "$workdir" --out "$workdir/exp/upstream"
@@ -217,27 +250,14 @@ if stage_selected 0; then
 fi
 if $mini && [ -z "$upstream" ]; then
   upstream=$workdir/exp/upstream/tiny_hubert.pt
+  if [ "$stop_stage" -ge 1 ] && [ -f "$upstream" ]; then check_layer; fi
 fi
 [ "$stop_stage" -lt 1 ] || [ -e "$upstream" ] || die "no upstream checkpoint at '$upstream' (run stage 0 or pass --upstream)"
-if $mini; then
-  num_layers=$(python -c "from serkit.upstream import load_upstream; print(load_upstream('$upstream').num_layers)" 2>/dev/null)
-  if [ "$layer" -gt "$num_layers" ]; then
-    log "the tiny HuBERT has $num_layers layers: clustering layer $num_layers instead of $layer"
-    layer=$num_layers
-  fi
-  nclusters=$([ "$nclusters" -gt 16 ] && echo 16 || echo "$nclusters")
+$mini && nclusters=$([ "$nclusters" -gt 16 ] && echo 16 || echo "$nclusters")
+if [ "$stop_stage" -ge 1 ]; then
+  fold_list=$(split_folds "$splits" "$folds") || exit 1
+  log "Folds of $splits to run: $fold_list"
 fi
-
-flea=false; heads=()
-for m in ${method//,/ }; do
-  case "$m" in
-    flea) flea=true ;;
-    linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm|bas|bas_ffn|bas_msa_ffn|bas_transformer|mfsn) heads+=("$m") ;;
-    *) die "--method $m: unknown (see --help)" ;;
-  esac
-done
-# FLEA continues HuBERT's pretraining with fairseq: a Hugging Face directory serves the heads only.
-! $flea || [ ! -d "$upstream" ] || die "--upstream $upstream is a directory (Hugging Face): FLEA needs a fairseq HuBERT checkpoint file; use it with heads (--method bas,...) only"
 
 ###############################################################################
 if $flea && stage_selected 1; then
@@ -254,24 +274,24 @@ if $flea && stage_selected 1; then
       done
       labels=$(realpath "$labels")
       opts="upstream=$upstream labels=$labels updates=$cpt_updates config=$cpt_config"
-      is_done "$exp/tapt/fold$k" "$opts" || {
+      is_done "$exp/tapt/fold$k" "$opts" "$upstream" "$labels" "$splits" "$cpt_config" || {
         timed "tapt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$labels" \
           --init "$upstream" --updates "$cpt_updates" --out "$exp/tapt/fold$k"
-        mark_done "$exp/tapt/fold$k" "$opts"; }
+        mark_done "$exp/tapt/fold$k"; }
       start=$(realpath "$exp/tapt/fold$k/checkpoint_last.pt")
     fi
     opts="upstream=$start epochs=$teacher_epochs lr=$finetune_lr"
-    is_done "$out" "$opts" || {
+    is_done "$out" "$opts" "$start" "$splits" conf/flea.yaml || {
       timed "teacher_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
         --upstream "$start" --pooling attention --number_of_epochs "$teacher_epochs" "${lr_opt[@]}" \
         --device "$device" --noprogressbar
       logged "$out/log/export.log" serkit export-upstream --exp "$out" --out "$out/upstream.pt"
-      mark_done "$out" "$opts"; }
+      mark_done "$out"; }
     opts="layer=$layer"
-    is_done "$out/layer$layer" "$opts" || {
+    is_done "$out/layer$layer" "$opts" "$out" || {
       timed "dump_fold$k" logged "$out/log/dump.log" serkit dump-features --upstream "$out/upstream.pt" --layers "$layer" \
         --data "$fold/train.tsv" "$fold/valid.tsv" "$fold/test.tsv" --out "$out/layer$layer" --device "$device"
-      mark_done "$out/layer$layer" "$opts"; }
+      mark_done "$out/layer$layer"; }
   done
   teacher="teacher (HuBERT finetuned, attention pooling)"
   [ -z "$tapt_labels" ] || teacher="teacher (HuBERT TAPT on $tapt_labels, then finetuned, attention pooling)"
@@ -286,11 +306,11 @@ if $flea && stage_selected 2; then
     log "Stage 2: k-means fold $k: $feats (train split$($transductive && echo ', transductive: all splits')) -> $out"
     trans=(); $transductive && trans=(--transductive)
     opts="layer=$layer k=$nclusters transductive=$transductive"
-    is_done "$out" "$opts" || {
+    is_done "$out" "$opts" "$feats" "$splits" || {
       timed "kmeans_fold$k" serkit kmeans fit --feats "$feats" --fold "$fold" --split train --layer "$layer" \
         --n-clusters "$nclusters" --out "$out/km.model" "${trans[@]}"
       serkit kmeans apply --model "$out/km.model" --feats "$feats" --fold "$fold" --splits train,valid,test --out "$out"
-      mark_done "$out" "$opts"; }
+      mark_done "$out"; }
   done
 fi
 
@@ -300,10 +320,10 @@ if $flea && stage_selected 3; then
     fold=$splits/fold$k; out=$exp/cpt/fold$k
     log "Stage 3: continued pretraining fold $k: $(basename "$upstream") + $exp/km/fold$k -> $out"
     opts="upstream=$upstream k=$nclusters updates=$cpt_updates config=$cpt_config"
-    is_done "$out" "$opts" || {
+    is_done "$out" "$opts" "$upstream" "$exp/km/fold$k" "$splits" "$cpt_config" || {
       timed "cpt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$exp/km/fold$k" \
         --init "$upstream" --updates "$cpt_updates" --out "$out"
-      mark_done "$out" "$opts"; }
+      mark_done "$out"; }
   done
 fi
 
@@ -311,7 +331,7 @@ fi
 # --mfsn-tec text|asr: the paper's text ablation, TEC from transcripts (serkit.speechbrain.mfsn_text).
 run_mfsn() {
   local tec=${tec_upstream:-} sec=${sec_upstream:-} sec_label tec_label label run k fold out opts trainer
-  local -a tec_args
+  local -a tec_args tec_inputs
   if $mini; then
     tec=${tec:-$upstream}; sec=${sec:-$upstream}
     sec_label="tiny HuBERT pretrained on a separate mini corpus (NOT data2vec) L$sec_layers"
@@ -330,16 +350,17 @@ run_mfsn() {
       if $mini; then  # the demo's label, unchanged
         label="tiny HuBERT pretrained on a separate mini corpus (NOT wav2vec 2.0/data2vec): TEC L$tec_layer, SEC L$sec_layers"
       fi
-      tec_feats=$(dump_all "$tec"); tec_args=(--tec-feats "$tec_feats") ;;
+      tec_feats=$(dump_all "$tec"); tec_args=(--tec-feats "$tec_feats"); tec_inputs=("$tec_feats") ;;
     text)
       [ -s "$data/text" ] || die "$data/text: no transcripts; re-run stage 0 (serkit prepare writes them from dialog/transcriptions)"
       trainer=serkit.speechbrain.mfsn_text; label="TEC IEMOCAP's transcripts + SEC $sec_label"
-      tec_args=(--text "$data/text") ;;
+      tec_args=(--text "$data/text"); tec_inputs=("$data/text") ;;
     asr)
       [ -n "$ctc_dict" ] && [ -f "$ctc_dict" ] || die "--mfsn-tec asr needs --ctc-dict FILE (the dict.ltr.txt of $tec)"
       trainer=serkit.speechbrain.mfsn_text; label="TEC greedy CTC transcripts of $tec_label + SEC $sec_label"
       tec_feats=$(dump_all "$tec")
-      tec_args=(--tec-feats "$tec_feats" --ctc-checkpoint "$tec" --ctc-dict "$(realpath "$ctc_dict")") ;;
+      tec_args=(--tec-feats "$tec_feats" --ctc-checkpoint "$tec" --ctc-dict "$(realpath "$ctc_dict")")
+      tec_inputs=("$tec_feats" "$tec" "$ctc_dict") ;;
   esac
   run=$(mfsn_run "$mfsn_tec")
   log "Stage 4: MFSN ($mfsn_ablation, TEC: $mfsn_tec): knowledge sources $label"
@@ -347,12 +368,12 @@ run_mfsn() {
     fold=$splits/fold$k; out=$run/fold$k
     log "Stage 4: MFSN fold $k: $fold -> $out"
     opts="tec=$mfsn_tec:${tec:-none}:$tec_layer sec=$sec:$sec_layers config=$mfsn_config ablation=$mfsn_ablation"  # epochs: the config's
-    is_done "$out" "$opts" || {
+    is_done "$out" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
       timed "$(basename "$run")_fold$k" logged "$out/log/train.log" python -m $trainer "$mfsn_config" \
         --fold-dir "$fold" --output-folder "$out" "${tec_args[@]}" --sec-feats "$sec_feats" \
         --ablation "$mfsn_ablation" --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]" \
         --sources_label "$label"
-      mark_done "$out" "$opts"; }
+      mark_done "$out"; }
   done
   local what="MFSN ($mfsn_ablation)"
   case $mfsn_tec in
@@ -372,11 +393,11 @@ if stage_selected 4; then
         fold=$splits/fold$k; cpt=$(realpath "$exp/cpt/fold$k/checkpoint_last.pt"); out=$run/fold$k
         log "Stage 4: FLEA finetune fold $k ($p pooling): $cpt -> $out"
         opts="cpt=$cpt pooling=$p epochs=$finetune_epochs lr=$finetune_lr"
-        is_done "$out" "$opts" || {
+        is_done "$out" "$opts" "$exp/cpt/fold$k" "$splits" conf/flea.yaml || {
           timed "flea_${p}_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
             --upstream "$cpt" --pooling "$p" --number_of_epochs "$finetune_epochs" "${lr_opt[@]}" \
             --device "$device" --noprogressbar
-          mark_done "$out" "$opts"; }
+          mark_done "$out"; }
       done
       run_json "$run" method="FLEA ($p pooling)" setting=finetune protocol="$protocol" \
         upstream="CPT-$(upstream_label), layer $layer, k=$nclusters$($transductive && echo ', transductive')" \
@@ -392,6 +413,7 @@ if stage_selected 4; then
       [ -z "$input_overrides" ] || h_label="$h ($shiftser_input input: $input_overrides)" ;;
     *) run=$exp/${h}_$setting ;;
     esac
+    feats=""
     if [ "$setting" = featex ]; then
       log "Stage 4: $h needs cached features of $(basename "$upstream")"
       feats=$(dump_all "$upstream")
@@ -408,7 +430,7 @@ if stage_selected 4; then
         bas_transformer) overrides="--transformer_layers $bas_layers $overrides" ;;
       esac
       opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$overrides${bas_opts[*]:+ ${bas_opts[*]}}"
-      is_done "$out" "$opts" || {
+      is_done "$out" "$opts" "$upstream" "$feats" "$splits" conf/"$h".yaml "$(head_search_conf "$h")" || {
         if [ "$setting" = featex ]; then
           timed "${h}_fold$k" logged "$out/log/train.log" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
             --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
@@ -416,7 +438,7 @@ if stage_selected 4; then
           timed "${h}_fold$k" logged "$out/log/train.log" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
             --upstream "$upstream" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
         fi
-        mark_done "$out" "$opts"; }
+        mark_done "$out"; }
     done
     run_json "$run" method="$h_label" setting="$setting" protocol="$protocol" upstream="$(upstream_label)" \
       config="conf/$h.yaml" selection="$(case $h in bas*|mfsn) echo valid ;; *) echo best_test ;; esac)"

@@ -87,6 +87,10 @@ case "$bas_layers" in 3|4) ;; *) die "--bas-layers $bas_layers: the paper search
 case "$ffn_residual" in true) ffn_residual_yaml=True ;; false) ffn_residual_yaml=False ;;
   *) die "--ffn-residual $ffn_residual: true or false" ;; esac
 case "$selection" in valid|best_test|valid_test_mean) ;; *) die "--selection $selection: valid, best_test or valid_test_mean" ;; esac
+check_stages "$stage" "$stop_stage" 4
+[ "$layers" = all ] || check_int_list --layers "$layers"
+for v in search_epochs epochs batch_size model_dim nj threads; do [ -z "${!v}" ] || check_int "--${v//_/-}" "${!v}" 1; done
+check_device "$device"
 heads=()
 for m in ${method//,/ }; do
   case "$m" in
@@ -115,6 +119,7 @@ else
 fi
 [ -z "$upstream" ] || [ -e "$upstream" ] || die "--upstream $upstream: no such file or directory"
 upstream=${upstream:+$(realpath "$upstream")}
+lock_workdir "$PWD"
 if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 fi
@@ -147,15 +152,7 @@ upstream_label() {
 # run_json DIR key=value...: the run's description, read by `serkit score` for RESULTS.md.
 run_json() {
   local dir=$1; shift
-  mkdir -p "$dir"
-  python - "$dir/run.json" "$@" <<'PY'
-import json, sys
-out = {"corpus": "MELD", "protocol": "meld_official", "setting": "featex", "headline": "wf1"}
-for kv in sys.argv[2:]:
-    k, _, v = kv.partition("=")
-    out[k] = v
-json.dump(out, open(sys.argv[1], "w"), indent=2)
-PY
+  write_run_json "$dir/run.json" corpus=MELD protocol=meld_official setting=featex headline=wf1 "$@"
 }
 
 ###############################################################################
@@ -169,14 +166,14 @@ if stage_selected 0; then
   fi
   # A re-run after a crash reuses the wavs already extracted (prepare resumes per clip).
   opts="root=$(realpath "$root")"
-  is_done "$data" "$opts" || {
+  is_done "$data" "$opts" "$root" || {
     timed prepare serkit prepare meld --root "$root" --out "$data" --jobs "$nj"
-    mark_done "$data" "$opts"; }
+    mark_done "$data"; }
   log "  $(wc -l < "$data/wav.scp") utterances in $data; $(($(wc -l < "$data/skipped.tsv") - 1)) clips skipped (listed in $data/skipped.tsv)"
   opts="protocol=meld_official data=$(realpath "$data")"
-  is_done "$splits" "$opts" || {
+  is_done "$splits" "$opts" "$data" || {
     timed split serkit split meld_official "$data" --out "$splits"
-    mark_done "$splits" "$opts"; }
+    mark_done "$splits"; }
   serkit check-split "$splits"
 fi
 
@@ -195,10 +192,10 @@ if stage_selected 1; then
   log "Stage 1: features: layers $layers of $(basename "$upstream") for all of $data -> $feats"
   opts="upstream=$upstream layers=$layers data=$(realpath "$data")"
   thread_opt=(); [ -n "$threads" ] && thread_opt=(--threads "$threads")
-  is_done "$feats" "$opts" || {
+  is_done "$feats" "$opts" "$upstream" "$data" || {
     timed dump serkit dump-features --upstream "$upstream" --layers "$layers" --data "$data" --out "$feats" \
       --device "$device" "${thread_opt[@]}" --no-progress
-    mark_done "$feats" "$opts"; }
+    mark_done "$feats"; }
 fi
 
 has() { local m; for m in "${heads[@]}"; do [ "$m" = "$1" ] && return 0; done; return 1; }
@@ -208,11 +205,11 @@ search=$exp/bas_search/fold1
 if has bas && stage_selected 2; then
   log "Stage 2: BAS search ($bas_layers layers, $search_epochs epochs): $fold + $feats -> $search (arch.txt, search_log.jsonl, search_probs.png)"
   opts="feats=$(realpath "$feats") layers=$bas_layers epochs=$search_epochs batch=$batch_size dim=$model_dim ffn_residual=$ffn_residual overrides=$search_overrides"
-  is_done "$search" "$opts" || {
+  is_done "$search" "$opts" "$feats" "$splits" conf/bas_search.yaml || {
     timed bas_search serkit train conf/bas_search.yaml --fold-dir "$fold" --output-folder "$search" \
       --feats "$feats" --search_layers "$bas_layers" --number_of_epochs "$search_epochs" \
       --model_dim "$model_dim" --ffn_residual "$ffn_residual_yaml" "${search_extra[@]}" "${common[@]}"
-    mark_done "$search" "$opts"; }
+    mark_done "$search"; }
   log "  derived architecture: $(cat "$search/arch.txt") (probabilities per epoch: $search/search_log.jsonl, $search/search_probs.png)"
 fi
 
@@ -223,7 +220,7 @@ conf_of() { if [ -f "conf/$1.yaml" ]; then echo "conf/$1.yaml"; else echo "../IE
 # The two transformer baselines: the paper's "traditional transformer" of --bas-layers layers, built as
 # BAS's own msa_ffn block stack (like for like: same stem, width and blocks as BAS) and as serkit's
 # transformer head (relative positions, the features' full width, many more parameters).
-feat_dim() { python -c "import json; print(json.load(open('$feats/meta.json'))['dim'])"; }
+feat_dim() { json_value "$feats/meta.json" dim; }
 method_name() {
   case "$1" in
     bas) echo "BAS ${bas_layers}L ($2)$([ "$ffn_residual" = true ] && echo ', FFN with residual')" ;;
@@ -250,15 +247,15 @@ if stage_selected 3; then
       transformer) extra=(--transformer_layers "$bas_layers") ;;
       ffn) ;;
       *)  # ShiftSER heads: SpecAugment's channel masks scaled from 64 of 768 channels to the features' width
-        dim=$(python -c "import json; print(json.load(open('$feats/meta.json'))['dim'])")
+        dim=$(json_value "$feats/meta.json" dim) || exit 1
         extra=(--best_metric weighted_f1 --channel_mask_width "$(( dim * 64 / 768 > 1 ? dim * 64 / 768 : 1 ))") ;;
     esac
     log "Stage 3: $(method_name "$h" "$arch") ($conf, $epochs epochs): $fold + $feats -> $out"
     opts="feats=$(realpath "$feats") conf=$conf epochs=$epochs batch=$batch_size arch=$arch dim=$model_dim overrides=$head_overrides${extra[*]:+ extra=${extra[*]}}"
-    is_done "$out" "$opts" || {
+    is_done "$out" "$opts" "$feats" "$splits" "$conf" "$([ "$h" != bas ] || echo "$search")" || {
       timed "$h" serkit train "$conf" --fold-dir "$fold" --output-folder "$out" --feats "$feats" \
         --number_of_epochs "$epochs" "${extra[@]}" "${head_extra[@]}" "${common[@]}"
-      mark_done "$out" "$opts"; }
+      mark_done "$out"; }
     run_json "$run" method="$(method_name "$h" "$arch")" upstream="$(upstream_label)" config="$conf" \
       selection="$(case $h in bas|ffn|msa_ffn|transformer) echo valid ;; *) echo best_test ;; esac)"
   done

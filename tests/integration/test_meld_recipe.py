@@ -152,3 +152,12 @@ def test_meld_recipe_mini_end_to_end(recipe, tmp_path):
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stderr.count("skip:") >= 5
     assert (exp / "bas" / "fold1" / "metrics.json").stat().st_mtime_ns == stamp
+
+    # Re-made features make every run trained on them stale.
+    feats = next((recipe / "dump").glob("*/all_layers"))
+    (feats / ".done").unlink()
+    redo = _run(recipe, *args, "--method", "ffn", "--stage", "1", "--stop-stage", "3")
+    assert redo.returncode == 0, redo.stderr[-4000:]
+    assert f"inputs changed for exp/test/ffn/fold1 ({feats.resolve()})" in redo.stderr, redo.stderr[-4000:]
+    assert list((exp / "ffn").glob("fold1.prev-*"))
+    assert (exp / "ffn" / "fold1" / "predictions" / f"test.epoch{EPOCHS:03d}.tsv").is_file()
