@@ -41,11 +41,12 @@ name                formula                                                sourc
                     b's frames (scaled dot-product, H heads, padded keys   BM-NAS ScaledDotAttn,
                     excluded), then an output projection                   multi-head (our reading)
 ``attention_rev``   ``MHA(q = b, k = a, v = a)``                           paper: reversed arguments
-``concat_fc``       ``ReLU(LN(W [a; b] + c))``                             paper / BM-NAS ConcatFC
-                                                                           (LayerNorm instead of
-                                                                           BatchNorm: per frame, so
-                                                                           batch-independent)
-``concat_fc_rev``   ``ReLU(LN(W [b; a] + c))``                             paper: reversed arguments
+``concat_fc``       ``P_a a + ReLU(LN(W [a; b] + c))``: b adjusts a       paper (name) / BM-NAS
+                    through a concat-FC branch added to a's projection     ConcatFC (LayerNorm instead
+                    (a is kept on a linear identity path)                  of BatchNorm: per frame, so
+                                                                           batch-independent); the
+                                                                           residual path: our reading
+``concat_fc_rev``   ``P_b b + ReLU(LN(W [b; a] + c))``: a adjusts b        paper: reversed arguments
 ``ism``             ``P_a a + g * P_b b``, ``g = sigma(W_g [P_a a; P_b b])``  paper (name "information
                     (b supplements a through a gated residual)             supplement"); our reading
 ``ism_rev``         ``P_b b + g * P_a a``, ``g = sigma(W_g [P_b b; P_a a])``  paper: reversed arguments
@@ -54,6 +55,15 @@ name                formula                                                sourc
                                                                            a linear map of the
                                                                            concatenation)
 ==================  =====================================================  ===========================
+
+**Reversal.** The paper gives Attention, ConcatFC and ISM a reversed version each, the same operation
+with its two arguments swapped (``op_rev(a, b) = op(b, a)``). A swap is a different function only when
+the operation treats its arguments differently: the attentions take queries from the first argument
+and keys/values from the second, ISM gates the second argument into the first, and ConcatFC keeps the
+first argument on a linear path and adds the concat-FC branch to it. (A plain ``FC([a; b])`` would make
+``concat_fc_rev`` the same family as ``concat_fc``, the weight columns permuted, and split one candidate's
+architecture weight in two.) ``tests/unit/test_mfsn_ops.py`` checks that no candidate can be fitted
+to another.
 
 The mixed operation is ``sum_i softmax(alpha)_i op_i(a, b)`` with ``alpha`` one architecture weight
 per operation (:meth:`FusionCell.arch_parameters`, kept apart from the operations' weights so that
@@ -217,13 +227,16 @@ class _Attention(nn.Module):
 
 
 class _ConcatFC(nn.Module):
+    """``P_u u + ReLU(LN(W [u; v] + c))``: ``v`` adjusts ``u`` through a concat-FC branch."""
+
     def __init__(self, dim_1: int, dim_2: int, dim: int):
         super().__init__()
+        self.pu = nn.Linear(dim_1, dim)
         self.fc = nn.Linear(dim_1 + dim_2, dim)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, u: Tensor, v: Tensor, padding_mask: Tensor | None) -> Tensor:
-        return F.relu(self.norm(self.fc(torch.cat([u, v], dim=-1))))
+        return self.pu(u) + F.relu(self.norm(self.fc(torch.cat([u, v], dim=-1))))
 
 
 class _ISM(nn.Module):
