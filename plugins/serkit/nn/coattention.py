@@ -210,7 +210,8 @@ class CoAttentionHead(nn.Module):
 
     Shapes
     ------
-    x : (B, T, input_dim), or a tuple of K streams (B, T, input_dim[k]); padding_mask : (B, T) bool, wav : (B, N), wav_lengths : (B,) samples
+    x : (B, T, input_dim), or a tuple of K streams (B, T, input_dim[k]); padding_mask : (B, T) bool;
+    wav : (B, N); wav_lengths : (B,) samples
     -> logits (B, num_classes)
 
     Example
@@ -330,8 +331,8 @@ class CoAttentionHead(nn.Module):
         k, h = self.num_streams, self.lstm_hidden
         cs = self.cnn_dim // k
         fwd, bwd = m[:, : h * k], m[:, h * k:]
-        return [(s[:, i * cs:(i + 1) * cs], torch.cat([fwd[:, i * h:(i + 1) * h], bwd[:, i * h:(i + 1) * h]], -1))
-                for i in range(k)]
+        return [(s[:, i * cs:(i + 1) * cs],
+                 torch.cat([fwd[:, i * h:(i + 1) * h], bwd[:, i * h:(i + 1) * h]], -1)) for i in range(k)]
 
     def forward(self, x: Tensor | Sequence[Tensor], padding_mask: Tensor | None = None, *, wav: Tensor,
                 wav_lengths: Tensor | None = None) -> Tensor:
@@ -347,8 +348,8 @@ class CoAttentionHead(nn.Module):
         m = self._mfcc_branch(wav, frames)
         zs = []
         for i, (xi, (si, mi)) in enumerate(zip(xs, self.stream_parts(s, m))):
-            e = self.att_v[i](torch.tanh(self.att_x[i](xi) + (self.att_s[i](si) + self.att_m[i](mi))[:, None, :]))
-            e = e.squeeze(-1)
+            query = (self.att_s[i](si) + self.att_m[i](mi))[:, None, :]
+            e = self.att_v[i](torch.tanh(self.att_x[i](xi) + query)).squeeze(-1)
             if padding_mask is not None:
                 e = e.masked_fill(padding_mask, float("-inf"))
             a = torch.softmax(e, dim=1)

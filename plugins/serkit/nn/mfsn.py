@@ -598,7 +598,8 @@ class TextFrames(nn.Module):
         self.query = nn.Linear(int(sec_dim), int(dim))
         self.attn = nn.MultiheadAttention(int(dim), int(num_heads), batch_first=True)
 
-    def forward(self, sec: Tensor, ids: Tensor, padding_mask: Tensor | None, ids_padding_mask: Tensor) -> Tensor:
+    def forward(self, sec: Tensor, ids: Tensor, padding_mask: Tensor | None,
+                ids_padding_mask: Tensor) -> Tensor:
         lengths = (~ids_padding_mask).sum(1).clamp_min(1)
         packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths.cpu(), batch_first=True,
                                                    enforce_sorted=False)
@@ -639,5 +640,6 @@ class TextMFSN(nn.Module):
     def forward(self, sec, tec=None, padding_mask=None, level=None, tec_padding_mask=None, **head_inputs):
         frames = None
         if self.mfsn.variant != "sec_only":
-            frames = self.text(sec, tec, padding_mask, tec == 0 if tec_padding_mask is None else tec_padding_mask)
+            ids_mask = tec == 0 if tec_padding_mask is None else tec_padding_mask
+            frames = self.text(sec, tec, padding_mask, ids_mask)
         return self.mfsn(sec, frames, padding_mask, level=level, **head_inputs)
