@@ -72,6 +72,8 @@ class EmotionClassifier(torch.nn.Module):
             raise SerkitError(f"{hp_path}: not found; the fold's output folder is incomplete")
         with open(hp_path, encoding="utf-8") as f:
             hparams = load_hyperpyyaml(f)
+        if "classifier" in hparams:  # a method with its own inference (MFSN: two upstreams, segments)
+            return hparams["classifier"](source, hparams, info, device=device, checkpoint=checkpoint)
         recoverables = dict(hparams["checkpointer"].recoverables)
         upstream = finetuned = None
         if info.get("setting") == "finetune":

@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.hparams, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, overrides)
 
-    datasets, classes = fold_datasets(fold_dir, reader)
+    # A method with its own items (MFSN: 3-second segments of two feature dumps) names its builder.
+    datasets, classes = hparams.get("fold_datasets", fold_datasets)(fold_dir, reader)
     modules = dict(hparams["modules"])
     checkpointer = atomic(hparams["checkpointer"])
     if upstream_lobe is not None:
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
 
         info["epochs_run"] = json.loads(previous.read_text(encoding="utf-8")).get("epochs_run", 0)
 
-    brain = SERBrain(modules=modules, opt_class=hparams["opt_class"], hparams=hparams, run_opts=run_opts,
+    brain_class = hparams.get("brain_class", SERBrain)  # a SERBrain subclass (MFSN's)
+    brain = brain_class(modules=modules, opt_class=hparams["opt_class"], hparams=hparams, run_opts=run_opts,
                      checkpointer=checkpointer)
     brain.classes = classes
     brain.orders = {split: split_order(fold_dir, split) for split in ("valid", "test")}
