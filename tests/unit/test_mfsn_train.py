@@ -44,7 +44,8 @@ def test_search_writes_the_derived_cell_and_its_log(searched):
     detail = json.loads((search / "arch.json").read_text())
     assert detail["sec_level"] == arch["sec_level"] and len(detail["level_scores"]) == 3
     log = [json.loads(line) for line in (search / "search_log.jsonl").read_text().splitlines()]
-    assert [e["epoch"] for e in log] == [1, 2] and math.isclose(sum(log[-1]["op_weights"].values()), 1.0, abs_tol=1e-6)
+    assert [e["epoch"] for e in log] == [1, 2]
+    assert math.isclose(sum(log[-1]["op_weights"].values()), 1.0, abs_tol=1e-6)
     # the architecture step moved the operation weights away from DARTS' near-uniform start
     assert max(log[-1]["op_weights"].values()) - min(log[-1]["op_weights"].values()) > 1e-3
     info = json.loads((search / "train_info.json").read_text())
@@ -191,7 +192,8 @@ def test_text_ablation_trains_tokenizer_on_train_split_only(tmp_path_factory):
     lines = []
     for split in ("train", "valid", "test"):
         meta = json.loads((fold / f"{split}.json").read_text())
-        lines += [f"{u} {words[m['emo']]}{' zebra quokka' if split == 'test' else ''}\n" for u, m in meta.items()]
+        unseen = " zebra quokka" if split == "test" else ""
+        lines += [f"{u} {words[m['emo']]}{unseen}\n" for u, m in meta.items()]
     text.write_text("".join(lines))
     out = setup["root"] / "exp" / "text" / "fold1"
     conf = REPO / "recipes" / "IEMOCAP" / "conf" / "mfsn_text_mini.yaml"

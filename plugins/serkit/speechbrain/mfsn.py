@@ -224,8 +224,8 @@ def segment_datasets(fold_dir, reader, *, sec_layers, tec_feats=None, tec_layer=
             transcripts = read_map(text)
             missing = [u.utt for us in splits.values() for u in us if u.utt not in transcripts]
             if missing:
-                raise SerkitError(f"{text}: no transcript for {len(missing)} utterance(s), e.g. {missing[:3]}; "
-                                  "the text ablation needs one per utterance")
+                raise SerkitError(f"{text}: no transcript for {len(missing)} utterance(s), e.g. "
+                                  f"{missing[:3]}; the text ablation needs one per utterance")
         else:
             transcripts = ctc_greedy_transcripts(ctc_checkpoint, ctc_dict, tec_reader, tec_level,
                                                  [u.utt for us in splits.values() for u in us])
@@ -319,7 +319,8 @@ class MFSNBrain(SERBrain):
                 extra["tec_padding_mask"] = relative_lengths_to_padding_mask(tec_lens, tec.shape[1])
         wav, wav_lens = batch.sig
         wav_lengths = torch.round(wav_lens * wav.shape[1]).long().clamp_min(1)
-        return self.modules.model(sec, tec, mask, level=self._level, wav=wav, wav_lengths=wav_lengths, **extra)
+        return self.modules.model(sec, tec, mask, level=self._level, wav=wav, wav_lengths=wav_lengths,
+                                  **extra)
 
     def compute_objectives(self, predictions, batch, stage):
         labels, _ = batch.label
@@ -345,8 +346,8 @@ class MFSNBrain(SERBrain):
             return super().init_optimizers()
         arch_opt_class = getattr(self.hparams, "arch_opt_class", None)
         if arch_opt_class is None:
-            raise SerkitError("the MFSN search (arch: null) needs `arch_opt_class` in the hparams; to retrain "
-                              "a derived cell give --arch \"$(cat <search>/arch.txt)\"")
+            raise SerkitError("the MFSN search (arch: null) needs `arch_opt_class` in the hparams; to "
+                              "retrain a derived cell give --arch \"$(cat <search>/arch.txt)\"")
         arch_ids = {id(p) for p in arch}
         self.optimizer = self.opt_class([p for p in self.modules.parameters() if id(p) not in arch_ids])
         self.arch_optimizer = arch_opt_class(arch)
@@ -362,8 +363,9 @@ class MFSNBrain(SERBrain):
         generator = torch.Generator().manual_seed(int(getattr(self.hparams, "seed", 0)) * 1009 + epoch)
         batch_size = int(self.hparams.train_dataloader_opts["batch_size"])
         while True:
-            yield from torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                                   generator=generator, collate_fn=sb.dataio.batch.PaddedBatch)
+            yield from torch.utils.data.DataLoader(
+                dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                collate_fn=sb.dataio.batch.PaddedBatch)
 
     def fit_batch(self, batch):
         if self.arch_optimizer is not None:
@@ -407,12 +409,13 @@ class MFSNBrain(SERBrain):
         super().on_stage_end(stage, stage_loss, epoch)
         if entry is not None and if_main_process():
             path = Path(self.hparams.output_folder) / "search_log.jsonl"
-            entries = [e for e in read_search_log(path) if e["epoch"] < epoch] + [entry]  # a redone epoch replaces
+            # a redone epoch replaces its line
+            entries = [e for e in read_search_log(path) if e["epoch"] < epoch] + [entry]
             with atomic_file(path, encoding="utf-8") as f:
                 f.writelines(json.dumps(e) + "\n" for e in entries)
             best = max(entry["op_weights"], key=entry["op_weights"].get)
-            log.info("search epoch %d: valid UA %.4f, top operation %s (%.3f)", epoch, entry["valid_ua"], best,
-                     entry["op_weights"][best])
+            log.info("search epoch %d: valid UA %.4f, top operation %s (%.3f)", epoch, entry["valid_ua"],
+                     best, entry["op_weights"][best])
 
     def _derive(self, valid_set) -> dict:
         from serkit.nn.mfsn import arch_spec
@@ -421,7 +424,8 @@ class MFSNBrain(SERBrain):
         level_scores = None
         if model.choice.mode == "uniform" and model.choice.fixed_level is None:
             # Nothing learned about the levels: score each with the shared weights on validation.
-            loader = sb.dataio.dataloader.make_dataloader(valid_set, **dict(self.hparams.valid_dataloader_opts))
+            opts = dict(self.hparams.valid_dataloader_opts)
+            loader = sb.dataio.dataloader.make_dataloader(valid_set, **opts)
             level_scores = []
             for level in range(model.num_levels):
                 self._level = level
@@ -436,9 +440,11 @@ class MFSNBrain(SERBrain):
         write_json(out / "arch.json", arch)
         with atomic_file(out / "arch.txt", encoding="utf-8") as f:
             f.write(arch_spec(arch) + "\n")
-        weights = ", ".join(f"{k}={v:.3f}" for k, v in sorted(arch["op_weights"].items(), key=lambda kv: -kv[1]))
-        log.info("derived %s: SEC level %d (layer %s of %s), fusion %s; operation weights %s%s", arch_spec(arch),
-                 arch["sec_level"], arch["sec_layer"], sec_layers, ",".join(arch["fusion_ops"]), weights,
+        ranked = sorted(arch["op_weights"].items(), key=lambda kv: -kv[1])
+        weights = ", ".join(f"{k}={v:.3f}" for k, v in ranked)
+        log.info("derived %s: SEC level %d (layer %s of %s), fusion %s; operation weights %s%s",
+                 arch_spec(arch), arch["sec_level"], arch["sec_layer"], sec_layers,
+                 ",".join(arch["fusion_ops"]), weights,
                  f"; level valid UA {level_scores}" if level_scores else "")
         if self.train_info is not None:
             self.train_info["arch"] = arch_spec(arch)
@@ -451,15 +457,17 @@ class MFSNBrain(SERBrain):
         fold = Path(self.train_info.get("fold_dir") or ".") / "fold.json"
         fold_info = json.loads(fold.read_text(encoding="utf-8")) if fold.is_file() else {}
         ablation, streams = model.variant, model.streams
+        sec = self.train_info.get("sources", {}).get("sec", {})  # on a rerun, info["upstream"] is the label
         sources = {"sec": {"feats": self.train_info.get("feats"), "layers": list(hp.sec_layers),
+                           "upstream": sec.get("upstream", self.train_info.get("upstream")),
                            "stream": f"layer {list(hp.sec_layers)[-1]}"}}
         note = getattr(hp, "note", "") or ""
         text_mode = bool(getattr(hp, "text", None) or getattr(hp, "ctc_checkpoint", None))
         if ablation != "sec_only":
             if text_mode:
-                sources["tec"] = {"text": str(getattr(hp, "text", None) or f"greedy CTC of {hp.ctc_checkpoint}"),
-                                  "tokenizer": "sentencepiece unigram, training split only", "detached": False,
-                                  "warning": LEAK_WARNING}
+                what = getattr(hp, "text", None) or f"greedy CTC of {hp.ctc_checkpoint}"
+                sources["tec"] = {"text": str(what), "detached": False, "warning": LEAK_WARNING,
+                                  "tokenizer": "sentencepiece unigram, training split only"}
                 note = (note + " " if note else "") + LEAK_WARNING
             else:
                 sources["tec"] = {"feats": str(hp.tec_feats), "layer": hp.tec_layer, "detached": True}
@@ -469,8 +477,8 @@ class MFSNBrain(SERBrain):
                 "corpus": fold_info.get("corpus"), "protocol": fold_info.get("protocol"),
                 "fold": fold_info.get("fold"), "sec_layers": list(hp.sec_layers)}
         label = getattr(hp, "sources_label", "") or ""
-        if label:
-            info["upstream_label"] = label
+        if label:  # the tables' upstream column; the SEC checkpoint is sources.sec.upstream
+            info["upstream"] = label
         if getattr(hp, "arch", None):
             info["arch"] = str(hp.arch)
         return info
@@ -525,9 +533,10 @@ class MFSNClassifier(torch.nn.Module):
                 f1 = min(T, f0 + seg_frames)
                 seg = wav[start:start + self.seg_samples]
                 x_tec = None if tec is None else tec[None, f0:f1].to(self.device)
-                logits.append(self.model(sec[None, :, f0:f1].to(self.device), x_tec, None,
-                                         wav=seg[None].to(self.device),
-                                         wav_lengths=torch.tensor([seg.numel()], device=self.device)).float().cpu())
+                y = self.model(sec[None, :, f0:f1].to(self.device), x_tec, None,
+                               wav=seg[None].to(self.device),
+                               wav_lengths=torch.tensor([seg.numel()], device=self.device))
+                logits.append(y.float().cpu())
             logits = torch.cat(logits)
             logps.append(aggregate_segments(logits, torch.zeros(len(logits), dtype=torch.long), 1)[0])
         out_prob = torch.softmax(torch.stack(logps), dim=-1)
@@ -546,7 +555,8 @@ class MFSNClassifier(torch.nn.Module):
         return self.classify_batch(wav.unsqueeze(0), torch.ones(1))
 
     def _check_length(self, wav: torch.Tensor, path) -> None:
-        need = max(int(getattr(u, "receptive_field", 400)) for u in (self.sec_upstream, self.tec_upstream) if u)
+        ups = [u for u in (self.sec_upstream, self.tec_upstream) if u is not None]
+        need = max(int(getattr(u, "receptive_field", 400)) for u in ups)
         if wav.numel() < need:
             raise SerkitError(f"{path}: {wav.numel()} samples ({wav.numel() / 16:.1f} ms) is shorter than "
                               f"the upstreams' receptive field ({need} samples); nothing to classify")
@@ -565,7 +575,8 @@ def load_classifier(source, hparams: dict, info: dict, device: str = "cpu", chec
 
     source = Path(source)
     if info.get("ablation") is None:
-        raise SerkitError(f"{source / 'train_info.json'}: no MFSN entries; was this fold trained with MFSNBrain?")
+        raise SerkitError(f"{source / 'train_info.json'}: no MFSN entries; was this fold trained with "
+                          "MFSNBrain?")
     if info["sources"].get("tec", {}).get("detached") is False:
         raise SerkitError(f"{source}: a text-ablation fold (TEC from transcripts) cannot classify new audio; "
                           "only audio-TEC MFSN folds can")
@@ -578,12 +589,14 @@ def load_classifier(source, hparams: dict, info: dict, device: str = "cpu", chec
         info["tec_layer_resolved"] = _resolve_layer(tec_reader, hparams["tec_layer"], "TEC")
         tec_path = tec_reader.meta.get("upstream")
         if not tec_path or not Path(tec_path).is_file():
-            raise SerkitError(f"{tec_reader.path}/meta.json: TEC upstream {tec_path!r} not found; it encodes new audio")
+            raise SerkitError(f"{tec_reader.path}/meta.json: TEC upstream {tec_path!r} not found; it encodes "
+                              "new audio")
         tec_upstream = load_upstream(tec_path, device="cpu")
-    if not info.get("upstream") or not Path(info["upstream"]).is_file():
-        raise SerkitError(f"{source / 'train_info.json'}: SEC upstream {info.get('upstream')!r} not found; it "
-                          "encodes new audio")
-    sec_upstream = load_upstream(info["upstream"], device="cpu")
+    sec_path = info["sources"]["sec"].get("upstream")
+    if not sec_path or not Path(sec_path).is_file():
+        raise SerkitError(f"{source / 'train_info.json'}: SEC upstream {sec_path!r} not found; it encodes "
+                          "new audio")
+    sec_upstream = load_upstream(sec_path, device="cpu")
     model = hparams["modules"]["model"]
     ckpts = Checkpointer(source / "save", recoverables={"model": model})
     best = info.get("best_metric", "ua")
@@ -600,5 +613,5 @@ def load_classifier(source, hparams: dict, info: dict, device: str = "cpu", chec
 
 
 if __name__ == "__main__":  # the old trainer's entry point is gone: say where it went
-    raise SystemExit(f"{os.path.basename(__file__)}: MFSN trains with `serkit train` (see the module docstring "
-                     "of serkit.speechbrain.mfsn and recipes/SAVEE/run.sh)")
+    raise SystemExit(f"{os.path.basename(__file__)}: MFSN trains with `serkit train` (see the module "
+                     "docstring of serkit.speechbrain.mfsn and recipes/SAVEE/run.sh)")
