@@ -208,3 +208,30 @@ def test_text_ablation_trains_tokenizer_on_train_split_only(tmp_path_factory):
     info = json.loads((out / "train_info.json").read_text())
     assert info["sources"]["tec"]["detached"] is False and "TEXT LEAK" in info["note"]
     assert info["arch"] == search_arch
+
+
+@pytest.mark.slow
+def test_waveform_path_trains_only_the_top_sec_layers_and_never_tec(tmp_path_factory):
+    """`serkit train --upstream`: the encoders run on the segments; sec_finetune_layers of SEC train."""
+    import torch
+
+    from serkit.speechbrain.train import main
+
+    setup = tiny_setup(tmp_path_factory)
+    out = setup["root"] / "exp" / "mfsn_finetune" / "fold1"
+    before = torch.load(setup["ckpt"], map_location="cpu", weights_only=False)["model"]
+    assert main([str(CONF), "--fold-dir", str(setup["fold"]), "--output-folder", str(out), "--upstream",
+                 str(setup["ckpt"]), "--tec_upstream", str(setup["ckpt"]), "--arch", "1:sum", "--batch_size",
+                 "4", "--train_epochs", "1", "--sec_finetune_layers", "1", "--noprogressbar"]) == 0
+    assert (out / "predictions" / "test.epoch001.tsv").is_file()
+    ckpt = next((out / "save").glob("CKPT+*"))
+    sec = torch.load(ckpt / "upstream.ckpt", map_location="cpu")
+    changed = {k.split(".")[3] if k.startswith("model.encoder.layers.") else k.split(".")[1]
+               for k, v in sec.items() if k.startswith("model.") and not torch.equal(v, before[k[len("model."):]])}
+    assert changed == {"1"}  # the top transformer layer of the 2, nothing below it
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["setting"] == "mfsn" and info["feats"] is None
+    with pytest.raises(SerkitError, match="cached features"):
+        from serkit.speechbrain.interface import EmotionClassifier
+
+        EmotionClassifier.from_hparams(source=str(out))

@@ -71,9 +71,14 @@ FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 # --------------------------------------------------------------------------------------------------
 # yaml helpers
 # --------------------------------------------------------------------------------------------------
-def feature_dim(feats) -> int:
-    """Channels of a ``serkit dump-features`` directory (1 when there is none: ``sec_only``)."""
+def feature_dim(feats, upstream=None) -> int:
+    """Channels of a ``serkit dump-features`` directory, else of the ``upstream`` checkpoint (the
+    waveform path), else 1 (``sec_only`` has no TEC)."""
     if not feats:
+        if upstream:
+            from serkit.upstream import load_upstream
+
+            return int(load_upstream(str(upstream), device="cpu").dim)
         return 1
     meta = Path(feats) / "meta.json"
     if not meta.is_file():
@@ -137,6 +142,18 @@ def _sentencepiece(texts: list[str], prefix: Path, vocab_size: int):
 # --------------------------------------------------------------------------------------------------
 # datasets: 3-second segments with their SEC/TEC frames and waveform
 # --------------------------------------------------------------------------------------------------
+def resolve_layer_list(lobe, specs) -> list[int]:
+    """Layer numbers of a FairseqUpstream lobe for ``specs`` (ints or ``last``), each checked."""
+    out = []
+    for spec in specs:
+        layer = lobe.upstream.num_layers if spec in (None, "last") else int(spec)
+        if layer not in lobe.layers:
+            raise SerkitError(f"{lobe.path}: layer {layer} not available (layers {lobe.layers}); give "
+                              "upstream_layers: all")
+        out.append(layer)
+    return out
+
+
 def _resolve_layer(reader, spec, what: str) -> int:
     if spec in (None, "last"):
         return max(reader.layers)
@@ -197,11 +214,11 @@ def segment_datasets(fold_dir, reader, *, sec_layers, tec_feats=None, tec_layer=
 
     from .dataio import label_encoder
 
-    if reader is None:
-        raise SerkitError("MFSN trains on cached features: give `serkit train --feats SEC_FEATS` (a `serkit "
-                          "dump-features` output of the SEC model) and `--tec_feats TEC_FEATS`")
     fold_dir = Path(fold_dir)
     classes = read_classes(fold_dir)
+    if reader is None:  # `serkit train --upstream SEC_CKPT`: the encoders run on the segments' waveforms
+        return _waveform_segments(fold_dir, classes, ablation, float(segment_seconds), int(sample_rate),
+                                  text or ctc_checkpoint), classes
     sec_levels = [_resolve_layer(reader, x, "SEC") for x in sec_layers]
     text_mode = bool(text) or bool(ctc_checkpoint)
     if text and ctc_checkpoint:
@@ -282,6 +299,57 @@ def segment_datasets(fold_dir, reader, *, sec_layers, tec_feats=None, tec_layer=
     return datasets, classes
 
 
+def _waveform_segments(fold_dir: Path, classes, ablation: str, segment_seconds: float, sample_rate: int,
+                       text_mode) -> dict:
+    """Segments as waveforms only (the finetuning path): items ``id``, ``utt``, ``label``, ``sig``."""
+    from serkit.data.manifest import read_split
+    from serkit.nn.coattention import segment_starts
+
+    from .dataio import label_encoder, load_wav
+
+    if text_mode:
+        raise SerkitError("the text ablation trains on cached features (--feats); the waveform path "
+                          "(--upstream) takes the ASR model's frames as TEC")
+    seg_samples = int(round(segment_seconds * sample_rate))
+
+    @sb.utils.data_pipeline.takes("wav", "start")
+    @sb.utils.data_pipeline.provides("sig")
+    def segment(wav, start):
+        return load_wav(wav, sample_rate, resample=False)[start:start + seg_samples]
+
+    @sb.utils.data_pipeline.takes("label_index")
+    @sb.utils.data_pipeline.provides("label")
+    def label(index):
+        return torch.tensor([index], dtype=torch.long)
+
+    datasets = {}
+    for split in ("train", "valid", "test"):
+        encode = label_encoder(classes, str(fold_dir / f"{split}.tsv"))
+        data = {f"{u.utt}#{k}": {"utt": u.utt, "wav": u.wav, "start": s, "label_index": encode(u.emo)}
+                for u in read_split(fold_dir, split)
+                for k, s in enumerate(segment_starts(u.num_samples, seg_samples))}
+        ds = sb.dataio.dataset.DynamicItemDataset(data, dynamic_items=[segment, label])
+        ds.set_output_keys(["id", "utt", "label", "sig"])
+        datasets[split] = ds
+        log.info("%s: %d segments of %.1f s (waveforms: the encoders run in training)", split, len(data),
+                 segment_seconds)
+    return datasets
+
+
+def train_top_layers(lobe, n: int) -> None:
+    """Freeze every parameter of a :class:`~serkit.speechbrain.lobes.FairseqUpstream` except its top
+    ``n`` transformer layers (``n = 0``: all frozen)."""
+    layers = lobe.model.encoder.layers
+    if not 0 <= n <= len(layers):
+        raise SerkitError(f"{lobe.path}: cannot train the top {n} of {len(layers)} transformer layers")
+    for p in lobe.model.parameters():
+        p.requires_grad_(False)
+    for layer in layers[len(layers) - n:]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    lobe.freeze = n == 0
+
+
 # --------------------------------------------------------------------------------------------------
 # the Brain
 # --------------------------------------------------------------------------------------------------
@@ -302,6 +370,28 @@ class MFSNBrain(SERBrain):
     arch_optimizer = None
     _level: int | None = None  # a fixed SEC level for every forward (scoring the levels after the search)
 
+    def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
+        modules = dict(modules or {})
+        if "upstream" in modules:  # `serkit train --upstream SEC_CKPT`: SEC (and TEC) run on the waveforms
+            from .lobes import FairseqUpstream
+
+            sec = modules["upstream"]
+            train_top_layers(sec, int(hparams.get("sec_finetune_layers", 0)))
+            self._sec_index = [sec.layers.index(layer) for layer in
+                               (resolve_layer_list(sec, hparams["sec_layers"]))]
+            tec_path = hparams.get("tec_upstream")
+            if hparams.get("ablation") != "sec_only":
+                if not tec_path:
+                    raise SerkitError("the waveform path needs tec_upstream (the CTC-finetuned wav2vec 2.0 "
+                                      "checkpoint) except for sec_only")
+                tec = FairseqUpstream(tec_path, freeze=True, layers="all")
+                train_top_layers(tec, 0)  # TEC is detached before fusion (paper Sec. 2.2): never trained
+                (tec_layer,) = resolve_layer_list(tec, [hparams.get("tec_layer", "last")])
+                self._tec_index = tec.layers.index(tec_layer)
+                modules["tec_upstream"] = tec
+        super().__init__(modules=modules, opt_class=opt_class, hparams=hparams, run_opts=run_opts,
+                         checkpointer=checkpointer)
+
     @property
     def _model(self):
         return self.raw_modules["model"] if hasattr(self, "raw_modules") else self.modules["model"]
@@ -309,15 +399,25 @@ class MFSNBrain(SERBrain):
     # ---------------------------------------------------------------- forward and loss
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
-        sec, sec_lens = batch.sec  # (B, T, L, C)
-        sec = sec.transpose(1, 2)
-        mask = relative_lengths_to_padding_mask(sec_lens, sec.shape[2])
-        tec, extra = None, {}
-        if hasattr(batch, "tec"):
-            tec, tec_lens = batch.tec
-            if tec.dtype == torch.long:  # transcript pieces
-                extra["tec_padding_mask"] = relative_lengths_to_padding_mask(tec_lens, tec.shape[1])
         wav, wav_lens = batch.sig
+        tec, extra = None, {}
+        if "upstream" in self.modules:  # the waveform path
+            layers, lens = self.modules.upstream(wav, wav_lens)  # (B, L, T, C)
+            sec = layers[:, self._sec_index]
+            if "tec_upstream" in self.modules:
+                tec_layers, _ = self.modules.tec_upstream(wav, wav_lens)
+                tec = tec_layers[:, self._tec_index]
+                T = min(sec.shape[2], tec.shape[1])
+                sec, tec = sec[:, :, :T], tec[:, :T]
+            mask = relative_lengths_to_padding_mask(lens, layers.shape[2])[:, :sec.shape[2]]
+        else:
+            sec, sec_lens = batch.sec  # (B, T, L, C)
+            sec = sec.transpose(1, 2)
+            mask = relative_lengths_to_padding_mask(sec_lens, sec.shape[2])
+            if hasattr(batch, "tec"):
+                tec, tec_lens = batch.tec
+                if tec.dtype == torch.long:  # transcript pieces
+                    extra["tec_padding_mask"] = relative_lengths_to_padding_mask(tec_lens, tec.shape[1])
         wav_lengths = torch.round(wav_lens * wav.shape[1]).long().clamp_min(1)
         return self.modules.model(sec, tec, mask, level=self._level, wav=wav, wav_lengths=wav_lengths,
                                   **extra)
@@ -577,6 +677,9 @@ def load_classifier(source, hparams: dict, info: dict, device: str = "cpu", chec
     if info.get("ablation") is None:
         raise SerkitError(f"{source / 'train_info.json'}: no MFSN entries; was this fold trained with "
                           "MFSNBrain?")
+    if not info.get("feats"):
+        raise SerkitError(f"{source}: an MFSN fold trained on waveforms (--upstream, SEC layers finetuned); "
+                          "serkit predict supports MFSN folds trained on cached features (--feats) only")
     if info["sources"].get("tec", {}).get("detached") is False:
         raise SerkitError(f"{source}: a text-ablation fold (TEC from transcripts) cannot classify new audio; "
                           "only audio-TEC MFSN folds can")
