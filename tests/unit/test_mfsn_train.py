@@ -199,14 +199,16 @@ def test_text_ablation_trains_tokenizer_on_train_split_only(tmp_path_factory):
     conf = REPO / "recipes" / "IEMOCAP" / "conf" / "mfsn_text_mini.yaml"
     assert _train(setup, out, "--text", str(text), "--text_vocab_size", "30", conf=conf) == 0
     search_arch = (out / "arch.txt").read_text().strip()
-    train_text = (out / "text_sp.train.txt").read_text()
-    assert "zebra" not in train_text and len(train_text.splitlines()) == len(split_ids(fold, "train"))
+    train_text = (out / "transcripts.train.txt").read_text()
+    assert "zebra" not in train_text
+    assert [line.split()[0] for line in train_text.splitlines()] == split_ids(fold, "train")
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(out / "text_sp.model"))
     assert "zebra" not in {sp.id_to_piece(i).lstrip("▁") for i in range(sp.get_piece_size())}
     info = json.loads((out / "train_info.json").read_text())
     assert info["sources"]["tec"]["detached"] is False and "TEXT LEAK" in info["note"]
+    assert info["sources"]["tec"]["text"] == f"transcript {text}"
     assert info["arch"] == search_arch
 
 

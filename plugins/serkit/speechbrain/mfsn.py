@@ -120,14 +120,15 @@ def ctc_greedy_transcripts(checkpoint, dict_path, reader, layer: int, utts: list
     return out
 
 
-def _sentencepiece(texts: list[str], prefix: Path, vocab_size: int):
-    """A unigram sentencepiece model on ``texts`` (the training split's transcripts only), reused when
-    the same transcripts trained it before (a resumed run)."""
+def _sentencepiece(train: dict[str, str], prefix: Path, vocab_size: int):
+    """A unigram sentencepiece model on the training split's transcripts ``{utt: text}`` only, reused when
+    the same transcripts trained it before (a resumed run); they are kept in ``transcripts.train.txt``."""
     import sentencepiece as spm
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    corpus = "".join(t + "\n" for t in texts)
-    stamp = prefix.with_suffix(".train.txt")
+    texts = list(train.values())
+    corpus = "".join(f"{utt} {text}\n" for utt, text in train.items())
+    stamp = prefix.parent / "transcripts.train.txt"
     model = Path(str(prefix) + ".model")
     if not (model.is_file() and stamp.is_file() and stamp.read_text(encoding="utf-8") == corpus):
         spm.SentencePieceTrainer.train(
@@ -249,8 +250,8 @@ def segment_datasets(fold_dir, reader, *, sec_layers, tec_feats=None, tec_layer=
         if output_folder is None:
             raise SerkitError("the text ablation needs output_folder (where the tokenizer is written)")
         # The tokenizer sees the training split only.
-        sp = _sentencepiece([transcripts[u.utt] for u in splits["train"]], Path(output_folder) / "text_sp",
-                            int(text_vocab_size))
+        sp = _sentencepiece({u.utt: transcripts[u.utt] for u in splits["train"]},
+                            Path(output_folder) / "text_sp", int(text_vocab_size))
         if sp.get_piece_size() > int(text_vocab_size):
             raise SerkitError(f"sentencepiece made {sp.get_piece_size()} pieces > text_vocab_size "
                               f"{text_vocab_size}; raise text_vocab_size")
@@ -565,7 +566,13 @@ class MFSNBrain(SERBrain):
         text_mode = bool(getattr(hp, "text", None) or getattr(hp, "ctc_checkpoint", None))
         if ablation != "sec_only":
             if text_mode:
-                what = getattr(hp, "text", None) or f"greedy CTC of {hp.ctc_checkpoint}"
+                if getattr(hp, "text", None):
+                    what = f"transcript {hp.text}"
+                else:
+                    from serkit.upstream.features import FeatureReader
+
+                    layer = _resolve_layer(FeatureReader(hp.tec_feats), hp.tec_layer, "TEC")
+                    what = f"greedy CTC of {Path(hp.ctc_checkpoint).name} (layer {layer})"
                 sources["tec"] = {"text": str(what), "detached": False, "warning": LEAK_WARNING,
                                   "tokenizer": "sentencepiece unigram, training split only"}
                 note = (note + " " if note else "") + LEAK_WARNING
