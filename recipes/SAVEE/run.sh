@@ -179,13 +179,15 @@ if stage_selected 2; then
           search=$run_search/fold$k
           log "Stage 2: $a search, $p fold $k -> $search/arch.txt"
           is_done "$search" "$opts" || {
-            timed "${p}_${a}_search_fold$k" "${train[@]}" --output-folder "$search" --sources_label "\"$sources_label\""
+            timed "${p}_${a}_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search" \
+              --sources_label "\"$sources_label\""
             mark_done "$search" "$opts"; }
           arch=(--arch "$(cat "$search/arch.txt")")
           log "  derived cell ${arch[1]} (<SEC level>:<operation>); retraining it"
         fi
         is_done "$out" "$opts ${arch[*]}" || {
-          timed "${p}_${a}_fold$k" "${train[@]}" --output-folder "$out" --sources_label "\"$sources_label\"" "${arch[@]}"
+          timed "${p}_${a}_fold$k" logged "$out/log/train.log" "${train[@]}" --output-folder "$out" \
+            --sources_label "\"$sources_label\"" "${arch[@]}"
           mark_done "$out" "$opts ${arch[*]}"; }
       done
     done
