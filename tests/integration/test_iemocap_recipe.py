@@ -195,7 +195,8 @@ def test_mfsn_text_ablation_from_transcripts_and_asr_sits_beside_audio(setup, tm
     audio = run(*args, "--tec-upstream", ckpt)  # done already when the protocol test ran first
     assert audio.returncode == 0, audio.stderr[-4000:]
 
-    text = run(*args, "--mfsn-tec", "text")
+    # one fold each: every fold is two serkit train calls (search, retrain)
+    text = run(*args, "--mfsn-tec", "text", "--folds", "1")
     assert text.returncode == 0, text.stderr[-4000:]
     fold = exp / "mfsn_text_mfsn" / "fold1"
     info = json.loads((fold / "train_info.json").read_text())
@@ -211,7 +212,8 @@ def test_mfsn_text_ablation_from_transcripts_and_asr_sits_beside_audio(setup, tm
     no_dict = run(*args, "--mfsn-tec", "asr", "--tec-upstream", ckpt)
     assert no_dict.returncode != 0 and "--ctc-dict" in no_dict.stderr
     ctc, letters = _tiny_ctc_checkpoint(tmp_path)
-    asr = run(*args, "--mfsn-tec", "asr", "--tec-upstream", str(ctc), "--ctc-dict", str(letters))
+    asr = run(*args, "--mfsn-tec", "asr", "--tec-upstream", str(ctc), "--ctc-dict", str(letters),
+              "--folds", "1")
     assert asr.returncode == 0, asr.stderr[-4000:]
     info = json.loads((exp / "mfsn_asr_mfsn" / "fold1" / "train_info.json").read_text())
     assert info["sources"]["tec"]["text"] == "greedy CTC of wav2vec_tiny_ctc.pt (layer 2)"
