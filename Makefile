@@ -7,6 +7,10 @@ REQS := $(wildcard requirements/*.txt) tools/install_env.sh setup.py
 
 .PHONY: install demo test test-fast bench lint clean
 
+# GPU=1 puts faiss-gpu in front of faiss-cpu (tools/install_faiss_gpu.sh); the default is 1 when
+# nvidia-smi lists a GPU. GPU=0 is the plain CPU environment, the same one as on a machine without GPU.
+GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+
 # Re-runs only when requirements/, the install script or setup.py changed (the script itself is
 # idempotent and reuses a cached base environment keyed by the requirement files' hash).
 $(STAMP): $(REQS)
@@ -14,6 +18,9 @@ $(STAMP): $(REQS)
 	@touch $(STAMP)
 
 install: $(STAMP)
+ifeq ($(GPU),1)
+	bash tools/install_faiss_gpu.sh
+endif
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash recipes/IEMOCAP/run.sh

@@ -20,6 +20,7 @@ updates=300         # pretraining updates (about a minute on 2 CPU cores)
 help_message="Usage: $0 --workdir DIR --out DIR [--seed N] [--nclusters K] [--updates N]"
 . "$repo/local/parse_options.sh"
 [ -n "$workdir" ] && [ -n "$out" ] || die "$help_message"
+check_int --seed "$seed"; check_int --nclusters "$nclusters" 2; check_int --updates "$updates" 1
 mkdir -p "$workdir" "$out"
 workdir=$(realpath "$workdir"); out=$(realpath "$out")
 
@@ -27,7 +28,7 @@ db=$workdir/db/mini_pretrain
 data=$workdir/data/pretrain
 fold=$data/iemocap_loso5/fold1
 opts="seed=$seed k=$nclusters updates=$updates"
-is_done "$out" "$opts" && exit 0
+is_done "$out" "$opts" "$repo/recipes/IEMOCAP/conf/fairseq/hubert_tiny_iter1.yaml" && exit 0
 
 log "tiny HuBERT 1/5: pretraining corpus (seed $seed) -> $db -> $data -> $fold"
 serkit mini-corpus iemocap --out "$db" --seed "$seed"
@@ -53,12 +54,13 @@ rm -rf "$out/iter1"
 # which fairseq 0.12 draws from unseeded generators; no prefetch thread (data_buffer_size=0), since
 # its random crops draw from numpy's global generator in an order that depends on thread timing.
 user_dir=$(serkit_user_dir) || exit 1
+# Paths become quoted Hydra values, so spaces, commas, '=', brackets or quotes in them are data.
 fairseq-hydra-train --config-dir "$repo/recipes/IEMOCAP/conf/fairseq" --config-name hubert_tiny_iter1 \
-  common.user_dir="$user_dir" dataset.data_buffer_size=0 \
-  task.data="$fold" task.label_dir="$out/km_mfcc" optimization.max_update="$updates" \
-  checkpoint.save_dir="$out/iter1" hydra.run.dir="$out/iter1" > "$out/iter1.log" 2>&1 \
+  common.user_dir="$(hydra_value "$user_dir")" dataset.data_buffer_size=0 \
+  task.data="$(hydra_value "$fold")" task.label_dir="$(hydra_value "$out/km_mfcc")" optimization.max_update="$updates" \
+  checkpoint.save_dir="$(hydra_value "$out/iter1")" hydra.run.dir="$(hydra_value "$out/iter1")" > "$out/iter1.log" 2>&1 \
   || { tail -30 "$out/iter1.log" >&2; die "tiny HuBERT pretraining failed (log: $out/iter1.log)"; }
 grep -E "valid on 'valid'" "$out/iter1.log" | tail -1 | sed -E 's/.*(loss [0-9.]+).*(correct_m_0 [0-9.]+).*/  last validation: \1, \2 (masked-frame accuracy)/' >&2 || true
 cp "$out/iter1/checkpoint_last.pt" "$out/tiny_hubert.pt.tmp" && mv "$out/tiny_hubert.pt.tmp" "$out/tiny_hubert.pt"
-mark_done "$out" "$opts"
+mark_done "$out"
 log "tiny HuBERT ready: $out/tiny_hubert.pt"

@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# Stage helpers shared by the recipes: logging, stage selection and `.done` markers.
+# Stage helpers shared by the recipes: logging, option checks, the workdir lock, stage selection and
+# `.done` records.
 #
 #   . local/stage.sh
+#   lock_workdir "$workdir"
 #   if stage_selected 2; then
 #     log "Stage 2: k-means pseudo labels: $feats -> $labels"
-#     if ! is_done "$labels" "k=$nclusters layer=$layer"; then
+#     if ! is_done "$labels" "k=$nclusters layer=$layer" "$feats" "$fold"; then
 #       ... write into $labels ...
-#       mark_done "$labels" "k=$nclusters layer=$layer"
+#       mark_done "$labels"
 #     fi
 #   fi
 #
-# A marker `<dir>/.done` holds the options that produced <dir>: the same options skip the work,
-# different ones move the old output aside and re-run, and a crashed run (no marker) is never taken
-# for a finished one: re-running it with the same options resumes it.
+# A record `<dir>/.done` holds the identity of what produced <dir>: the options and the identity of
+# every input named after them. The same identity skips the work; a different one (an option, or any
+# input, changed) moves the old output aside and re-runs; a crashed run (no record) is never taken for
+# a finished one: re-running it with the same identity resumes it. An input that is (or lies inside) a
+# stage's output is identified by that stage's own record, which ends with a line saying when it
+# finished, so re-running a stage, for whatever reason, invalidates every stage downstream of it.
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${0##*/}) $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -24,34 +29,173 @@ serkit_user_dir() {
     || die "serkit_fairseq is not importable: run 'make install' (or pip install serkit)"
 }
 
+############################################################################### option checks
+# Each dies with a message naming the option, so a bad value fails before any stage runs.
+
+# check_int OPTION VALUE [MIN]: VALUE is a whole number >= MIN (default 0).
+check_int() {
+  [[ "$2" =~ ^[0-9]+$ ]] || die "$1 $2: expected a whole number${3:+ >= $3}"
+  [ "$((10#$2))" -ge "${3:-0}" ] || die "$1 $2: expected a whole number >= ${3:-0}"
+}
+
+# check_int_list OPTION VALUE: a comma list of whole numbers, e.g. 4,8,12.
+check_int_list() { [[ "$2" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "$1 $2: expected a comma list of whole numbers, e.g. 1,3"; }
+
+# check_number OPTION VALUE: a non-negative decimal number (1e-4, 0.25, 3).
+check_number() {
+  [[ "$2" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]] || die "$1 $2: expected a number, e.g. 0.001 or 1e-3"
+}
+
+# check_choice OPTION VALUE CHOICE...: VALUE is one of the CHOICEs.
+check_choice() {
+  local opt=$1 value=$2 c; shift 2
+  for c in "$@"; do [ "$value" = "$c" ] && return 0; done
+  die "$opt $value: choose one of: $*"
+}
+
+# check_choice_list OPTION LIST CHOICE...: every item of the comma LIST is one of the CHOICEs.
+check_choice_list() {
+  local opt=$1 list=$2 item c ok; shift 2
+  [ -n "$list" ] || die "$opt: give at least one of: $*"
+  for item in ${list//,/ }; do
+    ok=false; for c in "$@"; do [ "$item" = "$c" ] && ok=true; done
+    $ok || die "$opt $item: unknown (choose from: $*)"
+  done
+}
+
+# check_device VALUE: auto | cpu | cuda | cuda:N.
+check_device() { [[ "$1" =~ ^(auto|cpu|cuda|cuda:[0-9]+)$ ]] || die "--device $1: choose auto, cpu, cuda or cuda:N"; }
+
+# check_stages STAGE STOP_STAGE LAST: --stage and --stop-stage are stage numbers of a recipe whose
+# stages are 0..LAST, in order.
+check_stages() {
+  check_int --stage "$1"; check_int --stop-stage "$2"
+  [ "$1" -le "$3" ] || die "--stage $1: this recipe's stages are 0..$3"
+  [ "$1" -le "$2" ] || die "--stage $1 comes after --stop-stage $2: nothing to run"
+}
+
+# check_folds_spec SPEC: "all" or a comma list of fold numbers (>= 1); checked against the split later.
+check_folds_spec() {
+  [ "$1" = all ] || [[ "$1" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "--folds $1: 'all' or a comma list of fold numbers, e.g. 1,3"
+}
+
+############################################################################### the workdir lock
+# lock_workdir DIR: an exclusive lock on DIR/.run.lock (flock), held until this process and the
+# commands it started have exited. A second run on the same DIR fails at once, naming the holder.
+lock_workdir() {
+  local dir=$1 lock holder="" args=()
+  command -v flock > /dev/null || die "flock(1) is needed to lock $dir (util-linux)"
+  mkdir -p "$dir"
+  lock=$dir/.run.lock
+  # opened for appending: a run that does not get the lock must not erase the holder's description
+  exec {_serkit_lock_fd}>> "$lock" || die "$lock: cannot open the lock file"
+  if ! flock -n "$_serkit_lock_fd"; then
+    holder=$(cat "$lock" 2> /dev/null)
+    die "$dir is in use by another run (${holder:-holder not written yet}); wait for it to finish, or use another --workdir. (The lock is $lock; it is released when that run exits.)"
+  fi
+  if [ -r /proc/$$/cmdline ]; then mapfile -d '' -t args < /proc/$$/cmdline; else args=("$0"); fi
+  printf 'pid %s on %s, started %s: %s\n' "$$" "$(hostname)" "$(date '+%Y-%m-%d %H:%M:%S')" \
+    "$(printf '%q ' "${args[@]}")" > "$lock"
+}
+
+############################################################################### stages and records
 # stage_selected N: true when stage N lies in [stage, stop_stage].
 stage_selected() { [ "$1" -ge "${stage:-0}" ] && [ "$1" -le "${stop_stage:-100}" ]; }
 
 _done_file() { echo "$1/.done"; }
+# The identity each is_done in this shell found missing, for mark_done: DIR -> identity.
+declare -gA _serkit_started=()
 
-# is_done DIR OPTIONS: true when DIR was completed with exactly OPTIONS. Otherwise DIR is about to be
-# (re)made with OPTIONS: output of a run with other options (finished or not) is moved aside to
-# DIR.prev-<time> so it can neither be mistaken for the new one nor be resumed from, and OPTIONS are
-# recorded in DIR/.options so that a killed run with the same options resumes.
+# Files up to this size are identified by their content; bigger ones (checkpoints) by size and mtime.
+SERKIT_HASH_MAX_BYTES=${SERKIT_HASH_MAX_BYTES:-67108864}
+
+# input_identity PATH: one word that changes whenever PATH's content does.
+#   - PATH is, or lies inside, a stage output (an ancestor directory holding .done): that record's hash
+#   - a file: the md5 of its content (size and mtime above SERKIT_HASH_MAX_BYTES)
+#   - a directory: the md5 of its listing (every file's relative path, size and mtime)
+#   - missing: "missing"
+input_identity() {
+  local p d size
+  p=$(realpath -m -- "$1")
+  d=$p
+  while :; do
+    if [ -f "$d/.done" ]; then echo "record:$(md5sum < "$d/.done" | cut -c1-16)"; return; fi
+    [ "$d" != / ] || break
+    d=$(dirname -- "$d")
+  done
+  if [ -f "$p" ]; then
+    size=$(stat -L -c %s -- "$p")
+    if [ "$size" -le "$SERKIT_HASH_MAX_BYTES" ]; then
+      echo "md5:$(md5sum < "$p" | cut -c1-16)"
+    else
+      echo "size:$size,mtime:$(date -r "$p" +%s.%N)"
+    fi
+  elif [ -d "$p" ]; then
+    echo "listing:$(cd -- "$p" && find -L . -printf '%P\t%s\t%T@\n' 2> /dev/null | LC_ALL=C sort | md5sum | cut -c1-16)"
+  else
+    echo missing
+  fi
+}
+
+# stage_identity OPTIONS INPUT...: the text a .done record holds (without its "finished" line).
+stage_identity() {
+  local opts=$1 p; shift
+  printf 'options: %s\n' "$opts"
+  for p in "$@"; do
+    [ -n "$p" ] || continue
+    printf 'input: %s %s\n' "$(realpath -m -- "$p")" "$(input_identity "$p")"
+  done
+}
+
+# _recorded DIR: the identity recorded in DIR (finished: .done; started: .options), or nothing.
+_recorded() {
+  if [ -f "$1/.done" ]; then grep -v '^finished: ' "$1/.done" || true; elif [ -f "$1/.options" ]; then cat "$1/.options"; fi
+}
+
+# is_done DIR OPTIONS [INPUT...]: true when DIR was completed with exactly OPTIONS from the same
+# INPUTs (files or directories; see input_identity). Otherwise DIR is about to be (re)made: output of
+# a run with another identity (finished or not) is moved aside to DIR.prev-<time> so it can neither be
+# mistaken for the new one nor be resumed from, and the identity is recorded in DIR/.options so that a
+# killed run with the same identity resumes, and mark_done records it.
 is_done() {
-  local dir=$1 opts=$2 f recorded=""
-  f=$(_done_file "$dir")
-  if [ -f "$f" ] && [ "$(cat "$f")" = "$opts" ]; then
-    log "  skip: $dir is done with the same options (remove $f to redo)"
+  local dir=$1 identity recorded what
+  shift
+  identity=$(stage_identity "$@")
+  recorded=$(_recorded "$dir")
+  if [ -f "$dir/.done" ] && [ "$recorded" = "$identity" ]; then
+    log "  skip: $dir is done with the same options and inputs (remove $(_done_file "$dir") to redo)"
     return 0
   fi
-  if [ -f "$f" ]; then recorded=$(cat "$f"); elif [ -f "$dir/.options" ]; then recorded=$(cat "$dir/.options"); fi
-  if [ -n "$recorded" ] && [ "$recorded" != "$opts" ]; then
+  if [ -n "$recorded" ] && [ "$recorded" != "$identity" ]; then
     local old; old="$dir.prev-$(date +%Y%m%d-%H%M%S)"
-    log "  options changed for $dir (was: $recorded): moving the old output to $old"
-    mv "$dir" "$old"
+    if [ "$(head -n 1 <<< "$recorded")" != "$(head -n 1 <<< "$identity")" ]; then
+      what="options changed for $dir ($(head -n 1 <<< "$recorded" | cut -c10-) -> $(head -n 1 <<< "$identity" | cut -c10-))"
+    else
+      what="inputs changed for $dir ($(comm -13 <(sort <<< "$recorded") <(sort <<< "$identity") \
+        | sed -E 's/^input: (.*) [^ ]*$/\1/' | paste -sd, -))"
+    fi
+    log "  $what: moving the old output to $old"
+    mv -- "$dir" "$old"
   fi
   mkdir -p "$dir"
-  printf '%s' "$opts" > "$dir/.options"
+  printf '%s\n' "$identity" > "$dir/.options"
+  _serkit_started[$dir]=$identity
   return 1
 }
 
-mark_done() { mkdir -p "$1"; printf '%s' "$2" > "$(_done_file "$1").tmp" && mv "$(_done_file "$1").tmp" "$(_done_file "$1")"; }
+# mark_done DIR [OPTIONS [INPUT...]]: DIR is complete. Records the identity is_done took when the
+# work started (kept in memory and in DIR/.options, which a tool replacing DIR removes; without
+# either, OPTIONS and INPUTs), and when it finished.
+mark_done() {
+  local dir=$1 f identity; shift
+  mkdir -p "$dir"
+  f=$(_done_file "$dir")
+  if [ -n "${_serkit_started[$dir]:-}" ]; then identity=${_serkit_started[$dir]}
+  elif [ -f "$dir/.options" ]; then identity=$(cat "$dir/.options")
+  else identity=$(stage_identity "${1:-}" "${@:2}"); fi
+  printf '%s\nfinished: %s on %s (pid %s)\n' "$identity" "$(date '+%Y-%m-%d %H:%M:%S.%N')" "$(hostname)" "$$" \
+    > "$f.tmp" && mv "$f.tmp" "$f"
+}
 
 # timed NAME CMD...: runs CMD, appends "NAME<TAB>seconds" to $timing_file (if set).
 timed() {
@@ -65,9 +209,77 @@ timed() {
   return $rc
 }
 
-# folds_of SPEC NFOLDS: "all" -> "1 2 ... N", "1,3" -> "1 3".
-folds_of() {
-  if [ "$1" = all ]; then seq 1 "$2" | tr '\n' ' '; else echo "${1//,/ }"; fi
+
+# split_folds SPLIT_DIR SPEC: the fold numbers to run, read from the folds `serkit split` wrote
+# (SPLIT_DIR/split.json), so a protocol option that changes the fold count is followed:
+# "all" -> every fold, "1,3" -> "1 3" after checking that those folds exist.
+split_folds() {
+  local dir=$1 spec=$2 written k
+  [ -f "$dir/split.json" ] || die "$dir/split.json: missing (run stage 0 to write the folds)"
+  written=$(python - "$dir/split.json" <<'PY'
+import json, re, sys
+folds = json.load(open(sys.argv[1]))["folds"]
+print(" ".join(sorted((re.fullmatch(r"fold(\d+)", f).group(1) for f in folds), key=int)))
+PY
+  ) || die "$dir/split.json: unreadable (re-run stage 0)"
+  [ "$spec" = all ] && { echo "$written"; return; }
+  for k in ${spec//,/ }; do
+    [[ " $written " == *" $k "* ]] || die "--folds $spec: $dir has folds $written, no fold $k"
+  done
+  echo "${spec//,/ }"
+}
+
+# json_value FILE KEY: FILE's top-level KEY (paths travel as arguments, never inside Python source).
+json_value() {
+  python - "$1" "$2" <<'PY' || die "$1: cannot read key '$2'"
+import json, sys
+print(json.load(open(sys.argv[1]))[sys.argv[2]])
+PY
+}
+
+# write_run_json FILE KEY=VALUE...: the run's description for `serkit score`, written atomically.
+write_run_json() {
+  local file=$1; shift
+  mkdir -p "$(dirname "$file")"
+  python - "$file" "$@" <<'PY'
+import json, os, sys
+out = {}
+for kv in sys.argv[2:]:
+    k, _, v = kv.partition("=")
+    out[k] = v
+tmp = f"{sys.argv[1]}.tmp-{os.getpid()}"
+with open(tmp, "w") as f:
+    json.dump(out, f, indent=2)
+os.replace(tmp, sys.argv[1])
+PY
+}
+
+# upstream_num_layers CKPT: the number of transformer layers of an upstream checkpoint (dies with
+# the loader's message when CKPT is not one).
+upstream_num_layers() {
+  local out
+  out=$(python - "$1" 2>&1 <<'PY'
+import sys
+from serkit.upstream import load_upstream
+print("num_layers", load_upstream(sys.argv[1]).num_layers)
+PY
+  ) || die "--upstream $1: not an upstream checkpoint serkit can load: $(tail -n 1 <<< "$out")"
+  sed -n 's/^num_layers //p' <<< "$out"
+}
+
+# hydra_value VALUE: VALUE as a Hydra 1.3 override value that parses back to exactly VALUE (a quoted
+# string: quotes escaped, backslashes before a quote or the end doubled), whatever characters a path
+# holds (spaces, non-ASCII, ( ) , = ' "). OmegaConf resolves ${...} even when escaped once fairseq
+# copies its config, so a value holding '${' is refused.
+hydra_value() {
+  local v=$1
+  # shellcheck disable=SC2016
+  [[ "$v" != *'${'* ]] || die "'$v': a path holding '\${' cannot be passed to fairseq (Hydra/OmegaConf read it as an interpolation); rename it"
+  python - "$v" <<'PY'
+import re, sys
+v = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, sys.argv[1])
+print("'" + v.replace("'", "\\'") + "'")
+PY
 }
 
 # logged LOGFILE CMD...: runs CMD with its output appended to LOGFILE, so the console keeps to the

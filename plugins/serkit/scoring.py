@@ -17,6 +17,9 @@ from the same run and the rule travels with every number:
 ``fold<k>/metrics.json`` holds the chosen epoch, the rule and all metrics (test, and valid at the
 same epoch); ``RESULTS.md``, ``results.json`` and ``confusion.png`` summarise the folds
 (mean and sample std) with the protocol, upstream, config, git commit and package versions.
+
+A fairseq output directory (``fairseq-hydra-train ... task.predictions_dir=OUT/predictions``, so
+``OUT/predictions/`` and no ``fold*/``) is scored as one fold.
 """
 from __future__ import annotations
 
@@ -167,32 +170,46 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> None:
+#: what the confusion plot's colour measures
+COLOURBAR_LABEL = "fraction of the reference class (row-normalised recall)"
+
+
+def confusion_display(cm: np.ndarray, classes: list[str], title: str):
+    """scikit-learn's ConfusionMatrixDisplay of the row-normalised matrix, each cell "count\npercent"."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     cm = np.asarray(cm, dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.nan_to_num(cm / cm.sum(axis=1, keepdims=True))
     size = 1.0 + 0.7 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
+    fig, ax = plt.subplots(figsize=(size + 1.6, size + 0.4))
+    disp = ConfusionMatrixDisplay(norm, display_labels=classes).plot(
+        ax=ax, cmap="Blues", xticks_rotation=45, im_kw={"vmin": 0, "vmax": 1}, text_kw={"fontsize": 7})
+    for (i, j), text in np.ndenumerate(disp.text_):
+        text.set_text(f"{int(cm[i, j])}\n{norm[i, j]:.0%}")
     ax.set_xlabel("predicted")
     ax.set_ylabel("reference")
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title, fontsize=8)
+    disp.im_.colorbar.set_label(COLOURBAR_LABEL, fontsize=7)
     fig.tight_layout()
+    return disp
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    disp = confusion_display(cm, classes, title)
     with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+        disp.figure_.savefig(f, format="png", dpi=110)
+    plt.close(disp.figure_)
+
+
+def folds_phrase(n: int) -> str:
+    return "one fold" if n == 1 else f"summed over {n} folds"
 
 
 def _run_info(exp: Path) -> dict:
@@ -208,8 +225,11 @@ def score_run(exp: str | Path, rule: str | None = None, headline: str | None = N
     # fold<k> only: a recipe moves superseded output aside as fold<k>.prev-<time>
     folds = sorted((p for p in exp.glob("fold*") if p.is_dir() and re.fullmatch(r"fold\d+", p.name)),
                    key=lambda p: int(p.name[4:]))
+    if not folds and (exp / "predictions").is_dir():
+        folds = [exp]  # a fairseq output directory (task.predictions_dir=OUT/predictions): one fold
     if not folds:
-        raise SerkitError(f"{exp}: no fold*/ directories; is this an experiment directory?")
+        raise SerkitError(f"{exp}: no fold*/ directories and no predictions/; is this an experiment "
+                          "directory (serkit train) or a fairseq output directory (task.predictions_dir)?")
     info = _run_info(exp)
     rule = rule or "valid"
     if rule == "paper":
@@ -241,17 +261,25 @@ def score_run(exp: str | Path, rule: str | None = None, headline: str | None = N
         "scored_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     write_json(exp / "results.json", result)
-    plot_confusion(cm, classes, exp / "confusion.png",
-                   f"{result['method']}: test, summed over {len(folds)} folds ({rule})")
+    plot_confusion(cm, classes, exp / "confusion.png", confusion_title(result["method"], len(folds), rule))
     with atomic_file(exp / "RESULTS.md", encoding="utf-8") as f:
         f.write(render_results_md(result))
-    log.info("%s: %s %.2f ± %.2f over %d folds (selection: %s) -> %s", exp.name,
-             METRIC_NAMES[HEADLINE_KEYS[headline]], 100 * summary[HEADLINE_KEYS[headline]]["mean"],
-             100 * summary[HEADLINE_KEYS[headline]]["std"], len(folds), rule, exp / "RESULTS.md")
+    log.info("%s: %s %s (selection: %s) -> %s", exp.name, METRIC_NAMES[HEADLINE_KEYS[headline]],
+             _pct(summary[HEADLINE_KEYS[headline]], len(folds)) + (
+                 " on one fold" if len(folds) == 1 else f" over {len(folds)} folds"),
+             rule, exp / "RESULTS.md")
     return result
 
 
-def _pct(mean_std: dict) -> str:
+def confusion_title(method: str, n_folds: int, rule: str) -> str:
+    return (f"{method}: test set, {folds_phrase(n_folds)}\n"
+            f"epoch per fold chosen by the selection rule {rule!r}: {RULES[rule]}")
+
+
+def _pct(mean_std: dict, n_folds: int = 2) -> str:
+    """``mean ± std`` in %; one fold has no spread, so its number stands alone."""
+    if n_folds == 1:
+        return f"{100 * mean_std['mean']:.2f}"
     return f"{100 * mean_std['mean']:.2f} ± {100 * mean_std['std']:.2f}"
 
 
@@ -264,17 +292,20 @@ def render_results_md(r: dict) -> str:
     lines += [f"- Selection rule: `{r['selection']}`: {r['selection_rule']}",
               f"- Headline metric: {r['headline'].upper()}; metrics in % on the test split"
               + (" ((valid + test) / 2)" if r["selection"] == "valid_test_mean" else ""),
-              f"- Folds: {len(r['folds'])}; mean ± sample std over folds",
+              (f"- Folds: {len(r['folds'])}; mean ± sample std over folds" if len(r["folds"]) > 1
+               else "- Folds: 1 (one fold: no spread over folds)"),
               f"- git commit: {r['git_commit']}; scored {r['scored_at']}",
               "- Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
               "| fold | epoch | UA | WA | macro-F1 | WF1 |", "|---|---|---|---|---|---|"]
     for fold, m in r["per_fold"].items():
         lines.append(f"| {fold} | {m['selected_epoch']} | {100 * m['ua']:.2f} | {100 * m['wa']:.2f} | "
                      f"{100 * m['macro_f1']:.2f} | {100 * m['weighted_f1']:.2f} |")
-    s = r["summary"]
-    lines += [f"| **mean ± std** | | {_pct(s['ua'])} | {_pct(s['wa'])} | {_pct(s['macro_f1'])} | "
-              f"{_pct(s['weighted_f1'])} |", "", "Confusion matrix (test, summed over folds; rows = "
-              "reference): ![confusion](confusion.png)", ""]
+    s, n = r["summary"], len(r["folds"])
+    if n > 1:
+        lines.append(f"| **mean ± std** | | {_pct(s['ua'])} | {_pct(s['wa'])} | {_pct(s['macro_f1'])} | "
+                     f"{_pct(s['weighted_f1'])} |")
+    lines += ["", f"Confusion matrix (test, {folds_phrase(n)}; rows = reference, colour = "
+              f"{COLOURBAR_LABEL}): ![confusion](confusion.png)", ""]
     return "\n".join(lines)
 
 
@@ -287,27 +318,40 @@ def results_table(exps: list[str | Path], rule: str | None = None) -> str:
         res_path = exp / "results.json"
         r = json.loads(res_path.read_text(encoding="utf-8")) if res_path.is_file() and rule is None \
             else score_run(exp, rule)
-        s = r["summary"]
+        s, n = r["summary"], len(r["folds"])
         sel = "valid" if r["selection"] == "valid" else f"paper: {r['selection']}"
         rows.append(f"| {r['method']} | {r.get('setting') or ''} | {r.get('protocol') or ''} | "
-                    f"{r.get('upstream') or ''} | {sel} | {len(r['folds'])} | "
-                    f"{_pct(s['ua'])} | {_pct(s['wa'])} | {_pct(s['weighted_f1'])} |")
+                    f"{r.get('upstream') or ''} | {sel} | {n} | "
+                    f"{_pct(s['ua'], n)} | {_pct(s['wa'], n)} | {_pct(s['weighted_f1'], n)} |")
     return "\n".join(rows) + "\n"
 
 
 def register(sub) -> None:
     import argparse
+    import textwrap
 
-    p = sub.add_parser("score", help="score a run: metrics.json per fold, RESULTS.md, confusion.png",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("exp", help="experiment run directory holding fold*/predictions/")
+    rules = "\n".join(f"  {name:<16} {text}" for name, text in RULES.items())
+    p = sub.add_parser(
+        "score", help="score a run: metrics.json per fold, RESULTS.md, confusion.png",
+        description=textwrap.fill(
+            "Score a run from its per-epoch predictions (fold<k>/predictions/{valid,test}.epoch<NNN>.tsv): "
+            "pick each fold's epoch with a selection rule, write fold<k>/metrics.json, then "
+        "RESULTS.md, results.json and confusion.png (mean and sample std over folds). A fairseq output "
+        "directory (OUT/predictions/, no fold*/) is scored as one fold.", 80),
+        epilog=f"selection rules:\n{rules}\n  {'paper':<16} the rule recorded in the run's run.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("exp", help="experiment run directory holding fold*/predictions/, or a fairseq "
+                   "output directory holding predictions/")
     p.add_argument("--selection", default="valid", choices=[*RULES, "paper"],
                    help="epoch selection rule; 'paper' = the rule recorded in run.json for this method")
     p.add_argument("--headline", default=None, choices=list(HEADLINE_KEYS),
                    help="metric the valid rule selects on (default: run.json's, else ua)")
     p.set_defaults(func=lambda a: print(render_results_md(score_run(a.exp, a.selection, a.headline))))
 
-    p = sub.add_parser("results", help="one markdown table over several scored runs")
+    p = sub.add_parser("results", help="one markdown table over several scored runs",
+                       description="Print one markdown table (method, setting, protocol, upstream, "
+                       "selection rule, folds, UA/WA/WF1 mean ± std) over several runs, scoring any run "
+                       "not scored yet.")
     p.add_argument("exps", nargs="+", help="experiment run directories")
     p.add_argument("--selection", default=None, choices=[*RULES, "paper"],
                    help="re-score with this rule (default: use each run's results.json)")

@@ -18,11 +18,13 @@ cd "$(dirname "$0")"
 stage=0
 stop_stage=5
 root=""               # corpus directory (IEMOCAP_full_release); default: db.sh, else the mini corpus
-upstream=""           # fairseq HuBERT checkpoint, e.g. hubert_base_ls960.pt; default on the mini corpus: tiny HuBERT
+upstream=""           # fairseq HuBERT checkpoint (hubert_base_ls960.pt) or, for the heads, a Hugging Face directory (wavlm-large); default on the mini corpus: tiny HuBERT
 protocol=iemocap_loso5
 valid=stratified      # iemocap_loso5 validation: stratified (10 % of training sessions) | speaker
 folds=all             # all | comma list, e.g. 1,3
-method=""             # default flea (mini corpus: flea,shiftcnn); comma list of: flea linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas mfsn
+method=""             # default flea (mini corpus: flea,shiftcnn); comma list of: flea linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas bas_ffn bas_msa_ffn bas_transformer mfsn
+bas_layers=4          # BAS: searchable layers, 3 or 4 (the paper's 3L-/4L-BAS), and the bas_msa_ffn/bas_transformer baselines' layers
+search_overrides=""   # BAS: extra yaml overrides for the search only [mini corpus: faster arch lr, cooler temperature (ours)]
 setting=featex        # heads: featex (frozen upstream, weighted layer sum) | finetune (upstream transformer trained)
 layer=9               # FLEA: teacher layer clustered (the paper's best: 9)
 nclusters=50          # FLEA: k-means clusters (the paper's best: 50)
@@ -48,6 +50,7 @@ mfsn_ablation=mfsn    # MFSN: sec_only | sec_tec_nosearch | mfsn
 mfsn_tec=audio        # MFSN TEC source: audio (the ASR model's frames, the paper) | text (IEMOCAP's transcripts) | asr (greedy CTC transcripts of --tec-upstream)
 ctc_dict=""           # MFSN --mfsn-tec asr: the letter dictionary (dict.ltr.txt) of --tec-upstream
 head_overrides=""     # extra yaml overrides for the heads, e.g. "--batch_size 16 --lr 0.001"
+shiftser_input=masked # heads linear..shiftlstm: masked (whole utterances, padding masked: ours) | paper (clipped to 7.5 s, ShiftSER Sec. 3.1) | official (the first 7.5 s, zero-padded to 7.5 s, no mask: the ShiftSER code)
 
 help_message=$(cat <<EOM
 Usage: $0 [options]
@@ -57,12 +60,21 @@ tiny HuBERT and runs end to end on CPU (that is 'make demo').
 Options (default in brackets):
   --stage N / --stop-stage M   run stages N..M [$stage..$stop_stage]
   --root DIR          IEMOCAP_full_release directory [db.sh: \${IEMOCAP:-none}]
-  --upstream FILE     fairseq HuBERT checkpoint (e.g. hubert_base_ls960.pt) [tiny HuBERT on the mini corpus]
+  --upstream PATH     fairseq HuBERT checkpoint (e.g. hubert_base_ls960.pt), or for the heads (not FLEA) a local
+                      Hugging Face model directory (WavLM-Large: microsoft/wavlm-large, the BAS paper's best
+                      row; needs serkit[hf]) [tiny HuBERT on the mini corpus]
   --protocol NAME     iemocap_loso5 | iemocap_loso10 [$protocol]
   --valid KIND        iemocap_loso5 validation set: stratified | speaker [$valid]
   --folds LIST        all | 1,3,... [$folds]
-  --method LIST       flea and/or heads: linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas mfsn
-                      [flea; mini corpus: flea,shiftcnn]
+  --method LIST       flea and/or heads: linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas
+                      bas_ffn bas_msa_ffn bas_transformer mfsn [flea; mini corpus: flea,shiftcnn].
+                      BAS and its baselines train with BAS's settings (SGD 0.005, batch 32, 100 epochs):
+                      bas = search + retrain, bas_ffn = simple-FFN, bas_msa_ffn = BAS's blocks all msa_ffn
+                      (the like-for-like transformer), bas_transformer = serkit's transformer head;
+                      ffn and transformer are the same heads with ShiftSER's settings
+  --bas-layers N      BAS searchable layers, 3 or 4, and the layers of bas_msa_ffn, bas_transformer [$bas_layers]
+  --search-overrides S  BAS: extra yaml overrides for the search only, e.g. "--arch_lr 0.01"
+                      [mini corpus: "--arch_lr 0.5 --temperature_start 1.0 --temperature_decay 0.85", ours]
   --setting KIND      heads: featex | finetune [$setting]
   --layer L           FLEA teacher layer to cluster [$layer]
   --nclusters K       FLEA k-means clusters [$nclusters]
@@ -81,22 +93,61 @@ Options (default in brackets):
                       [$mfsn_tec]; text and asr are serkit's text ablation, not the paper's (text leaks across sessions)
   --ctc-dict FILE     dict.ltr.txt of the CTC --tec-upstream, for --mfsn-tec asr
   --head-overrides S  extra yaml overrides for the heads' training, e.g. "--batch_size 16"
+  --shiftser-input K  what heads linear..shiftlstm see: masked (whole utterances, padding masked) |
+                      paper (clipped to 7.5 s) | official (first 7.5 s zero-padded to 7.5 s, no mask) [$shiftser_input]
 EOM
 )
 . ../../local/parse_options.sh
 [ $# -eq 0 ] || die "unexpected argument '$1' (see --help)"
 
-case "$protocol" in iemocap_loso5) nfolds=5 ;; iemocap_loso10) nfolds=10 ;;
+check_options() {
+  local v
+  check_stages "$stage" "$stop_stage" 5
+  check_choice --valid "$valid" stratified speaker
+  check_choice --setting "$setting" featex finetune
+  check_choice --selection "$selection" valid paper best_test valid_test_mean
+  check_choice --mfsn-ablation "$mfsn_ablation" sec_only sec_tec_nosearch mfsn
+  check_folds_spec "$folds"
+  [ -z "$method" ] || check_choice_list --method "$method" flea linear ffn cnn shiftcnn transformer \
+    shiftformer lstm shiftlstm bas bas_ffn bas_msa_ffn bas_transformer mfsn
+  check_int --layer "$layer"; check_int --nclusters "$nclusters" 2; check_device "$device"
+  for v in teacher_epochs finetune_epochs head_epochs cpt_updates; do
+    [ -z "${!v}" ] || check_int "--${v//_/-}" "${!v}" 1
+  done
+  [ -z "$finetune_lr" ] || check_number --finetune-lr "$finetune_lr"
+  [ -z "$tec_layer" ] || check_int --tec-layer "$tec_layer"
+  [ -z "$sec_layers" ] || check_int_list --sec-layers "$sec_layers"
+  [ -z "$tapt_labels" ] || [ -d "$tapt_labels" ] || die "--tapt-labels $tapt_labels: no such directory"
+  for v in cpt_config mfsn_config ctc_dict; do [ -z "${!v}" ] || [ -f "${!v}" ] || die "--${v//_/-} ${!v}: no such file"; done
+}
+# check_layer: the layer FLEA clusters exists in the upstream (on the mini corpus: its last layer instead).
+check_layer() {
+  local n; n=$(upstream_num_layers "$upstream") || exit 1
+  [ "$layer" -gt "$n" ] || return 0
+  $mini || die "--layer $layer: $(basename "$upstream") has $n layers (0 = the CNN output)"
+  log "the tiny HuBERT has $n layers: clustering layer $n instead of $layer"; layer=$n
+}
+
+case "$protocol" in iemocap_loso5|iemocap_loso10) ;;
   *) die "--protocol $protocol: this recipe runs iemocap_loso5 or iemocap_loso10" ;; esac
 case "$pooling" in attention|mean) poolings=$pooling ;; both) poolings="attention mean" ;;
   *) die "--pooling $pooling: attention, mean or both" ;; esac
 case "$transductive" in true|false) ;; *) die "--transductive takes true or false" ;; esac
 case "$mfsn_tec" in audio|text|asr) ;; *) die "--mfsn-tec $mfsn_tec: audio, text or asr" ;; esac
+case "$bas_layers" in 3|4) ;; *) die "--bas-layers $bas_layers: the paper searches 3 or 4 layers" ;; esac
+case "$shiftser_input" in
+  masked) input_overrides=""; input_tag="" ;;
+  paper) input_overrides="--max_duration 7.5"; input_tag="_clip7.5s" ;;
+  official) input_overrides="--max_duration 7.5 --pad_to_max True"; input_tag="_pad7.5s" ;;
+  *) die "--shiftser-input $shiftser_input: masked, paper or official" ;;
+esac
+check_options  # every other option, before anything runs
 if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 fi
 
 mkdir -p "$workdir"; workdir=$(realpath "$workdir")
+lock_workdir "$workdir"
 root=${root:-$IEMOCAP}
 mini=false
 [ -n "$root" ] || mini=true
@@ -112,7 +163,13 @@ if $mini; then
   # the tiny HuBERT learns nothing in 10 epochs at the paper's 1e-4
   finetune_lr=${finetune_lr:-0.001}
   # SpecAugment's channel masks scaled from ShiftSER's 64 of 768 channels to the tiny model's 64
+  # (ShiftSER heads only: BAS's yamls have no SpecAugment)
+  [ -n "$head_overrides" ] || mini_specaugment=true
   head_overrides=${head_overrides:-"--channel_mask_width 5"}
+  # BAS search, ours for the mini corpus only: short epochs settle only with a faster arch lr and a
+  # cooler schedule than the defaults (SGD 0.005, FBNet's tau 5.0 * 0.956^epoch) made for real data
+  # (the values measured on the mini MELD, recipes/MELD/README.md)
+  search_overrides=${search_overrides:-"--arch_lr 0.5 --temperature_start 1.0 --temperature_decay 0.85"}
   teacher_epochs=${teacher_epochs:-10}; finetune_epochs=${finetune_epochs:-10}; head_epochs=${head_epochs:-30}
   cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_tiny.yaml}
   tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}
@@ -125,8 +182,21 @@ else
   if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
   [ -n "$upstream" ] || die "--upstream is required with a real corpus (e.g. --upstream /models/hubert_base_ls960.pt)"
 fi
-[ -z "$upstream" ] || [ -f "$upstream" ] || die "--upstream $upstream: no such file"
+[ -z "$upstream" ] || [ -e "$upstream" ] || die "--upstream $upstream: no such file or directory"
 upstream=${upstream:+$(realpath "$upstream")}
+
+flea=false; heads=()
+for m in ${method//,/ }; do
+  case "$m" in
+    flea) flea=true ;;
+    linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm|bas|bas_ffn|bas_msa_ffn|bas_transformer|mfsn) heads+=("$m") ;;
+    *) die "--method $m: unknown (see --help)" ;;
+  esac
+done
+# FLEA continues HuBERT's pretraining with fairseq: a Hugging Face directory serves the heads only.
+! $flea || [ ! -d "$upstream" ] || die "--upstream $upstream is a directory (Hugging Face): FLEA needs a fairseq HuBERT checkpoint file; use it with heads (--method bas,...) only"
+# The layer FLEA clusters must exist: checked now when the upstream is given, else once stage 0 built it.
+if [ -n "$upstream" ] && [ "$stop_stage" -ge 1 ] && { $flea || $mini; }; then check_layer; fi
 
 data=$workdir/data/iemocap
 splits=$data/$protocol
@@ -135,36 +205,26 @@ exp=$workdir/exp/$tag
 timing_file=$exp/timing.tsv
 mkdir -p "$exp"
 : > "$timing_file"
-fold_list=$(folds_of "$folds" "$nfolds")
 lr_opt=(); [ -n "$finetune_lr" ] && lr_opt=(--lr "$finetune_lr")
 
 # run_json DIR key=value...: the run's description, read by `serkit score` for RESULTS.md.
-run_json() {
-  local dir=$1; shift
-  mkdir -p "$dir"
-  python - "$dir/run.json" "$@" <<'PY'
-import json, sys
-out = {"corpus": "IEMOCAP"}
-for kv in sys.argv[2:]:
-    k, _, v = kv.partition("=")
-    out[k] = v
-json.dump(out, open(sys.argv[1], "w"), indent=2)
-PY
-}
+run_json() { local dir=$1; shift; write_run_json "$dir/run.json" corpus=IEMOCAP "$@"; }
 # dump_all CKPT: every layer of CKPT for every utterance of $data, dumped once; prints the directory.
 dump_all() {
   local ckpt=$1 dir
   dir=$workdir/dump/$(basename "${ckpt%.*}")-$(echo "$ckpt" | md5sum | cut -c1-6)/all_layers
-  if ! is_done "$dir" "upstream=$ckpt data=$data"; then
+  if ! is_done "$dir" "upstream=$ckpt data=$data" "$ckpt" "$data"; then
     log "  features of every layer of $ckpt for all of $data -> $dir"
     timed "dump_$(basename "${ckpt%.*}")" logged "$dir/dump.log" serkit dump-features --upstream "$ckpt" \
       --layers all --data "$data" --out "$dir" --device "$device"
-    mark_done "$dir" "upstream=$ckpt data=$data"
+    mark_done "$dir"
   fi
   echo "$dir"
 }
 # mfsn_run TEC_SOURCE: the run directory of MFSN with that TEC source and the chosen ablation.
 mfsn_run() { case $1 in audio) echo "$exp/mfsn_$mfsn_ablation" ;; *) echo "$exp/mfsn_$1_$mfsn_ablation" ;; esac; }
+# head_search_conf HEAD: the search config a head reads besides conf/HEAD.yaml (BAS), or nothing.
+head_search_conf() { [ "$1" != bas ] || echo conf/bas_search.yaml; }
 upstream_label() { if $mini; then echo "tiny HuBERT (pretrained here on a separate mini corpus)"; else basename "$upstream"; fi; }
 
 ###############################################################################
@@ -177,13 +237,13 @@ if stage_selected 0; then
       mark_done "$workdir/db/mini_iemocap" "$opts"; }
   fi
   opts="root=$(realpath "$root")"
-  is_done "$data" "$opts" || {
+  is_done "$data" "$opts" "$root" || {
     timed prepare serkit prepare iemocap --root "$root" --out "$data"
-    mark_done "$data" "$opts"; }
+    mark_done "$data"; }
   opts="protocol=$protocol valid=$valid"
-  is_done "$splits" "$opts" || {
+  is_done "$splits" "$opts" "$data" || {
     timed split serkit split "$protocol" "$data" --out "$splits" --valid "$valid"
-    mark_done "$splits" "$opts"; }
+    mark_done "$splits"; }
   serkit check-split "$splits"
   if $mini && [ -z "$upstream" ]; then
     timed tiny_upstream bash ../../local/make_tiny_upstream.sh --workdir "$workdir" --out "$workdir/exp/upstream"
@@ -191,25 +251,14 @@ if stage_selected 0; then
 fi
 if $mini && [ -z "$upstream" ]; then
   upstream=$workdir/exp/upstream/tiny_hubert.pt
+  if [ "$stop_stage" -ge 1 ] && [ -f "$upstream" ]; then check_layer; fi
 fi
-[ "$stop_stage" -lt 1 ] || [ -f "$upstream" ] || die "no upstream checkpoint at '$upstream' (run stage 0 or pass --upstream)"
-if $mini; then
-  num_layers=$(python -c "from serkit.upstream import load_upstream; print(load_upstream('$upstream').num_layers)" 2>/dev/null)
-  if [ "$layer" -gt "$num_layers" ]; then
-    log "the tiny HuBERT has $num_layers layers: clustering layer $num_layers instead of $layer"
-    layer=$num_layers
-  fi
-  nclusters=$([ "$nclusters" -gt 16 ] && echo 16 || echo "$nclusters")
+[ "$stop_stage" -lt 1 ] || [ -e "$upstream" ] || die "no upstream checkpoint at '$upstream' (run stage 0 or pass --upstream)"
+$mini && nclusters=$([ "$nclusters" -gt 16 ] && echo 16 || echo "$nclusters")
+if [ "$stop_stage" -ge 1 ]; then
+  fold_list=$(split_folds "$splits" "$folds") || exit 1
+  log "Folds of $splits to run: $fold_list"
 fi
-
-flea=false; heads=()
-for m in ${method//,/ }; do
-  case "$m" in
-    flea) flea=true ;;
-    linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm|bas|mfsn) heads+=("$m") ;;
-    *) die "--method $m: unknown (see --help)" ;;
-  esac
-done
 
 ###############################################################################
 if $flea && stage_selected 1; then
@@ -226,24 +275,24 @@ if $flea && stage_selected 1; then
       done
       labels=$(realpath "$labels")
       opts="upstream=$upstream labels=$labels updates=$cpt_updates config=$cpt_config"
-      is_done "$exp/tapt/fold$k" "$opts" || {
+      is_done "$exp/tapt/fold$k" "$opts" "$upstream" "$labels" "$splits" "$cpt_config" || {
         timed "tapt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$labels" \
           --init "$upstream" --updates "$cpt_updates" --out "$exp/tapt/fold$k"
-        mark_done "$exp/tapt/fold$k" "$opts"; }
+        mark_done "$exp/tapt/fold$k"; }
       start=$(realpath "$exp/tapt/fold$k/checkpoint_last.pt")
     fi
     opts="upstream=$start epochs=$teacher_epochs lr=$finetune_lr"
-    is_done "$out" "$opts" || {
+    is_done "$out" "$opts" "$start" "$splits" conf/flea.yaml || {
       timed "teacher_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
         --upstream "$start" --pooling attention --number_of_epochs "$teacher_epochs" "${lr_opt[@]}" \
         --device "$device" --noprogressbar
       logged "$out/log/export.log" serkit export-upstream --exp "$out" --out "$out/upstream.pt"
-      mark_done "$out" "$opts"; }
+      mark_done "$out"; }
     opts="layer=$layer"
-    is_done "$out/layer$layer" "$opts" || {
+    is_done "$out/layer$layer" "$opts" "$out" || {
       timed "dump_fold$k" logged "$out/log/dump.log" serkit dump-features --upstream "$out/upstream.pt" --layers "$layer" \
         --data "$fold/train.tsv" "$fold/valid.tsv" "$fold/test.tsv" --out "$out/layer$layer" --device "$device"
-      mark_done "$out/layer$layer" "$opts"; }
+      mark_done "$out/layer$layer"; }
   done
   teacher="teacher (HuBERT finetuned, attention pooling)"
   [ -z "$tapt_labels" ] || teacher="teacher (HuBERT TAPT on $tapt_labels, then finetuned, attention pooling)"
@@ -258,11 +307,11 @@ if $flea && stage_selected 2; then
     log "Stage 2: k-means fold $k: $feats (train split$($transductive && echo ', transductive: all splits')) -> $out"
     trans=(); $transductive && trans=(--transductive)
     opts="layer=$layer k=$nclusters transductive=$transductive"
-    is_done "$out" "$opts" || {
+    is_done "$out" "$opts" "$feats" "$splits" || {
       timed "kmeans_fold$k" serkit kmeans fit --feats "$feats" --fold "$fold" --split train --layer "$layer" \
         --n-clusters "$nclusters" --out "$out/km.model" "${trans[@]}"
       serkit kmeans apply --model "$out/km.model" --feats "$feats" --fold "$fold" --splits train,valid,test --out "$out"
-      mark_done "$out" "$opts"; }
+      mark_done "$out"; }
   done
 fi
 
@@ -272,10 +321,10 @@ if $flea && stage_selected 3; then
     fold=$splits/fold$k; out=$exp/cpt/fold$k
     log "Stage 3: continued pretraining fold $k: $(basename "$upstream") + $exp/km/fold$k -> $out"
     opts="upstream=$upstream k=$nclusters updates=$cpt_updates config=$cpt_config"
-    is_done "$out" "$opts" || {
+    is_done "$out" "$opts" "$upstream" "$exp/km/fold$k" "$splits" "$cpt_config" || {
       timed "cpt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$exp/km/fold$k" \
         --init "$upstream" --updates "$cpt_updates" --out "$out"
-      mark_done "$out" "$opts"; }
+      mark_done "$out"; }
   done
 fi
 
@@ -284,7 +333,7 @@ fi
 # --mfsn-tec text|asr: serkit's text ablation (not the paper's), TEC from transcripts (conf/mfsn_text*.yaml).
 run_mfsn() {
   local tec=${tec_upstream:-} sec=${sec_upstream:-} sec_label tec_label label run k fold out opts
-  local -a tec_args
+  local -a tec_args tec_inputs
   if $mini; then
     tec=${tec:-$upstream}; sec=${sec:-$upstream}
     sec_label="tiny HuBERT pretrained on a separate mini corpus (NOT data2vec) L$sec_layers"
@@ -304,16 +353,17 @@ run_mfsn() {
       if $mini; then  # the demo's label, unchanged
         label="tiny HuBERT pretrained on a separate mini corpus (NOT wav2vec 2.0/data2vec): TEC L$tec_layer, SEC L$sec_layers"
       fi
-      tec_feats=$(dump_all "$tec"); tec_args=(--tec_feats "$tec_feats") ;;
+      tec_feats=$(dump_all "$tec"); tec_args=(--tec_feats "$tec_feats"); tec_inputs=("$tec_feats") ;;
     text)
       [ -s "$data/text" ] || die "$data/text: no transcripts; re-run stage 0 (serkit prepare writes them from dialog/transcriptions)"
       label="TEC IEMOCAP's transcripts + SEC $sec_label"
-      tec_args=(--text "$(realpath "$data/text")") ;;
+      tec_args=(--text "$(realpath "$data/text")"); tec_inputs=("$data/text") ;;
     asr)
       [ -n "$ctc_dict" ] && [ -f "$ctc_dict" ] || die "--mfsn-tec asr needs --ctc-dict FILE (the dict.ltr.txt of $tec)"
       label="TEC greedy CTC transcripts of $tec_label + SEC $sec_label"
       tec_feats=$(dump_all "$tec")
-      tec_args=(--tec_feats "$tec_feats" --ctc_checkpoint "$tec" --ctc_dict "$(realpath "$ctc_dict")") ;;
+      tec_args=(--tec_feats "$tec_feats" --ctc_checkpoint "$tec" --ctc_dict "$(realpath "$ctc_dict")")
+      tec_inputs=("$tec_feats" "$tec" "$ctc_dict") ;;
   esac
   run=$(mfsn_run "$mfsn_tec")
   log "Stage 4: MFSN ($mfsn_ablation, TEC: $mfsn_tec): knowledge sources $label"
@@ -327,15 +377,15 @@ run_mfsn() {
     arch=""
     if [ "$mfsn_ablation" = mfsn ]; then  # search, then retrain the derived cell: two serkit train calls
       log "Stage 4: MFSN search fold $k: $fold -> $search/arch.txt"
-      is_done "$search" "$opts" || {
+      is_done "$search" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
         timed "$(basename "$run")_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search"
-        mark_done "$search" "$opts"; }
+        mark_done "$search"; }
       arch=$(cat "$search/arch.txt")
     fi
     log "Stage 4: MFSN fold $k${arch:+ (derived cell $arch)}: $fold -> $out"
-    is_done "$out" "$opts arch=$arch" || {
+    is_done "$out" "$opts arch=$arch" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
       timed "$(basename "$run")_fold$k" logged "$out/log/train.log" "${train[@]}" --output-folder "$out" ${arch:+--arch "$arch"}
-      mark_done "$out" "$opts arch=$arch"; }
+      mark_done "$out"; }
   done
   local what="MFSN ($mfsn_ablation)"
   case $mfsn_tec in
@@ -355,11 +405,11 @@ if stage_selected 4; then
         fold=$splits/fold$k; cpt=$(realpath "$exp/cpt/fold$k/checkpoint_last.pt"); out=$run/fold$k
         log "Stage 4: FLEA finetune fold $k ($p pooling): $cpt -> $out"
         opts="cpt=$cpt pooling=$p epochs=$finetune_epochs lr=$finetune_lr"
-        is_done "$out" "$opts" || {
+        is_done "$out" "$opts" "$exp/cpt/fold$k" "$splits" conf/flea.yaml || {
           timed "flea_${p}_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
             --upstream "$cpt" --pooling "$p" --number_of_epochs "$finetune_epochs" "${lr_opt[@]}" \
             --device "$device" --noprogressbar
-          mark_done "$out" "$opts"; }
+          mark_done "$out"; }
       done
       run_json "$run" method="FLEA ($p pooling)" setting=finetune protocol="$protocol" \
         upstream="CPT-$(upstream_label), layer $layer, k=$nclusters$($transductive && echo ', transductive')" \
@@ -368,7 +418,14 @@ if stage_selected 4; then
   fi
   for h in "${heads[@]}"; do
     if [ "$h" = mfsn ]; then run_mfsn; continue; fi
-    run=$exp/${h}_$setting
+    h_overrides=$head_overrides; h_label=$h
+    case $h in linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm)
+      h_overrides="${input_overrides:+$input_overrides }$head_overrides"
+      run=$exp/${h}_$setting$input_tag
+      [ -z "$input_overrides" ] || h_label="$h ($shiftser_input input: $input_overrides)" ;;
+    *) run=$exp/${h}_$setting ;;
+    esac
+    feats=""
     if [ "$setting" = featex ]; then
       log "Stage 4: $h needs cached features of $(basename "$upstream")"
       feats=$(dump_all "$upstream")
@@ -376,19 +433,27 @@ if stage_selected 4; then
     for k in $fold_list; do
       fold=$splits/fold$k; out=$run/fold$k
       log "Stage 4: $h ($setting) fold $k: $fold -> $out"
-      opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$head_overrides"
-      is_done "$out" "$opts" || {
+      # BAS and its baselines: --bas-layers layers; the mini corpus's SpecAugment width is not theirs
+      overrides=$h_overrides; bas_opts=()
+      case "$h" in bas*) ${mini_specaugment:-false} && overrides="" ;; esac
+      case "$h" in
+        bas) bas_opts=(--search-overrides "--search_layers $bas_layers $search_overrides") ;;
+        bas_msa_ffn) overrides="--arch msa_ffn$(for ((i = 1; i < bas_layers; i++)); do printf ,msa_ffn; done) $overrides" ;;
+        bas_transformer) overrides="--transformer_layers $bas_layers $overrides" ;;
+      esac
+      opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$overrides${bas_opts[*]:+ ${bas_opts[*]}}"
+      is_done "$out" "$opts" "$upstream" "$feats" "$splits" conf/"$h".yaml "$(head_search_conf "$h")" || {
         if [ "$setting" = featex ]; then
           timed "${h}_fold$k" logged "$out/log/train.log" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
-            --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$head_overrides"
+            --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
         else
           timed "${h}_fold$k" logged "$out/log/train.log" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
-            --upstream "$upstream" --epochs "$head_epochs" --device "$device" --overrides "$head_overrides"
+            --upstream "$upstream" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
         fi
-        mark_done "$out" "$opts"; }
+        mark_done "$out"; }
     done
-    run_json "$run" method="$h" setting="$setting" protocol="$protocol" upstream="$(upstream_label)" \
-      config="conf/$h.yaml" selection="$(case $h in bas|mfsn) echo valid ;; *) echo best_test ;; esac)"
+    run_json "$run" method="$h_label" setting="$setting" protocol="$protocol" upstream="$(upstream_label)" \
+      config="conf/$h.yaml" selection="$(case $h in bas*|mfsn) echo valid ;; *) echo best_test ;; esac)"
   done
 fi
 
@@ -397,7 +462,10 @@ if stage_selected 5; then
   runs=(); beside=()
   $flea && runs+=("$exp/teacher") && for p in $poolings; do runs+=("$exp/flea_$p"); done
   for h in "${heads[@]}"; do
-    if [ "$h" != mfsn ]; then runs+=("$exp/${h}_$setting"); continue; fi
+    case $h in
+      linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm) runs+=("$exp/${h}_$setting$input_tag"); continue ;;
+      bas) runs+=("$exp/${h}_$setting"); continue ;;
+    esac
     runs+=("$(mfsn_run "$mfsn_tec")")
     # MFSN runs with the other TEC sources, scored earlier, go beside it: the text-vs-audio gap in one table
     for t in audio text asr; do

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # MELD recipe: BAS (block architecture search, Interspeech 2023) on frozen self-supervised features,
-# against the paper's baselines (simple-FFN, a 4-layer transformer), on the official split, weighted F1
-# as the headline.
+# against the paper's baselines (simple-FFN; a transformer of as many layers, as the BAS block stack of
+# msa_ffn blocks and as serkit's transformer head), on the official split, weighted F1 as the headline.
 #
 # Stages (each logs what it reads and writes, records its options in a .done marker and resumes):
 #   0  data: decode the mp4 clips once to 16 kHz mono wavs, write the data directory (broken, silent
@@ -24,20 +24,20 @@ stop_stage=4
 root=""              # MELD.Raw directory; default: db.sh, else the mini corpus
 upstream=""          # fairseq checkpoint (hubert_large_ll60k.pt) or Hugging Face directory (wavlm-large); mini corpus: tiny HuBERT
 layers=all           # upstream layers dumped and mixed by the learned weighted sum: all | 0,6,12,...
-method=bas,ffn,transformer   # comma list of: bas ffn transformer linear cnn shiftcnn shiftformer lstm shiftlstm
-bas_layers=4         # searchable layers: 3 or 4 (the paper's 3L-/4L-BAS)
+method=bas,ffn,msa_ffn,transformer   # comma list of: bas ffn msa_ffn transformer linear cnn shiftcnn shiftformer lstm shiftlstm
+bas_layers=4         # searchable layers: 3 or 4 (the paper's 3L-/4L-BAS); also the transformer baselines' depth
+ffn_residual=false   # BAS FFN candidate: false = the paper's FFN without residual (Sec. 2.2) | true = LN(x + FFN(x))
 search_epochs=""     # BAS search epochs [100; mini corpus: 20]
 epochs=""            # retrain and baseline epochs [100; mini corpus: 15]
 batch_size=""        # [32; mini corpus: 8]
 model_dim=""         # width of the searched blocks [256; mini corpus: 64, the tiny HuBERT's width]
-search_overrides=""  # extra yaml overrides for the search [mini corpus: faster arch lr, cooler temperature]
+search_overrides=""  # extra yaml overrides for the search [mini corpus: faster arch lr, cooler temperature (ours)]
 head_overrides=""    # extra yaml overrides for the retrain and every baseline, e.g. "--lr 0.01"
 selection=valid      # valid | best_test | valid_test_mean (always named in the table)
 device=auto          # auto | cpu | cuda
 nj=2                 # parallel clip decoders (stage 0)
 threads=""           # torch CPU threads [torch's default; mini corpus: 1]
 tag=""               # experiments go to exp/<tag>/<run>/fold1 [meld_official; mini corpus: mini]
-
 help_message=$(cat <<EOM
 Usage: $0 [options]
 Runs BAS and its baselines on MELD (official split, weighted-F1 headline). With no corpus in db.sh
@@ -54,18 +54,24 @@ Options (default in brackets):
                         separate mini corpus]
   --layers L            upstream layers to dump and mix: all | a comma list (0 = the CNN output) [$layers];
                         all layers of a Large model take ~9 GB per hour of audio in float16
-  --method LIST         comma list of bas ffn transformer linear cnn shiftcnn shiftformer lstm shiftlstm
-                        [$method]; bas = search + retrain; ffn = simple-FFN; transformer = 4 layers;
-                        the others are the IEMOCAP recipe's heads with their ShiftSER settings
-  --bas-layers N        searchable layers, 3 or 4 [$bas_layers]
+  --method LIST         comma list of bas ffn msa_ffn transformer linear cnn shiftcnn shiftformer lstm shiftlstm
+                        [$method]; bas = search + retrain; ffn = simple-FFN; msa_ffn = the BAS block stack
+                        with every layer msa_ffn (the like-for-like transformer baseline, --model-dim wide);
+                        transformer = serkit's transformer head (relative positions, the features' width);
+                        both transformers have --bas-layers layers and BAS's training settings; the others
+                        are the IEMOCAP recipe's heads with their ShiftSER settings
+  --bas-layers N        searchable layers, 3 or 4, and the transformer baselines' layers [$bas_layers]
+  --ffn-residual B      BAS FFN candidate with a residual, LN(x + FFN(x)): true | false [$ffn_residual;
+                        false is the paper's "FFN without residual connection"]
   --search-epochs N     BAS search epochs [100; mini corpus: 20]
   --epochs N            retrain and baseline epochs [100; mini corpus: 15]
   --batch-size N        [32; mini corpus: 8, so that the 69 training clips give 9 steps an epoch]
   --model-dim D         width of the searched (and retrained) blocks [256; mini corpus: 64]
   --search-overrides S  extra yaml overrides for the search, e.g. "--arch_lr 0.02"
-                        [mini corpus: "--arch_lr 0.1 --temperature_start 1.0 --temperature_decay 0.85",
-                        so that a 20-epoch search on 69 clips converges; the paper's schedule
-                        (Adam 0.01, tau 5.0 * 0.956^epoch) is made for 100 epochs of real data]
+                        [mini corpus: "--arch_lr 0.5 --temperature_start 1.0 --temperature_decay 0.85",
+                        ours, so that a 20-epoch search on 69 clips settles; the defaults (the paper's
+                        SGD 0.005 for the logits, FBNet's tau 5.0 * 0.956^epoch) are made for 100 epochs of
+                        real data]
   --head-overrides S    extra yaml overrides for the retrain and the baselines, e.g. "--lr 0.01"
   --selection RULE      valid | best_test | valid_test_mean [$selection]; valid selects on weighted F1
   --device D            auto | cpu | cuda [$device]
@@ -78,12 +84,18 @@ EOM
 [ $# -eq 0 ] || die "unexpected argument '$1' (see --help)"
 
 case "$bas_layers" in 3|4) ;; *) die "--bas-layers $bas_layers: the paper searches 3 or 4 layers" ;; esac
+case "$ffn_residual" in true) ffn_residual_yaml=True ;; false) ffn_residual_yaml=False ;;
+  *) die "--ffn-residual $ffn_residual: true or false" ;; esac
 case "$selection" in valid|best_test|valid_test_mean) ;; *) die "--selection $selection: valid, best_test or valid_test_mean" ;; esac
+check_stages "$stage" "$stop_stage" 4
+[ "$layers" = all ] || check_int_list --layers "$layers"
+for v in search_epochs epochs batch_size model_dim nj threads; do [ -z "${!v}" ] || check_int "--${v//_/-}" "${!v}" 1; done
+check_device "$device"
 heads=()
 for m in ${method//,/ }; do
   case "$m" in
-    bas|ffn|transformer|linear|cnn|shiftcnn|shiftformer|lstm|shiftlstm) heads+=("$m") ;;
-    *) die "--method $m: unknown (choose from bas ffn transformer linear cnn shiftcnn shiftformer lstm shiftlstm)" ;;
+    bas|ffn|msa_ffn|transformer|linear|cnn|shiftcnn|shiftformer|lstm|shiftlstm) heads+=("$m") ;;
+    *) die "--method $m: unknown (choose from bas ffn msa_ffn transformer linear cnn shiftcnn shiftformer lstm shiftlstm)" ;;
   esac
 done
 [ ${#heads[@]} -gt 0 ] || die "--method: give at least one method"
@@ -96,10 +108,10 @@ if $mini; then
   root=db/mini_meld/MELD.Raw
   search_epochs=${search_epochs:-20}; epochs=${epochs:-15}; batch_size=${batch_size:-8}
   model_dim=${model_dim:-64}; threads=${threads:-${OMP_NUM_THREADS:-1}}; tag=${tag:-mini}
-  # The paper's arch lr (0.01) and tau 5.0 * 0.956^epoch move the logits by ~3 over 100 epochs of
-  # ~300 steps; 20 epochs of 9 steps settle only with a faster arch optimiser and a cooler schedule
-  # (tau 1.0 -> 0.05; with 5.0 -> 0.23 the layers were still switching at the last epoch).
-  search_overrides=${search_overrides:-"--arch_lr 0.1 --temperature_start 1.0 --temperature_decay 0.85"}
+  # Ours, for the mini corpus only: the search defaults (SGD 0.005 on the logits, FBNet's tau
+  # 5.0 * 0.956^epoch) are made for 100 epochs of ~300 steps; 20 epochs of 9 steps settle only with a
+  # faster arch lr and a cooler schedule.
+  search_overrides=${search_overrides:-"--arch_lr 0.5 --temperature_start 1.0 --temperature_decay 0.85"}
 else
   search_epochs=${search_epochs:-100}; epochs=${epochs:-100}; batch_size=${batch_size:-32}
   model_dim=${model_dim:-256}; tag=${tag:-meld_official}
@@ -107,6 +119,7 @@ else
 fi
 [ -z "$upstream" ] || [ -e "$upstream" ] || die "--upstream $upstream: no such file or directory"
 upstream=${upstream:+$(realpath "$upstream")}
+lock_workdir "$PWD"
 if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 fi
@@ -139,15 +152,7 @@ upstream_label() {
 # run_json DIR key=value...: the run's description, read by `serkit score` for RESULTS.md.
 run_json() {
   local dir=$1; shift
-  mkdir -p "$dir"
-  python - "$dir/run.json" "$@" <<'PY'
-import json, sys
-out = {"corpus": "MELD", "protocol": "meld_official", "setting": "featex", "headline": "wf1"}
-for kv in sys.argv[2:]:
-    k, _, v = kv.partition("=")
-    out[k] = v
-json.dump(out, open(sys.argv[1], "w"), indent=2)
-PY
+  write_run_json "$dir/run.json" corpus=MELD protocol=meld_official setting=featex headline=wf1 "$@"
 }
 
 ###############################################################################
@@ -161,14 +166,14 @@ if stage_selected 0; then
   fi
   # A re-run after a crash reuses the wavs already extracted (prepare resumes per clip).
   opts="root=$(realpath "$root")"
-  is_done "$data" "$opts" || {
+  is_done "$data" "$opts" "$root" || {
     timed prepare serkit prepare meld --root "$root" --out "$data" --jobs "$nj"
-    mark_done "$data" "$opts"; }
+    mark_done "$data"; }
   log "  $(wc -l < "$data/wav.scp") utterances in $data; $(($(wc -l < "$data/skipped.tsv") - 1)) clips skipped (listed in $data/skipped.tsv)"
   opts="protocol=meld_official data=$(realpath "$data")"
-  is_done "$splits" "$opts" || {
+  is_done "$splits" "$opts" "$data" || {
     timed split serkit split meld_official "$data" --out "$splits"
-    mark_done "$splits" "$opts"; }
+    mark_done "$splits"; }
   serkit check-split "$splits"
 fi
 
@@ -187,10 +192,10 @@ if stage_selected 1; then
   log "Stage 1: features: layers $layers of $(basename "$upstream") for all of $data -> $feats"
   opts="upstream=$upstream layers=$layers data=$(realpath "$data")"
   thread_opt=(); [ -n "$threads" ] && thread_opt=(--threads "$threads")
-  is_done "$feats" "$opts" || {
+  is_done "$feats" "$opts" "$upstream" "$data" || {
     timed dump serkit dump-features --upstream "$upstream" --layers "$layers" --data "$data" --out "$feats" \
       --device "$device" "${thread_opt[@]}" --no-progress
-    mark_done "$feats" "$opts"; }
+    mark_done "$feats"; }
 fi
 
 has() { local m; for m in "${heads[@]}"; do [ "$m" = "$1" ] && return 0; done; return 1; }
@@ -199,12 +204,12 @@ search=$exp/bas_search/fold1
 ###############################################################################
 if has bas && stage_selected 2; then
   log "Stage 2: BAS search ($bas_layers layers, $search_epochs epochs): $fold + $feats -> $search (arch.txt, search_log.jsonl, search_probs.png)"
-  opts="feats=$(realpath "$feats") layers=$bas_layers epochs=$search_epochs batch=$batch_size dim=$model_dim overrides=$search_overrides"
-  is_done "$search" "$opts" || {
+  opts="feats=$(realpath "$feats") layers=$bas_layers epochs=$search_epochs batch=$batch_size dim=$model_dim ffn_residual=$ffn_residual overrides=$search_overrides"
+  is_done "$search" "$opts" "$feats" "$splits" conf/bas_search.yaml || {
     timed bas_search serkit train conf/bas_search.yaml --fold-dir "$fold" --output-folder "$search" \
       --feats "$feats" --search_layers "$bas_layers" --number_of_epochs "$search_epochs" \
-      --model_dim "$model_dim" "${search_extra[@]}" "${common[@]}"
-    mark_done "$search" "$opts"; }
+      --model_dim "$model_dim" --ffn_residual "$ffn_residual_yaml" "${search_extra[@]}" "${common[@]}"
+    mark_done "$search"; }
   log "  derived architecture: $(cat "$search/arch.txt") (probabilities per epoch: $search/search_log.jsonl, $search/search_probs.png)"
 fi
 
@@ -212,11 +217,16 @@ fi
 # conf_of HEAD: the MELD yaml, or the IEMOCAP recipe's where MELD needs nothing different (the
 # checkpoint selection switches to weighted F1 through an override).
 conf_of() { if [ -f "conf/$1.yaml" ]; then echo "conf/$1.yaml"; else echo "../IEMOCAP/conf/$1.yaml"; fi; }
+# The two transformer baselines: the paper's "traditional transformer" of --bas-layers layers, built as
+# BAS's own msa_ffn block stack (like for like: same stem, width and blocks as BAS) and as serkit's
+# transformer head (relative positions, the features' full width, many more parameters).
+feat_dim() { json_value "$feats/meta.json" dim; }
 method_name() {
   case "$1" in
-    bas) echo "BAS ${bas_layers}L ($2)" ;;
+    bas) echo "BAS ${bas_layers}L ($2)$([ "$ffn_residual" = true ] && echo ', FFN with residual')" ;;
     ffn) echo "simple-FFN" ;;
-    transformer) echo "Transformer (4 layers)" ;;
+    msa_ffn) echo "Transformer ${bas_layers}L: BAS blocks ($2, ${model_dim} wide)" ;;
+    transformer) echo "Transformer ${bas_layers}L: serkit head (relative positions, $(feat_dim) wide)" ;;
     *) echo "$1" ;;
   esac
 }
@@ -229,20 +239,25 @@ if stage_selected 3; then
       bas)
         [ -f "$search/.done" ] || die "no finished BAS search in $search (run stage 2)"
         arch=$(cat "$search/arch.txt")
+        extra=(--arch "$arch" --model_dim "$model_dim" --ffn_residual "$ffn_residual_yaml") ;;
+      msa_ffn)  # the BAS retrain with every layer a transformer block
+        conf=conf/bas.yaml
+        arch=msa_ffn$(for ((i = 1; i < bas_layers; i++)); do printf ,msa_ffn; done)
         extra=(--arch "$arch" --model_dim "$model_dim") ;;
-      ffn|transformer) ;;
+      transformer) extra=(--transformer_layers "$bas_layers") ;;
+      ffn) ;;
       *)  # ShiftSER heads: SpecAugment's channel masks scaled from 64 of 768 channels to the features' width
-        dim=$(python -c "import json; print(json.load(open('$feats/meta.json'))['dim'])")
+        dim=$(json_value "$feats/meta.json" dim) || exit 1
         extra=(--best_metric weighted_f1 --channel_mask_width "$(( dim * 64 / 768 > 1 ? dim * 64 / 768 : 1 ))") ;;
     esac
     log "Stage 3: $(method_name "$h" "$arch") ($conf, $epochs epochs): $fold + $feats -> $out"
-    opts="feats=$(realpath "$feats") conf=$conf epochs=$epochs batch=$batch_size arch=$arch dim=$model_dim overrides=$head_overrides"
-    is_done "$out" "$opts" || {
+    opts="feats=$(realpath "$feats") conf=$conf epochs=$epochs batch=$batch_size arch=$arch dim=$model_dim overrides=$head_overrides${extra[*]:+ extra=${extra[*]}}"
+    is_done "$out" "$opts" "$feats" "$splits" "$conf" "$([ "$h" != bas ] || echo "$search")" || {
       timed "$h" serkit train "$conf" --fold-dir "$fold" --output-folder "$out" --feats "$feats" \
         --number_of_epochs "$epochs" "${extra[@]}" "${head_extra[@]}" "${common[@]}"
-      mark_done "$out" "$opts"; }
+      mark_done "$out"; }
     run_json "$run" method="$(method_name "$h" "$arch")" upstream="$(upstream_label)" config="$conf" \
-      selection="$(case $h in bas|ffn|transformer) echo valid ;; *) echo best_test ;; esac)"
+      selection="$(case $h in bas|ffn|msa_ffn|transformer) echo valid ;; *) echo best_test ;; esac)"
   done
 fi
 

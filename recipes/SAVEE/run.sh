@@ -75,6 +75,11 @@ esac
 for a in ${ablations//,/ }; do
   case "$a" in sec_only|sec_tec_nosearch|mfsn|mfsn_single) ;; *) die "--ablations: unknown '$a' (sec_only, sec_tec_nosearch, mfsn, mfsn_single)" ;; esac
 done
+check_stages "$stage" "$stop_stage" 3
+[ -z "$folds" ] || check_folds_spec "$folds"
+[ -z "$valid_fraction" ] || check_number --valid-fraction "$valid_fraction"
+for v in search_epochs epochs batch_size; do [ -z "${!v}" ] || check_int "--${v//_/-}" "${!v}" 1; done
+check_device "$device"
 if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 fi
@@ -104,14 +109,13 @@ fi
 [ -f "$config" ] || die "--config $config: no such file"
 [[ "$sec_layers" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--sec-layers $sec_layers: a comma list of layer numbers"
 [[ "$tec_layer" =~ ^[0-9]+$ ]] || die "--tec-layer $tec_layer: one layer number"
+lock_workdir "$PWD"
 
 data=data/savee
 exp=exp/$tag
 dump=dump/$tag
 timing_file=$exp/timing.tsv
 mkdir -p "$exp"
-
-nfolds_of() { case "$1" in savee_loso4) echo 4 ;; savee_cv10) echo 10 ;; esac; }
 
 ###############################################################################
 if stage_selected 0; then
@@ -122,13 +126,13 @@ if stage_selected 0; then
     bash ../../local/make_tiny_upstream.sh --workdir . --out exp/upstream
   fi
   log "Stage 0: prepare: $root -> $data"
-  is_done "$data" "root=$(realpath "$root")" || {
-    serkit prepare savee --root "$root" --out "$data"; mark_done "$data" "root=$(realpath "$root")"; }
+  is_done "$data" "root=$(realpath "$root")" "$root" || {
+    serkit prepare savee --root "$root" --out "$data"; mark_done "$data"; }
   for p in $protocols; do
     log "Stage 0: split $p: $data -> $data/$p"
-    opts="protocol=$p valid_fraction=$valid_fraction root=$(realpath "$root")"
-    is_done "$data/$p" "$opts" || {
-      serkit split "$p" "$data" --out "$data/$p" --valid-fraction "$valid_fraction"; mark_done "$data/$p" "$opts"; }
+    opts="protocol=$p valid_fraction=$valid_fraction"
+    is_done "$data/$p" "$opts" "$data" || {
+      serkit split "$p" "$data" --out "$data/$p" --valid-fraction "$valid_fraction"; mark_done "$data/$p"; }
   done
 fi
 
@@ -149,10 +153,10 @@ if stage_selected 1; then
     log "Stage 1: dump features: $ckpt layers $layers of $data (all $(wc -l < "$data/wav.scp") utterances) -> $out"
     opts="upstream=$ckpt layers=$layers data=$(realpath "$data")"
     # dump-features resumes by itself; the marker only says that it finished with these options.
-    is_done "$out" "$opts" || {
+    is_done "$out" "$opts" "$ckpt" "$data" || {
       timed "dump_$(basename "$out")" serkit dump-features --upstream "$ckpt" --layers "$layers" \
         --data "$data" --out "$out" --device "$device" --no-progress
-      mark_done "$out" "$opts"; }
+      mark_done "$out"; }
   done
 fi
 
@@ -161,7 +165,8 @@ if stage_selected 2; then
   for p in $protocols; do
     for a in ${ablations//,/ }; do
       run=$exp/$p/$a; run_search=$exp/$p/${a}_search
-      for k in $(folds_of "$folds" "$(nfolds_of "$p")"); do
+      fold_list=$(split_folds "$data/$p" "$folds") || exit 1
+      for k in $fold_list; do
         fold=$data/$p/fold$k; out=$run/fold$k
         [ -d "$fold" ] || die "$fold: no such fold (run stage 0, or check --folds)"
         log "Stage 2: $a, $p fold $k: $fold + $tec_feats / $sec_feats -> $out"
@@ -171,24 +176,24 @@ if stage_selected 2; then
         [ -z "$batch_size" ] || extra+=(--batch_size "$batch_size")
         case $a in mfsn_single) extra+=(--ablation mfsn --streams single) ;; *) extra+=(--ablation "$a") ;; esac
         train=(serkit train "$config" --fold-dir "$fold" --feats "$sec_feats" --tec_feats "$tec_feats" "${extra[@]}")
-        # The marker names its inputs' contents too: re-split folds or re-dumped features retrain.
-        inputs=$(cat "$fold"/{train,valid,test}.tsv "$tec_feats/.done" "$sec_feats/.done" | md5sum | cut -c1-8)
-        opts="config=$config@$(md5sum < "$config" | cut -c1-8) inputs=$inputs tec=$tec_upstream:$tec_layer sec=$sec_upstream:$sec_layers ${extra[*]}"
+        # re-split folds, re-dumped features or an edited config retrain
+        opts="config=$config tec=$tec_upstream:$tec_layer sec=$sec_upstream:$sec_layers ${extra[*]}"
+        inputs=("$data/$p" "$tec_feats" "$sec_feats" "$config")
         arch=()
         if [ "${a%_single}" = mfsn ]; then  # search, then retrain the derived cell: two serkit train calls
           search=$run_search/fold$k
           log "Stage 2: $a search, $p fold $k -> $search/arch.txt"
-          is_done "$search" "$opts" || {
+          is_done "$search" "$opts" "${inputs[@]}" || {
             timed "${p}_${a}_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search" \
               --sources_label "\"$sources_label\""
-            mark_done "$search" "$opts"; }
+            mark_done "$search"; }
           arch=(--arch "$(cat "$search/arch.txt")")
           log "  derived cell ${arch[1]} (<SEC level>:<operation>); retraining it"
         fi
-        is_done "$out" "$opts ${arch[*]}" || {
+        is_done "$out" "$opts ${arch[*]}" "${inputs[@]}" || {
           timed "${p}_${a}_fold$k" logged "$out/log/train.log" "${train[@]}" --output-folder "$out" \
             --sources_label "\"$sources_label\"" "${arch[@]}"
-          mark_done "$out" "$opts ${arch[*]}"; }
+          mark_done "$out"; }
       done
     done
   done

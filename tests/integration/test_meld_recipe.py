@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SEARCH_EPOCHS = 3
 EPOCHS = 2
-RUNS = ("bas", "ffn", "transformer")
+RUNS = ("bas", "ffn", "msa_ffn", "transformer")
 
 
 def _env():
@@ -61,6 +61,7 @@ def test_help_documents_every_option(recipe):
 @pytest.mark.parametrize("args, message", [
     (("--no-such-option", "1"), "unknown option --no-such-option"),
     (("--bas-layers", "5"), "--bas-layers 5"),
+    (("--ffn-residual", "yes"), "--ffn-residual yes: true or false"),
     (("--method", "bas,nope"), "--method nope: unknown"),
     (("--root", "/no/such/MELD.Raw"), "--root /no/such/MELD.Raw: no such directory"),
 ])
@@ -117,6 +118,11 @@ def test_meld_recipe_mini_end_to_end(recipe, tmp_path):
     assert arch == log[-1]["derived"]
     assert (search / "search_probs.png").stat().st_size > 0
     assert f"arch: {arch}" in (exp / "bas" / "fold1" / "hyperparams.yaml").read_text()
+    # The two transformer baselines, as deep as the search: BAS's own blocks and serkit's head.
+    msa_ffn_hparams = (exp / "msa_ffn" / "fold1" / "hyperparams.yaml").read_text()
+    assert "arch: msa_ffn,msa_ffn,msa_ffn,msa_ffn\n" in msa_ffn_hparams
+    transformer_hparams = (exp / "transformer" / "fold1" / "hyperparams.yaml").read_text()
+    assert re.search(r"^transformer_layers: 4\b", transformer_hparams, flags=re.M)
 
     # Stage 3-4: metrics per run, selected on validation weighted F1.
     n_test = len(json.loads((fold / "test.json").read_text()))
@@ -128,10 +134,12 @@ def test_meld_recipe_mini_end_to_end(recipe, tmp_path):
         assert len(m["test"]["classes"]) == 7
         assert sum(map(sum, m["test"]["confusion"])) == n_test
 
-    # One table, WF1 (and UA, WA) for the searched architecture and both baselines.
+    # One table, WF1 (and UA, WA) for the searched architecture and the baselines, each labelled.
     table = (exp / "RESULTS.md").read_text()
     assert "| UA | WA | WF1 |" in table
-    for name in (f"BAS 4L ({arch})", "simple-FFN", "Transformer (4 layers)"):
+    for name in (f"BAS 4L ({arch})", "simple-FFN",
+                 "Transformer 4L: BAS blocks (msa_ffn,msa_ffn,msa_ffn,msa_ffn, 64 wide)",
+                 "Transformer 4L: serkit head (relative positions, 64 wide)"):
         row = next((line for line in table.splitlines() if line.startswith(f"| {name} |")), None)
         assert row is not None, (name, table)
         wf1 = row.rstrip(" |").rsplit("|", 1)[-1]
@@ -144,3 +152,12 @@ def test_meld_recipe_mini_end_to_end(recipe, tmp_path):
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stderr.count("skip:") >= 5
     assert (exp / "bas" / "fold1" / "metrics.json").stat().st_mtime_ns == stamp
+
+    # Re-made features make every run trained on them stale.
+    feats = next((recipe / "dump").glob("*/all_layers"))
+    (feats / ".done").unlink()
+    redo = _run(recipe, *args, "--method", "ffn", "--stage", "1", "--stop-stage", "3")
+    assert redo.returncode == 0, redo.stderr[-4000:]
+    assert f"inputs changed for exp/test/ffn/fold1 ({feats.resolve()})" in redo.stderr, redo.stderr[-4000:]
+    assert list((exp / "ffn").glob("fold1.prev-*"))
+    assert (exp / "ffn" / "fold1" / "predictions" / f"test.epoch{EPOCHS:03d}.tsv").is_file()

@@ -82,6 +82,15 @@ def test_savee_recipe_mini_end_to_end(recipe):
     assert (exp / "savee_loso4" / "mfsn" / "fold1" / "predictions" / "test.epoch002.tsv").stat().st_mtime_ns \
         == stamp
 
+    # Re-made features make every run trained on them stale (one run re-trained, to keep it short).
+    (recipe / "dump" / "mini" / "feats_shared" / ".done").unlink()
+    redo = _run(recipe, "--folds", "1", "--search-epochs", "1", "--epochs", "2", "--device", "cpu",
+                "--protocol", "savee_loso4", "--ablations", "sec_only", "--stage", "1", "--stop-stage", "2")
+    assert redo.returncode == 0, redo.stderr[-4000:]
+    assert "inputs changed for exp/mini/savee_loso4/sec_only/fold1 (" in redo.stderr, redo.stderr[-4000:]
+    assert list((exp / "savee_loso4" / "sec_only").glob("fold1.prev-*"))
+    assert (exp / "savee_loso4" / "sec_only" / "fold1" / "predictions" / "test.epoch002.tsv").is_file()
+
 
 def test_savee_recipe_help_and_bad_options(recipe):
     r = _run(recipe, "--help")
@@ -94,3 +103,4 @@ def test_savee_recipe_help_and_bad_options(recipe):
     assert bad.returncode != 0 and "oops" in bad.stderr
     bad = _run(recipe, "--root", "/nonexistent/SAVEE", "--stop-stage", "0")
     assert bad.returncode != 0 and "no such directory" in bad.stderr
+

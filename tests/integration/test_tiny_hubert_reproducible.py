@@ -27,7 +27,7 @@ def script_overrides() -> list[str]:
     import importlib.util
 
     text = SCRIPT.read_text(encoding="utf-8")
-    assert 'user_dir=$(serkit_user_dir)' in text and 'common.user_dir="$user_dir"' in text, \
+    assert 'user_dir=$(serkit_user_dir)' in text and 'common.user_dir="$(hydra_value "$user_dir")"' in text, \
         f"{SCRIPT}: fairseq-hydra-train runs without serkit's user dir (unseeded masks)"
     assert "dataset.data_buffer_size=0" in text, f"{SCRIPT}: fairseq's prefetch thread is back"
     user_dir = Path(importlib.util.find_spec("serkit_fairseq").origin).parent  # what serkit_user_dir prints

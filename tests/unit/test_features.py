@@ -205,3 +205,38 @@ def test_reader_survives_moving_the_directory(corpus, up, tmp_path):
     moved = tmp_path / "b"
     out.rename(moved)
     np.testing.assert_array_equal(FeatureReader(moved).load(items[0].utt), before)
+
+
+def test_full_disk_names_the_chunk_and_keeps_the_finished_ones(corpus, up, tmp_path, monkeypatch):
+    import errno
+
+    from serkit.utils import DiskFull
+
+    utts, data = corpus
+    items = collect_inputs([str(data)])
+    ref = tmp_path / "ref"
+    dump_features(up, items, ref, layers=[2], dtype="float32", chunk_utterances=2, progress=False)
+
+    out = tmp_path / "full"
+    real_save = kaldiio.save_ark
+    calls = {"n": 0}
+
+    def full_disk(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first utterance of the second chunk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(*a, **kw)
+
+    monkeypatch.setattr(kaldiio, "save_ark", full_disk)
+    with pytest.raises(DiskFull) as e:
+        dump_features(up, items, out, layers=[2], dtype="float32", chunk_utterances=2, progress=False)
+    assert str(e.value).startswith(f"{out / 'parts' / 'part-00001.ark'}: no space left on the device")
+    assert "run the same command again to resume" in str(e.value)
+    assert sorted(p.name for p in (out / "parts").iterdir() if not p.name.startswith(".serkit")) == [
+        "part-00000.ark",
+        "part-00000.scp",
+    ]  # the finished chunk is kept, the half-written one is gone
+    monkeypatch.setattr(kaldiio, "save_ark", real_save)
+    res = dump_features(up, items, out, layers=[2], dtype="float32", chunk_utterances=2, progress=False)
+    assert res["utterances"] == len(utts) - 2
+    assert _files(out) == _files(ref)

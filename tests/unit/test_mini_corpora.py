@@ -60,7 +60,8 @@ def test_iemocap_layout_and_formats(iemocap):
     assert iemocap.name == "IEMOCAP_full_release"
     manifest = json.loads((iemocap / "MANIFEST.json").read_text())
     utts = manifest["utterances"]
-    assert sorted(p.name for p in iemocap.iterdir()) == ["MANIFEST.json", "Session1", "Session2"]
+    assert sorted(p.name for p in iemocap.iterdir()) == [
+        ".serkit-output", "MANIFEST.json", "Session1", "Session2"]
     wavs = sorted(p for p in iemocap.glob("Session*/sentences/wav/*/*.wav") if not p.name.startswith("._"))
     assert {p.stem for p in wavs} == set(utts)
     for p in wavs[:20]:

@@ -155,3 +155,125 @@ def test_transformer_relative_positions_matter_and_extend_past_max_len():
         flipped = head(x.flip(1))
     assert torch.isfinite(out).all()
     assert not torch.allclose(out, flipped, atol=1e-5)
+
+
+# ShiftSER's ablations (Table 1 "+Augment", Table 3, Fig. 4) as head options.
+VARIANTS = {
+    "shiftcnn_inplace_k3": ("shiftcnn", {"placement": "inplace", "kernel_size": 3}),
+    "shiftcnn_half_bidir": ("shiftcnn", {"proportion": 0.5, "bidirectional": True}),
+    "transformer_ape": ("transformer", {"positions": "absolute"}),
+    "transformer_pooling": ("transformer", {"token_mixer": "pooling"}),
+    "transformer_residual_shift": ("transformer", {"shift_placement": "residual"}),
+    "transformer_inplace_shift": ("transformer", {"shift_placement": "inplace", "bidirectional": True}),
+    "shiftlstm_residual": ("shiftlstm", {"placement": "residual"}),
+    "shiftformer_eighth": ("shiftformer", {"proportion": 1 / 8}),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_ablation_variants_keep_mask_invariance(variant):
+    name, kw = VARIANTS[variant]
+    head = make(name, **kw)
+    x, mask = padded_batch(4)
+    for mode in ("eval", "train"):
+        getattr(head, mode)()
+        with torch.no_grad():
+            batched = head(x, mask)
+            for i, length in enumerate(LENGTHS):
+                alone = head(x[i:i + 1, :length])[0]
+                assert torch.allclose(batched[i], alone, atol=1e-4, rtol=1e-4), (mode, i)
+
+
+def test_augment_shift_is_the_shift_in_training_and_the_baseline_in_eval():
+    x, mask = padded_batch(5)
+    pairs = [("shiftcnn", "cnn", {}), ("shiftlstm", "lstm", {}),
+             ("transformer", "transformer", {"shift_placement": "inplace"})]
+    for shifted_name, base_name, kw in pairs:
+        augmented = make(shifted_name, shift_augment_p=1.0, **kw)
+        shifted = make(shifted_name, **kw)
+        baseline = make(base_name)
+        shifted.load_state_dict(augmented.state_dict())
+        baseline.load_state_dict(augmented.state_dict())
+        with torch.no_grad():
+            assert torch.allclose(augmented.train()(x, mask), shifted.train()(x, mask))
+            assert torch.allclose(augmented.eval()(x, mask), baseline.eval()(x, mask))
+            assert not torch.allclose(shifted.eval()(x, mask), baseline.eval()(x, mask), atol=1e-4)
+    never = make("shiftcnn", shift_augment_p=1e-9).train()
+    assert type(never.blocks[1].shift).__name__ == "RandomShift"
+    with pytest.raises(ValueError, match="shift_augment_p"):
+        make("shiftcnn", shift_augment_p=1.5)
+
+
+def test_transformer_shift_placements_follow_the_official_alternatives():
+    # residual: LN(shift(x) + Attn(x)); in-place: s = shift(x), LN(s + Attn(s)); MLP part unchanged.
+    x = torch.randn(2, 7, C)
+    plain = make("transformer").eval()
+    from serkit.nn import TemporalShift
+
+    shift = TemporalShift(1 / 4)
+    for placement in ("residual", "inplace"):
+        head = make("transformer", shift_placement=placement).eval()
+        head.load_state_dict(plain.state_dict())
+        with torch.no_grad():
+            h = x
+            for layer in plain.layers:
+                src = shift(h) if placement == "inplace" else h
+                short = shift(h)
+                h = layer.norm1(short + layer.attention(src))
+                h = layer.norm2(h + layer.mlp(h))
+            expected = plain.classifier(h.mean(dim=1))
+            assert torch.allclose(head(x), expected, atol=1e-5), placement
+
+
+def test_absolute_positions_replace_the_relative_table():
+    ape = make("transformer", positions="absolute", max_len=16)
+    rpe = make("transformer")
+    names = {n for n, _ in ape.named_parameters()}
+    assert "position_embeddings.weight" in names and not any("distance_embedding" in n for n in names)
+    head_dim = C // 12
+    assert count_parameters(ape) == count_parameters(rpe) - 2 * (2 * 16 - 1) * head_dim + 16 * C
+    # a frame's output depends on where it is: the same frames later in the sequence give other logits
+    x = torch.randn(1, 6, C)
+    with torch.no_grad():
+        ape.eval()
+        moved = torch.cat([torch.zeros(1, 3, C), x], dim=1)
+        first = ape.layers[0](x + ape.position_embeddings.weight[:6])
+        assert not torch.allclose(first, ape.layers[0](moved + ape.position_embeddings.weight[:9])[:, 3:])
+        assert ape(torch.randn(2, 40, C)).shape == (2, K)  # longer than the table: the last position reused
+
+
+def test_pooling_token_mixer_values_by_hand():
+    from serkit.nn.heads import PoolingMixer
+
+    x = torch.tensor([[[1.0], [2.0], [4.0], [8.0], [100.0]]])
+    mask = torch.tensor([[False, False, False, False, True]])
+    out = PoolingMixer(3)(x, mask)[0, :, 0]
+    # padding neither counted nor kept
+    expected = torch.tensor([1.5 - 1, 7 / 3 - 2, 14 / 3 - 4, 6.0 - 8, 0.0])
+    assert torch.allclose(out, expected)
+    head = make("transformer", token_mixer="pooling")
+    assert not any("attention.qkv" in n or "distance" in n for n, _ in head.named_parameters())
+
+
+def test_lstm_residual_shift_adds_a_projection_shortcut():
+    inplace, residual = make("shiftlstm"), make("shiftlstm", placement="residual")
+    assert count_parameters(residual) - count_parameters(inplace) == C * 2 * C + 2 * C
+    assert make("lstm", placement="residual").shortcut is None  # no shift, no shortcut
+    residual.load_state_dict(inplace.state_dict(), strict=False)
+    x = torch.randn(2, 6, C)
+    with torch.no_grad():
+        assert not torch.allclose(residual.eval()(x), inplace.eval()(x))
+
+
+def test_shiftcnn_kernel_and_bad_options():
+    assert make("shiftcnn", kernel_size=3).blocks[0].depthwise.kernel_size == (3,)
+    with pytest.raises(ValueError, match="positions"):
+        make("transformer", positions="rotary")
+    with pytest.raises(ValueError, match="token_mixer"):
+        make("transformer", token_mixer="conv")
+    with pytest.raises(ValueError, match="shift_placement"):
+        make("transformer", shift_placement="both")
+    with pytest.raises(ValueError, match="placement"):
+        make("shiftlstm", placement="both")
+    with pytest.raises(ValueError, match="shift_blocks"):
+        make("shiftcnn", shift_blocks=(2,))

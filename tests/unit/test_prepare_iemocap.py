@@ -135,7 +135,7 @@ def test_unknown_label_names_file_and_line(release, tmp_path):
 def test_duplicate_utterance_id(release, tmp_path):
     ev = _evaluation(release, 1)
     text = ev.read_text()
-    ev.write_text(text + text.splitlines()[2] + "\n")
+    ev.write_text(text + "\n".join(text.splitlines()[2:6]) + "\n")  # the first turn block again
     with pytest.raises(SerkitError, match="duplicate utterance id Ses01F_impro01_F000"):
         prepare(release, tmp_path / "d")
 

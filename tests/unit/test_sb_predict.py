@@ -108,3 +108,140 @@ def test_bad_input_is_named_and_the_good_files_still_get_results(trained, tmp_pa
         clf.classify_file(tiny)
     with pytest.raises(SerkitError, match="pass one fold"):
         EmotionClassifier.from_hparams(source=str(out.parent))
+
+
+def _strict_json(line):
+    """json.loads that refuses NaN/Infinity (what other JSON parsers do)."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_audio_is_refused_by_name_and_the_output_is_json(trained, tmp_path, capsys, bad):
+    import soundfile as sf
+
+    from serkit.cli import main as serkit
+
+    setup, out = trained
+    x = 0.1 * np.sin(np.linspace(0, 400, 9600)).astype(np.float32)
+    x[100] = bad
+    broken = tmp_path / "broken.wav"
+    sf.write(str(broken), x, 16000, subtype="FLOAT")
+    good = setup["root"] / "wavs" / "test_hap_00.wav"
+    assert serkit(["predict", "--exp", str(out), str(broken), str(good)]) == 2
+    captured = capsys.readouterr()  # errors are logged on stderr
+    printed = [_strict_json(line) for line in captured.out.splitlines()]
+    assert [p["file"] for p in printed] == [str(good)]
+    assert f"{broken}: non-finite samples (NaN or Inf) at 1 time step(s), the first at 0.006 s" \
+        in captured.err
+
+
+def test_absurd_sample_rates_and_durations_are_refused_before_reading(trained, tmp_path, capsys):
+    import soundfile as sf
+
+    from serkit.cli import main as serkit
+    from serkit.speechbrain.interface import EmotionClassifier
+    from serkit.utils import SerkitError
+
+    setup, out = trained
+    rng = np.random.default_rng(3)
+    one_hz = tmp_path / "one_hz.wav"  # 4000 samples: 8 KB that would resample to 64M samples
+    sf.write(str(one_hz), (0.1 * rng.standard_normal(4000)).astype(np.float32), 1, subtype="PCM_16")
+    fast = tmp_path / "fast.wav"
+    write_tone(fast, PITCH["neu"], 0.01, rng, sample_rate=768000)
+    long = tmp_path / "long.wav"
+    write_tone(long, PITCH["neu"], 2.5, rng)
+    good = setup["root"] / "wavs" / "test_hap_00.wav"
+    assert serkit(["predict", "--exp", str(out), str(one_hz), str(fast), str(long), str(good),
+                   "--max-duration", "2"]) == 2
+    captured = capsys.readouterr()
+    assert [_strict_json(line)["file"] for line in captured.out.splitlines()] == [str(good)]
+    assert f"{one_hz}: sample rate 1 Hz is outside 1000..384000 Hz" in captured.err
+    assert f"{fast}: sample rate 768000 Hz is outside 1000..384000 Hz" in captured.err
+    assert f"{long}: 2.5 s of audio is longer than --max-duration 2 s" in captured.err
+    assert "3 of 4 file(s) could not be classified" in captured.err
+    with pytest.raises(SerkitError, match="longer than --max-duration 2 s"):
+        EmotionClassifier.from_hparams(source=str(out)).classify_file(long, max_duration=2)
+
+
+def test_predict_help_says_an_exp_folder_is_code(capsys):
+    from serkit.cli import main as serkit
+
+    with pytest.raises(SystemExit):
+        serkit(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "trusted sources only" in text and "HyperPyYAML" in text and "weights_only" in text
+    assert "--max-duration" in text
+
+
+@pytest.mark.parametrize("force", [None, "1"], ids=["unset", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"])
+def test_a_pickle_in_a_head_checkpoint_is_refused_not_run(trained, tmp_path, monkeypatch, capsys, force):
+    import os
+    import shutil
+
+    from serkit.cli import main as serkit
+
+    setup, out = trained
+    exp = tmp_path / "exp"
+    shutil.copytree(out, exp)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    for head in exp.glob("save/CKPT+*/head.ckpt"):
+        torch.save({"weight": Payload()}, head)
+    if force is None:
+        monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    else:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", force)
+    assert serkit(["predict", "--exp", str(exp), str(setup["root"] / "wavs" / "test_hap_00.wav")]) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    assert "refusing to load this checkpoint" in err and "trusted sources only" in err
+    assert "GLOBAL posix.mkdir" in err and str(exp / "save" / "CKPT+") in err
+
+
+def test_predict_works_with_the_unpickling_override_unset(trained, monkeypatch, capsys):
+    from serkit.cli import main as serkit
+
+    setup, out = trained
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    assert serkit(["predict", "--exp", str(out), str(setup["root"] / "wavs" / "test_hap_00.wav")]) == 0
+    assert _strict_json(capsys.readouterr().out.splitlines()[0])["label"] in CLASSES
+
+
+def test_every_file_of_a_training_checkpoint_loads_weights_only(trained):
+    setup, out = trained
+    files = sorted(out.glob("save/CKPT+*/*.ckpt"))
+    names = {f.name for f in files}
+    assert {"head.ckpt", "layer_sum.ckpt", "optimizer.ckpt", "rng.ckpt"} <= names
+    for f in files:
+        if f.name in ("counter.ckpt", "brain.ckpt") or f.name.startswith("dataloader"):
+            continue  # text files
+        torch.load(f, map_location="cpu", weights_only=True)
+
+
+def test_checkpoint_last_is_the_last_finished_epoch_not_a_killed_runs_intra_epoch_one(trained, tmp_path):
+    import re
+    import shutil
+    import time
+
+    from serkit.speechbrain.interface import EmotionClassifier
+
+    _, out = trained
+    exp = tmp_path / "exp"
+    shutil.copytree(out, exp)
+    last = EmotionClassifier.from_hparams(source=str(exp), checkpoint="last").checkpoint
+    # what `--ckpt_interval_steps` leaves when a run is killed mid-epoch: a newer, intra-epoch checkpoint
+    intra = exp / "save" / "CKPT+intra-epoch"
+    shutil.copytree(last.path, intra)
+    meta = (intra / "CKPT.yaml").read_text()
+    meta = re.sub(r"end-of-epoch: true", "end-of-epoch: false", meta)
+    meta = re.sub(r"unixtime: \S+", f"unixtime: {time.time() + 60}", meta)
+    (intra / "CKPT.yaml").write_text(meta + "brain_intra_epoch_ckpt: true\n")
+    loaded = EmotionClassifier.from_hparams(source=str(exp), checkpoint="last").checkpoint
+    assert loaded.path == last.path and loaded.meta["end-of-epoch"] is True

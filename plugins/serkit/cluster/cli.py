@@ -1,8 +1,31 @@
-"""``serkit kmeans fit`` and ``serkit kmeans apply``."""
+"""``serkit kmeans fit`` and ``serkit kmeans apply``.
+
+Both check their arguments before reading anything, refuse an output that is (or lies inside) an
+input or that holds files serkit did not write, and hold an exclusive lock on their output for the
+whole run: a second run on the same output fails at once naming the first.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
+
+KM_FILES = ("dict.km.txt", "km.json")
+
+
+def _positive(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} {text!r}: expected a whole number") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} {value}: must be at least 1")
+        return value
+
+    return parse
 
 
 def register(sub) -> None:
@@ -24,10 +47,10 @@ def register(sub) -> None:
         help="split(s) to fit on, comma-separated; anything but 'train' needs --transductive",
     )
     f.add_argument("--layer", type=int, default=None, help="layer to cluster (needed if several were dumped)")
-    f.add_argument("--n-clusters", type=int, required=True, help="number of clusters K")
+    f.add_argument("--n-clusters", type=_positive("--n-clusters"), required=True, help="number of clusters K")
     f.add_argument(
         "--max-frames",
-        type=int,
+        type=_positive("--max-frames"),
         default=250_000,
         help="cap on the number of frames sampled (uniformly, without replacement); 250k is 5000 per "
         "centroid at K=50, where more frames no longer lower the inertia measurably but cost linear time "
@@ -46,10 +69,10 @@ def register(sub) -> None:
         help="allow held-out (valid/test) audio in the fit; recorded in the model and km.json",
     )
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--niter", type=int, default=20, help="faiss: Lloyd iterations")
+    f.add_argument("--niter", type=_positive("--niter"), default=20, help="faiss: Lloyd iterations")
     f.add_argument(
         "--init-sample",
-        type=int,
+        type=_positive("--init-sample"),
         default=20_000,
         help="faiss: frames the k-means++ seeding runs on (a random subset of the sample)",
     )
@@ -66,28 +89,97 @@ def register(sub) -> None:
     a.set_defaults(func=run_apply)
 
 
+def _check_fit_args(args: argparse.Namespace) -> None:
+    from ..utils import SerkitError, check_not_input
+
+    k = args.n_clusters
+    if args.max_frames < k:
+        raise SerkitError(f"--max-frames {args.max_frames} is below --n-clusters {k}: k-means needs at least "
+                          "one frame per cluster; raise --max-frames or lower --n-clusters")
+    if args.backend == "faiss" and args.init_sample < k:
+        raise SerkitError(f"--init-sample {args.init_sample} is below --n-clusters {k}: the k-means++ "
+                          f"seeding picks its {k} centres among those frames; raise --init-sample to at "
+                          f"least {k}")
+    out = Path(args.out)
+    check_not_input(out, [args.feats, args.fold])
+    if out.is_dir():
+        raise SerkitError(f"--out {out}: is a directory; give the model file to write (e.g. {out}/km.model)")
+    if out.exists():
+        from .kmeans import load_model
+
+        try:
+            load_model(out)
+        except SerkitError:
+            raise SerkitError(f"--out {out}: exists and is not a serkit k-means model; serkit never "
+                              "overwrites what it did not write. Choose another --out") from None
+
+
+def _check_apply_out(args: argparse.Namespace, splits: list[str]) -> None:
+    """``--out`` may hold anything, but the files apply writes only if serkit wrote them before."""
+    from ..utils import SerkitError, check_not_input, read_marker
+
+    out = Path(args.out)
+    check_not_input(out, [args.feats, args.fold])
+    if out.exists() and not out.is_dir():
+        raise SerkitError(f"--out {out}: exists and is not a directory; choose another --out")
+    written = [out / f"{s}.km" for s in splits] + [out / n for n in KM_FILES]
+    model = os.path.realpath(args.model)
+    for p in written:
+        if os.path.realpath(p) == model:
+            raise SerkitError(f"--out {out}: would overwrite the input --model {args.model}; choose another "
+                              "--out or move the model")
+    marker = read_marker(out)
+    if marker is not None and marker["kind"] != "kmeans":
+        raise SerkitError(f"--out {out}: holds serkit's {marker['kind']} output, not k-means labels; choose "
+                          "another --out")
+    present = [p.name for p in written if p.exists()]
+    if present and marker is None:
+        try:
+            ours = "fairseq" in json.loads((out / "km.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise SerkitError(f"--out {out}: holds {', '.join(present)} that serkit did not write (no "
+                              f"{out / 'km.json'} of `serkit kmeans apply`); serkit never overwrites what it "
+                              "did not write. Choose another --out or move those files away")
+
+
 def run_fit(args: argparse.Namespace) -> int:
+    from ..utils import output_lock
     from .kmeans import fit
 
-    fit(
-        args.feats,
-        args.fold,
-        args.out,
-        n_clusters=args.n_clusters,
-        splits=args.split.split(","),
-        layer=args.layer,
-        max_frames=args.max_frames,
-        backend=args.backend,
-        transductive=args.transductive,
-        seed=args.seed,
-        niter=args.niter,
-        init_sample=args.init_sample,
-    )
+    _check_fit_args(args)
+    out = Path(args.out)
+    with output_lock(out.parent / f".serkit-lock.{out.name}", f"k-means model {out}"):
+        fit(
+            args.feats,
+            args.fold,
+            args.out,
+            n_clusters=args.n_clusters,
+            splits=args.split.split(","),
+            layer=args.layer,
+            max_frames=args.max_frames,
+            backend=args.backend,
+            transductive=args.transductive,
+            seed=args.seed,
+            niter=args.niter,
+            init_sample=args.init_sample,
+        )
     return 0
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    from ..utils import SerkitError, output_lock, read_marker, write_marker
     from .kmeans import apply
 
-    apply(args.model, args.feats, args.fold, args.out, splits=args.splits.split(","))
+    splits = [s for s in args.splits.split(",") if s]
+    if not splits:
+        raise SerkitError(f"--splits {args.splits!r}: name at least one split (train,valid,test)")
+    _check_apply_out(args, splits)
+    out = Path(args.out)
+    with output_lock(out / ".serkit-lock", f"k-means label directory {out}"):
+        _check_apply_out(args, splits)  # as it is now that we hold it
+        if read_marker(out) is None:
+            write_marker(out, "kmeans")
+        apply(args.model, args.feats, args.fold, out, splits=splits)
     return 0

@@ -122,7 +122,16 @@ def inertia(x: np.ndarray, centroids: np.ndarray) -> float:
 
 
 def assign(x: np.ndarray, centroids: np.ndarray, return_dist: bool = False):
-    """Nearest-centroid ids (and squared distances) with faiss' exact L2 search."""
+    """Nearest-centroid ids (and squared distances) with faiss' exact L2 search; scikit-learn's when
+    faiss is not installed, so that ``--backend sklearn`` and ``apply`` need no serkit[faiss]."""
+    from ..extras import is_installed
+
+    if not is_installed("faiss"):
+        from sklearn.metrics import pairwise_distances_argmin_min
+
+        i, d = pairwise_distances_argmin_min(np.asarray(x, dtype=np.float32),
+                                             np.asarray(centroids, dtype=np.float32))
+        return (i, np.square(d, dtype=np.float32)) if return_dist else i
     import faiss
 
     index = faiss.IndexFlatL2(centroids.shape[1])

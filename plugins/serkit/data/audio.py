@@ -8,7 +8,9 @@ PyAV is imported inside the functions that need it; torch is not used here.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +24,46 @@ SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-4
 
 
-def check_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> int:
-    """Check that ``path`` is a readable, non-empty, mono wav at ``sample_rate``; return its sample count.
+class TruncatedWav(SerkitError):
+    """A wav whose header promises more audio than the file holds (a copy cut short)."""
 
-    Raises :class:`SerkitError` naming the file, what is wrong and what to do.
+
+def wav_shortfall(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(bytes the data chunk header declares, bytes present)`` when a RIFF/WAVE file is cut short.
+
+    libsndfile silently reads what is there, so a truncated copy would pass as a shorter utterance.
+    Returns None for complete files, non-RIFF files (left to libsndfile) and streaming headers that
+    declare no size (0 or 0xFFFFFFFF).
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while True:
+            f.seek(pos)
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None  # no data chunk: libsndfile reports that
+            cid, n = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"data":
+                present = size - pos - 8
+                if n in (0, 0xFFFFFFFF) or n <= present:
+                    return None
+                return n, present
+            pos += 8 + n + (n & 1)
+
+
+def check_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> int:
+    """Check that ``path`` is a readable, complete, non-empty, mono wav at ``sample_rate``; return its
+    sample count.
+
+    Raises :class:`SerkitError` naming the file, what is wrong and what to do (:class:`TruncatedWav`
+    for a file shorter than its header says).
     """
     path = Path(path)
+    check_complete(path)
     try:
         info = sf.info(str(path))
     except Exception as e:  # libsndfile's errors carry no file name
@@ -43,6 +79,73 @@ def check_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> int:
         raise SerkitError(f"{path}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz; "
                           f"resample it (`sox {path.name} -r {sample_rate} out.wav`) or use a clean copy")
     return int(info.frames)
+
+
+def check_complete(path: str | os.PathLike) -> None:
+    """Raise :class:`TruncatedWav` naming ``path`` when its header promises more audio than it holds."""
+    try:
+        short = wav_shortfall(path)
+    except OSError as e:
+        raise SerkitError(f"{path}: unreadable ({e.strerror}); replace it with a good copy from the "
+                          "corpus release") from None
+    if short is not None:
+        declared, present = short
+        raise TruncatedWav(f"{path}: truncated: its header declares {declared} bytes of audio, the file "
+                           f"holds {present} ({100 * present // declared}%); replace it with a complete "
+                           "copy from the corpus release, or pass --allow-truncated to drop such files")
+
+
+def file_sha1(path: str | os.PathLike) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_record(src: str | os.PathLike) -> dict:
+    """Identity of a source clip: resolved path, size, mtime_ns and SHA-1 of its bytes."""
+    src = os.path.realpath(src)
+    st = os.stat(src)
+    return {"path": src, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha1": file_sha1(src)}
+
+
+#: How ``prepare`` turns a source clip into a wav; part of each clip's record, so a change of any of
+#: these converts again.
+CONVERSION = {"sample_rate": SAMPLE_RATE, "channels": "mean", "resampler": "ffmpeg swr (PyAV)",
+              "format": "wav PCM_16", "converter_version": 1}
+
+
+def reusable(record: dict | None, src: str | os.PathLike | None, dst: str | os.PathLike) -> int:
+    """Sample count of ``dst`` when it provably came from ``src`` with today's :data:`CONVERSION`; else 0.
+
+    ``record`` is what :func:`conversion_record` stored when ``dst`` was written. The source must be the
+    same file (resolved path, size, mtime_ns; SHA-1 only re-read when those match) and ``dst`` unchanged
+    since (size, mtime_ns) and a good wav.
+    """
+    if not record or src is None or not os.path.isfile(src) or not os.path.isfile(dst):
+        return 0
+    try:
+        st = os.stat(src)
+        out = os.stat(dst)
+        old = record["source"]
+        if (old["path"], old["size"], old["mtime_ns"]) != (os.path.realpath(src), st.st_size, st.st_mtime_ns):
+            return 0
+        if record["conversion"] != CONVERSION or (record["wav"]["size"], record["wav"]["mtime_ns"]) != (
+                out.st_size, out.st_mtime_ns):
+            return 0
+        if file_sha1(src) != old["sha1"]:
+            return 0
+        n = check_wav(dst)
+    except (OSError, KeyError, TypeError, SerkitError):
+        return 0
+    return n if n == record["wav"].get("num_samples") else 0
+
+
+def conversion_record(src: str | os.PathLike, dst: str | os.PathLike, num_samples: int) -> dict:
+    out = os.stat(dst)
+    return {"source": source_record(src), "conversion": CONVERSION,
+            "wav": {"size": out.st_size, "mtime_ns": out.st_mtime_ns, "num_samples": num_samples}}
 
 
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
@@ -95,7 +198,9 @@ def write_wav(path: str | os.PathLike, x: np.ndarray, sample_rate: int = SAMPLE_
 
 
 def convert_wav(src: str | os.PathLike, dst: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> int:
-    """Read ``src``, average to mono, resample to ``sample_rate`` and write ``dst``; return samples."""
+    """Read ``src`` (refused if truncated), average to mono, resample to ``sample_rate`` and write
+    ``dst``; return samples."""
+    check_complete(src)
     data, sr = read_audio(src)
     if data.shape[0] == 0:
         raise SerkitError(f"{src}: empty audio (0 samples); replace it with a good copy")

@@ -36,13 +36,16 @@ def run_prepare(args) -> int:
     if args.corpus == "iemocap":
         from .prepare_iemocap import prepare
         prepare(args.root, args.out, label_map=args.label_map, sessions=args.sessions,
-                allow_missing_wav=args.allow_missing_wav)
+                allow_missing_wav=args.allow_missing_wav, allow_truncated=args.allow_truncated)
     elif args.corpus == "meld":
+        if args.allow_truncated:
+            raise SerkitError("--allow-truncated is for IEMOCAP and SAVEE wavs; MELD lists broken clips in "
+                              "OUT/skipped.tsv without it")
         from .prepare_meld import prepare
         prepare(args.root, args.out, jobs=args.jobs)
     elif args.corpus == "savee":
         from .prepare_savee import prepare
-        prepare(args.root, args.out)
+        prepare(args.root, args.out, allow_truncated=args.allow_truncated)
     else:  # argparse's choices catch this first; kept for callers of run_prepare
         raise SerkitError(f"unknown corpus {args.corpus!r}; choose one of {', '.join(CORPORA)}")
     return 0
@@ -58,7 +61,7 @@ def run_split(args) -> int:
 
 def run_check_split(args) -> int:
     from .splits import check_split
-    check_split(args.dir)
+    check_split(args.dir, data_dir=args.data_dir)
     return 0
 
 
@@ -79,7 +82,9 @@ def register(sub) -> None:
         "prepare", help="write the data directory of a corpus (wav.scp, utt2emo, ...)",
         description="Write a validated Kaldi-style data directory (wav.scp, utt2spk, spk2utt, utt2emo, "
                     "utt2emo_raw, utt2session, utt2dur, utt2num_samples, text, prepare.json) for a corpus. "
-                    "The output replaces --out atomically; a failed run leaves an earlier one intact.")
+                    "The output replaces --out atomically; a failed run leaves an earlier one intact. "
+                    "--out must be new, empty or serkit's own data directory of this corpus, and outside "
+                    "--root: anything else is refused before anything is written.")
     p.add_argument("corpus", choices=CORPORA)
     p.add_argument("--root", required=True, help="corpus release folder (IEMOCAP_full_release, MELD.Raw, "
                                                  "SAVEE folder holding AudioData)")
@@ -92,6 +97,9 @@ def register(sub) -> None:
                    help="comma-separated session numbers to use (default: all five, required present)")
     g.add_argument("--allow-missing-wav", action="store_true",
                    help="drop (and count) labelled utterances whose wav is missing instead of failing")
+    g.add_argument("--allow-truncated", action="store_true",
+                   help="(IEMOCAP, SAVEE) drop wavs shorter than their header promises, listing them in the "
+                        "log and prepare.json, instead of failing")
     g = p.add_argument_group("MELD")
     g.add_argument("--jobs", type=_positive, default=1, help="parallel clip decoders (default 1)")
     p.set_defaults(func=run_prepare)
@@ -108,7 +116,8 @@ def register(sub) -> None:
                     "stratified 10-fold cross-validation as in the MFSN paper).")
     p.add_argument("protocol", choices=PROTOCOLS)
     p.add_argument("data_dir", help="data directory written by `serkit prepare`")
-    p.add_argument("--out", default=None, help="output folder (default: DATA_DIR/PROTOCOL)")
+    p.add_argument("--out", default=None, help="output folder (default: DATA_DIR/PROTOCOL); must be new, "
+                                                "empty or serkit's own split output, and hold no input")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the random validation and cv10 draws (default 0)")
     p.add_argument("--valid", default="stratified", choices=("stratified", "speaker"),
@@ -121,8 +130,13 @@ def register(sub) -> None:
     p = sub.add_parser("check-split", help="check folds for speaker/session/utterance leakage and alignment",
                        description="Exit non-zero naming every problem: utterance in two splits, speaker in "
                                    "train and test (unless the protocol is speaker-dependent by design), "
-                                   "test session in train, misaligned tsv/emo/json, unknown labels.")
+                                   "test session in train, misaligned tsv/emo/json, unknown labels. The "
+                                   "protocol's rules come from serkit's protocol registry and speakers and "
+                                   "sessions from the data directory (utt2spk, utt2session), not from the "
+                                   "fold's own json files.")
     p.add_argument("dir", help="a protocol folder (holding fold1/ ...) or one fold folder")
+    p.add_argument("--data-dir", default=None,
+                   help="data directory the folds were split from (default: the one fold.json names)")
     p.set_defaults(func=run_check_split)
 
     p = sub.add_parser("mini-corpus", help="build a small synthetic corpus in a release's layout",

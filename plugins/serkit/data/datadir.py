@@ -22,12 +22,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..utils import SerkitError, atomic_dir, read_map, write_json, write_map
+from ..utils import (
+    MARKER,
+    SerkitError,
+    atomic_dir,
+    read_map,
+    read_marker,
+    register_recogniser,
+    unknown_entries,
+    write_json,
+    write_map,
+    write_marker,
+)
 
 log = logging.getLogger("serkit.data")
 
@@ -36,6 +48,100 @@ SAMPLE_RATE = 16000
 REQUIRED = ("wav.scp", "utt2spk", "utt2emo", "utt2emo_raw", "utt2session", "utt2dur", "utt2num_samples")
 OPTIONAL = ("utt2split", "text")
 SPLIT_NAMES = ("train", "dev", "test")
+DATA_FILES = REQUIRED + OPTIONAL + ("spk2utt", "prepare.json", "skipped.tsv")
+CORPORA = ("iemocap", "meld", "savee")
+#: Names of the wavs that ``prepare`` converts into ``OUT/wavs`` (corpora shipped in another format).
+WAV_NAMES = {"meld": re.compile(r"^(train|dev|test)_dia\d+_utt\d+\.wav$"),
+             "savee": re.compile(r"^(DC|JE|JK|KL)_(a|d|f|h|n|sa|su)\d\d\.wav$")}
+#: Per-clip record of where each converted wav came from (see :mod:`serkit.data.audio`).
+SOURCES = "sources.json"
+
+
+def output_kind(corpus: str) -> str:
+    """The marker kind of a data directory of ``corpus`` (``prepare-iemocap``, ...)."""
+    return f"prepare-{corpus}"
+
+
+def wavs_kind(corpus: str) -> str:
+    """The marker kind of the ``OUT/wavs`` folder that ``prepare`` fills with converted audio."""
+    return f"wavs-{corpus}"
+
+
+def load_sources(wavdir: Path) -> dict:
+    """The per-wav source records of a converted-wav folder (empty when absent or unreadable)."""
+    try:
+        records = json.loads((wavdir / SOURCES).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def open_wavdir(out: Path, corpus: str) -> Path:
+    """``out/wavs``, created with serkit's marker when new."""
+    wavdir = out / "wavs"
+    wavdir.mkdir(parents=True, exist_ok=True)
+    if read_marker(wavdir) is None:
+        write_marker(wavdir, wavs_kind(corpus))
+    return wavdir
+
+
+def _files_under(path: Path, prefix: str) -> list[str]:
+    out = []
+    for dirpath, _, names in os.walk(path):
+        rel = os.path.relpath(dirpath, path)
+        out += [f"{prefix}{n}" if rel == "." else f"{prefix}{rel}/{n}" for n in names]
+    return out
+
+
+def _recognise_wavs(path: Path, corpus: str, prefix: str = "wavs/", trusted: bool = False) -> list[str]:
+    """Unknown files of a converted-wav folder: anything but its marker, records and wavs by name.
+
+    Its marker says serkit made the folder; ``trusted`` (a data directory written before markers
+    existed) accepts an unmarked one.
+    """
+    marker = read_marker(path)
+    mine = marker["kind"] == wavs_kind(corpus) if marker is not None else trusted
+    if not mine or corpus not in WAV_NAMES:
+        return _files_under(path, prefix)
+    ok = WAV_NAMES[corpus]
+    return [f"{prefix}{n}" for n in _files_under(path, "")
+            if not (n in (MARKER, SOURCES) or ("/" not in n and ok.match(n)))]
+
+
+def _recogniser(corpus: str):
+    def recognise(path: Path) -> list[str]:
+        """Unknown files of a data directory: serkit's data files count as known only with a marker or,
+        for directories written before markers existed, a prepare.json naming this corpus."""
+        from . import splits  # noqa: F401  (registers the recogniser of nested split outputs)
+
+        own = read_marker(path) is not None
+        if not own and (path / "prepare.json").is_file():
+            try:
+                meta = json.loads((path / "prepare.json").read_text(encoding="utf-8"))
+                own = meta.get("corpus") == corpus and "serkit_version" in meta
+            except (ValueError, UnicodeDecodeError):
+                own = False
+        unknown = []
+        for entry in sorted(path.iterdir()):
+            name = entry.name
+            if entry.is_dir() and not entry.is_symlink():
+                if name == "wavs":
+                    unknown += _recognise_wavs(entry, corpus, trusted=own)
+                elif (m := read_marker(entry)) is not None and m["kind"] == "split" or \
+                        (own and (entry / "split.json").is_file()):
+                    # folds split from this directory: stale once it is replaced, serkit's own
+                    unknown += [f"{name}/{r}" for r in unknown_entries(entry, "split")]
+                else:
+                    unknown += _files_under(entry, f"{name}/")
+            elif not (own and name in DATA_FILES) and name != MARKER:
+                unknown.append(name)
+        return unknown
+    return recognise
+
+
+for _c in CORPORA:
+    register_recogniser(output_kind(_c), _recogniser(_c))
+    register_recogniser(wavs_kind(_c), lambda p, c=_c: _recognise_wavs(p, c, prefix=""))
 
 
 @dataclass(frozen=True)
@@ -82,7 +188,7 @@ def _check_utt_id(utt: str, where: str) -> None:
 
 
 def write(out: str | os.PathLike, records: list[Record], meta: dict, keep: tuple[str, ...] = (),
-          extra_files: dict[str, str] | None = None) -> Path:
+          extra_files: dict[str, str] | None = None, inputs: tuple = ()) -> Path:
     """Write a data directory at ``out`` atomically and return its path.
 
     ``meta`` must hold at least ``corpus`` and ``classes``; counts and the format version are added.
@@ -90,6 +196,8 @@ def write(out: str | os.PathLike, records: list[Record], meta: dict, keep: tuple
     into the new directory instead of being discarded; wav paths in ``records`` must already point
     at ``out/<sub-directory>/...``. ``extra_files`` maps file names to text written alongside.
     Validation runs before the new directory replaces the old one, so a failure leaves ``out`` as it was.
+    ``out`` must be new, empty or serkit's own data directory of this corpus, and not be equal to,
+    inside or a parent of any of ``inputs`` (:func:`serkit.utils.atomic_dir`).
     """
     out = Path(out).absolute()
     seen: dict[str, Record] = {}
@@ -114,7 +222,7 @@ def write(out: str | os.PathLike, records: list[Record], meta: dict, keep: tuple
                                  for s in SPLIT_NAMES if any(r.split == s for r in recs)}
     meta["counts"] = counts
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, output_kind(meta["corpus"]), inputs=inputs) as tmp:
         write_map(tmp / "wav.scp", ((r.utt, r.wav) for r in recs))
         write_map(tmp / "utt2spk", ((r.utt, r.spk) for r in recs))
         write_map(tmp / "utt2emo", ((r.utt, r.emo) for r in recs))

@@ -20,9 +20,14 @@ Label maps (``--label-map``; the raw label is always kept in ``utt2emo_raw``):
 - ``iemocap6`` (7380): neu, hap, exc, ang, sad, fru (hap and exc kept apart).
 
 Utterances whose raw label is outside the map are dropped and counted per label. A wav without an
-evaluation line is dropped and counted. An evaluation line whose wav is missing is an error naming
-the file and line, because a partial copy of the corpus silently changes every reported number;
-``--allow-missing-wav`` drops such utterances instead (counted in the log and prepare.json).
+evaluation line is dropped and counted, with a WARNING per EmoEvaluation file naming how many of its
+dialog's wavs it does not label (a file cut short loses its last turns that way). An EmoEvaluation
+file that ends mid-turn (a turn line without any categorical ``C-`` evaluation after it, or a last
+evaluation line cut short) is an error naming the file. An evaluation line whose wav is missing is an
+error naming the file and line, because a partial copy of the corpus silently changes every reported
+number; ``--allow-missing-wav`` drops such utterances instead (counted in the log and prepare.json).
+A wav shorter than its header promises (a truncated copy) is an error naming it;
+``--allow-truncated`` drops such utterances instead and lists them in the log and prepare.json.
 """
 from __future__ import annotations
 
@@ -33,9 +38,9 @@ from collections import Counter
 from pathlib import Path
 
 from .. import __version__
-from ..utils import SerkitError
+from ..utils import SerkitError, claim_output_dir
 from . import datadir
-from .audio import check_wav
+from .audio import TruncatedWav, check_wav
 
 log = logging.getLogger("serkit.data")
 
@@ -57,6 +62,7 @@ TURN_RE = re.compile(r"^\[(\d+(?:\.\d+)?) - (\d+(?:\.\d+)?)\]\t(\S+)\t(\S+)\t\[(
 UTT_RE = re.compile(r"^Ses(\d\d)[FM]_.+_([FM])\d+$")
 # A turn line that lost its leading time stamp still names an utterance after a tab.
 TURN_LIKE_RE = re.compile(r"^[^:]*\tSes\d\d[FM]_\S+_[FM]\d+\t")
+EVALUATOR_RE = re.compile(r"^[CA]-[A-Z]+\d*:")
 TRANS_RE = re.compile(r"^(\S+) \[[^\]]*\]:\s?(.*)$")
 
 
@@ -80,10 +86,15 @@ def parse_emo_evaluation(path: Path) -> list[tuple[int, str, str]]:
     except UnicodeDecodeError:
         text = path.read_text(encoding="latin-1")
     turns = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    last_turn, evaluated = 0, True  # line of the latest turn; whether a C- line followed it (every turn
+    # of the release carries its evaluators' categorical lines, so a last turn without one was cut off)
+    lines = text.splitlines()
+    for lineno, line in enumerate(lines, 1):
         s = line.strip()
         if not s or s.startswith("%"):
             continue
+        if s.startswith("C-"):
+            evaluated = True
         if not line.startswith("["):
             if TURN_LIKE_RE.search(line):
                 raise SerkitError(f"{path}:{lineno}: malformed turn line {s!r}; expected "
@@ -103,7 +114,14 @@ def parse_emo_evaluation(path: Path) -> list[tuple[int, str, str]]:
                               f"{', '.join(RAW_LABELS)}. Fix the line or replace the file")
         if end < start:
             raise SerkitError(f"{path}:{lineno}: end time {end} before start time {start}")
+        last_turn, evaluated = lineno, False
         turns.append((lineno, utt, emo))
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    cut_line = EVALUATOR_RE.match(last) and not last.endswith(")") and not text.endswith("\n")
+    if turns and (not evaluated or cut_line):
+        raise SerkitError(f"{path}: ends mid-turn (the turn at line {last_turn} "
+                          f"{'has no categorical evaluation' if not evaluated else 'is cut short'}); the "
+                          "file is truncated: replace it with the release's copy")
     if not turns:
         raise SerkitError(f"{path}: no turn lines ('[start - end]<TAB>utterance<TAB>label<TAB>[v, a, d]'); "
                           "the file is empty or malformed: replace it with the release's copy")
@@ -138,11 +156,13 @@ def find_sessions(root: Path, sessions: list[int] | None) -> list[int]:
 
 
 def prepare(root: str | os.PathLike, out: str | os.PathLike, label_map: str = "iemocap4",
-            sessions: list[int] | None = None, allow_missing_wav: bool = False) -> Path:
+            sessions: list[int] | None = None, allow_missing_wav: bool = False,
+            allow_truncated: bool = False) -> Path:
     """Write the IEMOCAP data directory ``out`` from the release at ``root``; return ``out``."""
     root = Path(root).absolute()
     if not root.is_dir():
         raise SerkitError(f"{root}: not a directory; pass --root IEMOCAP_full_release")
+    claim_output_dir(out, datadir.output_kind("iemocap"), inputs=[root])
     if label_map not in LABEL_MAPS:
         raise SerkitError(f"unknown --label-map {label_map!r}; choose one of {', '.join(LABEL_MAPS)}")
     mapping = LABEL_MAPS[label_map]
@@ -151,6 +171,7 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, label_map: str = "i
 
     records: list[datadir.Record] = []
     dropped: Counter = Counter()
+    truncated: list[str] = []
     for s in wanted:
         sdir = root / f"Session{s}"
         session = f"Ses{s:02d}"
@@ -184,6 +205,13 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, label_map: str = "i
                 texts.update(parse_transcriptions(tr))
         unlabelled = [u for u in wavs if u not in labels]
         dropped["wav without an EmoEvaluation line"] += len(unlabelled)
+        by_dialog: dict[str, list[str]] = {}
+        for u in sorted(unlabelled):
+            by_dialog.setdefault(wavs[u].parent.name, []).append(u)
+        for dialog, utts in by_dialog.items():
+            log.warning("IEMOCAP: %s has no line for %d wav(s) of %s (%s); dropped. Is the file cut "
+                        "short? Compare it with the release's copy", evdir / f"{dialog}.txt", len(utts),
+                        wavs[utts[0]].parent, ", ".join(utts[:5]) + (" ..." if len(utts) > 5 else ""))
         for utt, (emo, ev, lineno) in labels.items():
             wav = wavs.get(utt)
             if wav is None:
@@ -197,7 +225,15 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, label_map: str = "i
             if emo not in mapping:
                 dropped[f"label {emo} not in {label_map}"] += 1
                 continue
-            n = check_wav(wav)
+            try:
+                n = check_wav(wav)
+            except TruncatedWav as e:
+                if not allow_truncated:
+                    raise
+                log.warning("IEMOCAP: dropping %s (--allow-truncated): %s", utt, e)
+                dropped["truncated wav (--allow-truncated)"] += 1
+                truncated.append(str(wav))
+                continue
             records.append(datadir.Record(
                 utt=utt, wav=str(wav), spk=speaker_of(utt), emo=mapping[emo], emo_raw=emo, session=session,
                 num_samples=n, text=texts.get(utt, "")))
@@ -207,10 +243,13 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, label_map: str = "i
     meta = {
         "corpus": "iemocap", "serkit_version": __version__, "root": str(root),
         "classes": CLASSES[label_map], "label_map": {"name": label_map, "map": mapping},
-        "options": {"sessions": wanted, "allow_missing_wav": allow_missing_wav},
+        "options": {"sessions": wanted, "allow_missing_wav": allow_missing_wav,
+                    "allow_truncated": allow_truncated},
         "dropped": dict(sorted(dropped.items())),
     }
-    out = datadir.write(out, records, meta)
+    if truncated:
+        meta["truncated"] = truncated
+    out = datadir.write(out, records, meta, inputs=(root,))
     meta = datadir.load(out).meta
     datadir.log_summary(meta, dropped)
     _warn_unexpected_counts(meta, label_map, wanted)

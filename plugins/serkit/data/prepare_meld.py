@@ -8,8 +8,11 @@ Clips ``dia{D}_utt{U}.mp4`` are looked up in ``train/train_splits/``, ``dev_spli
 wins when both exist).
 
 Each clip's audio stream 0 is decoded with PyAV, its channels averaged to mono and resampled to
-16 kHz, and written once to ``OUT/wavs/<utt>.wav`` (each wav atomically). A re-run reuses the wavs
-already there, so an interrupted extraction resumes where it stopped. Missing, broken (unreadable)
+16 kHz, and written once to ``OUT/wavs/<utt>.wav`` (each wav atomically). ``OUT/wavs/sources.json``
+records, per wav, the clip it came from (resolved path, size, mtime_ns, SHA-1) and the conversion
+settings: a re-run reuses a wav only when all of these still match, so an interrupted extraction
+resumes where it stopped while a clip that is now missing, corrupted, replaced or under another
+``--root`` is decoded again (or skipped) rather than served from the old audio. Missing, broken (unreadable)
 and silent (peak below -80 dBFS) clips are listed in ``OUT/skipped.tsv`` (``utt file reason``) and
 counted in the log and prepare.json; they are not in the data directory.
 
@@ -30,7 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from .. import __version__
-from ..utils import SerkitError
+from ..utils import SerkitError, claim_output_dir, write_json
 from . import datadir
 
 log = logging.getLogger("serkit.data")
@@ -63,12 +66,37 @@ def read_csv(path: Path) -> list[tuple[int, dict[str, str]]]:
         raise SerkitError(f"{path}:1: missing column(s) {', '.join(missing)}; the header must contain "
                           f"{', '.join(REQUIRED_COLUMNS)}")
     reader.fieldnames = fields
+    physical = text.splitlines()
     rows = []
     start = 2
     for row in reader:
+        end = reader.line_num
+        _check_row(path, start, end, row, physical, len(fields))
         rows.append((start, row))
-        start = reader.line_num + 1
+        start = end + 1
     return rows
+
+
+# Every MELD row starts with its "Sr No.": a physical line like this inside a field is a swallowed row.
+ROW_START_RE = re.compile(r"^\d+,")
+
+
+def _check_row(path: Path, start: int, end: int, row: dict, physical: list[str], n_fields: int) -> None:
+    """Refuse a row that swallowed the next one(s) (a missing closing quote) or lost its fields."""
+    swallowed = [k for k in range(start + 1, end + 1) if ROW_START_RE.match(physical[k - 1])]
+    if swallowed:
+        k = swallowed[0]
+        raise SerkitError(f"{path}:{start}: this row runs on to line {end} and swallows {len(swallowed)} "
+                          f"row(s) (line {k}: {physical[k - 1][:60]!r}); a closing quote is probably missing "
+                          f"in line {start}: fix the quoting or use the release's CSV")
+    if None in row or any(v is None for v in row.values()):
+        got = n_fields - sum(v is None for v in row.values()) + len(row.get(None) or [])
+        raise SerkitError(f"{path}:{start}: {got} fields, the header has {n_fields} (a stray or missing "
+                          "quote?); fix the row or use the release's CSV")
+    text = row.get("Utterance") or ""
+    if "\x00" in text or len(text) > 2000:  # far above any line of TV dialogue (our limit)
+        raise SerkitError(f"{path}:{start}: implausible Utterance field ({len(text)} characters: "
+                          f"{text[:60]!r}); fix the row or use the release's CSV")
 
 
 def _first(root: Path, candidates: tuple[str, ...], kind: str, is_dir: bool) -> Path:
@@ -93,25 +121,25 @@ def index_clips(folder: Path) -> dict[tuple[int, int], Path]:
     return clips
 
 
-def _extract(job: tuple[str, str | None, str]) -> tuple[str, int, str]:
-    """Decode one clip into ``dst`` (or reuse ``dst``); return (utt, samples, reason-if-skipped)."""
-    from .audio import check_wav, decode_av, is_silent, write_wav
+def _extract(job: tuple[str, str | None, str, dict | None]) -> tuple[str, int, str, dict | None]:
+    """Decode one clip into ``dst``, or reuse ``dst`` when its record proves it came from this very
+    clip; return (utt, samples, reason-if-skipped, record of dst)."""
+    from .audio import conversion_record, decode_av, is_silent, reusable, write_wav
 
-    utt, src, dst = job
-    if os.path.isfile(dst):
-        try:
-            return utt, check_wav(dst), ""
-        except SerkitError:
-            pass  # an unusable leftover: decode again
+    utt, src, dst, record = job
+    n = reusable(record, src, dst)
+    if n:
+        return utt, n, "", record
     if src is None:
-        return utt, 0, "missing clip"
+        return utt, 0, "missing clip", None
     try:
         x = decode_av(src)
     except Exception as e:  # truncated mp4s raise on open or decode (av.error.InvalidDataError, ...)
-        return utt, 0, f"unreadable: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+        return utt, 0, f"unreadable: {type(e).__name__}: {' '.join(str(e).split())[:200]}", None
     if is_silent(x):
-        return utt, 0, "silent" if x.size else "no audio samples"
-    return utt, write_wav(dst, x), ""
+        return utt, 0, "silent" if x.size else "no audio samples", None
+    n = write_wav(dst, x)
+    return utt, n, "", conversion_record(src, dst, n)
 
 
 def prepare(root: str | os.PathLike, out: str | os.PathLike, jobs: int = 1) -> Path:
@@ -120,6 +148,7 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, jobs: int = 1) -> P
     out = Path(out).absolute()
     if not root.is_dir():
         raise SerkitError(f"{root}: not a directory; pass --root MELD.Raw")
+    claim_output_dir(out, datadir.output_kind("meld"), inputs=[root])
     rows = []  # (utt, split, lineno, csv path, row, clip)
     for split, (csvs, folders) in LAYOUT.items():
         path = _first(root, csvs, f"{split} CSV", is_dir=False)
@@ -147,28 +176,36 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, jobs: int = 1) -> P
             rows.append((utt, split, emo, spk, row["Utterance"] or "", clips.get((dia, utt_id))))
         log.info("MELD %s: %d rows in %s, %d clips in %s", split, len(seen), path, len(clips), folder)
 
-    if out.exists() and not out.is_dir():
-        raise SerkitError(f"{out}: exists and is not a directory; choose another --out")
-    wavdir = out / "wavs"
-    wavdir.mkdir(parents=True, exist_ok=True)
-    jobs_list = [(utt, str(clip) if clip else None, str(wavdir / f"{utt}.wav"))
+    wavdir = datadir.open_wavdir(out, "meld")
+    old_records = datadir.load_sources(wavdir)
+    jobs_list = [(utt, str(clip) if clip else None, str(wavdir / f"{utt}.wav"), old_records.get(utt))
                  for utt, _, _, _, _, clip in rows]
-    reused = sum(1 for _, _, dst in jobs_list if os.path.isfile(dst))
-    log.info("MELD: extracting %d clips to %s (%d already there, %d jobs)", len(jobs_list), wavdir, reused,
-             jobs)
+    log.info("MELD: extracting %d clips to %s (%d recorded from an earlier run, %d jobs)", len(jobs_list),
+             wavdir, sum(1 for j in jobs_list if j[3]), jobs)
     results: dict[str, tuple[int, str]] = {}
+    new_records: dict[str, dict] = {}
+    reused = 0
+
+    def collect(i, utt, n, reason, record):
+        nonlocal reused
+        results[utt] = (n, reason)
+        if record is not None:
+            reused += record is old_records.get(utt) or record == old_records.get(utt)
+            new_records[utt] = record
+        if i % 1000 == 0:
+            log.info("MELD: %d/%d clips", i, len(jobs_list))
+            if any(old_records.get(u) != r for u, r in new_records.items()):  # resumable
+                write_json(wavdir / datadir.SOURCES, {**old_records, **new_records})
+
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for i, (utt, n, reason) in enumerate(pool.map(_extract, jobs_list, chunksize=16), 1):
-                results[utt] = (n, reason)
-                if i % 1000 == 0:
-                    log.info("MELD: %d/%d clips", i, len(jobs_list))
+            for i, res in enumerate(pool.map(_extract, jobs_list, chunksize=16), 1):
+                collect(i, *res)
     else:
         for i, job in enumerate(jobs_list, 1):
-            utt, n, reason = _extract(job)
-            results[utt] = (n, reason)
-            if i % 1000 == 0:
-                log.info("MELD: %d/%d clips", i, len(jobs_list))
+            collect(i, *_extract(job))
+    if new_records != old_records:
+        write_json(wavdir / datadir.SOURCES, new_records)
 
     records, skipped = [], []
     skip_counts: Counter = Counter()
@@ -190,7 +227,8 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, jobs: int = 1) -> P
         "dropped": {f"skipped clip: {k}": v for k, v in sorted(skip_counts.items())},
         "extraction": {"reused_wavs": reused, "skipped": len(skipped), "skipped_list": "skipped.tsv"},
     }
-    datadir.write(out, records, meta, keep=("wavs",), extra_files={"skipped.tsv": skipped_tsv})
+    datadir.write(out, records, meta, keep=("wavs",), extra_files={"skipped.tsv": skipped_tsv},
+                  inputs=(root,))
     meta = datadir.load(out).meta
     datadir.log_summary(meta, meta["dropped"])
     for split, expect in EXPECTED.items():

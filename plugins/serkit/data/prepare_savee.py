@@ -10,8 +10,13 @@ Two files that map to the same utterance (e.g. both a nested and a flat copy und
 error: point ``--root`` at one copy. Other files (``Info.txt``, ``._*`` macOS files) are ignored.
 
 The 44.1 kHz originals are averaged to mono and resampled to 16 kHz once, into
-``OUT/wavs/<utt>.wav``; a re-run reuses them. Utterance ids are ``DC_a01``; speaker = ``DC``;
-session = the speaker (SAVEE has one recording session per speaker). The 4 speakers are male.
+``OUT/wavs/<utt>.wav``. ``OUT/wavs/sources.json`` records, per wav, the source file it came from
+(resolved path, size, mtime_ns, SHA-1) and the conversion settings; a re-run reuses a wav only when all
+of these still match, so a replaced, corrupted, moved or missing source (or another ``--root``) is
+converted again or reported. A source wav shorter than its header promises is an error naming it
+(``--allow-truncated`` drops such files and lists them in the log and prepare.json). Utterance ids
+are ``DC_a01``; speaker = ``DC``; session = the speaker (SAVEE has one recording session per
+speaker). The 4 speakers are male.
 
 Emotion codes -> class names (in this class order): a anger, d disgust, f fear, h happiness,
 n neutral, sa sadness, su surprise. The full corpus has 480 utterances: 120 per speaker, 15 per
@@ -26,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 from .. import __version__
-from ..utils import SerkitError
+from ..utils import SerkitError, claim_output_dir, write_json
 from . import datadir
 
 log = logging.getLogger("serkit.data")
@@ -64,51 +69,68 @@ def find_wavs(root: Path) -> dict[str, Path]:
     return found
 
 
-def prepare(root: str | os.PathLike, out: str | os.PathLike) -> Path:
+def prepare(root: str | os.PathLike, out: str | os.PathLike, allow_truncated: bool = False) -> Path:
     """Write the SAVEE data directory ``out`` (16 kHz wavs in ``out/wavs``); return ``out``."""
-    from .audio import check_wav, convert_wav
+    from .audio import TruncatedWav, check_complete, conversion_record, convert_wav, reusable
 
     root = Path(root).absolute()
     out = Path(out).absolute()
     if not root.is_dir():
         raise SerkitError(f"{root}: not a directory; pass --root pointing at the SAVEE copy (AudioData)")
+    claim_output_dir(out, datadir.output_kind("savee"), inputs=[root])
     sources = find_wavs(root)
     if not sources:
         raise SerkitError(f"{root}: no SAVEE wavs found (expected AudioData/DC/a01.wav or DC_a01.wav); "
                           "check --root")
-    if out.exists() and not out.is_dir():
-        raise SerkitError(f"{out}: exists and is not a directory; choose another --out")
-    wavdir = out / "wavs"
-    wavdir.mkdir(parents=True, exist_ok=True)
+    truncated = []
+    for utt, src in sorted(sources.items()):
+        try:
+            check_complete(src)
+        except TruncatedWav as e:
+            if not allow_truncated:
+                raise
+            log.warning("SAVEE: dropping %s (--allow-truncated): %s", utt, e)
+            truncated.append(str(src))
+            del sources[utt]
+    wavdir = datadir.open_wavdir(out, "savee")
+    old_records = datadir.load_sources(wavdir)
+    new_records: dict[str, dict] = {}
     records = []
     reused = 0
     for utt, src in sorted(sources.items()):
         dst = wavdir / f"{utt}.wav"
-        n = 0
-        if dst.is_file():
-            try:
-                n = check_wav(dst)
-                reused += 1
-            except SerkitError:
-                n = 0
-        if not n:
+        n = reusable(old_records.get(utt), src, dst)
+        if n:
+            reused += 1
+            new_records[utt] = old_records[utt]
+        else:
             n = convert_wav(src, dst)
             if n == 0:
                 raise SerkitError(f"{src}: empty audio; replace it with a good copy")
+            new_records[utt] = conversion_record(src, dst, n)
+            if len(new_records) % 50 == 0:  # resumable
+                write_json(wavdir / datadir.SOURCES, {**old_records, **new_records})
         spk, code = utt.split("_")
         emo_code = code.rstrip("0123456789")
         records.append(datadir.Record(utt=utt, wav=str(dst), spk=spk, emo=CODE_TO_CLASS[emo_code],
                                       emo_raw=emo_code, session=spk, num_samples=n))
+    # Wavs of utterances no longer in the corpus keep no record: never reused, overwritten if they return.
+    if new_records != old_records:
+        write_json(wavdir / datadir.SOURCES, new_records)
     log.info("SAVEE: %d wavs from %s (%d converted, %d reused from %s)", len(records), root,
              len(records) - reused, reused, wavdir)
+    dropped = {"truncated source wav (--allow-truncated)": len(truncated)} if truncated else {}
     meta = {
         "corpus": "savee", "serkit_version": __version__, "root": str(root), "classes": CLASSES,
         "label_map": {"name": "savee7", "map": CODE_TO_CLASS},
-        "options": {}, "dropped": {}, "extraction": {"reused_wavs": reused},
+        "options": {"allow_truncated": allow_truncated}, "dropped": dropped,
+        "extraction": {"reused_wavs": reused},
     }
-    datadir.write(out, records, meta, keep=("wavs",))
+    if truncated:
+        meta["truncated"] = truncated
+    datadir.write(out, records, meta, keep=("wavs",), inputs=(root,))
     meta = datadir.load(out).meta
-    datadir.log_summary(meta)
+    datadir.log_summary(meta, dropped)
     per_spk = Counter(r.spk for r in records)
     for spk in SPEAKERS:
         if per_spk.get(spk, 0) != EXPECTED_PER_SPEAKER:

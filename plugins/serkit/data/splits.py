@@ -25,8 +25,14 @@ given ``--seed`` (default 0). Protocols:
 
 The leakage check (:func:`check_fold`, also ``serkit check-split DIR``) runs on every fold written:
 no utterance in two splits; valid disjoint from test; no speaker in both train and test or valid and
-test (except in protocols whose fold.json declares speakers shared); for session protocols the test
-session absent from train; the tsv/emo/json files aligned and labels in dict.emo.txt.
+test (except in protocols registered as speaker-dependent); for session protocols the test session
+absent from train; the tsv/emo/json files aligned and labels in dict.emo.txt. The rules come from the
+protocol registry (fold.json only names the protocol) and speakers and sessions from the data
+directory's ``utt2spk``/``utt2session``, so an edited fold.json or json ``spk`` field cannot hide a leak.
+
+``--out`` must be new, empty or serkit's own split output (its ``.serkit-output`` marker, or the
+``split.json`` + ``fold*/`` layout of earlier versions), and may hold none of the files the split reads
+(the data directory's files and wavs): ``--out DATA_DIR`` is refused, ``DATA_DIR/PROTOCOL`` is fine.
 
 Add a protocol with ``@register_protocol(name, corpus, ...)`` on a function
 ``(data: DataDir, opts: SplitOptions) -> list[Fold]``.
@@ -42,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..utils import SerkitError, atomic_dir, write_json
+from ..utils import MARKER, SerkitError, atomic_dir, read_marker, register_recogniser, write_json
 from . import datadir
 from .manifest import SPLITS, Utterance, read_classes, read_split, write_dict, write_split
 
@@ -223,6 +229,51 @@ def _utterances(data: datadir.DataDir, utts: list[str]) -> list[Utterance]:
                       emo=data.records[u].emo, spk=data.records[u].spk) for u in utts]
 
 
+FOLD_FILES = {f"{s}.{ext}" for s in SPLITS for ext in ("tsv", "emo", "json")} | {"dict.emo.txt", "fold.json"}
+
+
+def _recognise_split(path: Path) -> list[str]:
+    """Unknown files of a split output: everything but split.json and fold<k>/ files, which count as
+    serkit's only with a marker or (outputs of earlier versions) a split.json naming a protocol."""
+    own = read_marker(path) is not None
+    if not own:
+        try:
+            own = "protocol" in json.loads((path / "split.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            own = False
+    unknown = []
+    for dirpath, _, names in os.walk(path):
+        rel = os.path.relpath(dirpath, path)
+        for n in names:
+            r = n if rel == "." else f"{rel}/{n}"
+            parts = r.split("/")
+            known = own and (r in ("split.json", MARKER) or (
+                len(parts) == 2 and parts[0].startswith("fold") and parts[0][4:].isdigit()
+                and parts[1] in FOLD_FILES))
+            if not known:
+                unknown.append(r)
+    return unknown
+
+
+register_recogniser("split", _recognise_split)
+
+
+def _check_sizes(protocol: str, data: datadir.DataDir, folds: list[Fold]) -> None:
+    """A fold with an empty split means the data cannot support the protocol: say so plainly."""
+    for k, fold in enumerate(folds, 1):
+        empty = [s for s in SPLITS if not getattr(fold, s)]
+        if empty:
+            spk = sorted({r.spk for r in data.records.values()})
+            sess = sorted({r.session for r in data.records.values()})
+            raise SerkitError(
+                f"{protocol} fold {k} (test {fold.info.get('test')}): the {' and '.join(empty)} split(s) "
+                f"would be empty: {data.path} holds {len(data.records)} utterances of {len(spk)} speaker(s) "
+                f"({', '.join(spk[:10])}) in {len(sess)} session(s); this protocol needs more speakers or "
+                "sessions than that. Prepare more of the corpus, or choose another protocol")
+    if not folds:
+        raise SerkitError(f"{protocol}: no folds for {data.path} (no utterances?); re-run `serkit prepare`")
+
+
 def make_splits(protocol: str, data_dir: str | os.PathLike, out: str | os.PathLike, seed: int = 0,
                 valid: str = "stratified", valid_fraction: float = 0.1) -> list[Path]:
     """Write the folds of ``protocol`` for the data directory ``data_dir`` under ``out``; return them.
@@ -242,11 +293,14 @@ def make_splits(protocol: str, data_dir: str | os.PathLike, out: str | os.PathLi
                           f"{', '.join(n for n, p in PROTOCOLS.items() if p.corpus == data.corpus)})")
     opts = SplitOptions(seed=seed, valid=valid, valid_fraction=valid_fraction)
     folds = proto.make(data, opts)
+    _check_sizes(protocol, data, folds)
     root = os.path.commonpath([os.path.dirname(r.wav) for r in data.records.values()])
     out = Path(out).absolute()
     classes = data.classes
     paths = []
-    with atomic_dir(out) as tmp:
+    inputs = [data.path / n for n in datadir.DATA_FILES if (data.path / n).is_file()]
+    inputs += [r.wav for r in data.records.values()]
+    with atomic_dir(out, "split", inputs=inputs) as tmp:
         for k, fold in enumerate(folds, 1):
             fdir = tmp / f"fold{k}"
             fdir.mkdir()
@@ -268,9 +322,10 @@ def make_splits(protocol: str, data_dir: str | os.PathLike, out: str | os.PathLi
                            for s, us in members.items()},
             }
             write_json(fdir / "fold.json", info)
-            problems = check_fold(fdir, data)
+            problems = [p.replace(str(tmp), str(out)) for p in check_fold(fdir, data)]
             if problems:
-                raise SerkitError(f"{protocol} fold {k} fails the leakage check:\n  " + "\n  ".join(problems))
+                raise SerkitError(f"{protocol} fold {k} (to be written to {out / fdir.name}) fails the "
+                                  "leakage check:\n  " + "\n  ".join(problems))
             paths.append(out / f"fold{k}")
             log.info("%s fold%d: test %s, train/valid/test %d/%d/%d utterances", protocol, k,
                      fold.info.get("test"), len(fold.train), len(fold.valid), len(fold.test))
@@ -282,17 +337,41 @@ def make_splits(protocol: str, data_dir: str | os.PathLike, out: str | os.PathLi
     return paths
 
 
-def check_fold(fold_dir: str | os.PathLike, data: datadir.DataDir | None = None) -> list[str]:
+def _load_data_for(fold_dir: Path, info: dict, cache: dict | None) -> tuple[datadir.DataDir | None, str]:
+    dd = info.get("data_dir")
+    if not dd or not (Path(dd) / "prepare.json").is_file():
+        return None, (f"{fold_dir}/fold.json: its data directory {dd!r} is not there; speakers and "
+                      "sessions are checked against the data directory's utt2spk and utt2session: restore "
+                      "it or pass --data-dir")
+    key = os.path.realpath(dd)
+    if cache is not None and key in cache:
+        return cache[key], ""
+    try:
+        data = datadir.load(dd)
+    except SerkitError as e:
+        return None, f"{fold_dir}: cannot load its data directory for the speaker check: {e}"
+    if cache is not None:
+        cache[key] = data
+    return data, ""
+
+
+def check_fold(fold_dir: str | os.PathLike, data: datadir.DataDir | None = None,
+               _cache: dict | None = None) -> list[str]:
     """Return the leakage and consistency problems of one fold directory (empty list: clean).
 
-    ``data`` (the data directory, loaded from fold.json's ``data_dir`` when not given and present)
-    supplies each utterance's session; without it the session lists of fold.json are used.
+    The rules (speakers held out or shared, session held out) come from the protocol registry, looked
+    up by fold.json's ``protocol``; speakers and sessions come from ``data`` (the data directory,
+    loaded from fold.json's ``data_dir`` when not given), never from the fold's own files.
     """
     fold_dir = Path(fold_dir)
     fj = fold_dir / "fold.json"
     if not fj.is_file():
         return [f"{fj}: not found (not a fold directory written by `serkit split`)"]
     info = json.loads(fj.read_text(encoding="utf-8"))
+    proto = PROTOCOLS.get(info.get("protocol"))
+    if proto is None:
+        return [f"{fj}: protocol {info.get('protocol')!r} is not one of serkit's "
+                f"({', '.join(sorted(PROTOCOLS))}); re-run `serkit split`"]
     problems: list[str] = []
     splits: dict[str, list[Utterance]] = {}
     for s in SPLITS:
@@ -321,37 +400,53 @@ def check_fold(fold_dir: str | os.PathLike, data: datadir.DataDir | None = None)
             if u.utt in where:
                 problems.append(f"{fold_dir}: utterance {u.utt} is in both {where[u.utt]} and {s}")
             where[u.utt] = s
-    spk = {s: {u.spk for u in us} for s, us in splits.items()}
+    if bool(info.get("speaker_dependent")) != proto.speaker_dependent:
+        problems.append(f"{fj}: says speaker_dependent={info.get('speaker_dependent')}, but {proto.name} "
+                        f"is {'speaker-dependent' if proto.speaker_dependent else 'speaker-independent'}; "
+                        "re-run `serkit split`")
+    if data is None:
+        data, why = _load_data_for(fold_dir, info, _cache)
+        if data is None:
+            return problems + [why]
+    if data.corpus != proto.corpus:
+        problems.append(f"{fold_dir}: {proto.name} is for {proto.corpus}, its data directory {data.path} "
+                        f"holds {data.corpus}")
+    unknown = sorted(u.utt for us in splits.values() for u in us if u.utt not in data.records)
+    if unknown:
+        problems.append(f"{fold_dir}: {len(unknown)} utterance(s) not in the data directory {data.path} "
+                        f"(e.g. {unknown[:3]}); re-run `serkit split`")
+    for s, us in splits.items():
+        wrong = [u for u in us if u.utt in data.records and u.spk != data.records[u.utt].spk]
+        if wrong:
+            problems.append(f"{fold_dir}/{s}.json: speaker of {wrong[0].utt} is {wrong[0].spk!r}, utt2spk of "
+                            f"{data.path} says {data.records[wrong[0].utt].spk!r} ({len(wrong)} such); "
+                            "re-run `serkit split`")
+    spk = {s: {data.records[u.utt].spk for u in us if u.utt in data.records} for s, us in splits.items()}
     for s in SPLITS:
         if sorted(spk[s]) != info.get("speakers", {}).get(s, sorted(spk[s])):
-            problems.append(f"{fold_dir}/fold.json: speakers of {s} disagree with {s}.json")
-    if not info.get("speaker_dependent"):
+            problems.append(f"{fold_dir}/fold.json: speakers of {s} disagree with {data.path}/utt2spk")
+    if not proto.speaker_dependent:
         for other in ("train", "valid"):
             both = sorted(spk[other] & spk["test"])
             if both:
                 problems.append(f"{fold_dir}: speaker(s) {both[:5]} in both {other} and test; "
-                                f"{info.get('protocol')} must hold speakers out")
-    if info.get("held_out") == "session":
-        if data is None and info.get("data_dir") and (Path(info["data_dir"]) / "prepare.json").is_file():
-            try:
-                data = datadir.load(info["data_dir"])
-            except SerkitError as e:
-                log.warning("%s: cannot load data dir for the session check (%s); using fold.json",
-                            fold_dir, e)
-        if data is not None:
-            sess = {s: {data.records[u.utt].session for u in us if u.utt in data.records}
-                    for s, us in splits.items()}
-        else:
-            sess = {s: set(v) for s, v in info.get("sessions", {}).items()}
-        both = sorted(sess.get("train", set()) & sess.get("test", set()))
+                                f"{proto.name} must hold speakers out")
+    if proto.held_out == "session":
+        sess = {s: {data.records[u.utt].session for u in us if u.utt in data.records}
+                for s, us in splits.items()}
+        both = sorted(sess["train"] & sess["test"])
         if both:
             problems.append(f"{fold_dir}: test session(s) {both} also in train")
     return problems
 
 
-def check_split(path: str | os.PathLike) -> list[Path]:
-    """Check every fold under ``path`` (a protocol directory or one fold); raise on any problem."""
+def check_split(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Check every fold under ``path`` (a protocol directory or one fold); raise on any problem.
+
+    ``data_dir`` overrides the data directory that fold.json names (for a moved one).
+    """
     path = Path(path)
+    data = datadir.load(data_dir) if data_dir is not None else None
     if (path / "fold.json").is_file():
         folds = [path]
     else:
@@ -359,13 +454,14 @@ def check_split(path: str | os.PathLike) -> list[Path]:
     if not folds:
         raise SerkitError(f"{path}: no fold directories (fold1/ ...); run `serkit split` first")
     problems = []
+    cache: dict = {}
     for f in folds:
-        problems += check_fold(f)
+        problems += check_fold(f, data, _cache=cache)
     if problems:
         raise SerkitError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     for f in folds:
         info = json.loads((f / "fold.json").read_text(encoding="utf-8"))
-        tag = " (speaker-dependent by design)" if info.get("speaker_dependent") else ""
+        tag = " (speaker-dependent by design)" if PROTOCOLS[info["protocol"]].speaker_dependent else ""
         log.info("%s: %s fold %s clean%s: train/valid/test %s", f, info.get("protocol"), info.get("fold"),
                  tag,
                  "/".join(str(info.get("num_utts", {}).get(s, "?")) for s in SPLITS))

@@ -5,8 +5,9 @@ pseudo-emotion labels (k-means on a finetuned model's layer, e.g. 50 clusters). 
 own ``hubert_pretraining`` task and ``hubert`` criterion; this model only adds the start:
 
 - ``model.init_from=PATH`` loads the feature extractor, the transformer encoder and everything else
-  that does not depend on the label set from a fairseq HuBERT checkpoint (``hubert`` or an earlier
-  ``serkit_hubert``);
+  that does not depend on the label set from a fairseq HuBERT checkpoint (``hubert``, an earlier
+  ``serkit_hubert``, or the HuBERT inside a ``hubert_ctc``; any published form, read by
+  :mod:`serkit.upstream.checkpoint`);
 - the label embeddings (``label_embs_concat``, one row per pseudo label of the new ``dict.<label>.txt``)
   and the projection into their space (``final_proj``) start afresh: the old ones describe another
   label set.
@@ -27,8 +28,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from fairseq import checkpoint_utils
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models import register_model
 from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from omegaconf import open_dict
@@ -48,6 +47,8 @@ PROJ_FIELDS = ("final_dim", "untie_final_proj")
 #: model entries that belong to the label set
 LABEL_KEYS = ("label_embs_concat",)
 PROJ_PREFIX = "final_proj."
+#: entries of a checkpoint that are not weights of a HuBERT model (a data2vec-style EMA teacher)
+FOREIGN = ("_ema",)
 
 
 @dataclass
@@ -68,14 +69,6 @@ class SerkitHubertConfig(HubertConfig):
         metadata={"help": "re-initialise final_proj with the label embeddings (it maps into the old "
                           "labels' embedding space); false keeps the checkpoint's"},
     )
-
-
-def _checkpoint_cfg(state: dict, path: str):
-    if state.get("cfg") is not None:
-        return state["cfg"]
-    if state.get("args") is not None:
-        return convert_namespace_to_omegaconf(state["args"])
-    raise SerkitError(f"{path}: fairseq checkpoint without 'cfg' or 'args'; cannot check its architecture")
 
 
 def _same(field_name: str, ours, theirs) -> bool:
@@ -130,22 +123,24 @@ class SerkitHubertModel(HubertModel):
         if not os.path.isfile(path):
             raise SerkitError(f"model.init_from={path}: no such file; pass the absolute path of a fairseq "
                               "HuBERT checkpoint (relative paths are read from hydra's run dir)")
-        os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-        state = checkpoint_utils.load_checkpoint_to_cpu(path)
-        src_cfg = _checkpoint_cfg(state, path)
-        src_name = src_cfg.model.get("_name")
+        from serkit.upstream.checkpoint import read_checkpoint, rename_weight_norm
+
+        ck = read_checkpoint(path)  # any published form; a hubert_ctc's inner HuBERT
+        src_model_cfg = ck.model_cfg
+        src_name = src_model_cfg.get("_name")
         if src_name not in ("hubert", "serkit_hubert"):
-            raise SerkitError(f"model.init_from={path}: a '{src_name}' checkpoint; continued pretraining "
-                              "starts from a pretrained HuBERT (model 'hubert' or 'serkit_hubert')")
+            raise SerkitError(f"model.init_from={path}: a '{ck.name}' checkpoint; continued pretraining "
+                              "starts from a HuBERT (model 'hubert', 'serkit_hubert' or a 'hubert_ctc' "
+                              "encoder)")
 
         fields = ARCH_FIELDS + (() if self.cfg.reinit_final_proj else PROJ_FIELDS)
-        bad = [f"model.{f}={getattr(self.cfg, f)!s} (checkpoint: {src_cfg.model[f]!s})" for f in fields
-               if f in src_cfg.model and hasattr(self.cfg, f)
-               and not _same(f, getattr(self.cfg, f), src_cfg.model[f])]
+        bad = [f"model.{f}={getattr(self.cfg, f)!s} (checkpoint: {src_model_cfg[f]!s})" for f in fields
+               if f in src_model_cfg and hasattr(self.cfg, f)
+               and not _same(f, getattr(self.cfg, f), src_model_cfg[f])]
         if bad:
             raise SerkitError(f"model.init_from={path}: the config's architecture differs from the "
                               f"checkpoint's: {'; '.join(bad)}; set these fields as the checkpoint has them")
-        src_norm = src_cfg.task.get("normalize") if src_cfg.get("task") is not None else None
+        src_norm = ck.task_cfg.get("normalize")
         if task_normalize is not None and src_norm is not None and bool(task_normalize) != bool(src_norm):
             raise SerkitError(f"model.init_from={path}: the checkpoint was trained with task.normalize="
                               f"{bool(src_norm)}, this run has task.normalize={bool(task_normalize)}; "
@@ -155,7 +150,8 @@ class SerkitHubertModel(HubertModel):
             return key in LABEL_KEYS or (self.cfg.reinit_final_proj and key.startswith(PROJ_PREFIX))
 
         own = self.state_dict()
-        src = {k: v for k, v in state["model"].items() if not label_dependent(k)}
+        weights = rename_weight_norm(ck.encoder_state, own)
+        src = {k: v for k, v in weights.items() if not label_dependent(k) and not k.startswith(FOREIGN)}
         unexpected = sorted(k for k in src if k not in own)
         wrong_shape = sorted(f"{k} {tuple(src[k].shape)} vs {tuple(own[k].shape)}"
                              for k in src if k in own and src[k].shape != own[k].shape)

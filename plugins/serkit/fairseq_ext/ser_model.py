@@ -1,7 +1,8 @@
 """``serkit_ser_model``: a fairseq speech upstream with a serkit head, finetuned for emotion recognition.
 
 The upstream is a fairseq checkpoint (``model.upstream_path``): HuBERT, a ``serkit_hubert`` CPT model,
-wav2vec 2.0, or a CTC-finetuned HuBERT / wav2vec 2.0 (its inner encoder). Its pretraining-only parts
+wav2vec 2.0, data2vec audio, or a CTC-finetuned HuBERT / wav2vec 2.0 / data2vec (its inner encoder), in
+any published form (read by :mod:`serkit.upstream.checkpoint`). Its pretraining-only parts
 (label embeddings, projections, quantiser) are dropped. The head is any :func:`serkit.nn.build_head`
 name (``linear`` with ``pooling: attention`` is FLEA's; ``shiftcnn``, ``transformer``, ...), fed the
 last layer, one chosen layer, or a learnable weighted sum of all layers.
@@ -25,23 +26,19 @@ from typing import Any, Dict, Optional  # noqa: UP035 - see SerModelConfig
 
 import torch
 import torch.nn.functional as F
-from fairseq import checkpoint_utils, tasks
 from fairseq.dataclass import FairseqDataclass
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules import GradMultiply
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from ..utils import SerkitError
 from .masking import compute_mask_indices
 
 log = logging.getLogger("serkit.fairseq_ext")
 
-#: finetuned checkpoints whose encoder sits inside: model name -> state prefix of the inner model
-_WRAPPED = {"wav2vec_ctc": "w2v_encoder.w2v_model.", "hubert_ctc": "w2v_encoder.w2v_model."}
 #: pretraining-only weights that the SER model drops
 _PRETRAINING_ONLY = ("label_embs_concat", "final_proj.", "target_glu.", "quantizer.", "project_q.",
-                     "project_inp.")
+                     "project_inp.", "_ema")
 
 
 @dataclass
@@ -88,72 +85,41 @@ class SerModelConfig(FairseqDataclass):
     mask_channel_length: int = field(default=64, metadata={"help": "channels per channel mask"})
 
 
-def _checkpoint_cfg(state: dict, path: str):
-    if state.get("cfg") is not None:
-        return state["cfg"]
-    if state.get("args") is not None:
-        return convert_namespace_to_omegaconf(state["args"])
-    raise SerkitError(f"{path}: fairseq checkpoint without 'cfg' or 'args'; cannot rebuild its model")
-
-
 def read_upstream(path: str) -> tuple[Any, dict]:
-    """``(upstream_cfg {model, task}, model_state)`` of a fairseq checkpoint, unwrapping CTC models."""
+    """``(upstream_cfg {model, task}, model_state)`` of a fairseq checkpoint, unwrapping CTC models.
+
+    Every published form is read by :func:`serkit.upstream.checkpoint.read_checkpoint` (``cfg`` dict or
+    argparse ``args``, nested ``w2v_args``, either weight-norm naming).
+    """
+    from serkit.upstream.checkpoint import read_checkpoint
+
     if not path:
         raise SerkitError("model.upstream_path is not set; pass the absolute path of a fairseq HuBERT or "
                           "wav2vec 2.0 checkpoint")
     if not os.path.isfile(path):
         raise SerkitError(f"model.upstream_path={path}: no such file (give an absolute path: hydra runs in "
                           "its own directory)")
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    cfg = _checkpoint_cfg(state, path)
-    name = cfg.model.get("_name")
-    model_state = state["model"]
-    if name in _WRAPPED:
-        inner = cfg.model.get("w2v_args")
-        if inner is None:
-            raise SerkitError(f"{path}: '{name}' checkpoint without w2v_args; cannot rebuild its encoder")
-        if not OmegaConf.is_config(inner):
-            inner = convert_namespace_to_omegaconf(inner)
-        prefix = _WRAPPED[name]
-        model_state = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
-        model_cfg, task_cfg = inner.model, inner.task
-        with open_dict(task_cfg):
-            task_cfg.normalize = bool(cfg.task.get("normalize", False))
-    else:
-        model_cfg, task_cfg = cfg.model, cfg.task
-    upstream_cfg = OmegaConf.create({"model": OmegaConf.to_container(model_cfg, resolve=True),
-                                     "task": OmegaConf.to_container(task_cfg, resolve=True)})
+    ck = read_checkpoint(path)
+    upstream_cfg = OmegaConf.create({"model": OmegaConf.to_container(ck.model_cfg, resolve=True),
+                                     "task": OmegaConf.to_container(ck.task_cfg, resolve=True)})
     if "init_from" in upstream_cfg.model:  # a serkit_hubert CPT model: its weights are all here
         upstream_cfg.model.init_from = None
         upstream_cfg.model.init_done = True
-    return upstream_cfg, model_state
+    return upstream_cfg, ck.encoder_state
 
 
 def build_upstream(upstream_cfg, model_state: dict | None = None, path: str = "") -> BaseFairseqModel:
     """Build the fairseq encoder described by ``upstream_cfg`` (and load ``model_state`` if given)."""
-    task = tasks.setup_task(upstream_cfg.task, from_checkpoint=True)
-    if upstream_cfg.task.get("_name") == "hubert_pretraining":
-        # no label set: HubertModel then builds no label embeddings and reads no dict.*.txt
-        key = "target_dictionary" if upstream_cfg.task.get("fine_tuning") else "dictionaries"
-        task.state.merge_state_dict({key: None if key == "target_dictionary" else [None]})
-    model = task.build_model(upstream_cfg.model, from_checkpoint=True)
+    from serkit.upstream.checkpoint import SpeechCheckpoint, build_encoder, load_encoder_weights
+
+    ck = SpeechCheckpoint(path, upstream_cfg.model.get("_name"), "", upstream_cfg.model, upstream_cfg.task,
+                          {})
+    model = build_encoder(ck, label_embeddings=False, load=False)
     if hasattr(model, "remove_pretraining_modules"):
         model.remove_pretraining_modules()
-    for attr in ("feature_extractor", "encoder", "layer_norm"):
-        if not hasattr(model, attr):
-            name = upstream_cfg.model.get("_name")
-            raise SerkitError(f"{path}: model '{name}' has no {attr}; serkit_ser_model "
-                              "needs a HuBERT / wav2vec 2.0 style encoder")
     if model_state is not None:
         kept = {k: v for k, v in model_state.items() if not k.startswith(_PRETRAINING_ONLY)}
-        missing, unexpected = model.load_state_dict(kept, strict=False)
-        missing = [k for k in missing if not k.startswith(_PRETRAINING_ONLY)]
-        if missing:
-            raise SerkitError(f"{path}: checkpoint lacks weights the encoder needs ({', '.join(missing[:4])}"
-                              f"{' ...' if len(missing) > 4 else ''}); is it complete?")
-        if unexpected:
-            log.info("%s: ignored %d checkpoint entries (%s ...)", path, len(unexpected), unexpected[:3])
+        load_encoder_weights(model, kept, path)
     return model
 
 

@@ -41,16 +41,21 @@ class SpecAugment(nn.Module):
     channel masks cover spans of ``channel_mask_width`` channels over all frames (at least
     ``min_channel_masks``). Defaults are ShiftSER's (time p 0.08 x 15 frames, channel p 0.05 x 64).
 
-    Masked values are replaced with zero. ShiftSER's code fills time masks with a learned vector;
-    zero keeps this module parameter-free, so it can be placed anywhere (before or after the
-    learnable layer sum) and adds nothing to a checkpoint. Padded frames are never
-    touched, the input is never modified, and eval mode returns the input unchanged.
+    Channel-masked values are replaced with zero. Time-masked frames are replaced with zero
+    (``time_mask_fill="zero"``: parameter-free, nothing in a checkpoint) or, as in the official
+    ShiftSER code (``time_mask_fill="learned"``, which needs ``dim``), with a learned vector of C values
+    (initialised uniform in [0, 1), trained through the masked frames); channel masks are applied
+    after it, so a masked channel stays zero in a masked frame too. Padded frames are never touched,
+    the input is never modified, and eval mode returns the input unchanged.
 
     Parameters
     ----------
     time_mask_prob, time_mask_width, channel_mask_prob, channel_mask_width : float, int, float, int
     min_time_masks, min_channel_masks : int
         Lower bounds on the number of spans (2 and 1, as in ShiftSER's use of wav2vec2's masking).
+    time_mask_fill : {"zero", "learned"}
+    dim : int, optional
+        Number of channels C; required for ``time_mask_fill="learned"``.
 
     Shapes
     ------
@@ -65,12 +70,25 @@ class SpecAugment(nn.Module):
     (True, True)
     >>> torch.equal(aug.eval()(x), x)
     True
+    >>> learned = SpecAugment(time_mask_prob=0.5, time_mask_width=2, channel_mask_prob=0.0,
+    ...                       time_mask_fill="learned", dim=128)
+    >>> y = learned.train()(x)
+    >>> torch.equal(y[y[:, :, 0] != 1], learned.masked_embed.expand(int((y[:, :, 0] != 1).sum()), -1))
+    True
     """
 
     def __init__(self, time_mask_prob: float = 0.08, time_mask_width: int = 15,
                  channel_mask_prob: float = 0.05, channel_mask_width: int = 64,
-                 min_time_masks: int = 2, min_channel_masks: int = 1):
+                 min_time_masks: int = 2, min_channel_masks: int = 1, time_mask_fill: str = "zero",
+                 dim: int | None = None):
         super().__init__()
+        if time_mask_fill not in ("zero", "learned"):
+            raise ValueError(f"time_mask_fill must be 'zero' or 'learned', got {time_mask_fill!r}")
+        if time_mask_fill == "learned" and (dim is None or int(dim) < 1):
+            raise ValueError("time_mask_fill='learned' needs dim (the number of feature channels)")
+        self.time_mask_fill = time_mask_fill
+        # The official code's masked_spec_embed: uniform [0, 1) initialisation.
+        self.masked_embed = nn.Parameter(torch.rand(int(dim))) if time_mask_fill == "learned" else None
         self.time_mask_prob = float(time_mask_prob)
         self.time_mask_width = int(time_mask_width)
         self.channel_mask_prob = float(channel_mask_prob)
@@ -110,7 +128,14 @@ class SpecAugment(nn.Module):
         if not self.training or (self.time_mask_prob <= 0 and self.channel_mask_prob <= 0):
             return x
         time, channel = self.masks(x, padding_mask)
-        replace = time[:, :, None] | channel[:, None, :]
+        if self.masked_embed is not None:
+            if self.masked_embed.shape[0] != x.shape[-1]:
+                raise ValueError(f"SpecAugment: learned time-mask vector has {self.masked_embed.shape[0]} "
+                                 f"channels, features have {x.shape[-1]}")
+            x = torch.where(time[:, :, None], self.masked_embed.to(x.dtype), x)
+            replace = channel[:, None, :].expand(-1, x.shape[1], -1)
+        else:
+            replace = time[:, :, None] | channel[:, None, :]
         if padding_mask is not None:
             replace = replace & ~padding_mask[:, :, None]
         return x.masked_fill(replace, 0.0)
@@ -118,4 +143,4 @@ class SpecAugment(nn.Module):
     def extra_repr(self) -> str:
         return (f"time_mask_prob={self.time_mask_prob:g}, time_mask_width={self.time_mask_width}, "
                 f"channel_mask_prob={self.channel_mask_prob:g}, "
-                f"channel_mask_width={self.channel_mask_width}")
+                f"channel_mask_width={self.channel_mask_width}, time_mask_fill={self.time_mask_fill!r}")

@@ -260,7 +260,12 @@ class MSABlock(nn.Module):
 
 
 class FFNBlock(nn.Module):
-    """Position-wise feed-forward with residual and post-LayerNorm: ``LN(x + FFN(x))`` (a BAS candidate).
+    """Position-wise feed-forward with post-LayerNorm, a BAS candidate: ``LN(FFN(x))``, or
+    ``LN(x + FFN(x))`` with ``residual=True`` (the FFN half of a transformer layer).
+
+    The BAS paper's FFN candidate is "a FFN without residual connection" (Sec. 2.2, Search Space), hence
+    ``residual=False`` by default; :class:`TransformerBlock` keeps the residual, as the paper's Eq. 3.
+    The LayerNorm is ours (every serkit candidate is post-LN; the paper names no normalisation).
 
     Example
     -------
@@ -268,17 +273,23 @@ class FFNBlock(nn.Module):
     torch.Size([2, 5, 16])
     """
 
-    def __init__(self, dim: int, hidden: int | None = None, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: int | None = None, dropout: float = 0.0, residual: bool = False):
         super().__init__()
         self.ffn = FeedForward(dim, 4 * dim if hidden is None else hidden, dropout)
         self.norm = nn.LayerNorm(dim)
+        self.residual = bool(residual)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        return self.norm(x + self.ffn(x))
+        out = self.ffn(x)
+        return self.norm(x + out if self.residual else out)
+
+    def extra_repr(self) -> str:
+        return f"residual={self.residual}"
 
 
 class TransformerBlock(nn.Module):
-    """MSA block followed by FFN block, the standard post-LN transformer layer (a BAS candidate).
+    """MSA block followed by a residual FFN block, the standard post-LN transformer layer (a BAS candidate):
+    ``y = LN(x + MSA(x)); LN(y + FFN(y))``, the paper's Eq. 3 with post-LayerNorm.
 
     Example
     -------
@@ -290,7 +301,7 @@ class TransformerBlock(nn.Module):
                  dropout: float = 0.0):
         super().__init__()
         self.msa = MSABlock(dim, num_heads, dropout)
-        self.ffn = FFNBlock(dim, hidden, dropout)
+        self.ffn = FFNBlock(dim, hidden, dropout, residual=True)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         return self.ffn(self.msa(x, padding_mask), padding_mask)

@@ -20,19 +20,27 @@ Heads and their parameter counts at C = 768 with 4 classes (default settings)::
 
 Shiftformer is 27.8 % smaller than the transformer baseline, as in the ShiftSER paper. The shift adds
 no parameters. New heads are added with ``@register_head("name")``.
+
+The ShiftSER paper's ablations are options of these heads: the shift's ``proportion`` (Fig. 4(b)),
+``placement`` residual or in-place (Fig. 2, Fig. 4), ConvHead's ``kernel_size`` (Fig. 4(a)),
+TransformerHead's ``positions`` (RPE -> APE), ``token_mixer`` (MHSA -> pooling) and ``shift_placement``
+(Table 3), and ``shift_augment_p`` > 0, which turns every shift of a head into a training-only random
+augmentation (Table 1's "+Augment" rows: at evaluation the head is its shift-free baseline).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch  # noqa: F401  (used by the doctests)
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .blocks import ConvNeXtBlock1d, ShiftformerLayer, TransformerLayer
+from .blocks import ConvNeXtBlock1d, RelativeSelfAttention, ShiftformerLayer, TransformerLayer
+from .masking import zero_padded_frames
 from .pooling import build_pooling
 from .search import DerivedBlockNetwork
-from .shift import TemporalShift
+from .shift import RandomShift, TemporalShift
 
 __all__ = [
     "HEADS",
@@ -44,6 +52,8 @@ __all__ = [
     "TransformerHead",
     "ShiftformerHead",
     "LSTMHead",
+    "PoolingMixer",
+    "make_shift",
     "count_parameters",
 ]
 
@@ -102,6 +112,23 @@ def build_head(name: str, input_dim: int, num_classes: int, pooling: str = "mean
     except KeyError:
         raise ValueError(f"unknown head {name!r}; choose one of {sorted(HEADS)}") from None
     return factory(input_dim, num_classes, pooling=pooling, **kw)
+
+
+def make_shift(proportion: float, bidirectional: bool, mask_aware: bool = True,
+               augment_p: float = 0.0) -> nn.Module:
+    """The shift module of a head: a :class:`TemporalShift`, or with ``augment_p`` > 0 a
+    :class:`RandomShift` (applied to a training batch with probability ``augment_p``, never in eval).
+
+    Example
+    -------
+    >>> type(make_shift(1 / 4, False)).__name__, type(make_shift(1 / 4, False, augment_p=0.5)).__name__
+    ('TemporalShift', 'RandomShift')
+    """
+    if augment_p < 0 or augment_p > 1:
+        raise ValueError(f"shift_augment_p must be in [0, 1], got {augment_p}")
+    if augment_p > 0:
+        return RandomShift(augment_p, proportion, bidirectional, mask_aware)
+    return TemporalShift(proportion, bidirectional, mask_aware)
 
 
 class LinearHead(nn.Module):
@@ -166,6 +193,9 @@ class ConvHead(nn.Module):
     proportion, bidirectional, mask_aware
         As in :class:`~serkit.nn.shift.TemporalShift`.
     placement : {"residual", "inplace"}
+    shift_augment_p : float
+        > 0: the shifts are a training-only augmentation applied with this probability (see
+        :func:`make_shift`; ShiftSER's "CNN+Augment").
     dropout : float
 
     Example
@@ -177,12 +207,17 @@ class ConvHead(nn.Module):
     def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", num_blocks: int = 2,
                  kernel_size: int = 7, shift_blocks=(), proportion: float = 1 / 16,
                  bidirectional: bool = False, mask_aware: bool = True, placement: str = "residual",
-                 dropout: float = 0.0):
+                 shift_augment_p: float = 0.0, dropout: float = 0.0):
         super().__init__()
+        shift_blocks = tuple(int(i) for i in shift_blocks)
+        bad = [i for i in shift_blocks if not 0 <= i < num_blocks]
+        if bad:
+            raise ValueError(f"shift_blocks {bad} out of range for {num_blocks} blocks")
         self.blocks = nn.ModuleList(
             ConvNeXtBlock1d(
                 input_dim, kernel_size,
-                shift=TemporalShift(proportion, bidirectional, mask_aware) if i in shift_blocks else None,
+                shift=make_shift(proportion, bidirectional, mask_aware, shift_augment_p)
+                if i in shift_blocks else None,
                 placement=placement, dropout=dropout,
             )
             for i in range(num_blocks)
@@ -197,6 +232,79 @@ class ConvHead(nn.Module):
         return self.classifier(self.pool(self.norm(x), padding_mask))
 
 
+class PoolingMixer(nn.Module):
+    """Average pooling as token mixer (Table 3's "MHSA -> pooling"): ``mean(x[t-k//2 .. t+k//2]) - x[t]``.
+
+    ShiftSER does not describe this variant beyond its reference to MetaFormer; the form is
+    PoolFormer's (pool size 3, stride 1, the input subtracted, only valid frames averaged), so inside
+    the post-LN layer ``LN(x + mixer(x))`` becomes ``LN(pool(x))``. No parameters.
+
+    Example
+    -------
+    >>> PoolingMixer(3)(torch.tensor([[[0.0], [3.0], [6.0]]]))[0, :, 0]
+    tensor([ 1.5000,  0.0000, -1.5000])
+    """
+
+    def __init__(self, pool_size: int = 3):
+        super().__init__()
+        if pool_size < 1 or pool_size % 2 == 0:
+            raise ValueError(f"pool_size must be odd and positive, got {pool_size}")
+        self.pool_size = int(pool_size)
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        k = self.pool_size
+        if padding_mask is None:
+            valid = x.new_ones(x.shape[0], x.shape[1], 1)
+        else:
+            valid = (~padding_mask).to(x.dtype).unsqueeze(-1)
+        sums = F.avg_pool1d((x * valid).transpose(1, 2), k, 1, k // 2, count_include_pad=True) * k
+        counts = F.avg_pool1d(valid.transpose(1, 2), k, 1, k // 2, count_include_pad=True) * k
+        pooled = (sums / counts.clamp_min(1.0)).transpose(1, 2)
+        return zero_padded_frames(pooled - x, padding_mask)
+
+    def extra_repr(self) -> str:
+        return f"pool_size={self.pool_size}"
+
+
+class _SelfAttention(RelativeSelfAttention):
+    """Self-attention without relative positions (the absolute-position variant adds them to the input)."""
+
+    def __init__(self, dim: int, num_heads: int, out_proj: bool = False, dropout: float = 0.0):
+        super().__init__(dim, num_heads, max_len=1, out_proj=out_proj, dropout=dropout)
+        self.distance_embedding = None
+
+    def _relative_scores(self, q: Tensor, k: Tensor) -> Tensor:
+        return q.new_zeros(())
+
+
+class _AblationTransformerLayer(TransformerLayer):
+    """:class:`TransformerLayer` with ShiftSER's Table 3 variants: a token mixer other than relative-position
+    attention and a temporal shift on the attention's residual path (residual) or on the layer input
+    (in-place), as in the official code's commented-out alternatives.
+    """
+
+    def __init__(self, dim: int, num_heads: int | None, mlp_ratio: int, max_len: int, out_proj: bool,
+                 dropout: float, positions: str, token_mixer: str, shift: nn.Module | None, placement: str):
+        super().__init__(dim, num_heads, mlp_ratio, max_len, out_proj, dropout)
+        if token_mixer == "pooling":
+            self.attention = PoolingMixer(3)
+        elif positions == "absolute":
+            self.attention = _SelfAttention(dim, self.attention.num_heads, out_proj, dropout)
+        self.shift = shift
+        self.placement = placement
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        if self.shift is not None and self.placement == "inplace":
+            x = self.shift(x, padding_mask)
+            shortcut = x
+        elif self.shift is not None:
+            shortcut = self.shift(x, padding_mask)
+        else:
+            shortcut = x
+        x = self.norm1(shortcut + self.dropout(self.attention(x, padding_mask)))
+        return self.norm2(x + self.mlp(x))
+
+
 class TransformerHead(nn.Module):
     """ShiftSER's transformer baseline: post-LN layers with relative-position attention, pooling, Linear.
 
@@ -208,30 +316,62 @@ class TransformerHead(nn.Module):
         Default 12 when it divides C, else the largest divisor of C below 12.
     mlp_ratio : int
     max_len : int
-        Frames covered by the relative-position table (2 max_len - 1 distances); longer inputs reuse
-        the largest distance. 374 = 7.5 s, as in ShiftSER.
+        Frames covered by the relative-position table (2 max_len - 1 distances) or the absolute one;
+        longer inputs reuse the largest distance (the last position). 374 = 7.5 s, as in ShiftSER.
     out_proj : bool
         Output projection in attention (absent in the baseline whose size the paper reports).
+    positions : {"relative", "absolute"}
+        ``"absolute"``: a learned embedding per frame added to the input and attention without the
+        relative table (Table 3's RPE -> APE; the official code's ``absolute`` type).
+    token_mixer : {"attention", "pooling"}
+        ``"pooling"``: :class:`PoolingMixer` instead of self-attention (Table 3's MHSA -> pooling).
+    shift_placement : {"none", "residual", "inplace"}
+        A temporal shift in every layer: on the attention's residual path (Table 3's residual -> shift)
+        or on the layer input.
+    proportion, bidirectional, mask_aware, shift_augment_p
+        Of that shift (see :func:`make_shift`); ``shift_augment_p`` > 0 is "Transformer+Augment".
     dropout : float
 
     Example
     -------
     >>> TransformerHead(24, 4, max_len=16)(torch.randn(2, 9, 24)).shape
     torch.Size([2, 4])
+    >>> TransformerHead(24, 4, max_len=16, positions="absolute")(torch.randn(2, 20, 24)).shape
+    torch.Size([2, 4])
     """
 
     def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", num_layers: int = 2,
                  num_heads: int | None = None, mlp_ratio: int = 4, max_len: int = 374, out_proj: bool = False,
-                 dropout: float = 0.0):
+                 positions: str = "relative", token_mixer: str = "attention", shift_placement: str = "none",
+                 proportion: float = 1 / 4, bidirectional: bool = False, mask_aware: bool = True,
+                 shift_augment_p: float = 0.0, dropout: float = 0.0):
         super().__init__()
+        if positions not in ("relative", "absolute"):
+            raise ValueError(f"positions must be 'relative' or 'absolute', got {positions!r}")
+        if token_mixer not in ("attention", "pooling"):
+            raise ValueError(f"token_mixer must be 'attention' or 'pooling', got {token_mixer!r}")
+        if shift_placement not in ("none", "residual", "inplace"):
+            raise ValueError(f"shift_placement must be 'none', 'residual' or 'inplace', "
+                             f"got {shift_placement!r}")
+        plain = positions == "relative" and token_mixer == "attention" and shift_placement == "none"
         self.layers = nn.ModuleList(
-            TransformerLayer(input_dim, num_heads, mlp_ratio, max_len, out_proj, dropout)
+            TransformerLayer(input_dim, num_heads, mlp_ratio, max_len, out_proj, dropout) if plain else
+            _AblationTransformerLayer(
+                input_dim, num_heads, mlp_ratio, max_len, out_proj, dropout, positions, token_mixer,
+                None if shift_placement == "none" else
+                make_shift(proportion, bidirectional, mask_aware, shift_augment_p),
+                shift_placement)
             for _ in range(num_layers)
         )
+        self.position_embeddings = nn.Embedding(max_len, input_dim) if positions == "absolute" else None
         self.pool = build_pooling(pooling, input_dim)
         self.classifier = nn.Linear(input_dim, num_classes)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        if self.position_embeddings is not None:
+            table = self.position_embeddings.weight
+            pos = torch.arange(x.shape[1], device=x.device).clamp_max(table.shape[0] - 1)
+            x = x + table[pos].to(x.dtype)
         for layer in self.layers:
             x = layer(x, padding_mask)
         return self.classifier(self.pool(x, padding_mask))
@@ -282,6 +422,12 @@ class LSTMHead(nn.Module):
         Shifted fraction of the input channels; 0 for the plain BiLSTM.
     bidirectional, mask_aware
         Of the shift.
+    placement : {"inplace", "residual"}
+        ``"residual"``: the LSTM sees the unshifted input and the shifted input joins its output
+        through a projection shortcut Linear(C, 2 hidden) (the variant of the paper's Fig. 4(b), with
+        extra parameters).
+    shift_augment_p : float
+        > 0: the shift is a training-only augmentation with this probability ("LSTM+Augment").
     dropout : float
         Dropout on the LSTM outputs.
 
@@ -294,10 +440,17 @@ class LSTMHead(nn.Module):
 
     def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", hidden: int | None = None,
                  proportion: float = 0.0, bidirectional: bool = False, mask_aware: bool = True,
-                 dropout: float = 0.0):
+                 placement: str = "inplace", shift_augment_p: float = 0.0, dropout: float = 0.0):
         super().__init__()
+        if placement not in ("inplace", "residual"):
+            raise ValueError(f"placement must be 'inplace' or 'residual', got {placement!r}")
         hidden = input_dim if hidden is None else hidden
-        self.shift = TemporalShift(proportion, bidirectional, mask_aware) if proportion > 0 else None
+        self.shift = None
+        if proportion > 0:
+            self.shift = make_shift(proportion, bidirectional, mask_aware, shift_augment_p)
+        self.placement = placement
+        residual = self.shift is not None and placement == "residual"
+        self.shortcut = nn.Linear(input_dim, 2 * hidden) if residual else None
         self.lstm = nn.LSTM(input_dim, hidden, num_layers=1, batch_first=True, bidirectional=True)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(2 * hidden)
@@ -305,8 +458,13 @@ class LSTMHead(nn.Module):
         self.classifier = nn.Linear(2 * hidden, num_classes)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        shortcut = None
         if self.shift is not None:
-            x = self.shift(x, padding_mask)
+            shifted = self.shift(x, padding_mask)
+            if self.shortcut is None:
+                x = shifted
+            else:
+                shortcut = self.shortcut(shifted)
         if padding_mask is None or not bool(padding_mask.any()):
             out, _ = self.lstm(x)
         else:
@@ -314,7 +472,10 @@ class LSTMHead(nn.Module):
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             out, _ = self.lstm(packed)
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        out = self.norm(self.dropout(out))
+        out = self.dropout(out)
+        if shortcut is not None:
+            out = out + shortcut
+        out = self.norm(out)
         return self.classifier(self.pool(out, padding_mask))
 
 

@@ -7,10 +7,20 @@ candidate has its own weights. In eval mode the noise is left out (``m = softmax
 evaluation is deterministic and mask invariant. Layers are stacked with no skip connection between
 them. ``derive()`` takes the argmax of each layer's logits.
 
+Candidates (Sec. 2.2 of the paper): ``msa_ffn`` the transformer block ``y = LN(x + MSA(x));
+LN(y + FFN(y))``, ``msa`` ``LN(x + MSA(x))``, ``ffn`` "a FFN without residual connection"
+``LN(FFN(x))`` (``ffn_residual=True`` gives serkit's earlier ``LN(x + FFN(x))``). The LayerNorms are ours.
+
 Dimensions (our choice; the paper gives none beyond the upstream's): features of dimension C are
-projected by Linear(C, D) with ``model_dim`` D = 256 (no projection when D = C), candidates work at D
-(MSA: ``torch.nn.MultiheadAttention`` with 4 heads; FFN: D -> 4D -> D, GELU), then mean pooling and
-Linear(D, K). For the paper's Large upstreams C = 1024.
+projected by a learned stem Linear(C, D) with ``model_dim`` D = 256 (no projection when D = C),
+candidates work at D (MSA: ``torch.nn.MultiheadAttention`` with 4 heads; FFN: D -> 4D -> D, GELU), then
+mean pooling and Linear(D, K). For the paper's Large upstreams C = 1024.
+
+Training (``serkit.speechbrain.brain.SERBrain``): weights and logits are updated together, one loss,
+one backward, one step of each optimiser per training batch (the paper: "the network parameters and
+the sampling parameters are trained together", Fig. 2; "trains the stochastic super net using SGD to
+optimize the architecture distribution", Sec. 2.2). The temperature schedule ``gumbel_temperature`` is
+FBNet's (the paper refers to FBNet for the details and gives none).
 """
 from __future__ import annotations
 
@@ -25,28 +35,33 @@ __all__ = [
     "BlockSearchSupernet",
     "DerivedBlockNetwork",
     "gumbel_temperature",
+    "make_arch_optimizer",
     "parse_arch",
 ]
 
 
-def _make_msa_ffn(dim, hidden, heads, dropout):
+def _make_msa_ffn(dim, hidden, heads, dropout, ffn_residual=False):
     return TransformerBlock(dim, hidden, heads, dropout)
 
 
-def _make_msa(dim, hidden, heads, dropout):
+def _make_msa(dim, hidden, heads, dropout, ffn_residual=False):
     return MSABlock(dim, heads, dropout)
 
 
-def _make_ffn(dim, hidden, heads, dropout):
-    return FFNBlock(dim, hidden, dropout)
+def _make_ffn(dim, hidden, heads, dropout, ffn_residual=False):
+    return FFNBlock(dim, hidden, dropout, residual=ffn_residual)
 
 
-#: Candidate blocks by name: each maker takes (dim, ffn hidden, heads, dropout).
+#: Candidate blocks by name: each maker takes (dim, ffn hidden, heads, dropout, ffn_residual); only the
+#: ``ffn`` candidate reads ``ffn_residual`` (the transformer block's FFN always has its residual).
 BLOCK_CHOICES = {"msa_ffn": _make_msa_ffn, "msa": _make_msa, "ffn": _make_ffn}
 
 
 def gumbel_temperature(epoch: int, initial: float = 5.0, decay: float = 0.956, minimum: float = 0.0) -> float:
     """Temperature for ``epoch`` (0-based) under FBNet's schedule: ``initial * decay ** epoch``.
+
+    The defaults are FBNet's (5.0, annealed by exp(-0.045) ~ 0.956 per epoch); the BAS paper names no
+    temperature.
 
     Call ``supernet.set_temperature(gumbel_temperature(epoch))`` at the start of each epoch. With the
     defaults the temperature goes from 5.0 to about 0.06 after 100 epochs.
@@ -57,6 +72,32 @@ def gumbel_temperature(epoch: int, initial: float = 5.0, decay: float = 0.956, m
     (5.0, 3.188)
     """
     return max(minimum, initial * decay**epoch)
+
+
+def make_arch_optimizer(params, name: str = "sgd", lr: float = 0.005, momentum: float = 0.9,
+                        weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The optimiser of the architecture logits, chosen by name (``arch_opt_class`` in the yamls).
+
+    ``"sgd"``: SGD, what the paper uses for the architecture distribution (Sec. 2.2), with the lr it
+    gives for the super net's parameters (0.005, Sec. 3.3) and our momentum (the weights'). ``"adam"``:
+    FBNet's choice (Adam lr 0.01, weight decay 5e-4); Adam has no ``momentum`` setting, so it must be 0.
+
+    Example
+    -------
+    >>> theta = [torch.nn.Parameter(torch.zeros(3))]
+    >>> type(make_arch_optimizer(theta)).__name__
+    'SGD'
+    >>> make_arch_optimizer(theta, "adam", lr=0.01, momentum=0.0).defaults["lr"]
+    0.01
+    """
+    name = str(name).lower()
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        if momentum:
+            raise ValueError(f"arch optimiser adam has no momentum (got {momentum}); set arch_momentum to 0")
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown arch optimiser {name!r}; choose sgd (the paper) or adam (FBNet)")
 
 
 def parse_arch(arch: str | list[str] | tuple[str, ...], choices=tuple(BLOCK_CHOICES)) -> list[str]:
@@ -107,6 +148,8 @@ class BlockSearchSupernet(nn.Module):
     ffn_dim : int, optional
         Hidden width of FFN candidates (default 4 D).
     dropout : float
+    ffn_residual : bool
+        Give the ``ffn`` candidate a residual, ``LN(x + FFN(x))``; the paper's has none (default).
     tau : float
         Initial Gumbel-softmax temperature (change it with ``set_temperature``).
 
@@ -125,13 +168,15 @@ class BlockSearchSupernet(nn.Module):
 
     def __init__(self, input_dim: int, num_classes: int, num_layers: int = 4,
                  choices=("msa_ffn", "msa", "ffn"), pooling: str = "mean", model_dim: int = 256,
-                 num_heads: int = 4, ffn_dim: int | None = None, dropout: float = 0.0, tau: float = 5.0):
+                 num_heads: int = 4, ffn_dim: int | None = None, dropout: float = 0.0,
+                 ffn_residual: bool = False, tau: float = 5.0):
         super().__init__()
         self.choices = tuple(parse_arch(list(choices)))
         ffn_dim = 4 * model_dim if ffn_dim is None else ffn_dim
         self.stem = _Stem(input_dim, model_dim)
         self.layers = nn.ModuleList(
-            nn.ModuleList(BLOCK_CHOICES[n](model_dim, ffn_dim, num_heads, dropout) for n in self.choices)
+            nn.ModuleList(BLOCK_CHOICES[n](model_dim, ffn_dim, num_heads, dropout, ffn_residual)
+                          for n in self.choices)
             for _ in range(num_layers)
         )
         # One logit vector per layer; zeros = uniform over candidates at the start.
@@ -191,8 +236,10 @@ class BlockSearchSupernet(nn.Module):
 class DerivedBlockNetwork(nn.Module):
     """The network BAS derives: the chosen block per layer, built and trained from scratch.
 
-    Same stem, candidate blocks, pooling and classifier as :class:`BlockSearchSupernet`; built by
+    Same stem, candidate blocks (``ffn_residual`` as there), pooling and classifier as
+    :class:`BlockSearchSupernet`; built by
     ``build_head("bas", input_dim, num_classes, arch="ffn,msa,msa_ffn,msa")``.
+    ``arch="msa_ffn,msa_ffn,msa_ffn,msa_ffn"`` is the like-for-like transformer baseline.
 
     Example
     -------
@@ -203,13 +250,14 @@ class DerivedBlockNetwork(nn.Module):
 
     def __init__(self, input_dim: int, num_classes: int, arch: str = "ffn,msa,msa_ffn,msa",
                  pooling: str = "mean", model_dim: int = 256, num_heads: int = 4, ffn_dim: int | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, ffn_residual: bool = False):
         super().__init__()
         names = parse_arch(arch)
         self.arch = ",".join(names)
         ffn_dim = 4 * model_dim if ffn_dim is None else ffn_dim
         self.stem = _Stem(input_dim, model_dim)
-        self.layers = nn.ModuleList(BLOCK_CHOICES[n](model_dim, ffn_dim, num_heads, dropout) for n in names)
+        self.layers = nn.ModuleList(BLOCK_CHOICES[n](model_dim, ffn_dim, num_heads, dropout, ffn_residual)
+                                    for n in names)
         self.pool = build_pooling(pooling, model_dim)
         self.classifier = nn.Linear(model_dim, num_classes)
 

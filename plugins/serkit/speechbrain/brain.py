@@ -20,6 +20,15 @@ paper: one loop, not DARTS' alternating validation steps); the Gumbel-softmax te
 ``gumbel_temperature(epoch)``; after every epoch the per-layer block probabilities are appended to
 ``search_log.jsonl``, drawn in ``search_probs.png``, and the derived architecture is written to
 ``arch.txt`` (what ``bas.yaml`` reads as ``--arch "$(cat arch.txt)"``).
+
+Resuming: a run killed at any moment and started again with the same command ends bit-identical (on
+CPU) to a run that was never interrupted. Checkpoints hold the random generators
+(:class:`~serkit.speechbrain.checkpoints.RandomState`, recoverable ``rng``) besides the weights,
+optimisers, epoch counter and SpeechBrain's step counters; the learning-rate and temperature schedules
+are functions of the epoch and step. Intra-epoch checkpoints (SpeechBrain's ``--ckpt_interval_steps`` /
+``--ckpt_interval_minutes``) are taken only between optimiser steps, never inside a gradient
+accumulation, and a mid-epoch resume fast-forwards the sampler without drawing from the global
+generators.
 """
 from __future__ import annotations
 
@@ -42,27 +51,84 @@ log = logging.getLogger("serkit.speechbrain")
 
 
 class WarmupCosine:
-    """Learning rate: linear warm-up over ``warmup_epochs`` then cosine decay to ``final_lr`` at ``epochs``.
+    """Learning rate: linear warm-up from ``warmup_start_lr`` over ``warmup_epochs``, then cosine decay to
+    ``final_lr`` at ``epochs``; a function of the fractional epoch, evaluated every iteration.
 
-    Stateless (a function of the fractional epoch), so a resumed run continues the schedule exactly.
+    ``cosine_after_warmup=True`` (default) starts the cosine at the end of the warm-up. ``False`` is
+    timm's ``CosineLRScheduler`` as the official ShiftSER code uses it (``warmup_prefix=False``): the
+    cosine runs over the whole schedule and the warm-up overrides its first epochs, so the rate after
+    the warm-up starts just below ``lr``. Stateless, so a resumed run continues the schedule exactly.
 
     Example
     -------
     >>> s = WarmupCosine(lr=1.0, warmup_epochs=5, epochs=100)
     >>> s(0.0), s(2.5), s(5.0), round(s(52.5), 3), s(100.0)
     (0.0, 0.5, 1.0, 0.5, 0.0)
+    >>> official = WarmupCosine(lr=5e-4, warmup_epochs=5, epochs=100, final_lr=5e-6, warmup_start_lr=5e-7,
+    ...                         cosine_after_warmup=False)
+    >>> official(0.0), round(official(50.0), 8), official(100.0)
+    (5e-07, 0.0002525, 5e-06)
     """
 
-    def __init__(self, lr: float, warmup_epochs: float, epochs: float, final_lr: float = 0.0):
+    def __init__(self, lr: float, warmup_epochs: float, epochs: float, final_lr: float = 0.0,
+                 warmup_start_lr: float = 0.0, cosine_after_warmup: bool = True):
         self.lr, self.warmup, self.epochs, self.final_lr = float(lr), float(warmup_epochs), float(epochs), \
             float(final_lr)
+        self.warmup_start_lr = float(warmup_start_lr)
+        self.cosine_after_warmup = bool(cosine_after_warmup)
+
+    def __call__(self, progress: float) -> float:
+        if self.warmup > 0 and progress < self.warmup:
+            return self.warmup_start_lr + (self.lr - self.warmup_start_lr) * progress / self.warmup
+        start = self.warmup if self.cosine_after_warmup else 0.0
+        span = max(1e-9, self.epochs - start)
+        frac = min(1.0, max(0.0, (progress - start) / span))
+        return self.final_lr + 0.5 * (self.lr - self.final_lr) * (1.0 + math.cos(math.pi * frac))
+
+
+class WarmupHoldLinear:
+    """Learning rate: linear warm-up from 0 over ``warmup_epochs``, constant for ``hold_epochs``, then linear
+    decay to 0 at ``epochs`` (the lambda schedule of ShiftSER's official finetuning code, taken from
+    FT-w2v2-ser, whose hold equals the warm-up); a function of the fractional epoch, evaluated every
+    iteration.
+
+    Example
+    -------
+    >>> s = WarmupHoldLinear(lr=1.0, warmup_epochs=5, hold_epochs=5, epochs=100)
+    >>> s(0.0), s(2.5), s(5.0), s(10.0), s(55.0), s(100.0)
+    (0.0, 0.5, 1.0, 1.0, 0.5, 0.0)
+    """
+
+    def __init__(self, lr: float, warmup_epochs: float, hold_epochs: float, epochs: float):
+        self.lr, self.warmup, self.hold, self.epochs = float(lr), float(warmup_epochs), float(hold_epochs), \
+            float(epochs)
 
     def __call__(self, progress: float) -> float:
         if self.warmup > 0 and progress < self.warmup:
             return self.lr * progress / self.warmup
-        span = max(1e-9, self.epochs - self.warmup)
-        frac = min(1.0, max(0.0, (progress - self.warmup) / span))
-        return self.final_lr + 0.5 * (self.lr - self.final_lr) * (1.0 + math.cos(math.pi * frac))
+        decay_start = self.warmup + self.hold
+        if progress < decay_start:
+            return self.lr
+        return self.lr * max(0.0, (self.epochs - progress) / max(1e-9, self.epochs - decay_start))
+
+
+def parameter_groups(modules: torch.nn.Module, vector_weight_decay: bool = True):
+    """Trainable parameters of ``modules`` for an optimiser; with ``vector_weight_decay=False`` two groups,
+    the 1-D parameters (biases, norms, the learned mask vector, layer-sum logits) with weight decay 0
+    (the official ShiftSER code's ``set_weight_decay``) and the rest with the optimiser's weight decay.
+
+    Example
+    -------
+    >>> groups = parameter_groups(torch.nn.Linear(3, 2), vector_weight_decay=False)
+    >>> [tuple(p.shape) for p in groups[0]["params"]], groups[1]["weight_decay"]
+    ([(2, 3)], 0.0)
+    """
+    params = [(n, p) for n, p in modules.named_parameters() if p.requires_grad]
+    if vector_weight_decay:
+        return [p for _, p in params]
+    decay = [p for n, p in params if p.dim() > 1 and not n.endswith(".bias")]
+    no_decay = [p for n, p in params if not (p.dim() > 1 and not n.endswith(".bias"))]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def write_predictions(path: str | os.PathLike, rows: dict, order: list[str], classes: list[str]) -> None:
@@ -146,6 +212,21 @@ class SERBrain(sb.Brain):
     train_info: dict | None = None
 
     def on_fit_start(self):
+        if self.checkpointer is not None and "rng" not in self.checkpointer.recoverables:
+            from .checkpoints import RandomState
+
+            # optional: checkpoints of an older serkit resume too (with a warning)
+            self.checkpointer.add_recoverable("rng", RandomState(), optional_load=True)
+        # Import what the epoch loop imports lazily before the generators are restored: a module that
+        # draws from a global generator when first imported (rich, under sklearn, draws from `random`)
+        # would otherwise draw after the restore in a resumed run, before it in an uninterrupted one.
+        import sklearn.metrics  # noqa: F401  (serkit.metrics)
+
+        if self._search_net() is not None:  # plot_search
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot  # noqa: F401
         super().on_fit_start()  # recovers the latest checkpoint, if any
         logger = getattr(self.hparams, "train_logger", None)
         counter = getattr(self.hparams, "epoch_counter", None)
@@ -187,6 +268,13 @@ class SERBrain(sb.Brain):
 
     def init_optimizers(self):
         net = self._search_net()
+        if net is None and self.opt_class is not None:
+            groups = parameter_groups(self.modules, bool(getattr(self.hparams, "vector_weight_decay", True)))
+            self.optimizer = self.opt_class(groups)
+            self.optimizers_dict = {"opt_class": self.optimizer}
+            if self.checkpointer is not None:
+                self.checkpointer.add_recoverable("optimizer", self.optimizer)
+            return
         if net is None or self.opt_class is None:
             return super().init_optimizers()
         arch_opt_class = getattr(self.hparams, "arch_opt_class", None)
@@ -203,11 +291,54 @@ class SERBrain(sb.Brain):
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
             self.checkpointer.add_recoverable("arch_optimizer", self.arch_optimizer)
 
+    def optimizers_step(self):
+        # SpeechBrain clips only param_groups[0] of each optimiser, which with a no-decay group would leave
+        # the other group unclipped. Here one global norm over every group (as the official ShiftSER
+        # code clips); otherwise SpeechBrain's own steps, in its order.
+        valid = self.freeze_optimizers(self.optimizers_dict) if self.optimizers_dict is not None else {}
+        if all(len(opt.param_groups) == 1 for opt in valid.values()):
+            return super().optimizers_step()
+        for opt in valid.values():
+            self.scaler.unscale_(opt)
+        for opt in valid.values():
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
+                                           self.max_grad_norm)
+        if not self.scaler.is_enabled() and self.skip_nonfinite_grads:
+            self.check_gradients()
+        for opt in valid.values():
+            self.scaler.step(opt)
+        self.scaler.update()
+        for opt in valid.values():
+            opt.zero_grad(set_to_none=True)
+        self.optimizer_step += 1
+
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         loader = super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
             self._steps_per_epoch = max(1, len(loader))
+            self._train_loader = loader
         return loader
+
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+        # a checkpoint inside a gradient accumulation would lose the gradients accumulated so far
+        due = super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
+        return due and self.step % self.grad_accumulation_factor == 0
+
+    def _resume_mid_epoch(self) -> None:
+        """Before the train iterator of a mid-epoch resume is created: keep the global generators as saved.
+
+        Creating a DataLoader iterator draws its workers' base seed from the loader's ``generator``,
+        the global torch generator when it has none. The uninterrupted run drew it at the start of the
+        epoch, before the restored state was saved, so the resumed iterator draws it from a generator
+        of its own (put back at the end of the epoch).
+        """
+        rng = self.checkpointer.recoverables.get("rng") if self.checkpointer is not None else None
+        loader = getattr(self, "_train_loader", None)
+        if rng is None or rng.end_of_epoch is not False or loader is None:
+            return
+        rng.end_of_epoch = None
+        self._loader_generator = loader.generator
+        loader.generator = torch.Generator()
 
     def on_fit_batch_start(self, batch, should_step):
         schedule = getattr(self.hparams, "lr_schedule", None)
@@ -228,6 +359,7 @@ class SERBrain(sb.Brain):
         self._rows = {}
         if stage == sb.Stage.TRAIN:
             self._epoch = int(epoch or 1)
+            self._resume_mid_epoch()
             net = self._search_net()
             if net is not None:
                 from serkit.nn.search import gumbel_temperature
@@ -240,6 +372,9 @@ class SERBrain(sb.Brain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
+            if hasattr(self, "_loader_generator"):
+                self._train_loader.generator = self._loader_generator
+                del self._loader_generator
             return
         if stage == sb.Stage.TEST:  # Brain.evaluate(): score whatever split it was given
             self.test_stats = self._metrics(self._rows)

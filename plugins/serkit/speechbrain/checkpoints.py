@@ -12,14 +12,27 @@ cannot be loaded (a truncated or foreign file) raises :class:`~serkit.utils.Serk
 
 ``serkit train`` uses this class whatever the hparams name, so foreign SpeechBrain YAMLs get it too;
 the recipes' configs name it (``!new:serkit.speechbrain.checkpoints.Checkpointer``).
+
+Parameter files are loaded with ``torch.load(..., weights_only=True)`` (tensors and plain containers
+only), whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says: a checkpoint that needs unpickling arbitrary
+objects is refused with a :class:`~serkit.utils.SerkitError` instead of being executed. Everything
+serkit saves in a checkpoint loads that way. (The hparams file beside the checkpoints is still code:
+see docs/trust.md.)
+
+:class:`RandomState` is the recoverable that makes a resumed run continue the random streams of the
+run it resumes (``SERBrain`` adds it as ``rng``).
 """
 from __future__ import annotations
 
 import logging
 import os
+import pickle
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
+import torch
 from speechbrain.utils import checkpoints as sb_checkpoints
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
@@ -28,6 +41,79 @@ from ..utils import SerkitError
 log = logging.getLogger("serkit.speechbrain")
 
 PENDING = ".CKPT.yaml.pending"
+
+
+def weights_only_recovery(obj, path, end_of_epoch):
+    """SpeechBrain's ``torch_recovery`` with ``weights_only=True`` (no arbitrary unpickling)."""
+    del end_of_epoch
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = sb_checkpoints.hook_on_loading_state_dict_checkpoint(state)
+    try:
+        obj.load_state_dict(state, strict=True)
+    except TypeError:  # optimisers and schedulers take no `strict`
+        obj.load_state_dict(state)
+
+
+@sb_checkpoints.register_checkpoint_hooks
+class RandomState:
+    """The process's random generators as a checkpoint recoverable.
+
+    Saves and restores torch's CPU generator, the generator of every visible CUDA device, numpy's
+    global generator and Python's ``random``: whatever dropout, SpecAugment masks, Gumbel noise or a
+    data pipeline drew before the checkpoint, a resumed run draws what the uninterrupted run drew next.
+    (The training sampler needs nothing here: SpeechBrain's ``ReproducibleRandomSampler`` reseeds its
+    own generator with ``seed + epoch`` every epoch and a mid-epoch resume fast-forwards it.)
+
+    The file holds tensors, ints and lists only, so it loads with ``weights_only=True``. In DDP the main
+    process's state is saved and every process restores it. ``end_of_epoch`` is what the last
+    restored checkpoint was (None: nothing restored), for the trainer to know a mid-epoch resume.
+
+    Example
+    -------
+    >>> import tempfile, torch
+    >>> rng = RandomState()
+    >>> path = Path(tempfile.mkdtemp()) / "rng.ckpt"
+    >>> rng._save(path)
+    >>> first = torch.rand(3)
+    >>> rng._recover(path, end_of_epoch=True)
+    >>> torch.equal(torch.rand(3), first)
+    True
+    """
+
+    def __init__(self):
+        self.end_of_epoch = None
+
+    @sb_checkpoints.mark_as_saver
+    def _save(self, path):
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        state = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        }
+        torch.save(state, path)
+
+    @sb_checkpoints.mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        torch.set_rng_state(state["torch"])
+        cuda = state.get("cuda") or []
+        if torch.cuda.is_available() and cuda:
+            if len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
+            else:
+                log.warning("%s: saved with %d CUDA device(s), %d visible now; the CUDA generators start "
+                            "afresh, so this run will not repeat the interrupted one exactly", path,
+                            len(cuda), torch.cuda.device_count())
+        npy = state["numpy"]
+        np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                             npy["cached_gaussian"]))
+        py = state["python"]
+        random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+        self.end_of_epoch = bool(end_of_epoch)
 
 
 class Checkpointer(sb_checkpoints.Checkpointer):
@@ -78,14 +164,38 @@ class Checkpointer(sb_checkpoints.Checkpointer):
         self.remove_incomplete()
         return super().recover_if_possible(*args, **kwargs)
 
+    def _weights_only_hooks(self) -> dict:
+        """Load hooks for the recoverables SpeechBrain would load with a plain ``torch.load``."""
+        return {name: weights_only_recovery for name, obj in self.recoverables.items()
+                if name not in self.custom_load_hooks
+                and sb_checkpoints.get_default_hook(obj, sb_checkpoints.DEFAULT_LOAD_HOOKS)
+                is sb_checkpoints.torch_recovery}
+
     def load_checkpoint(self, checkpoint):
+        missing = [name for name, optional in self.optional_recoverables.items()
+                   if optional and name not in checkpoint.paramfiles]
+        if "rng" in missing:
+            log.warning("%s: no random-generator state (saved by an older serkit); training continues, but "
+                        "not exactly as the interrupted run would have", checkpoint.path)
+        custom = self.custom_load_hooks
+        self.custom_load_hooks = {**self._weights_only_hooks(), **custom}
         try:
             return super().load_checkpoint(checkpoint)
+        except pickle.UnpicklingError as e:
+            detail = [line.strip() for line in str(e).splitlines()
+                      if "GLOBAL" in line or "Unsupported" in line] or ["not loadable with weights_only=True"]
+            raise SerkitError(
+                f"{checkpoint.path}: refusing to load this checkpoint: a parameter file holds pickled "
+                f"objects beyond tensors ({detail[0]}). serkit writes tensors only, so this file was not "
+                "written by serkit. Use experiment folders from trusted sources only (docs/trust.md)"
+            ) from None
         except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
             raise SerkitError(
                 f"{checkpoint.path}: cannot load this checkpoint ({type(e).__name__}: {e}); it is truncated "
                 f"or was written by another model. Remove that directory to resume from an earlier "
                 f"checkpoint, or train into a fresh --output-folder") from e
+        finally:
+            self.custom_load_hooks = custom
 
 
 def atomic(checkpointer: sb_checkpoints.Checkpointer) -> Checkpointer:

@@ -13,17 +13,22 @@ def register(subparsers) -> None:
         help="train a head on cached features or finetune an upstream (SpeechBrain, HyperPyYAML)",
         description="Train one fold. featex: --feats DIR (frozen upstream, weighted layer sum); finetune: "
                     "--upstream CKPT alone. Further --key value pairs override the yaml or set SpeechBrain "
-                    "run options. Multi-GPU/CPU: torchrun --nproc_per_node N -m serkit.speechbrain.train ...")
+                    "run options. Multi-GPU/CPU: torchrun --nproc_per_node N -m serkit.speechbrain.train ... "
+                    "A killed run started again with the same command resumes from its last checkpoint and "
+                    "ends as the uninterrupted run would have (on CPU, bit for bit).")
     add_train_arguments(p)
     p.add_argument("overrides", nargs=argparse.REMAINDER,
                    help="--key value pairs: yaml overrides (--number_of_epochs 5) and SpeechBrain run "
                         "options (--device cuda:0)")
     p.set_defaults(func=_run_train)
 
+    from .predict import TRUST
+
     q = subparsers.add_parser(
         "predict", help="classify audio files with a trained fold (one JSON line per file)",
         description="Load a trained fold (hparams, best-on-validation checkpoint, upstream) and print "
-                    '{"file", "label", "probs"} per audio file; folders are searched for audio files.')
+                    '{"file", "label", "probs"} per audio file; folders are searched for audio files.',
+        epilog=TRUST)
     add_predict_arguments(q)
     q.set_defaults(func=_run_predict)
 

@@ -8,6 +8,13 @@ and ``dict.emo.txt`` (the class list in label-index order). Items:
 - ``feats``: cached features ``(T, L, C)`` from a ``serkit dump-features`` directory (time first, so
   SpeechBrain's ``PaddedBatch`` pads the time axis and its relative lengths refer to frames);
 - ``sig``: the waveform (S,) at 16 kHz.
+
+``max_duration`` (seconds) limits what a model sees of each utterance, on either input: longer
+utterances are cropped to ``max_duration`` (``crop="start"``: the first seconds, in every split;
+``crop="random"``: a random window in training, the first seconds in evaluation); with ``pad_to_max``
+shorter ones are zero-padded to it, so that every item has the same length and the padding counts as
+signal (no padding mask: the official ShiftSER code's 7.5 s clips). Cached features are cut in frames
+(7.5 s = 374 frames of a 20 ms upstream), from features computed on the whole utterance.
 """
 from __future__ import annotations
 
@@ -24,14 +31,18 @@ from ..utils import SerkitError
 log = logging.getLogger("serkit.speechbrain")
 
 SAMPLE_RATE = 16000
+#: Sample rates outside this range are refused (a header declaring 1 Hz would resample 8 KB into 1 GB).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
 
 
-def load_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: bool = True) -> torch.Tensor:
+def load_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: bool = True,
+             max_duration: float | None = None) -> torch.Tensor:
     """Read an audio file as a mono float32 tensor (S,) at ``sample_rate``.
 
     Multi-channel audio is averaged to mono. Another sample rate is resampled (with a warning) when
-    ``resample`` is True, refused otherwise. A missing, unreadable or empty file raises
-    :class:`SerkitError` naming it.
+    ``resample`` is True, refused otherwise. A missing, unreadable or empty file, a sample rate outside
+    ``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE``, a duration above ``max_duration`` seconds (both read from the
+    header, before the samples) and NaN or Inf samples raise :class:`SerkitError` naming the file.
     """
     import soundfile as sf
 
@@ -39,11 +50,25 @@ def load_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: 
     if not path.is_file():
         raise SerkitError(f"{path}: file not found")
     try:
+        info = sf.info(str(path))
+        if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+            raise SerkitError(f"{path}: sample rate {info.samplerate} Hz is outside {MIN_SAMPLE_RATE}.."
+                              f"{MAX_SAMPLE_RATE} Hz; the header is wrong or this is not speech audio")
+        seconds = info.frames / info.samplerate
+        if max_duration is not None and seconds > max_duration:
+            raise SerkitError(f"{path}: {seconds:.1f} s of audio is longer than --max-duration "
+                              f"{max_duration:g} s; cut it into utterances, or raise --max-duration")
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except SerkitError:
+        raise
     except Exception as e:  # libsndfile's messages do not name the file
         raise SerkitError(f"{path}: unreadable audio ({e}); pass a wav/flac/ogg file") from None
     if data.shape[0] == 0:
         raise SerkitError(f"{path}: empty audio (0 samples)")
+    finite = np.isfinite(data).all(axis=1)
+    if not finite.all():
+        raise SerkitError(f"{path}: non-finite samples (NaN or Inf) at {int((~finite).sum())} time step(s), "
+                          f"the first at {int(np.argmin(finite)) / sr:.3f} s; the file is corrupt")
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]))
     if sr != sample_rate:
         if not resample:
@@ -70,8 +95,73 @@ def label_encoder(classes: list[str], where: str = ""):
     return encode
 
 
-def feature_pipeline(reader):
-    """A SpeechBrain dynamic item ``id -> feats (T, L, C)`` reading a FeatureReader."""
+CROPS = ("start", "random")
+
+
+def crop_to(x: torch.Tensor, max_len: int, crop: str = "start", pad: bool = False) -> torch.Tensor:
+    """Cut ``x`` to at most ``max_len`` items along its first axis (zero-pad it to ``max_len`` with ``pad``).
+
+    ``crop="start"`` keeps the first ``max_len``; ``"random"`` a window drawn with torch's global generator.
+
+    Example
+    -------
+    >>> crop_to(torch.arange(5), 3), crop_to(torch.arange(2), 3, pad=True)
+    (tensor([0, 1, 2]), tensor([0, 1, 0]))
+    """
+    n = x.shape[0]
+    if n > max_len:
+        start = 0 if crop == "start" else int(torch.randint(0, n - max_len + 1, ()))
+        x = x[start:start + max_len]
+    elif pad and n < max_len:
+        x = torch.cat([x, x.new_zeros((max_len - n, *x.shape[1:]))], dim=0)
+    return x
+
+
+def _select_layers(feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return feats.index_select(1, index)
+
+
+def _chain(x, steps):
+    for step in steps:
+        x = step(x)
+    return x
+
+
+def duration_limit(max_duration, crop: str = "start", pad_to_max: bool = False, reader=None,
+                   where: str = "hparams") -> int | None:
+    """Check the crop options and return ``max_duration`` in items of the input (frames of ``reader``'s
+    features, else samples at 16 kHz); None when ``max_duration`` is None (no limit).
+
+    Example
+    -------
+    >>> duration_limit(7.5), duration_limit(None)
+    (120000, None)
+    """
+    if crop not in CROPS:
+        raise SerkitError(f"{where}: crop {crop!r} is not one of {list(CROPS)}")
+    if max_duration is None:
+        if pad_to_max:
+            raise SerkitError(f"{where}: pad_to_max needs max_duration (seconds)")
+        return None
+    try:
+        seconds = float(max_duration)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds > 0:
+        raise SerkitError(f"{where}: max_duration must be a positive number of seconds or null, "
+                          f"got {max_duration!r}")
+    samples = int(round(seconds * SAMPLE_RATE))
+    if reader is None:
+        return samples
+    from ..upstream import FRAME_RATE, num_frames
+
+    rate = float(getattr(reader, "frame_rate", FRAME_RATE) or FRAME_RATE)
+    frames = num_frames(samples) if rate == FRAME_RATE else int(seconds * rate)
+    return max(1, frames)
+
+
+def feature_pipeline(reader, transform=None):
+    """A SpeechBrain dynamic item ``id -> feats (T, L, C)`` reading a FeatureReader (then ``transform``)."""
     import speechbrain as sb
 
     @sb.utils.data_pipeline.takes("id")
@@ -82,35 +172,43 @@ def feature_pipeline(reader):
         except KeyError:
             raise SerkitError(f"{getattr(reader, 'path', 'features')}: no features for utterance {utt!r}; "
                               "dump features for every split of the fold (`serkit dump-features`)") from None
-        return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).transpose(0, 1)
+        feats = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).transpose(0, 1)
+        return feats if transform is None else transform(feats)
 
     return pipeline
 
 
-def wav_pipeline():
-    """A SpeechBrain dynamic item ``wav -> sig (S,)``."""
+def wav_pipeline(transform=None):
+    """A SpeechBrain dynamic item ``wav -> sig (S,)`` (then ``transform``)."""
     import speechbrain as sb
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def pipeline(wav):
-        return load_wav(wav)
+        sig = load_wav(wav)
+        return sig if transform is None else transform(sig)
 
     return pipeline
 
 
 def fold_datasets(fold_dir: str | os.PathLike, reader=None, splits=("train", "valid", "test"),
-                  sort_eval: bool = True):
+                  sort_eval: bool = True, max_duration=None, crop: str = "start", pad_to_max: bool = False,
+                  feature_layers: list[int] | None = None):
     """Build ``{split: DynamicItemDataset}`` for a fold, plus the class list.
 
     ``reader`` (a ``FeatureReader``) gives cached features (``feats``); without it the datasets give
     waveforms (``sig``). Evaluation splits are sorted by duration (less padding); the order of rows in
-    prediction files is restored from ``split_order``.
+    prediction files is restored from ``split_order``. ``max_duration``, ``crop`` and ``pad_to_max``:
+    see the module docstring. ``feature_layers``: positions along the cached features' layer axis to
+    keep (default all).
     """
+    import functools
+
     import speechbrain as sb
 
     fold_dir = Path(fold_dir)
     classes = read_classes(fold_dir)
+    max_len = duration_limit(max_duration, crop, pad_to_max, reader, where=str(fold_dir))
     datasets = {}
     for split in splits:
         path = fold_dir / f"{split}.json"
@@ -127,11 +225,18 @@ def fold_datasets(fold_dir: str | os.PathLike, reader=None, splits=("train", "va
             return torch.tensor([encode(emo)], dtype=torch.long)
 
         ds.add_dynamic_item(label_pipeline)
+        steps = []
+        if reader is not None and feature_layers is not None:
+            steps.append(functools.partial(_select_layers, index=torch.tensor(list(feature_layers))))
+        if max_len is not None:
+            split_crop = crop if split == "train" else "start"  # evaluation: always the first seconds
+            steps.append(functools.partial(crop_to, max_len=max_len, crop=split_crop, pad=bool(pad_to_max)))
+        transform = functools.partial(_chain, steps=steps) if steps else None
         if reader is not None:
-            ds.add_dynamic_item(feature_pipeline(reader))
+            ds.add_dynamic_item(feature_pipeline(reader, transform))
             ds.set_output_keys(["id", "label", "feats"])
         else:
-            ds.add_dynamic_item(wav_pipeline())
+            ds.add_dynamic_item(wav_pipeline(transform))
             ds.set_output_keys(["id", "label", "sig"])
         if split != "train" and sort_eval:
             ds = ds.filtered_sorted(sort_key="duration")

@@ -22,7 +22,7 @@ def export_upstream(exp: str | Path, out: str | Path, checkpoint: str = "best") 
     """Save the finetuned upstream of fold ``exp`` as a fairseq checkpoint at ``out``."""
     import torch
 
-    from serkit.upstream.fairseq_models import _read_checkpoint
+    from serkit.upstream.checkpoint import load_state
 
     from .interface import EmotionClassifier, read_train_info
 
@@ -31,7 +31,7 @@ def export_upstream(exp: str | Path, out: str | Path, checkpoint: str = "best") 
         raise SerkitError(f"{Path(exp) / 'train_info.json'}: setting is {info.get('setting')!r}; only a "
                           "finetuned upstream can be exported (train with --upstream, without --feats)")
     clf = EmotionClassifier.from_hparams(source=exp, checkpoint=checkpoint)
-    state = _read_checkpoint(Path(info["upstream"]))
+    state = load_state(info["upstream"])
     tuned = clf.finetuned_upstream.model.state_dict()
     missing = sorted(set(state["model"]) - set(tuned))
     if missing:

@@ -8,6 +8,12 @@ trained; ``hyperparams.yaml`` rebuilds the head; the checkpoint that was best on
 (``best_metric``, never test) is loaded from ``save/``. A model trained on cached features runs the
 upstream recorded in ``train_info.json`` on the raw audio, on the same layers as the cache; a finetuned
 model restores its finetuned upstream from the checkpoint.
+
+Trust: ``source`` is code. ``hyperparams.yaml`` is HyperPyYAML (``!new:``/``!apply:`` build and call
+Python objects) and the fairseq upstream named in ``train_info.json`` is unpickled: load folds from
+trusted sources only, as SpeechBrain's own ``from_hparams``. The head and state checkpoints are loaded
+with ``weights_only=True`` (:class:`~serkit.speechbrain.checkpoints.Checkpointer`), so a checkpoint
+file holding other pickled objects is refused (docs/trust.md).
 """
 from __future__ import annotations
 
@@ -94,8 +100,9 @@ class EmotionClassifier(torch.nn.Module):
                             upstream.normalize, info["upstream_normalize"])
         checkpointer = Checkpointer(source / "save", recoverables=recoverables)
         best = info.get("best_metric", "ua")
+        # "last": the last finished epoch, not an intra-epoch checkpoint of a killed run
         ckpt = checkpointer.find_checkpoint(max_key=f"valid_{best}") if checkpoint == "best" \
-            else checkpointer.find_checkpoint()
+            else checkpointer.find_checkpoint(ckpt_predicate=lambda c: c.meta.get("end-of-epoch", True))
         if ckpt is None:
             raise SerkitError(f"{source / 'save'}: no checkpoint; has training run at least one epoch?")
         checkpointer.load_checkpoint(ckpt)
@@ -134,9 +141,13 @@ class EmotionClassifier(torch.nn.Module):
         score, index = out_prob.max(dim=-1)
         return out_prob, score, index, [self.classes[i] for i in index.tolist()]
 
-    def classify_file(self, path):
-        """Classify one audio file (resampled to 16 kHz and averaged to mono if needed)."""
-        wav = load_wav(path)
+    def classify_file(self, path, max_duration: float | None = 600.0):
+        """Classify one audio file (resampled to 16 kHz and averaged to mono if needed).
+
+        Refused (SerkitError naming the file): NaN/Inf samples, a sample rate outside 1..384 kHz, more
+        than ``max_duration`` seconds (None: no limit).
+        """
+        wav = load_wav(path, max_duration=max_duration)
         self._check_length(wav, path)
         return self.classify_batch(wav.unsqueeze(0), torch.ones(1))
 

@@ -264,11 +264,8 @@ class FairseqUpstream(nn.Module):
             hidden = {0: feats}
             top = max(self.layers)
             if top > 0:
-                enc_mask = frame_mask if bool(frame_mask.any()) else None
-                _, layer_results = m.encoder.extract_features(feats, padding_mask=enc_mask, tgt_layer=top - 1)
-                for i, res in enumerate(layer_results[:top], start=1):
-                    x = res[0] if isinstance(res, tuple) else res
-                    hidden[i] = x.transpose(0, 1)
+                for i, x in enumerate(up.encoder_layers(feats, frame_mask, top), start=1):
+                    hidden[i] = x
             out = torch.stack([hidden[i] for i in self.layers], dim=1)  # (B, L, T, C)
             out = out.masked_fill(frame_mask[:, None, :, None], 0.0)
         return out, padding_mask_to_relative_lengths(frame_mask)

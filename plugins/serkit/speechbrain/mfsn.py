@@ -65,7 +65,6 @@ log = logging.getLogger("serkit.speechbrain")
 LEAK_WARNING = ("TEXT LEAK: IEMOCAP's scripted sentences repeat across sessions (SAVEE's sentence lists "
                 "are chosen per emotion and shared by its speakers); a text branch can recognise a "
                 "sentence seen in training. Not comparable with audio-only results.")
-FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -95,29 +94,10 @@ def phase_epochs(ablation: str, arch, search_epochs: int, train_epochs: int) -> 
 # transcripts (text ablation)
 # --------------------------------------------------------------------------------------------------
 def ctc_greedy_transcripts(checkpoint, dict_path, reader, layer: int, utts: list[str]) -> dict[str, str]:
-    """Greedy CTC transcripts from a fine-tuned wav2vec 2.0's cached last layer and its output projection."""
-    checkpoint, dict_path = Path(checkpoint), Path(dict_path)
-    for p in (checkpoint, dict_path):
-        if not p.is_file():
-            raise SerkitError(f"{p}: not found (the CTC checkpoint and its letter dictionary dict.ltr.txt)")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = state.get("model", state)
-    if "w2v_encoder.proj.weight" not in model:
-        raise SerkitError(f"{checkpoint}: no w2v_encoder.proj (not a CTC-finetuned wav2vec 2.0 checkpoint)")
-    weight, bias = model["w2v_encoder.proj.weight"].float(), model["w2v_encoder.proj.bias"].float()
-    symbols = list(FAIRSEQ_SPECIALS) + [line.split()[0] for line in dict_path.read_text(encoding="utf-8")
-                                        .splitlines() if line.strip()]
-    if len(symbols) != weight.shape[0]:
-        raise SerkitError(f"{dict_path}: {len(symbols)} symbols with fairseq's 4 specials, the checkpoint's "
-                          f"projection has {weight.shape[0]} outputs; use the dictionary it was trained with")
-    out = {}
-    for utt in utts:
-        x = torch.from_numpy(np.asarray(reader.load(utt, layers=[layer])[0], dtype=np.float32))
-        ids = (x @ weight.T + bias).argmax(-1).tolist()
-        pieces = [symbols[i] for k, i in enumerate(ids)
-                  if (k == 0 or i != ids[k - 1]) and i >= len(FAIRSEQ_SPECIALS)]
-        out[utt] = " ".join("".join(pieces).replace("|", " ").split()).lower()
-    return out
+    """Greedy CTC transcripts from a CTC-finetuned model's cached last layer (:mod:`serkit.upstream.ctc`)."""
+    from serkit.upstream.ctc import greedy_transcripts
+
+    return greedy_transcripts(checkpoint, dict_path, reader, layer, utts)
 
 
 def _sentencepiece(train: dict[str, str], prefix: Path, vocab_size: int):

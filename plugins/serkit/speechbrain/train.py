@@ -22,7 +22,9 @@ run options too (``--device cuda:0``, ``--precision bf16``, ``--distributed_back
 Writes ``<output_folder>/``: ``hyperparams.yaml`` (the resolved config), ``train_info.json``,
 ``train_log.txt``, ``predictions/{valid,test}.epoch<NNN>.tsv``, ``save/CKPT+*`` (the latest and the
 best-on-validation checkpoints); BAS search also ``search_log.jsonl``, ``search_probs.png``, ``arch.txt``.
-A killed run started again with the same command resumes at the epoch after its last checkpoint.
+A killed run started again with the same command resumes where its last checkpoint left off (the
+next epoch, or mid-epoch with SpeechBrain's ``--ckpt_interval_steps N`` / ``--ckpt_interval_minutes M``)
+and ends bit-identical, on CPU, to a run that was never interrupted (see serkit.speechbrain.brain).
 """
 from __future__ import annotations
 
@@ -92,7 +94,50 @@ def _parse(argv):
     if bad:
         raise SerkitError(f"serkit train: {bad} are set from --fold-dir/--output-folder/--feats/--upstream; "
                           "do not override them")
+    known = _peek_yaml(args.hparams)
+    unknown = [k for k in overrides if k not in known]
+    if unknown:  # before anything is written: a mis-spelled option must not silently do nothing
+        raise SerkitError(f"{args.hparams}: no key {unknown} to override; its keys are {sorted(known)}")
     return args, run_opts, overrides
+
+
+FINETUNE_OPTIMIZERS = ("paper", "featex")
+
+
+def _select_optimizer(hparams: dict, setting: str, where: str):
+    """The optimiser class for this run; in the finetune setting ``finetune_optimizer: paper`` takes
+    ``finetune_opt_class`` and ``finetune_lr_schedule`` (replacing ``lr_schedule``), ``featex`` the
+    feature-extraction ones (``opt_class``, ``lr_schedule``) for the upstream and the head alike."""
+    choice = str(hparams.get("finetune_optimizer", "featex"))
+    if choice not in FINETUNE_OPTIMIZERS:
+        raise SerkitError(f"{where}: finetune_optimizer {choice!r} is not one of {list(FINETUNE_OPTIMIZERS)}")
+    if setting != "finetune" or choice == "featex":
+        return hparams["opt_class"]
+    missing = [k for k in ("finetune_opt_class", "finetune_lr_schedule") if k not in hparams]
+    if missing:
+        raise SerkitError(f"{where}: finetune_optimizer: paper needs {missing} in the yaml")
+    hparams["lr_schedule"] = hparams["finetune_lr_schedule"]
+    return hparams["finetune_opt_class"]
+
+
+def _featex_layers(spec, layers: list[int], where: str) -> list[int] | None:
+    """Positions in the cached layers (``layers``, upstream layer numbers) that ``featex_layers`` keeps:
+    ``all`` (None: every layer, summed with learned weights), ``last``, a layer number or a list of them."""
+    if spec is None or spec == "all":
+        return None
+    if spec == "last":
+        return [len(layers) - 1]
+    if isinstance(spec, int):
+        wanted = [spec]
+    elif isinstance(spec, str):
+        wanted = [int(s) for s in spec.strip("[]").split(",") if s.strip()]
+    else:
+        wanted = [int(s) for s in spec]
+    missing = [w for w in wanted if w not in layers]
+    if missing or not wanted:
+        raise SerkitError(f"featex_layers {spec!r}: layers {missing or spec} are not among the cached layers "
+                          f"{layers} of {where}")
+    return [layers.index(w) for w in wanted]
 
 
 def prepare_run_opts(run_opts):
@@ -134,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     upstream_lobe = None
     reader = None
+    feature_layers = None
     if args.feats:
         from serkit.upstream.features import FeatureReader
 
@@ -142,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         input_dim, num_layers = int(reader.dim), len(reader.layers)
         meta = dict(getattr(reader, "meta", {}) or {})
         upstream_path = args.upstream or meta.get("upstream")
+        feature_layers = _featex_layers(peek.get("featex_layers", "all"), list(reader.layers), args.feats)
         upstream_layers = list(reader.layers)
+        if feature_layers is not None:
+            upstream_layers = [reader.layers[i] for i in feature_layers]
+        num_layers = len(upstream_layers)
         normalize = meta.get("normalize")
     else:
         setting = "finetune"
@@ -162,9 +212,19 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.hparams, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, overrides)
 
+    crop_opts = {"max_duration": hparams.get("max_duration"), "crop": hparams.get("crop", "start"),
+                 "pad_to_max": bool(hparams.get("pad_to_max", False))}
     # A method with its own items (MFSN: 3-second segments of two feature dumps) names its builder.
-    datasets, classes = hparams.get("fold_datasets", fold_datasets)(fold_dir, reader)
+    builder = hparams.get("fold_datasets")
+    try:
+        if builder is not None:
+            datasets, classes = builder(fold_dir, reader)
+        else:
+            datasets, classes = fold_datasets(fold_dir, reader, feature_layers=feature_layers, **crop_opts)
+    except SerkitError as e:
+        raise SerkitError(f"{args.hparams}: {e}") from None
     modules = dict(hparams["modules"])
+    opt_class = _select_optimizer(hparams, setting, args.hparams)
     checkpointer = atomic(hparams["checkpointer"])
     if upstream_lobe is not None:
         modules["upstream"] = upstream_lobe
@@ -190,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         "selection": hparams.get("selection", "valid"),
         "best_metric": hparams.get("best_metric", "ua"),
         "world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
+        "finetune_optimizer": hparams.get("finetune_optimizer", "featex") if setting == "finetune" else None,
+        **crop_opts,
     }
     previous = output_folder / "train_info.json"
     if previous.is_file():  # resuming: keep the count of epochs already run
@@ -198,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         info["epochs_run"] = json.loads(previous.read_text(encoding="utf-8")).get("epochs_run", 0)
 
     brain_class = hparams.get("brain_class", SERBrain)  # a SERBrain subclass (MFSN's)
-    brain = brain_class(modules=modules, opt_class=hparams["opt_class"], hparams=hparams, run_opts=run_opts,
+    brain = brain_class(modules=modules, opt_class=opt_class, hparams=hparams, run_opts=run_opts,
                      checkpointer=checkpointer)
     brain.classes = classes
     brain.orders = {split: split_order(fold_dir, split) for split in ("valid", "test")}

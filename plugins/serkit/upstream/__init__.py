@@ -2,8 +2,9 @@
 
 ``load_upstream(path)`` accepts
 
-- a fairseq checkpoint (``.pt``) of HuBERT, wav2vec 2.0 (pretrained, or CTC-finetuned: the inner
-  wav2vec 2.0 encoder is used) or data2vec audio;
+- a fairseq checkpoint (``.pt``) of HuBERT, wav2vec 2.0 or data2vec audio, pretrained or CTC-finetuned
+  (the inner encoder is used), in any form fairseq published them (``cfg`` dict or argparse ``args``,
+  nested ``w2v_args``; see :mod:`serkit.upstream.checkpoint`);
 - a local directory in Hugging Face format (WavLM, HuBERT, wav2vec 2.0; needs ``serkit[hf]``);
 - the word ``mfcc``: Kaldi-compatible MFCC + deltas + delta-deltas (39 dims) at 50 frames per second,
   the features of HuBERT's first pseudo-label iteration.
@@ -12,8 +13,8 @@ Every upstream returns 50 frames per second: for a waveform of ``n`` samples at 
 ``num_frames(n) = floor((n - 400) / 320) + 1`` (0 when ``n < 400``), the length of HuBERT's and
 wav2vec 2.0's convolutional front end, and what ``serkit kmeans apply`` writes per utterance.
 
-Loading a fairseq checkpoint unpickles it (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set for torch >=
-2.6): only load checkpoints you trust.
+Loading a fairseq checkpoint unpickles it (``torch.load(weights_only=False)``; the process environment
+is left as it was): only load checkpoints you trust.
 
 The package imports nothing heavy: torch and fairseq are imported when a model is loaded.
 """

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+from pathlib import Path
 
 log = logging.getLogger("serkit.upstream")
 
@@ -111,20 +114,21 @@ def run_dump_features(args: argparse.Namespace) -> int:
     splits = args.splits.split(",") if args.splits else None
     items = collect_inputs(args.data, splits)
     log.info("read %d utterances from %s", len(items), " ".join(args.data))
-    upstream = load_upstream(args.upstream, device=args.device)
-    res = dump_features(
-        upstream,
-        items,
-        args.out,
-        layers=args.layers,
-        dtype=args.dtype,
-        shard=args.shard,
-        nshard=args.nshard,
-        device=args.device,
-        max_chunk_seconds=args.max_chunk_seconds,
-        chunk_utterances=args.chunk_utterances,
-        progress=not args.no_progress,
-    )
+    with features_output(args, items):
+        upstream = load_upstream(args.upstream, device=args.device)
+        res = dump_features(
+            upstream,
+            items,
+            args.out,
+            layers=args.layers,
+            dtype=args.dtype,
+            shard=args.shard,
+            nshard=args.nshard,
+            device=args.device,
+            max_chunk_seconds=args.max_chunk_seconds,
+            chunk_utterances=args.chunk_utterances,
+            progress=not args.no_progress,
+        )
     if res["audio_s"]:
         log.info(
             "dumped %d utterances (%.1f s of audio) in %.1f s: %.1f utt/s, real-time factor %.4f",
@@ -135,3 +139,47 @@ def run_dump_features(args: argparse.Namespace) -> int:
             res["wall_s"] / res["audio_s"],
         )
     return 0
+
+
+FEATURE_FILES = ("dump.json", "meta.json", "feats.scp", "utt2num_frames", "parts")
+
+
+@contextlib.contextmanager
+def features_output(args, items):
+    """Check ``--out`` of dump-features and lock it for the block.
+
+    Refused: ``--out`` equal to, inside or holding an input (data paths, wavs, upstream checkpoint),
+    serkit's output of another kind, or feature files that no ``dump.json`` of serkit's vouches for.
+    Unsharded runs hold an exclusive lock on ``OUT/.serkit-lock``; shard K of N holds a shared lock on it
+    and an exclusive one on ``OUT/.serkit-lock.shard-K-of-N``, so shards run side by side while a second
+    run of the same work fails at once, naming the first.
+    """
+    from ..utils import SerkitError, check_not_input, output_lock, read_marker, write_marker
+
+    out = Path(args.out)
+    inputs = list(args.data) + [it.wav for it in items]
+    if args.upstream != "mfcc" and os.path.exists(args.upstream):
+        inputs.append(args.upstream)
+    check_not_input(out, inputs)
+    if out.exists() and not out.is_dir():
+        raise SerkitError(f"--out {out}: exists and is not a directory; choose another --out")
+    marker = read_marker(out) if out.is_dir() else None
+    if marker is not None and marker["kind"] != "features":
+        raise SerkitError(f"--out {out}: holds serkit's {marker['kind']} output, not features; choose "
+                          "another --out")
+    present = [n for n in FEATURE_FILES if (out / n).exists()]
+    if present and not (out / "dump.json").is_file():
+        raise SerkitError(f"--out {out}: holds {', '.join(present)} but no dump.json of `serkit "
+                          "dump-features`; serkit never overwrites what it did not write. Choose another "
+                          "--out")
+    what = f"feature directory {out}"
+    with contextlib.ExitStack() as stack:
+        if args.nshard == 1:
+            stack.enter_context(output_lock(out / ".serkit-lock", what))
+        else:
+            stack.enter_context(output_lock(out / ".serkit-lock", what, shared=True))
+            stack.enter_context(output_lock(out / f".serkit-lock.shard-{args.shard}-of-{args.nshard}",
+                                            f"shard {args.shard} of {args.nshard} of {what}"))
+        if read_marker(out) is None:
+            write_marker(out, "features")
+        yield

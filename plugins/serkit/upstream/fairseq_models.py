@@ -10,15 +10,14 @@ padded inside a batch. fairseq's own forward does not guarantee that: the "defau
 (HuBERT-base, wav2vec2-base, the tiny HuBERT) group-normalises the first conv layer over the whole
 padded length, and HuBERT maps the sample mask to frames by reshaping. Here the CNN runs on each
 utterance's valid samples when the extractor uses group norm (batched otherwise: layer-norm
-extractors are per frame) and the frame mask comes from the conv length formula.
+extractors are per frame) and the frame mask comes from the conv length formula; data2vec's stacked
+positional convolution would carry padding into valid frames, so its transformer runs per utterance
+when a batch is padded.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
-import zipfile
 from pathlib import Path
 
 import torch
@@ -29,13 +28,6 @@ from . import FRAME_RATE, SAMPLE_RATE
 
 log = logging.getLogger("serkit.upstream")
 
-#: fairseq model names (cfg.model._name) -> serkit kind
-_KINDS = {
-    "hubert": "hubert",
-    "wav2vec2": "wav2vec2",
-    "wav2vec_ctc": "wav2vec2",
-    "data2vec_audio": "data2vec",
-}
 #: 60 s at 16 kHz: longer input is processed in chunks (attention memory grows with the square).
 DEFAULT_MAX_CHUNK_SECONDS = 60.0
 
@@ -157,6 +149,9 @@ class FairseqUpstream(Upstream):
                 self.hop,
             )
         self.frame_rate = SAMPLE_RATE / self.hop
+        pos_conv = getattr(model.encoder, "pos_conv", None)
+        convs = [] if pos_conv is None else [x for x in pos_conv.modules() if isinstance(x, torch.nn.Conv1d)]
+        self._stacked_pos_conv = len(convs) > 1
 
     def _cnn(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         fe = self.model.feature_extractor
@@ -210,147 +205,41 @@ class FairseqUpstream(Upstream):
         hidden = {0: feats.masked_fill(frame_mask[..., None], 0.0)}
         top = max(layers)
         if top > 0:
-            enc_mask = frame_mask if bool(frame_mask.any()) else None
-            _, layer_results = m.encoder.extract_features(feats, padding_mask=enc_mask, tgt_layer=top - 1)
-            for i, res in enumerate(layer_results[:top], start=1):
-                x = res[0] if isinstance(res, tuple) else res
-                hidden[i] = x.transpose(0, 1).masked_fill(frame_mask[..., None], 0.0)
+            for i, x in enumerate(self.encoder_layers(feats, frame_mask, top), start=1):
+                hidden[i] = x.masked_fill(frame_mask[..., None], 0.0)
         return [hidden[i] for i in layers], frame_mask
+
+    def encoder_layers(self, feats: torch.Tensor, frame_mask: torch.Tensor, top: int) -> list[torch.Tensor]:
+        """Outputs (B, T, C) of transformer layers 1..``top`` for the encoder input ``feats`` (B, T, C).
+
+        A multi-layer positional convolution (data2vec's ``pos_conv_depth > 1``) carries padded frames
+        into valid ones between its layers (fairseq zeroes them only before the first); the encoder
+        then runs on each utterance's own frames so that padding never changes them.
+        """
+        enc = self.model.encoder
+        frame_len = (~frame_mask).sum(1)
+        if self._stacked_pos_conv and bool(frame_mask.any()):
+            out = [feats.new_zeros(feats.shape) for _ in range(top)]
+            for b, n in enumerate(frame_len.tolist()):
+                alone = self.encoder_layers(feats[b : b + 1, :n], frame_mask[b : b + 1, :n], top)
+                for i, x in enumerate(alone):
+                    out[i][b, :n] = x[0]
+            return out
+        enc_mask = frame_mask if bool(frame_mask.any()) else None
+        _, layer_results = enc.extract_features(feats, padding_mask=enc_mask, tgt_layer=top - 1)
+        return [(res[0] if isinstance(res, tuple) else res).transpose(0, 1) for res in layer_results[:top]]
 
 
 # ---------------------------------------------------------------------------------------------
-# loading
-
-
-def _import_plugins() -> None:
-    """Register serkit_* models (if the fairseq plugin exists) and data2vec audio before unpickling."""
-    try:
-        importlib.import_module("serkit.fairseq_ext")
-    except ModuleNotFoundError as e:
-        if e.name not in ("serkit.fairseq_ext",):
-            raise
-    for name in (
-        "fairseq.examples.data2vec.models.data2vec_audio",
-        "examples.data2vec.models.data2vec_audio",
-    ):
-        try:
-            importlib.import_module(name)
-            break
-        except Exception:  # noqa: BLE001 - data2vec is optional; only its checkpoints need it
-            continue
-
-
-def _read_checkpoint(path: Path) -> dict:
-    """torch.load the file (unpickling: trusted files only) and turn its cfg into an OmegaConf config."""
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # fairseq checkpoints pickle configs/dicts
-    from omegaconf import OmegaConf
-
-    if not path.is_file():
-        raise SerkitError(
-            f"{path}: checkpoint not found; pass the local path of a fairseq HuBERT, "
-            "wav2vec 2.0 or data2vec checkpoint (or make one with `serkit make-upstream`)"
-        )
-    try:
-        with open(path, "rb") as f:
-            state = torch.load(f, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise SerkitError(
-            f"{path}: cannot be read as a torch checkpoint ({type(e).__name__}: {first}); the "
-            "file may be truncated or not a checkpoint: download or copy it again"
-        ) from e
-    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise SerkitError(
-            f"{path}: cannot be unpickled ({type(e).__name__}: {e}); the file may be "
-            "truncated, or need a plugin that is not installed"
-        ) from e
-    if not isinstance(state, dict) or "model" not in state:
-        raise SerkitError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
-    if state.get("cfg") is not None and not OmegaConf.is_config(state["cfg"]):
-        state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
-    return state
-
-
-def _upgrade(state: dict, path: Path) -> dict:
-    from fairseq import checkpoint_utils
-
-    # training bookkeeping the upgrader insists on; exported/converted checkpoints often lack it
-    if not state.get("optimizer_history"):
-        state["optimizer_history"] = [
-            {"criterion_name": None, "optimizer_name": None, "lr_scheduler_state": {}, "num_updates": 0}
-        ]
-    if state.get("extra_state") is None:
-        state["extra_state"] = {}
-    try:
-        return checkpoint_utils._upgrade_state_dict(state)  # what load_checkpoint_to_cpu applies
-    except Exception as e:  # noqa: BLE001
-        raise SerkitError(
-            f"{path}: fairseq cannot upgrade this checkpoint ({type(e).__name__}: {e}); is it "
-            "a complete fairseq checkpoint?"
-        ) from e
-
-
-def _cfg_of(state: dict, path: Path):
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    if state.get("args") is not None:
-        return convert_namespace_to_omegaconf(state["args"])
-    if state.get("cfg") is not None:
-        return state["cfg"]
-    raise SerkitError(f"{path}: fairseq checkpoint without 'cfg' or 'args'; cannot tell which model it is")
-
-
-def _dummy_dictionary(size: int):
-    from fairseq.data import Dictionary
-
-    d = Dictionary()
-    for i in range(size - len(d)):
-        d.add_symbol(str(i))
-    return d
-
-
-def _build(model_cfg, task_cfg, model_state: dict, task_state: dict | None, path: Path):
-    """Build a fairseq model without the training data: dictionaries come from the checkpoint."""
-    from fairseq import tasks
-
-    task_cfg = task_cfg.copy() if hasattr(task_cfg, "copy") else task_cfg
-    task = tasks.setup_task(task_cfg, from_checkpoint=True)
-    if task_state:
-        task.load_state_dict(task_state)
-    name = model_cfg.get("_name")
-    if name == "hubert" and not (task_state and "dictionaries" in task_state):
-        # label files are not needed to extract features: size the label embeddings from the weights
-        n = model_state.get("label_embs_concat")
-        sizes = [n.size(0)] if n is not None else []
-        task.state.merge_state_dict({"dictionaries": [_dummy_dictionary(s) for s in sizes] or [None]})
-    try:
-        model = task.build_model(model_cfg, from_checkpoint=True)
-    except KeyError as e:
-        raise SerkitError(
-            f"{path}: fairseq has no model '{name}' registered; if it is a serkit_* model, the "
-            "serkit fairseq plugin (serkit.fairseq_ext) must be importable"
-        ) from e
-    missing, unexpected = model.load_state_dict(model_state, strict=False)
-    # keys that only matter for training (EMA teacher, pretraining heads) may be absent or extra
-    important = [
-        k
-        for k in missing
-        if k.startswith(("feature_extractor", "encoder", "post_extract_proj", "layer_norm"))
-    ]
-    if important:
-        raise SerkitError(
-            f"{path}: checkpoint lacks weights the encoder needs ({important[:3]}...); is it complete?"
-        )
-    if unexpected:
-        log.debug("%s: ignored %d checkpoint entries (%s ...)", path, len(unexpected), unexpected[:3])
-    return model
+# loading (the checkpoint formats are read in .checkpoint, the one place that knows them)
 
 
 def load_fairseq_upstream(path, device: str = "cpu") -> FairseqUpstream:
-    """Load a fairseq HuBERT / wav2vec 2.0 (pretrained or CTC-finetuned) / data2vec audio checkpoint.
+    """Load a fairseq HuBERT / wav2vec 2.0 / data2vec audio checkpoint, pretrained or CTC-finetuned.
 
-    The training data (``task.data``, label dir, dictionaries) is not needed: dictionaries come from
-    the checkpoint's ``task_state`` or are sized from its weights.
+    Any published form (``cfg`` dict or argparse ``args``, nested ``w2v_args``, either weight-norm naming)
+    is read by :func:`serkit.upstream.checkpoint.read_checkpoint`. The training data (``task.data``, label
+    dir, dictionaries) is not needed.
     """
     path = Path(path)
     try:
@@ -360,45 +249,19 @@ def load_fairseq_upstream(path, device: str = "cpu") -> FairseqUpstream:
             f"{path}: loading fairseq checkpoints needs fairseq (pip install "
             "'serkit[fairseq]' or `make install`)"
         ) from e
-    _import_plugins()
-    state = _read_checkpoint(path)
-    cfg = _cfg_of(state, path)
-    name = cfg.model.get("_name") if cfg.get("model") is not None else None
-    base = name.split("serkit_", 1)[-1] if name else None
-    kind = _KINDS.get(name) or _KINDS.get(base or "")
-    if name and name.startswith("serkit_") and kind is None:
-        kind = "hubert"  # serkit's continued-pretraining model is a HuBERT subclass
-    if kind is None:
-        raise SerkitError(
-            f"{path}: a fairseq '{name}' checkpoint (task '{cfg.task.get('_name')}'), not "
-            "a speech SSL model; pass a HuBERT, wav2vec 2.0 or data2vec audio checkpoint"
-        )
-    state = _upgrade(state, path)
-    if name == "wav2vec_ctc":
-        # fine-tuned for ASR: keep the inner wav2vec 2.0 model (no target dictionary needed)
-        w2v_args = cfg.model.w2v_args
-        if w2v_args is None:
-            raise SerkitError(f"{path}: CTC checkpoint without w2v_args; cannot rebuild its encoder")
-        prefix = "w2v_encoder.w2v_model."
-        inner = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
-        inner_model_cfg = w2v_args.model
-        model = _build(inner_model_cfg, w2v_args.task, inner, None, path)
-        normalize = bool(cfg.task.get("normalize", False))
-        inner_kind = _KINDS.get(inner_model_cfg.get("_name"), "wav2vec2")
-        kind = inner_kind
-    else:
-        model = _build(cfg.model, cfg.task, state["model"], state.get("task_state"), path)
-        normalize = bool(cfg.task.get("normalize", False))
-    for attr in ("feature_extractor", "encoder", "layer_norm"):
-        if not hasattr(model, attr):
-            raise SerkitError(f"{path}: model '{name}' has no {attr}; not a wav2vec-style encoder")
-    up = FairseqUpstream(model, kind=kind, normalize=normalize, path=str(path))
+    from .checkpoint import build_encoder, read_checkpoint, register_models
+
+    register_models()
+    ck = read_checkpoint(path)
+    model = build_encoder(ck)
+    up = FairseqUpstream(model, kind=ck.kind, normalize=ck.normalize, path=str(path))
     log.info(
-        "loaded %s upstream %s: %d layers x %d dims, normalize=%s",
-        kind,
+        "loaded %s upstream %s (%s): %d layers x %d dims, normalize=%s",
+        ck.kind,
         path,
+        ck.name,
         up.num_layers,
         up.dim,
-        normalize,
+        ck.normalize,
     )
     return up.to(device).eval()

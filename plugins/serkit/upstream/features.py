@@ -25,6 +25,7 @@ without ``--shard`` (or after the last shard) completes it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils import SerkitError, atomic_file, read_map, write_json
+from ..utils import DiskFull, SerkitError, atomic_file, read_map, write_json
 from . import SAMPLE_RATE
 
 log = logging.getLogger("serkit.upstream")
@@ -211,9 +212,14 @@ def _write_chunk(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, ark)
-    except BaseException:
+    except BaseException as e:
         if tmp.exists():
             tmp.unlink()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(
+                f"{ark}: no space left on the device while writing it ({e.strerror}); the chunks already "
+                f"finished in {parts} are kept: free some space and run the same command again to resume"
+            ) from None
         raise
     with atomic_file(scp, encoding="utf-8") as f:  # the chunk's commit marker
         f.write("".join(line + "\n" for line in lines))

@@ -86,9 +86,18 @@ def load_hf_upstream(path, device: str = "cpu") -> HFUpstream:
         )
     tf = _transformers()
     try:
-        model = tf.AutoModel.from_pretrained(str(path), local_files_only=True)
+        model, info = tf.AutoModel.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds
         raise SerkitError(f"{path}: transformers could not load this model ({type(e).__name__}: {e})") from e
+    # transformers initialises absent weights at random with a warning: an encoder needs all of its own
+    missing = sorted(info.get("missing_keys") or []) + sorted(
+        str(k) for k in info.get("mismatched_keys") or []
+    )
+    if missing:
+        raise SerkitError(
+            f"{path}: the weights lack {len(missing)} tensor(s) of the model config.json describes "
+            f"({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}); is the directory complete?"
+        )
     if not hasattr(model.config, "conv_stride"):
         raise SerkitError(f"{path}: '{model.config.model_type}' is not a wav2vec-style speech model")
     normalize = False

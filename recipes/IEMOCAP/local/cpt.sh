@@ -23,12 +23,14 @@ log "CPT: $(basename "$init") + labels $labels on $fold, $updates updates ($yaml
 mkdir -p "$out"
 # fairseq resumes from OUT/checkpoint_last.pt when it exists, so a killed run continues.
 user_dir=$(serkit_user_dir) || exit 1
+check_int --updates "$updates" 1
+# Paths become quoted Hydra values, so spaces, commas, '=', brackets or quotes in them are data.
 fairseq-hydra-train --config-dir "$(realpath "$(dirname "$yaml")")" \
   --config-name "$(basename "${yaml%.yaml}")" \
-  common.user_dir="$user_dir" \
-  task.data="$(realpath "$fold")" task.label_dir="$(realpath "$labels")" \
-  model.init_from="$(realpath "$init")" optimization.max_update="$updates" \
-  checkpoint.save_dir="$(realpath "$out")" hydra.run.dir="$(realpath "$out")" \
+  common.user_dir="$(hydra_value "$user_dir")" \
+  task.data="$(hydra_value "$(realpath "$fold")")" task.label_dir="$(hydra_value "$(realpath "$labels")")" \
+  model.init_from="$(hydra_value "$(realpath "$init")")" optimization.max_update="$updates" \
+  checkpoint.save_dir="$(hydra_value "$(realpath "$out")")" hydra.run.dir="$(hydra_value "$(realpath "$out")")" \
   >> "$out/train.log" 2>&1 || { tail -30 "$out/train.log" >&2; die "CPT failed (log: $out/train.log)"; }
 [ -f "$out/checkpoint_last.pt" ] || die "CPT wrote no $out/checkpoint_last.pt (log: $out/train.log)"
 grep -E "\| valid \|" "$out/train.log" | tail -1 >&2 || true

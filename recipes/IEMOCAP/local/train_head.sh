@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 
 method=""; fold=""; out=""; feats=""; upstream=""; epochs=""; device=cpu; search_epochs=""
 overrides=""   # extra yaml overrides, e.g. "--channel_mask_width 5"
-help_message="Usage: $0 --method NAME --fold DIR --out DIR (--feats DIR | --upstream CKPT) [--epochs N] [--search-epochs N] [--device D] [--overrides \"--key value ...\"]"
+search_overrides=""   # BAS: extra yaml overrides for the search only, e.g. "--search_layers 3"
+help_message="Usage: $0 --method NAME --fold DIR --out DIR (--feats DIR | --upstream CKPT) [--epochs N] [--search-epochs N] [--device D] [--overrides \"--key value ...\"] [--search-overrides \"--key value ...\"]"
 . ../../local/parse_options.sh
 [ -n "$method" ] && [ -n "$fold" ] && [ -n "$out" ] || die "$help_message"
 
@@ -21,13 +22,15 @@ src=()
 [ ${#src[@]} -gt 0 ] || die "give --feats or --upstream"
 ep=(); [ -n "$epochs" ] && ep=(--number_of_epochs "$epochs")
 read -r -a extra <<< "$overrides"
+read -r -a search_extra <<< "$search_overrides"
+[ ${#search_extra[@]} -eq 0 ] || [ "$method" = bas ] || die "--search-overrides is for --method bas (the BAS search)"
 
 case "$method" in
   bas)
     sep=(); [ -n "${search_epochs:-$epochs}" ] && sep=(--number_of_epochs "${search_epochs:-$epochs}")
     log "BAS search: $fold -> $out/search"
     serkit train conf/bas_search.yaml --fold-dir "$fold" --output-folder "$out/search" "${src[@]}" \
-      "${sep[@]}" "${extra[@]}" --device "$device" --noprogressbar
+      "${sep[@]}" "${extra[@]}" "${search_extra[@]}" --device "$device" --noprogressbar
     arch=$(cat "$out/search/arch.txt")
     log "BAS retrain of the derived architecture '$arch': $fold -> $out"
     serkit train conf/bas.yaml --fold-dir "$fold" --output-folder "$out" "${src[@]}" --arch "$arch" \

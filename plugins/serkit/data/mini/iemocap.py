@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serkit.data.mini.layout import kind
 from serkit.utils import atomic_dir, write_json
 
 from .synth import VOCABULARY, choose_words, make_speaker, rng_for, synthesize, write_wav
@@ -111,7 +112,7 @@ def build(out: Path, seed: int = 0, sessions=(1, 2, 3, 4, 5), utts_per_class: in
                                   "extra_per_speaker": extra_per_speaker, "min_dur": min_dur,
                                   "max_dur": max_dur, "quirks": quirks},
                       "four_class": FOUR_CLASS, "utterances": {}, "unlabelled": []}
-    with atomic_dir(root) as tmp:
+    with atomic_dir(root, kind("iemocap")) as tmp:
         for n in sessions:
             sess = f"Ses0{n}"
             sdir = tmp / f"Session{n}"

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy import signal
 
+from serkit.data.mini.layout import kind
 from serkit.utils import atomic_dir, write_json
 
 from .synth import make_speaker, rng_for, synthesize
@@ -144,7 +145,7 @@ def build(out: Path, seed: int = 0, n_train: int = 70, n_dev: int = 12, n_test: 
                       "classes": list(EMOTIONS), "utterances": {}, "broken": [], "silent": [],
                       "missing": [], "prefixed": []}
     speakers = {name: make_speaker(name, g, seed) for name, g in SPEAKERS.items()}
-    with atomic_dir(root) as tmp:
+    with atomic_dir(root, kind("meld")) as tmp:
         for split, n_split in (("train", n_train), ("dev", n_dev), ("test", n_test)):
             csv_rel, clip_rel = SPLITS[split]
             (tmp / clip_rel).mkdir(parents=True, exist_ok=True)

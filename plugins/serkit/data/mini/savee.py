@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from serkit.data.mini.layout import kind
 from serkit.utils import atomic_dir, write_json
 
 from .synth import choose_words, make_speaker, rng_for, synthesize, write_wav
@@ -47,7 +48,7 @@ def build(out: Path, seed: int = 0, per_class: int = 4, neutral: int = 8, speake
         rng = rng_for("savee-text", seed, code)
         for i in range(1, (neutral if code == "n" else per_class) + 1):
             sentences[code, i] = choose_words(round(rng.uniform(min_dur, max_dur) * 3.6), rng)
-    with atomic_dir(root) as tmp:
+    with atomic_dir(root, kind("savee")) as tmp:
         for spk in names:
             speaker = make_speaker(f"savee-{spk}", "M", seed)
             for code in CODES:

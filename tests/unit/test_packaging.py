@@ -1,0 +1,137 @@
+"""The wheel: the recipes' configs as package data (the recipes' own bytes), extras, Python versions,
+and `serkit config` / `config-dir` / `user-dir` run from an installed copy outside the repo."""
+from __future__ import annotations
+
+import email
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE_CONFIGS = sorted(REPO.glob("recipes/*/conf/**/*.yaml"))
+
+
+def _in_wheel(config: Path) -> str:
+    recipe, rest = config.relative_to(REPO / "recipes").parts[0], config.relative_to(REPO / "recipes")
+    return "serkit/conf/" + recipe + "/" + "/".join(rest.parts[2:])
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """`pip wheel --no-deps .` on a copy of the sources (the build writes build/ and *.egg-info)."""
+    src = tmp_path_factory.mktemp("src")
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(REPO / "plugins", src / "plugins", symlinks=True, ignore=ignore)
+    for conf in sorted(REPO.glob("recipes/*/conf")):
+        shutil.copytree(conf, src / conf.relative_to(REPO), ignore=ignore)
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
+                    "-w", str(out)], check=True, capture_output=True, timeout=600)
+    (whl,) = out.glob("serkit-*.whl")
+    return whl
+
+
+def test_wheel_ships_every_recipe_config_with_the_recipes_bytes(wheel):
+    assert len(RECIPE_CONFIGS) >= 20
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        for config in RECIPE_CONFIGS:
+            assert z.read(_in_wheel(config)) == config.read_bytes(), config
+        shipped = {n for n in names if n.startswith("serkit/conf/")}
+        assert shipped == {_in_wheel(c) for c in RECIPE_CONFIGS}
+        assert "serkit_fairseq/__init__.py" in names
+
+
+def test_wheel_metadata_extras_and_python_versions(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        meta_name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        meta = email.message_from_bytes(z.read(meta_name))
+    assert meta["Requires-Python"] == ">=3.10"  # serkit.nn runs wherever torch does
+    assert set(meta.get_all("Provides-Extra")) == {"speechbrain", "fairseq", "faiss", "faiss-gpu", "hf",
+                                                   "all", "dev"}
+    requires = meta.get_all("Requires-Dist")
+    assert 'fairseq-fixed==0.12.3.1; python_version < "3.12" and extra == "fairseq"' in requires
+    assert 'fairseq-fixed==0.12.3.1; python_version < "3.12" and extra == "all"' in requires
+    assert 'faiss-gpu; extra == "faiss-gpu"' in requires
+    assert 'faiss-cpu; extra == "faiss"' in requires
+    assert 'speechbrain>=1.0; extra == "speechbrain"' in requires
+    assert not [r for r in requires if "extra" not in r and r.split(">")[0].split("=")[0] in
+                ("speechbrain", "fairseq-fixed", "faiss-cpu", "faiss-gpu", "transformers")]
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
+                    str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    return target
+
+
+def installed_serkit(target: Path, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
+    code = "import sys, serkit.cli; print(serkit.cli.__file__, file=sys.stderr); sys.exit(serkit.cli.main())"
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stderr.splitlines()[0] == str(target / "serkit" / "cli.py")  # the installed copy runs
+    return proc
+
+
+def test_installed_config_prints_and_copies(installed, tmp_path):
+    shiftcnn = (REPO / "recipes" / "IEMOCAP" / "conf" / "shiftcnn.yaml").read_text(encoding="utf-8")
+    proc = installed_serkit(installed, "config", "shiftcnn", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == shiftcnn
+
+    proc = installed_serkit(installed, "config", "MELD/bas", "--out", "bas.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    meld_bas = REPO / "recipes" / "MELD" / "conf" / "bas.yaml"
+    assert (tmp_path / "bas.yaml").read_bytes() == meld_bas.read_bytes()
+    assert proc.stdout.strip() == str(tmp_path / "bas.yaml")
+
+    (tmp_path / "mine.yaml").write_text("my own\n")
+    proc = installed_serkit(installed, "config", "shiftcnn", "--out", "mine.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "mine.yaml: exists; choose another --out, or move it away first" in proc.stderr
+    assert (tmp_path / "mine.yaml").read_text() == "my own\n"
+
+    proc = installed_serkit(installed, "config", "bas", cwd=tmp_path)
+    assert proc.returncode == 2 and "config 'bas' is in several recipes: IEMOCAP/bas, MELD/bas" in proc.stderr
+
+    proc = installed_serkit(installed, "config", cwd=tmp_path)
+    listed = dict(line.split("\t") for line in proc.stdout.splitlines())
+    ser_finetune = installed / "serkit" / "conf" / "IEMOCAP" / "fairseq" / "ser_finetune.yaml"
+    assert listed["IEMOCAP/fairseq/ser_finetune"] == str(ser_finetune)
+    assert len(listed) == len(RECIPE_CONFIGS)
+
+
+def test_installed_config_dir_and_user_dir(installed, tmp_path):
+    proc = installed_serkit(installed, "config-dir", "fairseq", cwd=tmp_path)
+    assert proc.stdout.strip() == str(installed / "serkit" / "conf" / "IEMOCAP" / "fairseq")
+    proc = installed_serkit(installed, "user-dir", cwd=tmp_path)
+    assert proc.stdout.strip() == str(installed / "serkit_fairseq")
+
+
+def _make_n(*args: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("GPU", "MAKEFLAGS", "MAKELEVEL")}
+    proc = subprocess.run(["make", "-n", "-C", str(REPO), "install", *args], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_make_install_gpu_adds_faiss_gpu_only_when_asked():
+    assert "bash tools/install_faiss_gpu.sh" in _make_n("GPU=1")
+    assert not [line for line in _make_n("GPU=0") if "faiss" in line]
+    lock = (REPO / "requirements" / "lock.txt").read_text().splitlines()
+    (faiss_cpu,) = [line for line in lock if line.startswith("faiss-cpu==")]
+    proc = subprocess.run(["bash", str(REPO / "tools" / "install_faiss_gpu.sh"), "--dry-run"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.split() == [str(REPO / ".venv" / "bin" / "python"), "-m", "pip", "install", "-q", "-c",
+                                   str(REPO / "requirements" / "lock.txt"),
+                                   "faiss-gpu==" + faiss_cpu.split("==")[1]]
