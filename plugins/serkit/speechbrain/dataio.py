@@ -74,10 +74,10 @@ def load_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: 
         if not resample:
             raise SerkitError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz; resample it "
                               f"(`sox {path.name} -r {sample_rate} out.wav`)")
-        import torchaudio
+        from serkit.data.audio import resample  # the resampler `serkit prepare` converts corpora with
 
         log.warning("%s: sample rate %d Hz, resampling to %d Hz", path, sr, sample_rate)
-        wav = torchaudio.functional.resample(wav, sr, sample_rate)
+        wav = torch.from_numpy(resample(wav.numpy(), sr, sample_rate))
     return wav
 
 

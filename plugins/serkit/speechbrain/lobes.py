@@ -12,6 +12,15 @@ Example
 >>> x, lens = torch.randn(2, 10, 8), torch.tensor([1.0, 0.5])
 >>> head(x, lens).shape
 torch.Size([2, 4])
+
+In another SpeechBrain recipe, ``output`` gives the shapes its lobes give: ``"log_probs"`` (B, 1, K) for a
+``classifier`` slot (what ``sb.nnet.losses.nll_loss`` and ``classification_error`` expect), ``"embedding"``
+(B, 1, D) for an ``embedding_model`` slot (docs/speechbrain_reuse.md):
+
+>>> SERHead("linear", input_dim=8, num_classes=4, output="log_probs")(x, lens).shape
+torch.Size([2, 1, 4])
+>>> SERHead("ffn", input_dim=8, num_classes=4, output="embedding", hidden=6)(x, lens).shape
+torch.Size([2, 1, 6])
 """
 from __future__ import annotations
 
@@ -45,9 +54,10 @@ def relative_lengths_to_padding_mask(lengths: Tensor | None, max_len: int) -> Te
     """
     if lengths is None:
         return None
+    from speechbrain.dataio.dataio import length_to_mask
+
     absolute = torch.round(lengths.float() * max_len).long().clamp(1, max_len)
-    steps = torch.arange(max_len, device=lengths.device)
-    return steps.unsqueeze(0) >= absolute.unsqueeze(1)
+    return ~length_to_mask(absolute, max_len, dtype=torch.bool)
 
 
 def padding_mask_to_relative_lengths(padding_mask: Tensor) -> Tensor:
@@ -73,26 +83,71 @@ class SERHead(nn.Module):
     input_dim, num_classes : int
     pooling : str
         ``"mean"`` or ``"attention"`` (FLEA).
+    output : str
+        ``"logits"`` (default; serkit's own recipes): (B, K). ``"log_probs"``: log-softmax (B, 1, K), a
+        SpeechBrain classifier lobe (``sb.nnet.losses.nll_loss``, ``classification_error``).
+        ``"embedding"``: the pooled utterance vector that feeds the head's final linear layer, (B, 1, D),
+        for an ``embedding_model`` slot.
     **kwargs
         Passed to the head (e.g. ``arch`` for ``bas``, ``num_layers`` for ``bas_search``).
 
     Shapes
     ------
-    x : (B, T, C); lengths : (B,) relative, or None; output : logits (B, num_classes).
+    x : (B, T, C), or (B, C) for one vector per utterance; lengths : (B,) relative, or None;
+    output : see ``output``.
     """
 
-    def __init__(self, name: str, input_dim: int, num_classes: int, pooling: str = "mean", **kwargs):
+    OUTPUTS = ("logits", "log_probs", "embedding")
+
+    def __init__(self, name: str, input_dim: int, num_classes: int, pooling: str = "mean",
+                 output: str = "logits", **kwargs):
         super().__init__()
         from serkit.nn import HEADS, BlockSearchSupernet, build_head
 
+        if output not in self.OUTPUTS:
+            raise ValueError(f"SERHead output={output!r}: choose one of {', '.join(self.OUTPUTS)}")
         self.name = name
+        self.output = output
         if name == "bas_search" and name not in HEADS:  # the supernet is built directly, not registered
             self.head = BlockSearchSupernet(int(input_dim), int(num_classes), pooling=pooling, **kwargs)
         else:
             self.head = build_head(name, int(input_dim), int(num_classes), pooling=pooling, **kwargs)
+        final = getattr(self.head, "classifier", None)
+        if output == "embedding" and not isinstance(final, nn.Linear):
+            raise ValueError(f"SERHead {name!r}: no final linear `classifier` layer to take the embedding "
+                             "from; use output='logits' or 'log_probs'")
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        return self.head(x, relative_lengths_to_padding_mask(lengths, x.size(1)))
+        if x.dim() == 2:  # one vector per utterance (e.g. another lobe's embedding squeezed): one frame
+            x = x.unsqueeze(1)
+        mask = relative_lengths_to_padding_mask(lengths, x.size(1))
+        if self.output == "embedding":
+            return self.embed(x, mask).unsqueeze(1)
+        logits = self.head(x, mask)
+        if self.output == "log_probs":
+            return torch.log_softmax(logits, dim=-1).unsqueeze(1)
+        return logits
+
+    def embed(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """The input of the head's final linear layer, (B, D): the head runs up to it."""
+        captured = []
+
+        def grab(module, args):
+            captured.append(args[0])
+            raise _Embedded
+
+        handle = self.head.classifier.register_forward_pre_hook(grab)
+        try:
+            self.head(x, padding_mask)
+        except _Embedded:
+            pass
+        finally:
+            handle.remove()
+        return captured[0]
+
+
+class _Embedded(Exception):
+    """Stops a head at its final linear layer once its input (the embedding) is taken."""
 
 
 class WeightedLayerSum(nn.Module):

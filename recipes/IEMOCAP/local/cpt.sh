@@ -33,4 +33,5 @@ fairseq-hydra-train --config-dir "$(realpath "$(dirname "$yaml")")" \
   checkpoint.save_dir="$(hydra_value "$(realpath "$out")")" hydra.run.dir="$(hydra_value "$(realpath "$out")")" \
   >> "$out/train.log" 2>&1 || { tail -30 "$out/train.log" >&2; die "CPT failed (log: $out/train.log)"; }
 [ -f "$out/checkpoint_last.pt" ] || die "CPT wrote no $out/checkpoint_last.pt (log: $out/train.log)"
-grep -E "\| valid \|" "$out/train.log" | tail -1 >&2 || true
+# the last validation summary: "epoch 001 | valid on 'valid' subset | loss 4.711 | ... | num_updates 4"
+grep -E "valid on '[^']+' subset \|" "$out/train.log" | tail -1 >&2 || true
