@@ -50,7 +50,7 @@ tec_upstream=""       # MFSN: CTC-finetuned wav2vec 2.0 (e.g. wav2vec_small_960h
 sec_upstream=""       # MFSN: data2vec audio (e.g. audio_base_ls.pt) [mini corpus: the tiny HuBERT]
 tec_layer=""          # MFSN: TEC layer [12; mini corpus: 2]
 sec_layers=""         # MFSN: SEC layers, early,middle,late [4,8,12; mini corpus: 0,1,2]
-mfsn_config=""        # MFSN: [conf/mfsn.yaml, text/asr TEC: conf/mfsn_text.yaml; mini corpus: ../SAVEE/conf/mfsn_mini.yaml]
+mfsn_config=""        # MFSN: [conf/mfsn.yaml, text/asr TEC: conf/mfsn_text.yaml; mini corpus: ../SAVEE/conf/mfsn_mini.yaml, conf/mfsn_text_mini.yaml]
 mfsn_ablation=mfsn    # MFSN: sec_only | sec_tec_nosearch | mfsn
 mfsn_tec=audio        # MFSN TEC source: audio (the ASR model's frames, the paper) | text (IEMOCAP's transcripts) | asr (greedy CTC transcripts of --tec-upstream)
 ctc_dict=""           # MFSN --mfsn-tec asr: the letter dictionary (dict.ltr.txt) of --tec-upstream
@@ -103,7 +103,7 @@ Options (default in brackets):
   --tec-upstream FILE, --sec-upstream FILE, --tec-layer L, --sec-layers L1,L2,L3, --mfsn-config FILE,
   --mfsn-ablation sec_only|sec_tec_nosearch|mfsn    MFSN (--method mfsn) [mini corpus: the tiny HuBERT]
   --mfsn-tec SOURCE   MFSN TEC: audio | text (the corpus transcripts) | asr (greedy CTC, needs --ctc-dict)
-                      [$mfsn_tec]; text and asr are the paper's text ablation (text leaks across sessions)
+                      [$mfsn_tec]; text and asr are serkit's text ablation, not the paper's (text leaks across sessions)
   --ctc-dict FILE     dict.ltr.txt of the CTC --tec-upstream, for --mfsn-tec asr
   --head-overrides S  extra yaml overrides for the heads' training, e.g. "--batch_size 16"
   --shiftser-input K  what heads linear..shiftlstm see: masked (whole utterances, padding masked) |
@@ -191,7 +191,8 @@ if $mini; then
   teacher_epochs=${teacher_epochs:-10}; finetune_epochs=${finetune_epochs:-10}; head_epochs=${head_epochs:-30}
   cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_tiny.yaml}
   [ "$cpt_update_freq" != auto ] || cpt_update_freq=1  # the tiny model's batch is its own, not the paper's
-  tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}; mfsn_config=${mfsn_config:-../SAVEE/conf/mfsn_mini.yaml}
+  tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}
+  if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-../SAVEE/conf/mfsn_mini.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text_mini.yaml}; fi
 else
   method=${method:-flea}
   teacher_epochs=${teacher_epochs:-40}; finetune_epochs=${finetune_epochs:-40}; head_epochs=${head_epochs:-100}
@@ -398,10 +399,11 @@ if $flea && stage_selected 3; then
   done
 fi
 
-# MFSN (stage 4): TEC and SEC features dumped once, then search + derive + retrain per fold.
-# --mfsn-tec text|asr: the paper's text ablation, TEC from transcripts (serkit.speechbrain.mfsn_text).
+# MFSN (stage 4): TEC and SEC features dumped once, then per fold two `serkit train` calls: the search
+# (writes arch.txt) and the retraining of the derived cell (--arch).
+# --mfsn-tec text|asr: serkit's text ablation (not the paper's), TEC from transcripts (conf/mfsn_text*.yaml).
 run_mfsn() {
-  local tec=${tec_upstream:-} sec=${sec_upstream:-} sec_label tec_label label run k fold out opts trainer
+  local tec=${tec_upstream:-} sec=${sec_upstream:-} sec_label tec_label label run k fold out opts
   local -a tec_args tec_inputs
   if $mini; then
     tec=${tec:-$upstream}; sec=${sec:-$upstream}
@@ -413,37 +415,47 @@ run_mfsn() {
     sec=$(realpath "$sec"); tec=${tec:+$(realpath "$tec")}
     sec_label="$(basename "$sec") L$sec_layers"; tec_label="$(basename "${tec:-none}") L$tec_layer"
   fi
-  local sec_feats tec_feats=""
+  local sec_feats tec_feats="" search arch
+  local -a train
   sec_feats=$(dump_all "$sec")
   case $mfsn_tec in
     audio)
-      trainer=serkit.speechbrain.mfsn; label="TEC $tec_label (detached) + SEC $sec_label"
+      label="TEC $tec_label (detached) + SEC $sec_label"
       if $mini; then  # the demo's label, unchanged
         label="tiny HuBERT pretrained on a separate mini corpus (NOT wav2vec 2.0/data2vec): TEC L$tec_layer, SEC L$sec_layers"
       fi
-      tec_feats=$(dump_all "$tec"); tec_args=(--tec-feats "$tec_feats"); tec_inputs=("$tec_feats") ;;
+      tec_feats=$(dump_all "$tec"); tec_args=(--tec_feats "$tec_feats"); tec_inputs=("$tec_feats") ;;
     text)
       [ -s "$data/text" ] || die "$data/text: no transcripts; re-run stage 0 (serkit prepare writes them from dialog/transcriptions)"
-      trainer=serkit.speechbrain.mfsn_text; label="TEC IEMOCAP's transcripts + SEC $sec_label"
-      tec_args=(--text "$data/text"); tec_inputs=("$data/text") ;;
+      label="TEC IEMOCAP's transcripts + SEC $sec_label"
+      tec_args=(--text "$(realpath "$data/text")"); tec_inputs=("$data/text") ;;
     asr)
       [ -n "$ctc_dict" ] && [ -f "$ctc_dict" ] || die "--mfsn-tec asr needs --ctc-dict FILE (the dict.ltr.txt of $tec)"
-      trainer=serkit.speechbrain.mfsn_text; label="TEC greedy CTC transcripts of $tec_label + SEC $sec_label"
+      label="TEC greedy CTC transcripts of $tec_label + SEC $sec_label"
       tec_feats=$(dump_all "$tec")
-      tec_args=(--tec-feats "$tec_feats" --ctc-checkpoint "$tec" --ctc-dict "$(realpath "$ctc_dict")")
+      tec_args=(--tec_feats "$tec_feats" --ctc_checkpoint "$tec" --ctc_dict "$(realpath "$ctc_dict")")
       tec_inputs=("$tec_feats" "$tec" "$ctc_dict") ;;
   esac
   run=$(mfsn_run "$mfsn_tec")
   log "Stage 4: MFSN ($mfsn_ablation, TEC: $mfsn_tec): knowledge sources $label"
   for k in $fold_list; do
-    fold=$splits/fold$k; out=$run/fold$k
-    log "Stage 4: MFSN fold $k: $fold -> $out"
+    fold=$splits/fold$k; out=$run/fold$k; search=${run}_search/fold$k
+    # The label is a YAML string: quoted, since it holds ': '.
+    train=(serkit train "$mfsn_config" --fold-dir "$fold" --feats "$sec_feats" "${tec_args[@]}"
+           --ablation "$mfsn_ablation" --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]"
+           --sources_label "\"$label\"" --noprogressbar)
     opts="tec=$mfsn_tec:${tec:-none}:$tec_layer sec=$sec:$sec_layers config=$mfsn_config ablation=$mfsn_ablation"  # epochs: the config's
-    is_done "$out" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
-      timed "$(basename "$run")_fold$k" logged "$out/log/train.log" python -m $trainer "$mfsn_config" \
-        --fold-dir "$fold" --output-folder "$out" "${tec_args[@]}" --sec-feats "$sec_feats" \
-        --ablation "$mfsn_ablation" --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]" \
-        --sources_label "$label"
+    arch=""
+    if [ "$mfsn_ablation" = mfsn ]; then  # search, then retrain the derived cell: two serkit train calls
+      log "Stage 4: MFSN search fold $k: $fold -> $search/arch.txt"
+      is_done "$search" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
+        timed "$(basename "$run")_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search"
+        mark_done "$search"; }
+      arch=$(cat "$search/arch.txt")
+    fi
+    log "Stage 4: MFSN fold $k${arch:+ (derived cell $arch)}: $fold -> $out"
+    is_done "$out" "$opts arch=$arch" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
+      timed "$(basename "$run")_fold$k" logged "$out/log/train.log" "${train[@]}" --output-folder "$out" ${arch:+--arch "$arch"}
       mark_done "$out"; }
   done
   local what="MFSN ($mfsn_ablation)"

@@ -217,8 +217,13 @@ def main(argv: list[str] | None = None) -> int:
 
     crop_opts = {"max_duration": hparams.get("max_duration"), "crop": hparams.get("crop", "start"),
                  "pad_to_max": bool(hparams.get("pad_to_max", False))}
+    # A method with its own items (MFSN: 3-second segments of two feature dumps) names its builder.
+    builder = hparams.get("fold_datasets")
     try:
-        datasets, classes = fold_datasets(fold_dir, reader, feature_layers=feature_layers, **crop_opts)
+        if builder is not None:
+            datasets, classes = builder(fold_dir, reader)
+        else:
+            datasets, classes = fold_datasets(fold_dir, reader, feature_layers=feature_layers, **crop_opts)
     except SerkitError as e:
         raise SerkitError(f"{args.hparams}: {e}") from None
     modules = dict(hparams["modules"])
@@ -257,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
 
         info["epochs_run"] = json.loads(previous.read_text(encoding="utf-8")).get("epochs_run", 0)
 
-    brain = SERBrain(modules=modules, opt_class=opt_class, hparams=hparams, run_opts=run_opts,
+    brain_class = hparams.get("brain_class", SERBrain)  # a SERBrain subclass (MFSN's)
+    brain = brain_class(modules=modules, opt_class=opt_class, hparams=hparams, run_opts=run_opts,
                      checkpointer=checkpointer)
     brain.classes = classes
     brain.orders = {split: split_order(fold_dir, split) for split in ("valid", "test")}
