@@ -97,6 +97,19 @@ def test_training_mixture_is_gumbel_and_temperature_sharpens_it():
         net.set_temperature(0.0)
 
 
+def test_training_mixture_is_torchs_gumbel_softmax_with_the_supernets_temperature():
+    net = supernet().train()
+    net.set_temperature(0.7)
+    logits = net.arch_logits[1].detach()
+    torch.manual_seed(3)
+    ours = net.mixture_weights(1)
+    torch.manual_seed(3)
+    gumbel = -torch.empty_like(logits).exponential_().log()  # torch's draw: Gumbel(0, 1) noise
+    assert torch.allclose(ours, torch.softmax((logits + gumbel) / 0.7, dim=0), atol=1e-6)
+    torch.manual_seed(3)
+    assert torch.equal(ours, torch.nn.functional.gumbel_softmax(logits, tau=0.7, dim=0))
+
+
 def test_temperature_schedule():
     assert gumbel_temperature(0) == 5.0
     assert gumbel_temperature(2) == pytest.approx(5.0 * 0.956**2)

@@ -25,6 +25,7 @@ FBNet's (the paper refers to FBNet for the details and gives none).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import FFNBlock, MSABlock, TransformerBlock
@@ -218,8 +219,7 @@ class BlockSearchSupernet(nn.Module):
         """Relaxed one-hot weights of ``layer``: Gumbel noise in training, none in eval."""
         logits = self.arch_logits[layer]
         if self.training:
-            uniform = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-10)
-            logits = logits - torch.log(-torch.log(uniform))
+            return F.gumbel_softmax(logits, tau=self.tau, hard=False, dim=0)
         return torch.softmax(logits / self.tau, dim=0)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:

@@ -74,10 +74,10 @@ def load_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: 
         if not resample:
             raise SerkitError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz; resample it "
                               f"(`sox {path.name} -r {sample_rate} out.wav`)")
-        import torchaudio
+        from serkit.data.audio import resample  # the resampler `serkit prepare` converts corpora with
 
         log.warning("%s: sample rate %d Hz, resampling to %d Hz", path, sr, sample_rate)
-        wav = torchaudio.functional.resample(wav, sr, sample_rate)
+        wav = torch.from_numpy(resample(wav.numpy(), sr, sample_rate))
     return wav
 
 
@@ -115,6 +115,22 @@ def crop_to(x: torch.Tensor, max_len: int, crop: str = "start", pad: bool = Fals
     elif pad and n < max_len:
         x = torch.cat([x, x.new_zeros((max_len - n, *x.shape[1:]))], dim=0)
     return x
+
+
+def class_balanced_sampler(dataset, seed: int = 0):
+    """A sampler drawing ``len(dataset)`` training items per epoch with replacement, each with weight
+    1 / (count of its class): every class is drawn equally often on average (FLEA's official code,
+    ``WeightedRandomSampler``). Reproducible from ``seed`` and the epoch (``set_epoch``)."""
+    from collections import Counter
+
+    from speechbrain.dataio.sampler import ReproducibleWeightedRandomSampler
+
+    with dataset.output_keys_as(["emo"]):
+        emos = [item["emo"] for item in dataset]
+    counts = Counter(emos)
+    weights = [1.0 / counts[e] for e in emos]
+    return ReproducibleWeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
+                                             seed=int(seed))
 
 
 def _select_layers(feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,13 @@ trained; ``hyperparams.yaml`` rebuilds the head; the checkpoint that was best on
 upstream recorded in ``train_info.json`` on the raw audio, on the same layers as the cache; a finetuned
 model restores its finetuned upstream from the checkpoint.
 
+It is a SpeechBrain ``Pretrained`` interface; SpeechBrain users load it as they load any custom
+interface, after ``write_foreign_files(FOLD)`` put ``inference.yaml`` and ``custom.py`` into the fold:
+
+>>> from speechbrain.inference.interfaces import foreign_class                    # doctest: +SKIP
+>>> clf = foreign_class(source="exp/shiftcnn/fold1", hparams_file="inference.yaml",  # doctest: +SKIP
+...                     pymodule_file="custom.py", classname="EmotionClassifier")
+
 Trust: ``source`` is code. ``hyperparams.yaml`` is HyperPyYAML (``!new:``/``!apply:`` build and call
 Python objects) and the fairseq upstream named in ``train_info.json`` is unpickled: load folds from
 trusted sources only, as SpeechBrain's own ``from_hparams``. The head and state checkpoints are loaded
@@ -22,6 +29,7 @@ import logging
 from pathlib import Path
 
 import torch
+from speechbrain.inference.interfaces import Pretrained
 
 from ..utils import SerkitError
 from .dataio import load_wav
@@ -40,84 +48,177 @@ def read_train_info(source: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-class EmotionClassifier(torch.nn.Module):
-    """Classify utterances with a trained serkit fold (see the module docstring).
+def load_fold(source, hparams_file: str = "hyperparams.yaml", overrides: dict | None = None,
+              checkpoint: str = "best", upstream: str | None = None) -> dict:
+    """Rebuild a trained fold: ``{"modules", "hparams", "classes", "train_info", "checkpoint"}``.
 
-    Attributes: ``classes`` (label order), ``info`` (train_info.json), ``checkpoint`` (the one loaded),
-    ``device``.
+    ``modules`` holds ``layer_sum``, ``head`` and ``upstream`` (the frozen upstream that encodes raw audio
+    for a model trained on cached features, or the finetuned one restored from the checkpoint).
+    ``upstream`` replaces the upstream path recorded in ``train_info.json`` (a checkpoint that moved).
+    """
+    from hyperpyyaml import load_hyperpyyaml
+
+    from .checkpoints import Checkpointer
+
+    source = Path(source)
+    info = read_train_info(source)
+    hp_path = source / hparams_file
+    if not hp_path.is_file():
+        raise SerkitError(f"{hp_path}: not found; the fold's output folder is incomplete")
+    with open(hp_path, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, overrides or {})
+    recoverables = dict(hparams["checkpointer"].recoverables)
+    recorded = info.get("upstream")
+    up_path = upstream or recorded
+    if not up_path:
+        raise SerkitError(f"{source / 'train_info.json'}: no upstream recorded for the cached features; "
+                          "pass --upstream CKPT (the checkpoint the features were dumped with)")
+    if not Path(up_path).exists() and up_path != "mfcc":
+        where = "--upstream" if upstream else f"{source / 'train_info.json'} records the upstream"
+        raise SerkitError(f"{where} {up_path}: not found; pass --upstream PATH to where that checkpoint "
+                          "is now")
+    if info.get("setting") == "finetune":
+        from .lobes import FairseqUpstream
+
+        up = FairseqUpstream(up_path, freeze=True, layers=info["upstream_layers"])
+        recoverables["upstream"] = up
+    else:
+        from serkit.upstream import load_upstream
+
+        up = load_upstream(up_path, device="cpu")
+        if info.get("upstream_normalize") is not None and bool(up.normalize) != bool(
+                info["upstream_normalize"]):
+            log.warning("%s: normalize=%s differs from the cached features' (%s)", up_path,
+                        up.normalize, info["upstream_normalize"])
+    checkpointer = Checkpointer(source / "save", recoverables=recoverables)
+    best = info.get("best_metric", "ua")
+    # "last": the last finished epoch, not an intra-epoch checkpoint of a killed run
+    ckpt = checkpointer.find_checkpoint(max_key=f"valid_{best}") if checkpoint == "best" \
+        else checkpointer.find_checkpoint(ckpt_predicate=lambda c: c.meta.get("end-of-epoch", True))
+    if ckpt is None:
+        raise SerkitError(f"{source / 'save'}: no checkpoint; has training run at least one epoch?")
+    checkpointer.load_checkpoint(ckpt)
+    log.info("loaded %s (epoch %s, valid %s %.4f)", ckpt.path, ckpt.meta.get("epoch"), best,
+             ckpt.meta.get(f"valid_{best}", float("nan")))
+    modules = {"layer_sum": hparams["modules"]["layer_sum"], "head": hparams["modules"]["head"],
+               "upstream": up}
+    return {"modules": modules, "hparams": hparams, "classes": list(info["classes"]), "train_info": info,
+            "checkpoint": ckpt}
+
+
+FOREIGN_YAML = """\
+# SpeechBrain's foreign_class loads this serkit fold (docs/speechbrain_reuse.md):
+#   foreign_class(source=FOLD, hparams_file="inference.yaml", pymodule_file="custom.py",
+#                 classname="EmotionClassifier")
+# HyperPyYAML is code: load folds from trusted sources only (docs/trust.md).
+fold: {fold}
+checkpoint: best    # or last
+upstream: null      # a path replaces the upstream recorded in train_info.json
+serkit_fold: !apply:serkit.speechbrain.interface.load_fold
+    source: !ref <fold>
+    checkpoint: !ref <checkpoint>
+    upstream: !ref <upstream>
+modules: {{}}       # filled from serkit_fold
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer    # nothing to fetch: loaded above
+"""
+
+FOREIGN_PY = '''"""The class SpeechBrain's foreign_class loads this serkit fold with (see inference.yaml)."""
+from serkit.speechbrain.interface import EmotionClassifier  # noqa: F401
+'''
+
+
+def write_foreign_files(source) -> tuple[Path, Path]:
+    """Write ``inference.yaml`` and ``custom.py`` into fold ``source`` so SpeechBrain's ``foreign_class``
+    loads it; existing files of those names are left alone (SerkitError) unless serkit wrote them."""
+    from ..utils import atomic_file
+
+    source = Path(source).resolve()
+    read_train_info(source)
+    out = []
+    for name, text in (("inference.yaml", FOREIGN_YAML.format(fold=json.dumps(str(source)))),
+                       ("custom.py", FOREIGN_PY)):
+        path = source / name
+        if path.exists() and "serkit" not in path.read_text(encoding="utf-8", errors="replace"):
+            raise SerkitError(f"{path}: exists and was not written by serkit; move it aside")
+        with atomic_file(path, encoding="utf-8") as f:
+            f.write(text)
+        out.append(path)
+    return out[0], out[1]
+
+
+class EmotionClassifier(Pretrained):
+    """Classify utterances with a trained serkit fold (see the module docstring): a SpeechBrain
+    ``Pretrained`` interface (``.mods``, ``.hparams``, ``encode_batch``, ``classify_batch``,
+    ``classify_file``).
+
+    ``.mods``: ``layer_sum``, ``head`` and ``upstream``. Attributes: ``classes`` (label order), ``info``
+    (train_info.json), ``checkpoint`` (the one loaded), ``device``.
     """
 
-    def __init__(self, layer_sum, head, classes, info: dict, upstream=None, finetuned_upstream=None,
-                 device: str = "cpu"):
-        super().__init__()
-        self.layer_sum, self.head = layer_sum, head
-        self.upstream = upstream  # featex: a frozen serkit.upstream.Upstream
-        self.finetuned_upstream = finetuned_upstream  # finetune: the lobe restored from the checkpoint
-        self.classes = list(classes)
-        self.info = info
-        self.layers = list(info.get("upstream_layers") or [])
-        self.device = device
-        self.checkpoint = None
-        self.to(device).eval()
+    MODULES_NEEDED = ["layer_sum", "head", "upstream"]
+
+    def __init__(self, modules=None, hparams=None, run_opts=None, freeze_params=True):
+        hparams = dict(hparams or {})
+        if "serkit_fold" in hparams:  # built by SpeechBrain's foreign_class from inference.yaml
+            fold = hparams.pop("serkit_fold")
+            modules = fold["modules"]
+            hparams = {**fold["hparams"], **hparams, "classes": fold["classes"],
+                       "train_info": fold["train_info"], "serkit_checkpoint": fold["checkpoint"]}
+        super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, freeze_params=freeze_params)
+        self.classes = list(hparams["classes"])
+        self.info = hparams["train_info"]
+        self.checkpoint = hparams.get("serkit_checkpoint")
+        self.layers = list(self.info.get("upstream_layers") or [])
+        self.finetuned = self.info.get("setting") == "finetune"
+        self.eval()
+
+    @property
+    def layer_sum(self):
+        return self.mods.layer_sum
+
+    @property
+    def head(self):
+        return self.mods.head
+
+    @property
+    def upstream(self):
+        """The frozen upstream that encodes raw audio (a model trained on cached features), else None."""
+        return None if self.finetuned else self.mods.upstream
+
+    @property
+    def finetuned_upstream(self):
+        """The finetuned upstream lobe restored from the checkpoint, else None."""
+        return self.mods.upstream if self.finetuned else None
 
     @classmethod
-    def from_hparams(cls, source, run_opts: dict | None = None, savedir=None, checkpoint: str = "best"):
-        """Load a trained fold. ``run_opts={"device": "cuda:0"}``; ``checkpoint="best"`` (on validation)
-        or ``"last"``; ``savedir`` is accepted for SpeechBrain compatibility and unused (nothing is fetched).
+    def from_hparams(cls, source, hparams_file: str = "hyperparams.yaml", overrides: dict | None = None,
+                     savedir=None, run_opts: dict | None = None, checkpoint: str = "best",
+                     upstream: str | None = None, **kwargs):
+        """Load a trained fold (a local folder: nothing is fetched, so ``savedir`` is unused).
+
+        ``hparams_file`` and ``overrides`` as in SpeechBrain (the fold's ``hyperparams.yaml``);
+        ``run_opts={"device": "cuda:0"}`` (default ``cpu``); ``checkpoint="best"`` (on validation) or
+        ``"last"``; ``upstream`` replaces the upstream path recorded in ``train_info.json``.
         """
-        from hyperpyyaml import load_hyperpyyaml
-
-        from .checkpoints import Checkpointer
-
         del savedir
-        source = Path(source)
-        info = read_train_info(source)
-        device = (run_opts or {}).get("device") or "cpu"
-        hp_path = source / "hyperparams.yaml"
-        if not hp_path.is_file():
-            raise SerkitError(f"{hp_path}: not found; the fold's output folder is incomplete")
-        with open(hp_path, encoding="utf-8") as f:
-            hparams = load_hyperpyyaml(f)
-        recoverables = dict(hparams["checkpointer"].recoverables)
-        upstream = finetuned = None
-        if info.get("setting") == "finetune":
-            from .lobes import FairseqUpstream
+        from .train import _peek_yaml
 
-            finetuned = FairseqUpstream(info["upstream"], freeze=True, layers=info["upstream_layers"])
-            recoverables["upstream"] = finetuned
-        else:
-            if not info.get("upstream"):
-                raise SerkitError(f"{source / 'train_info.json'}: no upstream recorded for the cached "
-                                  "features; retrain with --upstream CKPT so new audio can be encoded")
-            from serkit.upstream import load_upstream
+        hp_path = Path(source) / hparams_file
+        if hp_path.is_file() and "classifier" in _peek_yaml(str(hp_path)):
+            # a method with its own inference (MFSN: two upstreams, 3-second segments)
+            from hyperpyyaml import load_hyperpyyaml
 
-            upstream = load_upstream(info["upstream"], device="cpu")
-            if info.get("upstream_normalize") is not None and bool(upstream.normalize) != bool(
-                    info["upstream_normalize"]):
-                log.warning("%s: normalize=%s differs from the cached features' (%s)", info["upstream"],
-                            upstream.normalize, info["upstream_normalize"])
-        checkpointer = Checkpointer(source / "save", recoverables=recoverables)
-        best = info.get("best_metric", "ua")
-        # "last": the last finished epoch, not an intra-epoch checkpoint of a killed run
-        ckpt = checkpointer.find_checkpoint(max_key=f"valid_{best}") if checkpoint == "best" \
-            else checkpointer.find_checkpoint(ckpt_predicate=lambda c: c.meta.get("end-of-epoch", True))
-        if ckpt is None:
-            raise SerkitError(f"{source / 'save'}: no checkpoint; has training run at least one epoch?")
-        checkpointer.load_checkpoint(ckpt)
-        clf = cls(hparams["modules"]["layer_sum"], hparams["modules"]["head"], info["classes"], info,
-                  upstream=upstream, finetuned_upstream=finetuned, device=device)
-        clf.checkpoint = ckpt
-        log.info("loaded %s (epoch %s, valid %s %.4f)", ckpt.path, ckpt.meta.get("epoch"), best,
-                 ckpt.meta.get(f"valid_{best}", float("nan")))
-        return clf
+            with open(hp_path, encoding="utf-8") as f:
+                hp = load_hyperpyyaml(f, overrides or {})
+            device = (run_opts or {}).get("device") or "cpu"
+            return hp["classifier"](source, hp, read_train_info(source), device=device, checkpoint=checkpoint)
+        fold = load_fold(source, hparams_file=hparams_file, overrides=overrides, checkpoint=checkpoint,
+                         upstream=upstream)
+        run_opts = dict(run_opts or {})
+        run_opts.setdefault("device", "cpu")
+        return cls(run_opts=run_opts, hparams={"serkit_fold": fold}, **kwargs)
 
-    @torch.no_grad()
-    def classify_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
-        """Classify a padded batch of 16 kHz waveforms (B, S) with relative lengths ``wav_lens`` (B,).
-
-        Returns ``(out_prob (B, K), score (B,), index (B,), text_lab [str])`` like SpeechBrain's
-        ``EncoderClassifier.classify_batch``.
-        """
+    def _encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None):
         from .lobes import padding_mask_to_relative_lengths, relative_lengths_to_padding_mask
 
         if wavs.dim() == 1:
@@ -126,15 +227,42 @@ class EmotionClassifier(torch.nn.Module):
         if wav_lens is None:
             wav_lens = torch.ones(wavs.size(0), device=self.device)
         wav_lens = wav_lens.to(self.device)
-        if self.finetuned_upstream is not None:
-            layers, lens = self.finetuned_upstream(wavs, wav_lens)
+        if self.finetuned:
+            layers, lens = self.mods.upstream(wavs, wav_lens)
         else:
             mask = relative_lengths_to_padding_mask(wav_lens, wavs.size(1))
-            hidden, frame_mask = self.upstream(wavs, mask, layers=self.layers)
+            hidden, frame_mask = self.mods.upstream(wavs, mask, layers=self.layers)
             layers = torch.stack(hidden, dim=1)
             lens = padding_mask_to_relative_lengths(frame_mask)
-        x = self.layer_sum(layers, lens)
-        logits = self.head(x, lens)
+        return self.mods.layer_sum(layers, lens), lens
+
+    @torch.no_grad()
+    def encode_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> torch.Tensor:
+        """Utterance embeddings (B, 1, D): the vector the head's final layer classifies, like SpeechBrain's
+        ``EncoderClassifier.encode_batch``."""
+        from .lobes import relative_lengths_to_padding_mask
+
+        x, lens = self._encode(wavs, wav_lens)
+        return self._head_lobe().embed(x, relative_lengths_to_padding_mask(lens, x.size(1))).unsqueeze(1)
+
+    def _head_lobe(self):
+        from .lobes import SERHead
+
+        head = self.mods.head
+        if not isinstance(head, SERHead) or not isinstance(getattr(head.head, "classifier", None),
+                                                          torch.nn.Linear):
+            raise SerkitError(f"{type(head).__name__}: no final linear layer to take an embedding from")
+        return head
+
+    @torch.no_grad()
+    def classify_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
+        """Classify a padded batch of 16 kHz waveforms (B, S) with relative lengths ``wav_lens`` (B,).
+
+        Returns ``(out_prob (B, K), score (B,), index (B,), text_lab [str])`` like SpeechBrain's
+        ``EncoderClassifier.classify_batch``.
+        """
+        x, lens = self._encode(wavs, wav_lens)
+        logits = self.mods.head(x, lens)
         out_prob = torch.softmax(logits.float(), dim=-1)
         score, index = out_prob.max(dim=-1)
         return out_prob, score, index, [self.classes[i] for i in index.tolist()]
@@ -150,7 +278,7 @@ class EmotionClassifier(torch.nn.Module):
         return self.classify_batch(wav.unsqueeze(0), torch.ones(1))
 
     def _check_length(self, wav: torch.Tensor, path) -> None:
-        module = self.upstream if self.upstream is not None else self.finetuned_upstream.upstream
+        module = self.finetuned_upstream.upstream if self.finetuned else self.mods.upstream
         need = int(getattr(module, "receptive_field", 400))
         if wav.numel() < need:
             raise SerkitError(f"{path}: {wav.numel()} samples ({wav.numel() / 16:.1f} ms) is shorter than "

@@ -12,6 +12,15 @@ Example
 >>> x, lens = torch.randn(2, 10, 8), torch.tensor([1.0, 0.5])
 >>> head(x, lens).shape
 torch.Size([2, 4])
+
+In another SpeechBrain recipe, ``output`` gives the shapes its lobes give: ``"log_probs"`` (B, 1, K) for a
+``classifier`` slot (what ``sb.nnet.losses.nll_loss`` and ``classification_error`` expect), ``"embedding"``
+(B, 1, D) for an ``embedding_model`` slot (docs/speechbrain_reuse.md):
+
+>>> SERHead("linear", input_dim=8, num_classes=4, output="log_probs")(x, lens).shape
+torch.Size([2, 1, 4])
+>>> SERHead("ffn", input_dim=8, num_classes=4, output="embedding", hidden=6)(x, lens).shape
+torch.Size([2, 1, 6])
 """
 from __future__ import annotations
 
@@ -45,9 +54,10 @@ def relative_lengths_to_padding_mask(lengths: Tensor | None, max_len: int) -> Te
     """
     if lengths is None:
         return None
+    from speechbrain.dataio.dataio import length_to_mask
+
     absolute = torch.round(lengths.float() * max_len).long().clamp(1, max_len)
-    steps = torch.arange(max_len, device=lengths.device)
-    return steps.unsqueeze(0) >= absolute.unsqueeze(1)
+    return ~length_to_mask(absolute, max_len, dtype=torch.bool)
 
 
 def padding_mask_to_relative_lengths(padding_mask: Tensor) -> Tensor:
@@ -73,26 +83,71 @@ class SERHead(nn.Module):
     input_dim, num_classes : int
     pooling : str
         ``"mean"`` or ``"attention"`` (FLEA).
+    output : str
+        ``"logits"`` (default; serkit's own recipes): (B, K). ``"log_probs"``: log-softmax (B, 1, K), a
+        SpeechBrain classifier lobe (``sb.nnet.losses.nll_loss``, ``classification_error``).
+        ``"embedding"``: the pooled utterance vector that feeds the head's final linear layer, (B, 1, D),
+        for an ``embedding_model`` slot.
     **kwargs
         Passed to the head (e.g. ``arch`` for ``bas``, ``num_layers`` for ``bas_search``).
 
     Shapes
     ------
-    x : (B, T, C); lengths : (B,) relative, or None; output : logits (B, num_classes).
+    x : (B, T, C), or (B, C) for one vector per utterance; lengths : (B,) relative, or None;
+    output : see ``output``.
     """
 
-    def __init__(self, name: str, input_dim: int, num_classes: int, pooling: str = "mean", **kwargs):
+    OUTPUTS = ("logits", "log_probs", "embedding")
+
+    def __init__(self, name: str, input_dim: int, num_classes: int, pooling: str = "mean",
+                 output: str = "logits", **kwargs):
         super().__init__()
         from serkit.nn import HEADS, BlockSearchSupernet, build_head
 
+        if output not in self.OUTPUTS:
+            raise ValueError(f"SERHead output={output!r}: choose one of {', '.join(self.OUTPUTS)}")
         self.name = name
+        self.output = output
         if name == "bas_search" and name not in HEADS:  # the supernet is built directly, not registered
             self.head = BlockSearchSupernet(int(input_dim), int(num_classes), pooling=pooling, **kwargs)
         else:
             self.head = build_head(name, int(input_dim), int(num_classes), pooling=pooling, **kwargs)
+        final = getattr(self.head, "classifier", None)
+        if output == "embedding" and not isinstance(final, nn.Linear):
+            raise ValueError(f"SERHead {name!r}: no final linear `classifier` layer to take the embedding "
+                             "from; use output='logits' or 'log_probs'")
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        return self.head(x, relative_lengths_to_padding_mask(lengths, x.size(1)))
+        if x.dim() == 2:  # one vector per utterance (e.g. another lobe's embedding squeezed): one frame
+            x = x.unsqueeze(1)
+        mask = relative_lengths_to_padding_mask(lengths, x.size(1))
+        if self.output == "embedding":
+            return self.embed(x, mask).unsqueeze(1)
+        logits = self.head(x, mask)
+        if self.output == "log_probs":
+            return torch.log_softmax(logits, dim=-1).unsqueeze(1)
+        return logits
+
+    def embed(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """The input of the head's final linear layer, (B, D): the head runs up to it."""
+        captured = []
+
+        def grab(module, args):
+            captured.append(args[0])
+            raise _Embedded
+
+        handle = self.head.classifier.register_forward_pre_hook(grab)
+        try:
+            self.head(x, padding_mask)
+        except _Embedded:
+            pass
+        finally:
+            handle.remove()
+        return captured[0]
+
+
+class _Embedded(Exception):
+    """Stops a head at its final linear layer once its input (the embedding) is taken."""
 
 
 class WeightedLayerSum(nn.Module):
@@ -181,14 +236,26 @@ class FairseqUpstream(nn.Module):
         Keep everything fixed (a frozen upstream computed on the fly, e.g. for benchmarks).
     layers : "all" | "last" | int | list of int
         Which layers to return, stacked.
+    mask_time_prob, mask_time_length : float, int
+        Time masking inside the upstream while training (FLEA's official code: 0.08 and 10 frames, the
+        Hugging Face HuBERT's ``mask_time_prob``/``mask_time_length``): spans of the CNN features (after
+        the projection, before the transformer, where HuBERT masks in pretraining) replaced with the
+        model's learned mask embedding, about ``mask_time_prob * T / mask_time_length`` spans per
+        utterance, at least 2, inside its valid frames. 0 turns it off.
+    output_dropout : float
+        Dropout on the returned layers in training (FLEA's official code: 0.1 on the last layer,
+        before pooling).
 
     Shapes
     ------
     wav : (B, S) at 16 kHz; lengths : (B,) relative; output : ((B, L, T, C), frame lengths (B,) relative).
     """
 
-    def __init__(self, path: str, freeze_cnn: bool = True, freeze: bool = False, layers="last"):
+    def __init__(self, path: str, freeze_cnn: bool = True, freeze: bool = False, layers="last",
+                 mask_time_prob: float = 0.0, mask_time_length: int = 10, output_dropout: float = 0.0):
         super().__init__()
+        self.mask_time_prob, self.mask_time_length = float(mask_time_prob), int(mask_time_length)
+        self.output_dropout = nn.Dropout(float(output_dropout))
         from serkit.upstream import load_upstream
 
         self.path = str(path)
@@ -214,8 +281,14 @@ class FairseqUpstream(nn.Module):
             encoder.layerdrop = 0.0
         # Parts of fairseq's pretraining model that SER never uses (masked-prediction heads):
         # leaving them trainable would make DDP wait for gradients that never come.
-        for name in ("final_proj", "label_embs_concat", "project_q", "quantizer", "target_glu",
-                     "mask_emb", "final_proj_list"):
+        unused = ["final_proj", "label_embs_concat", "project_q", "quantizer", "target_glu",
+                  "final_proj_list"]
+        if self.mask_time_prob <= 0 or self.freeze:
+            unused.append("mask_emb")  # trained, as the rest of the transformer, only when masking uses it
+        elif not isinstance(getattr(self.model, "mask_emb", None), nn.Parameter):
+            raise TypeError(f"{path}: mask_time_prob needs a model with a mask embedding "
+                            "(HuBERT, wav2vec 2.0)")
+        for name in unused:
             obj = getattr(self.model, name, None)
             if isinstance(obj, nn.Module):
                 for p in obj.parameters():
@@ -261,11 +334,16 @@ class FairseqUpstream(nn.Module):
             frame_len = up.frame_lengths(sample_lengths).clamp_min(1)
             t = feats.size(1)
             frame_mask = torch.arange(t, device=feats.device)[None, :] >= frame_len[:, None]
+            if self.training and self.mask_time_prob > 0 and not self.freeze:
+                from serkit.nn.augment import _span_mask
+
+                spans = _span_mask(frame_len, t, self.mask_time_prob, self.mask_time_length, 2, None)
+                feats = torch.where(spans[:, :, None], m.mask_emb.to(feats.dtype), feats)
             hidden = {0: feats}
             top = max(self.layers)
             if top > 0:
                 for i, x in enumerate(up.encoder_layers(feats, frame_mask, top), start=1):
                     hidden[i] = x
-            out = torch.stack([hidden[i] for i in self.layers], dim=1)  # (B, L, T, C)
+            out = self.output_dropout(torch.stack([hidden[i] for i in self.layers], dim=1))  # (B, L, T, C)
             out = out.masked_fill(frame_mask[:, None, :, None], 0.0)
         return out, padding_mask_to_relative_lengths(frame_mask)

@@ -1,11 +1,14 @@
 """``serkit predict --exp EXP/<run>/fold<k> FILE_OR_DIR...``: one JSON line per audio file.
 
 Output (stdout): ``{"file": path, "label": class, "probs": {class: p, ...}}``. Folders are searched
-recursively for audio files (.wav .flac .ogg) and classified in batches with a progress bar (stderr).
+recursively for audio files (.wav .flac .ogg; hidden files such as macOS ``._*`` AppleDouble files are
+skipped, as ``serkit prepare`` skips them) and classified in batches with a progress bar (stderr).
 A file that cannot be classified (missing, unreadable, empty, too short) is reported on stderr with its
 name and skipped; the exit status is then 2. Audio at another sample rate is resampled to 16 kHz (with
 a warning); multi-channel audio is averaged to mono. Audio that cannot be speech is refused the same
 way: NaN or Inf samples, a sample rate outside 1 kHz..384 kHz, more than ``--max-duration`` seconds.
+A model trained on cached features encodes the audio with the upstream ``train_info.json`` recorded;
+``--upstream CKPT`` points at it where it is now (a missing one is named, with this fix).
 Every line printed is strict JSON (no NaN).
 
 Trust: an experiment folder is code. Its ``hyperparams.yaml`` is HyperPyYAML, whose ``!new:`` and
@@ -47,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="best on validation (default) or the last epoch's")
     p.add_argument("--max-duration", type=float, default=DEFAULT_MAX_DURATION, metavar="SECONDS",
                    help="refuse files longer than this (read from the header; default %(default)g s)")
+    p.add_argument("--upstream", default=None, metavar="CKPT",
+                   help="the upstream checkpoint, where it is now (default: the path train_info.json "
+                        "recorded at training time)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -56,7 +62,9 @@ def expand_inputs(inputs: list[str]) -> list[tuple[Path, bool]]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+            # hidden files (macOS "._*" AppleDouble metadata) are not audio, as `serkit prepare` skips them
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
                 raise SerkitError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
             out += [(p, True) for p in found]
@@ -120,7 +128,7 @@ def run(args) -> int:
                           f"{args.max_duration:g}")
     files = expand_inputs(args.inputs)
     clf = EmotionClassifier.from_hparams(args.exp, run_opts={"device": args.device},
-                                         checkpoint=args.checkpoint)
+                                         checkpoint=args.checkpoint, upstream=args.upstream)
     failed = 0
     progress = not args.no_progress and any(from_dir for _, from_dir in files)
     for _, result, error in predict_files(clf, [f for f, _ in files], args.batch_size, progress,
