@@ -50,6 +50,8 @@ from ..utils import atomic_file, write_json
 log = logging.getLogger("serkit.speechbrain")
 
 
+# By hand: torch's LinearLR+CosineAnnealingLR cannot warm up from 0 nor run timm's warmup_prefix=False
+# cosine (official code); SpeechBrain has no warm-up cosine with a start lr and a floor.
 class WarmupCosine:
     """Learning rate: linear warm-up from ``warmup_start_lr`` over ``warmup_epochs``, then cosine decay to
     ``final_lr`` at ``epochs``; a function of the fractional epoch, evaluated every iteration.
@@ -86,6 +88,8 @@ class WarmupCosine:
         return self.final_lr + 0.5 * (self.lr - self.final_lr) * (1.0 + math.cos(math.pi * frac))
 
 
+# By hand: SpeechBrain's LinearWarmupScheduler has no hold, its TriStageLRSchedule decays exponentially,
+# and torch's LinearLR cannot warm up from 0.
 class WarmupHoldLinear:
     """Learning rate: linear warm-up from 0 over ``warmup_epochs``, constant for ``hold_epochs``, then linear
     decay to 0 at ``epochs`` (the lambda schedule of ShiftSER's official finetuning code, taken from
