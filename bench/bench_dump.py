@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 SR = 16000
 # torch threads; on a shared 2-core machine 1 thread was 20x faster than 2 (oversubscription)
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))

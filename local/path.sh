@@ -7,6 +7,4 @@ if [ -x "$_serkit_root/.venv/bin/python" ]; then
 fi
 export PYTHONUNBUFFERED=1
 export SERKIT_ROOT="$_serkit_root"
-# fairseq checkpoints need pickle loading on torch >= 2.6: only load checkpoints you trust.
-export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
 command -v serkit >/dev/null || { echo "serkit is not installed: run 'make install' in $_serkit_root" >&2; exit 1; }

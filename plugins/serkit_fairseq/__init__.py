@@ -7,10 +7,4 @@ whatever the order (this shim, ``import serkit.fairseq_ext``, or ``serkit.upstre
 The path must be absolute: ``fairseq-hydra-train`` changes into ``hydra.run.dir`` before it imports
 the user dir, so a relative path would be looked up from there.
 """
-import os
-
-# torch >= 2.6 unpickles only tensors by default; fairseq checkpoints pickle configs and dictionaries.
-# Only load checkpoints you trust.
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-
-import serkit.fairseq_ext  # noqa: E402,F401  (registers the serkit_* components)
+import serkit.fairseq_ext  # noqa: F401  (registers the serkit_* components)

@@ -5,7 +5,8 @@
 # Stages (each logs what it reads and writes, records its options in a .done marker and resumes):
 #   0  data: prepare the corpus, write the folds (and, on the mini corpus, build the tiny HuBERT)
 #   1  teacher: finetune the upstream for SER per fold, dump its layer --layer
-#   2  k-means pseudo labels (faiss) fitted on the fold's training frames, labels for all splits
+#   2  k-means pseudo labels (faiss) fitted on the fold's training frames (--transductive true: on all
+#      of its splits' frames), labels for all splits
 #   3  HuBERT continued pretraining on the pseudo labels (fairseq-hydra-train + serkit user-dir)
 #   4  finetune: the continued model with attention/mean pooling (FLEA), or any head (--method)
 #   5  score every run and print one table
@@ -29,8 +30,12 @@ setting=featex        # heads: featex (frozen upstream, weighted layer sum) | fi
 layer=9               # FLEA: teacher layer clustered (the paper's best: 9)
 nclusters=50          # FLEA: k-means clusters (the paper's best: 50)
 pooling=both          # FLEA finetune pooling: attention | mean | both
-transductive=false    # true: fit k-means on all audio of the fold, held-out session included (the paper's setting)
+transductive=false    # true: fit k-means on the frames of all splits of the fold (train+valid+test), held-out audio included (the official code's setting)
+tapt_km=""            # FLEA TAPT (Sec. 3.1): a published k-means model (fairseq HuBERT/textless-NLP .bin, e.g. hubert_base_ls960_L9_km500.bin) applied to --upstream's layer --tapt-layer on each fold's audio; pretraining continues on those labels before the teacher
+tapt_layer=9          # FLEA TAPT: the layer --tapt-km was fitted on (fairseq's HuBERT-base km500 release: layer 9)
 tapt_labels=""        # FLEA: k-means labels to continue pretraining on before the teacher (TAPT): a directory laid out like stage 2's exp/<tag>/km (fold<k>/{train,valid}.km, dict.km.txt), or one fold's labels
+teacher_pooling=mean  # FLEA teacher pooling: mean (Table 1 lists the TAPT teacher under average pooling only) | attention
+cpt_update_freq=auto  # FLEA CPT gradient accumulation: auto = ceil(4 / GPUs), the official code's 4 GPUs x 87.5 s per update | N
 selection=valid       # valid | paper (ShiftSER: best test epoch; FLEA: (valid+test)/2), always named in RESULTS
 teacher_epochs=""     # default 40 (mini corpus: 8)
 finetune_epochs=""    # default 40 (mini corpus: 8)
@@ -45,7 +50,7 @@ tec_upstream=""       # MFSN: CTC-finetuned wav2vec 2.0 (e.g. wav2vec_small_960h
 sec_upstream=""       # MFSN: data2vec audio (e.g. audio_base_ls.pt) [mini corpus: the tiny HuBERT]
 tec_layer=""          # MFSN: TEC layer [12; mini corpus: 2]
 sec_layers=""         # MFSN: SEC layers, early,middle,late [4,8,12; mini corpus: 0,1,2]
-mfsn_config=""        # MFSN: [conf/mfsn.yaml, text/asr TEC: conf/mfsn_text.yaml; mini corpus: ../SAVEE/conf/mfsn_mini.yaml]
+mfsn_config=""        # MFSN: [conf/mfsn.yaml, text/asr TEC: conf/mfsn_text.yaml; mini corpus: ../SAVEE/conf/mfsn_mini.yaml, conf/mfsn_text_mini.yaml]
 mfsn_ablation=mfsn    # MFSN: sec_only | sec_tec_nosearch | mfsn
 mfsn_tec=audio        # MFSN TEC source: audio (the ASR model's frames, the paper) | text (IEMOCAP's transcripts) | asr (greedy CTC transcripts of --tec-upstream)
 ctc_dict=""           # MFSN --mfsn-tec asr: the letter dictionary (dict.ltr.txt) of --tec-upstream
@@ -79,9 +84,17 @@ Options (default in brackets):
   --layer L           FLEA teacher layer to cluster [$layer]
   --nclusters K       FLEA k-means clusters [$nclusters]
   --pooling KIND      FLEA finetune pooling: attention | mean | both [$pooling]
-  --transductive B    true = k-means sees the held-out session (the FLEA paper), labelled in results [$transductive]
+  --transductive B    true = k-means is fitted on every split of the fold, held-out audio included (FLEA's
+                      official code); km.json counts the frames of each split; labelled in results [$transductive]
+  --tapt-km FILE      TAPT (the paper): a published k-means model (fairseq HuBERT / textless-NLP .bin, read
+                      without executing it) labels --upstream's layer --tapt-layer per fold; pretraining
+                      continues on those labels before the teacher [none]
+  --tapt-layer L      the layer --tapt-km was fitted on [$tapt_layer]
   --tapt-labels DIR   continue pretraining on these k-means labels before the teacher (TAPT): DIR/fold<k>/
                       {train,valid}.km + dict.km.txt, row-aligned with the folds' manifests [none]
+  --teacher-pooling P FLEA teacher (stage 1) pooling: mean | attention [$teacher_pooling]
+  --cpt-update-freq N CPT updates accumulate N batches of max_tokens per GPU: auto = ceil(4 / GPUs), the
+                      official code's 4 x 87.5 s per update [$cpt_update_freq]
   --selection RULE    valid | paper [$selection]
   --teacher-epochs N, --finetune-epochs N, --head-epochs N, --cpt-updates N, --cpt-config FILE, --finetune-lr LR
   --device D          auto | cpu | cuda [$device]
@@ -90,7 +103,7 @@ Options (default in brackets):
   --tec-upstream FILE, --sec-upstream FILE, --tec-layer L, --sec-layers L1,L2,L3, --mfsn-config FILE,
   --mfsn-ablation sec_only|sec_tec_nosearch|mfsn    MFSN (--method mfsn) [mini corpus: the tiny HuBERT]
   --mfsn-tec SOURCE   MFSN TEC: audio | text (the corpus transcripts) | asr (greedy CTC, needs --ctc-dict)
-                      [$mfsn_tec]; text and asr are the paper's text ablation (text leaks across sessions)
+                      [$mfsn_tec]; text and asr are serkit's text ablation, not the paper's (text leaks across sessions)
   --ctc-dict FILE     dict.ltr.txt of the CTC --tec-upstream, for --mfsn-tec asr
   --head-overrides S  extra yaml overrides for the heads' training, e.g. "--batch_size 16"
   --shiftser-input K  what heads linear..shiftlstm see: masked (whole utterances, padding masked) |
@@ -134,6 +147,11 @@ case "$protocol" in iemocap_loso5|iemocap_loso10) ;;
 case "$pooling" in attention|mean) poolings=$pooling ;; both) poolings="attention mean" ;;
   *) die "--pooling $pooling: attention, mean or both" ;; esac
 case "$transductive" in true|false) ;; *) die "--transductive takes true or false" ;; esac
+case "$teacher_pooling" in attention|mean) ;; *) die "--teacher-pooling $teacher_pooling: attention or mean" ;; esac
+[ -z "$tapt_km" ] || [ -z "$tapt_labels" ] || die "--tapt-km and --tapt-labels both give TAPT labels: pass one"
+[ -z "$tapt_km" ] || [ -f "$tapt_km" ] || die "--tapt-km $tapt_km: no such file"
+tapt_km=${tapt_km:+$(realpath "$tapt_km")}
+case "$cpt_update_freq" in auto|[1-9]|[1-9][0-9]) ;; *) die "--cpt-update-freq $cpt_update_freq: auto or a number of batches" ;; esac
 case "$mfsn_tec" in audio|text|asr) ;; *) die "--mfsn-tec $mfsn_tec: audio, text or asr" ;; esac
 case "$bas_layers" in 3|4) ;; *) die "--bas-layers $bas_layers: the paper searches 3 or 4 layers" ;; esac
 case "$shiftser_input" in
@@ -173,7 +191,9 @@ if $mini; then
   search_overrides=${search_overrides:-"--arch_lr 0.5 --temperature_start 1.0 --temperature_decay 0.85"}
   teacher_epochs=${teacher_epochs:-10}; finetune_epochs=${finetune_epochs:-10}; head_epochs=${head_epochs:-30}
   cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_tiny.yaml}
-  tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}; mfsn_config=${mfsn_config:-../SAVEE/conf/mfsn_mini.yaml}
+  [ "$cpt_update_freq" != auto ] || cpt_update_freq=1  # the tiny model's batch is its own, not the paper's
+  tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}
+  if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-../SAVEE/conf/mfsn_mini.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text_mini.yaml}; fi
 else
   method=${method:-flea}
   teacher_epochs=${teacher_epochs:-40}; finetune_epochs=${finetune_epochs:-40}; head_epochs=${head_epochs:-100}
@@ -224,6 +244,21 @@ dump_all() {
 }
 # mfsn_run TEC_SOURCE: the run directory of MFSN with that TEC source and the chosen ablation.
 mfsn_run() { case $1 in audio) echo "$exp/mfsn_$mfsn_ablation" ;; *) echo "$exp/mfsn_$1_$mfsn_ablation" ;; esac; }
+# km_label: which splits' frames the folds' k-means saw, and how many of each (mean over folds), from km.json.
+km_label() {
+  local files=() k
+  for k in $fold_list; do [ -f "$exp/km/fold$k/km.json" ] && files+=("$exp/km/fold$k/km.json"); done
+  python - "$transductive" "${files[@]}" <<'PY'
+import json, sys
+trans, metas = sys.argv[1] == "true", [json.load(open(p)) for p in sys.argv[2:]]
+splits = metas[0].get("fit_splits", metas[0]["fit"]["splits"]) if metas else \
+    (["train", "valid", "test"] if trans else ["train"])
+counts = ", ".join(f"{s} {sum(m.get('fit_frames_per_split', {}).get(s, 0) for m in metas) / len(metas):.0f}"
+                   for s in splits)
+what = "transductive, " if trans else ""
+print(f"k-means {what}fitted on {'+'.join(splits)} frames" + (f" (per fold: {counts})" if metas else ""))
+PY
+}
 # head_search_conf HEAD: the search config a head reads besides conf/HEAD.yaml (BAS), or nothing.
 head_search_conf() { [ "$1" != bas ] || echo conf/bas_search.yaml; }
 upstream_label() { if $mini; then echo "tiny HuBERT (pretrained here on a separate mini corpus)"; else basename "$upstream"; fi; }
@@ -261,31 +296,65 @@ if [ "$stop_stage" -ge 1 ]; then
   log "Folds of $splits to run: $fold_list"
 fi
 
+if $flea; then
+  # CPT batch: fairseq's dataset.max_tokens is per GPU, so the batch of one update is
+  # max_tokens x GPUs x update_freq; the official code ran 4 GPUs x 87.5 s (350 s of audio per update).
+  [ -f "$cpt_config" ] || die "--cpt-config $cpt_config: no such file"
+  cpt_gpus=$(python -c 'import torch; print(max(1, torch.cuda.device_count()))')
+  [ "$cpt_update_freq" != auto ] || cpt_update_freq=$(( (4 + cpt_gpus - 1) / cpt_gpus ))
+  cpt_batch=$(python - "$cpt_config" "$cpt_gpus" "$cpt_update_freq" <<'PY'
+import sys, yaml
+tokens = yaml.safe_load(open(sys.argv[1]))["dataset"]["max_tokens"]
+gpus, freq = int(sys.argv[2]), int(sys.argv[3])
+print(f"{tokens * gpus * freq / 16000:g} s of audio per update = {tokens / 16000:g} s x {gpus} GPU(s) x update_freq {freq}")
+PY
+  )
+fi
+
 ###############################################################################
 if $flea && stage_selected 1; then
+  if [ -n "$tapt_km" ]; then  # TAPT labels: the published k-means model on --upstream's layer, per fold
+    tapt_feats=$workdir/dump/$(basename "${upstream%.*}")-$(echo "$upstream" | md5sum | cut -c1-6)/layer$tapt_layer
+    if ! is_done "$tapt_feats" "upstream=$upstream data=$data layer=$tapt_layer" "$upstream" "$data"; then
+      log "Stage 1: TAPT: layer $tapt_layer of $upstream for all of $data -> $tapt_feats"
+      timed tapt_dump logged "$tapt_feats/dump.log" serkit dump-features --upstream "$upstream" \
+        --layers "$tapt_layer" --data "$data" --out "$tapt_feats" --device "$device"
+      mark_done "$tapt_feats"
+    fi
+  fi
   for k in $fold_list; do
     fold=$splits/fold$k; out=$exp/teacher/fold$k
-    log "Stage 1: teacher fold $k: finetune $(basename "$upstream") on $fold -> $out; dump layer $layer -> $out/layer$layer"
+    log "Stage 1: teacher fold $k: finetune $(basename "$upstream") on $fold ($teacher_pooling pooling) -> $out; dump layer $layer -> $out/layer$layer"
     start=$upstream
-    if [ -n "$tapt_labels" ]; then
-      labels=$tapt_labels; [ -d "$labels/fold$k" ] && labels=$labels/fold$k
+    if [ -n "$tapt_km" ]; then
+      opts="km=$tapt_km layer=$tapt_layer feats=$tapt_feats"
+      is_done "$exp/tapt_km/fold$k" "$opts" "$tapt_km" "$tapt_feats" "$splits" || {
+        log "Stage 1: TAPT labels fold $k: $(basename "$tapt_km") on layer $tapt_layer -> $exp/tapt_km/fold$k"
+        timed "tapt_km_fold$k" serkit kmeans apply --model "$tapt_km" --layer "$tapt_layer" --feats "$tapt_feats" \
+          --fold "$fold" --splits train,valid,test --out "$exp/tapt_km/fold$k"
+        mark_done "$exp/tapt_km/fold$k"; }
+    fi
+    tapt_dir=$tapt_labels; [ -z "$tapt_km" ] || tapt_dir=$exp/tapt_km
+    if [ -n "$tapt_dir" ]; then
+      labels=$tapt_dir; [ -d "$labels/fold$k" ] && labels=$labels/fold$k
       for sp in train valid; do
         [ -f "$labels/$sp.km" ] || die "--tapt-labels: $labels/$sp.km missing (expected DIR/fold$k/$sp.km, as stage 2 writes)"
         [ "$(wc -l < "$labels/$sp.km")" -eq "$(($(wc -l < "$fold/$sp.tsv") - 1))" ] ||
           die "--tapt-labels: $labels/$sp.km has $(wc -l < "$labels/$sp.km") lines, $fold/$sp.tsv $(($(wc -l < "$fold/$sp.tsv") - 1)) utterances; labels must be row-aligned with fold $k's manifests"
       done
       labels=$(realpath "$labels")
-      opts="upstream=$upstream labels=$labels updates=$cpt_updates config=$cpt_config"
+      opts="upstream=$upstream labels=$labels updates=$cpt_updates config=$cpt_config update_freq=$cpt_update_freq"
       is_done "$exp/tapt/fold$k" "$opts" "$upstream" "$labels" "$splits" "$cpt_config" || {
+        log "Stage 1: TAPT fold $k: $cpt_batch"
         timed "tapt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$labels" \
-          --init "$upstream" --updates "$cpt_updates" --out "$exp/tapt/fold$k"
+          --init "$upstream" --updates "$cpt_updates" --update-freq "$cpt_update_freq" --out "$exp/tapt/fold$k"
         mark_done "$exp/tapt/fold$k"; }
       start=$(realpath "$exp/tapt/fold$k/checkpoint_last.pt")
     fi
-    opts="upstream=$start epochs=$teacher_epochs lr=$finetune_lr"
+    opts="upstream=$start epochs=$teacher_epochs lr=$finetune_lr pooling=$teacher_pooling"
     is_done "$out" "$opts" "$start" "$splits" conf/flea.yaml || {
       timed "teacher_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
-        --upstream "$start" --pooling attention --number_of_epochs "$teacher_epochs" "${lr_opt[@]}" \
+        --upstream "$start" --pooling "$teacher_pooling" --number_of_epochs "$teacher_epochs" "${lr_opt[@]}" \
         --device "$device" --noprogressbar
       logged "$out/log/export.log" serkit export-upstream --exp "$out" --out "$out/upstream.pt"
       mark_done "$out"; }
@@ -295,8 +364,9 @@ if $flea && stage_selected 1; then
         --data "$fold/train.tsv" "$fold/valid.tsv" "$fold/test.tsv" --out "$out/layer$layer" --device "$device"
       mark_done "$out/layer$layer"; }
   done
-  teacher="teacher (HuBERT finetuned, attention pooling)"
-  [ -z "$tapt_labels" ] || teacher="teacher (HuBERT TAPT on $tapt_labels, then finetuned, attention pooling)"
+  teacher="teacher (HuBERT finetuned, $teacher_pooling pooling)"
+  [ -z "$tapt_labels" ] || teacher="teacher (HuBERT TAPT on $tapt_labels, then finetuned, $teacher_pooling pooling)"
+  [ -z "$tapt_km" ] || teacher="teacher (HuBERT TAPT on $(basename "$tapt_km") labels of layer $tapt_layer, batch $cpt_batch, then finetuned, $teacher_pooling pooling)"
   run_json "$exp/teacher" method="$teacher" setting=finetune \
     protocol="$protocol" upstream="$(upstream_label)" config=conf/flea.yaml selection=valid_test_mean
 fi
@@ -305,14 +375,16 @@ fi
 if $flea && stage_selected 2; then
   for k in $fold_list; do
     fold=$splits/fold$k; feats=$exp/teacher/fold$k/layer$layer; out=$exp/km/fold$k
-    log "Stage 2: k-means fold $k: $feats (train split$($transductive && echo ', transductive: all splits')) -> $out"
-    trans=(); $transductive && trans=(--transductive)
-    opts="layer=$layer k=$nclusters transductive=$transductive"
+    fit_splits=train; trans=()
+    if $transductive; then fit_splits=train,valid,test; trans=(--transductive); fi
+    log "Stage 2: k-means fold $k: $feats, fitted on the frames of split(s) $fit_splits$($transductive && echo ' (transductive: held-out audio included)') -> $out"
+    opts="layer=$layer k=$nclusters transductive=$transductive fit_splits=$fit_splits"
     is_done "$out" "$opts" "$feats" "$splits" || {
-      timed "kmeans_fold$k" serkit kmeans fit --feats "$feats" --fold "$fold" --split train --layer "$layer" \
+      timed "kmeans_fold$k" serkit kmeans fit --feats "$feats" --fold "$fold" --split "$fit_splits" --layer "$layer" \
         --n-clusters "$nclusters" --out "$out/km.model" "${trans[@]}"
       serkit kmeans apply --model "$out/km.model" --feats "$feats" --fold "$fold" --splits train,valid,test --out "$out"
       mark_done "$out"; }
+    log "Stage 2: fold $k: k-means frames per split: $(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["fit_frames_per_split"])' "$out/km.json")"
   done
 fi
 
@@ -320,19 +392,20 @@ fi
 if $flea && stage_selected 3; then
   for k in $fold_list; do
     fold=$splits/fold$k; out=$exp/cpt/fold$k
-    log "Stage 3: continued pretraining fold $k: $(basename "$upstream") + $exp/km/fold$k -> $out"
-    opts="upstream=$upstream k=$nclusters updates=$cpt_updates config=$cpt_config"
+    log "Stage 3: continued pretraining fold $k: $(basename "$upstream") + $exp/km/fold$k -> $out; batch: $cpt_batch"
+    opts="upstream=$upstream k=$nclusters updates=$cpt_updates config=$cpt_config update_freq=$cpt_update_freq"
     is_done "$out" "$opts" "$upstream" "$exp/km/fold$k" "$splits" "$cpt_config" || {
       timed "cpt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$exp/km/fold$k" \
-        --init "$upstream" --updates "$cpt_updates" --out "$out"
+        --init "$upstream" --updates "$cpt_updates" --update-freq "$cpt_update_freq" --out "$out"
       mark_done "$out"; }
   done
 fi
 
-# MFSN (stage 4): TEC and SEC features dumped once, then search + derive + retrain per fold.
-# --mfsn-tec text|asr: the paper's text ablation, TEC from transcripts (serkit.speechbrain.mfsn_text).
+# MFSN (stage 4): TEC and SEC features dumped once, then per fold two `serkit train` calls: the search
+# (writes arch.txt) and the retraining of the derived cell (--arch).
+# --mfsn-tec text|asr: serkit's text ablation (not the paper's), TEC from transcripts (conf/mfsn_text*.yaml).
 run_mfsn() {
-  local tec=${tec_upstream:-} sec=${sec_upstream:-} sec_label tec_label label run k fold out opts trainer
+  local tec=${tec_upstream:-} sec=${sec_upstream:-} sec_label tec_label label run k fold out opts
   local -a tec_args tec_inputs
   if $mini; then
     tec=${tec:-$upstream}; sec=${sec:-$upstream}
@@ -344,37 +417,47 @@ run_mfsn() {
     sec=$(realpath "$sec"); tec=${tec:+$(realpath "$tec")}
     sec_label="$(basename "$sec") L$sec_layers"; tec_label="$(basename "${tec:-none}") L$tec_layer"
   fi
-  local sec_feats tec_feats=""
+  local sec_feats tec_feats="" search arch
+  local -a train
   sec_feats=$(dump_all "$sec")
   case $mfsn_tec in
     audio)
-      trainer=serkit.speechbrain.mfsn; label="TEC $tec_label (detached) + SEC $sec_label"
+      label="TEC $tec_label (detached) + SEC $sec_label"
       if $mini; then  # the demo's label, unchanged
         label="tiny HuBERT pretrained on a separate mini corpus (NOT wav2vec 2.0/data2vec): TEC L$tec_layer, SEC L$sec_layers"
       fi
-      tec_feats=$(dump_all "$tec"); tec_args=(--tec-feats "$tec_feats"); tec_inputs=("$tec_feats") ;;
+      tec_feats=$(dump_all "$tec"); tec_args=(--tec_feats "$tec_feats"); tec_inputs=("$tec_feats") ;;
     text)
       [ -s "$data/text" ] || die "$data/text: no transcripts; re-run stage 0 (serkit prepare writes them from dialog/transcriptions)"
-      trainer=serkit.speechbrain.mfsn_text; label="TEC IEMOCAP's transcripts + SEC $sec_label"
-      tec_args=(--text "$data/text"); tec_inputs=("$data/text") ;;
+      label="TEC IEMOCAP's transcripts + SEC $sec_label"
+      tec_args=(--text "$(realpath "$data/text")"); tec_inputs=("$data/text") ;;
     asr)
       [ -n "$ctc_dict" ] && [ -f "$ctc_dict" ] || die "--mfsn-tec asr needs --ctc-dict FILE (the dict.ltr.txt of $tec)"
-      trainer=serkit.speechbrain.mfsn_text; label="TEC greedy CTC transcripts of $tec_label + SEC $sec_label"
+      label="TEC greedy CTC transcripts of $tec_label + SEC $sec_label"
       tec_feats=$(dump_all "$tec")
-      tec_args=(--tec-feats "$tec_feats" --ctc-checkpoint "$tec" --ctc-dict "$(realpath "$ctc_dict")")
+      tec_args=(--tec_feats "$tec_feats" --ctc_checkpoint "$tec" --ctc_dict "$(realpath "$ctc_dict")")
       tec_inputs=("$tec_feats" "$tec" "$ctc_dict") ;;
   esac
   run=$(mfsn_run "$mfsn_tec")
   log "Stage 4: MFSN ($mfsn_ablation, TEC: $mfsn_tec): knowledge sources $label"
   for k in $fold_list; do
-    fold=$splits/fold$k; out=$run/fold$k
-    log "Stage 4: MFSN fold $k: $fold -> $out"
+    fold=$splits/fold$k; out=$run/fold$k; search=${run}_search/fold$k
+    # The label is a YAML string: quoted, since it holds ': '.
+    train=(serkit train "$mfsn_config" --fold-dir "$fold" --feats "$sec_feats" "${tec_args[@]}"
+           --ablation "$mfsn_ablation" --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]"
+           --sources_label "\"$label\"" --noprogressbar)
     opts="tec=$mfsn_tec:${tec:-none}:$tec_layer sec=$sec:$sec_layers config=$mfsn_config ablation=$mfsn_ablation"  # epochs: the config's
-    is_done "$out" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
-      timed "$(basename "$run")_fold$k" logged "$out/log/train.log" python -m $trainer "$mfsn_config" \
-        --fold-dir "$fold" --output-folder "$out" "${tec_args[@]}" --sec-feats "$sec_feats" \
-        --ablation "$mfsn_ablation" --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]" \
-        --sources_label "$label"
+    arch=""
+    if [ "$mfsn_ablation" = mfsn ]; then  # search, then retrain the derived cell: two serkit train calls
+      log "Stage 4: MFSN search fold $k: $fold -> $search/arch.txt"
+      is_done "$search" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
+        timed "$(basename "$run")_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search"
+        mark_done "$search"; }
+      arch=$(cat "$search/arch.txt")
+    fi
+    log "Stage 4: MFSN fold $k${arch:+ (derived cell $arch)}: $fold -> $out"
+    is_done "$out" "$opts arch=$arch" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
+      timed "$(basename "$run")_fold$k" logged "$out/log/train.log" "${train[@]}" --output-folder "$out" ${arch:+--arch "$arch"}
       mark_done "$out"; }
   done
   local what="MFSN ($mfsn_ablation)"
@@ -402,7 +485,7 @@ if stage_selected 4; then
           mark_done "$out"; }
       done
       run_json "$run" method="FLEA ($p pooling)" setting=finetune protocol="$protocol" \
-        upstream="CPT-$(upstream_label), layer $layer, k=$nclusters$($transductive && echo ', transductive')" \
+        upstream="CPT-$(upstream_label), CPT batch $cpt_batch, layer $layer, k=$nclusters, $(km_label)" \
         config=conf/flea.yaml selection=valid_test_mean
     done
   fi

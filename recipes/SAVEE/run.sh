@@ -8,7 +8,8 @@
 #      (no corpus given: build the mini SAVEE corpus first)
 #   1  features: dump TEC (ASR model, one layer) and SEC (data2vec, early/middle/late layers) once
 #      for the whole corpus (no upstreams given on the mini corpus: the tiny HuBERT for both)
-#   2  train every ablation on every fold (MFSN: search, derive, retrain)
+#   2  train every ablation on every fold with `serkit train` (MFSN: a search call writes arch.txt,
+#      a second call retrains the derived cell)
 #   3  score every run (`serkit score`, validation selection) and print the ablation table
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -53,7 +54,8 @@ Options (default in brackets):
                         [required with a real corpus; mini: tiny HuBERT]
   --tec-layer L         TEC layer [12; mini: 2]
   --sec-layers L1,L2,L3 SEC early,middle,late layers [4,8,12; mini: 0,1,2]
-  --ablations LIST      comma list of sec_only, sec_tec_nosearch, mfsn [$ablations]
+  --ablations LIST      comma list of sec_only, sec_tec_nosearch, mfsn [$ablations]; also mfsn_single
+                        (serkit's ablation: the emotion module sees only the Fusion Cell's output)
   --config FILE         trainer HyperPyYAML [conf/mfsn.yaml; mini: conf/mfsn_mini.yaml]
   --search-epochs N     MFSN architecture-search epochs [the config's]
   --epochs N            training epochs (MFSN: retraining of the derived cell) [the config's]
@@ -72,7 +74,7 @@ case "$protocol" in
   *) die "--protocol $protocol: savee_loso4, savee_cv10 or both" ;;
 esac
 for a in ${ablations//,/ }; do
-  case "$a" in sec_only|sec_tec_nosearch|mfsn) ;; *) die "--ablations: unknown '$a' (sec_only, sec_tec_nosearch, mfsn)" ;; esac
+  case "$a" in sec_only|sec_tec_nosearch|mfsn|mfsn_single) ;; *) die "--ablations: unknown '$a' (sec_only, sec_tec_nosearch, mfsn, mfsn_single)" ;; esac
 done
 check_stages "$stage" "$stop_stage" 3
 [ -z "$folds" ] || check_folds_spec "$folds"
@@ -164,23 +166,35 @@ fi
 if stage_selected 2; then
   for p in $protocols; do
     for a in ${ablations//,/ }; do
-      run=$exp/$p/$a
+      run=$exp/$p/$a; run_search=$exp/$p/${a}_search
       fold_list=$(split_folds "$data/$p" "$folds") || exit 1
       for k in $fold_list; do
         fold=$data/$p/fold$k; out=$run/fold$k
         [ -d "$fold" ] || die "$fold: no such fold (run stage 0, or check --folds)"
         log "Stage 2: $a, $p fold $k: $fold + $tec_feats / $sec_feats -> $out"
-        extra=()
+        extra=(--tec_layer "$tec_layer" --sec_layers "[$sec_layers]" --device "$device" --noprogressbar)
         [ -z "$search_epochs" ] || extra+=(--search_epochs "$search_epochs")
-        [ -z "$epochs" ] || extra+=(--number_of_epochs "$epochs")
+        [ -z "$epochs" ] || extra+=(--train_epochs "$epochs")
         [ -z "$batch_size" ] || extra+=(--batch_size "$batch_size")
+        case $a in mfsn_single) extra+=(--ablation mfsn --streams single) ;; *) extra+=(--ablation "$a") ;; esac
+        train=(serkit train "$config" --fold-dir "$fold" --feats "$sec_feats" --tec_feats "$tec_feats" "${extra[@]}")
         # re-split folds, re-dumped features or an edited config retrain
-        opts="config=$config tec=$tec_upstream:$tec_layer sec=$sec_upstream:$sec_layers ${extra[*]:-} device=$device"
-        is_done "$out" "$opts" "$data/$p" "$tec_feats" "$sec_feats" "$config" || {
-          timed "${p}_${a}_fold$k" python -m serkit.speechbrain.mfsn "$config" --fold-dir "$fold" \
-            --output-folder "$out" --tec-feats "$tec_feats" --sec-feats "$sec_feats" --ablation "$a" \
-            --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]" \
-            --sources_label "$sources_label" "${extra[@]}"
+        opts="config=$config tec=$tec_upstream:$tec_layer sec=$sec_upstream:$sec_layers ${extra[*]}"
+        inputs=("$data/$p" "$tec_feats" "$sec_feats" "$config")
+        arch=()
+        if [ "${a%_single}" = mfsn ]; then  # search, then retrain the derived cell: two serkit train calls
+          search=$run_search/fold$k
+          log "Stage 2: $a search, $p fold $k -> $search/arch.txt"
+          is_done "$search" "$opts" "${inputs[@]}" || {
+            timed "${p}_${a}_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search" \
+              --sources_label "\"$sources_label\""
+            mark_done "$search"; }
+          arch=(--arch "$(cat "$search/arch.txt")")
+          log "  derived cell ${arch[1]} (<SEC level>:<operation>); retraining it"
+        fi
+        is_done "$out" "$opts ${arch[*]}" "${inputs[@]}" || {
+          timed "${p}_${a}_fold$k" logged "$out/log/train.log" "${train[@]}" --output-folder "$out" \
+            --sources_label "\"$sources_label\"" "${arch[@]}"
           mark_done "$out"; }
       done
     done

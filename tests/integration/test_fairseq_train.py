@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,12 @@ CPU = ["common.cpu=true", "common.fp16=false", "distributed_training.distributed
        "dataset.num_workers=0"]
 
 
+def no_unpickling_override() -> dict[str, str]:
+    """The environment without TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD: fairseq runs with weights_only loading
+    (issue 10), as in a recipe (path.sh no longer exports it)."""
+    return {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+
+
 def hydra_train(config: str, out: Path, *overrides: str, timeout: int = 600) -> str:
     """Run fairseq-hydra-train as the recipe does (absolute paths, run dir = output dir); return its log."""
     exe = shutil.which("fairseq-hydra-train", path=str(Path(sys.executable).parent) + os.pathsep
@@ -36,7 +44,7 @@ def hydra_train(config: str, out: Path, *overrides: str, timeout: int = 600) -> 
     out.mkdir(parents=True, exist_ok=True)
     cmd = [exe, "--config-dir", str(CONF), "--config-name", config, f"checkpoint.save_dir={out}",
            f"hydra.run.dir={out}", *CPU, *overrides]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    env = no_unpickling_override() | {"OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     res = subprocess.run(cmd, cwd=out, capture_output=True, text=True, env=env, timeout=timeout)
     log = res.stdout + res.stderr
     assert res.returncode == 0, f"{' '.join(cmd)}\n{log[-5000:]}"
@@ -155,7 +163,7 @@ def test_predict_matches_the_last_epochs_predictions(data, finetune, tmp_path):
                               str(finetune["dir"] / "checkpoint_last.pt"), "--fold", str(data["fold"]),
                               "--split", "test", "--out", str(out), "--batch-size", "3"],
                              capture_output=True, text=True, cwd=tmp_path,
-                             env=os.environ | {"OMP_NUM_THREADS": "1"})
+                             env=no_unpickling_override() | {"OMP_NUM_THREADS": "1"})
     finally:
         moved.rename(finetune["dir"].parent / "cpt")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -176,3 +184,102 @@ def test_predict_rejects_a_fold_with_other_classes(data, finetune, tmp_path, cap
                "--out", str(tmp_path / "x.tsv")])
     assert rc == 2 and "differ from the checkpoint's" in capsys.readouterr().err
     assert not (tmp_path / "x.tsv").exists()
+
+
+def test_cpt_resumes_from_its_checkpoint_with_weights_only_loading(data, cpt, tmp_path):
+    """A stopped CPT continues from checkpoint_last.pt (fairseq's restore_file, which unpickles the
+    hubert_pretraining Dictionary) without TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD."""
+    out = tmp_path / "cpt"
+    shutil.copytree(cpt["dir"], out)
+    init = tmp_path / "tiny_hubert.pt"
+    shutil.copy(data["tiny"], init)
+    log = hydra_train("cpt_hubert_tiny", out, f"common.user_dir={USER_DIR}", f"task.data={data['fold']}",
+                      f"task.label_dir={data['km']}", f"model.init_from={init}", "optimization.max_update=7",
+                      "dataset.validate_interval_updates=5")
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 5 updates\)", log), log[-3000:]
+    state = torch.load(out / "checkpoint_last.pt", weights_only=False)
+    assert state["optimizer_history"][-1]["num_updates"] == 7
+
+
+def _ser_run(data, cpt, out: Path, max_epoch: int) -> str:
+    return hydra_train("ser_finetune", out, f"common.user_dir={USER_DIR}", f"task.data={data['fold']}",
+                       f"task.predictions_dir={out / 'predictions'}",
+                       f"model.upstream_path={cpt['dir'] / 'checkpoint_last.pt'}",
+                       f"optimization.max_epoch={max_epoch}", "dataset.batch_size=4",
+                       "optimization.update_freq=[1]", "common.log_format=simple",
+                       "task.max_sample_size=16000")
+
+
+def test_a_stopped_and_resumed_finetune_matches_an_uninterrupted_one(data, cpt, tmp_path):
+    """Training crops (task.max_sample_size) are drawn from (seed, epoch, index): a finetune stopped
+    after epoch 2 and continued to 4 writes the same bytes as one run of 4 epochs; the resume reads its
+    checkpoint with weights_only loading."""
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _ser_run(data, cpt, whole, 4)
+    _ser_run(data, cpt, resumed, 2)
+    log = _ser_run(data, cpt, resumed, 4)
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch 3 @ \d+ updates\)", log), log[-3000:]
+    for epoch in (3, 4):
+        for split in ("valid", "test"):
+            name = f"{split}.epoch{epoch:03d}.tsv"
+            ours, uninterrupted = (resumed / "predictions" / name), (whole / "predictions" / name)
+            assert ours.read_bytes() == uninterrupted.read_bytes(), name
+    a = torch.load(whole / "checkpoint_last.pt", weights_only=False)["model"]
+    b = torch.load(resumed / "checkpoint_last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+RECIPE_CPT = """set -euo pipefail
+cd {recipe}
+. ./path.sh
+. ../../local/stage.sh
+echo "unpickling override: ${{TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD-unset}}" >&2
+opts="updates=4 config=cpt_hubert_tiny"
+is_done {out} "$opts" {init} {labels} || {{
+  bash local/cpt.sh --yaml conf/fairseq/cpt_hubert_tiny.yaml --fold {fold} --labels {labels} --init {init} \\
+    --updates 4 --out {out}
+  mark_done {out} "$opts"; }}
+"""
+
+
+def test_recipe_cpt_retries_a_failed_attempt_and_prints_the_validation_summary(data, tmp_path):
+    """Stage 3 as run.sh runs it (path.sh, is_done, local/cpt.sh, mark_done): the recipe's environment has
+    no TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; an attempt killed mid-run is retried in place (its output is not
+    moved aside as if its options had changed); cpt.sh ends with fairseq's last validation summary."""
+    from shlex import quote
+
+    init = tmp_path / "tiny_hubert.pt"
+    shutil.copy(data["tiny"], init)
+    out = tmp_path / "exp" / "cpt" / "fold1"
+    script = RECIPE_CPT.format(recipe=quote(str(REPO / "recipes" / "IEMOCAP")), out=quote(str(out)),
+                               init=quote(str(init)), labels=quote(str(data["km"])),
+                               fold=quote(str(data["fold"])))
+    path = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
+    env = no_unpickling_override() | {"OMP_NUM_THREADS": "1", "PATH": path}
+    # first attempt: killed once fairseq is training
+    first = subprocess.Popen(["bash", "-c", script], env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None:
+        log = out / "train.log"
+        if log.is_file() and "Start iterating over samples" in log.read_text(errors="replace"):
+            os.killpg(first.pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL, first.stdout.read().decode()[-3000:]
+    assert not (out / ".done").exists() and (out / ".options").is_file()
+    # the retry: same options, same directory
+    res = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-5000:]
+    assert "unpickling override: unset" in res.stderr
+    assert "moving the old output" not in res.stderr
+    assert [p.name for p in out.parent.iterdir()] == ["fold1"]
+    assert (out / ".done").is_file()
+    state = torch.load(out / "checkpoint_last.pt", weights_only=False)
+    assert state["optimizer_history"][-1]["num_updates"] == 4
+    log = (out / "train.log").read_text()
+    assert log.count("begin dry-run validation") == 2 and log.count("done training") == 1  # both attempts
+    summary = [ln for ln in res.stderr.splitlines() if "valid on 'valid' subset" in ln]
+    assert len(summary) == 1, res.stderr[-3000:]
+    assert re.search(r"epoch 002 \| valid on 'valid' subset \| loss [\d.]+ .*\| num_updates 4$", summary[0])

@@ -123,7 +123,8 @@ def test_mfsn_runs_on_both_protocols(setup, protocol):
     fold = setup["work"] / "exp" / protocol / "mfsn_mfsn" / "fold1"
     m = json.loads((fold / "metrics.json").read_text())
     assert m["selection"] == "valid" and 0.0 <= m["ua"] <= 1.0
-    assert (fold / "arch.txt").is_file()
+    assert (fold.parents[1] / "mfsn_mfsn_search" / "fold1" / "arch.txt").is_file()  # the search call's
+    assert json.loads((fold / "train_info.json").read_text())["arch"]  # the retrain call's cell
     table = (setup["work"] / "exp" / protocol / "RESULTS.md").read_text()
     assert f"| MFSN (mfsn) | featex | {protocol} |" in table
 
@@ -188,13 +189,14 @@ def test_mfsn_text_ablation_from_transcripts_and_asr_sits_beside_audio(setup, tm
     ckpt = setup["args"][setup["args"].index("--upstream") + 1]
     args = [a for a in setup["args"]]
     args[args.index("--method") + 1] = "mfsn"
-    args += ["--sec-upstream", ckpt, "--tec-layer", "2", "--sec-layers", "0,1,2",
-             "--mfsn-config", "../SAVEE/conf/mfsn_mini.yaml", "--head-overrides", ""]
+    # no --mfsn-config: the mini defaults, ../SAVEE/conf/mfsn_mini.yaml and conf/mfsn_text_mini.yaml
+    args += ["--sec-upstream", ckpt, "--tec-layer", "2", "--sec-layers", "0,1,2", "--head-overrides", ""]
     exp = setup["exp"]
     audio = run(*args, "--tec-upstream", ckpt)  # done already when the protocol test ran first
     assert audio.returncode == 0, audio.stderr[-4000:]
 
-    text = run(*args, "--mfsn-tec", "text")
+    # one fold each: every fold is two serkit train calls (search, retrain)
+    text = run(*args, "--mfsn-tec", "text", "--folds", "1")
     assert text.returncode == 0, text.stderr[-4000:]
     fold = exp / "mfsn_text_mfsn" / "fold1"
     info = json.loads((fold / "train_info.json").read_text())
@@ -210,7 +212,8 @@ def test_mfsn_text_ablation_from_transcripts_and_asr_sits_beside_audio(setup, tm
     no_dict = run(*args, "--mfsn-tec", "asr", "--tec-upstream", ckpt)
     assert no_dict.returncode != 0 and "--ctc-dict" in no_dict.stderr
     ctc, letters = _tiny_ctc_checkpoint(tmp_path)
-    asr = run(*args, "--mfsn-tec", "asr", "--tec-upstream", str(ctc), "--ctc-dict", str(letters))
+    asr = run(*args, "--mfsn-tec", "asr", "--tec-upstream", str(ctc), "--ctc-dict", str(letters),
+              "--folds", "1")
     assert asr.returncode == 0, asr.stderr[-4000:]
     info = json.loads((exp / "mfsn_asr_mfsn" / "fold1" / "train_info.json").read_text())
     assert info["sources"]["tec"]["text"] == "greedy CTC of wav2vec_tiny_ctc.pt (layer 2)"

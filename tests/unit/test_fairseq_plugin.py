@@ -147,7 +147,41 @@ def test_importing_the_plugin_again_is_harmless():
         utils.import_user_module(Namespace(user_dir=str(USER_DIR)))
     assert MODEL_REGISTRY["serkit_hubert"] is before is ext.SerkitHubertModel
     assert sys.modules["serkit_fairseq"].__path__ == [str(USER_DIR)]
-    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == "1"
+
+
+@pytest.mark.parametrize("before", [None, "0"], ids=["unset", "0"])
+def test_importing_the_plugin_leaves_weights_only_loading_on(before, tmp_path):
+    """Issue 10: no process-wide TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; fairseq's checkpoints still load with
+    weights_only (Dictionary allow-listed), a pickled foreign class still does not."""
+    code = f"""
+import os, sys, torch
+from argparse import Namespace
+from fairseq import utils
+from fairseq.data.dictionary import Dictionary
+utils.import_user_module(Namespace(user_dir={str(USER_DIR)!r}))
+import serkit_fairseq, serkit.fairseq_ext
+from serkit.fairseq_ext import predict
+assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == {before!r}, "import set the variable"
+d = Dictionary(); d.add_symbol("x")
+torch.save({{"task_state": {{"dictionaries": [d]}}, "args": None}}, {str(tmp_path / 'd.pt')!r})
+state = torch.load({str(tmp_path / "d.pt")!r})  # as fairseq's load_checkpoint_to_cpu: no weights_only
+assert state["task_state"]["dictionaries"][0].symbols == d.symbols
+torch.save({{"args": Namespace(a=1)}}, {str(tmp_path / 'n.pt')!r})
+try:
+    torch.load({str(tmp_path / 'n.pt')!r})
+except Exception as e:
+    assert "Weights only load failed" in str(e), e
+else:
+    raise AssertionError("a pickled Namespace loaded with weights_only")
+assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == {before!r}
+print("OK")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    if before is not None:
+        env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = before
+    env["OMP_NUM_THREADS"] = "1"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
 
 
 def test_configs_also_work_with_fairseqs_argparse_bridge():
@@ -291,6 +325,34 @@ def test_task_reads_the_fold_and_batches_with_a_padding_mask(data):
     assert batch["net_input"]["source"].shape == (2, max(lengths))
     assert (~batch["net_input"]["padding_mask"]).sum(1).tolist() == lengths
     assert batch["target"].tolist() == [0, 1] and batch["subset"] == "valid"
+
+
+def test_training_crops_come_from_seed_epoch_and_index_not_the_global_generator(data):
+    """A resumed run restarts numpy's global generator: crops must not depend on it."""
+    from omegaconf import OmegaConf
+
+    task = _ser_task(data["fold"], max_sample_size=8000)
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    long = [i for i in range(len(ds)) if ds.sizes[i] > 8000]
+    assert long
+
+    def crops(epoch, global_seed):
+        np.random.seed(global_seed)
+        ds.set_epoch(epoch)
+        return [ds[i]["source"].numpy().tobytes() for i in long]
+
+    assert crops(3, 0) == crops(3, 12345)
+    assert crops(3, 0) != crops(4, 0)
+    assert all(len(c) == 8000 * 4 for c in crops(2, 0))
+    # the seed is task.seed (common.seed in a training run)
+    cfg = OmegaConf.merge({"common": {"seed": 7}}, {"task": OmegaConf.structured(task.cfg)})
+    seeded = type(task).setup_task(cfg.task)
+    seeded.load_dataset("train")
+    assert seeded.dataset("train").seed == 7 and ds.seed == 1
+    other = seeded.dataset("train")
+    other.set_epoch(3)
+    assert [other[i]["source"].numpy().tobytes() for i in long] != crops(3, 0)
 
 
 def test_task_names_the_line_of_an_unknown_label(data, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ faiss = pytest.importorskip("faiss")
 sf = pytest.importorskip("soundfile")
 
 from serkit.cluster import kmeans as km  # noqa: E402
-from serkit.data.manifest import Utterance, write_split  # noqa: E402
+from serkit.data.manifest import Utterance, read_split, write_split  # noqa: E402
 from serkit.upstream import load_upstream  # noqa: E402
 from serkit.upstream.features import FeatureReader, collect_inputs, dump_features  # noqa: E402
 from serkit.utils import SerkitError  # noqa: E402
@@ -248,3 +249,156 @@ def test_sklearn_backend_and_cli(setup, tmp_path):
         )
         == 2
     )  # refused: SerkitError -> exit 2
+
+
+def _frames(reader, utts):
+    return sum(reader.num_frames(u.utt) for u in utts)
+
+
+def _spy_loads(monkeypatch):
+    loaded = []
+    real = FeatureReader.load
+
+    def spy(self, utt, layers=None):
+        loaded.append(utt)
+        return real(self, utt, layers)
+
+    monkeypatch.setattr(FeatureReader, "load", spy)
+    return loaded
+
+
+def test_fit_counts_the_frames_of_each_split_it_sees(setup, tmp_path, monkeypatch):
+    """Train-only: only training frames are read and counted; transductive: every split's frames are."""
+    reader = FeatureReader(setup["feats"])
+    by = setup["by"]
+    train, valid, test = by["spk0"] + by["spk1"], by["spk2"], by["spk3"]
+    loaded = _spy_loads(monkeypatch)
+    meta = km.fit(setup["feats"], setup["fold"], tmp_path / "train.npz", n_clusters=3, max_frames=10**6)
+    assert set(loaded) == {u.utt for u in train}
+    assert meta["frames_per_split"] == {"train": _frames(reader, train)}
+    assert meta["num_frames"] == _frames(reader, train)
+
+    loaded.clear()
+    meta = km.fit(setup["feats"], setup["fold"], tmp_path / "all.npz", n_clusters=3, max_frames=10**6,
+                  splits=["train", "valid", "test"], transductive=True)
+    assert set(loaded) == {u.utt for u in train + valid + test}  # held-out audio read on purpose
+    want = {"train": _frames(reader, train), "valid": _frames(reader, valid), "test": _frames(reader, test)}
+    assert meta["frames_per_split"] == want and meta["available_frames_per_split"] == want
+    assert meta["num_frames"] == sum(want.values()) and meta["sees_test_audio"] is True
+    info = km.apply(tmp_path / "all.npz", setup["feats"], setup["fold"], tmp_path / "labels")
+    saved = json.loads((tmp_path / "labels" / "km.json").read_text())
+    assert saved["fit_splits"] == ["train", "valid", "test"] and saved["fit_frames_per_split"] == want
+    assert info["fit_frames_per_split"]["test"] == _frames(reader, test) > 0
+
+    # capped: the sample is spread over the splits and still counted per split
+    meta = km.fit(setup["feats"], setup["fold"], tmp_path / "cap.npz", n_clusters=3, max_frames=60,
+                  splits=["train", "valid", "test"], transductive=True)
+    assert sum(meta["frames_per_split"].values()) == 60 and meta["frames_per_split"]["test"] > 0
+
+
+# --- the k-means models published with fairseq's HuBERT / textless-NLP examples -----------------------
+
+
+def _sklearn_model(setup, k=4):
+    """A MiniBatchKMeans fitted as fairseq's learn_kmeans.py does, on the fold's training frames."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    reader = FeatureReader(setup["feats"])
+    x = np.concatenate([reader.load(u.utt)[0] for u in setup["by"]["spk0"] + setup["by"]["spk1"]])
+    return MiniBatchKMeans(n_clusters=k, init="k-means++", max_iter=100, batch_size=10000,
+                           compute_labels=False, tol=0.0, max_no_improvement=100, init_size=None, n_init=3,
+                           reassignment_ratio=0.0, random_state=0).fit(x), reader
+
+
+class _Unseekable(io.RawIOBase):
+    """A write-only stream: joblib then writes arrays without alignment padding, as joblib < 1.2 did."""
+
+    def __init__(self, path):
+        self.f = open(path, "wb")
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        return self.f.write(b)
+
+    def close(self):
+        self.f.close()
+        super().close()
+
+
+@pytest.mark.parametrize("writer", ["joblib", "joblib-unaligned", "pickle", "pickle-sklearn<0.22"])
+def test_apply_reads_a_published_sklearn_kmeans_model(setup, tmp_path, writer):
+    import pickle
+
+    joblib = pytest.importorskip("joblib")
+    model, reader = _sklearn_model(setup)
+    path = tmp_path / "km.bin"
+    if writer == "joblib":
+        joblib.dump(model, path)  # what fairseq's learn_kmeans.py does
+    elif writer == "joblib-unaligned":
+        with _Unseekable(path) as f:
+            joblib.dump(model, f)
+    elif writer == "pickle":
+        with open(path, "wb") as f:
+            pickle.dump(model, f)
+    else:  # protocol 2 names globals as text: rename the module to scikit-learn < 0.22's
+        raw = pickle.dumps(model, protocol=2)
+        assert b"sklearn.cluster._kmeans\n" in raw
+        path.write_bytes(raw.replace(b"sklearn.cluster._kmeans\n", b"sklearn.cluster.k_means_\n"))
+    centroids, meta = km.load_model(path)
+    np.testing.assert_array_equal(centroids, model.cluster_centers_.astype(np.float32))
+    assert meta["layer"] is None and meta["n_clusters"] == 4 and meta["dim"] == 39
+    with pytest.raises(SerkitError, match="--layer"):
+        km.apply(path, setup["feats"], setup["fold"], tmp_path / "nolayer")
+    info = km.apply(path, setup["feats"], setup["fold"], tmp_path / "labels", layer=0)
+    assert info["layer"] == 0 and info["fit_splits"] == [] and info["transductive"] is False
+    for split in ("train", "valid", "test"):
+        lines = (tmp_path / "labels" / f"{split}.km").read_text().splitlines()
+        for line, u in zip(lines, read_split(setup["fold"], split), strict=True):
+            want = model.predict(reader.load(u.utt)[0].astype(np.float32))
+            assert [int(t) for t in line.split()] == want.tolist()
+
+
+def test_a_pickle_naming_anything_else_is_refused_and_not_run(setup, tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.bin"
+    path.write_bytes(pickle.dumps(Evil(), protocol=4))
+    with pytest.raises(SerkitError, match=r"refused: global '(posix|os)\.system' is not allowed"):
+        km.load_model(path)
+    with pytest.raises(SerkitError, match="refused"):
+        km.apply(path, setup["feats"], setup["fold"], tmp_path / "labels", layer=0)
+    assert not marker.exists() and not (tmp_path / "labels").exists()
+
+    # the same payload hidden inside an otherwise valid k-means model's state
+    joblib = pytest.importorskip("joblib")
+    model, _ = _sklearn_model(setup, k=2)
+    model.payload = Evil()
+    joblib.dump(model, tmp_path / "evil_km.bin")
+    with pytest.raises(SerkitError, match="is not allowed"):
+        km.load_model(tmp_path / "evil_km.bin")
+    assert not marker.exists()
+    # a bare numpy array is not a k-means model
+    path.write_bytes(pickle.dumps(np.zeros((2, 3))))
+    with pytest.raises(SerkitError, match="not a scikit-learn k-means model"):
+        km.load_model(path)
+
+
+def test_fit_never_overwrites_a_published_kmeans_file(setup, tmp_path):
+    joblib = pytest.importorskip("joblib")
+    from serkit.cli import main
+
+    model, _ = _sklearn_model(setup, k=2)
+    path = tmp_path / "km500.bin"
+    joblib.dump(model, path)
+    before = path.read_bytes()
+    rc = main(["kmeans", "fit", "--feats", str(setup["feats"]), "--fold", str(setup["fold"]),
+               "--n-clusters", "2", "--max-frames", "50", "--out", str(path)])
+    assert rc == 2 and path.read_bytes() == before  # read as k-means for apply, never replaced by fit

@@ -1,9 +1,11 @@
 """MFSN modules: fusion operations, the mixed operation's search step, the Choice Cell, masks, segments."""
+from functools import partial
+
 import pytest
 import torch
 
 from serkit.nn.coattention import CoAttentionHead, MeanPoolHead, aggregate_segments, segment_starts
-from serkit.nn.mfsn import FUSION_OPS, MFSN, ChoiceCell, FusionCell, build_fusion_op
+from serkit.nn.mfsn import FUSION_OPS, MFSN, ChoiceCell, FusionCell, arch_spec, build_fusion_op, parse_arch
 
 
 def _pad(x, total):
@@ -107,10 +109,12 @@ def test_choice_cell_learned_logits_get_gradient():
     assert cell.arch_parameters() == [] and 0 <= level < 3
 
 
+@pytest.mark.parametrize("streams", ["dual", "single"])
 @pytest.mark.parametrize("variant", ["sec_only", "sec_tec_nosearch", "mfsn"])
-def test_mfsn_variants_mask_invariance_and_tec_is_detached(variant):
+def test_mfsn_variants_mask_invariance_and_tec_is_detached(variant, streams):
     torch.manual_seed(0)
-    model = MFSN(6, 4, 3, MeanPoolHead(8, 3), variant=variant, dim=8, num_heads=2).eval()
+    head = partial(MeanPoolHead, num_classes=3)
+    model = MFSN(6, 4, 3, head, variant=variant, dim=8, num_heads=2, streams=streams).eval()
     sec = torch.randn(1, 3, 5, 6, requires_grad=True)
     tec = torch.randn(1, 5, 4, requires_grad=True)
     logits = model(sec, tec)
@@ -127,10 +131,60 @@ def test_mfsn_variants_mask_invariance_and_tec_is_detached(variant):
         assert len(model.arch_parameters()) == 1  # uniform Choice Cell + Fusion Cell weights
         arch = model.derive(level_scores=[0.0, 1.0, 0.5])
         assert arch["sec_level"] == 1 and arch["fusion_ops"][0] in FUSION_OPS
-        fixed = MFSN(6, 4, 3, MeanPoolHead(8, 3), dim=8, num_heads=2, arch=arch)
+        fixed = MFSN(6, 4, 3, head, dim=8, num_heads=2, arch=arch, streams=streams)
         assert fixed.arch_parameters() == [] and fixed.choice.fixed_level == 1
     else:
         assert model.arch_parameters() == []
+
+
+@pytest.mark.parametrize("variant", ["mfsn", "sec_tec_nosearch"])
+def test_dual_stream_gives_the_head_the_final_sec_layer_and_the_tec_stream(variant):
+    """Paper Sec. 2.3/5.1: the adjusted TEC and the final-layer SEC both reach the emotion module."""
+    torch.manual_seed(0)
+    head = partial(MeanPoolHead, num_classes=3)
+    arch = "0:attention" if variant == "mfsn" else None  # Choice Cell fixed on the EARLY level
+    dual = MFSN(6, 4, 3, head, variant=variant, dim=8, num_heads=2, arch=arch).eval()
+    single = MFSN(6, 4, 3, head, variant=variant, dim=8, num_heads=2, arch=arch, streams="single").eval()
+    assert dual.stream_dims == ((8, 6) if variant == "mfsn" else (4, 6)) and single.stream_dims == (8,)
+    assert dual.head.fc.in_features == sum(dual.stream_dims)
+    sec, tec = torch.randn(2, 3, 5, 6), torch.randn(2, 5, 4)
+    streams = dual.fuse(sec, tec)
+    torch.testing.assert_close(streams[1], sec[:, -1])  # the SEC stream: the final layer as it is
+    if variant == "sec_tec_nosearch":
+        torch.testing.assert_close(streams[0], tec)  # TEC without adjustment (paper Sec. 5.4)
+    if variant == "mfsn":  # early level chosen: the final SEC layer reaches the classifier only in dual
+        for model, reaches in ((dual, True), (single, False)):
+            s = sec.clone().requires_grad_(True)
+            model(s, tec).sum().backward()
+            assert bool(s.grad[:, -1].abs().sum() > 0) == reaches
+
+
+def test_coattention_doubles_and_splits_the_spectrogram_and_mfcc_encodings_per_stream():
+    """Paper Sec. 5.1: hidden sizes doubled for two streams, evenly distributed to each stream."""
+    one = CoAttentionHead(8, 4, cnn_channels=(4, 8), lstm_hidden=8, attn_dim=8)
+    two = CoAttentionHead([8, 6], 4, cnn_channels=(4, 8), lstm_hidden=8, attn_dim=8)
+    assert (one.cnn_dim, one.lstm.hidden_size) == (8, 8) and (two.cnn_dim, two.lstm.hidden_size) == (16, 16)
+    assert two.classifier.in_features == 8 + 6 + 16 + 32
+    s = torch.arange(16.0)[None]
+    m = torch.arange(32.0)[None]  # [forward 0..15 ; backward 16..31]
+    (s1, m1), (s2, m2) = two.stream_parts(s, m)
+    assert s1.tolist() == [list(range(8))] and s2.tolist() == [list(range(8, 16))]
+    # each stream gets its slice of BOTH directions of the BiLSTM
+    assert m1.tolist() == [list(range(8)) + list(range(16, 24))]
+    assert m2.tolist() == [list(range(8, 16)) + list(range(24, 32))]
+    wav, lengths = torch.randn(2, 16000), torch.tensor([16000, 9000])
+    x1, x2 = torch.randn(2, 50, 8), torch.randn(2, 50, 6)
+    assert two((x1, x2), None, wav=wav, wav_lengths=lengths).shape == (2, 4)
+    with pytest.raises(ValueError, match="2 stream"):
+        two(x1, None, wav=wav, wav_lengths=lengths)
+
+
+def test_architecture_spec_round_trips_and_bad_ones_are_named():
+    assert parse_arch("2:ism_rev,sum") == {"sec_level": 2, "fusion_ops": ["ism_rev", "sum"]}
+    assert arch_spec(parse_arch(" 1:concat_fc_rev\n")) == "1:concat_fc_rev"
+    for bad in ("ism", "x:ism", "1:", "1:sum_rev"):
+        with pytest.raises(ValueError, match="sec_level"):
+            parse_arch(bad)
 
 
 def test_segment_starts_cover_the_utterance_with_right_aligned_last():

@@ -1,121 +1,167 @@
-"""The MFSN trainer on a synthetic fold: search -> derive -> retrain writes what `serkit score` reads."""
+"""MFSN through `serkit train` (MFSNBrain): search -> arch.txt -> retrain, the ablations, resume,
+predictions of utterances from their 3-second segments, and `serkit predict` on a finished fold."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
-from serkit.data.manifest import Utterance, write_dict, write_split
-from serkit.nn.mfsn import FUSION_OPS
-from serkit.speechbrain import mfsn as trainer
-from serkit.utils import SerkitError
+pytest.importorskip("speechbrain")
+pytest.importorskip("fairseq")
 
-CLASSES = ["ang", "hap", "sad"]
-DIM = 8
-LAYERS = [0, 1, 2]
-REPO = Path(__file__).resolve().parents[2]
+from test_sb_helpers import CLASSES, REPO, read_predictions, split_ids, tiny_setup  # noqa: E402
+
+from serkit.utils import SerkitError  # noqa: E402
+
+CONF = REPO / "recipes" / "SAVEE" / "conf" / "mfsn_mini.yaml"
 
 
-def _write_feats(path, utts, frames):
-    import kaldiio
+def _train(setup, out, *extra, conf=CONF):
+    from serkit.speechbrain.train import main
 
-    path.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    with kaldiio.WriteHelper(f"ark,scp:{path}/feats.ark,{path}/feats.scp") as w:
-        for u in utts:
-            w(u, rng.standard_normal((frames[u], len(LAYERS) * DIM)).astype(np.float32))
-    (path / "utt2num_frames").write_text("".join(f"{u} {frames[u]}\n" for u in utts))
-    (path / "meta.json").write_text(json.dumps({
-        "upstream": "synthetic.pt", "kind": "hubert", "layers": LAYERS, "dim": DIM, "dtype": "float32",
-        "frame_rate": 50, "normalize": False}))
+    return main([str(conf), "--fold-dir", str(setup["fold"]), "--output-folder", str(out), "--feats",
+                 str(setup["feats"]), "--tec_feats", str(setup["feats"]), "--batch_size", "4",
+                 "--search_epochs", "2", "--train_epochs", "2", "--noprogressbar", *extra])
 
 
 @pytest.fixture(scope="module")
-def fold(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mfsn_fold")
-    rng = np.random.default_rng(0)
-    splits = {"train": [], "valid": [], "test": []}
-    frames = {}
-    for spk, split in (("s1", "train"), ("s2", "train"), ("s3", "valid"), ("s4", "test")):
-        for c in CLASSES:
-            for i in range(2):
-                utt = f"{spk}_{c}{i}"
-                # One clip longer than 3 s, so that an utterance has two segments (the last right-aligned).
-                n = 56000 if (spk, c, i) == ("s4", "ang", 0) else int(rng.integers(12000, 30000))
-                wav = root / "wavs" / f"{utt}.wav"
-                wav.parent.mkdir(exist_ok=True)
-                sf.write(wav, (0.1 * rng.standard_normal(n)).astype(np.float32), 16000)
-                splits[split].append(Utterance(utt, str(wav), n, c, spk))
-                frames[utt] = (n - 400) // 320 + 1
-    fold_dir = root / "fold1"
-    for split, utts in splits.items():
-        write_split(fold_dir, split, utts, root=str(root / "wavs"))
-    write_dict(fold_dir, CLASSES, {c: 4 for c in CLASSES})
-    (fold_dir / "fold.json").write_text(json.dumps({"protocol": "synthetic", "fold": 1, "corpus": "toy"}))
-    _write_feats(root / "feats", list(frames), frames)
-    return root, splits
-
-
-def _args(root, out, ablation, *extra):
-    conf = "recipes/SAVEE/conf/mfsn_mini.yaml"
-    return [conf, "--fold-dir", str(root / "fold1"), "--output-folder", str(out),
-            "--tec-feats", str(root / "feats"), "--sec-feats", str(root / "feats"), "--ablation", ablation,
-            "--search_epochs", "1", "--number_of_epochs", "2", "--batch_size", "4", *extra]
+def searched(tmp_path_factory):
+    setup = tiny_setup(tmp_path_factory)
+    search = setup["root"] / "exp" / "mfsn_search" / "fold1"
+    assert _train(setup, search) == 0
+    retrain = setup["root"] / "exp" / "mfsn" / "fold1"
+    assert _train(setup, retrain, "--arch", (search / "arch.txt").read_text().strip()) == 0
+    return setup, search, retrain
 
 
 @pytest.mark.slow
-def test_mfsn_search_derive_retrain_writes_predictions_and_arch(fold, monkeypatch):
-    root, splits = fold
-    monkeypatch.chdir(REPO)
-    out = root / "exp" / "mfsn" / "fold1"
-    assert trainer.main(_args(root, out, "mfsn")) == 0
+def test_search_writes_the_derived_cell_and_its_log(searched):
+    from serkit.nn.mfsn import FUSION_OPS, parse_arch
+
+    _, search, _ = searched
+    arch = parse_arch((search / "arch.txt").read_text())
+    assert arch["fusion_ops"][0] in FUSION_OPS and arch["sec_level"] in (0, 1, 2)
+    detail = json.loads((search / "arch.json").read_text())
+    assert detail["sec_level"] == arch["sec_level"] and len(detail["level_scores"]) == 3
+    log = [json.loads(line) for line in (search / "search_log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2]
+    assert math.isclose(sum(log[-1]["op_weights"].values()), 1.0, abs_tol=1e-6)
+    # the architecture step moved the operation weights away from DARTS' near-uniform start
+    assert max(log[-1]["op_weights"].values()) - min(log[-1]["op_weights"].values()) > 1e-3
+    info = json.loads((search / "train_info.json").read_text())
+    assert info["arch"] == (search / "arch.txt").read_text().strip()
+
+
+@pytest.mark.slow
+def test_retrain_writes_utterance_predictions_in_fold_order(searched):
+    setup, search, out = searched
     for split in ("valid", "test"):
         for epoch in (1, 2):
-            lines = (out / "predictions" / f"{split}.epoch{epoch:03d}.tsv").read_text().splitlines()
-            assert lines[0].split("\t") == ["utt", "label", "pred", *CLASSES]
-            assert [r.split("\t")[0] for r in lines[1:]] == [u.utt for u in splits[split]]
-            for r in lines[1:]:
-                cols = r.split("\t")
-                probs = [float(x) for x in cols[3:]]
-                assert math.isclose(sum(probs), 1.0, abs_tol=1e-4)
-                assert cols[2] == CLASSES[int(np.argmax(probs))]
+            header, rows = read_predictions(out / "predictions" / f"{split}.epoch{epoch:03d}.tsv")
+            assert header == ["utt", "label", "pred", *CLASSES]
+            assert [r[0] for r in rows] == split_ids(setup["fold"], split)
+            for r in rows:
+                probs = [float(x) for x in r[3:]]
+                assert math.isclose(sum(probs), 1.0, abs_tol=1e-4) and r[2] == CLASSES[int(np.argmax(probs))]
     assert not (out / "predictions" / "valid.epoch003.tsv").exists()
-    arch = json.loads((out / "arch.json").read_text())
-    assert arch["fusion_ops"][0] in FUSION_OPS and arch["sec_level"] in (0, 1, 2)
-    assert "fusion_ops:" in (out / "arch.txt").read_text()
-    assert len((out / "search" / "log.jsonl").read_text().splitlines()) == 1
     info = json.loads((out / "train_info.json").read_text())
-    assert info["finished"] and info["method"] == "MFSN" and info["setting"] == "mfsn"
-    assert info["selection"] == "valid" and info["classes"] == CLASSES and info["protocol"] == "synthetic"
-    assert info["sources"]["tec"]["detached"] is True and info["sources"]["sec"]["layers"] == LAYERS
-    # Same config again: nothing is redone.
+    assert info["method"] == "MFSN" and info["setting"] == "mfsn" and info["streams"] == "dual"
+    assert info["arch"] == (search / "arch.txt").read_text().strip() and info["epochs_run"] == 2
+    assert info["sources"]["tec"]["detached"] is True and info["sec_layers"] == [0, 1, 2]
+    assert not (out / "arch.txt").exists()  # a retrain derives nothing
+    # The same command again: nothing is redone.
     stamp = (out / "predictions" / "test.epoch002.tsv").stat().st_mtime_ns
-    assert trainer.main(_args(root, out, "mfsn")) == 0
+    assert _train(setup, out, "--arch", info["arch"]) == 0
     assert (out / "predictions" / "test.epoch002.tsv").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.slow
-def test_sec_only_needs_no_tec_and_bad_layer_is_named(fold, monkeypatch, capsys):
-    root, _ = fold
-    monkeypatch.chdir(REPO)
-    out = root / "exp" / "sec_only" / "fold1"
-    args = _args(root, out, "sec_only", "--emotion_head", "meanpool")
-    args[args.index("--tec-feats") + 1] = str(root / "does-not-exist")
-    assert trainer.main(args) == 0
-    assert (out / "predictions" / "test.epoch002.tsv").is_file()
-    assert not (out / "arch.txt").exists()
-    assert "tec" not in json.loads((out / "train_info.json").read_text())["sources"]
-    bad = _args(root, root / "exp" / "bad" / "fold1", "sec_tec_nosearch", "--sec_layers", "[0,1,9]")
-    assert trainer.main(bad) == 2
-    assert "layer 9 not stored" in capsys.readouterr().err
+def test_emotion_classifier_and_serkit_predict_on_a_finished_mfsn_fold(searched, capsys):
+    from serkit.cli import main as serkit
+    from serkit.speechbrain.interface import EmotionClassifier
+
+    setup, _, out = searched
+    clf = EmotionClassifier.from_hparams(source=str(out))
+    best = clf.checkpoint.meta["epoch"]
+    _, rows = read_predictions(out / "predictions" / f"test.epoch{best:03d}.tsv")
+    for utt, _, pred, *probs in rows[:3]:
+        out_prob, _, _, text = clf.classify_file(setup["root"] / "wavs" / f"{utt}.wav")
+        assert text[0] == pred
+        # both upstreams recomputed from the wav (the cache was float32): the training run's probabilities
+        assert np.allclose(out_prob[0].numpy(), [float(p) for p in probs], atol=1e-3)
+    capsys.readouterr()
+    assert serkit(["predict", "--exp", str(out), str(setup["root"] / "wavs" / f"{rows[0][0]}.wav")]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["label"] == rows[0][2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ablation", ["sec_only", "sec_tec_nosearch"])
+def test_ablations_train_in_one_call(tmp_path_factory, ablation):
+    setup = tiny_setup(tmp_path_factory)
+    out = setup["root"] / "exp" / ablation / "fold1"
+    extra = ["--ablation", ablation]
+    if ablation == "sec_only":  # needs no TEC
+        extra += ["--tec_feats", "null"]
+    assert _train(setup, out, *extra) == 0
+    assert (out / "predictions" / "test.epoch002.tsv").is_file() and not (out / "arch.txt").exists()
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["setting"] == ablation and ("tec" in info["sources"]) == (ablation != "sec_only")
+
+
+@pytest.mark.slow
+def test_a_bad_sec_layer_and_a_missing_tec_are_named(tmp_path_factory):
+    setup = tiny_setup(tmp_path_factory)
+    with pytest.raises(SerkitError, match="layer 9 not stored"):
+        _train(setup, setup["root"] / "exp" / "bad" / "fold1", "--sec_layers", "[0,1,9]")
+    with pytest.raises(SerkitError, match="needs TEC features"):
+        _train(setup, setup["root"] / "exp" / "bad2" / "fold1", "--tec_feats", "null")
+
+
+def _predictions(out):
+    return {p.name: p.read_text() for p in sorted((out / "predictions").glob("*.tsv"))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["search", "retrain"])
+def test_a_killed_fold_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted_run(tmp_path_factory,
+                                                                                      monkeypatch, phase):
+    import speechbrain as sb
+
+    from serkit.speechbrain.mfsn import MFSNBrain
+
+    setup = tiny_setup(tmp_path_factory)
+    extra = ["--search_epochs", "3", "--train_epochs", "3"]
+    if phase == "retrain":
+        extra += ["--arch", "1:ism"]
+    reference = setup["root"] / "exp" / f"resume_reference_{phase}" / "fold1"
+    assert _train(setup, reference, *extra) == 0
+    out = setup["root"] / "exp" / f"resume_{phase}" / "fold1"
+    real_end = MFSNBrain.on_stage_end
+
+    def end_then_die(self, stage, loss, epoch=None):
+        real_end(self, stage, loss, epoch)
+        if stage == sb.Stage.VALID and epoch == 2:
+            raise KeyboardInterrupt  # killed right after epoch 2's checkpoint
+
+    monkeypatch.setattr(MFSNBrain, "on_stage_end", end_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(setup, out, *extra)
+    monkeypatch.setattr(MFSNBrain, "on_stage_end", real_end)
+    before = {name: (out / "predictions" / name).stat().st_mtime_ns for name in _predictions(out)}
+    assert _train(setup, out, *extra) == 0
+    for name, stamp in before.items():  # finished epochs are not redone
+        assert (out / "predictions" / name).stat().st_mtime_ns == stamp
+    assert _predictions(out) == _predictions(reference)  # bit for bit what one uninterrupted run writes
+    if phase == "search":
+        assert (out / "arch.txt").read_text() == (reference / "arch.txt").read_text()
+        assert (out / "search_log.jsonl").read_text() == (reference / "search_log.jsonl").read_text()
 
 
 def test_ctc_greedy_transcripts_merge_repeats_and_drop_blanks(tmp_path):
     import torch
 
-    from serkit.speechbrain.mfsn_text import ctc_greedy_transcripts
+    from serkit.speechbrain.mfsn import ctc_greedy_transcripts
 
     (tmp_path / "dict.ltr.txt").write_text("| 10\nH 5\nI 4\n")
     V = 7  # <s> <pad> </s> <unk> | H I
@@ -140,100 +186,58 @@ def test_ctc_greedy_transcripts_merge_repeats_and_drop_blanks(tmp_path):
 
 
 @pytest.mark.slow
-def test_text_ablation_trains_tokenizer_on_train_split_only(fold, monkeypatch):
-    from serkit.speechbrain import mfsn_text
-
-    root, splits = fold
-    monkeypatch.chdir(REPO)
-    words = {"ang": "i am so angry now", "hap": "what a lovely day", "sad": "i miss her so much"}
-    text = root / "text"
+def test_text_ablation_trains_tokenizer_on_train_split_only(tmp_path_factory):
+    setup = tiny_setup(tmp_path_factory)
+    fold = setup["fold"]
+    words = {"ang": "i am so angry now", "hap": "what a lovely day", "neu": "the table is brown",
+             "sad": "i miss her so much"}
+    text = setup["root"] / "text"
     # The test split has words nowhere else: they must not enter the tokenizer.
-    text.write_text("".join(f"{u.utt} {words[u.emo]}{' zebra quokka' if s == 'test' else ''}\n"
-                            for s, us in splits.items() for u in us))
-    out = root / "exp" / "text" / "fold1"
-    args = _args(root, out, "mfsn")
-    args[args.index("--tec-feats"):args.index("--tec-feats") + 2] = []
-    args[0] = "recipes/IEMOCAP/conf/mfsn_text.yaml"
-    args += ["--text", str(text), "--text_vocab_size", "30", "--text_dim", "16", "--fusion_dim", "16",
-             "--cnn_channels", "[4,8]", "--lstm_hidden", "8", "--attn_dim", "8", "--num_threads", "1",
-             "--sec_layers", "[0,1,2]", "--num_heads", "2"]
-    assert mfsn_text.main(args) == 0
-    assert (out / "predictions" / "test.epoch002.tsv").is_file() and (out / "arch.txt").is_file()
+    lines = []
+    for split in ("train", "valid", "test"):
+        meta = json.loads((fold / f"{split}.json").read_text())
+        unseen = " zebra quokka" if split == "test" else ""
+        lines += [f"{u} {words[m['emo']]}{unseen}\n" for u, m in meta.items()]
+    text.write_text("".join(lines))
+    out = setup["root"] / "exp" / "text" / "fold1"
+    conf = REPO / "recipes" / "IEMOCAP" / "conf" / "mfsn_text_mini.yaml"
+    assert _train(setup, out, "--text", str(text), "--text_vocab_size", "30", conf=conf) == 0
+    search_arch = (out / "arch.txt").read_text().strip()
     train_text = (out / "transcripts.train.txt").read_text()
-    assert "zebra" not in train_text and len(train_text.splitlines()) == len(splits["train"])
+    assert "zebra" not in train_text
+    assert [line.split()[0] for line in train_text.splitlines()] == split_ids(fold, "train")
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(out / "text_sp.model"))
     assert "zebra" not in {sp.id_to_piece(i).lstrip("▁") for i in range(sp.get_piece_size())}
     info = json.loads((out / "train_info.json").read_text())
     assert info["sources"]["tec"]["detached"] is False and "TEXT LEAK" in info["note"]
-
-
-def _predictions(out):
-    return {p.name: p.read_text() for p in sorted((out / "predictions").glob("*.tsv"))}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("crash_at", [("search", 2), ("retrain", 2)])
-def test_a_killed_fold_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted_run(fold, monkeypatch,
-                                                                                      crash_at):
-    root, _ = fold
-    monkeypatch.chdir(REPO)
-    extra = ("--search_epochs", "3", "--number_of_epochs", "3")
-    reference = root / "exp" / "resume_reference" / "fold1"
-    if not (reference / "train_info.json").is_file():
-        assert trainer.main([*_args(root, reference, "mfsn"), *extra]) == 0
-    out = root / "exp" / f"resume_{crash_at[0]}" / "fold1"
-
-    saves = []
-    real_save = trainer.Resume.save
-
-    def save_then_die(self, phase, epoch, *args, **kw):
-        real_save(self, phase, epoch, *args, **kw)
-        saves.append((phase, epoch))
-        if (phase, epoch) == crash_at:
-            raise KeyboardInterrupt  # killed right after that epoch's state was written
-
-    monkeypatch.setattr(trainer.Resume, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.main([*_args(root, out, "mfsn"), *extra])
-    assert (out / "resume.pt").is_file()
-    before = {name: (out / "predictions" / name).stat().st_mtime_ns for name in _predictions(out)}
-
-    saves.clear()
-    monkeypatch.setattr(trainer.Resume, "save", lambda self, phase, epoch, *a, **k: (
-        saves.append((phase, epoch)), real_save(self, phase, epoch, *a, **k)))
-    assert trainer.main([*_args(root, out, "mfsn"), *extra]) == 0
-    phases = ["search"] * 3 + ["retrain"] * 3
-    all_epochs = list(zip(phases, [1, 2, 3, 1, 2, 3]))
-    assert saves == all_epochs[all_epochs.index(crash_at) + 1:]  # finished epochs are not redone
-    for name, stamp in before.items():  # nor are their predictions rewritten
-        assert (out / "predictions" / name).stat().st_mtime_ns == stamp
-    assert _predictions(out) == _predictions(reference)  # bit for bit what one uninterrupted run writes
-    assert (out / "arch.txt").read_text() == (reference / "arch.txt").read_text()
-    assert not (out / "resume.pt").exists() and json.loads((out / "train_info.json").read_text())["finished"]
+    assert info["sources"]["tec"]["text"] == f"transcript {text}"
+    assert info["arch"] == search_arch
 
 
 @pytest.mark.slow
-def test_a_resume_state_of_another_config_is_not_used(fold, monkeypatch, capsys):
-    root, _ = fold
-    monkeypatch.chdir(REPO)
-    out = root / "exp" / "resume_other" / "fold1"
-    real_save = trainer.Resume.save
+def test_waveform_path_trains_only_the_top_sec_layers_and_never_tec(tmp_path_factory):
+    """`serkit train --upstream`: the encoders run on the segments; sec_finetune_layers of SEC train."""
+    import torch
 
-    def die_after_first(self, *args, **kw):
-        real_save(self, *args, **kw)
-        raise KeyboardInterrupt
+    from serkit.speechbrain.train import main
 
-    monkeypatch.setattr(trainer.Resume, "save", die_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.main(_args(root, out, "sec_tec_nosearch"))
-    monkeypatch.setattr(trainer.Resume, "save", real_save)
-    capsys.readouterr()
-    assert trainer.main([*_args(root, out, "sec_tec_nosearch"), "--lr", "0.001"]) == 0
-    assert "written with another config; starting over" in capsys.readouterr().err
-    assert (out / "predictions" / "test.epoch001.tsv").is_file() and not (out / "resume.pt").exists()
+    setup = tiny_setup(tmp_path_factory)
+    out = setup["root"] / "exp" / "mfsn_finetune" / "fold1"
+    before = torch.load(setup["ckpt"], map_location="cpu", weights_only=False)["model"]
+    assert main([str(CONF), "--fold-dir", str(setup["fold"]), "--output-folder", str(out), "--upstream",
+                 str(setup["ckpt"]), "--tec_upstream", str(setup["ckpt"]), "--arch", "1:sum", "--batch_size",
+                 "4", "--train_epochs", "1", "--sec_finetune_layers", "1", "--noprogressbar"]) == 0
+    assert (out / "predictions" / "test.epoch001.tsv").is_file()
+    ckpt = next((out / "save").glob("CKPT+*"))
+    sec = torch.load(ckpt / "upstream.ckpt", map_location="cpu")
+    moved = [k for k, v in sec.items() if k.startswith("model.") and not torch.equal(v, before[k[6:]])]
+    changed = {k.split(".")[3] if k.startswith("model.encoder.layers.") else k.split(".")[1] for k in moved}
+    assert changed == {"1"}  # the top transformer layer of the 2, nothing below it
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["setting"] == "mfsn" and info["feats"] is None
+    with pytest.raises(SerkitError, match="cached features"):
+        from serkit.speechbrain.interface import EmotionClassifier
 
-    (out / "resume.pt").write_bytes(b"PK\x03\x04 truncated")
-    assert trainer.main([*_args(root, out, "sec_tec_nosearch"), "--lr", "0.002"]) == 2
-    assert "resume.pt: unreadable resume state" in capsys.readouterr().err
+        EmotionClassifier.from_hparams(source=str(out))

@@ -81,7 +81,18 @@ def register(sub) -> None:
     a = ks.add_parser(
         "apply", help="write <split>.km, dict.km.txt and km.json for fairseq's hubert_pretraining"
     )
-    a.add_argument("--model", required=True, help="model written by `serkit kmeans fit`")
+    a.add_argument(
+        "--model",
+        required=True,
+        help="model written by `serkit kmeans fit`, or a published scikit-learn k-means file "
+        "(fairseq HuBERT / textless-NLP, e.g. hubert_base_ls960_L9_km500.bin; read without executing it)",
+    )
+    a.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="layer of --feats to label; required with a published k-means file (it does not record one)",
+    )
     a.add_argument("--feats", required=True, help="features of every utterance of the splits")
     a.add_argument("--fold", required=True, help="fold directory (its <split>.tsv fix the line order)")
     a.add_argument("--splits", default="train,valid,test", help="comma-separated splits to label")
@@ -108,7 +119,7 @@ def _check_fit_args(args: argparse.Namespace) -> None:
         from .kmeans import load_model
 
         try:
-            load_model(out)
+            load_model(out, external=False)  # a published k-means file is not serkit's to replace
         except SerkitError:
             raise SerkitError(f"--out {out}: exists and is not a serkit k-means model; serkit never "
                               "overwrites what it did not write. Choose another --out") from None
@@ -181,5 +192,5 @@ def run_apply(args: argparse.Namespace) -> int:
         _check_apply_out(args, splits)  # as it is now that we hold it
         if read_marker(out) is None:
             write_marker(out, "kmeans")
-        apply(args.model, args.feats, args.fold, out, splits=splits)
+        apply(args.model, args.feats, args.fold, out, splits=splits, layer=args.layer)
     return 0

@@ -1,4 +1,5 @@
-"""k-means pseudo labels for HuBERT pretraining, fitted on the training split of a fold only.
+"""k-means pseudo labels for HuBERT pretraining, fitted on the training split of a fold (or, on
+purpose, on all of its splits: ``transductive``).
 
 ``fit``: draw a capped uniform random sample of frames from the TRAINING utterances of a fold
 (``serkit.data.manifest.read_split``), seed k-means++ on (a subsample of) it, and run Lloyd iterations
@@ -16,7 +17,9 @@ stack, so fairseq's ``verify_label_lengths`` passes and ``HubertModel.forward_ta
 trimming.
 
 The model file (``--out MODEL``) is a numpy ``.npz`` with ``centroids`` (K, C) float32 and ``meta``
-(a JSON string).
+(a JSON string; ``frames_per_split`` counts the sampled frames of each split the fit saw). ``apply``
+also takes the scikit-learn k-means pickles published with fairseq's HuBERT and textless-NLP examples
+(``serkit.cluster.external``: read without executing anything from the file), with ``layer`` given.
 """
 
 from __future__ import annotations
@@ -290,6 +293,7 @@ def fit(
     init_sample: int = 20_000,
 ) -> dict:
     """Fit k-means on frames of ``splits`` of ``fold`` (train only unless transductive); write ``out``."""
+    from ..data.manifest import read_split
     from ..upstream.features import FeatureReader
 
     fold = Path(fold)
@@ -309,12 +313,23 @@ def fit(
             f"({missing[:3]}...); dump features for this data first"
         )
     x, keys = sample_frames(reader, [u.utt for u in utts], layer, max_frames, seed)
+    # Which split each fitted frame came from (a transductive fit must show its held-out frames)
+    split_of = {}
+    for s in splits:
+        for u in read_split(fold, s):
+            split_of.setdefault(u.utt, s)
+    sampled = {s: 0 for s in splits}
+    for utt, _ in keys:
+        sampled[split_of[utt]] += 1
+    available = {s: 0 for s in splits}
+    for u in utts:
+        available[split_of[u.utt]] += reader.num_frames(u.utt)
     log.info(
-        "k-means fit: %d frames sampled from %d utterances of %s %s (layer %d, cap %d)",
+        "k-means fit: %d frames sampled from %d utterances of %s (%s; layer %d, cap %d)",
         len(x),
         len({k for k, _ in keys}),
         fold,
-        ",".join(splits),
+        ", ".join(f"{s}: {sampled[s]} of {available[s]} frames" for s in splits),
         layer,
         max_frames,
     )
@@ -340,6 +355,8 @@ def fit(
         "seed": seed,
         "max_frames": max_frames,
         "num_frames": len(x),
+        "frames_per_split": sampled,
+        "available_frames_per_split": available,
         "num_utterances": len(utts),
         "utterances_sha1": _digest(u.utt for u in utts),
         "speakers": fit_spks,
@@ -365,10 +382,22 @@ def fit(
     return meta
 
 
-def load_model(path) -> tuple[np.ndarray, dict]:
+def load_model(path, external: bool = True) -> tuple[np.ndarray, dict]:
+    """Centroids (K, D) float32 and the fit's description, from a serkit model (``.npz``) or a
+    scikit-learn k-means pickle as published with fairseq's HuBERT / textless-NLP examples (read by
+    :func:`serkit.cluster.external.read_sklearn_kmeans`, which executes nothing from the file; its
+    ``meta`` has ``layer: None``, since the file does not say which layer it was fitted on).
+    ``external=False`` accepts serkit's own models only."""
     path = Path(path)
     if not path.is_file():
         raise SerkitError(f"{path}: k-means model not found; run `serkit kmeans fit`")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head != b"PK" and external:  # not a zip (npz): the published sklearn models
+        from .external import read_sklearn_kmeans
+
+        centroids, info = read_sklearn_kmeans(path)
+        return centroids, {**info, "layer": None, "transductive": False, "speakers": [], "splits": []}
     try:
         with np.load(path, allow_pickle=False) as z:
             return z["centroids"].astype(np.float32), json.loads(str(z["meta"]))
@@ -382,14 +411,28 @@ def apply(
     fold: str | os.PathLike,
     out: str | os.PathLike,
     splits=("train", "valid", "test"),
+    layer: int | None = None,
 ) -> dict:
-    """Write ``<split>.km``, ``dict.km.txt`` and ``km.json`` to ``out`` (see module docstring)."""
+    """Write ``<split>.km``, ``dict.km.txt`` and ``km.json`` to ``out`` (see module docstring).
+
+    ``layer``: the features' layer to label; required for a published sklearn model (the file does not
+    record it), and must match a serkit model's own layer.
+    """
     from ..data.manifest import read_split
     from ..upstream.features import FeatureReader
 
     centroids, meta = load_model(model)
     reader = FeatureReader(feats)
     fold, out = Path(fold), Path(out)
+    if meta["layer"] is None:
+        if layer is None:
+            raise SerkitError(
+                f"{model}: a published k-means model does not record its layer; pass --layer "
+                "(fairseq's HuBERT-base km500 models: 9 for the second iteration, 6 for the first)"
+            )
+        meta = {**meta, "layer": int(layer)}
+    elif layer is not None and int(layer) != meta["layer"]:
+        raise SerkitError(f"{model}: fitted on layer {meta['layer']}, not --layer {layer}")
     layer = meta["layer"]
     if reader.dim != meta["dim"] or layer not in reader.layers:
         raise SerkitError(
@@ -440,6 +483,9 @@ def apply(
         "n_clusters": len(centroids),
         "layer": layer,
         "transductive": bool(meta.get("transductive")),
+        # the frames the k-means fit saw, per split of THIS fold (empty for a published model)
+        "fit_splits": list(meta.get("splits", [])),
+        "fit_frames_per_split": dict(meta.get("frames_per_split", {})),
         "fit": meta,
         "fairseq": {
             "task.data": str(fold.resolve()),

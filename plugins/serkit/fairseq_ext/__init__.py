@@ -15,17 +15,25 @@ nothing twice.
 Importing it also makes the masks of fairseq's HuBERT and wav2vec 2.0 models reproducible
 (:mod:`.masking`): fairseq 0.12 draws them from unseeded generators, so ``common.seed`` alone did not
 make two pretraining runs agree.
+
+It also lets torch's ``weights_only`` loader (the default on torch >= 2.6, which fairseq's
+``load_checkpoint_to_cpu`` uses) read the checkpoints fairseq-hydra-train writes here, so a stopped
+CPT or SER finetune resumes without ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``: their only non-tensor class
+is ``fairseq.data.dictionary.Dictionary`` (``hubert_pretraining``'s ``task_state``), a container of
+strings and ints, which is allow-listed (:data:`SAFE_GLOBALS`). Nothing else is unpickled.
 """
-import os
+import torch
+from fairseq.data.dictionary import Dictionary
 
-# torch >= 2.6 unpickles only tensors by default; fairseq checkpoints pickle configs and dictionaries.
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+from . import hubert_cpt, masking, ser_criterion, ser_model, ser_task  # (registration)
+from .hubert_cpt import SerkitHubertConfig, SerkitHubertModel
+from .ser_criterion import SerCrossEntropy
+from .ser_model import SerModel, SerModelConfig
+from .ser_task import SerTask, SerTaskConfig
 
-from . import hubert_cpt, masking, ser_criterion, ser_model, ser_task  # noqa: E402  (registration)
-from .hubert_cpt import SerkitHubertConfig, SerkitHubertModel  # noqa: E402
-from .ser_criterion import SerCrossEntropy  # noqa: E402
-from .ser_model import SerModel, SerModelConfig  # noqa: E402
-from .ser_task import SerTask, SerTaskConfig  # noqa: E402
+#: classes fairseq checkpoints written by fairseq-hydra-train with serkit's configs pickle besides tensors
+SAFE_GLOBALS = [Dictionary]
+torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 masking.install()
 

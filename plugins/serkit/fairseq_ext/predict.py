@@ -26,7 +26,6 @@ log = logging.getLogger("serkit.fairseq_ext")
 def load_ser_checkpoint(checkpoint: str | os.PathLike, fold: str | os.PathLike | None = None,
                         device: str = "cpu"):
     """``(model, task)`` of a ``serkit_ser_model`` checkpoint, in eval mode, reading data from ``fold``."""
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     from fairseq import checkpoint_utils
 
     import serkit.fairseq_ext  # noqa: F401  (registers serkit_* before the checkpoint is unpickled)

@@ -24,10 +24,12 @@ from typing import Optional
 
 import numpy as np
 import torch
-from fairseq.data import FairseqDataset
+from fairseq.data import FairseqDataset, data_utils
 from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass.configs import CommonConfig
 from fairseq.tasks import FairseqTask, register_task
-from omegaconf import MISSING, open_dict
+from omegaconf import II, MISSING, open_dict
+from omegaconf.errors import InterpolationResolutionError
 
 from ..utils import SerkitError, atomic_file
 
@@ -45,6 +47,9 @@ class SerTaskConfig(FairseqDataclass):
     max_sample_size: Optional[int] = field(default=None, metadata={  # noqa: UP045
         "help": "randomly crop TRAINING utterances longer than this many samples (bounds memory); "
                 "valid and test utterances are never cropped"})
+    seed: int = field(default=II("common.seed"), metadata={
+        "help": "seed of the training crops (with the epoch and the utterance index), so a resumed run "
+                "crops as an uninterrupted one"})
     min_sample_size: int = field(default=400, metadata={
         "help": "utterances shorter than this are an error (400 samples = one frame of the 20 ms conv "
                 "front end)"})
@@ -94,7 +99,8 @@ class SerAudioDataset(FairseqDataset):
     """Waveforms with one class label each; batches carry ``padding_mask`` (True on padded samples)."""
 
     def __init__(self, name: str, root: str, relpaths: list[str], sizes: list[int], labels: list[int],
-                 sample_rate: int = 16000, max_sample_size: int | None = None, shuffle: bool = False):
+                 sample_rate: int = 16000, max_sample_size: int | None = None, shuffle: bool = False,
+                 seed: int = 1):
         super().__init__()
         self.name = name
         self.root = root
@@ -104,6 +110,8 @@ class SerAudioDataset(FairseqDataset):
         self.sample_rate = sample_rate
         self.max_sample_size = max_sample_size
         self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 1
         self.utts = [Path(r).stem for r in relpaths]
 
     def __len__(self) -> int:
@@ -122,10 +130,23 @@ class SerAudioDataset(FairseqDataset):
             raise SerkitError(f"{path}: {sr} Hz, expected {self.sample_rate}; `serkit prepare` writes 16 kHz")
         return wav.mean(axis=1)
 
+    @property
+    def can_reuse_epoch_itr_across_epochs(self) -> bool:
+        # A resumed run builds a fresh epoch iterator; building one every epoch makes an uninterrupted run
+        # do the same (a reused one did not reproduce the resumed run's epochs, tested). Batches are the
+        # same either way: ordered_indices runs under fairseq's fixed seed and sizes never change.
+        return False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __getitem__(self, index: int) -> dict:
         wav = torch.from_numpy(self._read(index))
         if self.max_sample_size is not None and wav.numel() > self.max_sample_size:
-            start = np.random.randint(0, wav.numel() - self.max_sample_size + 1)
+            # seeded by (seed, epoch, index), not by the global generator: a resumed run, whose global
+            # state restarts at the resume, crops each epoch exactly as an uninterrupted one
+            with data_utils.numpy_seed(self.seed, self.epoch, index):
+                start = np.random.randint(0, wav.numel() - self.max_sample_size + 1)
             wav = wav[start: start + self.max_sample_size]
         return {"id": index, "source": wav, "label": self.labels[index]}
 
@@ -209,11 +230,20 @@ class SerTask(FairseqTask):
         is_train = split.startswith("train")
         self.datasets[split] = SerAudioDataset(
             split, root, rels, sizes, labels, sample_rate=self.cfg.sample_rate,
-            max_sample_size=self.cfg.max_sample_size if is_train else None, shuffle=is_train)
+            max_sample_size=self.cfg.max_sample_size if is_train else None, shuffle=is_train,
+            seed=self._seed())
         counts = np.bincount(labels, minlength=self.num_classes)
         log.info("serkit_ser: %s: %d utterances (%s), %.1f s of audio", split, len(rels),
                  ", ".join(f"{c} {n}" for c, n in zip(self.classes, counts)),
                  sum(sizes) / self.cfg.sample_rate)
+
+    def _seed(self) -> int:
+        """``task.seed``: ``common.seed`` inside fairseq-hydra-train; fairseq's default (1) for a task
+        configured on its own, where ``common`` does not exist."""
+        try:
+            return int(self.cfg.seed)
+        except InterpolationResolutionError:
+            return CommonConfig.seed
 
     def build_model(self, cfg, from_checkpoint: bool = False):
         model = super().build_model(cfg, from_checkpoint)

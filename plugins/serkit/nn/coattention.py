@@ -12,6 +12,20 @@ where ``s`` and ``m`` produce attention weights over the SSL frames (our reading
     e_t = v . tanh(W_x x_t + W_s s + W_m m),   a = softmax_t(e) over valid frames,   z = sum_t a_t x_t
     logits = W_o [z; s; m] + b_o
 
+**Streams.** MFSN feeds two frame streams (the fusion-adjusted TEC and the final-layer SEC) to this
+module: "when dealing with MFSN dual-stream inputs, we double the dimension of the encoding hidden
+features for both spectrograms and MFCCs. These features are evenly distributed to each stream for
+co-attention calculations" (MFSN paper, Sec. 5.1). With ``K`` streams (``input_dim`` a list of K
+channel counts) the spectrogram CNN's last layer has ``K`` times ``cnn_channels[-1]`` channels and the
+BiLSTM ``K`` times ``lstm_hidden`` units per direction; ``s`` and ``m`` are cut into K equal parts
+(``m``'s parts keep both directions: part k is the k-th slice of the forward AND of the backward
+states), part k attends over stream k with its own ``W_x, W_s, W_m, v``, and
+
+    logits = W_o [z_1; ...; z_K; s; m] + b_o.
+
+``K = 1`` is the single-stream module above. (``cnn="alexnet"`` keeps AlexNet's 256 output channels
+so that image-pretrained weights still load, and splits them; ours.)
+
 Everything is trained from scratch; the CNN can start from image-pretrained weights
 (``cnn="alexnet"`` has the layer layout of the usual AlexNet ``features`` block, so a local AlexNet state
 dict loads into it with :meth:`CoAttentionHead.load_pretrained_cnn`; nothing is downloaded).
@@ -29,6 +43,7 @@ masked in a batch). An utterance's prediction is the mean of its segments' log-p
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -94,20 +109,28 @@ def aggregate_segments(segment_logits: Tensor, utt_index: Tensor, num_utts: int 
 
 
 class MeanPoolHead(nn.Module):
-    """Masked mean over frames then a linear layer: a light emotion head (ignores waveform inputs).
+    """Masked mean over frames (of each stream, concatenated) then a linear layer: a light emotion head
+    for quick checks (ignores waveform inputs).
 
     Example
     -------
     >>> MeanPoolHead(8, 4)(torch.randn(2, 5, 8), None).shape
     torch.Size([2, 4])
+    >>> MeanPoolHead([8, 6], 4)((torch.randn(2, 5, 8), torch.randn(2, 5, 6)), None).shape
+    torch.Size([2, 4])
     """
 
-    def __init__(self, input_dim: int, num_classes: int):
+    def __init__(self, input_dim: int | Sequence[int], num_classes: int):
         super().__init__()
-        self.fc = nn.Linear(input_dim, num_classes)
+        dims = (int(input_dim),) if isinstance(input_dim, int) else tuple(int(d) for d in input_dim)
+        self.input_dims, self.num_streams = dims, len(dims)
+        self.fc = nn.Linear(sum(dims), num_classes)
 
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None, **unused) -> Tensor:
-        return self.fc(masked_mean(x, padding_mask))
+    def forward(self, x: Tensor | Sequence[Tensor], padding_mask: Tensor | None = None, **unused) -> Tensor:
+        xs = (x,) if isinstance(x, Tensor) else tuple(x)
+        if len(xs) != self.num_streams:
+            raise ValueError(f"MeanPoolHead built for {self.num_streams} stream(s), got {len(xs)}")
+        return self.fc(torch.cat([masked_mean(xi, padding_mask) for xi in xs], dim=-1))
 
 
 def _alexnet_features() -> nn.Sequential:
@@ -165,8 +188,8 @@ class CoAttentionHead(nn.Module):
 
     Parameters
     ----------
-    input_dim : int
-        Channels of the SSL (fused) frames.
+    input_dim : int or list of int
+        Channels of the SSL frames; a list gives one entry per stream (MFSN: ``[fused TEC, SEC]``).
     num_classes : int
     sample_rate : int
     n_fft, hop_length : int
@@ -176,18 +199,19 @@ class CoAttentionHead(nn.Module):
     cnn : {"small", "alexnet"}
         ``small``: a 3-block CNN for CPU runs; ``alexnet``: AlexNet's feature layout (3-channel input:
         the spectrogram is repeated), loadable from image-pretrained weights.
-    cnn_channels : channels of the ``small`` CNN.
+    cnn_channels : channels of the ``small`` CNN (its last layer gets ``K`` times the last entry).
     pretrained_cnn : str, optional
         Local state dict for the CNN (see :meth:`load_pretrained_cnn`).
     lstm_hidden : int
-        BiLSTM hidden size per direction.
+        BiLSTM hidden size per direction and stream (the LSTM has ``K * lstm_hidden`` per direction).
     attn_dim : int
         Size of the co-attention scoring space.
     dropout : float
 
     Shapes
     ------
-    x : (B, T, input_dim), padding_mask : (B, T) bool, wav : (B, N), wav_lengths : (B,) samples
+    x : (B, T, input_dim), or a tuple of K streams (B, T, input_dim[k]); padding_mask : (B, T) bool;
+    wav : (B, N); wav_lengths : (B,) samples
     -> logits (B, num_classes)
 
     Example
@@ -196,15 +220,24 @@ class CoAttentionHead(nn.Module):
     >>> wav, wav_lengths = torch.randn(2, 16000), torch.tensor([16000, 9000])
     >>> head(torch.randn(2, 50, 8), None, wav=wav, wav_lengths=wav_lengths).shape
     torch.Size([2, 4])
+    >>> dual = CoAttentionHead([8, 6], 4, cnn_channels=(4, 8), lstm_hidden=8, attn_dim=8)
+    >>> dual((torch.randn(2, 50, 8), torch.randn(2, 50, 6)), None, wav=wav, wav_lengths=wav_lengths).shape
+    torch.Size([2, 4])
     """
 
-    def __init__(self, input_dim: int, num_classes: int, sample_rate: int = 16000, n_fft: int = 400,
-                 hop_length: int = 160, n_mfcc: int = 40, n_mels: int = 64, cnn: str = "small",
-                 cnn_channels: tuple[int, ...] = (16, 32, 64), pretrained_cnn: str | None = None,
-                 lstm_hidden: int = 128, attn_dim: int = 128, dropout: float = 0.2):
+    def __init__(self, input_dim: int | Sequence[int], num_classes: int, sample_rate: int = 16000,
+                 n_fft: int = 400, hop_length: int = 160, n_mfcc: int = 40, n_mels: int = 64,
+                 cnn: str = "small", cnn_channels: tuple[int, ...] = (16, 32, 64),
+                 pretrained_cnn: str | None = None, lstm_hidden: int = 128, attn_dim: int = 128,
+                 dropout: float = 0.2):
         super().__init__()
         import torchaudio  # torch's own audio package; imported here to keep `import serkit.nn` light
 
+        dims = (int(input_dim),) if isinstance(input_dim, int) else tuple(int(d) for d in input_dim)
+        if not dims:
+            raise ValueError("CoAttentionHead needs at least one input stream")
+        self.input_dims = dims
+        k = self.num_streams = len(dims)
         self.n_fft, self.hop_length = n_fft, hop_length
         self.spectrogram = torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=hop_length,
                                                              center=False, power=2.0)
@@ -214,21 +247,25 @@ class CoAttentionHead(nn.Module):
             sample_rate=sample_rate, n_mfcc=n_mfcc, log_mels=True,
             melkwargs={"n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels, "center": False})
         if cnn == "small":
-            self.cnn = _small_cnn(tuple(cnn_channels))
-            cnn_dim, self.cnn_in = cnn_channels[-1], 1
+            channels = tuple(int(c) for c in cnn_channels)
+            self.cnn = _small_cnn(channels[:-1] + (channels[-1] * k,))
+            cnn_dim, self.cnn_in = channels[-1] * k, 1
         elif cnn == "alexnet":
             self.cnn = _alexnet_features()
             cnn_dim, self.cnn_in = 256, 3
+            if cnn_dim % k:
+                raise ValueError(f"alexnet's {cnn_dim} channels cannot be split into {k} streams")
         else:
             raise ValueError(f"unknown cnn {cnn!r}; choose 'small' or 'alexnet'")
-        self.lstm = nn.LSTM(n_mfcc, lstm_hidden, batch_first=True, bidirectional=True)
-        mfcc_dim = 2 * lstm_hidden
-        self.att_x = nn.Linear(input_dim, attn_dim)
-        self.att_s = nn.Linear(cnn_dim, attn_dim, bias=False)
-        self.att_m = nn.Linear(mfcc_dim, attn_dim, bias=False)
-        self.att_v = nn.Linear(attn_dim, 1, bias=False)
+        self.lstm_hidden = int(lstm_hidden)
+        self.lstm = nn.LSTM(n_mfcc, self.lstm_hidden * k, batch_first=True, bidirectional=True)
+        self.cnn_dim, self.mfcc_dim = cnn_dim, 2 * self.lstm_hidden * k
+        self.att_x = nn.ModuleList(nn.Linear(d, attn_dim) for d in dims)
+        self.att_s = nn.ModuleList(nn.Linear(cnn_dim // k, attn_dim, bias=False) for _ in dims)
+        self.att_m = nn.ModuleList(nn.Linear(2 * self.lstm_hidden, attn_dim, bias=False) for _ in dims)
+        self.att_v = nn.ModuleList(nn.Linear(attn_dim, 1, bias=False) for _ in dims)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(input_dim + cnn_dim + mfcc_dim, num_classes)
+        self.classifier = nn.Linear(sum(dims) + cnn_dim + self.mfcc_dim, num_classes)
         if pretrained_cnn:
             self.load_pretrained_cnn(pretrained_cnn)
 
@@ -288,8 +325,20 @@ class CoAttentionHead(nn.Module):
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=m.shape[1])
         return masked_mean(out, mask)
 
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None, *, wav: Tensor,
+    def stream_parts(self, s: Tensor, m: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """``(s_k, m_k)`` for each stream: equal slices of the spectrogram vector and of each direction
+        of the pooled BiLSTM states."""
+        k, h = self.num_streams, self.lstm_hidden
+        cs = self.cnn_dim // k
+        fwd, bwd = m[:, : h * k], m[:, h * k:]
+        return [(s[:, i * cs:(i + 1) * cs],
+                 torch.cat([fwd[:, i * h:(i + 1) * h], bwd[:, i * h:(i + 1) * h]], -1)) for i in range(k)]
+
+    def forward(self, x: Tensor | Sequence[Tensor], padding_mask: Tensor | None = None, *, wav: Tensor,
                 wav_lengths: Tensor | None = None) -> Tensor:
+        xs = (x,) if isinstance(x, Tensor) else tuple(x)
+        if len(xs) != self.num_streams:
+            raise ValueError(f"CoAttentionHead built for {self.num_streams} stream(s), got {len(xs)}")
         if wav_lengths is None:
             wav_lengths = torch.full((wav.shape[0],), wav.shape[1], device=wav.device, dtype=torch.long)
         if int(wav.shape[1]) < self.n_fft:
@@ -297,10 +346,13 @@ class CoAttentionHead(nn.Module):
         frames = self.stft_frames(wav_lengths.to(wav.device).long())
         s = self._spectrogram_branch(wav, frames)
         m = self._mfcc_branch(wav, frames)
-        e = self.att_v(torch.tanh(self.att_x(x) + (self.att_s(s) + self.att_m(m))[:, None, :])).squeeze(-1)
-        if padding_mask is not None:
-            e = e.masked_fill(padding_mask, float("-inf"))
-        a = torch.softmax(e, dim=1)
-        xz = x if padding_mask is None else x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        z = torch.bmm(a.unsqueeze(1), xz).squeeze(1)
-        return self.classifier(self.dropout(torch.cat([z, s, m], dim=-1)))
+        zs = []
+        for i, (xi, (si, mi)) in enumerate(zip(xs, self.stream_parts(s, m))):
+            query = (self.att_s[i](si) + self.att_m[i](mi))[:, None, :]
+            e = self.att_v[i](torch.tanh(self.att_x[i](xi) + query)).squeeze(-1)
+            if padding_mask is not None:
+                e = e.masked_fill(padding_mask, float("-inf"))
+            a = torch.softmax(e, dim=1)
+            xz = xi if padding_mask is None else xi.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+            zs.append(torch.bmm(a.unsqueeze(1), xz).squeeze(1))
+        return self.classifier(self.dropout(torch.cat([*zs, s, m], dim=-1)))

@@ -7,9 +7,18 @@ MFSN (Interspeech 2024) fuses two self-supervised views of the same audio:
 - **SEC**, speech-related emotional content: a continuous model (data2vec audio) read at three levels
   (early, middle and late layers).
 
-A :class:`ChoiceCell` picks one SEC level, a :class:`FusionCell` fuses SEC with TEC through a DARTS
+A :class:`ChoiceCell` picks one SEC level, a :class:`FusionCell` adjusts TEC with it through a DARTS
 mixed operation, and an emotion-analysis module (:class:`serkit.nn.coattention.CoAttentionHead`)
-classifies the fused frames. :class:`MFSN` assembles the three for the paper's ablations.
+classifies. :class:`MFSN` assembles the three for the paper's ablations.
+
+Two streams
+-----------
+"Both T' and S_N are subsequently used for emotional analysis" (paper, Sec. 2.3): the emotion module
+gets two frame streams, the fusion-adjusted TEC (the Fusion Cell's output) and the SEC proper, the
+final layer ``S_N`` (Sec. 2.1; here the last entry of the SEC levels), and the co-attention module
+splits its doubled spectrogram/MFCC encodings between them (Sec. 5.1). ``streams="single"`` is
+serkit's ablation that gives the head the fusion output alone (SEC then reaches the classifier only
+through the Fusion Cell, e.g. only through attention weights when ``attention`` is derived).
 
 Choice Cell
 -----------
@@ -41,11 +50,12 @@ name                formula                                                sourc
                     b's frames (scaled dot-product, H heads, padded keys   BM-NAS ScaledDotAttn,
                     excluded), then an output projection                   multi-head (our reading)
 ``attention_rev``   ``MHA(q = b, k = a, v = a)``                           paper: reversed arguments
-``concat_fc``       ``ReLU(LN(W [a; b] + c))``                             paper / BM-NAS ConcatFC
-                                                                           (LayerNorm instead of
-                                                                           BatchNorm: per frame, so
-                                                                           batch-independent)
-``concat_fc_rev``   ``ReLU(LN(W [b; a] + c))``                             paper: reversed arguments
+``concat_fc``       ``P_a a + ReLU(LN(W [a; b] + c))``: b adjusts a       paper (name) / BM-NAS
+                    through a concat-FC branch added to a's projection     ConcatFC (LayerNorm instead
+                    (a is kept on a linear identity path)                  of BatchNorm: per frame, so
+                                                                           batch-independent); the
+                                                                           residual path: our reading
+``concat_fc_rev``   ``P_b b + ReLU(LN(W [b; a] + c))``: a adjusts b        paper: reversed arguments
 ``ism``             ``P_a a + g * P_b b``, ``g = sigma(W_g [P_a a; P_b b])``  paper (name "information
                     (b supplements a through a gated residual)             supplement"); our reading
 ``ism_rev``         ``P_b b + g * P_a a``, ``g = sigma(W_g [P_b b; P_a a])``  paper: reversed arguments
@@ -54,6 +64,15 @@ name                formula                                                sourc
                                                                            a linear map of the
                                                                            concatenation)
 ==================  =====================================================  ===========================
+
+**Reversal.** The paper gives Attention, ConcatFC and ISM a reversed version each, the same operation
+with its two arguments swapped (``op_rev(a, b) = op(b, a)``). A swap is a different function only when
+the operation treats its arguments differently: the attentions take queries from the first argument
+and keys/values from the second, ISM gates the second argument into the first, and ConcatFC keeps the
+first argument on a linear path and adds the concat-FC branch to it. (A plain ``FC([a; b])`` would make
+``concat_fc_rev`` the same family as ``concat_fc``, the weight columns permuted, and split one candidate's
+architecture weight in two.) ``tests/unit/test_mfsn_ops.py`` checks that no candidate can be fitted
+to another.
 
 The mixed operation is ``sum_i softmax(alpha)_i op_i(a, b)`` with ``alpha`` one architecture weight
 per operation (:meth:`FusionCell.arch_parameters`, kept apart from the operations' weights so that
@@ -79,8 +98,13 @@ __all__ = [
     "ChoiceCell",
     "FusionCell",
     "MFSN",
+    "MFSN_STREAMS",
     "MFSN_VARIANTS",
+    "TextFrames",
+    "TextMFSN",
+    "arch_spec",
     "build_fusion_op",
+    "parse_arch",
 ]
 
 FUSION_OPS = (
@@ -217,13 +241,16 @@ class _Attention(nn.Module):
 
 
 class _ConcatFC(nn.Module):
+    """``P_u u + ReLU(LN(W [u; v] + c))``: ``v`` adjusts ``u`` through a concat-FC branch."""
+
     def __init__(self, dim_1: int, dim_2: int, dim: int):
         super().__init__()
+        self.pu = nn.Linear(dim_1, dim)
         self.fc = nn.Linear(dim_1 + dim_2, dim)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, u: Tensor, v: Tensor, padding_mask: Tensor | None) -> Tensor:
-        return F.relu(self.norm(self.fc(torch.cat([u, v], dim=-1))))
+        return self.pu(u) + F.relu(self.norm(self.fc(torch.cat([u, v], dim=-1))))
 
 
 class _ISM(nn.Module):
@@ -386,32 +413,67 @@ class FusionCell(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # The whole model
 # --------------------------------------------------------------------------------------------------
+MFSN_STREAMS = ("dual", "single")
+
+
+def parse_arch(spec: str | dict) -> dict:
+    """A derived architecture from its one-line form ``"<sec_level>:<op>[,<op>...]"`` (``arch.txt``).
+
+    Example
+    -------
+    >>> parse_arch("2:ism_rev")
+    {'sec_level': 2, 'fusion_ops': ['ism_rev']}
+    >>> arch_spec(parse_arch("0:sum,attention"))
+    '0:sum,attention'
+    """
+    if isinstance(spec, dict):
+        return {"sec_level": int(spec["sec_level"]), "fusion_ops": list(spec["fusion_ops"])}
+    level, sep, ops = str(spec).strip().partition(":")
+    names = [o.strip() for o in ops.split(",") if o.strip()]
+    if not sep or not level.strip().isdigit() or not names or any(n not in FUSION_OPS for n in names):
+        raise ValueError(f"architecture {spec!r}: write <sec_level>:<op>[,<op>...], e.g. '2:ism' "
+                         f"(operations: {', '.join(FUSION_OPS)})")
+    return {"sec_level": int(level), "fusion_ops": names}
+
+
+def arch_spec(arch: dict) -> str:
+    """The one-line form of a derived architecture (see :func:`parse_arch`)."""
+    return f"{int(arch['sec_level'])}:{','.join(arch['fusion_ops'])}"
+
+
 class MFSN(nn.Module):
-    """Choice Cell + Fusion Cell + an emotion-analysis head, for the paper's three ablations.
+    """Choice Cell + Fusion Cell + an emotion-analysis head, for the paper's ablations.
 
     Parameters
     ----------
     sec_dim, tec_dim : int
         Channels of the SEC levels and of TEC.
     num_levels : int
-        Number of SEC levels.
-    head : nn.Module
-        Emotion analysis on the fused frames, ``head(fused, padding_mask, **head_inputs) -> logits``
-        (e.g. :class:`serkit.nn.coattention.CoAttentionHead`, which also takes the waveform).
+        Number of SEC levels; the last one is the SEC stream (the final layer, ``S_N``).
+    head : nn.Module or callable
+        Emotion analysis, ``head(streams, padding_mask, **head_inputs) -> logits`` with ``streams`` a
+        tuple of (B, T, C_k) tensors. A callable (e.g. HyperPyYAML's ``!name:`` of
+        :class:`~serkit.nn.coattention.CoAttentionHead` with its options) is called with
+        ``input_dim=`` :attr:`stream_dims` to build it.
     variant : {"sec_only", "sec_tec_nosearch", "mfsn"}
-        ``sec_only``: SEC alone, levels mixed by a learned softmax-weighted sum, projected to ``dim``.
-        ``sec_tec_nosearch``: the same SEC mix fused with TEC by a fixed ``concat_fc``.
-        ``mfsn``: Choice Cell + searched Fusion Cell (call :meth:`derive`, then :meth:`fixed_copy`
-        or build with ``arch=`` to retrain the derived cell).
+        The paper's Table 5 rows. ``sec_only``: the SEC stream alone. ``sec_tec_nosearch``: SEC and the
+        detached TEC, "incorporating TEC without adjustment" (Sec. 5.4): the two streams, TEC as it is.
+        ``mfsn``: Choice Cell + searched Fusion Cell adjust TEC; build with ``arch=`` to retrain a
+        derived cell.
+    streams : {"dual", "single"}
+        ``dual`` (the paper): the TEC stream (adjusted by the Fusion Cell for ``mfsn``) and the SEC
+        stream. ``single`` (serkit's ablation): one stream, the Fusion Cell's output (for
+        ``sec_tec_nosearch`` a fixed ``concat_fc`` of the SEC stream and TEC). ``sec_only`` has one.
     dim : int
-        Fused channels (the head's input).
+        Channels of the Fusion Cell's output.
     ops : candidate fusion operations (``mfsn``).
     choice_mode : ChoiceCell mode (``mfsn``).
-    arch : dict, optional
-        A derived architecture ``{"sec_level": int, "fusion_ops": [names]}``: builds the fixed cell.
+    arch : dict or str, optional
+        A derived architecture (``{"sec_level", "fusion_ops"}`` or ``"2:ism"``, see
+        :func:`parse_arch`): builds the fixed cell.
     detach_tec : bool
-        True (MFSN): no gradient reaches TEC. False only when TEC comes from a module trained with
-        the model (the text ablation's text encoder).
+        True (MFSN, Sec. 2.2): no gradient reaches TEC. False only when TEC comes from a module trained
+        with the model (the text ablation's :class:`TextFrames`).
 
     Shapes
     ------
@@ -420,42 +482,49 @@ class MFSN(nn.Module):
 
     Example
     -------
+    >>> from functools import partial
     >>> from serkit.nn.coattention import MeanPoolHead
-    >>> m = MFSN(8, 6, 3, MeanPoolHead(16, 4), dim=16)
+    >>> m = MFSN(8, 6, 3, partial(MeanPoolHead, num_classes=4), dim=16)
+    >>> m.stream_dims
+    (16, 8)
     >>> m(torch.randn(2, 3, 5, 8), torch.randn(2, 5, 6)).shape
     torch.Size([2, 4])
     """
 
-    def __init__(self, sec_dim: int, tec_dim: int, num_levels: int, head: nn.Module,
-                 variant: str = "mfsn", dim: int = 256, ops: Sequence[str] = FUSION_OPS,
-                 choice_mode: str = "uniform", num_heads: int = 4, dropout: float = 0.1,
-                 arch: dict | None = None, detach_tec: bool = True):
+    def __init__(self, sec_dim: int, tec_dim: int, num_levels: int, head, variant: str = "mfsn",
+                 dim: int = 256, ops: Sequence[str] = FUSION_OPS, choice_mode: str = "uniform",
+                 num_heads: int = 4, dropout: float = 0.1, arch: dict | str | None = None,
+                 detach_tec: bool = True, streams: str = "dual"):
         super().__init__()
-        self.detach_tec = detach_tec
         if variant not in MFSN_VARIANTS:
             raise ValueError(f"unknown MFSN variant {variant!r}; choose from {', '.join(MFSN_VARIANTS)}")
-        self.variant = variant
-        self.num_levels = num_levels
-        self.head = head
+        if streams not in MFSN_STREAMS:
+            raise ValueError(f"MFSN streams {streams!r}: choose dual or single")
+        self.variant, self.streams, self.detach_tec = variant, streams, detach_tec
+        self.num_levels = int(num_levels)
         self.dropout = nn.Dropout(dropout)
         self.choice = None
-        self.level_logits = None
-        self.sec_proj = None
+        self.fusion = None
+        sec_dim, tec_dim, dim = int(sec_dim), int(tec_dim), int(dim)
+        self.sec_dim, self.tec_dim = sec_dim, tec_dim
         if variant == "mfsn":
-            self.choice = ChoiceCell(num_levels, mode=choice_mode)
+            self.choice = ChoiceCell(self.num_levels, mode=choice_mode)
+            search = arch is None
             if arch is not None:
-                self.choice.fix(int(arch["sec_level"]))
-                ops, search = arch["fusion_ops"], False
-            else:
-                search = True
-            self.fusion = FusionCell(sec_dim, tec_dim, dim, ops=ops, search=search, num_heads=num_heads)
-        else:
-            self.level_logits = nn.Parameter(torch.zeros(num_levels))
-            if variant == "sec_only":
-                self.sec_proj = nn.Linear(sec_dim, dim)
-                self.fusion = None
-            else:
+                arch = parse_arch(arch)
+                self.choice.fix(arch["sec_level"])
+                ops = arch["fusion_ops"]
+            self.fusion = FusionCell(sec_dim, tec_dim, dim, ops=ops, search=search, num_heads=int(num_heads))
+            self.stream_dims = (dim, sec_dim) if streams == "dual" else (dim,)
+        elif variant == "sec_tec_nosearch":
+            if streams == "single":
                 self.fusion = FusionCell(sec_dim, tec_dim, dim, ops=["concat_fc"], search=False)
+                self.stream_dims = (dim,)
+            else:
+                self.stream_dims = (tec_dim, sec_dim)
+        else:
+            self.stream_dims = (sec_dim,)
+        self.head = head if isinstance(head, nn.Module) else head(input_dim=list(self.stream_dims))
 
     # -- parameter groups ---------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -481,27 +550,96 @@ class MFSN(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------------
     def fuse(self, sec: Tensor, tec: Tensor | None, padding_mask: Tensor | None = None,
-             level: int | None = None) -> Tensor:
-        """The fused frames (B, T, dim) given to the head."""
+             level: int | None = None) -> tuple[Tensor, ...]:
+        """The streams given to the head: a tuple of (B, T, C_k), channels :attr:`stream_dims`."""
         if sec.dim() != 4 or sec.shape[1] != self.num_levels:
             raise ValueError(f"sec must be (B, {self.num_levels}, T, C), got {tuple(sec.shape)}")
-        if self.variant == "mfsn":
-            s = self.choice(sec, level=level)
-        else:
-            w = F.softmax(self.level_logits, dim=0)
-            s = (w[None, :, None, None] * sec).sum(dim=1)
-        s = self.dropout(s)
+        sec_stream = zero_padded_frames(self.dropout(sec[:, -1]), padding_mask)
         if self.variant == "sec_only":
-            return zero_padded_frames(self.sec_proj(s), padding_mask)
+            return (sec_stream,)
         if tec is None:
             raise ValueError(f"variant {self.variant!r} needs TEC features")
         # TEC is a fixed knowledge source: no gradient flows back into it (or its producer).
         if self.detach_tec:
             tec = tec.detach()
-        return self.fusion(s, self.dropout(tec), padding_mask)
+        tec = self.dropout(tec)
+        if self.fusion is None:  # sec_tec_nosearch, two streams: TEC without adjustment
+            return zero_padded_frames(tec, padding_mask), sec_stream
+        s = self.choice(sec, level=level) if self.choice is not None else sec[:, -1]
+        adjusted = self.fusion(self.dropout(s), tec, padding_mask)
+        return (adjusted, sec_stream) if self.streams == "dual" else (adjusted,)
 
     def forward(self, sec: Tensor, tec: Tensor | None = None, padding_mask: Tensor | None = None,
                 level: int | None = None, **head_inputs) -> Tensor:
-        fused = self.fuse(sec, tec, padding_mask, level=level)
-        return self.head(fused, padding_mask, **head_inputs)
+        return self.head(self.fuse(sec, tec, padding_mask, level=level), padding_mask, **head_inputs)
 
+
+# --------------------------------------------------------------------------------------------------
+# Text ablation (serkit's, not the paper's): TEC from a transcript
+# --------------------------------------------------------------------------------------------------
+class TextFrames(nn.Module):
+    """Transcript pieces -> BiLSTM states -> frame-rate TEC by cross-attention from the SEC frames.
+
+    Each SEC frame (the mean of the SEC levels) attends over the pieces (padded pieces masked), giving a
+    (B, T, dim) sequence that enters the Choice/Fusion Cells in place of the ASR model's frames.
+
+    Example
+    -------
+    >>> tf = TextFrames(20, 8, 16, num_heads=2)
+    >>> ids = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    >>> tf(torch.randn(2, 3, 5, 8), ids, None, ids == 0).shape
+    torch.Size([2, 5, 16])
+    """
+
+    def __init__(self, vocab_size: int, sec_dim: int, dim: int, num_heads: int):
+        super().__init__()
+        self.embed = nn.Embedding(int(vocab_size), int(dim), padding_idx=0)
+        self.lstm = nn.LSTM(int(dim), int(dim) // 2, batch_first=True, bidirectional=True)
+        self.query = nn.Linear(int(sec_dim), int(dim))
+        self.attn = nn.MultiheadAttention(int(dim), int(num_heads), batch_first=True)
+
+    def forward(self, sec: Tensor, ids: Tensor, padding_mask: Tensor | None,
+                ids_padding_mask: Tensor) -> Tensor:
+        lengths = (~ids_padding_mask).sum(1).clamp_min(1)
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths.cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        states, _ = self.lstm(packed)
+        states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=ids.shape[1])
+        q = self.query(zero_padded_frames(sec.mean(dim=1), padding_mask))
+        y, _ = self.attn(q, states, states, key_padding_mask=ids_padding_mask, need_weights=False)
+        return zero_padded_frames(y, padding_mask)
+
+
+class TextMFSN(nn.Module):
+    """:class:`MFSN` whose TEC is :class:`TextFrames` over transcript pieces (trained, not detached).
+
+    ``tec`` in :meth:`forward` is the (B, N) piece ids (0 = padding); the MFSN must be built with
+    ``tec_dim`` = the text width and ``detach_tec=False``.
+    """
+
+    def __init__(self, mfsn: MFSN, vocab_size: int, num_heads: int):
+        super().__init__()
+        if mfsn.detach_tec:
+            raise ValueError("TextMFSN trains its text encoder: build the MFSN with detach_tec=False")
+        self.mfsn = mfsn
+        self.text = TextFrames(vocab_size, mfsn.sec_dim, mfsn.tec_dim, num_heads)
+
+    def __getattr__(self, name):  # variant, choice, fusion, num_levels, derive, stream_dims, ...
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.mfsn, name)
+
+    def arch_parameters(self):
+        return self.mfsn.arch_parameters()
+
+    def weight_parameters(self):
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def forward(self, sec, tec=None, padding_mask=None, level=None, tec_padding_mask=None, **head_inputs):
+        frames = None
+        if self.mfsn.variant != "sec_only":
+            ids_mask = tec == 0 if tec_padding_mask is None else tec_padding_mask
+            frames = self.text(sec, tec, padding_mask, ids_mask)
+        return self.mfsn(sec, frames, padding_mask, level=level, **head_inputs)

@@ -117,6 +117,22 @@ def crop_to(x: torch.Tensor, max_len: int, crop: str = "start", pad: bool = Fals
     return x
 
 
+def class_balanced_sampler(dataset, seed: int = 0):
+    """A sampler drawing ``len(dataset)`` training items per epoch with replacement, each with weight
+    1 / (count of its class): every class is drawn equally often on average (FLEA's official code,
+    ``WeightedRandomSampler``). Reproducible from ``seed`` and the epoch (``set_epoch``)."""
+    from collections import Counter
+
+    from speechbrain.dataio.sampler import ReproducibleWeightedRandomSampler
+
+    with dataset.output_keys_as(["emo"]):
+        emos = [item["emo"] for item in dataset]
+    counts = Counter(emos)
+    weights = [1.0 / counts[e] for e in emos]
+    return ReproducibleWeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
+                                             seed=int(seed))
+
+
 def _select_layers(feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return feats.index_select(1, index)
 

@@ -201,6 +201,17 @@ class EmotionClassifier(Pretrained):
         ``"last"``; ``upstream`` replaces the upstream path recorded in ``train_info.json``.
         """
         del savedir
+        from .train import _peek_yaml
+
+        hp_path = Path(source) / hparams_file
+        if hp_path.is_file() and "classifier" in _peek_yaml(str(hp_path)):
+            # a method with its own inference (MFSN: two upstreams, 3-second segments)
+            from hyperpyyaml import load_hyperpyyaml
+
+            with open(hp_path, encoding="utf-8") as f:
+                hp = load_hyperpyyaml(f, overrides or {})
+            device = (run_opts or {}).get("device") or "cpu"
+            return hp["classifier"](source, hp, read_train_info(source), device=device, checkpoint=checkpoint)
         fold = load_fold(source, hparams_file=hparams_file, overrides=overrides, checkpoint=checkpoint,
                          upstream=upstream)
         run_opts = dict(run_opts or {})

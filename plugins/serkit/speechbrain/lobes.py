@@ -236,14 +236,26 @@ class FairseqUpstream(nn.Module):
         Keep everything fixed (a frozen upstream computed on the fly, e.g. for benchmarks).
     layers : "all" | "last" | int | list of int
         Which layers to return, stacked.
+    mask_time_prob, mask_time_length : float, int
+        Time masking inside the upstream while training (FLEA's official code: 0.08 and 10 frames, the
+        Hugging Face HuBERT's ``mask_time_prob``/``mask_time_length``): spans of the CNN features (after
+        the projection, before the transformer, where HuBERT masks in pretraining) replaced with the
+        model's learned mask embedding, about ``mask_time_prob * T / mask_time_length`` spans per
+        utterance, at least 2, inside its valid frames. 0 turns it off.
+    output_dropout : float
+        Dropout on the returned layers in training (FLEA's official code: 0.1 on the last layer,
+        before pooling).
 
     Shapes
     ------
     wav : (B, S) at 16 kHz; lengths : (B,) relative; output : ((B, L, T, C), frame lengths (B,) relative).
     """
 
-    def __init__(self, path: str, freeze_cnn: bool = True, freeze: bool = False, layers="last"):
+    def __init__(self, path: str, freeze_cnn: bool = True, freeze: bool = False, layers="last",
+                 mask_time_prob: float = 0.0, mask_time_length: int = 10, output_dropout: float = 0.0):
         super().__init__()
+        self.mask_time_prob, self.mask_time_length = float(mask_time_prob), int(mask_time_length)
+        self.output_dropout = nn.Dropout(float(output_dropout))
         from serkit.upstream import load_upstream
 
         self.path = str(path)
@@ -269,8 +281,14 @@ class FairseqUpstream(nn.Module):
             encoder.layerdrop = 0.0
         # Parts of fairseq's pretraining model that SER never uses (masked-prediction heads):
         # leaving them trainable would make DDP wait for gradients that never come.
-        for name in ("final_proj", "label_embs_concat", "project_q", "quantizer", "target_glu",
-                     "mask_emb", "final_proj_list"):
+        unused = ["final_proj", "label_embs_concat", "project_q", "quantizer", "target_glu",
+                  "final_proj_list"]
+        if self.mask_time_prob <= 0 or self.freeze:
+            unused.append("mask_emb")  # trained, as the rest of the transformer, only when masking uses it
+        elif not isinstance(getattr(self.model, "mask_emb", None), nn.Parameter):
+            raise TypeError(f"{path}: mask_time_prob needs a model with a mask embedding "
+                            "(HuBERT, wav2vec 2.0)")
+        for name in unused:
             obj = getattr(self.model, name, None)
             if isinstance(obj, nn.Module):
                 for p in obj.parameters():
@@ -316,11 +334,16 @@ class FairseqUpstream(nn.Module):
             frame_len = up.frame_lengths(sample_lengths).clamp_min(1)
             t = feats.size(1)
             frame_mask = torch.arange(t, device=feats.device)[None, :] >= frame_len[:, None]
+            if self.training and self.mask_time_prob > 0 and not self.freeze:
+                from serkit.nn.augment import _span_mask
+
+                spans = _span_mask(frame_len, t, self.mask_time_prob, self.mask_time_length, 2, None)
+                feats = torch.where(spans[:, :, None], m.mask_emb.to(feats.dtype), feats)
             hidden = {0: feats}
             top = max(self.layers)
             if top > 0:
                 for i, x in enumerate(up.encoder_layers(feats, frame_mask, top), start=1):
                     hidden[i] = x
-            out = torch.stack([hidden[i] for i in self.layers], dim=1)  # (B, L, T, C)
+            out = self.output_dropout(torch.stack([hidden[i] for i in self.layers], dim=1))  # (B, L, T, C)
             out = out.masked_fill(frame_mask[:, None, :, None], 0.0)
         return out, padding_mask_to_relative_lengths(frame_mask)

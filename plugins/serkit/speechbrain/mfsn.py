@@ -1,219 +1,138 @@
-"""Train MFSN (search, derive, retrain) or one of its ablations on one fold, from cached features.
+"""MFSN through ``serkit train``: 3-second segment datasets, :class:`MFSNBrain` and inference.
 
-Usage::
+MFSN (:mod:`serkit.nn.mfsn`) trains like every other serkit head, with ``serkit train`` and
+:class:`~serkit.speechbrain.brain.SERBrain` (resume, LR schedule, train log, predictions, checkpoints);
+its yaml names this module's pieces::
 
-    python -m serkit.speechbrain.mfsn recipes/SAVEE/conf/mfsn.yaml --fold-dir FOLD \\
-        --output-folder EXP/<run>/fold<k> --tec-feats TEC_DIR --sec-feats SEC_DIR \\
-        [--ablation sec_only|sec_tec_nosearch|mfsn] [--key value ...]
+    brain_class: !name:serkit.speechbrain.mfsn.MFSNBrain
+    fold_datasets: !name:serkit.speechbrain.mfsn.segment_datasets   # + its options
+    classifier: !name:serkit.speechbrain.mfsn.load_classifier       # serkit predict / EmotionClassifier
 
-``TEC_DIR`` and ``SEC_DIR`` are ``serkit dump-features`` outputs (a CTC-finetuned wav2vec 2.0 and a
-data2vec audio model in the paper; they may be the same directory). ``tec_layer`` picks the TEC layer
-(``last`` = the largest stored), ``sec_layers`` the early/middle/late SEC levels. Any key of the yaml can
-be overridden with ``--key value`` (the value is read as YAML: ``--sec_layers [3,6,9]``).
+The search and the retraining are two calls, as BAS's (``recipes/SAVEE/run.sh``)::
 
-Ablations (the paper's table):
+    # 1. search (arch: null): first-order DARTS, then derive -> <search>/arch.txt ("<sec_level>:<op>")
+    serkit train recipes/SAVEE/conf/mfsn.yaml --fold-dir FOLD --output-folder EXP/mfsn_search/fold1 \\
+        --feats SEC_FEATS --tec_feats TEC_FEATS
+    # 2. retrain the derived cell from scratch
+    serkit train recipes/SAVEE/conf/mfsn.yaml --fold-dir FOLD --output-folder EXP/mfsn/fold1 \\
+        --feats SEC_FEATS --tec_feats TEC_FEATS --arch "$(cat EXP/mfsn_search/fold1/arch.txt)"
+    # the paper's ablations (one call each)
+    serkit train recipes/SAVEE/conf/mfsn.yaml ... --ablation sec_only      # or sec_tec_nosearch
 
-``sec_only``
-    SEC alone: a learned softmax-weighted sum of the SEC levels, projected, then the emotion head.
-``sec_tec_nosearch``
-    The same SEC mix fused with the detached TEC by a fixed ``concat_fc`` operation.
-``mfsn``
-    **Search**: ``search_epochs`` epochs of first-order DARTS. For every training mini-batch, first one
-    architecture step on a mini-batch of the ``arch_data`` split (``valid``, as DARTS' held-out data;
-    or ``train`` to keep the validation split for model selection only) updates only the architecture
-    weights (SGD, ``arch_lr`` = 5 as in the paper, momentum ``arch_momentum``), then one weight step
-    on the training mini-batch (AdamW) updates only the weights. The Choice Cell draws one SEC level
-    per mini-batch. **Derive**: the Fusion Cell keeps its ``derive_top_k`` strongest operations; the
-    Choice Cell keeps the level with the best validation UA (``uniform`` mode) or its argmax
-    (``learned``). **Retrain**: a fresh model with the derived, fixed cell for ``number_of_epochs``.
+``--feats`` is the SEC dump (data2vec in the paper), ``tec_feats`` the TEC dump (a CTC-finetuned
+wav2vec 2.0); they may be one directory. ``sec_layers`` are the early/middle/late SEC levels (the last
+one is the SEC stream), ``tec_layer`` the TEC layer (``last``: the largest stored).
 
-Every (re)training epoch scores the valid and test splits: an utterance's prediction is the mean of its
-3-second segments' log-probabilities. Writes ``<output_folder>/``: ``predictions/{valid,test}.epoch<NNN>.tsv``
-(the retraining epochs; ``serkit score`` selects among them), ``train_info.json``, ``train_log.txt``,
-``hyperparams.yaml`` (the resolved config), and for ``mfsn`` ``arch.txt`` (the derived cell),
-``arch.json`` and ``search/log.jsonl`` (operation weights and validation UA per search epoch).
-A run that finished with the same config is not repeated; a killed one, started again with the same
-config, resumes after its last finished search or retraining epoch (``resume.pt``, see :class:`Resume`)
-and ends exactly as an uninterrupted run would.
+**Segments.** Every dataset item is a 3-second segment of an utterance (MFSN Sec. 5.1, after
+Zou et al.): its SEC levels and TEC frames, and its waveform for the spectrogram and MFCC branches.
+Validation and test rows are utterances: an utterance's probabilities are the softmax of the mean of
+its segments' log-probabilities, written to ``predictions/{valid,test}.epoch<NNN>.tsv`` as for any head.
+
+**Search** (the model has architecture weights): for every training mini-batch, first one architecture
+step on a mini-batch of the ``arch_data`` split (``valid``, DARTS' held-out data, or ``train``) updates
+only the architecture weights (``arch_opt_class``: SGD lr 5 as in the paper), then SERBrain's weight
+step on the training mini-batch updates only the weights (first-order DARTS). The architecture
+batches are drawn in an order fixed by ``seed`` and the epoch, so a resumed epoch sees the same ones.
+Each epoch appends the operation weights, level probabilities and validation UA to
+``search_log.jsonl``. At the end the Fusion Cell keeps its ``derive_top_k`` strongest operations and
+the Choice Cell the level with the best validation UA (``uniform``) or its argmax (``learned``):
+``arch.json`` and ``arch.txt``.
+
+**Text ablation** (serkit's, not the paper's): ``text`` (a ``utt words...`` file) or ``ctc_checkpoint``
++ ``ctc_dict`` (greedy CTC transcripts of the cached TEC layer) make TEC a transcript, tokenised by a
+sentencepiece model trained on the fold's training transcripts only (``text_sp.model``), encoded by
+:class:`serkit.nn.mfsn.TextMFSN`. See :data:`LEAK_WARNING`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import random
-import sys
-import time
-from dataclasses import dataclass
+import os
 from pathlib import Path
 
 import numpy as np
+import speechbrain as sb
+import torch
+import torch.nn.functional as F
+from speechbrain.utils.distributed import if_main_process
 
-from ..utils import SerkitError, atomic_file, setup_logging, write_json
+from ..utils import SerkitError, atomic_file, read_map, write_json
+from .brain import SERBrain, read_search_log
+from .lobes import relative_lengths_to_padding_mask
 
-log = logging.getLogger("serkit.speechbrain.mfsn")
+log = logging.getLogger("serkit.speechbrain")
 
-ABLATIONS = ("sec_only", "sec_tec_nosearch", "mfsn")
-#: Keys given on the command line with their own flags; the yaml declares them as ``!PLACEHOLDER``.
-PATH_KEYS = ("fold_dir", "output_folder", "tec_feats", "sec_feats")
+LEAK_WARNING = ("TEXT LEAK: IEMOCAP's scripted sentences repeat across sessions (SAVEE's sentence lists "
+                "are chosen per emotion and shared by its speakers); a text branch can recognise a "
+                "sentence seen in training. Not comparable with audio-only results.")
 
 
 # --------------------------------------------------------------------------------------------------
-# configuration
+# yaml helpers
 # --------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m serkit.speechbrain.mfsn", allow_abbrev=False,
-        description="MFSN search/derive/retrain (or an ablation) on one fold from cached TEC/SEC features. "
-                    "Unknown --key value pairs override keys of the yaml.")
-    p.add_argument("hparams", help="HyperPyYAML file, e.g. recipes/SAVEE/conf/mfsn.yaml")
-    p.add_argument("--fold-dir", help="fold directory from `serkit split`")
-    p.add_argument("--output-folder", help="where this fold's run goes, e.g. exp/mfsn/fold1")
-    p.add_argument("--tec-feats", help="`serkit dump-features` output of the ASR (CTC) model")
-    p.add_argument("--sec-feats", help="`serkit dump-features` output of the continuous (data2vec) model")
-    p.add_argument("--ablation", choices=ABLATIONS, help="override the yaml's `ablation`")
-    p.add_argument("--device", help="cpu or cuda[:N] (overrides the yaml)")
-    return p
+def feature_dim(feats, upstream=None) -> int:
+    """Channels of a ``serkit dump-features`` directory, else of the ``upstream`` checkpoint (the
+    waveform path), else 1 (``sec_only`` has no TEC)."""
+    if not feats:
+        if upstream:
+            from serkit.upstream import load_upstream
+
+            return int(load_upstream(str(upstream), device="cpu").dim)
+        return 1
+    meta = Path(feats) / "meta.json"
+    if not meta.is_file():
+        raise SerkitError(f"{meta}: not found; tec_feats must be a `serkit dump-features` output")
+    return int(json.loads(meta.read_text(encoding="utf-8"))["dim"])
 
 
-def _yaml_value(raw):
-    """A command-line value read as YAML (``[3,6,9]``, ``5``, ``null``); non-strings pass through."""
-    import yaml
-
-    return yaml.safe_load(raw) if isinstance(raw, str) else raw
+def phase_epochs(ablation: str, arch, search_epochs: int, train_epochs: int) -> int:
+    """Epochs of this call: ``search_epochs`` for the MFSN search (``arch`` null), else ``train_epochs``."""
+    return int(search_epochs) if ablation == "mfsn" and not arch else int(train_epochs)
 
 
-def _parse_overrides(rest: list[str]) -> dict:
-    out, i = {}, 0
-    while i < len(rest):
-        key = rest[i]
-        if not key.startswith("--") or "=" in key or i + 1 >= len(rest):
-            raise SerkitError(f"override {key!r}: write `--key value` (keys of the yaml)")
-        out[key[2:].replace("-", "_")] = rest[i + 1]
-        i += 2
+# --------------------------------------------------------------------------------------------------
+# transcripts (text ablation)
+# --------------------------------------------------------------------------------------------------
+def ctc_greedy_transcripts(checkpoint, dict_path, reader, layer: int, utts: list[str]) -> dict[str, str]:
+    """Greedy CTC transcripts from a CTC-finetuned model's cached last layer (:mod:`serkit.upstream.ctc`)."""
+    from serkit.upstream.ctc import greedy_transcripts
+
+    return greedy_transcripts(checkpoint, dict_path, reader, layer, utts)
+
+
+def _sentencepiece(train: dict[str, str], prefix: Path, vocab_size: int):
+    """A unigram sentencepiece model on the training split's transcripts ``{utt: text}`` only, reused when
+    the same transcripts trained it before (a resumed run); they are kept in ``transcripts.train.txt``."""
+    import sentencepiece as spm
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    texts = list(train.values())
+    corpus = "".join(f"{utt} {text}\n" for utt, text in train.items())
+    stamp = prefix.parent / "transcripts.train.txt"
+    model = Path(str(prefix) + ".model")
+    if not (model.is_file() and stamp.is_file() and stamp.read_text(encoding="utf-8") == corpus):
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter([t for t in texts if t.strip()] or ["<empty>"]), model_prefix=str(prefix),
+            vocab_size=int(vocab_size), model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
+            pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, minloglevel=2)
+        with atomic_file(stamp, encoding="utf-8") as f:
+            f.write(corpus)
+    return spm.SentencePieceProcessor(model_file=str(model))
+
+
+# --------------------------------------------------------------------------------------------------
+# datasets: 3-second segments with their SEC/TEC frames and waveform
+# --------------------------------------------------------------------------------------------------
+def resolve_layer_list(lobe, specs) -> list[int]:
+    """Layer numbers of a FairseqUpstream lobe for ``specs`` (ints or ``last``), each checked."""
+    out = []
+    for spec in specs:
+        layer = lobe.upstream.num_layers if spec in (None, "last") else int(spec)
+        if layer not in lobe.layers:
+            raise SerkitError(f"{lobe.path}: layer {layer} not available (layers {lobe.layers}); give "
+                              "upstream_layers: all")
+        out.append(layer)
     return out
-
-
-def load_hparams(path: str, overrides: dict) -> dict:
-    """Read the yaml with HyperPyYAML (``!PLACEHOLDER``, ``!ref``) after applying ``overrides``."""
-    from hyperpyyaml import load_hyperpyyaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise SerkitError(f"{path}: hparams file not found")
-    text = path.read_text(encoding="utf-8")
-    import yaml
-
-    defaults = yaml.safe_load(text.replace("!PLACEHOLDER", "null")) or {}
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise SerkitError(f"{path}: no key(s) {', '.join(unknown)} to override; known keys: "
-                          f"{', '.join(sorted(defaults))}")
-    # Text keys keep the text as given (a label such as "a: b" must not become a mapping).
-    overrides = {k: (raw if isinstance(raw, str) and (k in PATH_KEYS or isinstance(defaults[k], str)) else
-                     _yaml_value(raw)) for k, raw in overrides.items()}
-    try:
-        return dict(load_hyperpyyaml(text, overrides=overrides))
-    except ValueError as e:  # an unfilled !PLACEHOLDER
-        raise SerkitError(f"{path}: {e}; give it on the command line (--fold-dir, --output-folder, "
-                          "--tec-feats, --sec-feats or --key value)") from None
-
-
-# --------------------------------------------------------------------------------------------------
-# data: cached TEC/SEC frames + waveform, cut into 3-second segments
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class Segment:
-    utt_index: int
-    start: int      # first sample
-    frame0: int     # first SSL frame
-
-
-class FoldData:
-    """One split's utterances with their TEC/SEC frames and waveform, and their 3-second segments."""
-
-    def __init__(self, utts, classes, tec_reader, sec_reader, tec_layer, sec_layers, hp, cache=True):
-        self.utts = utts
-        self.labels = [classes.index(u.emo) for u in utts]
-        self.tec_reader, self.sec_reader = tec_reader, sec_reader
-        self.tec_layer, self.sec_layers = tec_layer, sec_layers
-        self.sample_rate = int(hp["sample_rate"])
-        self.seg_samples = int(round(hp["segment_seconds"] * self.sample_rate))
-        self.frame_rate = float(sec_reader.frame_rate)
-        self.seg_frames = int(round(hp["segment_seconds"] * self.frame_rate))
-        self.use_tec = tec_reader is not None
-        self._cache: dict[int, tuple] = {} if cache else None
-        from serkit.nn.coattention import segment_starts
-
-        self.segments: list[Segment] = []
-        for i, u in enumerate(utts):
-            for s in segment_starts(u.num_samples, self.seg_samples):
-                self.segments.append(Segment(i, s, int(round(s * self.frame_rate / self.sample_rate))))
-
-    def item(self, i: int):
-        if self._cache is not None and i in self._cache:
-            return self._cache[i]
-        import soundfile as sf
-        import torch
-
-        u = self.utts[i]
-        for reader in (self.sec_reader, self.tec_reader):
-            if reader is not None and u.utt not in reader:
-                raise SerkitError(f"{reader.path}: no features for utterance {u.utt!r} of {u.wav}; "
-                                  "dump features for every split of the fold")
-        sec = self.sec_reader.load(u.utt, layers=self.sec_layers)  # (L, T, C)
-        tec = self.tec_reader.load(u.utt, layers=[self.tec_layer])[0] if self.use_tec else None
-        T = sec.shape[1] if tec is None else min(sec.shape[1], tec.shape[0])
-        if tec is not None and abs(sec.shape[1] - tec.shape[0]) > 2:
-            raise SerkitError(f"{u.utt}: TEC has {tec.shape[0]} frames, SEC {sec.shape[1]}; both must come "
-                              "from 50 Hz upstreams run on the same audio")
-        wav, sr = sf.read(u.wav, dtype="float32", always_2d=True)
-        if sr != self.sample_rate:
-            raise SerkitError(f"{u.wav}: {sr} Hz, expected {self.sample_rate} Hz (run `serkit prepare`)")
-        out = (torch.from_numpy(np.ascontiguousarray(sec[:, :T])).half(),
-               None if tec is None else torch.from_numpy(np.ascontiguousarray(tec[:T])).half(),
-               torch.from_numpy(np.ascontiguousarray(wav.mean(axis=1))))
-        if self._cache is not None:
-            self._cache[i] = out
-        return out
-
-    def collate(self, seg_ids: list[int]):
-        """A batch of segments: sec (B, L, T, C), tec (B, T, C) or None, padding_mask, wav, lengths."""
-        import torch
-
-        secs, tecs, wavs = [], [], []
-        for j in seg_ids:
-            seg = self.segments[j]
-            sec, tec, wav = self.item(seg.utt_index)
-            f0 = min(seg.frame0, max(0, sec.shape[1] - 1))
-            f1 = min(sec.shape[1], f0 + self.seg_frames)
-            secs.append(sec[:, f0:f1])
-            tecs.append(None if tec is None else tec[f0:f1])
-            wavs.append(wav[seg.start:seg.start + self.seg_samples])
-        B, T = len(seg_ids), max(s.shape[1] for s in secs)
-        L, C = secs[0].shape[0], secs[0].shape[2]
-        sec_b = torch.zeros(B, L, T, C)
-        mask = torch.ones(B, T, dtype=torch.bool)
-        tec_b = None if tecs[0] is None else torch.zeros(B, T, tecs[0].shape[1])
-        wav_len = torch.tensor([w.shape[0] for w in wavs])
-        wav_b = torch.zeros(B, int(wav_len.max()))
-        for b, (s, t, w) in enumerate(zip(secs, tecs, wavs)):
-            sec_b[b, :, : s.shape[1]] = s.float()
-            mask[b, : s.shape[1]] = False
-            if tec_b is not None:
-                tec_b[b, : t.shape[0]] = t.float()
-            wav_b[b, : w.shape[0]] = w
-        labels = torch.tensor([self.labels[self.segments[j].utt_index] for j in seg_ids])
-        utt_index = torch.tensor([self.segments[j].utt_index for j in seg_ids])
-        return {"sec": sec_b, "tec": tec_b, "padding_mask": mask, "wav": wav_b, "wav_lengths": wav_len,
-                "labels": labels, "utt_index": utt_index}
-
-    def batches(self, batch_size: int, shuffle: bool, rng: random.Random | None = None):
-        order = list(range(len(self.segments)))
-        if shuffle:
-            rng.shuffle(order)
-        for k in range(0, len(order), batch_size):
-            yield self.collate(order[k:k + batch_size])
 
 
 def _resolve_layer(reader, spec, what: str) -> int:
@@ -226,428 +145,563 @@ def _resolve_layer(reader, spec, what: str) -> int:
     return layer
 
 
-# --------------------------------------------------------------------------------------------------
-# model, steps and evaluation
-# --------------------------------------------------------------------------------------------------
-def build_model(hp: dict, sec_dim: int, tec_dim: int, num_classes: int, arch: dict | None = None):
-    from serkit.nn.coattention import CoAttentionHead, MeanPoolHead
-    from serkit.nn.mfsn import MFSN
+class _Frames:
+    """Per-utterance SEC levels, TEC frames and waveform, cut to a common length (cached on request)."""
 
-    dim = int(hp["fusion_dim"])
-    if hp["emotion_head"] == "coattention":
-        head = CoAttentionHead(
-            dim, num_classes, sample_rate=int(hp["sample_rate"]), n_fft=int(hp["n_fft"]),
-            hop_length=int(hp["hop_length"]), n_mfcc=int(hp["n_mfcc"]), n_mels=int(hp["n_mels"]),
-            cnn=hp["cnn"], cnn_channels=tuple(hp["cnn_channels"]), pretrained_cnn=hp["pretrained_cnn"],
-            lstm_hidden=int(hp["lstm_hidden"]), attn_dim=int(hp["attn_dim"]),
-            dropout=float(hp["head_dropout"]))
-    elif hp["emotion_head"] == "meanpool":
-        head = MeanPoolHead(dim, num_classes)
-    else:
-        raise SerkitError(f"emotion_head {hp['emotion_head']!r}: choose coattention or meanpool")
-    return MFSN(sec_dim, tec_dim, len(hp["sec_layers"]), head, variant=hp["ablation"], dim=dim,
-                ops=list(hp["fusion_ops"]), choice_mode=hp["choice_mode"], num_heads=int(hp["num_heads"]),
-                dropout=float(hp["dropout"]), arch=arch)
+    def __init__(self, sec_reader, sec_layers, tec_reader, tec_layer, sample_rate: int, cache: bool):
+        self.sec_reader, self.sec_layers = sec_reader, sec_layers
+        self.tec_reader, self.tec_layer = tec_reader, tec_layer
+        self.sample_rate = sample_rate
+        self.cache: dict | None = {} if cache else None
 
+    def __call__(self, utt: str, wav_path: str):
+        if self.cache is not None and utt in self.cache:
+            return self.cache[utt]
+        import soundfile as sf
 
-def _forward(model, batch, device, level=None):
-    t = lambda x: None if x is None else x.to(device)
-    extra = {"tec_padding_mask": t(batch["tec_padding_mask"])} if "tec_padding_mask" in batch else {}
-    return model(t(batch["sec"]), t(batch["tec"]), t(batch["padding_mask"]), level=level,
-                 wav=t(batch["wav"]), wav_lengths=t(batch["wav_lengths"]), **extra)
-
-
-def evaluate(model, data: FoldData, batch_size: int, device, level=None):
-    """Per-utterance probabilities (U, K): softmax of the mean of the segments' log-probabilities."""
-    import torch
-
-    from serkit.nn.coattention import aggregate_segments
-
-    model.eval()
-    logits, index = [], []
-    with torch.no_grad():
-        for batch in data.batches(batch_size, shuffle=False):
-            logits.append(_forward(model, batch, device, level=level).float().cpu())
-            index.append(batch["utt_index"])
-    logp = aggregate_segments(torch.cat(logits), torch.cat(index), len(data.utts))
-    return torch.softmax(logp, dim=-1).numpy()
+        for reader in (self.sec_reader, self.tec_reader):
+            if reader is not None and utt not in reader:
+                raise SerkitError(f"{reader.path}: no features for utterance {utt!r} of {wav_path}; "
+                                  "dump features for every split of the fold")
+        sec = self.sec_reader.load(utt, layers=self.sec_layers)  # (L, T, C)
+        tec = self.tec_reader.load(utt, layers=[self.tec_layer])[0] if self.tec_reader is not None else None
+        T = sec.shape[1] if tec is None else min(sec.shape[1], tec.shape[0])
+        if tec is not None and abs(sec.shape[1] - tec.shape[0]) > 2:
+            raise SerkitError(f"{utt}: TEC has {tec.shape[0]} frames, SEC {sec.shape[1]}; both must come "
+                              "from 50 Hz upstreams run on the same audio")
+        wav, sr = sf.read(wav_path, dtype="float32", always_2d=True)
+        if sr != self.sample_rate:
+            raise SerkitError(f"{wav_path}: {sr} Hz, expected {self.sample_rate} Hz (run `serkit prepare`)")
+        out = (torch.from_numpy(np.ascontiguousarray(sec[:, :T])).half(),
+               None if tec is None else torch.from_numpy(np.ascontiguousarray(tec[:T])).half(),
+               torch.from_numpy(np.ascontiguousarray(wav.mean(axis=1))))
+        if self.cache is not None:
+            self.cache[utt] = out
+        return out
 
 
-def _ua(data: FoldData, probs, classes) -> float:
-    from serkit.metrics import compute_metrics
+def segment_datasets(fold_dir, reader, *, sec_layers, tec_feats=None, tec_layer="last", ablation="mfsn",
+                     segment_seconds: float = 3.0, sample_rate: int = 16000, cache_in_memory: bool = True,
+                     text=None, ctc_checkpoint=None, ctc_dict=None, text_vocab_size: int = 500,
+                     output_folder=None):
+    """``({split: DynamicItemDataset of 3-second segments}, classes)`` for MFSN (see the module docstring).
 
-    labels = [classes[i] for i in data.labels]
-    preds = [classes[i] for i in probs.argmax(1)]
-    return float(compute_metrics(labels, preds, classes)["ua"])
-
-
-def write_predictions(path: Path, data: FoldData, probs, classes) -> None:
-    """``utt label pred <class probabilities>`` rows in the split's order (docs/interfaces.md)."""
-    with atomic_file(path, encoding="utf-8") as f:
-        f.write("\t".join(["utt", "label", "pred", *classes]) + "\n")
-        for u, y, p in zip(data.utts, data.labels, probs):
-            f.write("\t".join([u.utt, classes[y], classes[int(p.argmax())], *(f"{x:.6f}" for x in p)]) + "\n")
-
-
-def train_epoch(model, data: FoldData, hp: dict, device, opt_w, rng, opt_a=None, arch_data=None) -> dict:
-    """One epoch; with ``opt_a``, a first-order DARTS architecture step before each weight step."""
-    import torch
-    import torch.nn.functional as F
-
-    model.train()
-    arch_iter = None
-    total, n, arch_total = 0.0, 0, 0.0
-    w_params = model.weight_parameters()
-    for batch in data.batches(int(hp["batch_size"]), shuffle=True, rng=rng):
-        if opt_a is not None:
-            if arch_iter is None:
-                arch_iter = arch_data.batches(int(hp["batch_size"]), shuffle=True, rng=rng)
-            abatch = next(arch_iter, None)
-            if abatch is None:
-                arch_iter = arch_data.batches(int(hp["batch_size"]), shuffle=True, rng=rng)
-                abatch = next(arch_iter)
-            opt_a.zero_grad(set_to_none=True)
-            aloss = F.cross_entropy(_forward(model, abatch, device), abatch["labels"].to(device))
-            aloss.backward()
-            opt_a.step()
-            arch_total += aloss.item()
-        opt_w.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(_forward(model, batch, device), batch["labels"].to(device))
-        loss.backward()
-        # The architecture step's gradients must not leak into the weight step (and vice versa).
-        for p in model.arch_parameters():
-            p.grad = None
-        if hp["max_grad_norm"]:
-            torch.nn.utils.clip_grad_norm_(w_params, float(hp["max_grad_norm"]))
-        opt_w.step()
-        total += loss.item() * batch["labels"].shape[0]
-        n += batch["labels"].shape[0]
-    return {"train_loss": total / max(1, n), **({"arch_loss": arch_total} if opt_a is not None else {})}
-
-
-def _optimizers(model, hp):
-    import torch
-
-    opt_w = torch.optim.AdamW(model.weight_parameters(), lr=float(hp["lr"]),
-                              weight_decay=float(hp["weight_decay"]))
-    arch = model.arch_parameters()
-    opt_a = torch.optim.SGD(arch, lr=float(hp["arch_lr"]), momentum=float(hp["arch_momentum"]),
-                            weight_decay=float(hp["arch_weight_decay"])) if arch else None
-    return opt_w, opt_a
-
-
-def _seed(seed: int) -> random.Random:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return random.Random(seed)
-
-
-def _feature_label(reader, layers) -> str:
-    name = Path(str(reader.meta.get("upstream", "?"))).name
-    return f"{reader.meta.get('kind', '?')} {name} L{','.join(str(x) for x in layers)}"
-
-
-class AudioTEC:
-    """TEC from cached features of the ASR model (the paper's setting); detached before fusion.
-
-    The text ablation (:mod:`serkit.speechbrain.mfsn_text`) plugs another TEC source into :func:`run`
-    with the same four methods.
+    ``reader`` is the SEC ``FeatureReader`` (``serkit train --feats``). Items: ``id`` (``utt#k``),
+    ``utt``, ``label``, ``sec`` (T, L, C), ``tec`` (T, C) or transcript piece ids (N,), ``sig`` (S,).
     """
-
-    def setup(self, hp: dict, train_utts, out: Path) -> None:
-        from serkit.upstream.features import FeatureReader
-
-        if hp["ablation"] != "sec_only" and not hp["tec_feats"]:
-            raise SerkitError(f"ablation {hp['ablation']} needs TEC features: give --tec-feats (a dump of "
-                              "the CTC-finetuned wav2vec 2.0), or use --ablation sec_only")
-        self.reader = FeatureReader(hp["tec_feats"]) if hp["ablation"] != "sec_only" else None
-        self.layer = _resolve_layer(self.reader, hp["tec_layer"], "TEC") if self.reader else None
-
-    def fold_data(self, utts, classes, sec_reader, sec_layers, hp) -> FoldData:
-        return FoldData(utts, classes, self.reader, sec_reader, self.layer, sec_layers, hp,
-                        cache=bool(hp["cache_in_memory"]))
-
-    def build_model(self, hp: dict, sec_dim: int, num_classes: int, arch: dict | None = None):
-        return build_model(hp, sec_dim, self.reader.dim if self.reader else 1, num_classes, arch=arch)
-
-    def describe(self, hp: dict) -> tuple[dict | None, str]:
-        """(the ``sources["tec"]`` entry of train_info.json, the table label), or (None, "") without TEC."""
-        if self.reader is None:
-            return None, ""
-        return ({"feats": str(hp["tec_feats"]), "upstream": self.reader.meta.get("upstream"),
-                 "kind": self.reader.meta.get("kind"), "layer": self.layer, "detached": True},
-                f" + TEC {_feature_label(self.reader, [self.layer])}")
-
-
-def _inputs_fingerprint(hp: dict) -> str:
-    """md5 of the fold's split files and the feature indexes: a re-split or re-dump is a new run."""
-    import hashlib
-
-    md5 = hashlib.md5()
-    fold = Path(hp["fold_dir"])
-    files = [fold / f"{s}.{e}" for s in ("train", "valid", "test") for e in ("tsv", "emo")]
-    files += [Path(d) / "feats.scp" for d in {hp["sec_feats"], hp["tec_feats"]} if d]
-    for f in files:
-        md5.update(f.read_bytes() if f.is_file() else b"-")
-    return md5.hexdigest()
-
-
-class Resume:
-    """A fold's per-epoch resume state, ``<output_folder>/resume.pt``, written atomically after every
-    search and retraining epoch: weights, optimisers, scheduler, every random generator, the search log
-    so far and (in retraining) the derived architecture. A killed run started again with the same
-    config continues after the last finished epoch and ends exactly as an uninterrupted run would;
-    another config starts over. Removed when the fold finishes.
-    """
-
-    def __init__(self, out: Path, config_key: dict):
-        import hashlib
-
-        self.path = out / "resume.pt"
-        self.key = hashlib.md5(json.dumps(config_key, sort_keys=True).encode()).hexdigest()
-
-    def load(self) -> dict | None:
-        import torch
-
-        if not self.path.is_file():
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise SerkitError(f"{self.path}: unreadable resume state ({type(e).__name__}: {e}); remove it to "
-                              "restart this fold from scratch") from e
-        if state.get("key") != self.key:
-            log.info("%s: written with another config; starting over", self.path)
-            return None
-        log.info("%s: resuming after %s epoch %d", self.path, state["phase"], state["epoch"])
-        return state
-
-    def save(self, phase: str, epoch: int, model, optimizers: dict, rng: random.Random, **extra) -> None:
-        import torch
-
-        state = {"key": self.key, "phase": phase, "epoch": epoch, "model": model.state_dict(),
-                 "optimizers": {k: o.state_dict() for k, o in optimizers.items() if o is not None},
-                 "rng": {"local": rng.getstate(), "python": random.getstate(), "numpy": np.random.get_state(),
-                         "torch": torch.get_rng_state()}, **extra}
-        with atomic_file(self.path, "wb") as f:
-            torch.save(state, f)
-
-    @staticmethod
-    def restore(state: dict, model, optimizers: dict, rng: random.Random) -> None:
-        import torch
-
-        model.load_state_dict(state["model"])
-        for k, o in optimizers.items():
-            if o is not None:
-                o.load_state_dict(state["optimizers"][k])
-        rng.setstate(state["rng"]["local"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def run(hp: dict, hparams_path: str, tec: AudioTEC | None = None) -> dict:
-    import torch
-
     from serkit.data.manifest import read_classes, read_split
+    from serkit.nn.coattention import segment_starts
     from serkit.upstream.features import FeatureReader
 
-    ablation = hp["ablation"]
-    if ablation not in ABLATIONS:
-        raise SerkitError(f"ablation {ablation!r}: choose from {', '.join(ABLATIONS)}")
-    out = Path(hp["output_folder"])
-    fold_dir = Path(hp["fold_dir"])
-    config_key = json.loads(json.dumps({k: v for k, v in hp.items() if not k.startswith("__")}, default=str))
-    config_key["inputs_md5"] = _inputs_fingerprint(hp)
-    info_path = out / "train_info.json"
-    if info_path.is_file():
-        old = json.loads(info_path.read_text(encoding="utf-8"))
-        if old.get("finished") and old.get("hparams_resolved") == config_key:
-            log.info("%s: finished earlier with the same config; nothing to do", out)
-            return old
-    out.mkdir(parents=True, exist_ok=True)
-    resume = Resume(out, config_key)
-    state = resume.load()
-    done = state["epoch"] if state and state["phase"] == "retrain" else 0
-    for old_pred in (out / "predictions").glob("*.tsv") if (out / "predictions").is_dir() else []:
-        # a differently-configured run must not mix epochs; a resumed one keeps its finished epochs
-        if int(old_pred.stem.rsplit("epoch", 1)[1]) > done:
-            old_pred.unlink()
-    with atomic_file(out / "hyperparams.yaml", encoding="utf-8") as f:
-        import yaml
+    from .dataio import label_encoder
 
-        yaml.safe_dump(config_key, f, sort_keys=False)
-
-    device = torch.device(hp["device"])
-    if int(hp["num_threads"]) > 0:
-        # On a shared CPU, torch's default (one thread per core) can be 20x slower than one thread.
-        torch.set_num_threads(int(hp["num_threads"]))
-    rng = _seed(int(hp["seed"]))
+    fold_dir = Path(fold_dir)
     classes = read_classes(fold_dir)
-    sec_reader = FeatureReader(hp["sec_feats"])
-    sec_layers = [_resolve_layer(sec_reader, x, "SEC") for x in hp["sec_layers"]]
-    tec = tec or AudioTEC()
+    if reader is None:  # `serkit train --upstream SEC_CKPT`: the encoders run on the segments' waveforms
+        return _waveform_segments(fold_dir, classes, ablation, float(segment_seconds), int(sample_rate),
+                                  text or ctc_checkpoint), classes
+    sec_levels = [_resolve_layer(reader, x, "SEC") for x in sec_layers]
+    text_mode = bool(text) or bool(ctc_checkpoint)
+    if text and ctc_checkpoint:
+        raise SerkitError("give either text (transcripts) or ctc_checkpoint with ctc_dict (greedy ASR "
+                          "transcripts), not both")
+    if ctc_checkpoint and not ctc_dict:
+        raise SerkitError("ctc_checkpoint needs ctc_dict (the dict.ltr.txt it was trained with)")
+    tec_reader = tec_level = None
+    if ablation != "sec_only" and (not text_mode or ctc_checkpoint):
+        if not tec_feats:
+            raise SerkitError(f"ablation {ablation} needs TEC features: give --tec_feats (a dump of the "
+                              "CTC-finetuned wav2vec 2.0), or use --ablation sec_only")
+        tec_reader = FeatureReader(tec_feats)
+        tec_level = _resolve_layer(tec_reader, tec_layer, "TEC")
     splits = {s: read_split(fold_dir, s) for s in ("train", "valid", "test")}
-    tec.setup(hp, splits["train"], out)
-    fold_info = json.loads((fold_dir / "fold.json").read_text(encoding="utf-8")) \
-        if (fold_dir / "fold.json").is_file() else {}
 
-    data = {s: tec.fold_data(utts, classes, sec_reader, sec_layers, hp) for s, utts in splits.items()}
-    for s, d in data.items():
-        log.info("%s: %d utterances, %d segments of %.1f s", s, len(d.utts), len(d.segments),
-                 hp["segment_seconds"])
-    sources = {"sec": {"feats": str(hp["sec_feats"]), "upstream": sec_reader.meta.get("upstream"),
-                       "kind": sec_reader.meta.get("kind"), "layers": sec_layers}}
-    tec_entry, tec_label = tec.describe(hp)
-    if tec_entry:
-        sources["tec"] = tec_entry
-    label = hp["sources_label"] or ("SEC " + _feature_label(sec_reader, sec_layers) + tec_label)
-    info = {
-        "method": hp["method"], "setting": ablation, "ablation": ablation,
-        "corpus": fold_info.get("corpus"), "protocol": fold_info.get("protocol"),
-        "fold": fold_info.get("fold"), "upstream": label, "sources": sources, "classes": classes,
-        "selection": hp["selection"], "headline": hp["headline"], "config": str(hparams_path),
-        "note": hp["note"] or None, "finished": False,
-    }
-    write_json(info_path, info)
-    train_log = open(out / "train_log.txt", "a", encoding="utf-8")
+    pieces = None
+    if text_mode and ablation != "sec_only":
+        if text:
+            transcripts = read_map(text)
+            missing = [u.utt for us in splits.values() for u in us if u.utt not in transcripts]
+            if missing:
+                raise SerkitError(f"{text}: no transcript for {len(missing)} utterance(s), e.g. "
+                                  f"{missing[:3]}; the text ablation needs one per utterance")
+        else:
+            transcripts = ctc_greedy_transcripts(ctc_checkpoint, ctc_dict, tec_reader, tec_level,
+                                                 [u.utt for us in splits.values() for u in us])
+        if output_folder is None:
+            raise SerkitError("the text ablation needs output_folder (where the tokenizer is written)")
+        # The tokenizer sees the training split only.
+        sp = _sentencepiece({u.utt: transcripts[u.utt] for u in splits["train"]},
+                            Path(output_folder) / "text_sp", int(text_vocab_size))
+        if sp.get_piece_size() > int(text_vocab_size):
+            raise SerkitError(f"sentencepiece made {sp.get_piece_size()} pieces > text_vocab_size "
+                              f"{text_vocab_size}; raise text_vocab_size")
+        pieces = {u.utt: (sp.encode(transcripts[u.utt]) or [1]) for us in splits.values() for u in us}
+        tec_reader = None  # the text replaces the frames
 
-    def log_line(msg: str) -> None:
-        log.info("%s", msg)
-        train_log.write(msg + "\n")
-        train_log.flush()
+    frames = _Frames(reader, sec_levels, tec_reader, tec_level, int(sample_rate), bool(cache_in_memory))
+    seg_samples = int(round(float(segment_seconds) * int(sample_rate)))
+    frame_rate = float(reader.frame_rate)
+    seg_frames = int(round(float(segment_seconds) * frame_rate))
 
-    t_start = time.time()
-    arch = state.get("arch") if state else None
-    if ablation == "mfsn":
-        if arch is None:  # not resuming into retraining
-            def make_model(a=None):
-                return tec.build_model(hp, sec_reader.dim, len(classes), a)
+    @sb.utils.data_pipeline.takes("utt", "wav", "start", "frame0")
+    @sb.utils.data_pipeline.provides("sec", "tec", "sig")
+    def segment(utt, wav, start, frame0):
+        sec, tec, sig = frames(utt, wav)
+        f0 = min(frame0, max(0, sec.shape[1] - 1))
+        f1 = min(sec.shape[1], f0 + seg_frames)
+        yield sec[:, f0:f1].transpose(0, 1).float()  # (T, L, C): PaddedBatch pads time
+        if pieces is not None:
+            yield torch.tensor(pieces[utt], dtype=torch.long)
+        else:
+            yield None if tec is None else tec[f0:f1].float()
+        yield sig[start:start + seg_samples]
 
-            arch = search(hp, data, classes, make_model, device, rng, out, log_line, resume, state)
-            state = None
-        info["arch"] = arch
-        # Retraining starts from a fresh initialisation with the derived, fixed cell.
-        if state is None:
-            rng = _seed(int(hp["seed"]) + 1)
+    datasets = {}
+    for split, utts in splits.items():
+        encode = label_encoder(classes, str(fold_dir / f"{split}.tsv"))
+        data = {}
+        for u in utts:
+            for k, s in enumerate(segment_starts(u.num_samples, seg_samples)):
+                data[f"{u.utt}#{k}"] = {"utt": u.utt, "wav": u.wav, "start": s, "label_index": encode(u.emo),
+                                        "frame0": int(round(s * frame_rate / int(sample_rate)))}
 
-    model = tec.build_model(hp, sec_reader.dim, len(classes), arch=arch).to(device)
-    opt_w, _ = _optimizers(model, hp)
-    epochs = int(hp["number_of_epochs"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_w, T_max=max(1, epochs))
-    if state is not None and state["phase"] == "retrain":
-        Resume.restore(state, model, {"weights": opt_w, "sched": sched}, rng)
-    for epoch in range(done + 1, epochs + 1):
-        t0 = time.time()
-        stats = train_epoch(model, data["train"], hp, device, opt_w, rng)
-        sched.step()
-        uas = {}
-        for split in ("valid", "test"):
-            probs = evaluate(model, data[split], int(hp["batch_size"]), device)
-            pred_path = out / "predictions" / f"{split}.epoch{epoch:03d}.tsv"
-            write_predictions(pred_path, data[split], probs, classes)
-            uas[split] = _ua(data[split], probs, classes)
-        log_line(f"epoch {epoch:03d} train_loss {stats['train_loss']:.4f} valid_UA {100 * uas['valid']:.2f} "
-                 f"({time.time() - t0:.1f} s)")
-        resume.save("retrain", epoch, model, {"weights": opt_w, "sched": sched}, rng, arch=arch)
-    info.update(finished=True, seconds=round(time.time() - t_start, 1),
-                num_parameters=sum(p.numel() for p in model.parameters()),
-                hparams_resolved=config_key)
-    write_json(info_path, info)
-    resume.clear()
-    train_log.close()
-    return info
+        @sb.utils.data_pipeline.takes("label_index")
+        @sb.utils.data_pipeline.provides("label")
+        def label(index):
+            return torch.tensor([index], dtype=torch.long)
+
+        ds = sb.dataio.dataset.DynamicItemDataset(data, dynamic_items=[segment, label])
+        keys = ["id", "utt", "label", "sec", "sig"]
+        if ablation != "sec_only":
+            keys.append("tec")
+        ds.set_output_keys(keys)
+        datasets[split] = ds
+        log.info("%s: %d utterances, %d segments of %.1f s", split, len(utts), len(data), segment_seconds)
+    return datasets, classes
 
 
-def search(hp, data, classes, make_model, device, rng, out: Path, log_line, resume: Resume | None = None,
-           state: dict | None = None) -> dict:
-    """First-order DARTS over the Choice and Fusion Cells; returns the derived architecture.
+def _waveform_segments(fold_dir: Path, classes, ablation: str, segment_seconds: float, sample_rate: int,
+                       text_mode) -> dict:
+    """Segments as waveforms only (the finetuning path): items ``id``, ``utt``, ``label``, ``sig``."""
+    from serkit.data.manifest import read_split
+    from serkit.nn.coattention import segment_starts
 
-    With ``resume``, the state is saved after every epoch; a ``state`` of the search phase continues it.
+    from .dataio import label_encoder, load_wav
+
+    if text_mode:
+        raise SerkitError("the text ablation trains on cached features (--feats); the waveform path "
+                          "(--upstream) takes the ASR model's frames as TEC")
+    seg_samples = int(round(segment_seconds * sample_rate))
+
+    @sb.utils.data_pipeline.takes("wav", "start")
+    @sb.utils.data_pipeline.provides("sig")
+    def segment(wav, start):
+        return load_wav(wav, sample_rate, resample=False)[start:start + seg_samples]
+
+    @sb.utils.data_pipeline.takes("label_index")
+    @sb.utils.data_pipeline.provides("label")
+    def label(index):
+        return torch.tensor([index], dtype=torch.long)
+
+    datasets = {}
+    for split in ("train", "valid", "test"):
+        encode = label_encoder(classes, str(fold_dir / f"{split}.tsv"))
+        data = {f"{u.utt}#{k}": {"utt": u.utt, "wav": u.wav, "start": s, "label_index": encode(u.emo)}
+                for u in read_split(fold_dir, split)
+                for k, s in enumerate(segment_starts(u.num_samples, seg_samples))}
+        ds = sb.dataio.dataset.DynamicItemDataset(data, dynamic_items=[segment, label])
+        ds.set_output_keys(["id", "utt", "label", "sig"])
+        datasets[split] = ds
+        log.info("%s: %d segments of %.1f s (waveforms: the encoders run in training)", split, len(data),
+                 segment_seconds)
+    return datasets
+
+
+def train_top_layers(lobe, n: int) -> None:
+    """Freeze every parameter of a :class:`~serkit.speechbrain.lobes.FairseqUpstream` except its top
+    ``n`` transformer layers (``n = 0``: all frozen)."""
+    layers = lobe.model.encoder.layers
+    if not 0 <= n <= len(layers):
+        raise SerkitError(f"{lobe.path}: cannot train the top {n} of {len(layers)} transformer layers")
+    for p in lobe.model.parameters():
+        p.requires_grad_(False)
+    for layer in layers[len(layers) - n:]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    lobe.freeze = n == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# the Brain
+# --------------------------------------------------------------------------------------------------
+class _UtteranceRow(tuple):
+    """``(label, probs)`` of an utterance from the segments seen so far (probs: softmax of the mean of
+    their log-probabilities), with the running sum to add the next segment to."""
+
+    def __new__(cls, label: int, logp_sum: torch.Tensor, count: int):
+        row = super().__new__(cls, (label, torch.softmax(logp_sum / count, dim=-1).tolist()))
+        row.logp_sum, row.count = logp_sum, count
+        return row
+
+
+class MFSNBrain(SERBrain):
+    """SERBrain for :class:`serkit.nn.mfsn.MFSN` (module ``model``) on 3-second segments, with the
+    first-order DARTS architecture step of the search (see the module docstring)."""
+
+    arch_optimizer = None
+    _level: int | None = None  # a fixed SEC level for every forward (scoring the levels after the search)
+
+    def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
+        modules = dict(modules or {})
+        if "upstream" in modules:  # `serkit train --upstream SEC_CKPT`: SEC (and TEC) run on the waveforms
+            from .lobes import FairseqUpstream
+
+            sec = modules["upstream"]
+            train_top_layers(sec, int(hparams.get("sec_finetune_layers", 0)))
+            self._sec_index = [sec.layers.index(layer) for layer in
+                               (resolve_layer_list(sec, hparams["sec_layers"]))]
+            tec_path = hparams.get("tec_upstream")
+            if hparams.get("ablation") != "sec_only":
+                if not tec_path:
+                    raise SerkitError("the waveform path needs tec_upstream (the CTC-finetuned wav2vec 2.0 "
+                                      "checkpoint) except for sec_only")
+                tec = FairseqUpstream(tec_path, freeze=True, layers="all")
+                train_top_layers(tec, 0)  # TEC is detached before fusion (paper Sec. 2.2): never trained
+                (tec_layer,) = resolve_layer_list(tec, [hparams.get("tec_layer", "last")])
+                self._tec_index = tec.layers.index(tec_layer)
+                modules["tec_upstream"] = tec
+        super().__init__(modules=modules, opt_class=opt_class, hparams=hparams, run_opts=run_opts,
+                         checkpointer=checkpointer)
+
+    @property
+    def _model(self):
+        return self.raw_modules["model"] if hasattr(self, "raw_modules") else self.modules["model"]
+
+    # ---------------------------------------------------------------- forward and loss
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        wav, wav_lens = batch.sig
+        tec, extra = None, {}
+        if "upstream" in self.modules:  # the waveform path
+            layers, lens = self.modules.upstream(wav, wav_lens)  # (B, L, T, C)
+            sec = layers[:, self._sec_index]
+            if "tec_upstream" in self.modules:
+                tec_layers, _ = self.modules.tec_upstream(wav, wav_lens)
+                tec = tec_layers[:, self._tec_index]
+                T = min(sec.shape[2], tec.shape[1])
+                sec, tec = sec[:, :, :T], tec[:, :T]
+            mask = relative_lengths_to_padding_mask(lens, layers.shape[2])[:, :sec.shape[2]]
+        else:
+            sec, sec_lens = batch.sec  # (B, T, L, C)
+            sec = sec.transpose(1, 2)
+            mask = relative_lengths_to_padding_mask(sec_lens, sec.shape[2])
+            if hasattr(batch, "tec"):
+                tec, tec_lens = batch.tec
+                if tec.dtype == torch.long:  # transcript pieces
+                    extra["tec_padding_mask"] = relative_lengths_to_padding_mask(tec_lens, tec.shape[1])
+        wav_lengths = torch.round(wav_lens * wav.shape[1]).long().clamp_min(1)
+        return self.modules.model(sec, tec, mask, level=self._level, wav=wav, wav_lengths=wav_lengths,
+                                  **extra)
+
+    def compute_objectives(self, predictions, batch, stage):
+        labels, _ = batch.label
+        labels = labels.to(self.device).view(-1)
+        loss = F.cross_entropy(predictions.float(), labels,
+                               label_smoothing=float(getattr(self.hparams, "label_smoothing", 0.0)))
+        if stage != sb.Stage.TRAIN:
+            logp = F.log_softmax(predictions.detach().float(), dim=-1).cpu()
+            for utt, label, lp in zip(batch.utt, labels.cpu().tolist(), logp):
+                old = self._rows.get(utt)
+                self._rows[utt] = _UtteranceRow(label, lp if old is None else old.logp_sum + lp,
+                                                1 if old is None else old.count + 1)
+        return loss
+
+    # ---------------------------------------------------------------- search
+    @property
+    def searching(self) -> bool:
+        return bool(self._model.arch_parameters())
+
+    def init_optimizers(self):
+        arch = list(self._model.arch_parameters())
+        if not arch or self.opt_class is None:
+            return super().init_optimizers()
+        arch_opt_class = getattr(self.hparams, "arch_opt_class", None)
+        if arch_opt_class is None:
+            raise SerkitError("the MFSN search (arch: null) needs `arch_opt_class` in the hparams; to "
+                              "retrain a derived cell give --arch \"$(cat <search>/arch.txt)\"")
+        arch_ids = {id(p) for p in arch}
+        self.optimizer = self.opt_class([p for p in self.modules.parameters() if id(p) not in arch_ids])
+        self.arch_optimizer = arch_opt_class(arch)
+        # Only the weights are stepped by SERBrain's step (and clipped); the architecture has its own step.
+        self.optimizers_dict = {"weights": self.optimizer}
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
+            self.checkpointer.add_recoverable("arch_optimizer", self.arch_optimizer)
+
+    def _arch_batches(self, epoch: int):
+        """Endless architecture mini-batches of ``arch_data``, in an order fixed by seed and epoch."""
+        dataset = self._sets[str(getattr(self.hparams, "arch_data", "valid"))]
+        generator = torch.Generator().manual_seed(int(getattr(self.hparams, "seed", 0)) * 1009 + epoch)
+        batch_size = int(self.hparams.train_dataloader_opts["batch_size"])
+        while True:
+            yield from torch.utils.data.DataLoader(
+                dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                collate_fn=sb.dataio.batch.PaddedBatch)
+
+    def fit_batch(self, batch):
+        if self.arch_optimizer is not None:
+            abatch = next(self._arch_iter)
+            self.arch_optimizer.zero_grad(set_to_none=True)
+            with self.training_ctx:
+                aloss = self.compute_objectives(self.compute_forward(abatch, sb.Stage.TRAIN), abatch,
+                                                sb.Stage.TRAIN)
+            aloss.backward()
+            self.arch_optimizer.step()
+            # The architecture step's weight gradients must not reach the weight step.
+            self.optimizer.zero_grad(set_to_none=True)
+        return super().fit_batch(batch)
+
+    def fit(self, epoch_counter, train_set, valid_set=None, **kwargs):
+        arch_data = str(getattr(self.hparams, "arch_data", "valid"))
+        if arch_data not in ("valid", "train"):
+            raise SerkitError(f"arch_data {arch_data!r}: choose valid or train")
+        self._sets = {"train": train_set, "valid": valid_set}
+        super().fit(epoch_counter, train_set, valid_set, **kwargs)
+        if self.searching and if_main_process():
+            self._derive(valid_set)
+
+    def on_fit_start(self):
+        super().on_fit_start()
+        if self.train_info is not None:
+            self.train_info.update(self._describe())
+
+    def on_stage_start(self, stage, epoch=None):
+        super().on_stage_start(stage, epoch)
+        if stage == sb.Stage.TRAIN and self.arch_optimizer is not None:
+            self._arch_iter = self._arch_batches(int(epoch or 1))
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        entry = None
+        if stage == sb.Stage.VALID and self.searching:
+            model = self._model
+            entry = {"epoch": epoch, "valid_ua": self._metrics(self._rows)["ua"],
+                     "op_weights": model.fusion.op_weights(),
+                     "level_probs": [float(p) for p in model.choice.probabilities()]}
+        super().on_stage_end(stage, stage_loss, epoch)
+        if entry is not None and if_main_process():
+            path = Path(self.hparams.output_folder) / "search_log.jsonl"
+            # a redone epoch replaces its line
+            entries = [e for e in read_search_log(path) if e["epoch"] < epoch] + [entry]
+            with atomic_file(path, encoding="utf-8") as f:
+                f.writelines(json.dumps(e) + "\n" for e in entries)
+            best = max(entry["op_weights"], key=entry["op_weights"].get)
+            log.info("search epoch %d: valid UA %.4f, top operation %s (%.3f)", epoch, entry["valid_ua"],
+                     best, entry["op_weights"][best])
+
+    def _derive(self, valid_set) -> dict:
+        from serkit.nn.mfsn import arch_spec
+
+        model = self._model
+        level_scores = None
+        if model.choice.mode == "uniform" and model.choice.fixed_level is None:
+            # Nothing learned about the levels: score each with the shared weights on validation.
+            opts = dict(self.hparams.valid_dataloader_opts)
+            loader = sb.dataio.dataloader.make_dataloader(valid_set, **opts)
+            level_scores = []
+            for level in range(model.num_levels):
+                self._level = level
+                try:
+                    level_scores.append(self._metrics(self._predict(loader))["ua"])
+                finally:
+                    self._level = None
+        arch = model.derive(level_scores=level_scores, top_k=int(getattr(self.hparams, "derive_top_k", 1)))
+        sec_layers = list(self.hparams.sec_layers)
+        arch["sec_layer"] = sec_layers[arch["sec_level"]]
+        out = Path(self.hparams.output_folder)
+        write_json(out / "arch.json", arch)
+        with atomic_file(out / "arch.txt", encoding="utf-8") as f:
+            f.write(arch_spec(arch) + "\n")
+        ranked = sorted(arch["op_weights"].items(), key=lambda kv: -kv[1])
+        weights = ", ".join(f"{k}={v:.3f}" for k, v in ranked)
+        log.info("derived %s: SEC level %d (layer %s of %s), fusion %s; operation weights %s%s",
+                 arch_spec(arch), arch["sec_level"], arch["sec_layer"], sec_layers,
+                 ",".join(arch["fusion_ops"]), weights,
+                 f"; level valid UA {level_scores}" if level_scores else "")
+        if self.train_info is not None:
+            self.train_info["arch"] = arch_spec(arch)
+        return arch
+
+    def _describe(self) -> dict:
+        """MFSN's entries of train_info.json: ablation, streams, sources, the fold's protocol."""
+        hp = self.hparams
+        model = self._model
+        fold = Path(self.train_info.get("fold_dir") or ".") / "fold.json"
+        fold_info = json.loads(fold.read_text(encoding="utf-8")) if fold.is_file() else {}
+        ablation, streams = model.variant, model.streams
+        sec = self.train_info.get("sources", {}).get("sec", {})  # on a rerun, info["upstream"] is the label
+        sources = {"sec": {"feats": self.train_info.get("feats"), "layers": list(hp.sec_layers),
+                           "upstream": sec.get("upstream", self.train_info.get("upstream")),
+                           "stream": f"layer {list(hp.sec_layers)[-1]}"}}
+        note = getattr(hp, "note", "") or ""
+        text_mode = bool(getattr(hp, "text", None) or getattr(hp, "ctc_checkpoint", None))
+        if ablation != "sec_only":
+            if text_mode:
+                if getattr(hp, "text", None):
+                    what = f"transcript {hp.text}"
+                else:
+                    from serkit.upstream.features import FeatureReader
+
+                    layer = _resolve_layer(FeatureReader(hp.tec_feats), hp.tec_layer, "TEC")
+                    what = f"greedy CTC of {Path(hp.ctc_checkpoint).name} (layer {layer})"
+                sources["tec"] = {"text": str(what), "detached": False, "warning": LEAK_WARNING,
+                                  "tokenizer": "sentencepiece unigram, training split only"}
+                note = (note + " " if note else "") + LEAK_WARNING
+            else:
+                sources["tec"] = {"feats": str(hp.tec_feats), "layer": hp.tec_layer, "detached": True}
+        setting = ablation if streams == "dual" or ablation == "sec_only" else f"{ablation}_single_stream"
+        info = {"setting": setting, "ablation": ablation, "streams": streams, "sources": sources,
+                "headline": getattr(hp, "headline", "ua"), "note": note or None,
+                "corpus": fold_info.get("corpus"), "protocol": fold_info.get("protocol"),
+                "fold": fold_info.get("fold"), "sec_layers": list(hp.sec_layers)}
+        label = getattr(hp, "sources_label", "") or ""
+        if label:  # the tables' upstream column; the SEC checkpoint is sources.sec.upstream
+            info["upstream"] = label
+        if getattr(hp, "arch", None):
+            info["arch"] = str(hp.arch)
+        return info
+
+
+# --------------------------------------------------------------------------------------------------
+# inference: serkit predict / EmotionClassifier on a finished fold
+# --------------------------------------------------------------------------------------------------
+class MFSNClassifier(torch.nn.Module):
+    """Classify waveforms with a trained MFSN fold: both upstreams on the audio, 3-second segments, the
+    model, the mean of the segments' log-probabilities. The interface of
+    :class:`~serkit.speechbrain.interface.EmotionClassifier` (``classify_batch``, ``classify_file``).
     """
-    model = make_model().to(device)
-    opt_w, opt_a = _optimizers(model, hp)
-    optimizers = {"weights": opt_w, "arch": opt_a}
-    arch_split = hp["arch_data"]
-    if arch_split not in ("valid", "train"):
-        raise SerkitError(f"arch_data {arch_split!r}: choose valid or train")
-    search_dir = out / "search"
-    search_dir.mkdir(parents=True, exist_ok=True)
-    entries, first = [], 1
-    if state is not None and state["phase"] == "search":
-        Resume.restore(state, model, optimizers, rng)
-        entries, first = list(state["entries"]), state["epoch"] + 1
-    for epoch in range(first, int(hp["search_epochs"]) + 1):
-        t0 = time.time()
-        stats = train_epoch(model, data["train"], hp, device, opt_w, rng, opt_a=opt_a,
-                            arch_data=data[arch_split])
-        probs = evaluate(model, data["valid"], int(hp["batch_size"]), device)
-        entry = {"epoch": epoch, **stats, "valid_ua": _ua(data["valid"], probs, classes),
-                 "op_weights": model.fusion.op_weights(),
-                 "level_probs": [float(p) for p in model.choice.probabilities()]}
-        entries.append(entry)
-        best = max(entry["op_weights"], key=entry["op_weights"].get)
-        log_line(f"search {epoch:03d} train_loss {stats['train_loss']:.4f} "
-                 f"valid_UA {100 * entry['valid_ua']:.2f} "
-                 f"top op {best} ({entry['op_weights'][best]:.3f}) ({time.time() - t0:.1f} s)")
-        if resume is not None:
-            resume.save("search", epoch, model, optimizers, rng, entries=entries)
-    with atomic_file(search_dir / "log.jsonl", encoding="utf-8") as f:
-        for e in entries:
-            f.write(json.dumps(e) + "\n")
-    level_scores = None
-    if model.choice.mode == "uniform":
-        # Nothing learned about the levels: score each with the shared weights on validation.
-        bs = int(hp["batch_size"])
-        level_scores = [_ua(data["valid"], evaluate(model, data["valid"], bs, device, level=lv), classes)
-                        for lv in range(model.num_levels)]
-    arch = model.derive(level_scores=level_scores, top_k=int(hp["derive_top_k"]))
-    arch["sec_layer"] = hp["sec_layers"][arch["sec_level"]]
-    write_json(out / "arch.json", arch)
-    lines = [f"sec_level: {arch['sec_level']} (layer {arch['sec_layer']} of {list(hp['sec_layers'])}; "
-             f"choice mode {hp['choice_mode']})",
-             f"fusion_ops: {', '.join(arch['fusion_ops'])}",
-             "op_weights: " + ", ".join(f"{k}={v:.3f}" for k, v in
-                                        sorted(arch["op_weights"].items(), key=lambda kv: -kv[1]))]
-    if level_scores:
-        lines.append("level_valid_ua: " + ", ".join(f"{s:.4f}" for s in level_scores))
-    with atomic_file(out / "arch.txt", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    log_line("derived: " + " | ".join(lines))
-    return {"sec_level": arch["sec_level"], "fusion_ops": arch["fusion_ops"], "sec_layer": arch["sec_layer"]}
+
+    def __init__(self, model, classes, info, hparams, sec_upstream, tec_upstream, device="cpu"):
+        super().__init__()
+        self.model, self.classes, self.info = model, list(classes), info
+        self.sec_upstream, self.tec_upstream = sec_upstream, tec_upstream
+        self.sec_layers = [int(x) for x in info["sec_layers_resolved"]]
+        self.tec_layer = info.get("tec_layer_resolved")
+        self.sample_rate = int(hparams["sample_rate"])
+        self.seg_samples = int(round(float(hparams["segment_seconds"]) * self.sample_rate))
+        self.device = device
+        self.checkpoint = None
+        self.to(device).eval()
+
+    @torch.no_grad()
+    def classify_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
+        """Classify a padded batch of 16 kHz waveforms (B, S), relative lengths ``wav_lens`` (B,).
+
+        Returns ``(out_prob (B, K), score (B,), index (B,), text_lab [str])``.
+        """
+        from serkit.nn.coattention import aggregate_segments, segment_starts
+
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        wavs = wavs.float().cpu()
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.size(0))
+        lengths = torch.round(wav_lens.float().cpu() * wavs.size(1)).long().clamp(1, wavs.size(1))
+        logps = []
+        for wav, n in zip(wavs, lengths.tolist()):
+            wav = wav[:n]
+            sec = self._layers(self.sec_upstream, wav, self.sec_layers)  # (L, T, C)
+            tec = self._layers(self.tec_upstream, wav, [self.tec_layer])[0] if self.tec_upstream else None
+            T = sec.shape[1] if tec is None else min(sec.shape[1], tec.shape[0])
+            frame_rate = float(self.sec_upstream.frame_rate)
+            seg_frames = int(round(self.seg_samples / self.sample_rate * frame_rate))
+            logits = []
+            for start in segment_starts(n, self.seg_samples):
+                f0 = min(int(round(start * frame_rate / self.sample_rate)), max(0, T - 1))
+                f1 = min(T, f0 + seg_frames)
+                seg = wav[start:start + self.seg_samples]
+                x_tec = None if tec is None else tec[None, f0:f1].to(self.device)
+                y = self.model(sec[None, :, f0:f1].to(self.device), x_tec, None,
+                               wav=seg[None].to(self.device),
+                               wav_lengths=torch.tensor([seg.numel()], device=self.device))
+                logits.append(y.float().cpu())
+            logits = torch.cat(logits)
+            logps.append(aggregate_segments(logits, torch.zeros(len(logits), dtype=torch.long), 1)[0])
+        out_prob = torch.softmax(torch.stack(logps), dim=-1)
+        score, index = out_prob.max(dim=-1)
+        return out_prob, score, index, [self.classes[i] for i in index.tolist()]
+
+    def _layers(self, upstream, wav, layers):
+        hidden, _ = upstream(wav[None], None, layers=layers)
+        return torch.stack([h[0].float() for h in hidden])
+
+    def classify_file(self, path):
+        from .dataio import load_wav
+
+        wav = load_wav(path, sample_rate=self.sample_rate)
+        self._check_length(wav, path)
+        return self.classify_batch(wav.unsqueeze(0), torch.ones(1))
+
+    def _check_length(self, wav: torch.Tensor, path) -> None:
+        ups = [u for u in (self.sec_upstream, self.tec_upstream) if u is not None]
+        need = max(int(getattr(u, "receptive_field", 400)) for u in ups)
+        if wav.numel() < need:
+            raise SerkitError(f"{path}: {wav.numel()} samples ({wav.numel() / 16:.1f} ms) is shorter than "
+                              f"the upstreams' receptive field ({need} samples); nothing to classify")
+
+    def forward(self, wavs, wav_lens=None):
+        return self.classify_batch(wavs, wav_lens)
 
 
-def hparams_from_args(args: argparse.Namespace, rest: list[str]) -> dict:
-    """The resolved config of a :func:`build_parser` command line (``rest``: the ``--key value`` pairs)."""
-    overrides = _parse_overrides(rest)
-    for key in PATH_KEYS:
-        value = getattr(args, key)
-        if value is not None:
-            overrides[key] = str(Path(value).absolute())
-    if args.ablation:
-        overrides["ablation"] = args.ablation
-    if args.device:
-        overrides["device"] = args.device
-    return load_hparams(args.hparams, overrides)
+def load_classifier(source, hparams: dict, info: dict, device: str = "cpu", checkpoint: str = "best"):
+    """:class:`MFSNClassifier` for a finished fold (``EmotionClassifier.from_hparams`` calls this when the
+    fold's yaml names it as ``classifier``)."""
+    from serkit.upstream import load_upstream
+    from serkit.upstream.features import FeatureReader
+
+    from .checkpoints import Checkpointer
+
+    source = Path(source)
+    if info.get("ablation") is None:
+        raise SerkitError(f"{source / 'train_info.json'}: no MFSN entries; was this fold trained with "
+                          "MFSNBrain?")
+    if not info.get("feats"):
+        raise SerkitError(f"{source}: an MFSN fold trained on waveforms (--upstream, SEC layers finetuned); "
+                          "serkit predict supports MFSN folds trained on cached features (--feats) only")
+    if info["sources"].get("tec", {}).get("detached") is False:
+        raise SerkitError(f"{source}: a text-ablation fold (TEC from transcripts) cannot classify new audio; "
+                          "only audio-TEC MFSN folds can")
+    sec_reader = FeatureReader(info["feats"])
+    info = dict(info)
+    info["sec_layers_resolved"] = [_resolve_layer(sec_reader, x, "SEC") for x in hparams["sec_layers"]]
+    tec_upstream = None
+    if info["ablation"] != "sec_only":
+        tec_reader = FeatureReader(hparams["tec_feats"])
+        info["tec_layer_resolved"] = _resolve_layer(tec_reader, hparams["tec_layer"], "TEC")
+        tec_path = tec_reader.meta.get("upstream")
+        if not tec_path or not Path(tec_path).is_file():
+            raise SerkitError(f"{tec_reader.path}/meta.json: TEC upstream {tec_path!r} not found; it encodes "
+                              "new audio")
+        tec_upstream = load_upstream(tec_path, device="cpu")
+    sec_path = info["sources"]["sec"].get("upstream")
+    if not sec_path or not Path(sec_path).is_file():
+        raise SerkitError(f"{source / 'train_info.json'}: SEC upstream {sec_path!r} not found; it encodes "
+                          "new audio")
+    sec_upstream = load_upstream(sec_path, device="cpu")
+    model = hparams["modules"]["model"]
+    ckpts = Checkpointer(source / "save", recoverables={"model": model})
+    best = info.get("best_metric", "ua")
+    ckpt = ckpts.find_checkpoint(max_key=f"valid_{best}") if checkpoint == "best" else ckpts.find_checkpoint()
+    if ckpt is None:
+        raise SerkitError(f"{source / 'save'}: no checkpoint; has training run at least one epoch?")
+    ckpts.load_checkpoint(ckpt)
+    if model.arch_parameters():
+        raise SerkitError(f"{source}: an MFSN search fold (the supernet); classify with the retrained fold "
+                          "(serkit train ... --arch \"$(cat arch.txt)\")")
+    clf = MFSNClassifier(model, info["classes"], info, hparams, sec_upstream, tec_upstream, device=device)
+    clf.checkpoint = ckpt
+    return clf
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    setup_logging()
-    try:
-        run(hparams_from_args(args, rest), args.hparams)
-    except SerkitError as e:
-        log.error("%s", e)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the old trainer's entry point is gone: say where it went
+    raise SystemExit(f"{os.path.basename(__file__)}: MFSN trains with `serkit train` (see the module "
+                     "docstring of serkit.speechbrain.mfsn and recipes/SAVEE/run.sh)")

@@ -198,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         setting = "finetune"
         upstream_lobe = FairseqUpstream(args.upstream, freeze_cnn=bool(peek.get("upstream_freeze_cnn", True)),
                                         freeze=bool(peek.get("upstream_freeze", False)),
-                                        layers=peek.get("upstream_layers", "last"))
+                                        layers=peek.get("upstream_layers", "last"),
+                                        mask_time_prob=float(peek.get("upstream_mask_time_prob", 0.0)),
+                                        mask_time_length=int(peek.get("upstream_mask_time_length", 10)),
+                                        output_dropout=float(peek.get("upstream_output_dropout", 0.0)))
         input_dim, num_layers = upstream_lobe.dim, upstream_lobe.num_layers
         upstream_path, upstream_layers = args.upstream, upstream_lobe.layers
         normalize = upstream_lobe.upstream.normalize
@@ -214,8 +217,13 @@ def main(argv: list[str] | None = None) -> int:
 
     crop_opts = {"max_duration": hparams.get("max_duration"), "crop": hparams.get("crop", "start"),
                  "pad_to_max": bool(hparams.get("pad_to_max", False))}
+    # A method with its own items (MFSN: 3-second segments of two feature dumps) names its builder.
+    builder = hparams.get("fold_datasets")
     try:
-        datasets, classes = fold_datasets(fold_dir, reader, feature_layers=feature_layers, **crop_opts)
+        if builder is not None:
+            datasets, classes = builder(fold_dir, reader)
+        else:
+            datasets, classes = fold_datasets(fold_dir, reader, feature_layers=feature_layers, **crop_opts)
     except SerkitError as e:
         raise SerkitError(f"{args.hparams}: {e}") from None
     modules = dict(hparams["modules"])
@@ -254,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
 
         info["epochs_run"] = json.loads(previous.read_text(encoding="utf-8")).get("epochs_run", 0)
 
-    brain = SERBrain(modules=modules, opt_class=opt_class, hparams=hparams, run_opts=run_opts,
+    brain_class = hparams.get("brain_class", SERBrain)  # a SERBrain subclass (MFSN's)
+    brain = brain_class(modules=modules, opt_class=opt_class, hparams=hparams, run_opts=run_opts,
                      checkpointer=checkpointer)
     brain.classes = classes
     brain.orders = {split: split_order(fold_dir, split) for split in ("valid", "test")}
@@ -263,8 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s: %s setting, %d classes, %d/%d/%d train/valid/test utterances, input %d x %d layers -> %s",
              info["method"], setting, len(classes), len(datasets["train"]), len(datasets["valid"]),
              len(datasets["test"]), input_dim, num_layers, output_folder)
+    train_loader_kwargs = dict(hparams["train_dataloader_opts"])
+    if hparams.get("class_balanced_sampler"):
+        from .dataio import class_balanced_sampler
+
+        train_loader_kwargs.pop("shuffle", None)
+        train_loader_kwargs["sampler"] = brain.train_sampler = class_balanced_sampler(
+            datasets["train"], seed=int(hparams.get("seed") or 0))
     brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"],
-              train_loader_kwargs=dict(hparams["train_dataloader_opts"]),
+              train_loader_kwargs=train_loader_kwargs,
               valid_loader_kwargs=dict(hparams["valid_dataloader_opts"]))
     if sb.utils.distributed.if_main_process():
         from ..utils import write_json

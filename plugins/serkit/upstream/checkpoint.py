@@ -82,12 +82,11 @@ def register_models() -> None:
     """Register the models a checkpoint may name: serkit's fairseq plugin and data2vec audio."""
     from fairseq.models import MODEL_REGISTRY
 
-    with trusted_unpickling():  # the plugin's import sets the variable for training processes only
-        try:
-            importlib.import_module("serkit.fairseq_ext")
-        except ModuleNotFoundError as e:
-            if e.name != "serkit.fairseq_ext":
-                raise
+    try:
+        importlib.import_module("serkit.fairseq_ext")
+    except ModuleNotFoundError as e:
+        if e.name != "serkit.fairseq_ext":
+            raise
     if "data2vec_audio" in MODEL_REGISTRY:
         return
     errors = []

@@ -12,14 +12,15 @@ cd "$(dirname "$0")/.."
 . ../../local/stage.sh
 
 yaml=""; fold=""; labels=""; init=""; updates=""; out=""
-help_message="Usage: $0 --yaml FILE --fold DIR --labels DIR --init CKPT --updates N --out DIR"
+update_freq=1  # batches of dataset.max_tokens (per GPU) accumulated per update
+help_message="Usage: $0 --yaml FILE --fold DIR --labels DIR --init CKPT --updates N [--update-freq N] --out DIR"
 . ../../local/parse_options.sh
 for v in yaml fold labels init updates out; do [ -n "${!v}" ] || die "--$v is required ($help_message)"; done
 for f in "$labels/train.km" "$labels/valid.km" "$labels/dict.km.txt" "$fold/train.tsv" "$init"; do
   [ -f "$f" ] || die "$f: missing (run the earlier stages first)"
 done
 
-log "CPT: $(basename "$init") + labels $labels on $fold, $updates updates ($yaml) -> $out"
+log "CPT: $(basename "$init") + labels $labels on $fold, $updates updates of update_freq $update_freq ($yaml) -> $out"
 mkdir -p "$out"
 # fairseq resumes from OUT/checkpoint_last.pt when it exists, so a killed run continues.
 user_dir=$(serkit_user_dir) || exit 1
@@ -30,7 +31,9 @@ fairseq-hydra-train --config-dir "$(realpath "$(dirname "$yaml")")" \
   common.user_dir="$(hydra_value "$user_dir")" \
   task.data="$(hydra_value "$(realpath "$fold")")" task.label_dir="$(hydra_value "$(realpath "$labels")")" \
   model.init_from="$(hydra_value "$(realpath "$init")")" optimization.max_update="$updates" \
+  "optimization.update_freq=[$update_freq]" \
   checkpoint.save_dir="$(hydra_value "$(realpath "$out")")" hydra.run.dir="$(hydra_value "$(realpath "$out")")" \
   >> "$out/train.log" 2>&1 || { tail -30 "$out/train.log" >&2; die "CPT failed (log: $out/train.log)"; }
 [ -f "$out/checkpoint_last.pt" ] || die "CPT wrote no $out/checkpoint_last.pt (log: $out/train.log)"
-grep -E "\| valid \|" "$out/train.log" | tail -1 >&2 || true
+# the last validation summary: "epoch 001 | valid on 'valid' subset | loss 4.711 | ... | num_updates 4"
+grep -E "valid on '[^']+' subset \|" "$out/train.log" | tail -1 >&2 || true
