@@ -26,7 +26,9 @@ _serkit_log_early=()
 log() {
   local line; line="$(date '+%Y-%m-%d %H:%M:%S') (${0##*/}) $*"
   printf '%s\n' "$line" >&2
-  if [ -n "${SERKIT_RUN_LOG:-}" ]; then printf '%s\n' "$line" >> "$SERKIT_RUN_LOG"; else _serkit_log_early+=("$line"); fi
+  # a stage log that cannot be written (its directory removed) never stops the run
+  if [ -n "${SERKIT_RUN_LOG:-}" ]; then printf '%s\n' "$line" 2> /dev/null >> "$SERKIT_RUN_LOG" || true
+  else _serkit_log_early+=("$line"); fi
 }
 # log_to FILE: from now on log's lines are appended to FILE too, after a line with the command that
 # runs and the lines logged so far.

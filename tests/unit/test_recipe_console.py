@@ -65,3 +65,11 @@ def test_iemocap_recipe_keeps_its_stage_log_in_the_experiment(tmp_path):
     assert f"stage log: {log}" in text
     assert f"ERROR: no upstream checkpoint at '{work}/exp/upstream/tiny_hubert.pt'" in text  # a die() too
     assert text.splitlines()[0].endswith(f"--workdir {work} --stage 5 --method linear --device cpu ")
+
+
+def test_an_unwritable_stage_log_never_stops_the_run(tmp_path):
+    script = f'set -euo pipefail; . {STAGE}; log_to exp/run.log; rm -r exp; log still here; echo done'
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env(), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout == "done\n", r.stderr
+    assert r.stderr.splitlines()[-1].endswith(") still here")
