@@ -48,19 +48,31 @@ serkit kmeans fit --feats "$out/mfcc" --fold "$fold" --split train --n-clusters 
 serkit kmeans apply --model "$out/km_mfcc/km.model" --feats "$out/mfcc" --fold "$fold" \
   --splits train,valid --out "$out/km_mfcc"
 
-log "tiny HuBERT 5/5: fairseq-hydra-train hubert_pretraining, $updates updates -> $out/iter1"
+log "tiny HuBERT 5/5: fairseq-hydra-train hubert_pretraining, $updates updates (progress every 25) -> $out/iter1"
 rm -rf "$out/iter1"
 # Reproducible (two builds used to differ in every weight): serkit's user dir seeds HuBERT's masks,
 # which fairseq 0.12 draws from unseeded generators; no prefetch thread (data_buffer_size=0), since
 # its random crops draw from numpy's global generator in an order that depends on thread timing.
 user_dir=$(serkit_user_dir) || exit 1
+# pretraining_progress: fairseq's output (kept whole in iter1.log) as one stage line every log_interval
+# (25) updates and after each validation, so the minutes of pretraining are not silent.
+pretraining_progress() {
+  local line
+  while IFS= read -r line; do
+    if [[ "$line" =~ \[train_inner\].*\ loss=([0-9.]+).*num_updates=([0-9]+) ]]; then
+      log "  pretraining: update ${BASH_REMATCH[2]}/$updates, loss ${BASH_REMATCH[1]}"
+    elif [[ "$line" =~ valid\ on\ \'valid\'.*\|\ loss\ ([0-9.]+).*correct_m_0\ ([0-9.]+) ]]; then
+      log "  pretraining: validation loss ${BASH_REMATCH[1]}, masked-frame accuracy ${BASH_REMATCH[2]}"
+    fi
+  done
+}
 # Paths become quoted Hydra values, so spaces, commas, '=', brackets or quotes in them are data.
 fairseq-hydra-train --config-dir "$repo/recipes/IEMOCAP/conf/fairseq" --config-name hubert_tiny_iter1 \
   common.user_dir="$(hydra_value "$user_dir")" dataset.data_buffer_size=0 \
   task.data="$(hydra_value "$fold")" task.label_dir="$(hydra_value "$out/km_mfcc")" optimization.max_update="$updates" \
-  checkpoint.save_dir="$(hydra_value "$out/iter1")" hydra.run.dir="$(hydra_value "$out/iter1")" > "$out/iter1.log" 2>&1 \
+  checkpoint.save_dir="$(hydra_value "$out/iter1")" hydra.run.dir="$(hydra_value "$out/iter1")" 2>&1 \
+  | tee "$out/iter1.log" | pretraining_progress \
   || { tail -30 "$out/iter1.log" >&2; die "tiny HuBERT pretraining failed (log: $out/iter1.log)"; }
-grep -E "valid on 'valid'" "$out/iter1.log" | tail -1 | sed -E 's/.*(loss [0-9.]+).*(correct_m_0 [0-9.]+).*/  last validation: \1, \2 (masked-frame accuracy)/' >&2 || true
 cp "$out/iter1/checkpoint_last.pt" "$out/tiny_hubert.pt.tmp" && mv "$out/tiny_hubert.pt.tmp" "$out/tiny_hubert.pt"
 mark_done "$out"
 log "tiny HuBERT ready: $out/tiny_hubert.pt"

@@ -19,7 +19,31 @@
 # stage's output is identified by that stage's own record, which ends with a line saying when it
 # finished, so re-running a stage, for whatever reason, invalidates every stage downstream of it.
 
-log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${0##*/}) $*" >&2; }
+# log MESSAGE: a stage line on the console (stderr) and, once log_to named it, in the experiment's
+# stage log (SERKIT_RUN_LOG, exported, so the scripts a recipe runs add theirs); lines logged before
+# that are kept and written to it first.
+_serkit_log_early=()
+log() {
+  local line; line="$(date '+%Y-%m-%d %H:%M:%S') (${0##*/}) $*"
+  printf '%s\n' "$line" >&2
+  # a stage log that cannot be written (its directory removed) never stops the run
+  if [ -n "${SERKIT_RUN_LOG:-}" ]; then printf '%s\n' "$line" 2> /dev/null >> "$SERKIT_RUN_LOG" || true
+  else _serkit_log_early+=("$line"); fi
+}
+# log_to FILE: from now on log's lines are appended to FILE too, after a line with the command that
+# runs and the lines logged so far.
+log_to() {
+  local args=()
+  mkdir -p "$(dirname "$1")"
+  export SERKIT_RUN_LOG; SERKIT_RUN_LOG=$(realpath -m -- "$1")
+  if [ -r /proc/$$/cmdline ]; then mapfile -d '' -t args < /proc/$$/cmdline; else args=("$0"); fi
+  {
+    printf '==== %s, pid %s in %s: %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$$" "$PWD" "$(printf '%q ' "${args[@]}")"
+    [ "${#_serkit_log_early[@]}" -eq 0 ] || printf '%s\n' "${_serkit_log_early[@]}"
+  } >> "$SERKIT_RUN_LOG"
+  _serkit_log_early=()
+  log "stage log: $SERKIT_RUN_LOG"
+}
 die() { log "ERROR: $*"; exit 1; }
 
 # serkit_user_dir: the fairseq user-dir (plugins/serkit_fairseq) of the serkit that is installed, found

@@ -64,7 +64,7 @@ tiny HuBERT and runs end to end on CPU (that is 'make demo').
 
 Options (default in brackets):
   --stage N / --stop-stage M   run stages N..M [$stage..$stop_stage]
-  --root DIR          IEMOCAP_full_release directory [db.sh: \${IEMOCAP:-none}]
+  --root DIR          IEMOCAP_full_release directory [db.sh: ${IEMOCAP:-none}]
   --upstream PATH     fairseq HuBERT checkpoint (e.g. hubert_base_ls960.pt), or for the heads (not FLEA) a local
                       Hugging Face model directory (WavLM-Large: microsoft/wavlm-large, the BAS paper's best
                       row; needs serkit[hf]) [tiny HuBERT on the mini corpus]
@@ -108,6 +108,7 @@ Options (default in brackets):
   --head-overrides S  extra yaml overrides for the heads' training, e.g. "--batch_size 16"
   --shiftser-input K  what heads linear..shiftlstm see: masked (whole utterances, padding masked) |
                       paper (clipped to 7.5 s) | official (first 7.5 s zero-padded to 7.5 s, no mask) [$shiftser_input]
+  --options-file FILE options from FILE's name=value lines (e.g. 'nclusters=100'), read in place
 EOM
 )
 . ../../local/parse_options.sh
@@ -223,6 +224,7 @@ tag=${tag:-$protocol}
 exp=$workdir/exp/$tag
 timing_file=$exp/timing.tsv
 mkdir -p "$exp"
+log_to "$exp/run.log"
 : > "$timing_file"
 lr_opt=(); [ -n "$finetune_lr" ] && lr_opt=(--lr "$finetune_lr")
 

@@ -47,7 +47,7 @@ minutes; those numbers only show that the pipeline works.
 Options (default in brackets):
   --stage N / --stop-stage M  run stages N..M [$stage..$stop_stage]
   --root DIR            MELD.Raw directory (train/, dev_sent_emo.csv, test_sent_emo.csv, the clip folders)
-                        [db.sh: \${MELD:-none} -> mini corpus]
+                        [db.sh: ${MELD:-none} -> mini corpus]
   --upstream PATH       fairseq checkpoint (HuBERT-Large: hubert_large_ll60k.pt) or a local Hugging Face
                         model directory (WavLM-Large: microsoft/wavlm-large; needs serkit[hf])
                         [required with a real corpus; mini corpus: a tiny HuBERT pretrained here on a
@@ -78,6 +78,7 @@ Options (default in brackets):
   --nj N                parallel clip decoders (stage 0) [$nj]
   --threads N           torch CPU threads [torch's default; mini corpus: 1]
   --tag NAME            experiment directory exp/NAME [meld_official; mini corpus: mini]
+  --options-file FILE   options from FILE's name=value lines (e.g. 'epochs=20'), read in place
 EOM
 )
 . ../../local/parse_options.sh
@@ -136,6 +137,7 @@ fold=$splits/fold1
 exp=exp/$tag
 timing_file=$exp/timing.tsv
 mkdir -p "$exp"
+log_to "$exp/run.log"
 : > "$timing_file"
 common=(--batch_size "$batch_size" --device "$device" --noprogressbar)
 read -r -a search_extra <<< "$search_overrides"
@@ -271,8 +273,8 @@ if stage_selected 4; then
     timed "score_$(basename "$r")" serkit score "$r" --selection "$selection" --headline wf1 > /dev/null
   done
   serkit results "${runs[@]}" --out "$exp/RESULTS.md"
-  has bas && log "BAS search: $(cat "$search/arch.txt") ($search/search_probs.png)"
-  log "Results table: $exp/RESULTS.md; per-run details: <run>/RESULTS.md, confusion.png"
+  has bas && log "BAS search: $(cat "$search/arch.txt") ($(realpath "$search")/search_probs.png)"
+  log "Results table: $(realpath "$exp")/RESULTS.md; per-run details: <run>/RESULTS.md, confusion.png"
   if [ -s "$timing_file" ]; then
     log "Where the time went in this run (seconds per step):"
     awk -F'\t' '{t[$1]+=$2; s+=$2} END {for (k in t) printf "%8d  %s\n", t[k], k; printf "%8d  total\n", s}' \

@@ -43,7 +43,7 @@ few minutes; those numbers only show that the pipeline works.
 
 Options (default in brackets):
   --stage N / --stop-stage M  run stages N..M [$stage..$stop_stage]
-  --root DIR            SAVEE corpus directory [db.sh: \${SAVEE:-none} -> mini corpus]
+  --root DIR            SAVEE corpus directory [db.sh: ${SAVEE:-none} -> mini corpus]
   --protocol NAME       savee_loso4 | savee_cv10 | both [$protocol]
   --folds LIST          all | 1,3,... [all; mini corpus: 1]
   --valid-fraction F    stratified validation share of the training utterances [0.1; mini corpus: 0.25,
@@ -62,6 +62,7 @@ Options (default in brackets):
   --batch-size N        [the config's]
   --device D            auto | cpu | cuda [$device]
   --tag NAME            experiment directory exp/NAME [mini | real]
+  --options-file FILE   options from FILE's name=value lines (e.g. 'epochs=20'), read in place
 EOM
 )
 . ../../local/parse_options.sh
@@ -116,6 +117,7 @@ exp=exp/$tag
 dump=dump/$tag
 timing_file=$exp/timing.tsv
 mkdir -p "$exp"
+log_to "$exp/run.log"
 
 ###############################################################################
 if stage_selected 0; then
@@ -218,5 +220,5 @@ if stage_selected 3; then
   } > "$exp/RESULTS.md.tmp"
   mv "$exp/RESULTS.md.tmp" "$exp/RESULTS.md"
   cat "$exp/RESULTS.md"
-  log "Ablation table: $exp/RESULTS.md; per-run details: <run>/RESULTS.md, confusion.png, fold*/arch.txt"
+  log "Ablation table: $(realpath "$exp")/RESULTS.md; per-run details: <run>/RESULTS.md, confusion.png, fold*/arch.txt"
 fi

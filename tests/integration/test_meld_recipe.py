@@ -145,6 +145,11 @@ def test_meld_recipe_mini_end_to_end(recipe, tmp_path):
         wf1 = row.rstrip(" |").rsplit("|", 1)[-1]
         assert re.search(r"\d+\.\d", wf1), row
     assert table in r.stdout
+    # The final paths are absolute; the stage lines are kept in the experiment too.
+    assert f"Results table: {exp.resolve()}/RESULTS.md" in r.stderr
+    assert f"BAS search: {arch} ({search.resolve()}/search_probs.png)" in r.stderr
+    run_log = (exp / "run.log").read_text()
+    assert "Stage 4: scoring" in run_log and f"Results table: {exp.resolve()}/RESULTS.md" in run_log
 
     # Same options again: nothing is redone.
     stamp = (exp / "bas" / "fold1" / "metrics.json").stat().st_mtime_ns

@@ -28,7 +28,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -51,45 +50,23 @@ def expected_frames(num_samples: int) -> int:
 # k-means++ seeding and the two backends
 
 
-def _sq_dists(x: np.ndarray, c: np.ndarray, x_sq: np.ndarray | None = None) -> np.ndarray:
-    """Squared Euclidean distances (n, m) between rows of x (n, d) and c (m, d)."""
-    if x_sq is None:
-        x_sq = np.einsum("ij,ij->i", x, x)
-    c_sq = np.einsum("ij,ij->i", c, c)
-    d = x_sq[:, None] - 2.0 * (x @ c.T) + c_sq[None, :]
-    return np.maximum(d, 0.0)
-
-
 def kmeans_pp_init(
     x: np.ndarray, k: int, rng: np.random.Generator, n_local_trials: int | None = None
 ) -> np.ndarray:
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre is the best of
-    ``2 + log(k)`` candidates drawn with probability proportional to the squared distance to the
-    nearest chosen centre. Returns (k, d) float32 centres, all rows of ``x``."""
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) by scikit-learn's ``kmeans_plusplus``:
+    each new centre is the best of ``2 + log(k)`` candidates drawn with probability proportional to the
+    squared distance to the nearest chosen centre; its random state is drawn from ``rng``. Returns (k, d)
+    float32 centres, all rows of ``x``."""
+    from sklearn.cluster import kmeans_plusplus
+
     n = x.shape[0]
     if n < k:
         raise SerkitError(f"k-means: {n} frames for {k} clusters; use fewer clusters or more data")
-    trials = n_local_trials or 2 + int(math.log(k))
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    x_sq = np.einsum("ij,ij->i", x, x)
-    centres = np.empty((k, x.shape[1]), dtype=np.float32)
-    first = rng.integers(n)
-    centres[0] = x[first]
-    closest = _sq_dists(x, centres[:1], x_sq)[:, 0]
-    pot = closest.sum()
-    for i in range(1, k):
-        if pot <= 0:  # all points coincide with chosen centres: fill with random distinct rows
-            centres[i] = x[rng.integers(n)]
-            continue
-        cands = np.searchsorted(np.cumsum(closest, dtype=np.float64), rng.random(trials) * pot)
-        cands = np.minimum(cands, n - 1)
-        d = _sq_dists(x, x[cands], x_sq)  # (n, trials)
-        new_closest = np.minimum(closest[:, None], d)
-        pots = new_closest.sum(axis=0)
-        best = int(np.argmin(pots))
-        centres[i] = x[cands[best]]
-        closest, pot = new_closest[:, best], pots[best]
-    return centres
+    # float64: scikit-learn upcasts float32 distances chunk by chunk, which is slower than one copy
+    seed = int(rng.integers(2**31 - 1))
+    centres, _ = kmeans_plusplus(np.asarray(x, dtype=np.float64), k, random_state=seed,
+                                 n_local_trials=n_local_trials)
+    return centres.astype(np.float32)
 
 
 def faiss_build() -> str:

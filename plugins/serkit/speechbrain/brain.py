@@ -61,6 +61,8 @@ from ..utils import SerkitError, atomic_file, write_json
 log = logging.getLogger("serkit.speechbrain")
 
 
+# By hand: torch's LinearLR+CosineAnnealingLR cannot warm up from 0 nor run timm's warmup_prefix=False
+# cosine (official code); SpeechBrain has no warm-up cosine with a start lr and a floor.
 class WarmupCosine:
     """Learning rate: linear warm-up from ``warmup_start_lr`` over ``warmup_epochs``, then cosine decay to
     ``final_lr`` at ``epochs``; a function of the fractional epoch, evaluated every iteration.
@@ -97,6 +99,8 @@ class WarmupCosine:
         return self.final_lr + 0.5 * (self.lr - self.final_lr) * (1.0 + math.cos(math.pi * frac))
 
 
+# By hand: SpeechBrain's LinearWarmupScheduler has no hold, its TriStageLRSchedule decays exponentially,
+# and torch's LinearLR cannot warm up from 0.
 class WarmupHoldLinear:
     """Learning rate: linear warm-up from 0 over ``warmup_epochs``, constant for ``hold_epochs``, then linear
     decay to 0 at ``epochs`` (the lambda schedule of ShiftSER's official finetuning code, taken from
@@ -161,34 +165,42 @@ def read_search_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_search(entries: list[dict], path: Path) -> None:
-    """Per-layer block probabilities over epochs (one panel per layer)."""
+def plot_search(entries: list[dict], path: Path):
+    """Per-layer block probabilities over epochs (one panel per layer), the candidates named once in a
+    figure legend below the panels, which holds for every panel (each candidate has the same colour in
+    all). Returns the (closed) figure, or None without entries."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if not entries:
-        return
+        return None
     choices = entries[-1]["choices"]
     layers = len(entries[-1]["probabilities"])
     epochs = [e["epoch"] for e in entries]
-    fig, axes = plt.subplots(1, layers, figsize=(3.2 * layers, 2.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, layers, figsize=(3.2 * layers, 3.2), sharey=True, squeeze=False)
+    colours = [f"C{c % 10}" for c in range(len(choices))]
     for layer in range(layers):
         ax = axes[0][layer]
         for c, name in enumerate(choices):
-            ax.plot(epochs, [e["probabilities"][layer][c] for e in entries], label=name, marker=".")
+            ax.plot(epochs, [e["probabilities"][layer][c] for e in entries], label=name, marker=".",
+                    color=colours[c])
         ax.set_title(f"layer {layer + 1}")
         ax.set_xlabel("epoch")
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("softmax(theta)")
-    axes[0][-1].legend(fontsize="small")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(choices), 6), fontsize="small",
+               title="candidate block (every panel)", title_fontsize="small")
     fig.suptitle(f"BAS search: derived {entries[-1]['derived']}", fontsize="medium")
-    fig.tight_layout()
+    rows = -(-len(choices) // 6)
+    fig.tight_layout(rect=(0, min(0.1 + 0.07 * rows, 0.5), 1, 1))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+    return fig
 
 
 def forget_logged_epochs(path, epoch: int) -> None:
