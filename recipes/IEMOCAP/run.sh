@@ -34,11 +34,11 @@ transductive=false    # true: fit k-means on the frames of all splits of the fol
 tapt_km=""            # FLEA TAPT (Sec. 3.1): a published k-means model (fairseq HuBERT/textless-NLP .bin, e.g. hubert_base_ls960_L9_km500.bin) applied to --upstream's layer --tapt-layer on each fold's audio; pretraining continues on those labels before the teacher
 tapt_layer=9          # FLEA TAPT: the layer --tapt-km was fitted on (fairseq's HuBERT-base km500 release: layer 9)
 tapt_labels=""        # FLEA: k-means labels to continue pretraining on before the teacher (TAPT): a directory laid out like stage 2's exp/<tag>/km (fold<k>/{train,valid}.km, dict.km.txt), or one fold's labels
-teacher_pooling=mean  # FLEA teacher pooling: mean (Table 1 lists the TAPT teacher under average pooling only) | attention
+teacher_pooling=mean  # FLEA teacher pooling: mean (not stated in the paper; our reading of Table 1, which lists the TAPT teacher under average pooling only) | attention
 cpt_update_freq=auto  # FLEA CPT gradient accumulation: auto = ceil(4 / GPUs), the official code's 4 GPUs x 87.5 s per update | N
 selection=valid       # valid | paper (ShiftSER: best test epoch; FLEA: (valid+test)/2), always named in RESULTS
-teacher_epochs=""     # default 40 (mini corpus: 8)
-finetune_epochs=""    # default 40 (mini corpus: 8)
+teacher_epochs=""     # default 40 (mini corpus: 10)
+finetune_epochs=""    # default 40 (mini corpus: 10)
 head_epochs=""        # default 100 (mini corpus: 30)
 cpt_updates=""        # default 20000 (mini corpus: 150)
 cpt_config=""         # default conf/fairseq/cpt_hubert_base.yaml (mini corpus: cpt_hubert_tiny.yaml)
@@ -51,7 +51,7 @@ sec_upstream=""       # MFSN: data2vec audio (e.g. audio_base_ls.pt) [mini corpu
 tec_layer=""          # MFSN: TEC layer [12; mini corpus: 2]
 sec_layers=""         # MFSN: SEC layers, early,middle,late [4,8,12; mini corpus: 0,1,2]
 mfsn_config=""        # MFSN: [conf/mfsn.yaml, text/asr TEC: conf/mfsn_text.yaml; mini corpus: ../SAVEE/conf/mfsn_mini.yaml, conf/mfsn_text_mini.yaml]
-mfsn_ablation=mfsn    # MFSN: sec_only | sec_tec_nosearch | mfsn
+mfsn_ablation=mfsn    # MFSN: sec_only | sec_tec_nosearch | mfsn | mfsn_single (ours: the emotion module sees only the Fusion Cell's output)
 mfsn_tec=audio        # MFSN TEC source: audio (the ASR model's frames, the paper) | text (IEMOCAP's transcripts) | asr (greedy CTC transcripts of --tec-upstream)
 ctc_dict=""           # MFSN --mfsn-tec asr: the letter dictionary (dict.ltr.txt) of --tec-upstream
 head_overrides=""     # extra yaml overrides for the heads, e.g. "--batch_size 16 --lr 0.001"
@@ -101,7 +101,8 @@ Options (default in brackets):
   --tag NAME          experiment directory exp/NAME [protocol]
   --workdir DIR       where data/, dump/, exp/ and db/ go [this recipe's directory]
   --tec-upstream FILE, --sec-upstream FILE, --tec-layer L, --sec-layers L1,L2,L3, --mfsn-config FILE,
-  --mfsn-ablation sec_only|sec_tec_nosearch|mfsn    MFSN (--method mfsn) [mini corpus: the tiny HuBERT]
+  --mfsn-ablation sec_only|sec_tec_nosearch|mfsn|mfsn_single    MFSN (--method mfsn; mfsn_single: serkit's
+                      single-stream ablation) [mini corpus: the tiny HuBERT]
   --mfsn-tec SOURCE   MFSN TEC: audio | text (the corpus transcripts) | asr (greedy CTC, needs --ctc-dict)
                       [$mfsn_tec]; text and asr are serkit's text ablation, not the paper's (text leaks across sessions)
   --ctc-dict FILE     dict.ltr.txt of the CTC --tec-upstream, for --mfsn-tec asr
@@ -120,7 +121,7 @@ check_options() {
   check_choice --valid "$valid" stratified speaker
   check_choice --setting "$setting" featex finetune
   check_choice --selection "$selection" valid paper best_test valid_test_mean
-  check_choice --mfsn-ablation "$mfsn_ablation" sec_only sec_tec_nosearch mfsn
+  check_choice --mfsn-ablation "$mfsn_ablation" sec_only sec_tec_nosearch mfsn mfsn_single
   check_folds_spec "$folds"
   [ -z "$method" ] || check_choice_list --method "$method" flea linear ffn cnn shiftcnn transformer \
     shiftformer lstm shiftlstm bas bas_ffn bas_msa_ffn bas_transformer mfsn
@@ -418,7 +419,7 @@ run_mfsn() {
     sec_label="$(basename "$sec") L$sec_layers"; tec_label="$(basename "${tec:-none}") L$tec_layer"
   fi
   local sec_feats tec_feats="" search arch
-  local -a train
+  local -a train ablation_args
   sec_feats=$(dump_all "$sec")
   case $mfsn_tec in
     audio)
@@ -442,13 +443,17 @@ run_mfsn() {
   log "Stage 4: MFSN ($mfsn_ablation, TEC: $mfsn_tec): knowledge sources $label"
   for k in $fold_list; do
     fold=$splits/fold$k; out=$run/fold$k; search=${run}_search/fold$k
+    case $mfsn_ablation in
+      mfsn_single) ablation_args=(--ablation mfsn --streams single) ;;
+      *) ablation_args=(--ablation "$mfsn_ablation") ;;
+    esac
     # The label is a YAML string: quoted, since it holds ': '.
     train=(serkit train "$mfsn_config" --fold-dir "$fold" --feats "$sec_feats" "${tec_args[@]}"
-           --ablation "$mfsn_ablation" --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]"
+           "${ablation_args[@]}" --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]"
            --sources_label "\"$label\"" --noprogressbar)
     opts="tec=$mfsn_tec:${tec:-none}:$tec_layer sec=$sec:$sec_layers config=$mfsn_config ablation=$mfsn_ablation"  # epochs: the config's
     arch=""
-    if [ "$mfsn_ablation" = mfsn ]; then  # search, then retrain the derived cell: two serkit train calls
+    if [ "${mfsn_ablation%_single}" = mfsn ]; then  # search, then retrain the derived cell: two serkit train calls
       log "Stage 4: MFSN search fold $k: $fold -> $search/arch.txt"
       is_done "$search" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
         timed "$(basename "$run")_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search"
@@ -537,7 +542,7 @@ if stage_selected 5; then
   for h in "${heads[@]}"; do
     case $h in
       linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm) runs+=("$exp/${h}_$setting$input_tag"); continue ;;
-      bas) runs+=("$exp/${h}_$setting"); continue ;;
+      bas|bas_ffn|bas_msa_ffn|bas_transformer) runs+=("$exp/${h}_$setting"); continue ;;
     esac
     runs+=("$(mfsn_run "$mfsn_tec")")
     # MFSN runs with the other TEC sources, scored earlier, go beside it: the text-vs-audio gap in one table

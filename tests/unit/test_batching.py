@@ -10,6 +10,8 @@ import pytest
 
 sb = pytest.importorskip("speechbrain")
 
+import torch  # noqa: E402
+
 from serkit.speechbrain.brain import SERBrain  # noqa: E402
 from serkit.speechbrain.train import _parse, _peek_yaml, prepare_run_opts  # noqa: E402
 from serkit.utils import SerkitError  # noqa: E402
@@ -144,8 +146,18 @@ def test_every_recipe_config_but_mfsn_batches_by_length():
     assert len(confs) == 18
     for conf in confs:
         peek = _peek_yaml(conf)
+        # FLEA's class-balanced sampler (official code) draws its own training batches
+        expected = "random" if peek.get("class_balanced_sampler") else "dynamic"
         assert (peek.get("batching"), peek.get("max_batch_length"), peek.get("num_buckets")) == \
-            ("dynamic", None, 40), conf
+            (expected, None, 40), conf
+
+
+def test_dynamic_batching_with_a_class_balanced_sampler_is_refused_by_name():
+    brain = SERBrain(modules={}, hparams={"batching": "dynamic"}, run_opts={"device": "cpu"})
+    dataset = sb.dataio.dataset.DynamicItemDataset({"u1": {"duration": 1.0}, "u2": {"duration": 2.0}})
+    sampler = torch.utils.data.RandomSampler(range(2))
+    with pytest.raises(SerkitError, match="class_balanced_sampler"):
+        brain.batching_kwargs(dataset, sb.Stage.TRAIN, {"batch_size": 2, "sampler": sampler})
 
 
 def test_precision_option_reaches_the_brain(tmp_path):

@@ -416,6 +416,10 @@ class SERBrain(sb.Brain):
                               "hparams yaml or with --batching")
         if batching == "random" or not isinstance(dataset, sb.dataio.dataset.DynamicItemDataset):
             return loader_kwargs
+        if stage == sb.Stage.TRAIN and loader_kwargs.get("sampler") is not None:
+            raise SerkitError("batching: dynamic cannot be combined with a sampler that draws the training "
+                              "utterances itself (class_balanced_sampler: True); set batching: random, or "
+                              "class_balanced_sampler: False")
         kwargs = dict(loader_kwargs)
         batch_size = int(kwargs.pop("batch_size", 1))
         max_length = getattr(self.hparams, "max_batch_length", None)
