@@ -3,7 +3,10 @@
 1. Throughput: the tiny HuBERT and a randomly initialised HuBERT-base (both from ``serkit
    make-upstream``) dump all their layers (float16) for synthetic utterances; utterances per second and
    real-time factor (wall time / audio duration; below 1 is faster than real time).
-2. Memory: peak resident memory (ru_maxrss) of a dumping process for corpora of increasing size. The
+2. Overhead: ``dump_features`` (what ``serkit dump-features`` runs) writing the last layer vs a bare loop
+   of fairseq's ``model.extract_features`` over the same audio and model (no batching, no writing),
+   interleaved and repeated (``--overhead-repeats``); the ratio of the medians (1.0 = no overhead).
+3. Memory: peak resident memory (ru_maxrss) of a dumping process for corpora of increasing size. The
    utterances are generated on the fly (2-10 s of noisy tones each, never stored as wav files), through
    the real dumper (ark parts, progress records, merge), so memory reflects what ``dump-features`` keeps.
    Each size runs in its own process. If peak memory does not grow from the small to the large corpus,
@@ -70,6 +73,53 @@ def dump(ckpt: str, items, out: str, layers="all"):
     return time.perf_counter() - t0, res
 
 
+def bare_loop(ckpt: str, items) -> float:
+    """Seconds of fairseq's own ``extract_features`` (last layer) over ``items``, read as ``dump`` reads."""
+    import torch
+
+    from serkit.upstream import load_upstream
+
+    torch.set_num_threads(THREADS)
+    model = load_upstream(ckpt).model.eval()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for it in items:
+            wav = torch.from_numpy(synth_read(it.wav))[None]
+            x, _ = model.extract_features(source=wav, padding_mask=None, mask=False)
+            x.numpy()
+    return time.perf_counter() - t0
+
+
+def overhead(ckpts: dict, minutes: dict, repeats: int, work: str) -> list[dict]:
+    import statistics
+
+    from serkit.upstream import load_upstream
+
+    print("\n`dump_features` (last layer) / a bare loop of fairseq's `extract_features` (goal: <= 1.05)")
+    print("\n| upstream | utterances | audio s | repeats | bare extract_features s (median) "
+          "| dump_features s (median) | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    rows = []
+    for name, ckpt in ckpts.items():
+        items, audio = synthetic_items(minutes[name] / 60, seed=3)
+        last = load_upstream(str(ckpt)).num_layers
+        times = {"bare": [], "serkit": []}
+        for r in range(repeats):
+            for kind in (("bare", "serkit") if r % 2 == 0 else ("serkit", "bare")):
+                if kind == "bare":
+                    times["bare"].append(bare_loop(str(ckpt), items))
+                else:
+                    wall, _ = dump(str(ckpt), items, str(Path(work) / f"over-{name}-{r}"), layers=[last])
+                    times["serkit"].append(wall)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = {"upstream": name, "utterances": len(items), "audio_s": audio, "times": times,
+               "ratio": med["serkit"] / med["bare"]}
+        rows.append(row)
+        print(f"| {name} HuBERT (random) | {len(items)} | {audio:.0f} | {repeats} | {med['bare']:.2f} "
+              f"| {med['serkit']:.2f} | **{row['ratio']:.3f}** |")
+    return rows
+
+
 def child(args) -> int:
     items, audio = synthetic_items(args.child_hours, seed=1)
     with tempfile.TemporaryDirectory(dir=args.tmp) as d:
@@ -105,6 +155,8 @@ def main() -> int:
         metavar=("TINY", "BASE"),
         help="minutes of audio for the tiny and base throughput runs",
     )
+    ap.add_argument("--overhead-repeats", type=int, default=3,
+                    help="interleaved repeats of the overhead pairs")
     ap.add_argument("--memory-layers", default="all", help="layers dumped in the memory runs")
     ap.add_argument("--tmp", default=None, help="scratch directory (default: system temp)")
     ap.add_argument("--json", default=str(Path(__file__).with_suffix(".json")))
@@ -152,6 +204,10 @@ def main() -> int:
                 f"| {row['utt_per_s']:.2f} "
                 f"| {row['rtf']:.4f} |"
             )
+
+        if args.overhead_repeats > 0:
+            result["overhead"] = overhead(ckpts, dict(zip(ckpts, args.throughput_minutes)),
+                                          args.overhead_repeats, work)
 
         print("\n| corpus hours | utterances | wall s | peak RSS MiB | output MiB |")
         print("|---:|---:|---:|---:|---:|")

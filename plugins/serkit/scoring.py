@@ -235,6 +235,8 @@ def score_run(exp: str | Path, rule: str | None = None, headline: str | None = N
     if rule == "paper":
         rule = info.get("selection", "valid")
     headline = headline or info.get("headline", "ua")
+    batching = sorted({json.loads(p.read_text(encoding="utf-8")).get("batching") or "random"
+                       for f in folds for p in [f / "train_info.json"] if p.is_file()})
     per_fold = [score_fold(f, rule, headline) for f in folds]
     classes = per_fold[0]["test"]["classes"]
     cm = np.sum([np.asarray(m["test"]["confusion"]) for m in per_fold], axis=0)
@@ -243,6 +245,7 @@ def score_run(exp: str | Path, rule: str | None = None, headline: str | None = N
         "run": exp.name,
         "method": info.get("method", exp.name),
         "setting": info.get("setting"),
+        "batching": ", ".join(batching) or None,
         "corpus": info.get("corpus"),
         "protocol": info.get("protocol"),
         "upstream": info.get("upstream"),
@@ -286,7 +289,8 @@ def _pct(mean_std: dict, n_folds: int = 2) -> str:
 def render_results_md(r: dict) -> str:
     lines = [f"# {r['method']} ({r['run']})", ""]
     for label, key in (("Corpus", "corpus"), ("Protocol", "protocol"), ("Setting", "setting"),
-                       ("Upstream", "upstream"), ("Config", "config"), ("Note", "note")):
+                       ("Batching", "batching"), ("Upstream", "upstream"), ("Config", "config"),
+                       ("Note", "note")):
         if r.get(key):
             lines.append(f"- {label}: {r[key]}")
     lines += [f"- Selection rule: `{r['selection']}`: {r['selection_rule']}",
@@ -320,7 +324,9 @@ def results_table(exps: list[str | Path], rule: str | None = None) -> str:
             else score_run(exp, rule)
         s, n = r["summary"], len(r["folds"])
         sel = "valid" if r["selection"] == "valid" else f"paper: {r['selection']}"
-        rows.append(f"| {r['method']} | {r.get('setting') or ''} | {r.get('protocol') or ''} | "
+        batching = r.get("batching") and f"({r['batching']} batches)"
+        setting = " ".join(filter(None, [r.get("setting"), batching]))
+        rows.append(f"| {r['method']} | {setting} | {r.get('protocol') or ''} | "
                     f"{r.get('upstream') or ''} | {sel} | {n} | "
                     f"{_pct(s['ua'], n)} | {_pct(s['wa'], n)} | {_pct(s['weighted_f1'], n)} |")
     return "\n".join(rows) + "\n"

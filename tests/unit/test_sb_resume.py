@@ -29,6 +29,36 @@ def _checkpointed_epochs(out):
     return epochs
 
 
+def test_resumed_run_with_dynamic_batches_ends_as_an_uninterrupted_one(tmp_path_factory, tmp_path):
+    """linear.yaml batches by length (``batching: dynamic``): a resumed run forms the batches the
+    uninterrupted one formed, so with no other randomness (SpecAugment off) every epoch's predictions
+    are byte-identical."""
+    setup = tiny_setup(tmp_path_factory)
+
+    def cmd(out, epochs):
+        return [sys.executable, "-m", "serkit.speechbrain.train", str(CONF / "linear.yaml"), "--fold-dir",
+                str(setup["fold"]), "--output-folder", str(out), "--feats", str(setup["feats"]),
+                "--batch_size", "4", "--time_mask_prob", "0", "--channel_mask_prob", "0", "--noprogressbar",
+                "--number_of_epochs", str(epochs)]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    whole = subprocess.run(cmd(tmp_path / "whole", 4), env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    info = (tmp_path / "whole" / "train_info.json").read_text()
+    assert '"batching": "dynamic"' in info
+    first = subprocess.run(cmd(tmp_path / "resumed", 2), env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rest = subprocess.run(cmd(tmp_path / "resumed", 4), env=env, capture_output=True, text=True, timeout=300)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert "Going into epoch 3" in rest.stderr + rest.stdout
+    assert "Going into epoch 1\n" not in rest.stderr + rest.stdout
+    names = sorted(p.name for p in (tmp_path / "whole" / "predictions").glob("*.tsv"))
+    assert len(names) == 8
+    for name in names:
+        assert (tmp_path / "resumed" / "predictions" / name).read_bytes() == \
+            (tmp_path / "whole" / "predictions" / name).read_bytes(), name
+
+
 def test_killed_training_resumes_at_the_next_epoch(tmp_path_factory, tmp_path):
     setup = tiny_setup(tmp_path_factory)
     out = tmp_path / "run"

@@ -11,8 +11,10 @@ from test_sb_helpers import CLASSES, CONF, read_predictions, split_ids, tiny_set
 
 pytestmark = pytest.mark.slow
 
+# random batches: the thresholds below were set on their trajectory (dynamic batches learn the toy set
+# too, valid UA 0.75 / 0.5 / 0.875 for seeds 1-3, but not with the yaml's seed in 6 epochs)
 FAST = ["--lr", "0.05", "--warmup_epochs", "0", "--batch_size", "8", "--channel_mask_width", "8",
-        "--noprogressbar"]
+        "--noprogressbar", "--batching", "random"]
 
 
 def train(conf, fold, out, *extra):

@@ -21,6 +21,17 @@ paper: one loop, not DARTS' alternating validation steps); the Gumbel-softmax te
 ``search_log.jsonl``, drawn in ``search_probs.png``, and the derived architecture is written to
 ``arch.txt`` (what ``bas.yaml`` reads as ``--arch "$(cat arch.txt)"``).
 
+Batching (hparams ``batching``): ``dynamic`` (serkit's recipes) batches utterances of similar duration
+with SpeechBrain's ``DynamicBatchSampler``: a budget of ``max_batch_length`` seconds of padded audio per
+batch (default: ``batch_size`` times the mean padded duration, so a batch holds ``batch_size``
+utterances on average), ``num_buckets`` buckets of equal total duration (at most one per
+``batch_size`` utterances; a bucket's few leftover utterances join its full batches), utterances
+shuffled into their buckets and batches in random order every epoch (``seed`` + epoch: a resumed run
+draws the same batches). Validation and test batches take consecutive utterances in ascending
+duration under the same budget, each at most 5 % padding.
+``random`` (the default of a yaml without the key) keeps SpeechBrain's batches of ``batch_size`` drawn
+at random.
+
 Resuming: a run killed at any moment and started again with the same command ends bit-identical (on
 CPU) to a run that was never interrupted. Checkpoints hold the random generators
 (:class:`~serkit.speechbrain.checkpoints.RandomState`, recoverable ``rng``) besides the weights,
@@ -45,7 +56,7 @@ import torch.nn.functional as F
 from speechbrain.utils.distributed import if_main_process
 
 from ..metrics import compute_metrics
-from ..utils import atomic_file, write_json
+from ..utils import SerkitError, atomic_file, write_json
 
 log = logging.getLogger("serkit.speechbrain")
 
@@ -210,6 +221,100 @@ def forget_logged_epochs(path, epoch: int) -> None:
             f.writelines(kept)
 
 
+BATCHING = ("dynamic", "random")
+#: An evaluation batch is closed before it would exceed this fraction of padding (ours).
+EVAL_MAX_PADDING = 0.05
+
+
+def _durations(dataset, max_duration=None, pad_to_max: bool = False):
+    """Seconds of each item as the model sees it (``max_duration`` crops; ``pad_to_max`` pads to it)."""
+    import numpy as np
+
+    lengths = np.array([float(dataset.data[i]["duration"]) for i in dataset.data_ids])
+    if max_duration is not None:
+        lengths = np.full_like(lengths, float(max_duration)) if pad_to_max else np.minimum(lengths,
+                                                                                          float(max_duration))
+    return lengths
+
+
+def _duration_sampler_class():
+    import numpy as np
+    from speechbrain.dataio.sampler import DynamicBatchSampler
+
+    class DurationBatchSampler(DynamicBatchSampler):
+        """SpeechBrain's ``DynamicBatchSampler`` whose buckets do not end in a batch of a few utterances:
+        a bucket's last, partial batch is spread over the bucket's full batches (one utterance more
+        each) when it has no more utterances than there are full batches (ours: a batch of one or two
+        utterances would weigh as much as a full one in the gradient steps)."""
+
+        def _generate_batches(self):
+            super()._generate_batches()
+            groups: dict[int, list] = {}
+            for batch in self._batches:
+                bucket = int(np.searchsorted(self._bucket_boundaries, self._ex_lengths[str(batch[0])]))
+                groups.setdefault(bucket, []).append(batch)
+            batches = []
+            for bucket, group in sorted(groups.items()):
+                full = [b for b in group if len(b) >= self._bucket_lens[bucket]]
+                rest = [i for b in group if len(b) < self._bucket_lens[bucket] for i in b]
+                if rest and len(rest) <= len(full):
+                    for k, i in enumerate(rest):
+                        full[k].append(i)
+                    rest = []
+                batches += full + ([rest] if rest else [])
+            self._batches = batches
+            self._permute_batches()
+
+    return DurationBatchSampler
+
+
+def duration_batch_sampler(dataset, batch_size: int, max_batch_length: float | None = None,
+                           num_buckets: int = 40, shuffle: bool = True, seed: int = 0,
+                           drop_last: bool = False, max_duration=None, pad_to_max: bool = False):
+    """SpeechBrain's ``DynamicBatchSampler`` over the ``duration`` (seconds) of a ``DynamicItemDataset``.
+
+    Bucket boundaries split the sorted durations into ``num_buckets`` parts of equal total duration (so
+    each bucket fills about as many batches; the longest boundary is the longest utterance, so none falls
+    into SpeechBrain's overflow bucket of batch size 1); ``num_buckets`` is capped at
+    ``len(dataset) // batch_size``. A bucket's batches hold ``int(max_batch_length / boundary)``
+    utterances; ``max_batch_length=None`` takes ``batch_size`` times the mean boundary of the
+    utterances, so that batches hold ``batch_size`` utterances on average.
+    """
+    import numpy as np
+
+    lengths = _durations(dataset, max_duration, pad_to_max)
+    ordered = np.sort(lengths)
+    buckets = max(1, min(int(num_buckets), len(lengths) // max(1, int(batch_size))))
+    cumulative = np.cumsum(ordered) / ordered.sum()
+    ends = np.minimum(np.searchsorted(cumulative, np.arange(1, buckets + 1) / buckets), len(ordered) - 1)
+    boundaries = np.unique(np.append(ordered[ends], ordered[-1]))
+    if max_batch_length is None:
+        max_batch_length = int(batch_size) * float(boundaries[np.searchsorted(boundaries, lengths)].mean())
+    return _duration_sampler_class()(dataset, max_batch_length=float(max_batch_length),
+                               bucket_boundaries=boundaries.tolist(), lengths_list=lengths.tolist(),
+                               shuffle=shuffle, batch_ordering="random", seed=int(seed), drop_last=drop_last)
+
+
+def sorted_batches(dataset, batch_size: int, max_batch_length: float | None = None, max_duration=None,
+                   pad_to_max: bool = False) -> list[list[int]]:
+    """Evaluation batches: consecutive utterances in ascending duration, a batch closed before it would
+    exceed ``max_batch_length`` seconds of padded audio (None: ``batch_size`` times the mean duration)
+    or ``EVAL_MAX_PADDING`` of padding."""
+    import numpy as np
+
+    lengths = _durations(dataset, max_duration, pad_to_max)
+    budget = float(max_batch_length) if max_batch_length is not None else int(batch_size) * lengths.mean()
+    batches, current, total = [], [], 0.0
+    for i in np.argsort(lengths, kind="stable").tolist():
+        n, longest = len(current) + 1, lengths[i]
+        if current and (n * longest > budget or total + longest < (1 - EVAL_MAX_PADDING) * n * longest):
+            batches.append(current)
+            current, total = [], 0.0
+        current.append(i)
+        total += longest
+    return batches + [current] if current else batches
+
+
 class SERBrain(sb.Brain):
     """Trains a serkit head (see the module docstring). Extra attributes set by ``serkit.speechbrain.train``:
 
@@ -303,6 +408,28 @@ class SERBrain(sb.Brain):
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
             self.checkpointer.add_recoverable("arch_optimizer", self.arch_optimizer)
 
+    def batching_kwargs(self, dataset, stage, loader_kwargs: dict) -> dict:
+        """The DataLoader arguments for ``dataset`` under the hparams' ``batching`` (module docstring)."""
+        batching = str(getattr(self.hparams, "batching", "random"))
+        if batching not in BATCHING:
+            raise SerkitError(f"batching: {batching!r} is not one of {', '.join(BATCHING)}; set it in the "
+                              "hparams yaml or with --batching")
+        if batching == "random" or not isinstance(dataset, sb.dataio.dataset.DynamicItemDataset):
+            return loader_kwargs
+        kwargs = dict(loader_kwargs)
+        batch_size = int(kwargs.pop("batch_size", 1))
+        max_length = getattr(self.hparams, "max_batch_length", None)
+        shuffle, drop_last = bool(kwargs.pop("shuffle", False)), bool(kwargs.pop("drop_last", False))
+        seen = {"max_duration": getattr(self.hparams, "max_duration", None),  # what the model sees
+                "pad_to_max": bool(getattr(self.hparams, "pad_to_max", False))}
+        if stage == sb.Stage.TRAIN:
+            kwargs["batch_sampler"] = duration_batch_sampler(
+                dataset, batch_size, max_length, int(getattr(self.hparams, "num_buckets", 40)),
+                shuffle=shuffle, seed=int(getattr(self.hparams, "seed", 0) or 0), drop_last=drop_last, **seen)
+        else:
+            kwargs["batch_sampler"] = sorted_batches(dataset, batch_size, max_length, **seen)
+        return kwargs
+
     def optimizers_step(self):
         # SpeechBrain clips only param_groups[0] of each optimiser, which with a no-decay group would leave
         # the other group unclipped. Here one global norm over every group (as the official ShiftSER
@@ -325,8 +452,11 @@ class SERBrain(sb.Brain):
         self.optimizer_step += 1
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        loader_kwargs = self.batching_kwargs(dataset, stage, loader_kwargs)
         loader = super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
+            if "batch_sampler" in loader_kwargs and not self.distributed_launch:
+                self.train_sampler = loader_kwargs["batch_sampler"]  # Brain.fit calls its set_epoch
             self._steps_per_epoch = max(1, len(loader))
             self._train_loader = loader
         return loader
@@ -430,8 +560,9 @@ class SERBrain(sb.Brain):
     def _predict(self, dataset) -> dict:
         """Predict a whole split (no gradients, eval mode); return ``{utt: (label, probs)}``."""
         if not isinstance(dataset, torch.utils.data.DataLoader):
+            opts = dict(getattr(self.hparams, "test_dataloader_opts", {"batch_size": 1}))
             dataset = sb.dataio.dataloader.make_dataloader(
-                dataset, **getattr(self.hparams, "test_dataloader_opts", {"batch_size": 1}))
+                dataset, **self.batching_kwargs(dataset, sb.Stage.TEST, opts))
             self.test_set = dataset
         self._rows = {}
         self.modules.eval()

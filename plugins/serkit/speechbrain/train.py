@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": int(hparams["number_of_epochs"]),
         "epochs_run": 0,
         "seed": hparams.get("seed"),
+        "batching": str(hparams.get("batching", "random")),
         "selection": hparams.get("selection", "valid"),
         "best_metric": hparams.get("best_metric", "ua"),
         "world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
