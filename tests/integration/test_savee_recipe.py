@@ -41,9 +41,16 @@ def _run(recipe_dir, *args, timeout=1500):
 
 @pytest.mark.slow
 def test_savee_recipe_mini_end_to_end(recipe):
-    r = _run(recipe, "--folds", "1", "--search-epochs", "1", "--epochs", "2", "--device", "cpu")
+    # --config names the trainer YAML (it used to be sourced as bash: rc 127)
+    r = _run(recipe, "--folds", "1", "--search-epochs", "1", "--epochs", "2", "--device", "cpu",
+             "--config", "conf/mfsn_mini.yaml")
     assert r.returncode == 0, r.stderr[-4000:]
     exp = recipe / "exp" / "mini"
+    # the final path is absolute; the stage lines, the tiny HuBERT's progress included, are in run.log
+    assert f"Ablation table: {exp.resolve()}/RESULTS.md" in r.stderr
+    run_log = (exp / "run.log").read_text()
+    assert "(make_tiny_upstream.sh)   pretraining: update 300/300, loss" in run_log
+    assert f"Ablation table: {exp.resolve()}/RESULTS.md" in run_log
 
     table = (exp / "RESULTS.md").read_text()
     assert "NOT wav2vec 2.0/data2vec" in table  # the mini sources are labelled for what they are
