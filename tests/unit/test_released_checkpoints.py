@@ -515,7 +515,7 @@ def _fairseq_ctc_logits(s, wav: torch.Tensor) -> torch.Tensor:
 def test_greedy_ctc_from_dumped_features_equals_fairseqs_ctc_model(standins, wavs, dumps, release):
     import soundfile as sf
 
-    from serkit.speechbrain.mfsn_text import ctc_greedy_transcripts
+    from serkit.speechbrain.mfsn import ctc_greedy_transcripts
     from serkit.upstream.ctc import GreedyCtc
     from serkit.upstream.features import FeatureReader
 
