@@ -24,6 +24,33 @@ check_int --seed "$seed"; check_int --nclusters "$nclusters" 2; check_int --upda
 mkdir -p "$workdir" "$out"
 workdir=$(realpath "$workdir"); out=$(realpath "$out")
 
+# check_iter1: OUT/iter1 may be removed (a re-run pretrains afresh; fairseq would resume it) only when it
+# is this script's: OUT holds local/stage.sh's records (.options/.done), and iter1 only what
+# fairseq-hydra-train writes there (checkpoints, hydra_train.log, .hydra/*.yaml).
+fairseq_run_only() (
+  shopt -s dotglob nullglob
+  local f g
+  [ -d "$1" ] && [ ! -L "$1" ] || return 1
+  for f in "$1"/*; do
+    case ${f##*/} in
+      checkpoint*.pt|checkpoint*.pt.tmp|crash.pt|hydra_train.log) [ -f "$f" ] && [ ! -L "$f" ] || return 1 ;;
+      .hydra)
+        [ -d "$f" ] && [ ! -L "$f" ] || return 1
+        for g in "$f"/*; do
+          case ${g##*/} in config.yaml|hydra.yaml|overrides.yaml) [ -f "$g" ] && [ ! -L "$g" ] || return 1 ;;
+            *) return 1 ;; esac
+        done ;;
+      *) return 1 ;;
+    esac
+  done
+)
+check_iter1() {
+  [ -e "$out/iter1" ] || [ -L "$out/iter1" ] || return 0
+  if { [ -f "$out/.options" ] || [ -f "$out/.done" ]; } && fairseq_run_only "$out/iter1"; then return 0; fi
+  die "--out $out: $out/iter1 exists and is not this script's pretraining output; serkit never removes what it did not write. Nothing was changed: choose another --out, or move $out/iter1 away yourself"
+}
+check_iter1
+
 db=$workdir/db/mini_pretrain
 data=$workdir/data/pretrain
 fold=$data/iemocap_loso5/fold1
@@ -49,6 +76,7 @@ serkit kmeans apply --model "$out/km_mfcc/km.model" --feats "$out/mfcc" --fold "
   --splits train,valid --out "$out/km_mfcc"
 
 log "tiny HuBERT 5/5: fairseq-hydra-train hubert_pretraining, $updates updates (progress every 25) -> $out/iter1"
+check_iter1
 rm -rf "$out/iter1"
 # Reproducible (two builds used to differ in every weight): serkit's user dir seeds HuBERT's masks,
 # which fairseq 0.12 draws from unseeded generators; no prefetch thread (data_buffer_size=0), since

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import compute_metrics
-from .utils import SerkitError, atomic_file, write_json
+from .utils import SerkitError, atomic_file, claim_output_file, write_json
 
 log = logging.getLogger("serkit.score")
 
@@ -313,9 +313,21 @@ def render_results_md(r: dict) -> str:
     return "\n".join(lines)
 
 
+RESULTS_HEADER = "| method | setting | protocol | upstream | selection | folds | UA | WA | WF1 |"
+
+
+def is_results_table(path: Path) -> bool:
+    """``path`` is a table ``serkit results --out`` wrote (its first line is the table's header)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\n") == RESULTS_HEADER
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def results_table(exps: list[str | Path], rule: str | None = None) -> str:
     """One markdown table over several scored runs (scores any run not scored yet)."""
-    rows = ["| method | setting | protocol | upstream | selection | folds | UA | WA | WF1 |",
+    rows = [RESULTS_HEADER,
             "|---|---|---|---|---|---|---|---|---|"]
     for exp in exps:
         exp = Path(exp)
@@ -364,6 +376,8 @@ def register(sub) -> None:
     p.add_argument("--out", help="also write the table to this file")
 
     def run(a):
+        if a.out:  # before scoring, so a refused --out changes nothing
+            claim_output_file(a.out, is_results_table, "a table `serkit results` wrote")
         table = results_table(a.exps, a.selection)
         print(table, end="")
         if a.out:

@@ -106,6 +106,46 @@ def check_not_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike],
                           f"the input. Nothing was written: choose an {what} outside every input")
 
 
+def claim_output_file(out: str | os.PathLike, ours: Callable[[Path], bool], kind: str,
+                      inputs: Iterable[str | os.PathLike] = (), what: str = "--out") -> None:
+    """Check that file ``out`` may be written (or replaced) as serkit's ``kind``; write nothing.
+
+    Allowed: ``out`` absent, or a file ``ours(out)`` recognises as one serkit wrote. Refused, with a
+    :class:`SerkitError` naming the file and the fix: ``out`` equal to, inside or holding an input, a
+    directory, anything else.
+    """
+    out = Path(out)
+    check_not_input(out, inputs, what)
+    if out.is_dir():
+        raise SerkitError(f"{what} {out}: is a directory; give the file to write")
+    if os.path.lexists(out) and not (out.is_file() and ours(out)):
+        raise SerkitError(f"{what} {out}: exists and is not {kind}; serkit never overwrites what it "
+                          f"did not write. Nothing was changed: choose another {what}, or move that file "
+                          "away yourself")
+
+
+def torch_file_strings(path: str | os.PathLike) -> set[str]:
+    """The string constants in the pickle of a ``torch.save`` (zip) file, read with :mod:`pickletools`:
+    nothing in the file is executed. Empty for anything else."""
+    import pickletools
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"), None)
+            data = z.read(name) if name else b""
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return set()
+    strings: set[str] = set()
+    try:
+        for _op, arg, _pos in pickletools.genops(data):
+            if isinstance(arg, str):
+                strings.add(arg)
+    except Exception:  # noqa: BLE001 - a damaged pickle is simply not recognised
+        return set()
+    return strings
+
+
 def read_marker(path: str | os.PathLike) -> dict | None:
     """The marker of a directory serkit wrote (``{"kind": ..., ...}``), or None when it has none."""
     m = Path(path) / MARKER

@@ -124,7 +124,7 @@ if stage_selected 0; then
   if $mini; then
     log "Stage 0: mini SAVEE corpus -> db/mini; tiny HuBERT -> $tec_upstream"
     is_done db/mini "mini-corpus savee" || {
-      rm -rf db/mini; serkit mini-corpus savee --out db/mini; mark_done db/mini "mini-corpus savee"; }
+      serkit mini-corpus savee --out db/mini; mark_done db/mini "mini-corpus savee"; }
     bash ../../local/make_tiny_upstream.sh --workdir . --out exp/upstream
   fi
   log "Stage 0: prepare: $root -> $data"

@@ -11,11 +11,17 @@ fairseq upstream (``serkit dump-features``, ``load_upstream``, ``fairseq-hydra-t
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
-from ..utils import SerkitError, atomic_file
+from ..utils import SerkitError, atomic_file, check_not_input, claim_output_file, torch_file_strings
 
 log = logging.getLogger("serkit.speechbrain")
+
+
+def is_export(path: Path) -> bool:
+    """``path`` is a checkpoint ``export_upstream`` wrote (its ``extra_state.serkit_export``)."""
+    return "serkit_export" in torch_file_strings(path)
 
 
 def export_upstream(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
@@ -30,7 +36,13 @@ def export_upstream(exp: str | Path, out: str | Path, checkpoint: str = "best") 
     if info.get("setting") != "finetune":
         raise SerkitError(f"{Path(exp) / 'train_info.json'}: setting is {info.get('setting')!r}; only a "
                           "finetuned upstream can be exported (train with --upstream, without --feats)")
+    upstream = info.get("upstream")
+    if upstream and os.path.realpath(out) == os.path.realpath(upstream):
+        raise SerkitError(f"--out {out}: is the upstream the fold was trained from ({upstream}); exporting "
+                          "there would replace it. Nothing was written: choose another --out")
+    claim_output_file(out, is_export, "an upstream `serkit export-upstream` wrote")
     clf = EmotionClassifier.from_hparams(source=exp, checkpoint=checkpoint)
+    check_not_input(out, [clf.checkpoint.path, Path(exp) / "train_info.json", Path(exp) / "hyperparams.yaml"])
     state = load_state(info["upstream"])
     tuned = clf.finetuned_upstream.model.state_dict()
     missing = sorted(set(state["model"]) - set(tuned))

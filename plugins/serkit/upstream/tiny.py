@@ -24,7 +24,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..utils import SerkitError
+from ..utils import SerkitError, atomic_file, claim_output_file, torch_file_strings
 
 log = logging.getLogger("serkit.upstream")
 
@@ -48,6 +48,12 @@ ARCHS = {"tiny": TINY, "base": BASE}
 PLACEHOLDER_DATA = "/OVERRIDE/task.data"
 
 
+def is_made_upstream(path: Path) -> bool:
+    """``path`` is a checkpoint :func:`make_hubert_checkpoint` wrote (not an upstream exported from it)."""
+    strings = torch_file_strings(path)
+    return "serkit make-upstream" in strings and "serkit_export" not in strings
+
+
 def make_hubert_checkpoint(
     out: str | os.PathLike,
     arch: str = "tiny",
@@ -62,6 +68,7 @@ def make_hubert_checkpoint(
     """
     if arch not in ARCHS:
         raise SerkitError(f"unknown --arch {arch!r}; choose one of {sorted(ARCHS)}")
+    claim_output_file(out, is_made_upstream, "a checkpoint `serkit make-upstream` wrote")
     import torch
     from fairseq.data import Dictionary
     from fairseq.dataclass.configs import FairseqConfig
@@ -119,14 +126,8 @@ def make_hubert_checkpoint(
         },
     }
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(out, "wb") as f:
+        torch.save(state, f)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "wrote %s HuBERT checkpoint %s (%.2f M parameters, %d labels, seed %d)",

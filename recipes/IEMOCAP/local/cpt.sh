@@ -16,6 +16,7 @@ update_freq=1  # batches of dataset.max_tokens (per GPU) accumulated per update
 help_message="Usage: $0 --yaml FILE --fold DIR --labels DIR --init CKPT --updates N [--update-freq N] --out DIR"
 . ../../local/parse_options.sh
 for v in yaml fold labels init updates out; do [ -n "${!v}" ] || die "--$v is required ($help_message)"; done
+check_int --updates "$updates" 1; check_int --update-freq "$update_freq" 1
 for f in "$labels/train.km" "$labels/valid.km" "$labels/dict.km.txt" "$fold/train.tsv" "$init"; do
   [ -f "$f" ] || die "$f: missing (run the earlier stages first)"
 done
@@ -24,7 +25,6 @@ log "CPT: $(basename "$init") + labels $labels on $fold, $updates updates of upd
 mkdir -p "$out"
 # fairseq resumes from OUT/checkpoint_last.pt when it exists, so a killed run continues.
 user_dir=$(serkit_user_dir) || exit 1
-check_int --updates "$updates" 1
 # Paths become quoted Hydra values, so spaces, commas, '=', brackets or quotes in them are data.
 fairseq-hydra-train --config-dir "$(realpath "$(dirname "$yaml")")" \
   --config-name "$(basename "${yaml%.yaml}")" \
