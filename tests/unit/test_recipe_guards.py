@@ -102,3 +102,16 @@ def test_cpt_refuses_an_update_freq_that_is_not_a_whole_number(tmp_path):
     assert r.returncode != 0
     assert f"--update-freq {bad}: expected a whole number >= 1" in r.stderr
     assert not out.exists()  # refused before anything was written
+
+
+def test_make_tiny_upstream_replaces_its_own_interrupted_iter1(tmp_path):
+    out = tmp_path / "out"
+    r = run_tiny_upstream(tmp_path, out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "iter1" / "checkpoint_last.pt").is_file() and (out / ".done").is_file()
+    (out / ".done").unlink()  # killed after pretraining, before mark_done
+    r = run_tiny_upstream(tmp_path, out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "is not this script's pretraining output" not in r.stderr
+    assert (out / ".done").is_file() and (out / "tiny_hubert.pt").is_file()
+    assert "num_updates 1" in (out / "iter1.log").read_text()
