@@ -143,7 +143,8 @@ input_identity() {
   p=$(realpath -m -- "$1")
   d=$p
   while :; do
-    if [ -f "$d/.done" ]; then echo "record:$(md5sum < "$d/.done" | cut -c1-16)"; return; fi
+    # a stage record of these helpers (it ends with "finished: ..."), not a .done file of another tool
+    if [ -f "$d/.done" ] && grep -q "^finished: " "$d/.done"; then echo "record:$(md5sum < "$d/.done" | cut -c1-16)"; return; fi
     [ "$d" != / ] || break
     d=$(dirname -- "$d")
   done

@@ -68,6 +68,20 @@ def test_rerunning_an_upstream_stage_with_the_same_options_invalidates_downstrea
     assert runs(tmp_path / "down") == 1 and list(tmp_path.glob("down.prev-*"))
 
 
+def test_a_foreign_done_file_above_an_input_does_not_hide_its_changes(tmp_path):
+    # Kaldi recipes leave empty .done files in their directories; a corpus below one is still hashed
+    corpus = tmp_path / "kaldi" / "corpus"
+    corpus.mkdir(parents=True)
+    (tmp_path / "kaldi" / ".done").write_text("")
+    (corpus / "a.txt").write_text("1\n")
+    assert bash(STAGE_FN + "run_stage prep 'k=1' kaldi/corpus", tmp_path).returncode == 0
+    (corpus / "a.txt").write_text("2\n")
+    r = bash(STAGE_FN + "run_stage prep 'k=1' kaldi/corpus", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"inputs changed for prep ({corpus})" in r.stderr
+    assert len(list(tmp_path.glob("prep.prev-*"))) == 1
+
+
 def test_changed_options_say_so_and_move_the_old_output_aside(tmp_path):
     assert bash(STAGE_FN + "run_stage up 'k=1'", tmp_path).returncode == 0
     r = bash(STAGE_FN + "run_stage up 'k=2'", tmp_path)
