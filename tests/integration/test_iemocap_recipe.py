@@ -126,7 +126,7 @@ def test_mfsn_runs_on_both_protocols(setup, protocol):
     assert (fold.parents[1] / "mfsn_mfsn_search" / "fold1" / "arch.txt").is_file()  # the search call's
     assert json.loads((fold / "train_info.json").read_text())["arch"]  # the retrain call's cell
     table = (setup["work"] / "exp" / protocol / "RESULTS.md").read_text()
-    assert f"| MFSN (mfsn) | featex | {protocol} |" in table
+    assert f"| MFSN (mfsn) | featex (random batches) | {protocol} |" in table
 
 
 def test_tapt_continues_pretraining_on_given_labels_before_the_teacher(setup, tmp_path):
