@@ -189,14 +189,17 @@ def test_mfsn_text_ablation_from_transcripts_and_asr_sits_beside_audio(setup, tm
     ckpt = setup["args"][setup["args"].index("--upstream") + 1]
     args = [a for a in setup["args"]]
     args[args.index("--method") + 1] = "mfsn"
-    # no --mfsn-config: the mini defaults, ../SAVEE/conf/mfsn_mini.yaml and conf/mfsn_text_mini.yaml
+    # the CPU-sized configs: this corpus is passed as --root (the real-data path), whose defaults are
+    # the full conf/mfsn.yaml and conf/mfsn_text.yaml
     args += ["--sec-upstream", ckpt, "--tec-layer", "2", "--sec-layers", "0,1,2", "--head-overrides", ""]
+    text_conf = ["--mfsn-config", "conf/mfsn_text_mini.yaml"]
     exp = setup["exp"]
-    audio = run(*args, "--tec-upstream", ckpt)  # done already when the protocol test ran first
+    # done already when the protocol test ran first
+    audio = run(*args, "--tec-upstream", ckpt, "--mfsn-config", "../SAVEE/conf/mfsn_mini.yaml")
     assert audio.returncode == 0, audio.stderr[-4000:]
 
     # one fold each: every fold is two serkit train calls (search, retrain)
-    text = run(*args, "--mfsn-tec", "text", "--folds", "1")
+    text = run(*args, *text_conf, "--mfsn-tec", "text", "--folds", "1")
     assert text.returncode == 0, text.stderr[-4000:]
     fold = exp / "mfsn_text_mfsn" / "fold1"
     info = json.loads((fold / "train_info.json").read_text())
@@ -209,10 +212,10 @@ def test_mfsn_text_ablation_from_transcripts_and_asr_sits_beside_audio(setup, tm
     assert len(rows) == 2 and "TEC from the transcripts" in rows[0], text.stdout
     assert rows[1].startswith("| MFSN (mfsn) |")  # the audio TEC run, for the gap
 
-    no_dict = run(*args, "--mfsn-tec", "asr", "--tec-upstream", ckpt)
+    no_dict = run(*args, *text_conf, "--mfsn-tec", "asr", "--tec-upstream", ckpt)
     assert no_dict.returncode != 0 and "--ctc-dict" in no_dict.stderr
     ctc, letters = _tiny_ctc_checkpoint(tmp_path)
-    asr = run(*args, "--mfsn-tec", "asr", "--tec-upstream", str(ctc), "--ctc-dict", str(letters),
+    asr = run(*args, *text_conf, "--mfsn-tec", "asr", "--tec-upstream", str(ctc), "--ctc-dict", str(letters),
               "--folds", "1")
     assert asr.returncode == 0, asr.stderr[-4000:]
     info = json.loads((exp / "mfsn_asr_mfsn" / "fold1" / "train_info.json").read_text())
