@@ -35,7 +35,6 @@ Where the structure comes from:
 
 from __future__ import annotations
 
-import os
 from argparse import Namespace
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,10 +148,10 @@ def _root_cfg(task_dc, model_dc, task_name: str, model_name: str, **sections):
 def _save(state: dict, out: Path) -> Path:
     import torch
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, out)
+    from ..utils import atomic_file
+
+    with atomic_file(out, "wb") as f:
+        torch.save(state, f)
     return out
 
 
