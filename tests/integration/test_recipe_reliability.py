@@ -76,7 +76,8 @@ def test_a_changed_teacher_reruns_every_stage_downstream_of_it(flea):
     args[args.index("--teacher-epochs") + 1] = "2"
     res = run("IEMOCAP", *args)
     assert res.returncode == 0, res.stderr[-6000:]
-    assert "options changed for" in res.stderr and "epochs=1 lr=0.001 pooling=mean -> " in res.stderr  # the teacher
+    # the teacher
+    assert "options changed for" in res.stderr and "epochs=1 lr=0.001 pooling=mean -> " in res.stderr
     for d, upstream in (("km", "teacher/fold1/layer2"), ("cpt", "km/fold1"), ("flea_mean", "cpt/fold1")):
         assert f"inputs changed for {exp / d / 'fold1'} ({exp / upstream})" in res.stderr, res.stderr[-4000:]
         after = (exp / d / "fold1" / ".done").read_text()
