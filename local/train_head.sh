@@ -2,18 +2,22 @@
 # Trains one head on one fold: `serkit train conf/<method>.yaml`, or for BAS the search
 # (conf/bas_search.yaml, in <out>/search) followed by the retrain of the derived architecture.
 #
-#   bash local/train_head.sh --method shiftcnn --fold FOLD --out EXP/shiftcnn_featex/fold1 \
+#   bash ../../local/train_head.sh --method shiftcnn --fold FOLD --out EXP/shiftcnn_featex/fold1 \
 #       --feats DUMP_DIR --epochs 100 [--upstream CKPT] [--device cpu]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-. ./path.sh
-. ../../local/stage.sh
+# Runs in the recipe's directory (the caller's: conf/ is read from there).
+_here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=path.sh
+. "$_here/path.sh"
+# shellcheck source=stage.sh
+. "$_here/stage.sh"
 
 method=""; fold=""; out=""; feats=""; upstream=""; epochs=""; device=cpu; search_epochs=""
 overrides=""   # extra yaml overrides, e.g. "--channel_mask_width 5"
 search_overrides=""   # BAS: extra yaml overrides for the search only, e.g. "--search_layers 3"
 help_message="Usage: $0 --method NAME --fold DIR --out DIR (--feats DIR | --upstream CKPT) [--epochs N] [--search-epochs N] [--device D] [--overrides \"--key value ...\"] [--search-overrides \"--key value ...\"]"
-. ../../local/parse_options.sh
+# shellcheck source=parse_options.sh
+. "$_here/parse_options.sh"
 [ -n "$method" ] && [ -n "$fold" ] && [ -n "$out" ] || die "$help_message"
 
 src=()
