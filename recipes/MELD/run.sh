@@ -34,6 +34,7 @@ model_dim=""         # width of the searched blocks [256; mini corpus: 64, the t
 search_overrides=""  # extra yaml overrides for the search [mini corpus: faster arch lr, cooler temperature (ours)]
 head_overrides=""    # extra yaml overrides for the retrain and every baseline, e.g. "--lr 0.01"
 selection=valid      # valid | best_test | valid_test_mean (always named in the table)
+best_metric=weighted_f1  # validation metric that picks each run's kept checkpoint: weighted_f1 (MELD's headline) | ua
 device=auto          # auto | cpu | cuda
 nj=2                 # parallel clip decoders (stage 0)
 threads=""           # torch CPU threads [torch's default; mini corpus: 1]
@@ -74,6 +75,7 @@ Options (default in brackets):
                         real data]
   --head-overrides S    extra yaml overrides for the retrain and the baselines, e.g. "--lr 0.01"
   --selection RULE      valid | best_test | valid_test_mean [$selection]; valid selects on weighted F1
+  --best-metric M       validation metric of the checkpoint each run keeps: weighted_f1 | ua [$best_metric]
   --device D            auto | cpu | cuda [$device]
   --nj N                parallel clip decoders (stage 0) [$nj]
   --threads N           torch CPU threads [torch's default; mini corpus: 1]
@@ -141,7 +143,7 @@ log_to "$exp/run.log"
 : > "$timing_file"
 # MELD's headline is weighted F1 (48 % of the test set is neutral): every run keeps the checkpoint
 # best on validation WF1, as `serkit score --headline wf1` selects the reported epoch.
-common=(--best_metric weighted_f1 --batch_size "$batch_size" --device "$device" --noprogressbar)
+common=(--best_metric "$best_metric" --batch_size "$batch_size" --device "$device" --noprogressbar)
 # The configs are shared with the other corpora (serkit config lists them); MELD needs none of its own.
 shared_conf=../../plugins/serkit/conf
 read -r -a search_extra <<< "$search_overrides"
@@ -210,7 +212,7 @@ search=$exp/bas_search/fold1
 ###############################################################################
 if has bas && stage_selected 2; then
   log "Stage 2: BAS search ($bas_layers layers, $search_epochs epochs): $fold + $feats -> $search (arch.txt, search_log.jsonl, search_probs.png)"
-  opts="feats=$(realpath "$feats") layers=$bas_layers epochs=$search_epochs batch=$batch_size dim=$model_dim ffn_residual=$ffn_residual overrides=$search_overrides"
+  opts="feats=$(realpath "$feats") layers=$bas_layers epochs=$search_epochs batch=$batch_size dim=$model_dim ffn_residual=$ffn_residual metric=$best_metric overrides=$search_overrides"
   is_done "$search" "$opts" "$feats" "$splits" "$shared_conf/bas_search.yaml" || {
     timed bas_search serkit train "$shared_conf/bas_search.yaml" --fold-dir "$fold" --output-folder "$search" \
       --feats "$feats" --search_layers "$bas_layers" --number_of_epochs "$search_epochs" \
@@ -255,7 +257,7 @@ if stage_selected 3; then
         extra=(--method "$h" --channel_mask_width "$(( dim * 64 / 768 > 1 ? dim * 64 / 768 : 1 ))") ;;
     esac
     log "Stage 3: $(method_name "$h" "$arch") ($conf, $epochs epochs): $fold + $feats -> $out"
-    opts="feats=$(realpath "$feats") conf=$conf epochs=$epochs batch=$batch_size arch=$arch dim=$model_dim overrides=$head_overrides${extra[*]:+ extra=${extra[*]}}"
+    opts="feats=$(realpath "$feats") conf=$conf epochs=$epochs batch=$batch_size arch=$arch dim=$model_dim metric=$best_metric overrides=$head_overrides${extra[*]:+ extra=${extra[*]}}"
     is_done "$out" "$opts" "$feats" "$splits" "$conf" "$([ "$h" != bas ] || echo "$search")" || {
       timed "$h" serkit train "$conf" --fold-dir "$fold" --output-folder "$out" --feats "$feats" \
         --number_of_epochs "$epochs" "${extra[@]}" "${head_extra[@]}" "${common[@]}"
