@@ -135,8 +135,8 @@ Options (default in brackets):
   --workdir DIR       where data/, dump/, exp/ and db/ go [this recipe's directory]
   --tec-upstream FILE, --sec-upstream FILE, --tec-layer L, --sec-layers L1,L2,L3, --mfsn-config FILE,
   --mfsn-ablation sec_only|sec_tec_nosearch|mfsn|mfsn_single    MFSN (--method mfsn; mfsn_single: serkit's
-                      single-stream ablation) [12, 4,8,12, conf/mfsn.yaml; mini corpus: the tiny HuBERT,
-                      2, 0,1,2, conf/mfsn_mini.yaml]
+                      single-stream ablation) [12, 4,8,12, the shared mfsn.yaml (text/asr TEC: conf/mfsn_text.yaml);
+                      mini corpus: the tiny HuBERT, 2, 0,1,2, with the shared mfsn_mini.yaml overlay]
   --mfsn-tec SOURCE   MFSN TEC: audio | text (the corpus transcripts) | asr (greedy CTC, needs --ctc-dict)
                       [$mfsn_tec]; text and asr are serkit's text ablation, not the paper's (text leaks across sessions)
   --ctc-dict FILE     dict.ltr.txt of the CTC --tec-upstream, for --mfsn-tec asr
@@ -155,6 +155,9 @@ EOM
 . "$_ser_local/parse_options.sh"
 [ $# -eq 0 ] || die "unexpected argument '$1' (see --help)"
 [ -z "$job" ] || _ser_quiet=true
+# Configs several corpora use live once, with serkit (serkit config lists them); a recipe's conf/ holds its own.
+shared_conf=../../plugins/serkit/conf
+mfsn_overlays=()
 log_setup() { ${_ser_quiet:-false} || log "$@"; }
 
 check_options() {
@@ -243,7 +246,10 @@ if $mini; then
   cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_tiny.yaml}
   [ "$cpt_update_freq" != auto ] || cpt_update_freq=1  # the tiny model's batch is its own, not the paper's
   tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}
-  if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-conf/mfsn_mini.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text_mini.yaml}; fi
+  if [ -z "$mfsn_config" ]; then  # the CPU-sized MFSN: overlays on the full config
+    mfsn_overlays=("$shared_conf/mfsn_mini.yaml"); [ "$mfsn_tec" = audio ] || mfsn_overlays+=(conf/mfsn_text_mini.yaml)
+  fi
+  if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-$shared_conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
   # the recipe's own mini-corpus defaults, if it has any (e.g. a larger validation share)
   if declare -F mini_defaults > /dev/null; then mini_defaults; fi
 else
@@ -251,7 +257,7 @@ else
   teacher_epochs=${teacher_epochs:-40}; finetune_epochs=${finetune_epochs:-40}; head_epochs=${head_epochs:-100}
   cpt_updates=${cpt_updates:-20000}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_base.yaml}
   tec_layer=${tec_layer:-12}; sec_layers=${sec_layers:-4,8,12}
-  if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
+  if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-$shared_conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
   [ -n "$upstream" ] || die "--upstream is required with a real corpus (e.g. --upstream /models/hubert_base_ls960.pt)"
 fi
 [ -z "$upstream" ] || [ -e "$upstream" ] || die "--upstream $upstream: no such file or directory"
@@ -264,6 +270,8 @@ for m in ${method//,/ }; do
     *) heads+=("$m") ;;
   esac
 done
+# FLEA's configs (the paper's, for HuBERT-base) are a recipe's own: conf/flea.yaml and conf/fairseq/.
+! $flea || [ -f conf/flea.yaml ] || die "--method flea needs conf/flea.yaml and conf/fairseq/cpt_*.yaml in $PWD (the IEMOCAP recipe's: serkit config IEMOCAP/flea --out conf/flea.yaml, and the same for fairseq/cpt_hubert_base)"
 # FLEA continues HuBERT's pretraining with fairseq: a Hugging Face directory serves the heads only.
 ! $flea || [ ! -d "$upstream" ] || die "--upstream $upstream is a directory (Hugging Face): FLEA needs a fairseq HuBERT checkpoint file; use it with heads (--method bas,...) only"
 # The layer FLEA clusters must exist: checked now when the upstream is given, else once stage 0 built
@@ -290,8 +298,10 @@ headline_json=""; [ "$headline" = ua ] || headline_json=true
 feats_dir() { echo "$workdir/dump/$(basename "${1%.*}")-$(echo "$1" | md5sum | cut -c1-6)/all_layers"; }
 # mfsn_run TEC_SOURCE: the run directory of MFSN with that TEC source and the chosen ablation.
 mfsn_run() { case $1 in audio) echo "$exp/mfsn_$mfsn_ablation" ;; *) echo "$exp/mfsn_$1_$mfsn_ablation" ;; esac; }
-# head_search_conf HEAD: the search config a head reads besides conf/HEAD.yaml (BAS), or nothing.
-head_search_conf() { [ "$1" != bas ] || echo conf/bas_search.yaml; }
+# head_conf HEAD: the config that trains HEAD (local/train_head.sh picks its --method).
+head_conf() { case $1 in bas*) echo "$shared_conf/bas.yaml" ;; *) echo "$shared_conf/shiftser.yaml" ;; esac; }
+# head_search_conf HEAD: the search config a head reads besides its head_conf (BAS), or nothing.
+head_search_conf() { [ "$1" != bas ] || echo "$shared_conf/bas_search.yaml"; }
 upstream_label() { if $mini; then echo "tiny HuBERT (pretrained here on a separate mini corpus)"; else basename "$upstream"; fi; }
 # head_run HEAD: the run directory of a head.
 head_run() {
@@ -469,7 +479,7 @@ step_head() {  # stage 4: HEAD on fold K
     bas_transformer) overrides="--transformer_layers $bas_layers $overrides" ;;
   esac
   local opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$overrides${bas_opts[*]:+ ${bas_opts[*]}}"
-  is_done "$out" "$opts" "$upstream" "$feats" "$splits" conf/"$h".yaml "$(head_search_conf "$h")" || {
+  is_done "$out" "$opts" "$upstream" "$feats" "$splits" "$(head_conf "$h")" "$(head_search_conf "$h")" || {
     if [ "$setting" = featex ]; then
       timed "${h}_fold$k" logged "$out/log/train.log" bash "$_ser_local/train_head.sh" --method "$h" --fold "$fold" --out "$out" \
         --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
@@ -517,7 +527,8 @@ mfsn_sources() {  # sets tec, sec, label, tec_args, tec_inputs
 
 step_mfsn() {  # stage 4: MFSN on fold K
   local k=$1 fold=$splits/fold$1 run out search arch="" opts sec_feats tec sec label
-  local -a train ablation_args tec_args tec_inputs
+  local -a train ablation_args tec_args tec_inputs overlay_args=()
+  local o; for o in "${mfsn_overlays[@]}"; do overlay_args+=(--overlay "$o"); done
   mfsn_sources
   sec_feats=$(feats_dir "$sec")
   run=$(mfsn_run "$mfsn_tec"); out=$run/fold$k; search=${run}_search/fold$k
@@ -526,19 +537,19 @@ step_mfsn() {  # stage 4: MFSN on fold K
     *) ablation_args=(--ablation "$mfsn_ablation") ;;
   esac
   # The label is a YAML string: quoted, since it holds ': '.
-  train=(serkit train "$mfsn_config" --fold-dir "$fold" --feats "$sec_feats" "${tec_args[@]}"
+  train=(serkit train "$mfsn_config" "${overlay_args[@]}" --fold-dir "$fold" --feats "$sec_feats" "${tec_args[@]}"
          "${ablation_args[@]}" --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]"
          --sources_label "\"$label\"" --noprogressbar)
-  opts="tec=$mfsn_tec:${tec:-none}:$tec_layer sec=$sec:$sec_layers config=$mfsn_config ablation=$mfsn_ablation"  # epochs: the config's
+  opts="tec=$mfsn_tec:${tec:-none}:$tec_layer sec=$sec:$sec_layers config=$mfsn_config${mfsn_overlays[*]:+ overlays=${mfsn_overlays[*]}} ablation=$mfsn_ablation"  # epochs: the config's
   if [ "${mfsn_ablation%_single}" = mfsn ]; then  # search, then retrain the derived cell: two serkit train calls
     log "Stage 4: MFSN search fold $k: $fold -> $search/arch.txt"
-    is_done "$search" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
+    is_done "$search" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" "${mfsn_overlays[@]}" || {
       timed "$(basename "$run")_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search"
       mark_done "$search"; }
     arch=$(cat "$search/arch.txt")
   fi
   log "Stage 4: MFSN fold $k${arch:+ (derived cell $arch)}: $fold -> $out"
-  is_done "$out" "$opts arch=$arch" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
+  is_done "$out" "$opts arch=$arch" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" "${mfsn_overlays[@]}" || {
     timed "$(basename "$run")_fold$k" logged "$out/log/train.log" "${train[@]}" --output-folder "$out" ${arch:+--arch "$arch"}
     mark_done "$out"; }
 }
@@ -573,13 +584,13 @@ step_describe() {
         asr) what="MFSN ($mfsn_ablation, TEC from greedy CTC transcripts; text leaks across sessions)" ;;
       esac
       run_json "$(mfsn_run "$mfsn_tec")" method="$what" setting=featex protocol="$protocol" upstream="$label" \
-        config="$mfsn_config" selection=valid ;;
+        config="$mfsn_config${mfsn_overlays[*]:+ + ${mfsn_overlays[*]}}" selection=valid ;;
     *)
       local h_label=$m
       case $m in linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm)
         [ -z "$input_overrides" ] || h_label="$m ($shiftser_input input: $input_overrides)" ;; esac
       run_json "$(head_run "$m")" method="$h_label" setting="$setting" protocol="$protocol" upstream="$(upstream_label)" \
-        config="conf/$m.yaml" selection="$(case $m in bas*|mfsn) echo valid ;; *) echo best_test ;; esac)" ;;
+        config="$(head_conf "$m")" selection="$(case $m in bas*|mfsn) echo valid ;; *) echo best_test ;; esac)" ;;
   esac
 }
 

@@ -506,6 +506,8 @@ def _shiftcnn(input_dim, num_classes, pooling="mean", **kw):
 
 @register_head("transformer")
 def _transformer(input_dim, num_classes, pooling="mean", **kw):
+    if "placement" in kw:  # the other shifted heads' name for where the shift goes
+        kw["shift_placement"] = kw.pop("placement")
     return TransformerHead(input_dim, num_classes, pooling, **kw)
 
 
