@@ -10,7 +10,9 @@
 #   corpus_protocols="iemocap_loso5 iemocap_loso10"   # the `serkit split` protocols this corpus has
 #   headline=ua                    # the metric the table leads with and validation selects on (ua | wf1)
 #   default_method=flea; mini_method=flea,shiftcnn    # --method defaults (real corpus; mini corpus)
-#   prepare_opts=(--jobs 2)        # extra `serkit prepare` options (optional)
+#   prepare_options() { echo --jobs; echo "$nj"; }   # extra `serkit prepare` options, one a line (optional)
+#   method_aliases="ffn=bas_ffn"   # the corpus's names of template methods (optional); runs are named by them
+#   corpus_help="  --nj N ..."     # --help lines of the options the run.sh declares itself (optional)
 #   mini_defaults() { ...; }       # defaults on the mini corpus only, e.g. valid_fraction=${valid_fraction:-0.25} (optional)
 #   and any option below as name=value (a corpus default; the command line overrides it)
 #
@@ -85,6 +87,16 @@ _ser_args=("$@")
 : "${nshard=1}"
 : "${job=}"
 : "${headline=ua}"
+: "${best_metric=}"
+: "${layers=all}"
+: "${search_epochs=}"
+: "${mfsn_epochs=}"
+: "${batch_size=}"
+: "${model_dim=}"
+: "${ffn_residual=false}"
+: "${mfsn_overrides=}"
+: "${method_aliases=}"
+: "${corpus_help=}"
 
 _all_methods="flea linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas bas_ffn bas_msa_ffn bas_transformer mfsn"
 help_message=$(cat <<EOM
@@ -98,7 +110,7 @@ Options (default in brackets):
   --upstream PATH     fairseq HuBERT checkpoint (e.g. hubert_base_ls960.pt), or for the heads (not FLEA) a local
                       Hugging Face model directory (WavLM-Large: microsoft/wavlm-large, the BAS paper's best
                       row; needs serkit[hf]) [tiny HuBERT on the mini corpus]
-  --protocol NAME     ${corpus_protocols// / | } [$protocol]
+  --protocol NAME     ${corpus_protocols// / | } | all (each in turn) [$protocol]
   --valid KIND        iemocap_loso5 validation set: stratified | speaker [$valid]
   --valid-fraction F  stratified validation share of the training utterances [${valid_fraction:-0.1}]
   --folds LIST        all | 1,3,... [$folds]
@@ -144,11 +156,21 @@ Options (default in brackets):
   --shiftser-input K  what heads linear..shiftlstm see: masked (whole utterances, padding masked) |
                       paper (clipped to 7.5 s) | official (first 7.5 s zero-padded to 7.5 s, no mask) [$shiftser_input]
   --headline M        the metric validation selects on and the table leads with: ua | wf1 [$headline]
+  --best-metric M     validation metric of the checkpoint each head keeps: ua | weighted_f1 [the configs': ua]
+  --layers L          upstream layers the heads' features hold: all | a comma list (0 = the CNN output) [$layers]
+  --search-epochs N   BAS and MFSN architecture-search epochs [BAS: --head-epochs; MFSN: the config's]
+  --mfsn-epochs N     MFSN training epochs (the retrain of the derived cell, and the ablations) [the config's]
+  --batch-size N      batch size of the heads and MFSN [the configs']
+  --model-dim D       width of BAS's searched blocks (bas, bas_msa_ffn) [the config's 256]
+  --ffn-residual B    BAS FFN candidate with a residual, LN(x + FFN(x)): true | false [$ffn_residual; false is the
+                      paper's "FFN without residual connection"]
+  --mfsn-overrides S  extra yaml overrides for MFSN, e.g. "--cache_in_memory True"
   --backend B         how the jobs run: local (one after another, here) | slurm (local/backend_slurm.sh;
                       resources in cmd.sh) [$backend]
   --nshard N          feature dumps as N jobs (serkit dump-features --shard) [$nshard]
   --job STEP          (internal) run one step of the stages as a job of the run that holds the workdir
   --options-file FILE options from FILE's name=value lines (e.g. 'nclusters=100'), read in place
+${corpus_help}
 EOM
 )
 # shellcheck source=parse_options.sh
@@ -164,16 +186,23 @@ check_options() {
   local v
   check_stages "$stage" "$stop_stage" 5
   local -a protocols; read -r -a protocols <<< "$corpus_protocols"
-  check_choice --protocol "$protocol" "${protocols[@]}"
+  for v in ${protocol//,/ }; do check_choice --protocol "$v" "${protocols[@]}" all both; done
   check_choice --valid "$valid" stratified speaker
   check_choice --setting "$setting" featex finetune
   check_choice --selection "$selection" valid paper best_test valid_test_mean
-  check_choice --mfsn-ablation "$mfsn_ablation" sec_only sec_tec_nosearch mfsn mfsn_single
+  check_choice_list --mfsn-ablation "$mfsn_ablation" sec_only sec_tec_nosearch mfsn mfsn_single
   check_choice --headline "$headline" ua wf1
   check_choice --backend "$backend" local slurm
-  check_folds_spec "$folds"
-  # shellcheck disable=SC2086
-  [ -z "$method" ] || check_choice_list --method "$method" $_all_methods
+  [ -z "$folds" ] || check_folds_spec "$folds"
+  # shellcheck disable=SC2086,SC2046
+  [ -z "$method" ] || check_choice_list --method "$method" $_all_methods $(for v in $method_aliases; do echo "${v%%=*}"; done)
+  [ -z "$best_metric" ] || check_choice --best-metric "$best_metric" ua weighted_f1
+  [ "$layers" = all ] || check_int_list --layers "$layers"
+  check_choice --ffn-residual "$ffn_residual" true false
+  for v in search_epochs mfsn_epochs batch_size model_dim; do [ -z "${!v}" ] || check_int "--${v//_/-}" "${!v}" 1; done
+  if [ -n "${config+set}" ]; then  # a recipe's --config: the MFSN config (SAVEE's name for --mfsn-config)
+    [ -z "$config" ] || [ -f "$config" ] || die "--config $config: no such file"
+  fi
   check_int --layer "$layer"; check_int --nclusters "$nclusters" 2; check_device "$device"; check_int --nshard "$nshard" 1
   for v in teacher_epochs finetune_epochs head_epochs cpt_updates; do
     [ -z "${!v}" ] || check_int "--${v//_/-}" "${!v}" 1
@@ -220,6 +249,11 @@ fi
 
 mkdir -p "$workdir"; workdir=$(realpath "$workdir")
 lock_workdir "$workdir"  # a job of the run holding the lock shares it (stage.sh: SERKIT_LOCK_TOKEN)
+case "$protocol" in all|both) protocol=${corpus_protocols// /,} ;; esac
+if [[ "$protocol" == *,* ]]; then  # several protocols: the recipe once per protocol, in turn
+  for p in ${protocol//,/ }; do bash "$_ser_script" "${_ser_args[@]}" --protocol "$p" || exit 1; done
+  exit 0
+fi
 root=${root:-${!corpus:-}}
 mini=false
 [ -n "$root" ] || mini=true
@@ -258,12 +292,16 @@ else
   cpt_updates=${cpt_updates:-20000}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_base.yaml}
   tec_layer=${tec_layer:-12}; sec_layers=${sec_layers:-4,8,12}
   if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-$shared_conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
-  [ -n "$upstream" ] || die "--upstream is required with a real corpus (e.g. --upstream /models/hubert_base_ls960.pt)"
+  [ -n "$upstream" ] || [ "${method//,/ }" = mfsn ] || die "--upstream is required with a real corpus (e.g. --upstream /models/hubert_base_ls960.pt)"
 fi
 [ -z "$upstream" ] || [ -e "$upstream" ] || die "--upstream $upstream: no such file or directory"
 upstream=${upstream:+$(realpath "$upstream")}
+folds=${folds:-all}
+if [ -n "${config:-}" ]; then mfsn_config=$config; mfsn_overlays=(); fi
 
 flea=false; heads=()
+declare -A head_of=()  # a method's name (the corpus's alias, if it has one) -> the template's head
+for m in $method_aliases; do head_of[${m%%=*}]=${m#*=}; done
 for m in ${method//,/ }; do
   case "$m" in
     flea) flea=true ;;
@@ -276,7 +314,7 @@ done
 ! $flea || [ ! -d "$upstream" ] || die "--upstream $upstream is a directory (Hugging Face): FLEA needs a fairseq HuBERT checkpoint file; use it with heads (--method bas,...) only"
 # The layer FLEA clusters must exist: checked now when the upstream is given, else once stage 0 built
 # it (a job gets the layer its driver checked).
-if [ -z "$job" ] && [ -n "$upstream" ] && [ "$stop_stage" -ge 1 ] && { $flea || $mini; }; then check_layer; fi
+if [ -z "$job" ] && [ -n "$upstream" ] && [ "$stop_stage" -ge 1 ] && $flea; then check_layer; fi
 
 data=$workdir/data/$prepare_name
 splits=$data/$protocol
@@ -294,20 +332,27 @@ run_json() {
   serkit recipe run-json "$dir/run.json" corpus="$corpus" "$@" ${headline_json:+headline=$headline}
 }
 headline_json=""; [ "$headline" = ua ] || headline_json=true
-# feats_dir CKPT: where dump_feats puts every layer of CKPT for every utterance of $data.
-feats_dir() { echo "$workdir/dump/$(basename "${1%.*}")-$(echo "$1" | md5sum | cut -c1-6)/all_layers"; }
-# mfsn_run TEC_SOURCE: the run directory of MFSN with that TEC source and the chosen ablation.
-mfsn_run() { case $1 in audio) echo "$exp/mfsn_$mfsn_ablation" ;; *) echo "$exp/mfsn_$1_$mfsn_ablation" ;; esac; }
+# feats_dir CKPT [LAYERS]: where dump_feats puts LAYERS (default all) of CKPT for every utterance of $data.
+feats_dir() {
+  local l=${2:-all}
+  echo "$workdir/dump/$(basename "${1%.*}")-$(echo "$1" | md5sum | cut -c1-6)/$([ "$l" = all ] && echo all_layers || echo "layers_${l//,/_}")"
+}
+# mfsn_run TEC_SOURCE [ABLATION]: the run directory of MFSN with that TEC source and ablation
+# (default: the first of --mfsn-ablation).
+mfsn_run() {
+  local a=${2:-${mfsn_ablation%%,*}}
+  case $1 in audio) echo "$exp/mfsn_$a" ;; *) echo "$exp/mfsn_$1_$a" ;; esac
+}
 # head_conf HEAD: the config that trains HEAD (local/train_head.sh picks its --method).
 head_conf() { case $1 in bas*) echo "$shared_conf/bas.yaml" ;; *) echo "$shared_conf/shiftser.yaml" ;; esac; }
 # head_search_conf HEAD: the search config a head reads besides its head_conf (BAS), or nothing.
 head_search_conf() { [ "$1" != bas ] || echo "$shared_conf/bas_search.yaml"; }
 upstream_label() { if $mini; then echo "tiny HuBERT (pretrained here on a separate mini corpus)"; else basename "$upstream"; fi; }
 # head_run HEAD: the run directory of a head.
+# head_run METHOD: the run directory of a method (named as the corpus names it, see method_aliases).
 head_run() {
-  case $1 in
+  case ${head_of[$1]:-$1} in
     linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm) echo "$exp/${1}_$setting$input_tag" ;;
-    mfsn) mfsn_run "$mfsn_tec" ;;
     *) echo "$exp/${1}_$setting" ;;
   esac
 }
@@ -332,9 +377,10 @@ step_data() {  # stage 0
       timed mini_corpus serkit mini-corpus "$prepare_name" --out "$workdir/db/mini_$prepare_name" --seed 0
       mark_done "$workdir/db/mini_$prepare_name" "$opts"; }
   fi
+  local -a popts=(); if declare -F prepare_options > /dev/null; then mapfile -t popts < <(prepare_options); fi
   opts="root=$(realpath "$root")"
   is_done "$data" "$opts" "$root" || {
-    timed prepare serkit prepare "$prepare_name" --root "$root" --out "$data" ${prepare_opts[@]+"${prepare_opts[@]}"}
+    timed prepare serkit prepare "$prepare_name" --root "$root" --out "$data" "${popts[@]}"
     mark_done "$data"; }
   opts="protocol=$protocol valid=$valid${valid_fraction:+ valid_fraction=$valid_fraction}"
   is_done "$splits" "$opts" "$data" || {
@@ -347,6 +393,8 @@ step_data() {  # stage 0
   fi
 }
 
+# dump_opts CKPT LAYERS: the options a feature dump's .done record holds.
+dump_opts() { echo "upstream=$1 data=$data$([ "$2" = all ] || echo " layers=$2")"; }
 # ckpt_of ROLE: the checkpoint whose features a step reads: upstream (the heads'), sec or tec (MFSN's).
 ckpt_of() {
   local tec sec label; local -a tec_args tec_inputs
@@ -361,16 +409,16 @@ ckpt_of() {
 # dump_feats ROLE [SHARD]: every layer of ROLE's checkpoint for every utterance of $data, dumped once
 # (one shard of --nshard when SHARD is given: the step without SHARD then merges and records it).
 step_dump_feats() {
-  local ckpt dir; ckpt=$(ckpt_of "$1"); dir=$(feats_dir "$ckpt")
+  local ckpt dir l=all; ckpt=$(ckpt_of "$1"); [ "$1" != upstream ] || l=$layers; dir=$(feats_dir "$ckpt" "$l")
   if [ -n "${2:-}" ]; then
     timed "dump_$(basename "${ckpt%.*}")_shard$2" logged "$dir.shard$2.log" serkit dump-features --upstream "$ckpt" \
-      --layers all --data "$data" --out "$dir" --device "$device" --shard "$2" --nshard "$nshard"
+      --layers "$l" --data "$data" --out "$dir" --device "$device" --shard "$2" --nshard "$nshard"
     return
   fi
-  if ! is_done "$dir" "upstream=$ckpt data=$data" "$ckpt" "$data"; then
-    log "  features of every layer of $ckpt for all of $data -> $dir"
+  if ! is_done "$dir" "$(dump_opts "$ckpt" "$l")" "$ckpt" "$data"; then
+    log "  features of $([ "$l" = all ] && echo every layer || echo "layers $l") of $ckpt for all of $data -> $dir"
     timed "dump_$(basename "${ckpt%.*}")" logged "$dir/dump.log" serkit dump-features --upstream "$ckpt" \
-      --layers all --data "$data" --out "$dir" --device "$device"
+      --layers "$l" --data "$data" --out "$dir" --device "$device"
     mark_done "$dir"
   fi
 }
@@ -462,23 +510,36 @@ step_flea() {  # stage 4: FLEA finetune with POOLING, fold K
     mark_done "$out"; }
 }
 
-step_head() {  # stage 4: HEAD on fold K
-  local h=$1 k=$2 fold=$splits/fold$2 run out feats="" overrides
+step_head() {  # stage 4: METHOD (a head, or the corpus's name of one) on fold K
+  local name=$1 h=${head_of[$1]:-$1} k=$2 fold=$splits/fold$2 run out feats="" overrides extra=""
   local -a bas_opts=()
-  run=$(head_run "$h"); out=$run/fold$k
-  [ "$setting" != featex ] || feats=$(feats_dir "$upstream")
-  log "Stage 4: $h ($setting) fold $k: $fold -> $out"
+  run=$(head_run "$name"); out=$run/fold$k
+  [ "$setting" != featex ] || feats=$(feats_dir "$upstream" "$layers")
+  log "Stage 4: $name ($setting) fold $k: $fold -> $out"
   # BAS and its baselines: --bas-layers layers; the mini corpus's SpecAugment width is not theirs
   overrides=$head_overrides
   case $h in linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm)
-    overrides="${input_overrides:+$input_overrides }$head_overrides" ;; esac
+    overrides="${input_overrides:+$input_overrides }$head_overrides"
+    # SpecAugment's channel masks: ShiftSER's 64 of 768 channels, scaled to the features' width
+    if [ -n "$feats" ] && [[ "$overrides" != *--channel_mask_width* ]] && [ "$(json_value "$feats/meta.json" dim)" != 768 ]; then
+      extra+=" --channel_mask_width $(serkit recipe channel-mask-width "$feats")"
+    fi ;;
+  esac
   case "$h" in bas*) ${mini_specaugment:-false} && overrides="" ;; esac
   case "$h" in
-    bas) bas_opts=(--search-overrides "--search_layers $bas_layers $search_overrides") ;;
+    bas) bas_opts=(--search-overrides "--search_layers $bas_layers $search_overrides")
+      [ -z "$search_epochs" ] || bas_opts+=(--search-epochs "$search_epochs") ;;
     bas_msa_ffn) overrides="--arch msa_ffn$(for ((i = 1; i < bas_layers; i++)); do printf ,msa_ffn; done) $overrides" ;;
     bas_transformer) overrides="--transformer_layers $bas_layers $overrides" ;;
   esac
+  # the options every head takes (given only when set, so a run without them keeps its identity)
+  [ -z "$best_metric" ] || extra+=" --best_metric $best_metric"
+  [ -z "$batch_size" ] || extra+=" --batch_size $batch_size"
+  case "$h" in bas|bas_msa_ffn) [ -z "$model_dim" ] || extra+=" --model_dim $model_dim" ;; esac
+  [ "$h" != bas ] || [ "$ffn_residual" != true ] || extra+=" --ffn_residual True"
+  overrides="$overrides$extra"
   local opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$overrides${bas_opts[*]:+ ${bas_opts[*]}}"
+  [ "$layers" = all ] || opts+=" layers=$layers"
   is_done "$out" "$opts" "$upstream" "$feats" "$splits" "$(head_conf "$h")" "$(head_search_conf "$h")" || {
     if [ "$setting" = featex ]; then
       timed "${h}_fold$k" logged "$out/log/train.log" bash "$_ser_local/train_head.sh" --method "$h" --fold "$fold" --out "$out" \
@@ -525,13 +586,18 @@ mfsn_sources() {  # sets tec, sec, label, tec_args, tec_inputs
   esac
 }
 
-step_mfsn() {  # stage 4: MFSN on fold K
-  local k=$1 fold=$splits/fold$1 run out search arch="" opts sec_feats tec sec label
-  local -a train ablation_args tec_args tec_inputs overlay_args=()
+step_mfsn() {  # stage 4: MFSN's ABLATION on fold K
+  local mfsn_ablation=$1 k=$2 fold=$splits/fold$2 run out search arch="" opts sec_feats tec sec label
+  local -a train ablation_args tec_args tec_inputs overlay_args=() extra=()
   local o; for o in "${mfsn_overlays[@]}"; do overlay_args+=(--overlay "$o"); done
+  [ -z "$search_epochs" ] || extra+=(--search_epochs "$search_epochs")
+  [ -z "$mfsn_epochs" ] || extra+=(--train_epochs "$mfsn_epochs")
+  [ -z "$batch_size" ] || extra+=(--batch_size "$batch_size")
+  [ -z "$mfsn_overrides" ] || read -r -a o <<< "$mfsn_overrides"
+  [ -z "$mfsn_overrides" ] || extra+=("${o[@]}")
   mfsn_sources
   sec_feats=$(feats_dir "$sec")
-  run=$(mfsn_run "$mfsn_tec"); out=$run/fold$k; search=${run}_search/fold$k
+  run=$(mfsn_run "$mfsn_tec" "$mfsn_ablation"); out=$run/fold$k; search=${run}_search/fold$k
   case $mfsn_ablation in
     mfsn_single) ablation_args=(--ablation mfsn --streams single) ;;
     *) ablation_args=(--ablation "$mfsn_ablation") ;;
@@ -539,8 +605,9 @@ step_mfsn() {  # stage 4: MFSN on fold K
   # The label is a YAML string: quoted, since it holds ': '.
   train=(serkit train "$mfsn_config" "${overlay_args[@]}" --fold-dir "$fold" --feats "$sec_feats" "${tec_args[@]}"
          "${ablation_args[@]}" --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]"
-         --sources_label "\"$label\"" --noprogressbar)
+         --sources_label "\"$label\"" --noprogressbar "${extra[@]}")
   opts="tec=$mfsn_tec:${tec:-none}:$tec_layer sec=$sec:$sec_layers config=$mfsn_config${mfsn_overlays[*]:+ overlays=${mfsn_overlays[*]}} ablation=$mfsn_ablation"  # epochs: the config's
+  [ ${#extra[@]} -eq 0 ] || opts+=" ${extra[*]}"
   if [ "${mfsn_ablation%_single}" = mfsn ]; then  # search, then retrain the derived cell: two serkit train calls
     log "Stage 4: MFSN search fold $k: $fold -> $search/arch.txt"
     is_done "$search" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" "${mfsn_overlays[@]}" || {
@@ -577,20 +644,22 @@ step_describe() {
           --transductive "$transductive" $(for k in $fold_list; do echo "$exp/km/fold$k/km.json"; done))" \
         config=conf/flea.yaml selection=valid_test_mean ;;
     mfsn)
+      local mfsn_ablation=$p
       mfsn_sources
       what="MFSN ($mfsn_ablation)"
       case $mfsn_tec in
         text) what="MFSN ($mfsn_ablation, TEC from the transcripts; text leaks across sessions)" ;;
         asr) what="MFSN ($mfsn_ablation, TEC from greedy CTC transcripts; text leaks across sessions)" ;;
       esac
-      run_json "$(mfsn_run "$mfsn_tec")" method="$what" setting=featex protocol="$protocol" upstream="$label" \
+      run_json "$(mfsn_run "$mfsn_tec" "$mfsn_ablation")" method="$what" setting=featex protocol="$protocol" upstream="$label" \
         config="$mfsn_config${mfsn_overlays[*]:+ + ${mfsn_overlays[*]}}" selection=valid ;;
     *)
-      local h_label=$m
-      case $m in linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm)
+      local h_label=$m h=${head_of[$m]:-$m}
+      case $h in linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm)
         [ -z "$input_overrides" ] || h_label="$m ($shiftser_input input: $input_overrides)" ;; esac
+      [ "$h" = "$m" ] || h_label="$m ($h)"
       run_json "$(head_run "$m")" method="$h_label" setting="$setting" protocol="$protocol" upstream="$(upstream_label)" \
-        config="$(head_conf "$m")" selection="$(case $m in bas*|mfsn) echo valid ;; *) echo best_test ;; esac)" ;;
+        config="$(head_conf "$h")" selection="$(case $h in bas*|mfsn) echo valid ;; *) echo best_test ;; esac)" ;;
   esac
 }
 
@@ -599,16 +668,18 @@ step_score() {  # stage 5
   local -a runs=() beside=() scored
   $flea && runs+=("$exp/teacher") && for p in $poolings; do runs+=("$exp/flea_$p"); done
   for h in "${heads[@]}"; do
-    runs+=("$(head_run "$h")")
-    [ "$h" = mfsn ] || continue
-    # MFSN runs with the other TEC sources, scored earlier, go beside it: the text-vs-audio gap in one table
-    for t in audio text asr; do
-      [ "$t" != "$mfsn_tec" ] && [ -f "$(mfsn_run $t)/results.json" ] && beside+=("$(mfsn_run $t)")
+    [ "$h" = mfsn ] || { runs+=("$(head_run "$h")"); continue; }
+    for a in ${mfsn_ablation//,/ }; do
+      runs+=("$(mfsn_run "$mfsn_tec" "$a")")
+      # MFSN runs with the other TEC sources, scored earlier, go beside it: the text-vs-audio gap in one table
+      for t in audio text asr; do
+        [ "$t" != "$mfsn_tec" ] && [ -f "$(mfsn_run $t "$a")/results.json" ] && beside+=("$(mfsn_run $t "$a")")
+      done
     done
   done
   log "Stage 5: scoring (${selection} selection): ${runs[*]}"
   for r in "${runs[@]}"; do
-    timed "score_$(basename "$r")" serkit score "$r" --selection "$selection" > /dev/null
+    timed "score_$(basename "$r")" serkit score "$r" --selection "$selection" ${headline_json:+--headline "$headline"} > /dev/null
   done
   log "Results of this run${beside[*]:+ (and, for comparison, ${beside[*]##*/})}:"
   serkit results "${runs[@]}" "${beside[@]}"
@@ -662,8 +733,9 @@ run_job() {
 dump_job() {
   local role=$1 deps=$2 ckpt i shards=""
   ckpt=$(ckpt_of "$role")
-  [ -z "${_ser_id[dump:$ckpt]:-}" ] || return 0
-  if [ "$nshard" -gt 1 ] && ! is_done "$(feats_dir "$ckpt")" "upstream=$ckpt data=$data" "$ckpt" "$data"; then
+  if [ -n "${_ser_id[dump:$ckpt]:-}" ]; then _ser_id[dump:$role]=${_ser_id[dump:$ckpt]}; return 0; fi
+  local l=all; [ "$role" != upstream ] || l=$layers
+  if [ "$nshard" -gt 1 ] && ! is_done "$(feats_dir "$ckpt" "$l")" "$(dump_opts "$ckpt" "$l")" "$ckpt" "$data"; then
     for ((i = 0; i < nshard; i++)); do
       run_job "shard$i:$ckpt" 4 "" "$deps" dump_feats "$role" "$i"; shards+=" ${_ser_id[shard$i:$ckpt]}"
     done
@@ -677,7 +749,7 @@ data_job=""
 if stage_selected 0; then run_job data 0 "" "" data; data_job=${_ser_id[data]}; backend_wait "$data_job"; fi
 if $mini && [ -z "$upstream" ]; then
   upstream=$workdir/exp/upstream/tiny_hubert.pt
-  if [ "$stop_stage" -ge 1 ] && [ -f "$upstream" ]; then check_layer; fi
+  if $flea && [ "$stop_stage" -ge 1 ] && [ -f "$upstream" ]; then check_layer; fi
 fi
 [ "$stop_stage" -lt 1 ] || [ -e "$upstream" ] || die "no upstream checkpoint at '$upstream' (run stage 0 or pass --upstream)"
 $mini && nclusters=$([ "$nclusters" -gt 16 ] && echo 16 || echo "$nclusters")
@@ -715,17 +787,21 @@ if stage_selected 4; then
       roles=sec; [ "$mfsn_tec" = text ] || roles="sec tec"
       for role in $roles; do dump_job "$role" "$data_job"; deps+=" ${_ser_id[dump:$role]}"; done
       mfsn_sources
-      log "Stage 4: MFSN ($mfsn_ablation, TEC: $mfsn_tec): knowledge sources $label"
+      log "Stage 4: MFSN (${mfsn_ablation//,/, }, TEC: $mfsn_tec): knowledge sources $label"
     elif [ "$setting" = featex ]; then
-      log "Stage 4: $h needs cached features of $(basename "$upstream")"
+      log "Stage 4: $h needs cached features of $(basename "$upstream")$([ "$layers" = all ] || echo " (layers $layers)")"
       dump_job upstream "$data_job"; deps+=" ${_ser_id[dump:upstream]}"
     fi
+    if [ "$h" = mfsn ]; then
+      for a in ${mfsn_ablation//,/ }; do
+        fold_jobs=""
+        for k in $fold_list; do run_job "4:mfsn_$a:$k" 4 "$k" "$deps" mfsn "$a" "$k"; fold_jobs+=" ${_ser_id[4:mfsn_$a:$k]}"; done
+        run_job "describe:mfsn_$a" 4 "" "$fold_jobs" describe mfsn "$a"
+      done
+      continue
+    fi
     fold_jobs=""
-    for k in $fold_list; do
-      if [ "$h" = mfsn ]; then run_job "4:$h:$k" 4 "$k" "$deps" mfsn "$k"
-      else run_job "4:$h:$k" 4 "$k" "$deps" head "$h" "$k"; fi
-      fold_jobs+=" ${_ser_id[4:$h:$k]}"
-    done
+    for k in $fold_list; do run_job "4:$h:$k" 4 "$k" "$deps" head "$h" "$k"; fold_jobs+=" ${_ser_id[4:$h:$k]}"; done
     run_job "describe:$h" 4 "" "$fold_jobs" describe "$h"
   done
 fi
