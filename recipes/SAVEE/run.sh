@@ -17,7 +17,7 @@ mfsn_ablation=sec_only,sec_tec_nosearch,mfsn
 mfsn_overrides="--cache_in_memory True"   # SAVEE is small (480 clips)
 config=""                            # MFSN trainer yaml (= --mfsn-config) [the shared mfsn.yaml; mini: + the mfsn_mini overlay]
 folds=""                             # [all; mini corpus: 1]
-corpus_help="  --config FILE       the MFSN trainer yaml, as --mfsn-config [the shared mfsn.yaml; mini: with the mfsn_mini overlay]"
+corpus_help="  --config FILE         trainer HyperPyYAML of MFSN (= --mfsn-config) [the shared mfsn.yaml; mini: + mfsn_mini]"
 # the mini SAVEE (32 clips a speaker): a quarter validates, so that every class has a validation clip
 mini_defaults() { folds=${folds:-1}; valid_fraction=${valid_fraction:-0.25}; }
 
