@@ -50,7 +50,8 @@ tec_upstream=""       # MFSN: CTC-finetuned wav2vec 2.0 (e.g. wav2vec_small_960h
 sec_upstream=""       # MFSN: data2vec audio (e.g. audio_base_ls.pt) [mini corpus: the tiny HuBERT]
 tec_layer=""          # MFSN: TEC layer [12; mini corpus: 2]
 sec_layers=""         # MFSN: SEC layers, early,middle,late [4,8,12; mini corpus: 0,1,2]
-mfsn_config=""        # MFSN: [shared mfsn.yaml, text/asr TEC: conf/mfsn_text.yaml; mini corpus: with the mfsn_mini overlay (text: and conf/mfsn_text_mini.yaml)]
+mfsn_config=""        # MFSN: [the shared mfsn.yaml; text/asr TEC: conf/mfsn_text.yaml]
+mfsn_overlay=""       # MFSN: comma list of overlays on --mfsn-config [mini corpus: the shared mfsn_mini.yaml; text/asr TEC: and conf/mfsn_text_mini.yaml]
 mfsn_ablation=mfsn    # MFSN: sec_only | sec_tec_nosearch | mfsn | mfsn_single (ours: the emotion module sees only the Fusion Cell's output)
 mfsn_tec=audio        # MFSN TEC source: audio (the ASR model's frames, the paper) | text (IEMOCAP's transcripts) | asr (greedy CTC transcripts of --tec-upstream)
 ctc_dict=""           # MFSN --mfsn-tec asr: the letter dictionary (dict.ltr.txt) of --tec-upstream
@@ -100,7 +101,7 @@ Options (default in brackets):
   --device D          auto | cpu | cuda [$device]
   --tag NAME          experiment directory exp/NAME [protocol]
   --workdir DIR       where data/, dump/, exp/ and db/ go [this recipe's directory]
-  --tec-upstream FILE, --sec-upstream FILE, --tec-layer L, --sec-layers L1,L2,L3, --mfsn-config FILE,
+  --tec-upstream FILE, --sec-upstream FILE, --tec-layer L, --sec-layers L1,L2,L3, --mfsn-config FILE, --mfsn-overlay FILE[,FILE],
   --mfsn-ablation sec_only|sec_tec_nosearch|mfsn|mfsn_single    MFSN (--method mfsn; mfsn_single: serkit's
                       single-stream ablation) [mini corpus: the tiny HuBERT]
   --mfsn-tec SOURCE   MFSN TEC: audio | text (the corpus transcripts) | asr (greedy CTC, needs --ctc-dict)
@@ -116,7 +117,6 @@ EOM
 [ $# -eq 0 ] || die "unexpected argument '$1' (see --help)"
 # Configs several corpora use live once, with serkit (serkit config lists them); conf/ holds IEMOCAP's own.
 shared_conf=../../plugins/serkit/conf
-mfsn_overlays=()
 
 check_options() {
   local v
@@ -197,8 +197,8 @@ if $mini; then
   cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_tiny.yaml}
   [ "$cpt_update_freq" != auto ] || cpt_update_freq=1  # the tiny model's batch is its own, not the paper's
   tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}
-  if [ -z "$mfsn_config" ]; then  # the CPU-sized MFSN: overlays on the full config
-    mfsn_overlays=("$shared_conf/mfsn_mini.yaml"); [ "$mfsn_tec" = audio ] || mfsn_overlays+=(conf/mfsn_text_mini.yaml)
+  if [ -z "$mfsn_config$mfsn_overlay" ]; then  # the CPU-sized MFSN: overlays on the full config
+    mfsn_overlay=$shared_conf/mfsn_mini.yaml; [ "$mfsn_tec" = audio ] || mfsn_overlay+=,conf/mfsn_text_mini.yaml
   fi
   if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-$shared_conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
 else
@@ -211,6 +211,9 @@ else
 fi
 [ -z "$upstream" ] || [ -e "$upstream" ] || die "--upstream $upstream: no such file or directory"
 upstream=${upstream:+$(realpath "$upstream")}
+mfsn_overlays=()
+IFS=, read -r -a mfsn_overlays <<< "$mfsn_overlay"
+for f in "${mfsn_overlays[@]}"; do [ -f "$f" ] || die "--mfsn-overlay $f: no such file"; done
 
 flea=false; heads=()
 for m in ${method//,/ }; do
