@@ -165,7 +165,8 @@ def test_precision_option_reaches_the_brain(tmp_path):
     """``serkit train ... --precision bf16`` reaches the Brain's run options (not measured: no GPU here)."""
     def brain_with(precision):
         args, run_opts, overrides = _parse([
-            str(SHARED_CONF / "shiftser.yaml"), "--method", "linear", "--fold-dir", str(tmp_path), "--output-folder", str(tmp_path / "out"),
+            str(SHARED_CONF / "shiftser.yaml"), "--method", "linear", "--fold-dir", str(tmp_path),
+            "--output-folder", str(tmp_path / "out"),
             "--feats", str(tmp_path), "--precision", precision, "--batching", "random"])
         assert overrides == {"method": "linear", "batching": "random"}
         return SERBrain(modules={}, hparams={}, run_opts=prepare_run_opts(run_opts))

@@ -230,9 +230,10 @@ def test_waveform_path_trains_only_the_top_sec_layers_and_never_tec(tmp_path_fac
     setup = tiny_setup(tmp_path_factory)
     out = setup["root"] / "exp" / "mfsn_finetune" / "fold1"
     before = torch.load(setup["ckpt"], map_location="cpu", weights_only=False)["model"]
-    assert main([str(CONF), *MINI, "--fold-dir", str(setup["fold"]), "--output-folder", str(out), "--upstream",
-                 str(setup["ckpt"]), "--tec_upstream", str(setup["ckpt"]), "--arch", "1:sum", "--batch_size",
-                 "4", "--train_epochs", "1", "--sec_finetune_layers", "1", "--noprogressbar"]) == 0
+    assert main([str(CONF), *MINI, "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
+                 "--upstream", str(setup["ckpt"]), "--tec_upstream", str(setup["ckpt"]), "--arch", "1:sum",
+                 "--batch_size", "4", "--train_epochs", "1", "--sec_finetune_layers", "1",
+                 "--noprogressbar"]) == 0
     assert (out / "predictions" / "test.epoch001.tsv").is_file()
     ckpt = next((out / "save").glob("CKPT+*"))
     sec = torch.load(ckpt / "upstream.ckpt", map_location="cpu")
