@@ -78,6 +78,7 @@ _ser_args=("$@")
 : "${tec_layer=}"
 : "${sec_layers=}"
 : "${mfsn_config=}"
+: "${mfsn_overlay=}"
 : "${mfsn_ablation=mfsn}"
 : "${mfsn_tec=audio}"
 : "${ctc_dict=}"
@@ -145,10 +146,11 @@ Options (default in brackets):
   --device D          auto | cpu | cuda [$device]
   --tag NAME          experiment directory exp/NAME [protocol]
   --workdir DIR       where data/, dump/, exp/ and db/ go [this recipe's directory]
-  --tec-upstream FILE, --sec-upstream FILE, --tec-layer L, --sec-layers L1,L2,L3, --mfsn-config FILE,
+  --tec-upstream FILE, --sec-upstream FILE, --tec-layer L, --sec-layers L1,L2,L3, --mfsn-config FILE, --mfsn-overlay FILE[,FILE],
   --mfsn-ablation sec_only|sec_tec_nosearch|mfsn|mfsn_single    MFSN (--method mfsn; mfsn_single: serkit's
                       single-stream ablation) [12, 4,8,12, the shared mfsn.yaml (text/asr TEC: conf/mfsn_text.yaml);
-                      mini corpus: the tiny HuBERT, 2, 0,1,2, with the shared mfsn_mini.yaml overlay]
+                      mini corpus: the tiny HuBERT, 2, 0,1,2, with the overlay mfsn_mini.yaml (text/asr TEC:
+                      and conf/mfsn_text_mini.yaml)]
   --mfsn-tec SOURCE   MFSN TEC: audio | text (the corpus transcripts) | asr (greedy CTC, needs --ctc-dict)
                       [$mfsn_tec]; text and asr are serkit's text ablation, not the paper's (text leaks across sessions)
   --ctc-dict FILE     dict.ltr.txt of the CTC --tec-upstream, for --mfsn-tec asr
@@ -179,7 +181,6 @@ EOM
 [ -z "$job" ] || _ser_quiet=true
 # Configs several corpora use live once, with serkit (serkit config lists them); a recipe's conf/ holds its own.
 shared_conf=../../plugins/serkit/conf
-mfsn_overlays=()
 log_setup() { ${_ser_quiet:-false} || log "$@"; }
 
 check_options() {
@@ -280,8 +281,8 @@ if $mini; then
   cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_tiny.yaml}
   [ "$cpt_update_freq" != auto ] || cpt_update_freq=1  # the tiny model's batch is its own, not the paper's
   tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}
-  if [ -z "$mfsn_config" ]; then  # the CPU-sized MFSN: overlays on the full config
-    mfsn_overlays=("$shared_conf/mfsn_mini.yaml"); [ "$mfsn_tec" = audio ] || mfsn_overlays+=(conf/mfsn_text_mini.yaml)
+  if [ -z "$mfsn_config$mfsn_overlay${config:-}" ]; then  # the CPU-sized MFSN: overlays on the full config
+    mfsn_overlay=$shared_conf/mfsn_mini.yaml; [ "$mfsn_tec" = audio ] || mfsn_overlay+=,conf/mfsn_text_mini.yaml
   fi
   if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-$shared_conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
   # the recipe's own mini-corpus defaults, if it has any (e.g. a larger validation share)
@@ -297,7 +298,10 @@ fi
 [ -z "$upstream" ] || [ -e "$upstream" ] || die "--upstream $upstream: no such file or directory"
 upstream=${upstream:+$(realpath "$upstream")}
 folds=${folds:-all}
-if [ -n "${config:-}" ]; then mfsn_config=$config; mfsn_overlays=(); fi
+[ -z "${config:-}" ] || mfsn_config=$config
+mfsn_overlays=()
+IFS=, read -r -a mfsn_overlays <<< "$mfsn_overlay"
+for f in "${mfsn_overlays[@]}"; do [ -f "$f" ] || die "--mfsn-overlay $f: no such file"; done
 
 flea=false; heads=()
 declare -A head_of=()  # a method's name (the corpus's alias, if it has one) -> the template's head
