@@ -10,6 +10,7 @@ They live here rather than in bash heredocs so that they are tested Python, take
 - ``folds SPLIT_DIR SPEC``: the fold numbers of a split (``all`` or a comma list, checked).
 - ``json-value FILE KEY``, ``num-layers CKPT``, ``hydra-value VALUE``, ``channel-mask-width FEATS``.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,14 @@ def km_label(transductive: bool, metas: list[dict]) -> str:
         splits = metas[0].get("fit_splits", metas[0].get("fit", {}).get("splits"))
     else:
         splits = ["train", "valid", "test"] if transductive else ["train"]
-    counts = ", ".join(f"{s} {sum(m.get('fit_frames_per_split', {}).get(s, 0) for m in metas) / len(metas):.0f}"
-                       for s in splits) if metas else ""
+    counts = (
+        ", ".join(
+            f"{s} {sum(m.get('fit_frames_per_split', {}).get(s, 0) for m in metas) / len(metas):.0f}"
+            for s in splits
+        )
+        if metas
+        else ""
+    )
     what = "transductive, " if transductive else ""
     return f"k-means {what}fitted on {'+'.join(splits)} frames" + (f" (per fold: {counts})" if metas else "")
 
@@ -65,8 +72,10 @@ def cpt_batch(max_tokens: int, gpus: int, update_freq: int) -> str:
     >>> cpt_batch(1400000, 4, 1)
     '350 s of audio per update = 87.5 s x 4 GPU(s) x update_freq 1'
     """
-    return (f"{max_tokens * gpus * update_freq / 16000:g} s of audio per update = {max_tokens / 16000:g} s x "
-            f"{gpus} GPU(s) x update_freq {update_freq}")
+    return (
+        f"{max_tokens * gpus * update_freq / 16000:g} s of audio per update = {max_tokens / 16000:g} s x "
+        f"{gpus} GPU(s) x update_freq {update_freq}"
+    )
 
 
 def check_labels(labels: Path, fold: Path, option: str = "--tapt-labels") -> None:
@@ -74,12 +83,16 @@ def check_labels(labels: Path, fold: Path, option: str = "--tapt-labels") -> Non
     for split in ("train", "valid"):
         km, tsv = labels / f"{split}.km", fold / f"{split}.tsv"
         if not km.is_file():
-            raise SerkitError(f"{option}: {km} missing (expected DIR/{fold.name}/{split}.km, as stage 2 writes)")
+            raise SerkitError(
+                f"{option}: {km} missing (expected DIR/{fold.name}/{split}.km, as stage 2 writes)"
+            )
         n_km = _lines(km)
         n_utt = _lines(tsv) - 1  # the tsv's first line is the audio root
         if n_km != n_utt:
-            raise SerkitError(f"{option}: {km} has {n_km} lines, {tsv} {n_utt} utterances; labels must be "
-                              f"row-aligned with {fold.name}'s manifests")
+            raise SerkitError(
+                f"{option}: {km} has {n_km} lines, {tsv} {n_utt} utterances; labels must be "
+                f"row-aligned with {fold.name}'s manifests"
+            )
 
 
 def _lines(path: Path) -> int:
@@ -102,7 +115,9 @@ def fold_numbers(split_dir: Path, spec: str) -> list[int]:
     wanted = [int(k) for k in spec.split(",")]
     for k in wanted:
         if k not in written:
-            raise SerkitError(f"--folds {spec}: {split_dir} has folds {' '.join(map(str, written))}, no fold {k}")
+            raise SerkitError(
+                f"--folds {spec}: {split_dir} has folds {' '.join(map(str, written))}, no fold {k}"
+            )
     return wanted
 
 
@@ -113,8 +128,10 @@ def hydra_value(value: str) -> str:
     '/a b/it\\'s'
     """
     if "${" in value:
-        raise SerkitError(f"'{value}': a path holding '${{' cannot be passed to fairseq (Hydra/OmegaConf read "
-                          "it as an interpolation); rename it")
+        raise SerkitError(
+            f"'{value}': a path holding '${{' cannot be passed to fairseq (Hydra/OmegaConf read "
+            "it as an interpolation); rename it"
+        )
     value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)
     return "'" + value.replace("'", "\\'") + "'"
 
@@ -163,8 +180,10 @@ def _run(args) -> int:
                 n = load_upstream(args.checkpoint).num_layers
             print(n)
         except Exception as e:  # the loader's own message, one line
-            raise SerkitError(f"--upstream {args.checkpoint}: not an upstream checkpoint serkit can load: "
-                              f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}") from None
+            raise SerkitError(
+                f"--upstream {args.checkpoint}: not an upstream checkpoint serkit can load: "
+                f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}"
+            ) from None
     elif what == "hydra-value":
         print(hydra_value(args.value))
     elif what == "channel-mask-width":
@@ -202,4 +221,3 @@ def register(sub) -> None:
     q = rs.add_parser("channel-mask-width", help="ShiftSER's 64-of-768 channel mask scaled to FEATS's width")
     q.add_argument("feats", help="a dump-features directory (meta.json)")
     p.set_defaults(func=_run)
-

@@ -1,4 +1,5 @@
 """`serkit recipe`: what the recipe template computes in Python (run.json, labels, folds, batches)."""
+
 from __future__ import annotations
 
 import json
@@ -12,16 +13,20 @@ from serkit.utils import SerkitError
 
 
 def serkit(*args):
-    return subprocess.run([sys.executable, "-m", "serkit", "recipe", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "serkit", "recipe", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_run_json_is_written_whole_and_values_keep_their_equals_signs(tmp_path):
     out = tmp_path / "run" / "run.json"
     r = serkit("run-json", str(out), "method=FLEA (mean pooling)", "upstream=a=b, k=16", "corpus=IEMOCAP")
     assert r.returncode == 0, r.stderr
-    assert json.loads(out.read_text()) == {"method": "FLEA (mean pooling)", "upstream": "a=b, k=16",
-                                           "corpus": "IEMOCAP"}
+    assert json.loads(out.read_text()) == {
+        "method": "FLEA (mean pooling)",
+        "upstream": "a=b, k=16",
+        "corpus": "IEMOCAP",
+    }
     assert out.read_text().startswith('{\n  "method"')  # indent 2, as the recipes always wrote it
     assert [p.name for p in out.parent.iterdir()] == ["run.json"]  # no temporary left behind
     with pytest.raises(SerkitError, match="not KEY=VALUE"):
@@ -30,12 +35,19 @@ def test_run_json_is_written_whole_and_values_keep_their_equals_signs(tmp_path):
 
 
 def test_km_label_is_the_mean_over_folds_of_each_fitted_split():
-    metas = [{"fit_splits": ["train", "valid", "test"], "fit_frames_per_split": {"train": 100, "valid": 10,
-                                                                                   "test": 20}},
-             {"fit_splits": ["train", "valid", "test"], "fit_frames_per_split": {"train": 101, "valid": 11,
-                                                                                   "test": 21}}]
-    assert km_label(True, metas) == ("k-means transductive, fitted on train+valid+test frames "
-                                     "(per fold: train 100, valid 10, test 20)")
+    metas = [
+        {
+            "fit_splits": ["train", "valid", "test"],
+            "fit_frames_per_split": {"train": 100, "valid": 10, "test": 20},
+        },
+        {
+            "fit_splits": ["train", "valid", "test"],
+            "fit_frames_per_split": {"train": 101, "valid": 11, "test": 21},
+        },
+    ]
+    assert km_label(True, metas) == (
+        "k-means transductive, fitted on train+valid+test frames (per fold: train 100, valid 10, test 20)"
+    )
     assert km_label(False, []) == "k-means fitted on train frames"
 
 
@@ -47,8 +59,11 @@ def test_check_labels_names_the_file_and_both_counts(tmp_path):
         (labels / f"{split}.km").write_text("1 2\n" * n)
     check_labels(labels, fold)
     (labels / "valid.km").write_text("1 2\n")
-    with pytest.raises(SerkitError, match=r"valid.km has 1 lines, .*valid.tsv 2 utterances; labels must be "
-                                          r"row-aligned with fold2's manifests"):
+    with pytest.raises(
+        SerkitError,
+        match=r"valid.km has 1 lines, .*valid.tsv 2 utterances; labels must be "
+        r"row-aligned with fold2's manifests",
+    ):
         check_labels(labels, fold)
     (labels / "train.km").unlink()
     with pytest.raises(SerkitError, match="train.km missing"):

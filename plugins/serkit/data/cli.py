@@ -13,7 +13,8 @@ from ..utils import SerkitError
 CORPORA = ("iemocap", "meld", "savee", "ravdess")
 # Kept in sync with serkit.data.splits.PROTOCOLS by a unit test (importing it here would be cheap too,
 # but the list doubles as the --help text).
-PROTOCOLS = ("iemocap_loso5", "iemocap_loso10", "meld_official", "savee_loso4", "savee_cv10", "ravdess_actors4")
+PROTOCOLS = ("iemocap_loso5", "iemocap_loso10", "meld_official", "savee_loso4", "savee_cv10",
+             "ravdess_actors4")
 
 
 def _sessions(text: str) -> list[int]:
@@ -101,8 +102,8 @@ def register(sub) -> None:
     g.add_argument("--allow-missing-wav", action="store_true",
                    help="drop (and count) labelled utterances whose wav is missing instead of failing")
     g.add_argument("--allow-truncated", action="store_true",
-                   help="(IEMOCAP, SAVEE, RAVDESS) drop wavs shorter than their header promises, listing them in the "
-                        "log and prepare.json, instead of failing")
+                   help="(IEMOCAP, SAVEE, RAVDESS) drop wavs shorter than their header promises, listing "
+                        "them in the log and prepare.json, instead of failing")
     g = p.add_argument_group("MELD")
     g.add_argument("--jobs", type=_positive, default=1, help="parallel clip decoders (default 1)")
     p.set_defaults(func=run_prepare)

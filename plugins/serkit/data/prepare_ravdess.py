@@ -15,6 +15,7 @@ Utterance ids are the file stems; speaker = session = ``Actor_XX``.
 Emotion codes -> class names (in this class order): 01 neutral, 02 calm, 03 happy, 04 sad, 05 angry,
 06 fearful, 07 disgust, 08 surprised. The full speech release has 1440 wavs: 60 per actor.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,16 @@ from . import datadir
 
 log = logging.getLogger("serkit.data")
 
-CODE_TO_CLASS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
-                 "07": "disgust", "08": "surprised"}
+CODE_TO_CLASS = {
+    "01": "neutral",
+    "02": "calm",
+    "03": "happy",
+    "04": "sad",
+    "05": "angry",
+    "06": "fearful",
+    "07": "disgust",
+    "08": "surprised",
+}
 CLASSES = list(CODE_TO_CLASS.values())
 NAME_RE = re.compile(r"^(\d\d)-(\d\d)-(0[1-8])-(0[12])-(0[12])-(0[12])-(\d\d)\.wav$")
 ACTOR_RE = re.compile(r"^Actor_(\d\d)$")
@@ -61,11 +70,15 @@ def find_wavs(root: Path) -> dict[str, Path]:
                 ignored["not audio-only speech (modality 03, vocal channel 01)"] += 1
                 continue
             if m.group(7) != actor:
-                raise SerkitError(f"{p}: actor {m.group(7)} in the name, {folder.name} as the folder; "
-                                  "move it to its actor's folder or remove it")
+                raise SerkitError(
+                    f"{p}: actor {m.group(7)} in the name, {folder.name} as the folder; "
+                    "move it to its actor's folder or remove it"
+                )
             if m.group(3) == "01" and m.group(4) == "02":
-                raise SerkitError(f"{p}: neutral (01) with strong intensity (02), which RAVDESS does not "
-                                  "record; the file is misnamed")
+                raise SerkitError(
+                    f"{p}: neutral (01) with strong intensity (02), which RAVDESS does not "
+                    "record; the file is misnamed"
+                )
             found[p.stem] = p
     for why, n in sorted(ignored.items()):
         log.info("RAVDESS: ignored %d files (%s)", n, why)
@@ -83,8 +96,9 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, allow_truncated: bo
     claim_output_dir(out, datadir.output_kind("ravdess"), inputs=[root])
     sources = find_wavs(root)
     if not sources:
-        raise SerkitError(f"{root}: no RAVDESS speech wavs found (expected Actor_01/03-01-01-01-01-01-01.wav); "
-                          "check --root")
+        raise SerkitError(
+            f"{root}: no RAVDESS speech wavs found (expected Actor_01/03-01-01-01-01-01-01.wav); check --root"
+        )
     truncated = []
     for utt, src in sorted(sources.items()):
         try:
@@ -115,17 +129,36 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, allow_truncated: bo
                 write_json(wavdir / datadir.SOURCES, {**old_records, **new_records})
         code, actor = utt.split("-")[2], utt.split("-")[6]
         spk = f"Actor_{actor}"
-        records.append(datadir.Record(utt=utt, wav=str(dst), spk=spk, emo=CODE_TO_CLASS[code], emo_raw=code,
-                                      session=spk, num_samples=n))
+        records.append(
+            datadir.Record(
+                utt=utt,
+                wav=str(dst),
+                spk=spk,
+                emo=CODE_TO_CLASS[code],
+                emo_raw=code,
+                session=spk,
+                num_samples=n,
+            )
+        )
     if new_records != old_records:
         write_json(wavdir / datadir.SOURCES, new_records)
-    log.info("RAVDESS: %d wavs from %s (%d converted, %d reused from %s)", len(records), root,
-             len(records) - reused, reused, wavdir)
+    log.info(
+        "RAVDESS: %d wavs from %s (%d converted, %d reused from %s)",
+        len(records),
+        root,
+        len(records) - reused,
+        reused,
+        wavdir,
+    )
     dropped = {"truncated source wav (--allow-truncated)": len(truncated)} if truncated else {}
     meta = {
-        "corpus": "ravdess", "serkit_version": __version__, "root": str(root), "classes": CLASSES,
+        "corpus": "ravdess",
+        "serkit_version": __version__,
+        "root": str(root),
+        "classes": CLASSES,
         "label_map": {"name": "ravdess8", "map": CODE_TO_CLASS},
-        "options": {"allow_truncated": allow_truncated}, "dropped": dropped,
+        "options": {"allow_truncated": allow_truncated},
+        "dropped": dropped,
         "extraction": {"reused_wavs": reused},
         "genders": {f"Actor_{a:02d}": gender(a) for a in sorted({int(r.spk[-2:]) for r in records})},
     }
@@ -137,6 +170,8 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, allow_truncated: bo
     per_spk = Counter(r.spk for r in records)
     for spk, n in sorted(per_spk.items()):
         if n != EXPECTED_PER_ACTOR:
-            log.warning("RAVDESS: %s has %d utterances; the speech release has %d", spk, n, EXPECTED_PER_ACTOR)
+            log.warning(
+                "RAVDESS: %s has %d utterances; the speech release has %d", spk, n, EXPECTED_PER_ACTOR
+            )
     log.info("RAVDESS: wrote %s", out)
     return out
