@@ -2,7 +2,8 @@
 # shellcheck disable=SC2154  # corpus, prepare_name, ... are set by the recipe's run.sh before it sources this
 # The recipe template: every recipes/<corpus>/run.sh sets its corpus defaults and sources this file,
 # which owns the options, the stages, the .done records, locking, logging and timing (ESPnet's
-# egs2/TEMPLATE/asr1/asr.sh in spirit). What a run.sh sets before `. ../../local/ser.sh`:
+# egs2/TEMPLATE/asr1/asr.sh in spirit). A run.sh cds to its directory (the template sources its
+# path.sh and db.sh) and sets, before `. ../../local/ser.sh`:
 #
 #   corpus=IEMOCAP                 # the name in run.json and messages; db.sh's variable of that name is the release
 #   prepare_name=iemocap           # `serkit prepare` / `serkit mini-corpus` corpus name
@@ -32,6 +33,12 @@
 # --folds K --job STEP, its dependencies (the fold's previous stage, shared feature dumps) passed to
 # backend_submit. With --backend local each job runs at once, in the order today's stages always ran.
 
+set -euo pipefail
+# the recipe's environment and corpus location (its directory is the working directory)
+# shellcheck source=/dev/null
+. ./path.sh
+# shellcheck source=/dev/null
+. ./db.sh
 _ser_local=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=stage.sh
 . "$_ser_local/stage.sh"

@@ -2,14 +2,8 @@
 # IEMOCAP recipe: FLEA end to end (pseudo-emotion labels -> HuBERT continued pretraining ->
 # finetuning) and the ShiftSER / BAS / MFSN heads, on leak-free folds, scored the same way.
 # The stages, options and jobs are the template's (../../local/ser.sh); `bash run.sh --help` lists them.
-set -euo pipefail
-cd "$(dirname "$0")"
-. ./path.sh
-. ./db.sh
-
-corpus=IEMOCAP                       # db.sh's variable, the name in run.json
-prepare_name=iemocap                 # serkit prepare / mini-corpus
-mini_release=IEMOCAP_full_release
+cd "$(dirname "$0")" || exit 1
+corpus=IEMOCAP prepare_name=iemocap mini_release=IEMOCAP_full_release  # db.sh variable, serkit prepare name, mini release folder
 corpus_protocols="iemocap_loso5 iemocap_loso10"
 default_method=flea                  # --method on the real corpus (mini corpus: flea,shiftcnn, `make demo`)
 mini_method=flea,shiftcnn

@@ -3,14 +3,8 @@
 # against the paper's baselines (simple-FFN; a transformer of --bas-layers layers, as the BAS block
 # stack of msa_ffn blocks and as serkit's transformer head), on the official split (one fold),
 # weighted F1 as the headline. Stages, options and jobs: the template's (../../local/ser.sh, --help).
-set -euo pipefail
-cd "$(dirname "$0")"
-. ./path.sh
-. ./db.sh
-
-corpus=MELD                          # db.sh's variable, the name in run.json
-prepare_name=meld                    # serkit prepare / mini-corpus
-mini_release=MELD.Raw
+cd "$(dirname "$0")" || exit 1
+corpus=MELD prepare_name=meld mini_release=MELD.Raw  # db.sh variable, serkit prepare name, mini release folder
 corpus_protocols=meld_official       # train/dev/test: one fold
 headline=wf1                         # 48 % of the test set is neutral
 # MELD's names of the BAS paper's baselines (trained with BAS's settings)

@@ -2,14 +2,8 @@
 # RAVDESS recipe (the audio-only speech release, 24 actors, 8 emotions): every method of the recipe
 # template (../../local/ser.sh) on speaker-independent folds of 4 actors. `bash run.sh --help` lists
 # the options; with no corpus in db.sh and no --root it runs on the mini RAVDESS.
-set -euo pipefail
-cd "$(dirname "$0")"
-. ./path.sh
-. ./db.sh
-
-corpus=RAVDESS                       # db.sh's variable, the name in run.json
-prepare_name=ravdess                 # serkit prepare / mini-corpus
-mini_release=RAVDESS                 # the folder holding Actor_01 .. Actor_24
+cd "$(dirname "$0")" || exit 1
+corpus=RAVDESS prepare_name=ravdess mini_release=RAVDESS  # db.sh variable, serkit prepare name, mini release folder
 corpus_protocols=ravdess_actors4     # test = 4 consecutive actors (2 male, 2 female): 6 folds
 default_method=shiftcnn,bas_ffn      # --method on the real corpus
 mini_method=shiftcnn

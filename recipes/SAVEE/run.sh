@@ -2,14 +2,8 @@
 # SAVEE recipe: MFSN and its ablations (SEC only, SEC+TEC without search, full MFSN) on the
 # leave-one-speaker-out (4 folds) and the paper's 10-fold cross-validation protocols.
 # Stages, options and jobs: the template's (../../local/ser.sh, --help).
-set -euo pipefail
-cd "$(dirname "$0")"
-. ./path.sh
-. ./db.sh
-
-corpus=SAVEE                         # db.sh's variable, the name in run.json
-prepare_name=savee                   # serkit prepare / mini-corpus
-mini_release=SAVEE                   # the folder holding AudioData/
+cd "$(dirname "$0")" || exit 1
+corpus=SAVEE prepare_name=savee mini_release=SAVEE  # db.sh variable, serkit prepare name, mini release folder
 corpus_protocols="savee_loso4 savee_cv10"
 protocol=both                        # savee_loso4 | savee_cv10 | both (each in turn)
 default_method=mfsn; mini_method=mfsn

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "recipes" / "RAVDESS" / "run.sh"
 EPOCHS = 6
-EXPECTED_UA = [0.0, 0.0]  # measured below
+EXPECTED_UA = [22 / 128, 17 / 128]  # per fold, test UA of this deterministic CPU run (chance: 1/8)
 
 
 def run(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
