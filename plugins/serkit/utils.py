@@ -169,6 +169,16 @@ def write_marker(path: str | os.PathLike, kind: str, files: list[str] | None = N
         f.write("\n")
 
 
+def files_under(root: str | os.PathLike, prefix: str = "") -> list[str]:
+    """Every file below ``root`` as ``prefix`` + its relative path, in :func:`os.walk` order (links to
+    directories are listed by neither name nor content)."""
+    out = []
+    for dirpath, _, names in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        out += [f"{prefix}{n}" if rel == "." else f"{prefix}{rel}/{n}" for n in names]
+    return out
+
+
 def _listing(root: Path) -> list[str]:
     """Every file (and symlink) under ``root`` as a sorted relative path, the marker excluded."""
     out = []
