@@ -12,6 +12,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger("serkit")
 
@@ -293,7 +294,7 @@ def atomic_dir(final: str | os.PathLike, kind: str = "output", inputs: Iterable[
 
 
 @contextlib.contextmanager
-def atomic_file(final: str | os.PathLike, mode: str = "w", **kw) -> Iterator:
+def atomic_file(final: str | os.PathLike, mode: str = "w", **kw) -> Iterator[IO]:
     """Open a temporary sibling of ``final`` for writing; rename it over ``final`` on success.
 
     The file gets the mode the umask asks for. A full disk raises :class:`SerkitError` naming
@@ -430,7 +431,7 @@ def locked_output_dir(out: str | os.PathLike, kind: str, what: str, shard: tuple
         yield out
 
 
-def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
+def write_json(path: str | os.PathLike, obj: object, indent: int = 2) -> None:
     with atomic_file(path, encoding="utf-8") as f:
         json.dump(obj, f, indent=indent, ensure_ascii=False)
         f.write("\n")
