@@ -83,7 +83,7 @@ class RandomState:
     """
 
     def __init__(self) -> None:
-        self.end_of_epoch = None
+        self.end_of_epoch: bool | None = None
 
     @sb_checkpoints.mark_as_saver
     def _save(self, path: str | os.PathLike) -> None:

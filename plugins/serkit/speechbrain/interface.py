@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("serkit.speechbrain")
 
 
-def read_train_info(source: str | Path) -> dict:
+def read_train_info(source: str | os.PathLike) -> dict:
     source = Path(source)
     path = source / "train_info.json"
     if not path.is_file():
