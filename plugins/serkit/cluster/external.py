@@ -47,7 +47,7 @@ _NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
 class _Estimator:
     """Stand-in for the pickled estimator: keeps the attribute dict, runs no scikit-learn code."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         self.__dict__["_serkit_args"] = args
 
     def __setstate__(self, state: object) -> None:

@@ -117,7 +117,7 @@ def get_protocol(name: str) -> Protocol:
 # ---------------------------------------------------------------------------------------------------
 # helpers
 
-def _rng(opts: SplitOptions, *key) -> random.Random:
+def _rng(opts: SplitOptions, *key: object) -> random.Random:
     # str seeds hash with SHA-512: the same on every machine and Python run (unlike hash()).
     return random.Random(":".join(map(str, (opts.seed, *key))))
 

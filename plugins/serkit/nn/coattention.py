@@ -126,7 +126,8 @@ class MeanPoolHead(nn.Module):
         self.input_dims, self.num_streams = dims, len(dims)
         self.fc = nn.Linear(sum(dims), num_classes)
 
-    def forward(self, x: Tensor | Sequence[Tensor], padding_mask: Tensor | None = None, **unused) -> Tensor:
+    def forward(self, x: Tensor | Sequence[Tensor], padding_mask: Tensor | None = None,
+                **unused: Tensor | None) -> Tensor:
         xs = (x,) if isinstance(x, Tensor) else tuple(x)
         if len(xs) != self.num_streams:
             raise ValueError(f"MeanPoolHead built for {self.num_streams} stream(s), got {len(xs)}")

@@ -572,7 +572,7 @@ class MFSN(nn.Module):
         return (adjusted, sec_stream) if self.streams == "dual" else (adjusted,)
 
     def forward(self, sec: Tensor, tec: Tensor | None = None, padding_mask: Tensor | None = None,
-                level: int | None = None, **head_inputs) -> Tensor:
+                level: int | None = None, **head_inputs: Tensor | None) -> Tensor:
         return self.head(self.fuse(sec, tec, padding_mask, level=level), padding_mask, **head_inputs)
 
 
@@ -640,7 +640,8 @@ class TextMFSN(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch]
 
     def forward(self, sec: Tensor, tec: Tensor | None = None, padding_mask: Tensor | None = None,
-                level: int | None = None, tec_padding_mask: Tensor | None = None, **head_inputs) -> Tensor:
+                level: int | None = None, tec_padding_mask: Tensor | None = None,
+                **head_inputs: Tensor | None) -> Tensor:
         frames = None
         if self.mfsn.variant != "sec_only":
             ids_mask = tec == 0 if tec_padding_mask is None else tec_padding_mask
