@@ -818,3 +818,5 @@ if stage_selected 4; then
 fi
 if stage_selected 5; then run_job score 5 "" "${_ser_jobs[*]}" score; fi
 backend_wait "${_ser_jobs[@]}"
+# a local job printed its output here; a scheduler's went to its log (exp/<tag>/log/jobs/score.log)
+if [ "$backend" != local ] && stage_selected 5; then cat "$exp/RESULTS.md"; fi
