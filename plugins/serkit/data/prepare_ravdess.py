@@ -25,8 +25,9 @@ from collections import Counter
 from pathlib import Path
 
 from .. import __version__
-from ..utils import SerkitError, claim_output_dir, write_json
+from ..utils import SerkitError
 from . import datadir
+from .convert import convert_release
 
 log = logging.getLogger("serkit.data")
 
@@ -87,61 +88,16 @@ def find_wavs(root: Path) -> dict[str, Path]:
 
 def prepare(root: str | os.PathLike, out: str | os.PathLike, allow_truncated: bool = False) -> Path:
     """Write the RAVDESS data directory ``out`` (16 kHz wavs in ``out/wavs``); return ``out``."""
-    from .audio import TruncatedWav, check_complete, conversion_record, convert_wav, reusable
-
-    root = Path(root).absolute()
-    out = Path(out).absolute()
-    if not root.is_dir():
-        raise SerkitError(f"{root}: not a directory; pass --root pointing at the folder holding Actor_01 ...")
-    claim_output_dir(out, datadir.output_kind("ravdess"), inputs=[root])
-    sources = find_wavs(root)
-    if not sources:
-        raise SerkitError(
-            f"{root}: no RAVDESS speech wavs found (expected Actor_01/03-01-01-01-01-01-01.wav); check --root"
-        )
-    truncated = []
-    for utt, src in sorted(sources.items()):
-        try:
-            check_complete(src)
-        except TruncatedWav as e:
-            if not allow_truncated:
-                raise
-            log.warning("RAVDESS: dropping %s (--allow-truncated): %s", utt, e)
-            truncated.append(str(src))
-            del sources[utt]
-    wavdir = datadir.open_wavdir(out, "ravdess")
-    old_records = datadir.load_sources(wavdir)
-    new_records: dict[str, dict] = {}
+    root, out, converted, truncated, reused = convert_release(
+        root, out, "ravdess", find_wavs, "the folder holding Actor_01 .. Actor_24",
+        "Actor_01/03-01-01-01-01-01-01.wav", allow_truncated)
+    wavdir = out / "wavs"
     records = []
-    reused = 0
-    for utt, src in sorted(sources.items()):
-        dst = wavdir / f"{utt}.wav"
-        n = reusable(old_records.get(utt), src, dst)
-        if n:
-            reused += 1
-            new_records[utt] = old_records[utt]
-        else:
-            n = convert_wav(src, dst)
-            if n == 0:
-                raise SerkitError(f"{src}: empty audio; replace it with a good copy")
-            new_records[utt] = conversion_record(src, dst, n)
-            if len(new_records) % 50 == 0:  # resumable
-                write_json(wavdir / datadir.SOURCES, {**old_records, **new_records})
+    for utt, (dst, n) in converted.items():
         code, actor = utt.split("-")[2], utt.split("-")[6]
         spk = f"Actor_{actor}"
-        records.append(
-            datadir.Record(
-                utt=utt,
-                wav=str(dst),
-                spk=spk,
-                emo=CODE_TO_CLASS[code],
-                emo_raw=code,
-                session=spk,
-                num_samples=n,
-            )
-        )
-    if new_records != old_records:
-        write_json(wavdir / datadir.SOURCES, new_records)
+        records.append(datadir.Record(utt=utt, wav=str(dst), spk=spk, emo=CODE_TO_CLASS[code], emo_raw=code,
+                                      session=spk, num_samples=n))
     log.info(
         "RAVDESS: %d wavs from %s (%d converted, %d reused from %s)",
         len(records),
@@ -161,13 +117,11 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, allow_truncated: bo
         "dropped": dropped,
         "extraction": {"reused_wavs": reused},
         "genders": {f"Actor_{a:02d}": gender(a) for a in sorted({int(r.spk[-2:]) for r in records})},
+        **({"truncated": truncated} if truncated else {}),
     }
-    if truncated:
-        meta["truncated"] = truncated
-    datadir.write(out, records, meta, keep=("wavs",), inputs=(root,))
-    meta = datadir.load(out).meta
-    datadir.log_summary(meta, dropped)
     per_spk = Counter(r.spk for r in records)
+    datadir.write(out, records, meta, keep=("wavs",), inputs=(root,))
+    datadir.log_summary(datadir.load(out).meta, dropped)
     for spk, n in sorted(per_spk.items()):
         if n != EXPECTED_PER_ACTOR:
             log.warning(

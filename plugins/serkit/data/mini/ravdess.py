@@ -14,21 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from serkit.data.mini.layout import kind
+from serkit.data.prepare_ravdess import CODE_TO_CLASS
 from serkit.utils import atomic_dir, write_json
 
 from .synth import choose_words, make_speaker, rng_for, synthesize, write_wav
 
 SR = 48000
-CODES = {
-    "01": "neutral",
-    "02": "calm",
-    "03": "happy",
-    "04": "sad",
-    "05": "angry",
-    "06": "fearful",
-    "07": "disgust",
-    "08": "surprised",
-}
+CODES = CODE_TO_CLASS  # the release's emotion codes
 VOICE = {
     "01": "neutral",
     "02": "calm",
