@@ -97,4 +97,4 @@ def test_each_fold_ran_as_a_job_and_the_table_has_the_result(done):
 def test_a_rerun_skips_every_job(done):
     again = run(*done["args"], "--stop-stage", "4")
     assert again.returncode == 0, again.stderr[-4000:]
-    assert again.stderr.count("skip:") == 5  # data, split, features, two folds
+    assert again.stderr.count("skip:") == 6  # mini corpus, data, split, features, two folds
