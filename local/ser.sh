@@ -259,7 +259,7 @@ mkdir -p "$workdir"; workdir=$(realpath "$workdir")
 lock_workdir "$workdir"  # a job of the run holding the lock shares it (stage.sh: SERKIT_LOCK_TOKEN)
 case "$protocol" in all|both) protocol=${corpus_protocols// /,} ;; esac
 if [[ "$protocol" == *,* ]]; then  # several protocols: the recipe once per protocol, in turn
-  for p in ${protocol//,/ }; do bash "$_ser_script" "${_ser_args[@]}" --protocol "$p" || exit 1; done
+  for p in ${protocol//,/ }; do bash "$_ser_script" "${_ser_args[@]}" --protocol "$p" --tag "${tag:+$tag/}$p" || exit 1; done
   exit 0
 fi
 root=${root:-${!corpus:-}}
