@@ -166,7 +166,21 @@ def compute() -> dict:
         torch.set_num_threads(before)
 
 
-#: recorded from the three forwards before they became ``layer_outputs`` (commit 5727ea8)
+#: recorded from the three forwards before they became ``layer_outputs`` (commit 5727ea8), except
+#: ``ser/d2v/*``: serkit_ser_model now runs data2vec's transformer per utterance in a padded batch, as
+#: extraction and the lobe always did (test_ser_model_on_data2vec_gives_the_same_logits_padded_or_alone);
+#: before, the padded utterance's logits differed from its logits alone. The old values were:
+#:     {'ser/d2v/eval': [-0.3523765504360199, 1.7053023642506804, 0.2831991910934448, -0.7456191182136536,
+#:                       0.17370940744876862, 0.3821384310722351],
+#:      'ser/d2v/grads': {'head.': [20, 20.06805987335118, 803.5309464211562],
+#:                        'layer_sum.': [0, 0, 0],
+#:                        'upstream.encoder.': [44, 25.963269764271594, 1098.6339005249274],
+#:                        'upstream.feature_extractor.': [0, 0, 0],
+#:                        'upstream.layer_norm': [2, 1.5040247614961118, 7.022067516935323],
+#:                        'upstream.mask_emb': [0, 0, 0],
+#:                        'upstream.post_extract_proj': [2, 0.8920480551696528, 223.75862573382446]},
+#:      'ser/d2v/train': [-0.3256864845752716, 1.5144464055711309, 0.2840953469276428, -0.7016648054122925,
+#:                        0.21756723523139954, 0.3019333779811859, 8.0]}
 PINNED: dict = {
  'extract/d2v/batch': [[14.774761322885752, 863.4945879786303, -0.8777202367782593, 0.48434337973594666,
                         0.804611325263977, 0.0],
@@ -258,17 +272,17 @@ PINNED: dict = {
                         -0.056962333619594574, 0.09941050410270691, -0.03652256727218628, 8.0],
  'ser/d2v/alone': [-0.4633103907108307, 0.6947836253827484, 0.274023175239563, 0.10915327072143555,
                    -0.776450514793396, -0.07003632187843323],
- 'ser/d2v/eval': [-0.3523765504360199, 1.7053023642506804, 0.2831991910934448, -0.7456191182136536,
-                  0.17370940744876862, 0.3821384310722351],
- 'ser/d2v/grads': {'head.': [20, 20.06805987335118, 803.5309464211562],
+ 'ser/d2v/eval': [-0.8049222677946091, 1.3735867543182547, 0.2831991910934448, -0.7456191182136536,
+                  0.10915330052375793, -0.07003632187843323],
+ 'ser/d2v/grads': {'head.': [20, 20.1595711375947, 810.2793738893218],
                    'layer_sum.': [0, 0, 0],
-                   'upstream.encoder.': [44, 25.963269764271594, 1098.6339005249274],
+                   'upstream.encoder.': [44, -55.19869161982524, 976.4367193350495],
                    'upstream.feature_extractor.': [0, 0, 0],
-                   'upstream.layer_norm': [2, 1.5040247614961118, 7.022067516935323],
+                   'upstream.layer_norm': [2, 1.6914262948557734, 7.201394852232072],
                    'upstream.mask_emb': [0, 0, 0],
-                   'upstream.post_extract_proj': [2, 0.8920480551696528, 223.75862573382446]},
- 'ser/d2v/train': [-0.3256864845752716, 1.5144464055711309, 0.2840953469276428, -0.7016648054122925,
-                   0.21756723523139954, 0.3019333779811859, 8.0],
+                   'upstream.post_extract_proj': [2, 0.7598974949578405, 236.47119704527572]},
+ 'ser/d2v/train': [-0.9688162282109261, 1.3108193891753435, 0.28932082653045654, -0.7082383632659912,
+                   0.12135522812604904, -0.12443026900291443, 8.0],
  'ser/flea/alone': [0.2737445682287216, 0.8632098653677212, -0.08278146386146545, -0.5476000905036926,
                     0.18024583160877228, 0.7238802909851074],
  'ser/flea/eval': [0.49490267038345337, 1.5804153718113443, -0.14110858738422394, 0.13317278027534485,
@@ -388,3 +402,17 @@ if __name__ == "__main__":
 
     sys.stdout.write("PINNED = ")
     pprint.pprint(compute(), width=110, compact=True)
+
+
+def test_ser_model_on_data2vec_gives_the_same_logits_padded_or_alone(tmp_path):
+    """data2vec's stacked positional convolution carries padding into valid frames unless run alone."""
+    from serkit.upstream.standins import make_standin
+
+    torch.manual_seed(0)
+    ckpt = make_standin("audio_base_ls.pt", tmp_path).path
+    model = _ser_model(ckpt, head="shiftcnn", pooling="mean").eval()
+    wav, mask = _batch(2)
+    with torch.no_grad():
+        padded = model(wav, mask)["logits"]
+        alone = model(wav[1:, : LENGTHS[1]], None)["logits"]
+    assert torch.allclose(padded[1], alone[0], atol=1e-5), (padded[1], alone[0])
