@@ -216,6 +216,13 @@ def write_letter_dict(path: Path) -> Path:
     return path
 
 
+def _noisy_weights(model, seed: int, pos_conv_weight_norm: str) -> dict:
+    """``model``'s weights after :func:`_seed_noise`, the positional convolution's under the given naming."""
+    _seed_noise(model, seed)
+    weights = model.state_dict()
+    return _parametrized_names(weights) if pos_conv_weight_norm == "parametrizations" else weights
+
+
 def _parametrized_names(weights: dict) -> dict:
     names = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
     out = {}
@@ -232,44 +239,16 @@ def _parametrized_names(weights: dict) -> dict:
 
 #: Wav2Vec2Config values of the published configs (torchaudio's wav2vec_small.json, libri960_big.json,
 #: wav2vec_vox_new.json); dimensions come from SIZES
-W2V_PRETRAINED = {
-    "wav2vec_small.pt": dict(
-        size="base",
-        normalize=False,
-        extractor_mode="default",
-        layer_norm_first=False,
-        conv_bias=False,
-        dropout=0.1,
-        encoder_layerdrop=0.05,
-        feature_grad_mult=0.1,
-        final_dim=256,
-        latent_temp=(2, 0.5, 0.999995),
-    ),
-    "libri960_big.pt": dict(
-        size="large",
-        normalize=False,
-        extractor_mode="default",
-        layer_norm_first=False,
-        conv_bias=False,
-        dropout=0.0,
-        encoder_layerdrop=0.2,
-        feature_grad_mult=0.1,
-        final_dim=768,
-        latent_temp=(2, 0.5, 0.999995),
-    ),
-    "wav2vec_vox_new.pt": dict(
-        size="large",
-        normalize=True,
-        extractor_mode="layer_norm",
-        layer_norm_first=True,
-        conv_bias=True,
-        dropout=0.0,
-        encoder_layerdrop=0.0,
-        feature_grad_mult=1.0,
-        final_dim=768,
-        latent_temp=(2, 0.1, 0.999995),
-    ),
+W2V_FIELDS = (
+    "size normalize extractor_mode layer_norm_first conv_bias dropout encoder_layerdrop feature_grad_mult "
+    "final_dim latent_temp"
+).split()
+_W2V_PRETRAINED_ROWS = {
+    "wav2vec_small.pt": ("base", False, "default", False, False, 0.1, 0.05, 0.1, 256, (2, 0.5, 0.999995)),
+    "libri960_big.pt": ("large", False, "default", False, False, 0.0, 0.2, 0.1, 768, (2, 0.5, 0.999995)),
+    "wav2vec_vox_new.pt": ("large", True, "layer_norm", True, True, 0.0, 0.0, 1.0, 768, (2, 0.1, 0.999995)),
 }
+W2V_PRETRAINED = {release: dict(zip(W2V_FIELDS, row)) for release, row in _W2V_PRETRAINED_ROWS.items()}
 #: CTC releases -> the pretrained model they were finetuned from (torchaudio's wav2vec_small_960h.json,
 #: wav2vec_large_lv60k_960h.json: the outer model's fields)
 W2V_CTC = {
@@ -397,10 +376,7 @@ def make_wav2vec2_pretrained(
     torch.manual_seed(seed)
     model_cfg = _w2v_model_config(release, size)
     model = Wav2Vec2Model(model_cfg)
-    _seed_noise(model, seed)
-    weights = model.state_dict()
-    if pos_conv_weight_norm == "parametrizations":
-        weights = _parametrized_names(weights)
+    weights = _noisy_weights(model, seed, pos_conv_weight_norm)
     state = _argparse_state(_w2v_pretrain_args(release, model_cfg), weights, "Wav2vecCriterion", 400000)
     info = {"format": "args Namespace", "normalize": W2V_PRETRAINED[release]["normalize"]}
     return _standin(release, out, state, "wav2vec2", model, info)
@@ -473,36 +449,15 @@ def make_wav2vec2_ctc(
 # HuBERT (Hydra era: cfg dict, task_state)
 
 #: HubertConfig values of torchaudio's hubert_base_ls960.json / hubert_large_ll60k.json
-HUBERT = {
-    "hubert_base_ls960.pt": dict(
-        size="base",
-        final_dim=256,
-        extractor_mode="default",
-        layer_norm_first=False,
-        untie_final_proj=False,
-        dropout=0.1,
-        attention_dropout=0.1,
-        dropout_input=0.1,
-        dropout_features=0.1,
-        encoder_layerdrop=0.05,
-        feature_grad_mult=0.1,
-        skip_nomask=False,
-    ),
-    "hubert_large_ll60k.pt": dict(
-        size="large",
-        final_dim=768,
-        extractor_mode="layer_norm",
-        layer_norm_first=True,
-        untie_final_proj=True,
-        dropout=0.0,
-        attention_dropout=0.0,
-        dropout_input=0.0,
-        dropout_features=0.0,
-        encoder_layerdrop=0.0,
-        feature_grad_mult=1.0,
-        skip_nomask=True,
-    ),
+HUBERT_FIELDS = (
+    "size final_dim extractor_mode layer_norm_first untie_final_proj dropout attention_dropout dropout_input "
+    "dropout_features encoder_layerdrop feature_grad_mult skip_nomask"
+).split()
+_HUBERT_ROWS = {
+    "hubert_base_ls960.pt": ("base", 256, "default", False, False, 0.1, 0.1, 0.1, 0.1, 0.05, 0.1, False),
+    "hubert_large_ll60k.pt": ("large", 768, "layer_norm", True, True, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, True),
 }
+HUBERT = {release: dict(zip(HUBERT_FIELDS, row)) for release, row in _HUBERT_ROWS.items()}
 #: HubertPretrainingConfig values (labels, label_dir, normalize) of the same JSONs
 HUBERT_TASK = {
     "hubert_base_ls960.pt": dict(labels=["layer6.km500"], label_dir=None, normalize=False),
@@ -555,10 +510,7 @@ def make_hubert_pretrained(
     )
     dictionary = _dictionary(str(i) for i in range(KM_LABELS))
     model = HubertModel(cfg.model, cfg.task, [dictionary])
-    _seed_noise(model, seed)
-    weights = model.state_dict()
-    if pos_conv_weight_norm == "parametrizations":
-        weights = _parametrized_names(weights)
+    weights = _noisy_weights(model, seed, pos_conv_weight_norm)
     state = _hydra_state(cfg, weights, "HubertCriterion", 400000, {"dictionaries": [dictionary]})
     info = {"format": "cfg dict, task_state dictionaries [504]", "normalize": task_dc.normalize}
     return _standin(release, out, state, "hubert", model, info)
