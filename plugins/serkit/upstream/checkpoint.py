@@ -64,7 +64,7 @@ DATA2VEC_MODULES = (
 
 
 @contextlib.contextmanager
-def trusted_unpickling():
+def trusted_unpickling() -> typing.Iterator[None]:
     """Set ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` for the block only (fairseq's loaders need it on torch
     >= 2.6); the previous value, or its absence, is restored afterwards, also on error."""
     before = os.environ.get(WEIGHTS_ONLY_ENV)
@@ -401,7 +401,7 @@ def _dictionary(size: int):
     return d
 
 
-def build_encoder(ck: SpeechCheckpoint, label_embeddings: bool = True, load: bool = True):
+def build_encoder(ck: SpeechCheckpoint, label_embeddings: bool = True, load: bool = True) -> Any:
     """The fairseq encoder model of ``ck`` (HubertModel, Wav2Vec2Model, Data2VecAudioModel), weights loaded.
 
     No data is read: a HuBERT's label dictionaries come from the checkpoint's ``task_state`` or are sized
@@ -510,7 +510,7 @@ def encoder_config(path: str | os.PathLike) -> tuple[Any, dict]:
     return upstream_cfg, ck.encoder_state
 
 
-def build_finetuning_encoder(upstream_cfg, weights: dict | None = None, path: str = ""):
+def build_finetuning_encoder(upstream_cfg: Any, weights: dict | None = None, path: str = "") -> Any:
     """The encoder ``upstream_cfg`` describes, pretraining-only parts removed; ``weights`` loaded if given."""
     name = upstream_cfg.model.get("_name")
     ck = SpeechCheckpoint(path, name, "", upstream_cfg.model, upstream_cfg.task, {})

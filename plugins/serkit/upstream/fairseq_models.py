@@ -24,6 +24,7 @@ when a batch is padded.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from .base import Upstream, frame_lengths, normalize_waves
 log = logging.getLogger("serkit.upstream")
 
 
-def conv_geometry(model) -> tuple[int, int, bool]:
+def conv_geometry(model: torch.nn.Module) -> tuple[int, int, bool]:
     """(receptive field, hop, group-norm first layer) of a fairseq model's conv feature extractor."""
     rf, hop = 1, 1
     modules = list(model.feature_extractor.modules())
@@ -46,7 +47,7 @@ def conv_geometry(model) -> tuple[int, int, bool]:
     return rf, hop, any(isinstance(m, torch.nn.GroupNorm) for m in modules)
 
 
-def _stacked_pos_conv(model) -> bool:
+def _stacked_pos_conv(model: torch.nn.Module) -> bool:
     pos_conv = getattr(model.encoder, "pos_conv", None)
     return pos_conv is not None and sum(isinstance(m, torch.nn.Conv1d) for m in pos_conv.modules()) > 1
 
@@ -55,16 +56,17 @@ class _GradScale(torch.autograd.Function):
     """Identity forward, gradient times ``scale`` backward (fairseq's ``feature_grad_mult``)."""
 
     @staticmethod
-    def forward(ctx, x, scale):
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.scale = scale
         return x.new(x)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad * ctx.scale, None
 
 
-def _cnn(model, wav: torch.Tensor, lengths: torch.Tensor, group_norm: bool, rf: int, hop: int):
+def _cnn(model: torch.nn.Module, wav: torch.Tensor, lengths: torch.Tensor, group_norm: bool, rf: int,
+         hop: int) -> torch.Tensor:
     """CNN features (B, C, T); per utterance when a group norm would mix in the padding."""
     fe = model.feature_extractor
     if not group_norm or not bool((lengths != wav.size(1)).any()):
@@ -79,7 +81,9 @@ def _cnn(model, wav: torch.Tensor, lengths: torch.Tensor, group_norm: bool, rf: 
     return out
 
 
-def _encoder_layers(model, feats: torch.Tensor, frame_mask: torch.Tensor, top: int, stacked: bool):
+def _encoder_layers(
+    model: torch.nn.Module, feats: torch.Tensor, frame_mask: torch.Tensor, top: int, stacked: bool
+) -> list[torch.Tensor | None]:
     """Outputs (B, T, C) of transformer layers 1..``top`` for the encoder input ``feats`` (B, T, C).
 
     With encoder layerdrop in training only the top layer is defined (dropped layers have no output):
@@ -105,7 +109,7 @@ def _encoder_layers(model, feats: torch.Tensor, frame_mask: torch.Tensor, top: i
 
 
 def layer_outputs(
-    model,
+    model: torch.nn.Module,
     wav: torch.Tensor,
     lengths: torch.Tensor,
     layers: list[int],
@@ -185,7 +189,7 @@ def layer_outputs(
 class FairseqEncoderUpstream(Upstream):
     """HuBERT / wav2vec 2.0 / data2vec audio from fairseq as an :class:`Upstream` (feature extraction)."""
 
-    def __init__(self, model, kind: str, normalize: bool, path: str = ""):
+    def __init__(self, model: torch.nn.Module, kind: str, normalize: bool, path: str = ""):
         super().__init__()
         self.model = model
         self.kind = kind
@@ -203,11 +207,18 @@ class FairseqEncoderUpstream(Upstream):
             )
         self.frame_rate = SAMPLE_RATE / self.hop
 
-    def compute_layers(self, wav, lengths, padding_mask, layers, normalize):
+    def compute_layers(
+        self,
+        wav: torch.Tensor,
+        lengths: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        layers: list[int],
+        normalize: bool,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         return layer_outputs(self.model, wav.float(), lengths, layers, normalize=normalize, path=self.path)
 
 
-def load_fairseq_upstream(path, device: str = "cpu") -> FairseqEncoderUpstream:
+def load_fairseq_upstream(path: str | os.PathLike, device: str = "cpu") -> FairseqEncoderUpstream:
     """Load a fairseq HuBERT / wav2vec 2.0 / data2vec audio checkpoint, pretrained or CTC-finetuned.
 
     Any published form (``cfg`` dict or argparse ``args``, nested ``w2v_args``, either weight-norm naming)

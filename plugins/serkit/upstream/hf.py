@@ -53,7 +53,14 @@ class HFUpstream(Upstream):
         self.receptive_field, self.hop = rf, hop
         self.frame_rate = 16000 / hop
 
-    def compute_layers(self, wav, lengths, padding_mask, layers, normalize):
+    def compute_layers(
+        self,
+        wav: torch.Tensor,
+        lengths: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        layers: list[int],
+        normalize: bool,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         wav = wav.float()
         if normalize:
             wav = normalize_waves(wav, lengths)

@@ -45,7 +45,14 @@ class MfccUpstream(Upstream):
         feats = torch.cat([mfcc, delta, ddelta], dim=0).transpose(0, 1).contiguous()  # (T100, 39)
         return feats[::2]
 
-    def compute_layers(self, wav, lengths, padding_mask, layers, normalize):
+    def compute_layers(
+        self,
+        wav: torch.Tensor,
+        lengths: torch.Tensor,
+        padding_mask: torch.Tensor | None,
+        layers: list[int],
+        normalize: bool,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         frame_len = self.frame_lengths(lengths)
         t_max = int(frame_len.max())
         out = wav.new_zeros(wav.size(0), t_max, self.dim)
