@@ -7,6 +7,8 @@ per-utterance waveform normalisation, chunked extraction of long input) are here
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -47,6 +49,16 @@ def normalize_waves(wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     for i, n in enumerate(lengths.tolist()):
         out[i, :n] = F.layer_norm(wav[i, :n].float(), (n,)).to(wav.dtype)
     return out
+
+
+@dataclass
+class WaveBatch:
+    """A padded batch of waveforms as :meth:`Upstream.compute_layers` receives it."""
+
+    wav: torch.Tensor  # (B, S) at 16 kHz, padding at the end
+    lengths: torch.Tensor  # (B,) valid samples
+    padding_mask: torch.Tensor | None  # (B, S) True on padding, or None when nothing is padded
+    normalize: bool  # layer-normalise each waveform (the upstream's normalize, unless already done)
 
 
 class Upstream(torch.nn.Module):
@@ -111,17 +123,11 @@ class Upstream(torch.nn.Module):
             lengths = torch.full((wav.size(0),), wav.size(1), dtype=torch.long, device=wav.device)
         else:
             lengths = (~padding_mask).sum(1).long()
-        return self.compute_layers(wav, lengths, padding_mask, layers, self.normalize and not _normalized)
+        batch = WaveBatch(wav, lengths, padding_mask, self.normalize and not _normalized)
+        return self.compute_layers(batch, layers)
 
-    def compute_layers(
-        self,
-        wav: torch.Tensor,
-        lengths: torch.Tensor,
-        padding_mask: torch.Tensor | None,
-        layers: list[int],
-        normalize: bool,
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """:meth:`forward` after its checks: ``lengths`` (B,) valid samples; normalise when ``normalize``."""
+    def compute_layers(self, batch: WaveBatch, layers: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """:meth:`forward` after its checks, on a batch with its lengths; ``layers`` checked."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -150,4 +156,4 @@ class Upstream(torch.nn.Module):
         return torch.cat(pieces, dim=1)
 
 
-__all__ = ["DEFAULT_MAX_CHUNK_SECONDS", "Upstream", "frame_lengths", "normalize_waves"]
+__all__ = ["DEFAULT_MAX_CHUNK_SECONDS", "Upstream", "WaveBatch", "frame_lengths", "normalize_waves"]

@@ -32,7 +32,7 @@ import torch
 
 from ..utils import SerkitError
 from . import SAMPLE_RATE
-from .base import Upstream, frame_lengths, normalize_waves
+from .base import Upstream, WaveBatch, frame_lengths, normalize_waves
 
 log = logging.getLogger("serkit.upstream")
 
@@ -207,15 +207,10 @@ class FairseqEncoderUpstream(Upstream):
             )
         self.frame_rate = SAMPLE_RATE / self.hop
 
-    def compute_layers(
-        self,
-        wav: torch.Tensor,
-        lengths: torch.Tensor,
-        padding_mask: torch.Tensor | None,
-        layers: list[int],
-        normalize: bool,
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return layer_outputs(self.model, wav.float(), lengths, layers, normalize=normalize, path=self.path)
+    def compute_layers(self, batch: WaveBatch, layers: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return layer_outputs(
+            self.model, batch.wav.float(), batch.lengths, layers, normalize=batch.normalize, path=self.path
+        )
 
 
 def load_fairseq_upstream(path: str | os.PathLike, device: str = "cpu") -> FairseqEncoderUpstream:

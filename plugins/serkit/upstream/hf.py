@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..utils import SerkitError
-from .base import Upstream, normalize_waves
+from .base import Upstream, WaveBatch, normalize_waves
 
 log = logging.getLogger("serkit.upstream")
 
@@ -53,18 +53,11 @@ class HFUpstream(Upstream):
         self.receptive_field, self.hop = rf, hop
         self.frame_rate = 16000 / hop
 
-    def compute_layers(
-        self,
-        wav: torch.Tensor,
-        lengths: torch.Tensor,
-        padding_mask: torch.Tensor | None,
-        layers: list[int],
-        normalize: bool,
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        wav = wav.float()
-        if normalize:
+    def compute_layers(self, batch: WaveBatch, layers: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        wav, lengths = batch.wav.float(), batch.lengths
+        if batch.normalize:
             wav = normalize_waves(wav, lengths)
-        attention = None if padding_mask is None else (~padding_mask).long()
+        attention = None if batch.padding_mask is None else (~batch.padding_mask).long()
         out = self.model(wav, attention_mask=attention, output_hidden_states=True)
         hs = out.hidden_states
         frame_len = self.frame_lengths(lengths)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import SAMPLE_RATE
-from .base import Upstream
+from .base import Upstream, WaveBatch
 
 
 class MfccUpstream(Upstream):
@@ -45,14 +45,8 @@ class MfccUpstream(Upstream):
         feats = torch.cat([mfcc, delta, ddelta], dim=0).transpose(0, 1).contiguous()  # (T100, 39)
         return feats[::2]
 
-    def compute_layers(
-        self,
-        wav: torch.Tensor,
-        lengths: torch.Tensor,
-        padding_mask: torch.Tensor | None,
-        layers: list[int],
-        normalize: bool,
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def compute_layers(self, batch: WaveBatch, layers: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        wav, lengths = batch.wav, batch.lengths
         frame_len = self.frame_lengths(lengths)
         t_max = int(frame_len.max())
         out = wav.new_zeros(wav.size(0), t_max, self.dim)
