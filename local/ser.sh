@@ -127,7 +127,8 @@ Options (default in brackets):
                       BAS and its baselines train with BAS's settings (SGD 0.005, batch 32, 100 epochs):
                       bas = search + retrain, bas_ffn = simple-FFN, bas_msa_ffn = BAS's blocks all msa_ffn
                       (the like-for-like transformer), bas_transformer = serkit's transformer head;
-                      ffn and transformer are the same heads with ShiftSER's settings
+                      ffn and transformer are the same heads with ShiftSER's settings${method_aliases:+
+                      (here, as $corpus names them: ${method_aliases// /, })}
   --bas-layers N      BAS searchable layers, 3 or 4, and the layers of bas_msa_ffn, bas_transformer [$bas_layers]
   --search-overrides S  BAS: extra yaml overrides for the search only, e.g. "--arch_lr 0.01"
                       [mini corpus: "--arch_lr 0.5 --temperature_start 1.0 --temperature_decay 0.85", ours]
