@@ -326,7 +326,7 @@ done
 ! $flea || [ ! -d "$upstream" ] || die "--upstream $upstream is a directory (Hugging Face): FLEA needs a fairseq HuBERT checkpoint file; use it with heads (--method bas,...) only"
 # The layer FLEA clusters must exist: checked now when the upstream is given, else once stage 0 built
 # it (a job gets the layer its driver checked).
-if [ -z "$job" ] && [ -n "$upstream" ] && [ "$stop_stage" -ge 1 ] && $flea; then check_layer; fi
+if [ -z "$job" ] && [ -n "$upstream" ] && [ "$stop_stage" -ge 1 ] && { $flea || $mini; }; then check_layer; fi
 
 data=$workdir/data/$prepare_name
 splits=$data/$protocol
@@ -761,7 +761,7 @@ data_job=""
 if stage_selected 0; then run_job data 0 "" "" data; data_job=${_ser_id[data]}; backend_wait "$data_job"; fi
 if $mini && [ -z "$upstream" ]; then
   upstream=$workdir/exp/upstream/tiny_hubert.pt
-  if $flea && [ "$stop_stage" -ge 1 ] && [ -f "$upstream" ]; then check_layer; fi
+  if [ "$stop_stage" -ge 1 ] && [ -f "$upstream" ]; then check_layer; fi
 fi
 [ "$stop_stage" -lt 1 ] || [ -e "$upstream" ] || die "no upstream checkpoint at '$upstream' (run stage 0 or pass --upstream)"
 $mini && nclusters=$([ "$nclusters" -gt 16 ] && echo 16 || echo "$nclusters")
