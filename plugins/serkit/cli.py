@@ -185,7 +185,7 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="print a config shipped with serkit, or copy it with --out",
                        description="Print a config installed with serkit: one the corpora share (NAME, "
                        "e.g. shiftser, bas, mfsn, the mfsn_mini overlay), a recipe's own (NAME or "
