@@ -137,15 +137,20 @@ def _parse(argv):
     args.overlay = [resolve_config(o, "overlay file") for o in args.overlay]
     _, run_opts, overrides = sb.parse_arguments([args.hparams, *rest])
     overrides = yaml.safe_load(overrides) if overrides else {}
+    known = _peek_yaml(args.hparams)
     layered = {}
     for overlay in args.overlay:
-        layered.update(_read_overlay(overlay))
+        values = _read_overlay(overlay)
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            raise SerkitError(f"{overlay}: no key {unknown} in {args.hparams} to override; an overlay may "
+                              "only set the config's keys")
+        layered.update(values)
     overrides = {**layered, **(overrides or {})}
     bad = [k for k in DERIVED_KEYS if k in overrides]
     if bad:
         raise SerkitError(f"serkit train: {bad} are set from --fold-dir/--output-folder/--feats/--upstream; "
                           "do not override them")
-    known = _peek_yaml(args.hparams)
     unknown = [k for k in overrides if k not in known]
     if unknown:  # before anything is written: a mis-spelled option must not silently do nothing
         raise SerkitError(f"{args.hparams}: no key {unknown} to override; its keys are {sorted(known)}")
