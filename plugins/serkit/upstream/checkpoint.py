@@ -179,7 +179,7 @@ def _coerce(value: object, f: dataclasses.Field) -> object:
 
 
 def _fill(dc_cls: type[DataclassInstance], ns: Namespace, name: str | None = None) -> dict:
-    out = {} if name is None else {"_name": name}
+    out: dict[str, object] = {} if name is None else {"_name": name}
     for f in dataclasses.fields(dc_cls):
         if f.name.startswith("_"):
             continue

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from ..utils import SerkitError, atomic_file, claim_output_file, torch_file_strings
 
 if TYPE_CHECKING:
-    from omegaconf import DictConfig
+    from omegaconf import Container
 
 log = logging.getLogger("serkit.upstream")
 
@@ -148,7 +148,7 @@ def make_hubert_checkpoint(
     return out
 
 
-def open_dict(cfg: DictConfig) -> AbstractContextManager[None]:
+def open_dict(cfg: Container) -> AbstractContextManager[Container]:
     from omegaconf import open_dict as _open_dict
 
     return _open_dict(cfg)
