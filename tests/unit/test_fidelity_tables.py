@@ -109,7 +109,8 @@ def registry_default(head: str, option: str):
     if "cls" not in captured or "defaults" not in captured:
         raise LookupError(f"head {head!r} is not registered by _register_class: its defaults cannot be read")
     signature = inspect.signature(captured["cls"])
-    options = {k: p.default for k, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
+    options = {k: p.default for k, p in signature.parameters.items()
+               if p.default is not inspect.Parameter.empty}
     options.update(captured["defaults"])
     if option not in options:
         raise LookupError(f"head {head!r} has no option {option!r} ({sorted(options)})")
