@@ -97,46 +97,24 @@ def fidelity_rows(readme: Path):
 
 
 def registry_default(head: str, option: str):
-    """The value of ``option`` that ``build_head(head, ...)`` gives the head's module when not told:
-    the registry's factory runs with a recorder in place of every module class it may build."""
+    """The value of ``option`` that ``build_head(head, ...)`` gives the head's module when not told: the
+    registry's own defaults for the head (``_register_class(name, cls, **defaults)``), else the class's."""
     import inspect
-
-    from torch import nn
 
     from serkit.nn import heads
 
     if head not in heads.HEADS:
         raise LookupError(f"no head {head!r} in the registry ({sorted(heads.HEADS)})")
-    factory = heads.HEADS[head]
-    seen = {}
-
-    class Built(Exception):
-        pass
-
-    def recorder(cls):
-        def record(*args, **kwargs):
-            bound = inspect.signature(cls).bind(*args, **kwargs)
-            bound.apply_defaults()
-            seen.update(bound.arguments)
-            raise Built
-
-        return record
-
-    spaces = {id(d): d for d in (vars(heads), factory.__globals__)}.values()  # where the factory looks
-    classes = [(d, {k: v for k, v in d.items() if inspect.isclass(v) and issubclass(v, nn.Module)})
-               for d in spaces]
-    try:
-        for d, found in classes:
-            d.update({k: recorder(v) for k, v in found.items()})
-        factory(8, 4)
-    except Built:
-        pass
-    finally:
-        for d, found in classes:
-            d.update(found)
-    if option not in seen:
-        raise LookupError(f"head {head!r} has no option {option!r} ({sorted(seen)})")
-    return seen[option]
+    captured = inspect.getclosurevars(heads.HEADS[head]).nonlocals
+    if "cls" not in captured or "defaults" not in captured:
+        raise LookupError(f"head {head!r} is not registered by _register_class: its defaults cannot be read")
+    signature = inspect.signature(captured["cls"])
+    options = {k: p.default for k, p in signature.parameters.items()
+               if p.default is not inspect.Parameter.empty}
+    options.update(captured["defaults"])
+    if option not in options:
+        raise LookupError(f"head {head!r} has no option {option!r} ({sorted(options)})")
+    return options[option]
 
 
 def lookup(recipe: Path, source: str):
@@ -300,12 +278,9 @@ def test_a_head_default_is_read_from_the_registry():
 def test_a_changed_registry_default_fails_with_the_readme_line(monkeypatch):
     from serkit.nn import heads
 
-    def shiftcnn_eighth(input_dim, num_classes, pooling="mean", **kw):
-        kw.setdefault("shift_blocks", (1,))
-        kw.setdefault("proportion", 1 / 8)
-        return heads.ConvHead(input_dim, num_classes, pooling, **kw)
-
-    monkeypatch.setitem(heads.HEADS, "shiftcnn", shiftcnn_eighth)
+    monkeypatch.delitem(heads.HEADS, "shiftcnn")
+    heads._register_class("shiftcnn", heads.ConvHead, shift_blocks=(1,), proportion=1 / 8,
+                          bidirectional=False, placement="residual")
     found = problems(REPO)
     assert len(found) == 1 and "says `0.0625` but serkit.nn.heads: shiftcnn.proportion is 0.125" in found[0]
     assert "| ShiftCNN shift proportion |" in found[0]

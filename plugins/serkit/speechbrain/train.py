@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -137,15 +138,20 @@ def _parse(argv):
     args.overlay = [resolve_config(o, "overlay file") for o in args.overlay]
     _, run_opts, overrides = sb.parse_arguments([args.hparams, *rest])
     overrides = yaml.safe_load(overrides) if overrides else {}
+    known = _peek_yaml(args.hparams)
     layered = {}
     for overlay in args.overlay:
-        layered.update(_read_overlay(overlay))
+        values = _read_overlay(overlay)
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            raise SerkitError(f"{overlay}: no key {unknown} in {args.hparams} to override; an overlay may "
+                              "only set the config's keys")
+        layered.update(values)
     overrides = {**layered, **(overrides or {})}
     bad = [k for k in DERIVED_KEYS if k in overrides]
     if bad:
         raise SerkitError(f"serkit train: {bad} are set from --fold-dir/--output-folder/--feats/--upstream; "
                           "do not override them")
-    known = _peek_yaml(args.hparams)
     unknown = [k for k in overrides if k not in known]
     if unknown:  # before anything is written: a mis-spelled option must not silently do nothing
         raise SerkitError(f"{args.hparams}: no key {unknown} to override; its keys are {sorted(known)}")
@@ -232,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     output_folder = Path(args.output_folder).resolve()
     classes = read_classes(fold_dir)
     peek = {**_peek_yaml(args.hparams), **overrides}
+    if peek.get("method") == "bas" and "arch" in peek and not peek["arch"]:
+        raise SerkitError(f"{args.hparams}: --method bas retrains a searched architecture: give --arch "
+                          "(the bas_search run's arch.txt, e.g. --arch ffn,msa,msa_ffn,msa)")
 
     upstream_lobe = None
     reader = None
@@ -266,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides.update(output_folder=str(output_folder), num_classes=len(classes),
                      input_dim=int(input_dim), num_layers=int(num_layers))
+    created = not output_folder.exists()
     sb.create_experiment_directory(experiment_directory=str(output_folder), hyperparams_to_save=args.hparams,
                                    overrides=overrides)
     with open(args.hparams, encoding="utf-8") as f:
@@ -274,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         except TypeError as e:  # a head option set for a head without it (one yaml serves a family)
             if "unexpected keyword argument" not in str(e):
                 raise
+            if created:  # made by this call a moment ago, holding only the config it copied: leave no trace
+                shutil.rmtree(output_folder)
             raise SerkitError(f"{args.hparams}: {e.args[-1]}: that option is not one of this head's "
                               "(--method); leave it null") from None
 
