@@ -460,7 +460,7 @@ step_teacher() {  # stage 1, fold K: (TAPT,) finetune the upstream, dump its lay
   tapt_dir=$tapt_labels; [ -z "$tapt_km" ] || tapt_dir=$exp/tapt_km
   if [ -n "$tapt_dir" ]; then
     labels=$tapt_dir; [ -d "$labels/fold$k" ] && labels=$labels/fold$k
-    serkit recipe check-labels --labels "$labels" --fold "$fold" --option --tapt-labels || exit 1
+    serkit recipe check-labels --labels "$labels" --fold "$fold" --option=--tapt-labels || exit 1
     labels=$(realpath "$labels")
     cpt_batch
     opts="upstream=$upstream labels=$labels updates=$cpt_updates config=$cpt_config update_freq=$cpt_update_freq"

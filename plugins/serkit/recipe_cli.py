@@ -91,7 +91,7 @@ def check_labels(labels: Path, fold: Path, option: str = "--tapt-labels") -> Non
         if n_km != n_utt:
             raise SerkitError(
                 f"{option}: {km} has {n_km} lines, {tsv} {n_utt} utterances; labels must be "
-                f"row-aligned with {fold.name}'s manifests"
+                f"row-aligned with {fold.name.replace('fold', 'fold ')}'s manifests"
             )
 
 

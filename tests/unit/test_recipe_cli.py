@@ -62,7 +62,7 @@ def test_check_labels_names_the_file_and_both_counts(tmp_path):
     with pytest.raises(
         SerkitError,
         match=r"valid.km has 1 lines, .*valid.tsv 2 utterances; labels must be "
-        r"row-aligned with fold2's manifests",
+        r"row-aligned with fold 2's manifests",
     ):
         check_labels(labels, fold)
     (labels / "train.km").unlink()
@@ -78,3 +78,11 @@ def test_fold_numbers_follow_the_split_and_refuse_a_fold_it_lacks(tmp_path):
         fold_numbers(tmp_path, "3")
     r = serkit("folds", str(tmp_path / "nowhere"), "all")
     assert r.returncode == 2 and "split.json: missing (run stage 0" in r.stderr
+
+
+def test_check_labels_from_the_command_line_names_the_option_the_labels_came_from(tmp_path):
+    fold, labels = tmp_path / "fold1", tmp_path / "km"
+    fold.mkdir(), labels.mkdir()
+    (fold / "train.tsv").write_text("/root\na.wav\t10\n")
+    r = serkit("check-labels", "--labels", str(labels), "--fold", str(fold), "--option=--tapt-labels")
+    assert r.returncode == 2 and f"--tapt-labels: {labels}/train.km missing" in r.stderr, r.stderr
