@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 method=""; fold=""; out=""; feats=""; upstream=""; epochs=""; device=cpu; search_epochs=""
 overrides=""   # extra yaml overrides, e.g. "--channel_mask_width 5"
 search_overrides=""   # BAS: extra yaml overrides for the search only, e.g. "--search_layers 3"
-help_message="Usage: $0 --method NAME --fold DIR --out DIR (--feats DIR | --upstream CKPT) [--epochs N] [--search-epochs N] [--device D] [--overrides \"--key value ...\"] [--search-overrides \"--key value ...\"]"
+tensorboard=""   # TensorBoard events to DIR (BAS: the search's to DIR/search); needs serkit[tensorboard]
+help_message="Usage: $0 --method NAME --fold DIR --out DIR (--feats DIR | --upstream CKPT) [--epochs N] [--search-epochs N] [--device D] [--overrides \"--key value ...\"] [--search-overrides \"--key value ...\"] [--tensorboard DIR]"
 . ../../local/parse_options.sh
 [ -n "$method" ] && [ -n "$fold" ] && [ -n "$out" ] || die "$help_message"
 
@@ -24,24 +25,28 @@ ep=(); [ -n "$epochs" ] && ep=(--number_of_epochs "$epochs")
 read -r -a extra <<< "$overrides"
 read -r -a search_extra <<< "$search_overrides"
 [ ${#search_extra[@]} -eq 0 ] || [ "$method" = bas ] || die "--search-overrides is for --method bas (the BAS search)"
+tb() { tb=(); [ -z "$tensorboard" ] || tb=(--tensorboard "$tensorboard$1"); }
 
 case "$method" in
   bas)
     sep=(); [ -n "${search_epochs:-$epochs}" ] && sep=(--number_of_epochs "${search_epochs:-$epochs}")
     log "BAS search: $fold -> $out/search"
+    tb /search
     serkit train conf/bas_search.yaml --fold-dir "$fold" --output-folder "$out/search" "${src[@]}" \
-      "${sep[@]}" "${extra[@]}" "${search_extra[@]}" --device "$device" --noprogressbar
+      "${sep[@]}" "${extra[@]}" "${search_extra[@]}" --device "$device" --noprogressbar "${tb[@]}"
     arch=$(cat "$out/search/arch.txt")
     log "BAS retrain of the derived architecture '$arch': $fold -> $out"
+    tb ""
     serkit train conf/bas.yaml --fold-dir "$fold" --output-folder "$out" "${src[@]}" --arch "$arch" \
-      "${ep[@]}" "${extra[@]}" --device "$device" --noprogressbar
+      "${ep[@]}" "${extra[@]}" --device "$device" --noprogressbar "${tb[@]}"
     ;;
   mfsn)
     die "MFSN needs two knowledge sources: use --method mfsn through run.sh (stage 4 mfsn branch)"
     ;;
   *)
     [ -f "conf/$method.yaml" ] || die "no conf/$method.yaml"
+    tb ""
     serkit train "conf/$method.yaml" --fold-dir "$fold" --output-folder "$out" "${src[@]}" "${ep[@]}" \
-      "${extra[@]}" --device "$device" --noprogressbar
+      "${extra[@]}" --device "$device" --noprogressbar "${tb[@]}"
     ;;
 esac
