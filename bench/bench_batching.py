@@ -6,7 +6,8 @@ the 4-class set; sessions 1-4 train, session 5 split into valid and test):
 1. padding: the fraction of padded audio in the batches serkit's own loaders form
    (``SERBrain.make_dataloader``, which ``serkit train`` uses for every SpeechBrain trainer: heads on
    cached features, finetuning, BAS search and retraining), for each recipe config's batch size;
-2. finetuning: one training epoch of ``flea.yaml`` (the upstream runs and trains every step) on
+2. finetuning: one training epoch of ``flea.yaml`` (the upstream runs and trains every step; inputs
+   cropped to its ``max_duration`` of 6 s, as the official FLEA code) on
    ``--utterances`` utterances drawn from the distribution (synthetic wavs of those durations), for a
    tiny and a base-size HuBERT (random weights), ``dynamic`` vs ``random``; runs interleaved and
    repeated, medians reported;
@@ -231,17 +232,20 @@ def train_epoch(conf: Path, fold: Path, work: Path, batching: str, batch_size: i
     brain.fit(hp["epoch_counter"], loader, None)
     seconds = time.perf_counter() - t0
     if record is not None:
-        record["padding"] = loader_padding(loader, datasets["train"])
+        record["padding"] = loader_padding(loader, datasets["train"], hp)
     return seconds
 
 
-def loader_padding(loader, dataset, epoch: int = 1) -> float:
-    """Padding of the batches ``loader`` forms in ``epoch`` (the epoch ``train_epoch`` ran)."""
+def loader_padding(loader, dataset, hparams, epoch: int = 1) -> float:
+    """Padding of the batches ``loader`` formed in ``epoch`` (the epoch ``train_epoch`` ran), on the
+    durations the model sees (``max_duration`` crops: flea.yaml's 6 s)."""
+    from serkit.speechbrain.brain import _durations
+
     for s in (loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None)):
         if hasattr(s, "set_epoch"):
             s.set_epoch(epoch)
-    seconds = [float(dataset.data[u]["duration"]) for u in dataset.data_ids]
-    return padding_of([list(b) for b in loader.batch_sampler], dict(enumerate(seconds)))
+    seconds = _durations(dataset, hparams.get("max_duration"), bool(hparams.get("pad_to_max", False)))
+    return padding_of([list(b) for b in loader.batch_sampler], dict(enumerate(seconds.tolist())))
 
 
 def bench_finetune(result: dict, args) -> None:
