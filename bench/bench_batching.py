@@ -39,6 +39,7 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 ROOT = Path(__file__).resolve().parent.parent
 DURATIONS = ROOT / "bench" / "data" / "iemocap_durations.tsv"
 CONF = ROOT / "recipes" / "IEMOCAP" / "conf"
+SHARED_CONF = ROOT / "plugins" / "serkit" / "conf"  # the configs the corpora share (shiftser.yaml: --method)
 CLASSES = ["ang", "hap", "neu", "sad"]
 SR = 16000
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
@@ -94,13 +95,14 @@ def bench_padding(result: dict) -> None:
         datasets[split] = ds if split == "train" else ds.filtered_sorted(sort_key="duration")  # fold_datasets
     groups: dict = {}
     segment_groups: dict = {}  # MFSN: its items are 3-second segments of the utterances
-    for conf in sorted(ROOT.glob("recipes/*/conf/*.yaml")):
+    for conf in [*sorted(SHARED_CONF.glob("*.yaml")), *sorted(ROOT.glob("recipes/*/conf/*.yaml"))]:
         peek = _peek_yaml(conf)
         if "batching" not in peek:
             continue
         key = (int(peek["batch_size"]), peek.get("max_batch_length"), int(peek.get("num_buckets", 40)))
+        name = conf.stem if conf.parent == SHARED_CONF else f"{conf.parent.parent.name}/{conf.stem}"
         (segment_groups if "segment_seconds" in peek or conf.stem.startswith("mfsn") else groups) \
-            .setdefault(key, []).append(f"{conf.parent.parent.name}/{conf.stem}")
+            .setdefault(key, []).append(name)
     print("\n### padding on IEMOCAP's durations (sessions 1-4 train: "
           f"{len(fold['train'])}, session 5 valid/test: {len(fold['valid'])}/{len(fold['test'])}; "
           "goal of `dynamic`: <= 5 %)\n")
@@ -359,15 +361,16 @@ def bench_heads(result: dict, args) -> None:
         reader = FeatureReader(str(work / "feats"))
 
         for conf in args.heads:
+            shiftser = SHARED_CONF / "shiftser.yaml"
             record = {}
-            train_epoch(CONF / conf, fold, work, "dynamic", 32, reader=reader, record=record)  # warm-up
-            reference_epoch(record)  # warm-up, not timed
+            train_epoch(shiftser, fold, work, "dynamic", 32, reader=reader, record=record, method=conf)
+            reference_epoch(record)  # warm-ups of both, not timed
             for batching in args.head_batching:
                 serkit, own, loading = [], [], []
                 for _ in range(args.repeats[0]):  # paired: each serkit epoch with its reference right after
                     record = {}
-                    serkit.append(train_epoch(CONF / conf, fold, work, batching, 32, reader=reader,
-                                              record=record))
+                    serkit.append(train_epoch(shiftser, fold, work, batching, 32, reader=reader,
+                                              record=record, method=conf))
                     own.append(reference_epoch(record))
                     loading.append(loading_epoch(record))
                     print(f"  {Path(conf).stem} {batching}: serkit {serkit[-1]:.2f} s, head compute "
@@ -394,7 +397,8 @@ def main() -> int:
                     help="batch size of the base-size finetuning (memory: at 8 a random batch took 19 GB "
                          "and was killed on a 23 GB machine)")
     ap.add_argument("--head-utterances", type=int, default=200)
-    ap.add_argument("--heads", nargs="+", default=["shiftcnn.yaml"])
+    ap.add_argument("--heads", nargs="+", default=["shiftcnn"],
+                    help="ShiftSER heads (shiftser.yaml --method)")
     ap.add_argument("--head-batching", nargs="+", default=["dynamic"], choices=["dynamic", "random"])
     ap.add_argument("--tmp", default=None)
     ap.add_argument("--json", default=str(Path(__file__).with_suffix(".json")))

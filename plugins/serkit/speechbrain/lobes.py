@@ -25,6 +25,8 @@ torch.Size([2, 1, 6])
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from typing import NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -89,7 +91,8 @@ class SERHead(nn.Module):
         ``"embedding"``: the pooled utterance vector that feeds the head's final linear layer, (B, 1, D),
         for an ``embedding_model`` slot.
     **kwargs
-        Passed to the head (e.g. ``arch`` for ``bas``, ``num_layers`` for ``bas_search``).
+        Passed to the head (e.g. ``arch`` for ``bas``, ``num_layers`` for ``bas_search``); a ``None`` is
+        left out, so the head takes its registered default (one yaml serves every head of a family).
 
     Shapes
     ------
@@ -100,7 +103,7 @@ class SERHead(nn.Module):
     OUTPUTS = ("logits", "log_probs", "embedding")
 
     def __init__(self, name: str, input_dim: int, num_classes: int, pooling: str = "mean",
-                 output: str = "logits", **kwargs):
+                 output: str = "logits", **kwargs) -> None:
         super().__init__()
         from serkit.nn import HEADS, BlockSearchSupernet, build_head
 
@@ -108,6 +111,7 @@ class SERHead(nn.Module):
             raise ValueError(f"SERHead output={output!r}: choose one of {', '.join(self.OUTPUTS)}")
         self.name = name
         self.output = output
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
         if name == "bas_search" and name not in HEADS:  # the supernet is built directly, not registered
             self.head = BlockSearchSupernet(int(input_dim), int(num_classes), pooling=pooling, **kwargs)
         else:
@@ -132,7 +136,7 @@ class SERHead(nn.Module):
         """The input of the head's final linear layer, (B, D): the head runs up to it."""
         captured = []
 
-        def grab(module, args):
+        def grab(module: nn.Module, args: tuple[Tensor, ...]) -> NoReturn:
             captured.append(args[0])
             raise _Embedded
 
@@ -163,7 +167,7 @@ class WeightedLayerSum(nn.Module):
     torch.Size([2, 5, 4])
     """
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int) -> None:
         super().__init__()
         from serkit.nn import WeightedLayerSum as _WeightedLayerSum
 
@@ -187,7 +191,7 @@ class SpecAugment(nn.Module):
     x : (B, T, C); lengths : (B,) relative, or None; output : (B, T, C).
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs) -> None:
         super().__init__()
         from serkit.nn import SpecAugment as _SpecAugment
 
@@ -199,7 +203,7 @@ class SpecAugment(nn.Module):
         return self.inner.train()(x, relative_lengths_to_padding_mask(lengths, x.size(1)))
 
 
-def resolve_layers(spec, num_layers: int) -> list[int]:
+def resolve_layers(spec: str | int | Iterable[int] | None, num_layers: int) -> list[int]:
     """``"all"`` | ``"last"`` | int | list of ints -> layer indices (0 = CNN projection, L = last block).
 
     Example
@@ -221,10 +225,10 @@ def resolve_layers(spec, num_layers: int) -> list[int]:
 class FairseqUpstream(nn.Module):
     """A fairseq SSL upstream (HuBERT, wav2vec 2.0, data2vec) to finetune: CNN frozen, transformer trained.
 
-    Loaded through ``serkit.upstream.load_upstream`` (a local checkpoint path; nothing is downloaded).
-    ``serkit.upstream``'s own forward runs without gradients (it extracts features); this lobe runs the
-    same steps (per-utterance CNN where the extractor group-normalises, so padding never changes an
-    utterance's features) with gradients through the parts that are trained.
+    Loaded through ``serkit.upstream.load_upstream`` (a local checkpoint path; nothing is downloaded) and
+    run by :func:`serkit.upstream.fairseq_models.layer_outputs`, the forward that feature extraction and
+    the fairseq SER model use too (per-utterance CNN where the extractor group-normalises, so padding
+    never changes an utterance's features), with gradients through the parts that are trained.
 
     Parameters
     ----------
@@ -251,8 +255,9 @@ class FairseqUpstream(nn.Module):
     wav : (B, S) at 16 kHz; lengths : (B,) relative; output : ((B, L, T, C), frame lengths (B,) relative).
     """
 
-    def __init__(self, path: str, freeze_cnn: bool = True, freeze: bool = False, layers="last",
-                 mask_time_prob: float = 0.0, mask_time_length: int = 10, output_dropout: float = 0.0):
+    def __init__(self, path: str, freeze_cnn: bool = True, freeze: bool = False,
+                 layers: str | int | Iterable[int] = "last", mask_time_prob: float = 0.0,
+                 mask_time_length: int = 10, output_dropout: float = 0.0) -> None:
         super().__init__()
         self.mask_time_prob, self.mask_time_length = float(mask_time_prob), int(mask_time_length)
         self.output_dropout = nn.Dropout(float(output_dropout))
@@ -296,7 +301,7 @@ class FairseqUpstream(nn.Module):
             elif isinstance(obj, nn.Parameter):
                 obj.requires_grad_(False)
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> FairseqUpstream:
         super().train(mode)
         if self.freeze_cnn:  # frozen parts stay deterministic (no dropout) while the rest trains
             self.model.feature_extractor.eval()
@@ -305,7 +310,8 @@ class FairseqUpstream(nn.Module):
         return self
 
     def forward(self, wav: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        up, m = self.upstream, self.model
+        from serkit.upstream.fairseq_models import layer_outputs
+
         if wav.dim() == 1:
             wav = wav.unsqueeze(0)
         wav = wav.float()
@@ -314,36 +320,20 @@ class FairseqUpstream(nn.Module):
             sample_lengths = torch.full((wav.size(0),), n, dtype=torch.long, device=wav.device)
         else:
             sample_lengths = torch.round(lengths.float() * n).long().clamp(1, n)
-        if int(sample_lengths.min()) < up.receptive_field:
-            raise ValueError(f"an input of {int(sample_lengths.min())} samples is shorter than the "
-                             f"upstream's receptive field ({up.receptive_field} samples)")
-        sample_mask = torch.arange(n, device=wav.device)[None, :] >= sample_lengths[:, None]
-        if up.normalize:
-            wav = up._normalize_wave(wav, sample_lengths)
-        else:
-            wav = wav.masked_fill(sample_mask, 0.0)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_cnn):
-            feats = up._cnn(wav, sample_lengths)
-        feats = feats.transpose(1, 2)
+        masking = self.training and self.mask_time_prob > 0 and not self.freeze
+        hidden, frame_mask = layer_outputs(
+            self.model, wav, sample_lengths, self.layers, normalize=self.upstream.normalize,
+            train_cnn=not self.freeze_cnn, train=not self.freeze, mask=self._mask_time if masking else None,
+            path=self.path)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            feats = m.layer_norm(feats)
-            if m.post_extract_proj is not None:
-                feats = m.post_extract_proj(feats)
-            if self.training and getattr(m, "dropout_input", None) is not None:
-                feats = m.dropout_input(feats)
-            frame_len = up.frame_lengths(sample_lengths).clamp_min(1)
-            t = feats.size(1)
-            frame_mask = torch.arange(t, device=feats.device)[None, :] >= frame_len[:, None]
-            if self.training and self.mask_time_prob > 0 and not self.freeze:
-                from serkit.nn.augment import _span_mask
-
-                spans = _span_mask(frame_len, t, self.mask_time_prob, self.mask_time_length, 2, None)
-                feats = torch.where(spans[:, :, None], m.mask_emb.to(feats.dtype), feats)
-            hidden = {0: feats}
-            top = max(self.layers)
-            if top > 0:
-                for i, x in enumerate(up.encoder_layers(feats, frame_mask, top), start=1):
-                    hidden[i] = x
-            out = self.output_dropout(torch.stack([hidden[i] for i in self.layers], dim=1))  # (B, L, T, C)
+            out = self.output_dropout(torch.stack(hidden, dim=1))  # (B, L, T, C)
             out = out.masked_fill(frame_mask[:, None, :, None], 0.0)
         return out, padding_mask_to_relative_lengths(frame_mask)
+
+    def _mask_time(self, x: Tensor, frame_mask: Tensor) -> Tensor:
+        """Spans of the transformer input replaced with the model's mask embedding (``mask_time_prob``)."""
+        from serkit.nn.augment import _span_mask
+
+        frame_len = (~frame_mask).sum(1)
+        spans = _span_mask(frame_len, x.size(1), self.mask_time_prob, self.mask_time_length, 2, None)
+        return torch.where(spans[:, :, None], self.model.mask_emb.to(x.dtype), x)

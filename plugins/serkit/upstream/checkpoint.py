@@ -36,11 +36,17 @@ import os
 import typing
 import zipfile
 from argparse import Namespace
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..utils import SerkitError
+
+if TYPE_CHECKING:
+    import torch
+    from _typeshed import DataclassInstance
+    from omegaconf import DictConfig
 
 log = logging.getLogger("serkit.upstream")
 
@@ -64,7 +70,7 @@ DATA2VEC_MODULES = (
 
 
 @contextlib.contextmanager
-def trusted_unpickling():
+def trusted_unpickling() -> typing.Iterator[None]:
     """Set ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` for the block only (fairseq's loaders need it on torch
     >= 2.6); the previous value, or its absence, is restored afterwards, also on error."""
     before = os.environ.get(WEIGHTS_ONLY_ENV)
@@ -76,6 +82,17 @@ def trusted_unpickling():
             os.environ.pop(WEIGHTS_ONLY_ENV, None)
         else:
             os.environ[WEIGHTS_ONLY_ENV] = before
+
+
+def require_fairseq(path: str | os.PathLike) -> None:
+    """A clear error naming ``path`` when fairseq, which builds the model, is not installed."""
+    try:
+        import fairseq  # noqa: F401
+    except ImportError as e:
+        raise SerkitError(
+            f"{path}: loading fairseq checkpoints needs fairseq (pip install "
+            "'serkit[fairseq]' or `make install`)"
+        ) from e
 
 
 def register_models() -> None:
@@ -103,7 +120,7 @@ def register_models() -> None:
 # argparse Namespace -> config dict, from fairseq's dataclasses (no Hydra)
 
 
-def _field_type(f: dataclasses.Field):
+def _field_type(f: dataclasses.Field) -> object:
     t = f.type
     if typing.get_origin(t) is typing.Union:
         args = [a for a in typing.get_args(t) if a is not type(None)]
@@ -111,7 +128,7 @@ def _field_type(f: dataclasses.Field):
     return t
 
 
-def _plain(value):
+def _plain(value: object) -> object:
     """Dataclass defaults as config values: enums by value, tuples as lists."""
     if isinstance(value, enum.Enum):
         return value.value
@@ -122,7 +139,7 @@ def _plain(value):
     return value
 
 
-def _default(f: dataclasses.Field):
+def _default(f: dataclasses.Field) -> object:
     if f.default_factory is not dataclasses.MISSING:
         value = f.default_factory()
     elif f.default is not dataclasses.MISSING:
@@ -134,7 +151,7 @@ def _default(f: dataclasses.Field):
     return _plain(value)
 
 
-def _coerce(value, f: dataclasses.Field):
+def _coerce(value: object, f: dataclasses.Field) -> object:
     """An argparse value as the dataclass field's type (argparse stored tuples/lists as strings)."""
     if isinstance(value, Namespace):
         return namespace_to_cfg(value)
@@ -161,8 +178,8 @@ def _coerce(value, f: dataclasses.Field):
     return value
 
 
-def _fill(dc_cls, ns: Namespace, name: str | None = None) -> dict:
-    out = {} if name is None else {"_name": name}
+def _fill(dc_cls: type[DataclassInstance], ns: Namespace, name: str | None = None) -> dict:
+    out: dict[str, object] = {} if name is None else {"_name": name}
     for f in dataclasses.fields(dc_cls):
         if f.name.startswith("_"):
             continue
@@ -210,7 +227,7 @@ def namespace_to_cfg(ns: Namespace) -> dict:
         raise SerkitError(f"cannot convert the checkpoint's argparse config ({type(e).__name__}: {e})") from e
 
 
-def _as_config(value):
+def _as_config(value: Namespace | dict | DictConfig) -> DictConfig:
     from omegaconf import OmegaConf
 
     if isinstance(value, Namespace):
@@ -253,7 +270,7 @@ def load_state(path: str | os.PathLike) -> dict:
     return state
 
 
-def checkpoint_cfg(state: dict, path) -> Any:
+def checkpoint_cfg(state: dict, path: str | os.PathLike) -> DictConfig:
     """The checkpoint's config as an OmegaConf config (``cfg``, or ``args`` converted)."""
     try:
         if state.get("cfg") is not None:
@@ -277,10 +294,10 @@ def checkpoint_cfg(state: dict, path) -> Any:
 class CtcProjection:
     """The output layer of a CTC-finetuned encoder: logits = proj(final_norm(last layer))."""
 
-    weight: Any
-    bias: Any
-    norm_weight: Any = None  # the encoder's final layer norm, applied by pre-LN (layer_norm_first) models
-    norm_bias: Any = None
+    weight: torch.Tensor
+    bias: torch.Tensor
+    norm_weight: torch.Tensor | None = None  # the encoder's final layer norm, applied by pre-LN models
+    norm_bias: torch.Tensor | None = None
     blank_weight: float = 0.0
     blank_mode: str = "add"
 
@@ -296,13 +313,13 @@ class SpeechCheckpoint:
     path: str
     name: str  # cfg.model._name of the file (wav2vec_ctc for a CTC release)
     kind: str  # hubert | wav2vec2 | data2vec
-    model_cfg: Any  # the encoder's model config (the inner one for CTC releases)
-    task_cfg: Any  # the encoder's task config; normalize is the file's own task.normalize
+    model_cfg: DictConfig  # the encoder's model config (the inner one for CTC releases)
+    task_cfg: DictConfig  # the encoder's task config; normalize is the file's own task.normalize
     encoder_state: dict
     task_state: dict | None = None  # the encoder task's state (label dictionaries), when stored
     ctc: CtcProjection | None = None
-    cfg: Any = None
-    top_keys: list = field(default_factory=list)
+    cfg: DictConfig | None = None
+    top_keys: list[str] = field(default_factory=list)
 
     @property
     def normalize(self) -> bool:
@@ -367,7 +384,7 @@ def read_checkpoint(path: str | os.PathLike, state: dict | None = None) -> Speec
     )
 
 
-def rename_weight_norm(weights: dict, model_keys) -> dict:
+def rename_weight_norm(weights: dict, model_keys: Iterable[str]) -> dict:
     """Rename weight-norm entries to the naming of ``model_keys`` (legacy weight_g/v or parametrizations)."""
     model_keys = set(model_keys)
     out = {}
@@ -381,7 +398,7 @@ def rename_weight_norm(weights: dict, model_keys) -> dict:
     return out
 
 
-def _dictionary(size: int):
+def _dictionary(size: int) -> object:  # a fairseq Dictionary (fairseq is not imported here)
     from fairseq.data import Dictionary
 
     d = Dictionary()
@@ -390,7 +407,9 @@ def _dictionary(size: int):
     return d
 
 
-def build_encoder(ck: SpeechCheckpoint, label_embeddings: bool = True, load: bool = True):
+def build_encoder(
+    ck: SpeechCheckpoint, label_embeddings: bool = True, load: bool = True
+) -> torch.nn.Module:
     """The fairseq encoder model of ``ck`` (HubertModel, Wav2Vec2Model, Data2VecAudioModel), weights loaded.
 
     No data is read: a HuBERT's label dictionaries come from the checkpoint's ``task_state`` or are sized
@@ -445,7 +464,7 @@ PRETRAINING_ONLY = (
 )
 
 
-def load_encoder_weights(model, weights: dict, path: str = "") -> None:
+def load_encoder_weights(model: torch.nn.Module, weights: dict, path: str = "") -> None:
     """Load ``weights`` into ``model``; every encoder weight must be there, pretraining heads may not."""
     own = model.state_dict()
     weights = rename_weight_norm(weights, own)
@@ -469,16 +488,65 @@ def load_encoder_weights(model, weights: dict, path: str = "") -> None:
         log.debug("%s: ignored %d checkpoint entries (%s ...)", path, len(ignored), ignored[:3])
 
 
+def load_encoder(path: str | os.PathLike) -> tuple[SpeechCheckpoint, torch.nn.Module]:
+    """``(checkpoint, encoder model with its weights)`` of a fairseq speech checkpoint, for extraction."""
+    require_fairseq(path)
+    register_models()
+    ck = read_checkpoint(path)
+    return ck, build_encoder(ck)
+
+
+def encoder_config(path: str | os.PathLike) -> tuple[DictConfig, dict]:
+    """``(upstream_cfg {model, task}, encoder weights)`` of a checkpoint file, for finetuning.
+
+    ``upstream_cfg`` is what a finetuned model stores to rebuild its encoder without the file
+    (:func:`build_finetuning_encoder`); a ``serkit_hubert`` CPT model is marked initialised, its weights
+    being all in the file.
+    """
+    from omegaconf import OmegaConf
+
+    ck = read_checkpoint(path)
+    upstream_cfg = OmegaConf.create(
+        {
+            "model": OmegaConf.to_container(ck.model_cfg, resolve=True),
+            "task": OmegaConf.to_container(ck.task_cfg, resolve=True),
+        }
+    )
+    if "init_from" in upstream_cfg.model:
+        upstream_cfg.model.init_from = None
+        upstream_cfg.model.init_done = True
+    return upstream_cfg, ck.encoder_state
+
+
+def build_finetuning_encoder(
+    upstream_cfg: DictConfig, weights: dict | None = None, path: str = ""
+) -> torch.nn.Module:
+    """The encoder ``upstream_cfg`` describes, pretraining-only parts removed; ``weights`` loaded if given."""
+    name = upstream_cfg.model.get("_name")
+    ck = SpeechCheckpoint(path, name, "", upstream_cfg.model, upstream_cfg.task, {})
+    model = build_encoder(ck, label_embeddings=False, load=False)
+    if hasattr(model, "remove_pretraining_modules"):
+        model.remove_pretraining_modules()
+    if weights is not None:
+        kept = {k: v for k, v in weights.items() if not k.startswith(PRETRAINING_ONLY)}
+        load_encoder_weights(model, kept, path)
+    return model
+
+
 __all__ = [
     "CtcProjection",
     "SpeechCheckpoint",
     "build_encoder",
+    "build_finetuning_encoder",
     "checkpoint_cfg",
+    "encoder_config",
+    "load_encoder",
     "load_encoder_weights",
     "load_state",
     "namespace_to_cfg",
     "read_checkpoint",
     "register_models",
     "rename_weight_norm",
+    "require_fairseq",
     "trusted_unpickling",
 ]

@@ -12,10 +12,12 @@ Frame ``t`` at 50 Hz is then centred on the same 25 ms window as MFCC frame ``2t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from . import SAMPLE_RATE
-from .fairseq_models import Upstream
+from .base import Upstream, WaveBatch
 
 
 class MfccUpstream(Upstream):
@@ -29,7 +31,7 @@ class MfccUpstream(Upstream):
     dim = 39
     normalize = False
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.path = "mfcc"
 
@@ -45,18 +47,8 @@ class MfccUpstream(Upstream):
         feats = torch.cat([mfcc, delta, ddelta], dim=0).transpose(0, 1).contiguous()  # (T100, 39)
         return feats[::2]
 
-    @torch.no_grad()
-    def forward(
-        self,
-        wav: torch.Tensor,
-        padding_mask: torch.Tensor | None = None,
-        layers=None,
-        _normalized: bool = False,
-    ):
-        layers = self.check_layers(layers)
-        if wav.dim() == 1:
-            wav = wav.unsqueeze(0)
-        lengths = self._lengths(wav, padding_mask)
+    def compute_layers(self, batch: WaveBatch, layers: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        wav, lengths = batch.wav, batch.lengths
         frame_len = self.frame_lengths(lengths)
         t_max = int(frame_len.max())
         out = wav.new_zeros(wav.size(0), t_max, self.dim)
@@ -67,6 +59,11 @@ class MfccUpstream(Upstream):
         return [out for _ in layers], mask
 
     @torch.no_grad()
-    def extract(self, wav: torch.Tensor, layers=None, max_chunk_seconds: float | None = None) -> torch.Tensor:
+    def extract(
+        self,
+        wav: torch.Tensor,
+        layers: int | Iterable[int] | None = None,
+        max_chunk_seconds: float | None = None,
+    ) -> torch.Tensor:
         self.check_layers(layers)
         return self._one(wav.float()).unsqueeze(0)
