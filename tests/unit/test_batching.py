@@ -146,8 +146,8 @@ def test_every_recipe_config_batches_by_length():
     confs = sorted(p for p in [*SHARED_CONF.glob("*.yaml"), *ROOT.glob("recipes/*/conf/*.yaml")]
                    if not p.stem.endswith("_mini"))
     # MFSN's included: its 3-second segments batch by duration like the heads' utterances
-    assert [p.name for p in confs] == ["bas.yaml", "bas_search.yaml", "mfsn.yaml", "shiftser.yaml", "flea.yaml",
-                                       "mfsn_text.yaml"]
+    assert [p.name for p in confs] == ["bas.yaml", "bas_search.yaml", "mfsn.yaml", "shiftser.yaml",
+                                       "flea.yaml", "mfsn_text.yaml"]
     for conf in confs:
         peek = _peek_yaml(conf)
         # FLEA's class-balanced sampler (official code) draws its own training batches

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import CONF, tiny_setup  # noqa: E402
+from test_sb_helpers import head_conf, tiny_setup  # noqa: E402
 
 from serkit.utils import SerkitError  # noqa: E402
 
@@ -22,7 +22,7 @@ TEST_TAGS = {"ua/test", "wa/test", "weighted_f1/test"}
 def train(setup, out, *extra):
     from serkit.speechbrain.train import main
 
-    return main([str(CONF / "linear.yaml"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
+    return main([*head_conf("linear"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
                  "--feats", str(setup["feats"]), *FAST, *extra])
 
 
@@ -74,6 +74,6 @@ def test_without_tensorboard_installed_the_option_names_the_extra_before_writing
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # what `import tensorboard` sees when missing
     out = tmp_path / "out"
     with pytest.raises(SerkitError, match=r"pip install 'serkit\[tensorboard\]'"):
-        main([str(CONF / "linear.yaml"), "--fold-dir", str(tmp_path), "--output-folder", str(out),
+        main([*head_conf("linear"), "--fold-dir", str(tmp_path), "--output-folder", str(out),
               "--feats", str(tmp_path), "--tensorboard", str(tmp_path / "tb")])
     assert not out.exists() and not (tmp_path / "tb").exists()
