@@ -105,6 +105,7 @@ _ser_args=("$@")
 : "${mfsn_overrides=}"
 : "${method_aliases=}"
 : "${corpus_help=}"
+: "${tensorboard=}"
 
 _all_methods="flea linear ffn cnn shiftcnn transformer shiftformer lstm shiftlstm bas bas_ffn bas_msa_ffn bas_transformer mfsn"
 help_message=$(cat <<EOM
@@ -175,6 +176,8 @@ Options (default in brackets):
   --ffn-residual B    BAS FFN candidate with a residual, LN(x + FFN(x)): true | false [$ffn_residual; false is the
                       paper's "FFN without residual connection"]
   --mfsn-overrides S  extra yaml overrides for MFSN, e.g. "--cache_in_memory True"
+  --tensorboard DIR   also write every training's losses and metrics as TensorBoard events to DIR/<run>/fold<k>
+                      (serkit train --tensorboard, fairseq common.tensorboard_logdir; needs serkit[tensorboard])
   --backend B         how the jobs run: local (one after another, here) | slurm (local/backend_slurm.sh;
                       resources in cmd.sh) [$backend]
   --nshard N          feature dumps as N jobs (serkit dump-features --shard) [$nshard]
@@ -248,6 +251,7 @@ case "$shiftser_input" in
   *) die "--shiftser-input $shiftser_input: masked, paper or official" ;;
 esac
 check_options  # every other option, before anything runs
+tensorboard=${tensorboard:+$(realpath -m "$tensorboard")}
 backend_init "$_ser_local"
 if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
@@ -260,7 +264,10 @@ mkdir -p "$workdir"; workdir=$(realpath "$workdir")
 lock_workdir "$workdir"  # a job of the run holding the lock shares it (stage.sh: SERKIT_LOCK_TOKEN)
 case "$protocol" in all|both) protocol=${corpus_protocols// /,} ;; esac
 if [[ "$protocol" == *,* ]]; then  # several protocols: the recipe once per protocol, in turn
-  for p in ${protocol//,/ }; do bash "$_ser_script" "${_ser_args[@]}" --protocol "$p" --tag "${tag:+$tag/}$p" || exit 1; done
+  for p in ${protocol//,/ }; do
+    bash "$_ser_script" "${_ser_args[@]}" --protocol "$p" --tag "${tag:+$tag/}$p" \
+      ${tensorboard:+--tensorboard "$tensorboard/$p"} || exit 1
+  done
   exit 0
 fi
 root=${root:-${!corpus:-}}
@@ -355,6 +362,8 @@ mfsn_run() {
   local a=${2:-${mfsn_ablation%%,*}}
   case $1 in audio) echo "$exp/mfsn_$a" ;; *) echo "$exp/mfsn_$1_$a" ;; esac
 }
+# tb OUT: the --tensorboard option of the training that writes OUT (events in DIR/<OUT below exp>)
+tb() { tb=(); [ -z "$tensorboard" ] || tb=(--tensorboard "$tensorboard/${1#"$exp"/}"); }
 # head_conf HEAD: the config that trains HEAD (local/train_head.sh picks its --method).
 head_conf() { case $1 in bas*) echo "$shared_conf/bas.yaml" ;; *) echo "$shared_conf/shiftser.yaml" ;; esac; }
 # head_search_conf HEAD: the search config a head reads besides its head_conf (BAS), or nothing.
@@ -466,16 +475,18 @@ step_teacher() {  # stage 1, fold K: (TAPT,) finetune the upstream, dump its lay
     opts="upstream=$upstream labels=$labels updates=$cpt_updates config=$cpt_config update_freq=$cpt_update_freq"
     is_done "$exp/tapt/fold$k" "$opts" "$upstream" "$labels" "$splits" "$cpt_config" || {
       log "Stage 1: TAPT fold $k: $cpt_batch"
+      tb "$exp/tapt/fold$k"
       timed "tapt_fold$k" bash "$_ser_local/cpt.sh" --yaml "$cpt_config" --fold "$fold" --labels "$labels" \
-        --init "$upstream" --updates "$cpt_updates" --update-freq "$cpt_update_freq" --out "$exp/tapt/fold$k"
+        --init "$upstream" --updates "$cpt_updates" --update-freq "$cpt_update_freq" --out "$exp/tapt/fold$k" "${tb[@]}"
       mark_done "$exp/tapt/fold$k"; }
     start=$(realpath "$exp/tapt/fold$k/checkpoint_last.pt")
   fi
   opts="upstream=$start epochs=$teacher_epochs lr=$finetune_lr pooling=$teacher_pooling"
   is_done "$out" "$opts" "$start" "$splits" conf/flea.yaml || {
+    tb "$out"
     timed "teacher_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
       --upstream "$start" --pooling "$teacher_pooling" --number_of_epochs "$teacher_epochs" "${lr_opt[@]}" \
-      --device "$device" --noprogressbar
+      --device "$device" --noprogressbar "${tb[@]}"
     logged "$out/log/export.log" serkit export-upstream --exp "$out" --out "$out/upstream.pt"
     mark_done "$out"; }
   opts="layer=$layer"
@@ -505,8 +516,9 @@ step_cpt() {  # stage 3, fold K
   log "Stage 3: continued pretraining fold $k: $(basename "$upstream") + $exp/km/fold$k -> $out; batch: $cpt_batch"
   opts="upstream=$upstream k=$nclusters updates=$cpt_updates config=$cpt_config update_freq=$cpt_update_freq"
   is_done "$out" "$opts" "$upstream" "$exp/km/fold$k" "$splits" "$cpt_config" || {
+    tb "$out"
     timed "cpt_fold$k" bash "$_ser_local/cpt.sh" --yaml "$cpt_config" --fold "$fold" --labels "$exp/km/fold$k" \
-      --init "$upstream" --updates "$cpt_updates" --update-freq "$cpt_update_freq" --out "$out"
+      --init "$upstream" --updates "$cpt_updates" --update-freq "$cpt_update_freq" --out "$out" "${tb[@]}"
     mark_done "$out"; }
 }
 
@@ -516,9 +528,10 @@ step_flea() {  # stage 4: FLEA finetune with POOLING, fold K
   log "Stage 4: FLEA finetune fold $k ($p pooling): $cpt -> $out"
   opts="cpt=$cpt pooling=$p epochs=$finetune_epochs lr=$finetune_lr"
   is_done "$out" "$opts" "$exp/cpt/fold$k" "$splits" conf/flea.yaml || {
+    tb "$out"
     timed "flea_${p}_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
       --upstream "$cpt" --pooling "$p" --number_of_epochs "$finetune_epochs" "${lr_opt[@]}" \
-      --device "$device" --noprogressbar
+      --device "$device" --noprogressbar "${tb[@]}"
     mark_done "$out"; }
 }
 
@@ -553,12 +566,13 @@ step_head() {  # stage 4: METHOD (a head, or the corpus's name of one) on fold K
   local opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$overrides${bas_opts[*]:+ ${bas_opts[*]}}"
   [ "$layers" = all ] || opts+=" layers=$layers"
   is_done "$out" "$opts" "$upstream" "$feats" "$splits" "$(head_conf "$h")" "$(head_search_conf "$h")" || {
+    tb "$out"
     if [ "$setting" = featex ]; then
       timed "${h}_fold$k" logged "$out/log/train.log" bash "$_ser_local/train_head.sh" --method "$h" --fold "$fold" --out "$out" \
-        --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
+        --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}" "${tb[@]}"
     else
       timed "${h}_fold$k" logged "$out/log/train.log" bash "$_ser_local/train_head.sh" --method "$h" --fold "$fold" --out "$out" \
-        --upstream "$upstream" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
+        --upstream "$upstream" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}" "${tb[@]}"
     fi
     mark_done "$out"; }
 }
@@ -623,13 +637,15 @@ step_mfsn() {  # stage 4: MFSN's ABLATION on fold K
   if [ "${mfsn_ablation%_single}" = mfsn ]; then  # search, then retrain the derived cell: two serkit train calls
     log "Stage 4: MFSN search fold $k: $fold -> $search/arch.txt"
     is_done "$search" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" "${mfsn_overlays[@]}" || {
-      timed "$(basename "$run")_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search"
+      tb "$search"
+      timed "$(basename "$run")_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search" "${tb[@]}"
       mark_done "$search"; }
     arch=$(cat "$search/arch.txt")
   fi
   log "Stage 4: MFSN fold $k${arch:+ (derived cell $arch)}: $fold -> $out"
   is_done "$out" "$opts arch=$arch" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" "${mfsn_overlays[@]}" || {
-    timed "$(basename "$run")_fold$k" logged "$out/log/train.log" "${train[@]}" --output-folder "$out" ${arch:+--arch "$arch"}
+    tb "$out"
+    timed "$(basename "$run")_fold$k" logged "$out/log/train.log" "${train[@]}" --output-folder "$out" ${arch:+--arch "$arch"} "${tb[@]}"
     mark_done "$out"; }
 }
 
