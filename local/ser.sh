@@ -455,6 +455,13 @@ step_tapt_dump() {  # stage 1, TAPT labels: the published k-means model on --ups
   fi
 }
 
+# train_flea NAME FOLD OUT UPSTREAM POOLING EPOCHS: conf/flea.yaml's finetuning (the teacher's, FLEA's).
+train_flea() {
+  tb "$3"
+  timed "$1" logged "$3/log/train.log" serkit train conf/flea.yaml --fold-dir "$2" --output-folder "$3" \
+    --upstream "$4" --pooling "$5" --number_of_epochs "$6" "${lr_opt[@]}" --device "$device" --noprogressbar "${tb[@]}"
+}
+
 step_teacher() {  # stage 1, fold K: (TAPT,) finetune the upstream, dump its layer --layer
   local k=$1 fold=$splits/fold$1 out=$exp/teacher/fold$1 start=$upstream opts tapt_dir labels
   log "Stage 1: teacher fold $k: finetune $(basename "$upstream") on $fold ($teacher_pooling pooling) -> $out; dump layer $layer -> $out/layer$layer"
@@ -483,10 +490,7 @@ step_teacher() {  # stage 1, fold K: (TAPT,) finetune the upstream, dump its lay
   fi
   opts="upstream=$start epochs=$teacher_epochs lr=$finetune_lr pooling=$teacher_pooling"
   is_done "$out" "$opts" "$start" "$splits" conf/flea.yaml || {
-    tb "$out"
-    timed "teacher_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
-      --upstream "$start" --pooling "$teacher_pooling" --number_of_epochs "$teacher_epochs" "${lr_opt[@]}" \
-      --device "$device" --noprogressbar "${tb[@]}"
+    train_flea "teacher_fold$k" "$fold" "$out" "$start" "$teacher_pooling" "$teacher_epochs"
     logged "$out/log/export.log" serkit export-upstream --exp "$out" --out "$out/upstream.pt"
     mark_done "$out"; }
   opts="layer=$layer"
@@ -528,10 +532,7 @@ step_flea() {  # stage 4: FLEA finetune with POOLING, fold K
   log "Stage 4: FLEA finetune fold $k ($p pooling): $cpt -> $out"
   opts="cpt=$cpt pooling=$p epochs=$finetune_epochs lr=$finetune_lr"
   is_done "$out" "$opts" "$exp/cpt/fold$k" "$splits" conf/flea.yaml || {
-    tb "$out"
-    timed "flea_${p}_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
-      --upstream "$cpt" --pooling "$p" --number_of_epochs "$finetune_epochs" "${lr_opt[@]}" \
-      --device "$device" --noprogressbar "${tb[@]}"
+    train_flea "flea_${p}_fold$k" "$fold" "$out" "$cpt" "$p" "$finetune_epochs"
     mark_done "$out"; }
 }
 

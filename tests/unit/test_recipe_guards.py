@@ -20,15 +20,17 @@ def env() -> dict:
 def savee_mini_stage() -> str:
     """The lines of the template's stage 0 (local/ser.sh) that (re)build the mini corpus, as written there."""
     text = (REPO / "local" / "ser.sh").read_text()
-    m = re.search(r'^ *is_done "\$workdir/db/mini_\$prepare_name" "\$opts" \|\| \{\n.*?\}\n', text, re.M | re.S)
+    stage = r'^ *is_done "\$workdir/db/mini_\$prepare_name" "\$opts" \|\| \{\n.*?\}\n'
+    m = re.search(stage, text, re.M | re.S)
     assert m, "local/ser.sh: the mini corpus stage moved; update this test"
     return m.group(0)
 
 
 def run_savee_mini(cwd: Path) -> subprocess.CompletedProcess:
     setup = 'workdir=$PWD; prepare_name=savee; opts="mini seed=0"; '
-    return subprocess.run(["bash", "-c", f"set -euo pipefail; . {STAGE}; {setup}{savee_mini_stage()}"], cwd=cwd,
-                          env=env(), capture_output=True, text=True, timeout=120)
+    script = f"set -euo pipefail; . {STAGE}; {setup}{savee_mini_stage()}"
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env(), capture_output=True, text=True,
+                          timeout=120)
 
 
 def test_savee_mini_stage_keeps_what_it_did_not_write(tmp_path):
