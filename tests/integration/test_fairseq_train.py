@@ -24,7 +24,7 @@ from tests.unit.test_fairseq_plugin import CLASSES, make_fold, make_tiny_hubert 
 pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 
 REPO = Path(__file__).resolve().parents[2]
-CONF = REPO / "recipes" / "IEMOCAP" / "conf" / "fairseq"
+CONF = REPO / "plugins" / "serkit" / "conf" / "fairseq"
 USER_DIR = REPO / "plugins" / "serkit_fairseq"
 CPU = ["common.cpu=true", "common.fp16=false", "distributed_training.distributed_world_size=1",
        "dataset.num_workers=0"]
@@ -273,8 +273,8 @@ cd {recipe}
 echo "unpickling override: ${{TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD-unset}}" >&2
 opts="updates=4 config=cpt_hubert_tiny"
 is_done {out} "$opts" {init} {labels} || {{
-  bash ../../local/cpt.sh --yaml conf/fairseq/cpt_hubert_tiny.yaml --fold {fold} --labels {labels} \\
-    --init {init} --updates 4 --out {out}
+  bash ../../local/cpt.sh --yaml ../../plugins/serkit/conf/fairseq/cpt_hubert_tiny.yaml \\
+    --fold {fold} --labels {labels} --init {init} --updates 4 --out {out}
   mark_done {out} "$opts"; }}
 """
 

@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "recipes" / "IEMOCAP" / "run.sh"
 SHORT = ["--folds", "1", "--layer", "2", "--nclusters", "4", "--teacher-epochs", "1",
-         "--finetune-lr", "0.001", "--cpt-updates", "2", "--cpt-config", "conf/fairseq/cpt_hubert_tiny.yaml",
+         "--finetune-lr", "0.001", "--cpt-updates", "2",
+         "--cpt-config", "../../plugins/serkit/conf/fairseq/cpt_hubert_tiny.yaml",
          "--device", "cpu", "--method", "flea", "--valid", "speaker"]
 
 

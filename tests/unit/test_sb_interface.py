@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import CONF, PITCH, head_conf, tiny_setup, write_tone  # noqa: E402
+from test_sb_helpers import PITCH, SHARED_CONF, head_conf, tiny_setup, write_tone  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +33,9 @@ def finetuned(tmp_path_factory):
 
     setup = tiny_setup(tmp_path_factory)
     out = setup["root"] / "exp" / "interface_flea" / "fold1"
-    assert main([str(CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
-                 "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1", "--batch_size", "4",
+    assert main([str(SHARED_CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]),
+                 "--output-folder", str(out), "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1",
+                 "--batch_size", "4",
                  "--lr", "0.001", "--noprogressbar"]) == 0
     return setup, out
 
