@@ -137,7 +137,7 @@ def test_installed_train_finds_a_shipped_config_by_name(installed, tmp_path):
 
 def test_installed_config_dir_and_user_dir(installed, tmp_path):
     proc = installed_serkit(installed, "config-dir", "fairseq", cwd=tmp_path)
-    assert proc.stdout.strip() == str(installed / "serkit" / "conf" / "IEMOCAP" / "fairseq")
+    assert proc.stdout.strip() == str(installed / "serkit" / "conf" / "fairseq")
     proc = installed_serkit(installed, "user-dir", cwd=tmp_path)
     assert proc.stdout.strip() == str(installed / "serkit_fairseq")
 
