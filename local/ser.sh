@@ -163,7 +163,9 @@ Options (default in brackets):
   --mfsn-tec SOURCE   MFSN TEC: audio | text (the corpus transcripts) | asr (greedy CTC, needs --ctc-dict)
                       [$mfsn_tec]; text and asr are serkit's text ablation, not the paper's (text leaks across sessions)
   --ctc-dict FILE     dict.ltr.txt of the CTC --tec-upstream, for --mfsn-tec asr
-  --head-overrides S  extra yaml overrides for the heads' training, e.g. "--batch_size 16"
+  --head-overrides S  extra yaml overrides for the heads' training (ShiftSER's and BAS's), e.g. "--batch_size 16":
+                      each --key goes to the heads whose configs have it (--channel_mask_width: the ShiftSER
+                      heads only, BAS's configs have no SpecAugment); a key no chosen head's config has fails
   --shiftser-input K  what heads linear..shiftlstm see: masked (whole utterances, padding masked) |
                       paper (clipped to 7.5 s) | official (first 7.5 s zero-padded to 7.5 s, no mask) [$shiftser_input]
   --headline M        the metric validation selects on and the table leads with: ua | wf1 [$headline]
@@ -367,6 +369,20 @@ tb() { tb=(); [ -z "$tensorboard" ] || tb=(--tensorboard "$tensorboard/${1#"$exp
 head_conf() { case $1 in bas*) echo "$shared_conf/bas.yaml" ;; *) echo "$shared_conf/shiftser.yaml" ;; esac; }
 # head_search_conf HEAD: the search config a head reads besides its head_conf (BAS), or nothing.
 head_search_conf() { [ "$1" != bas ] || echo "$shared_conf/bas_search.yaml"; }
+# head_overrides_of[METHOD]: the part of --head-overrides METHOD's configs take (each key goes to the
+# heads whose configs have it; one that none of this run's heads has is refused, naming the option).
+declare -A head_overrides_of=()
+if [ -n "$head_overrides" ]; then
+  _routes=()
+  for _m in "${heads[@]}"; do
+    _h=${head_of[$_m]:-$_m}; [ "$_h" != mfsn ] || continue
+    _routes+=("$_m=$(head_conf "$_h")$(_s=$(head_search_conf "$_h"); echo "${_s:+,$_s}")")
+  done
+  # the mini corpus's own SpecAugment width (not the user's) is dropped where no config has it
+  _routed=$(serkit recipe route-overrides --option=--head-overrides --overrides "$head_overrides" \
+    ${mini_specaugment:+--default} "${_routes[@]}") || exit 1
+  while IFS=$'\t' read -r _m _o; do [ -z "$_m" ] || head_overrides_of[$_m]=$_o; done <<< "$_routed"
+fi
 upstream_label() { if $mini; then echo "tiny HuBERT (pretrained here on a separate mini corpus)"; else basename "$upstream"; fi; }
 # head_run HEAD: the run directory of a head.
 # head_run METHOD: the run directory of a method (named as the corpus names it, see method_aliases).
@@ -541,16 +557,15 @@ step_head() {  # stage 4: METHOD (a head, or the corpus's name of one) on fold K
   run=$(head_run "$name"); out=$run/fold$k
   [ "$setting" != featex ] || feats=$(feats_dir "$upstream" "$layers")
   log "Stage 4: $name ($setting) fold $k: $fold -> $out"
-  # BAS and its baselines: --bas-layers layers; the mini corpus's SpecAugment width is not theirs
-  overrides=$head_overrides
+  # the part of --head-overrides this head's configs take; BAS and its baselines: --bas-layers layers
+  overrides=${head_overrides_of[$name]:-}
   case $h in linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm)
-    overrides="${input_overrides:+$input_overrides }$head_overrides"
+    overrides="${input_overrides:+$input_overrides }$overrides"
     # SpecAugment's channel masks: ShiftSER's 64 of 768 channels, scaled to the features' width
     if [ -n "$feats" ] && [[ "$overrides" != *--channel_mask_width* ]] && [ "$(json_value "$feats/meta.json" dim)" != 768 ]; then
       extra+=" --channel_mask_width $(serkit recipe channel-mask-width "$feats")"
     fi ;;
   esac
-  case "$h" in bas*) ${mini_specaugment:-false} && overrides="" ;; esac
   case "$h" in
     bas) bas_opts=(--search-overrides "--search_layers $bas_layers $search_overrides")
       [ -z "$search_epochs" ] || bas_opts+=(--search-epochs "$search_epochs") ;;
