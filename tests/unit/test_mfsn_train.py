@@ -9,9 +9,8 @@ import pytest
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import CLASSES, REPO, read_predictions, split_ids, tiny_setup  # noqa: E402
-
 from serkit.utils import SerkitError  # noqa: E402
+from tests.fixtures.sb import CLASSES, REPO, read_predictions, split_ids  # noqa: E402
 
 CONF = REPO / "recipes" / "SAVEE" / "conf" / "mfsn_mini.yaml"
 
@@ -25,8 +24,8 @@ def _train(setup, out, *extra, conf=CONF):
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    setup = tiny_setup(tmp_path_factory)
+def searched(sb_tiny):
+    setup = sb_tiny
     search = setup["root"] / "exp" / "mfsn_search" / "fold1"
     assert _train(setup, search) == 0
     retrain = setup["root"] / "exp" / "mfsn" / "fold1"
@@ -97,8 +96,8 @@ def test_emotion_classifier_and_serkit_predict_on_a_finished_mfsn_fold(searched,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("ablation", ["sec_only", "sec_tec_nosearch"])
-def test_ablations_train_in_one_call(tmp_path_factory, ablation):
-    setup = tiny_setup(tmp_path_factory)
+def test_ablations_train_in_one_call(sb_tiny, ablation):
+    setup = sb_tiny
     out = setup["root"] / "exp" / ablation / "fold1"
     extra = ["--ablation", ablation]
     if ablation == "sec_only":  # needs no TEC
@@ -110,8 +109,8 @@ def test_ablations_train_in_one_call(tmp_path_factory, ablation):
 
 
 @pytest.mark.slow
-def test_a_bad_sec_layer_and_a_missing_tec_are_named(tmp_path_factory):
-    setup = tiny_setup(tmp_path_factory)
+def test_a_bad_sec_layer_and_a_missing_tec_are_named(sb_tiny):
+    setup = sb_tiny
     with pytest.raises(SerkitError, match="layer 9 not stored"):
         _train(setup, setup["root"] / "exp" / "bad" / "fold1", "--sec_layers", "[0,1,9]")
     with pytest.raises(SerkitError, match="needs TEC features"):
@@ -124,13 +123,13 @@ def _predictions(out):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["search", "retrain"])
-def test_a_killed_fold_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted_run(tmp_path_factory,
+def test_a_killed_fold_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted_run(sb_tiny,
                                                                                       monkeypatch, phase):
     import speechbrain as sb
 
     from serkit.speechbrain.mfsn import MFSNBrain
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     extra = ["--search_epochs", "3", "--train_epochs", "3"]
     if phase == "retrain":
         extra += ["--arch", "1:ism"]
@@ -186,8 +185,8 @@ def test_ctc_greedy_transcripts_merge_repeats_and_drop_blanks(tmp_path):
 
 
 @pytest.mark.slow
-def test_text_ablation_trains_tokenizer_on_train_split_only(tmp_path_factory):
-    setup = tiny_setup(tmp_path_factory)
+def test_text_ablation_trains_tokenizer_on_train_split_only(sb_tiny):
+    setup = sb_tiny
     fold = setup["fold"]
     words = {"ang": "i am so angry now", "hap": "what a lovely day", "neu": "the table is brown",
              "sad": "i miss her so much"}
@@ -217,13 +216,13 @@ def test_text_ablation_trains_tokenizer_on_train_split_only(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_waveform_path_trains_only_the_top_sec_layers_and_never_tec(tmp_path_factory):
+def test_waveform_path_trains_only_the_top_sec_layers_and_never_tec(sb_tiny):
     """`serkit train --upstream`: the encoders run on the segments; sec_finetune_layers of SEC train."""
     import torch
 
     from serkit.speechbrain.train import main
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     out = setup["root"] / "exp" / "mfsn_finetune" / "fold1"
     before = torch.load(setup["ckpt"], map_location="cpu", weights_only=False)["model"]
     assert main([str(CONF), "--fold-dir", str(setup["fold"]), "--output-folder", str(out), "--upstream",

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("speechbrain")
 
-from test_sb_helpers import CLASSES, REPO, make_fold  # noqa: E402
+from tests.fixtures.sb import CLASSES, REPO, make_fold  # noqa: E402
 
 EXAMPLE = REPO / "docs" / "examples" / "speechbrain_iemocap"
 

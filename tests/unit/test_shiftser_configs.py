@@ -9,7 +9,7 @@ import yaml
 
 pytest.importorskip("speechbrain")
 
-from test_sb_helpers import CONF  # noqa: E402
+from tests.fixtures.sb import CONF  # noqa: E402
 
 HEADS = ["linear", "ffn", "cnn", "shiftcnn", "transformer", "shiftformer", "lstm", "shiftlstm"]
 C = 24
