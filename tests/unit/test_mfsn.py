@@ -255,12 +255,3 @@ def test_alexnet_cnn_is_mask_invariant_and_loads_a_state_dict(tmp_path):
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"bad\.pt.*3\.weight"):
         head.load_pretrained_cnn(str(tmp_path / "bad.pt"))
-
-
-@pytest.mark.parametrize("name", ["serkit.nn.mfsn", "serkit.nn.coattention"])
-def test_docstring_examples_run(name):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
