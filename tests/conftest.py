@@ -5,18 +5,33 @@ which pytest does not collect; import them as ``tests.fixtures.<module>``.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
 @pytest.fixture(scope="session")
-def sb_tiny(tmp_path_factory) -> dict:
-    """{"root", "fold", "ckpt", "feats"}: a toy fold, a tiny HuBERT and its features (tests.fixtures.sb).
+def tiny_hubert(tmp_path_factory) -> Path:
+    """A randomly initialised tiny fairseq HuBERT (`serkit make-upstream tiny-hubert`, seed 0).
+
+    Shared by the whole session: tests read it (as an upstream, a CPT start) and never change it.
+    """
+    from serkit.cli import main as serkit
+
+    ckpt = tmp_path_factory.mktemp("tiny_hubert") / "hubert_tiny.pt"
+    assert serkit(["make-upstream", "tiny-hubert", "--out", str(ckpt)]) == 0
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def sb_tiny(tmp_path_factory, tiny_hubert) -> dict:
+    """{"root", "fold", "ckpt", "feats"}: a toy fold, the tiny HuBERT and its features (tests.fixtures.sb).
 
     Built once per session and shared: tests read it and write only below root/exp/<their own name>.
     """
     from tests.fixtures.sb import build_tiny_setup
 
-    return build_tiny_setup(tmp_path_factory.mktemp("sb_tiny"))
+    return build_tiny_setup(tmp_path_factory.mktemp("sb_tiny"), tiny_hubert)
 
 
 @pytest.fixture(scope="module")

@@ -8,23 +8,19 @@ Hugging Face format stand in for the corpus and WavLM-Large; outputs go to --wor
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-RUN = REPO / "recipes" / "IEMOCAP" / "run.sh"
+from tests.fixtures.recipes import run_recipe
+
 METHODS = ("bas", "bas_ffn", "bas_msa_ffn", "bas_transformer")
 
 
 def run(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    env = dict(os.environ, IEMOCAP="", OMP_NUM_THREADS="1")
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    return subprocess.run(["bash", str(RUN), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return run_recipe("IEMOCAP", *args, timeout=timeout)
 
 
 def tiny_wavlm_dir(path: Path) -> Path:
