@@ -1,13 +1,35 @@
-"""Fixtures shared by tests/unit and tests/integration.
+"""Fixtures shared by tests/unit and tests/integration, and the rule that the folder is the speed.
 
-Helpers that are not fixtures (builders of tiny corpora, folds and checkpoints) live in tests/fixtures/,
-which pytest does not collect; import them as ``tests.fixtures.<module>``.
+Helpers that are not fixtures (builders of tiny corpora, folds and checkpoints, the recipe runner) live
+in tests/fixtures/, which pytest does not collect; import them as ``tests.fixtures.<module>``.
+
+tests/unit is the edit-test loop (seconds each, about a minute in all); what trains, runs a recipe or
+starts other interpreters for seconds to minutes goes to tests/integration. Every test there is marked
+``slow`` here, and a test in tests/unit marked ``slow`` stops the collection, so ``pytest tests/unit``
+and ``pytest -m "not slow"`` select the same tests.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+TESTS = Path(__file__).resolve().parent
+INTEGRATION = TESTS / "integration"
+UNIT = TESTS / "unit"
+
+
+def pytest_collection_modifyitems(config, items):
+    misplaced = []
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        if path.is_relative_to(INTEGRATION):
+            item.add_marker(pytest.mark.slow)
+        elif path.is_relative_to(UNIT) and item.get_closest_marker("slow") is not None:
+            misplaced.append(item.nodeid)
+    if misplaced:
+        raise pytest.UsageError("tests/unit is for fast tests; these are marked slow, move them to "
+                                "tests/integration: " + ", ".join(misplaced))
 
 
 @pytest.fixture(scope="session")

@@ -154,34 +154,6 @@ def test_user_dir_registers_nothing_itself():
     assert sorted(p.name for p in USER_DIR.iterdir() if p.name != "__pycache__") == ["__init__.py"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("first", ["serkit.fairseq_ext", "user_dir"])
-def test_fresh_interpreter_either_import_order(first):
-    code = f"""
-import importlib, sys
-from argparse import Namespace
-from fairseq import utils
-from fairseq.models import MODEL_REGISTRY
-from fairseq.tasks import TASK_REGISTRY
-steps = ["serkit.fairseq_ext", "user_dir"]
-if {first!r} == "user_dir":
-    steps.reverse()
-for step in steps + steps:
-    if step == "user_dir":
-        utils.import_user_module(Namespace(user_dir={str(USER_DIR)!r}))
-    else:
-        importlib.import_module(step)
-import serkit.fairseq_ext as ext
-assert MODEL_REGISTRY["serkit_hubert"] is ext.SerkitHubertModel
-assert TASK_REGISTRY["serkit_ser"] is ext.SerTask
-print("OK")
-"""
-    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
-    env["OMP_NUM_THREADS"] = "1"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
-    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
-
-
 # ---------------------------------------------------------------------------------------------
 # serkit_hubert: start from a pretrained checkpoint, re-initialise the label-set parts
 

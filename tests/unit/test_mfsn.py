@@ -233,7 +233,6 @@ def test_short_clip_segment_reproduces_the_whole_utterance_prediction():
     assert sr * 3 == seg
 
 
-@pytest.mark.slow
 def test_alexnet_cnn_is_mask_invariant_and_loads_a_state_dict(tmp_path):
     torch.manual_seed(0)
     head = _small_head(cnn="alexnet")
