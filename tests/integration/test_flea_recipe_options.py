@@ -51,8 +51,14 @@ def _frames(fold: Path, split: str) -> int:
     return sum(expected_frames(u.num_samples) for u in read_split(fold, split))
 
 
-def test_transductive_kmeans_fits_on_every_split_and_says_so(setup):
-    res = run(*setup["args"], "--tag", "trans", "--transductive", "true", "--stop-stage", "2")
+@pytest.fixture(scope="module")
+def transductive(setup):
+    """Stages 0-2 with --transductive true under --tag trans: the labels the CPT test continues from."""
+    return run(*setup["args"], "--tag", "trans", "--transductive", "true", "--stop-stage", "2")
+
+
+def test_transductive_kmeans_fits_on_every_split_and_says_so(setup, transductive):
+    res = transductive
     assert res.returncode == 0, res.stderr[-4000:]
     fold, km = setup["fold"], setup["work"] / "exp" / "trans" / "km" / "fold1"
     meta = json.loads((km / "km.json").read_text())
@@ -70,9 +76,10 @@ def test_transductive_kmeans_fits_on_every_split_and_says_so(setup):
     assert json.loads((teacher / "train_info.json").read_text())["upstream"] == str(setup["ckpt"].resolve())
 
 
-def test_cpt_update_freq_reaches_fairseq_and_the_batch_is_logged(setup):
+def test_cpt_update_freq_reaches_fairseq_and_the_batch_is_logged(setup, transductive):
     import torch
 
+    assert transductive.returncode == 0, transductive.stderr[-4000:]  # stage 3 continues from its labels
     res = run(*setup["args"], "--tag", "trans", "--transductive", "true", "--stage", "3", "--stop-stage", "3",
               "--cpt-update-freq", "2")
     assert res.returncode == 0, res.stderr[-4000:]
