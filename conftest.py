@@ -1,5 +1,8 @@
 """Running the serkit package's docstring examples (``--doctest-modules``, pyproject.toml's pytest section).
 
+It acts on plugins/serkit only (tests/conftest.py holds the tests' fixtures); it sits at the root, not in
+plugins/, so that it is no module of the plugins tree that tests/unit/test_package_layering.py reads.
+
 A module whose import needs an optional dependency that is not installed (the modules of
 ``serkit.extras.EXTRA_OF``: speechbrain, fairseq, faiss, transformers, ...) cannot run its examples:
 it is left out of the collection and named at the end of the run with the extra that installs it.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-PLUGINS = Path(__file__).resolve().parent
+PLUGINS = Path(__file__).resolve().parent / "plugins"
 _left_out: list[str] = []
 
 
