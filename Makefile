@@ -30,7 +30,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest tests plugins/serkit
 
-# The fast part (about a minute), for the edit-test loop: tests/unit and the docstring examples.
+# The fast part (about 95 s of CPU time), for the edit-test loop: tests/unit and the docstring examples.
 # The folder is the speed: tests/conftest.py marks tests/integration `slow` and refuses a slow test in
 # tests/unit, so this is also what `-m "not slow"` selects.
 test-fast: $(STAMP)
