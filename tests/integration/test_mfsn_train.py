@@ -280,12 +280,12 @@ def test_mfsn_training_and_architecture_batches_follow_batching(batching):
 
 
 @pytest.mark.slow
-def test_segments_carry_their_duration_for_batching(tmp_path_factory):
+def test_segments_carry_their_duration_for_batching(sb_tiny):
     from serkit.data.manifest import read_split
     from serkit.speechbrain.mfsn import segment_datasets
     from serkit.upstream.features import FeatureReader
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     datasets, _ = segment_datasets(setup["fold"], FeatureReader(setup["feats"]), sec_layers=[0, 1, 2],
                                    ablation="sec_only", segment_seconds=1.0)
     for split, ds in datasets.items():
