@@ -73,7 +73,7 @@ def test_savee_recipe_mini_end_to_end(recipe):
         assert len(rows) == len(ABLATIONS)
         for a in ABLATIONS:
             # the method column names the ablation, the setting column the batching that trained it
-            row = f"| MFSN ({a}) | featex (random batches) | {p} |"
+            row = f"| MFSN ({a}) | featex (dynamic batches) | {p} |"
             assert any(line.startswith(row) for line in rows), (a, p, table)
             line = next(line for line in rows if line.startswith(row))
             _, ua, wa, _, wf1 = EXPECTED[p, a]
