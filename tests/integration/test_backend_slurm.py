@@ -1,0 +1,115 @@
+"""local/backend_slurm.sh against the real Slurm cluster of this machine (CI starts one with
+tools/start_slurm.sh): a chain of jobs runs in dependency order, a failed job fails the wait naming
+the job, its log and the log's last lines, a job depending on a failed one is cancelled instead of
+waiting forever, and the resources of recipes' cmd.sh reach the jobs."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.slurm import require_slurm
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _slurm():
+    require_slurm()
+
+
+def backend(script: str, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    local = REPO / "local"
+    prelude = f"set -euo pipefail; . {local / 'stage.sh'}; . {local / 'backend_slurm.sh'}; slurm_poll_s=0.5; "
+    return subprocess.run(["bash", "-c", prelude + script], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_chain_runs_in_dependency_order_and_logs_each_job(tmp_path):
+    # a takes 2 s; b and c, submitted right after, may only start once the job before them succeeded
+    logs = tmp_path / "log dir %j"  # a space and a literal % in the path
+    r = backend(f"""
+        a=$(slurm_submit t_chain_a "{logs}/a.log" "" -- bash -c 'sleep 2; echo a >> order')
+        b=$(slurm_submit t_chain_b "{logs}/b.log" "$a" -- bash -c 'echo b >> order')
+        c=$(slurm_submit t_chain_c "{logs}/c.log" "$a $b" -- bash -c 'echo c >> order; echo c-output-line')
+        echo "ids $a $b $c"
+        slurm_wait "$a" "$b" "$c"
+        """, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "order").read_text().split() == ["a", "b", "c"]
+    ids = re.search(r"ids (\d+) (\d+) (\d+)", r.stdout).groups()
+    for job_id, name in zip(ids, ("a", "b", "c")):
+        assert f"Slurm job {job_id} (t_chain_{name}): COMPLETED; log {logs}/{name}.log" in r.stderr
+    assert f"submitted t_chain_c as Slurm job {ids[2]} (after {ids[0]}:{ids[1]})" in r.stderr
+    assert "c-output-line" in (logs / "c.log").read_text()
+
+
+def test_failed_job_fails_the_wait_with_its_name_log_and_last_lines(tmp_path):
+    r = backend(f"""
+        ok=$(slurm_submit t_fold1_train "{tmp_path}/ok.log" "" -- bash -c 'echo fine')
+        bad=$(slurm_submit t_fold2_train "{tmp_path}/bad.log" "" -- \
+              bash -c 'echo first; echo "boom: no such file" >&2; exit 3')
+        slurm_wait "$ok" "$bad"
+        echo "not reached"
+        """, tmp_path)
+    assert r.returncode != 0
+    assert "not reached" not in r.stdout
+    err = r.stderr
+    assert re.search(r"Slurm job \d+ \(t_fold2_train\): FAILED \(exit code 3:0", err), err
+    assert "boom: no such file" in err.split("(t_fold2_train): FAILED")[1]  # the log's tail, shown
+    last = err.strip().splitlines()[-1]
+    assert "ERROR: Slurm job(s) failed: t_fold2_train" in last and f"log {tmp_path}/bad.log" in last
+    assert "t_fold1_train" not in last  # the job that succeeded is not blamed
+    assert re.search(r"\(t_fold1_train\): COMPLETED", err)
+
+
+def test_dependent_of_a_failed_job_is_cancelled_not_waited_for(tmp_path):
+    t0 = time.monotonic()
+    r = backend(f"""
+        bad=$(slurm_submit t_dep_stage1 "{tmp_path}/s1.log" "" -- bash -c 'exit 1')
+        next=$(slurm_submit t_dep_stage2 "{tmp_path}/s2.log" "$bad" -- bash -c 'touch ran')
+        slurm_wait "$bad" "$next"
+        """, tmp_path, timeout=60)
+    assert r.returncode != 0
+    assert time.monotonic() - t0 < 45
+    assert not (tmp_path / "ran").exists()
+    assert re.search(r"\(t_dep_stage2\): CANCELLED, a job it depends on failed", r.stderr), r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "failed: t_dep_stage1" in last
+    assert "not run, since a job they depend on failed: t_dep_stage2" in last
+
+
+def test_resources_and_rules_reach_the_job(tmp_path):
+    # cmd.sh's settings: every job 1 CPU, a rule gives the matching job 2; slurm_nproc exports the
+    # process count that `serkit train` runs itself under torchrun with
+    report = 'echo "$SLURM_CPUS_PER_TASK ${SERKIT_NPROC_PER_NODE:-unset}"'
+    r = backend(f"""
+        slurm_cpus=1; slurm_time=0:10:00; slurm_extra="--nice=10"
+        slurm_rules=("*_wide_* --cpus-per-task=2")
+        one=$(slurm_submit t_res_narrow "{tmp_path}/n.log" "" -- bash -c '{report} > narrow')
+        slurm_nproc=2
+        two=$(slurm_submit t_res_wide_x "{tmp_path}/w.log" "" -- bash -c '{report} > wide')
+        scontrol show job "$two" | grep -o 'TimeLimit=[^ ]*'
+        scontrol show job "$two" | grep -o 'Nice=[^ ]*'
+        slurm_wait "$one" "$two"
+        """, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "narrow").read_text().split() == ["1", "unset"]
+    assert (tmp_path / "wide").read_text().split() == ["2", "2"]
+    assert "TimeLimit=00:10:00" in r.stdout and "Nice=10" in r.stdout
+
+
+def test_bad_calls_die_before_submitting(tmp_path):
+    r = backend(f'slurm_submit t_x "{tmp_path}/x.log" "local:t_y" -- true', tmp_path)
+    assert r.returncode != 0 and "dependency 'local:t_y' is not a Slurm job id" in r.stderr
+    r = backend(f'slurm_submit "t x" "{tmp_path}/x.log" "" -- true', tmp_path)
+    assert r.returncode != 0 and "a job name of letters, digits and _.+- only" in r.stderr
+    r = backend(f'slurm_submit t_x "{tmp_path}/x.log" "" true', tmp_path)
+    assert r.returncode != 0 and "expected 'NAME LOG DEPS -- CMD ...'" in r.stderr
