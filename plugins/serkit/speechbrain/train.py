@@ -176,6 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     output_folder = Path(args.output_folder).resolve()
     classes = read_classes(fold_dir)
     peek = {**_peek_yaml(args.hparams), **overrides}
+    import torch.distributed as dist
+
+    from ..distributed import per_process_batch
+
+    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if "batch_size" not in peek:
+        raise SerkitError(f"{args.hparams}: no batch_size key (dataloaders: batch_size: !ref <batch_size>)")
+    batch_size = per_process = int(peek["batch_size"])
+    if world_size > 1:  # each process takes its share, so one update sees the single-process batch
+        overrides["batch_size"] = per_process = per_process_batch(batch_size, world_size, str(args.hparams))
+        if peek.get("max_batch_length") is not None:
+            overrides["max_batch_length"] = float(peek["max_batch_length"]) / world_size
 
     upstream_lobe = None
     reader = None
@@ -233,8 +245,6 @@ def main(argv: list[str] | None = None) -> int:
         modules["upstream"] = upstream_lobe
         checkpointer.add_recoverable("upstream", upstream_lobe)
 
-    import torch.distributed as dist
-
     info = {
         "method": hparams.get("method"),
         "setting": setting,
@@ -253,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         "batching": str(hparams.get("batching", "random")),
         "selection": hparams.get("selection", "valid"),
         "best_metric": hparams.get("best_metric", "ua"),
-        "world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
+        "world_size": world_size,
+        "batch_size": batch_size,
+        "batch_size_per_process": per_process,
         "finetune_optimizer": hparams.get("finetune_optimizer", "featex") if setting == "finetune" else None,
         **crop_opts,
     }
@@ -270,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     brain.orders = {split: split_order(fold_dir, split) for split in ("valid", "test")}
     brain.test_set = datasets["test"]
     brain.train_info = info
+    info["effective_batch_size"] = per_process * world_size * int(brain.grad_accumulation_factor)
+    log.info("batch per update: %d per process x %d process%s x grad_accumulation_factor %d = %d",
+             per_process, world_size, "es" if world_size > 1 else "", brain.grad_accumulation_factor,
+             info["effective_batch_size"])
     log.info("%s: %s setting, %d classes, %d/%d/%d train/valid/test utterances, input %d x %d layers -> %s",
              info["method"], setting, len(classes), len(datasets["train"]), len(datasets["valid"]),
              len(datasets["test"]), input_dim, num_layers, output_folder)
@@ -298,7 +314,15 @@ def run(args) -> int:
     for opt in ("fold_dir", "output_folder", "feats", "upstream"):
         if getattr(args, opt, None):
             argv += [f"--{opt.replace('_', '-')}", getattr(args, opt)]
-    return main(argv + list(args.overrides))
+    argv += list(args.overrides)
+    from ..distributed import NPROC_ENV, torchrun_command
+
+    relaunch = torchrun_command("serkit.speechbrain.train", argv)
+    if relaunch is not None:  # a job with several GPUs (local/backend_slurm.sh): SpeechBrain DDP
+        log.info("%s=%s: %s", NPROC_ENV, os.environ[NPROC_ENV], " ".join(relaunch))
+        sys.stdout.flush(), sys.stderr.flush()
+        os.execv(relaunch[0], relaunch)
+    return main(argv)
 
 
 if __name__ == "__main__":
