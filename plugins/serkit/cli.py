@@ -185,7 +185,7 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="print a config shipped with serkit, or copy it with --out",
                        description="Print a recipe config installed with serkit (NAME, RECIPE/NAME, or "
                        "fairseq/NAME); without NAME, list them all with their installed paths.")

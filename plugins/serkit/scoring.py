@@ -31,11 +31,17 @@ import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .metrics import compute_metrics
 from .utils import SerkitError, atomic_file, claim_output_file, write_json
+
+if TYPE_CHECKING:
+    import argparse
+
+    from sklearn.metrics import ConfusionMatrixDisplay
 
 log = logging.getLogger("serkit.score")
 
@@ -174,7 +180,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 COLOURBAR_LABEL = "fraction of the reference class (row-normalised recall)"
 
 
-def confusion_display(cm: np.ndarray, classes: list[str], title: str):
+def confusion_display(cm: np.ndarray, classes: list[str], title: str) -> ConfusionMatrixDisplay:
     """scikit-learn's ConfusionMatrixDisplay of the row-normalised matrix, each cell "count\npercent"."""
     import matplotlib
 
@@ -344,7 +350,7 @@ def results_table(exps: list[str | Path], rule: str | None = None) -> str:
     return "\n".join(rows) + "\n"
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     import argparse
     import textwrap
 
@@ -375,7 +381,7 @@ def register(sub) -> None:
                    help="re-score with this rule (default: use each run's results.json)")
     p.add_argument("--out", help="also write the table to this file")
 
-    def run(a):
+    def run(a: argparse.Namespace) -> None:
         if a.out:  # before scoring, so a refused --out changes nothing
             claim_output_file(a.out, is_results_table, "a table `serkit results` wrote")
         table = results_table(a.exps, a.selection)

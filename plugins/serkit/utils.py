@@ -12,6 +12,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger("serkit")
 
@@ -169,6 +170,16 @@ def write_marker(path: str | os.PathLike, kind: str, files: list[str] | None = N
         f.write("\n")
 
 
+def files_under(root: str | os.PathLike, prefix: str = "") -> list[str]:
+    """Every file below ``root`` as ``prefix`` + its relative path, in :func:`os.walk` order (links to
+    directories are listed by neither name nor content)."""
+    out = []
+    for dirpath, _, names in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        out += [f"{prefix}{n}" if rel == "." else f"{prefix}{rel}/{n}" for n in names]
+    return out
+
+
 def _listing(root: Path) -> list[str]:
     """Every file (and symlink) under ``root`` as a sorted relative path, the marker excluded."""
     out = []
@@ -283,7 +294,7 @@ def atomic_dir(final: str | os.PathLike, kind: str = "output", inputs: Iterable[
 
 
 @contextlib.contextmanager
-def atomic_file(final: str | os.PathLike, mode: str = "w", **kw) -> Iterator:
+def atomic_file(final: str | os.PathLike, mode: str = "w", **kw) -> Iterator[IO]:
     """Open a temporary sibling of ``final`` for writing; rename it over ``final`` on success.
 
     The file gets the mode the umask asks for. A full disk raises :class:`SerkitError` naming
@@ -363,7 +374,64 @@ def output_lock(path: str | os.PathLike, what: str, shared: bool = False) -> Ite
         os.close(fd)  # releases the lock
 
 
-def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
+# ---------------------------------------------------------------------------------------------------
+# Output directories that commands add files to (features, pseudo labels), rather than replace
+
+
+def check_output_dir(out: str | os.PathLike, kind: str, noun: str, inputs: Iterable[str | os.PathLike],
+                     files: Iterable[str], ours: Callable[[Path], bool], evidence: str,
+                     what: str = "--out") -> None:
+    """Check that directory ``out`` may receive serkit's ``kind`` files ``files`` (names inside
+    ``out``) beside whatever else it holds; write nothing.
+
+    Refused, with a :class:`SerkitError` naming ``out`` and the fix: ``out`` equal to, inside or holding
+    an input; not a directory; serkit's output of another kind (``noun`` names this kind in the
+    message); one of ``files`` present while ``ours(out)`` does not vouch for it (``evidence`` names
+    what would, e.g. "dump.json of `serkit dump-features`").
+    """
+    out = Path(out)
+    check_not_input(out, inputs, what)
+    if out.exists() and not out.is_dir():
+        raise SerkitError(f"{what} {out}: exists and is not a directory; choose another {what}")
+    marker = read_marker(out)
+    if marker is not None and marker["kind"] != kind:
+        raise SerkitError(f"{what} {out}: holds serkit's {marker['kind']} output, not {noun}; choose "
+                          f"another {what}")
+    present = [n for n in files if (out / n).exists()]
+    if present and not ours(out):
+        raise SerkitError(f"{what} {out}: holds {', '.join(present)} that serkit did not write (no "
+                          f"{evidence}); serkit never overwrites what it did not write. Choose another "
+                          f"{what} or move those files away")
+
+
+@contextlib.contextmanager
+def locked_output_dir(out: str | os.PathLike, kind: str, what: str, shard: tuple[int, int] | None = None,
+                      recheck: Callable[[], None] | None = None) -> Iterator[Path]:
+    """Hold the lock of output directory ``out`` for the block, and mark it as serkit's ``kind`` output.
+
+    Without ``shard`` the lock on ``out/.serkit-lock`` is exclusive. Shard K of N (``shard=(K, N)``)
+    holds a shared lock on it and an exclusive one on ``out/.serkit-lock.shard-K-of-N``, so shards run
+    side by side while a second run of the same work fails at once, naming the first (``what`` names
+    the output in that message). ``recheck`` runs once the locks are held, before the marker is written:
+    the checks of :func:`check_output_dir` again, on the directory as it is now.
+    """
+    out = Path(out)
+    with contextlib.ExitStack() as stack:
+        if shard is None:
+            stack.enter_context(output_lock(out / LOCK_NAME, what))
+        else:
+            k, n = shard
+            stack.enter_context(output_lock(out / LOCK_NAME, what, shared=True))
+            stack.enter_context(output_lock(out / f"{LOCK_NAME}.shard-{k}-of-{n}",
+                                            f"shard {k} of {n} of {what}"))
+        if recheck is not None:
+            recheck()
+        if read_marker(out) is None:
+            write_marker(out, kind)
+        yield out
+
+
+def write_json(path: str | os.PathLike, obj: object, indent: int = 2) -> None:
     with atomic_file(path, encoding="utf-8") as f:
         json.dump(obj, f, indent=indent, ensure_ascii=False)
         f.write("\n")

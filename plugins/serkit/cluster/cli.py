@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 KM_FILES = ("dict.km.txt", "km.json")
 
 
-def _positive(name: str):
+def _positive(name: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -28,7 +29,7 @@ def _positive(name: str):
     return parse
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "kmeans",
         help="k-means pseudo labels: fit on a fold's training frames, apply to splits",
@@ -125,34 +126,28 @@ def _check_fit_args(args: argparse.Namespace) -> None:
                               "overwrites what it did not write. Choose another --out") from None
 
 
+def _km_json_of_apply(out: Path) -> bool:
+    """Whether ``out`` holds a km.json of ``serkit kmeans apply`` (its label files are serkit's)."""
+    try:
+        return "fairseq" in json.loads((out / "km.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def _check_apply_out(args: argparse.Namespace, splits: list[str]) -> None:
     """``--out`` may hold anything, but the files apply writes only if serkit wrote them before."""
-    from ..utils import SerkitError, check_not_input, read_marker
+    from ..utils import SerkitError, check_output_dir, read_marker
 
     out = Path(args.out)
-    check_not_input(out, [args.feats, args.fold])
-    if out.exists() and not out.is_dir():
-        raise SerkitError(f"--out {out}: exists and is not a directory; choose another --out")
-    written = [out / f"{s}.km" for s in splits] + [out / n for n in KM_FILES]
+    written = [f"{s}.km" for s in splits] + list(KM_FILES)
     model = os.path.realpath(args.model)
-    for p in written:
-        if os.path.realpath(p) == model:
+    for name in written:
+        if os.path.realpath(out / name) == model:
             raise SerkitError(f"--out {out}: would overwrite the input --model {args.model}; choose another "
                               "--out or move the model")
-    marker = read_marker(out)
-    if marker is not None and marker["kind"] != "kmeans":
-        raise SerkitError(f"--out {out}: holds serkit's {marker['kind']} output, not k-means labels; choose "
-                          "another --out")
-    present = [p.name for p in written if p.exists()]
-    if present and marker is None:
-        try:
-            ours = "fairseq" in json.loads((out / "km.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError, TypeError):
-            ours = False
-        if not ours:
-            raise SerkitError(f"--out {out}: holds {', '.join(present)} that serkit did not write (no "
-                              f"{out / 'km.json'} of `serkit kmeans apply`); serkit never overwrites what it "
-                              "did not write. Choose another --out or move those files away")
+    check_output_dir(out, "kmeans", "k-means labels", [args.feats, args.fold], written,
+                     ours=lambda d: read_marker(d) is not None or _km_json_of_apply(d),
+                     evidence=f"{out / 'km.json'} of `serkit kmeans apply`")
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -180,7 +175,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    from ..utils import SerkitError, output_lock, read_marker, write_marker
+    from ..utils import SerkitError, locked_output_dir
     from .kmeans import apply
 
     splits = [s for s in args.splits.split(",") if s]
@@ -188,9 +183,7 @@ def run_apply(args: argparse.Namespace) -> int:
         raise SerkitError(f"--splits {args.splits!r}: name at least one split (train,valid,test)")
     _check_apply_out(args, splits)
     out = Path(args.out)
-    with output_lock(out / ".serkit-lock", f"k-means label directory {out}"):
-        _check_apply_out(args, splits)  # as it is now that we hold it
-        if read_marker(out) is None:
-            write_marker(out, "kmeans")
+    with locked_output_dir(out, "kmeans", f"k-means label directory {out}",
+                           recheck=lambda: _check_apply_out(args, splits)):
         apply(args.model, args.feats, args.fold, out, splits=splits, layer=args.layer)
     return 0

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO, NoReturn
 
 import numpy as np
 
@@ -44,10 +47,10 @@ _NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
 class _Estimator:
     """Stand-in for the pickled estimator: keeps the attribute dict, runs no scikit-learn code."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: object, **kwargs: object) -> None:
         self.__dict__["_serkit_args"] = args
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: object) -> None:
         if not isinstance(state, dict):
             raise pickle.UnpicklingError(f"estimator state is a {type(state).__name__}, not a dict")
         self.__dict__.update(state)
@@ -56,12 +59,12 @@ class _Estimator:
 class _ArrayWrapper:
     """Stand-in for joblib's NumpyArrayWrapper: its state says how to read the array bytes after it."""
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: object) -> None:
         if not isinstance(state, dict):
             raise pickle.UnpicklingError("NumpyArrayWrapper state is not a dict")
         self.__dict__.update(state)
 
-    def read(self, f) -> np.ndarray:
+    def read(self, f: BinaryIO) -> np.ndarray:
         state = self.__dict__
         dtype, shape, order = state.get("dtype"), state.get("shape"), state.get("order")
         if not isinstance(dtype, np.dtype) or dtype.hasobject:
@@ -84,7 +87,7 @@ class _ArrayWrapper:
         return arr.reshape(shape[::-1]).T if order == "F" else arr.reshape(shape)
 
 
-def _latin1_bytes(text, encoding="latin1"):
+def _latin1_bytes(text: object, encoding: object = "latin1") -> bytes:
     """``_codecs.encode(str, "latin1")``, the only call protocol-2 pickles make of it (bytes literals)."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise pickle.UnpicklingError(f"_codecs.encode with {type(text).__name__}, {encoding!r}")
@@ -94,11 +97,11 @@ def _latin1_bytes(text, encoding="latin1"):
 class _RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: its BUILD can be extended
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, f):
+    def __init__(self, f: BinaryIO) -> None:
         super().__init__(f)
         self._file = f
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Callable[..., object]:
         if module in _ESTIMATOR_MODULES and name in _ESTIMATOR_NAMES:
             return _Estimator
         if module in _WRAPPER_MODULES and name == "NumpyArrayWrapper":
@@ -111,7 +114,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: its BUIL
             return getattr(np, name)
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
 
-    def _build(self):
+    def _build(self) -> None:
         pickle._Unpickler.load_build(self)
         top = self.stack[-1]
         if isinstance(top, _ArrayWrapper):  # joblib: the array's raw bytes follow in the stream
@@ -119,11 +122,11 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: its BUIL
 
     dispatch[pickle.BUILD[0]] = _build
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: object) -> NoReturn:
         raise pickle.UnpicklingError("persistent ids are not allowed")
 
 
-def read_sklearn_kmeans(path) -> tuple[np.ndarray, dict]:
+def read_sklearn_kmeans(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """``cluster_centers_`` (K, D) float32 of a joblib/pickle MiniBatchKMeans file, and a description."""
     path = Path(path)
     raw = path.read_bytes()

@@ -30,11 +30,17 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..utils import SerkitError, atomic_file, write_json
+
+if TYPE_CHECKING:
+    from ..data.manifest import Utterance
+    from ..upstream.features import FeatureReader
 
 log = logging.getLogger("serkit.cluster")
 
@@ -101,7 +107,8 @@ def inertia(x: np.ndarray, centroids: np.ndarray) -> float:
     return float(assign(x, centroids, return_dist=True)[1].astype(np.float64).sum())
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, return_dist: bool = False):
+def assign(x: np.ndarray, centroids: np.ndarray,
+           return_dist: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Nearest-centroid ids (and squared distances) with faiss' exact L2 search; scikit-learn's when
     faiss is not installed, so that ``--backend sklearn`` and ``apply`` need no serkit[faiss]."""
     from ..extras import is_installed
@@ -212,7 +219,8 @@ def fit_sklearn(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, dict]
 # which frames a fit may see
 
 
-def _fold_guard(fold_dir: Path, splits: list[str], transductive: bool):
+def _fold_guard(fold_dir: Path, splits: Sequence[str],
+                transductive: bool) -> tuple[list[Utterance], set[str], set[str]]:
     """Utterances to fit on, after the leakage checks; returns (utterances, test utts, test speakers)."""
     from ..data.manifest import read_split
 
@@ -243,7 +251,8 @@ def _fold_guard(fold_dir: Path, splits: list[str], transductive: bool):
     return utts, test_utts, test_spks
 
 
-def sample_frames(reader, utts: list[str], layer: int, max_frames: int, seed: int = 0):
+def sample_frames(reader: FeatureReader, utts: list[str], layer: int, max_frames: int,
+                  seed: int = 0) -> tuple[np.ndarray, list[tuple[str, int]]]:
     """A uniform random sample (without replacement) of at most ``max_frames`` frames of ``utts``.
 
     Returns ``(x (N, C) float32, keys)`` where ``keys[i] = (utt, frame index)`` of row i. Only the
@@ -274,7 +283,7 @@ def sample_frames(reader, utts: list[str], layer: int, max_frames: int, seed: in
     return x, keys
 
 
-def _digest(items) -> str:
+def _digest(items: Iterable[str]) -> str:
     return hashlib.sha1("\n".join(sorted(items)).encode()).hexdigest()
 
 
@@ -283,7 +292,7 @@ def fit(
     fold: str | os.PathLike,
     out: str | os.PathLike,
     n_clusters: int,
-    splits=("train",),
+    splits: Sequence[str] = ("train",),
     layer: int | None = None,
     max_frames: int = 250_000,
     backend: str = "faiss",
@@ -382,7 +391,7 @@ def fit(
     return meta
 
 
-def load_model(path, external: bool = True) -> tuple[np.ndarray, dict]:
+def load_model(path: str | os.PathLike, external: bool = True) -> tuple[np.ndarray, dict]:
     """Centroids (K, D) float32 and the fit's description, from a serkit model (``.npz``) or a
     scikit-learn k-means pickle as published with fairseq's HuBERT / textless-NLP examples (read by
     :func:`serkit.cluster.external.read_sklearn_kmeans`, which executes nothing from the file; its
@@ -410,7 +419,7 @@ def apply(
     feats: str | os.PathLike,
     fold: str | os.PathLike,
     out: str | os.PathLike,
-    splits=("train", "valid", "test"),
+    splits: Sequence[str] = ("train", "valid", "test"),
     layer: int | None = None,
 ) -> dict:
     """Write ``<split>.km``, ``dict.km.txt`` and ``km.json`` to ``out`` (see module docstring).

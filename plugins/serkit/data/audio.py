@@ -12,6 +12,7 @@ import hashlib
 import os
 import struct
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import soundfile as sf
@@ -162,7 +163,7 @@ def to_mono(data: np.ndarray) -> np.ndarray:
     return data if data.ndim == 1 else data.mean(axis=1, dtype=np.float32)
 
 
-def _import_av():
+def _import_av() -> ModuleType:
     try:
         import av
     except ModuleNotFoundError:

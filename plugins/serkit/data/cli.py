@@ -32,7 +32,7 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def run_prepare(args) -> int:
+def run_prepare(args: argparse.Namespace) -> int:
     if args.corpus == "iemocap":
         from .prepare_iemocap import prepare
         prepare(args.root, args.out, label_map=args.label_map, sessions=args.sessions,
@@ -51,7 +51,7 @@ def run_prepare(args) -> int:
     return 0
 
 
-def run_split(args) -> int:
+def run_split(args: argparse.Namespace) -> int:
     from .splits import make_splits
     out = args.out or Path(args.data_dir) / args.protocol
     make_splits(args.protocol, args.data_dir, out, seed=args.seed, valid=args.valid,
@@ -59,13 +59,13 @@ def run_split(args) -> int:
     return 0
 
 
-def run_check_split(args) -> int:
+def run_check_split(args: argparse.Namespace) -> int:
     from .splits import check_split
     check_split(args.dir, data_dir=args.data_dir)
     return 0
 
 
-def run_mini_corpus(args) -> int:
+def run_mini_corpus(args: argparse.Namespace) -> int:
     try:
         mini = importlib.import_module("serkit.data.mini")
     except ModuleNotFoundError as e:
@@ -77,7 +77,7 @@ def run_mini_corpus(args) -> int:
     return 0
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare", help="write the data directory of a corpus (wav.scp, utt2emo, ...)",
         description="Write a validated Kaldi-style data directory (wav.scp, utt2spk, spk2utt, utt2emo, "

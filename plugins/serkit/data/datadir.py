@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from ..utils import (
     MARKER,
     SerkitError,
     atomic_dir,
+    files_under,
     read_map,
     read_marker,
     register_recogniser,
@@ -85,14 +87,6 @@ def open_wavdir(out: Path, corpus: str) -> Path:
     return wavdir
 
 
-def _files_under(path: Path, prefix: str) -> list[str]:
-    out = []
-    for dirpath, _, names in os.walk(path):
-        rel = os.path.relpath(dirpath, path)
-        out += [f"{prefix}{n}" if rel == "." else f"{prefix}{rel}/{n}" for n in names]
-    return out
-
-
 def _recognise_wavs(path: Path, corpus: str, prefix: str = "wavs/", trusted: bool = False) -> list[str]:
     """Unknown files of a converted-wav folder: anything but its marker, records and wavs by name.
 
@@ -102,13 +96,13 @@ def _recognise_wavs(path: Path, corpus: str, prefix: str = "wavs/", trusted: boo
     marker = read_marker(path)
     mine = marker["kind"] == wavs_kind(corpus) if marker is not None else trusted
     if not mine or corpus not in WAV_NAMES:
-        return _files_under(path, prefix)
+        return files_under(path, prefix)
     ok = WAV_NAMES[corpus]
-    return [f"{prefix}{n}" for n in _files_under(path, "")
+    return [f"{prefix}{n}" for n in files_under(path, "")
             if not (n in (MARKER, SOURCES) or ("/" not in n and ok.match(n)))]
 
 
-def _recogniser(corpus: str):
+def _recogniser(corpus: str) -> Callable[[Path], list[str]]:
     def recognise(path: Path) -> list[str]:
         """Unknown files of a data directory: serkit's data files count as known only with a marker or,
         for directories written before markers existed, a prepare.json naming this corpus."""
@@ -132,7 +126,7 @@ def _recogniser(corpus: str):
                     # folds split from this directory: stale once it is replaced, serkit's own
                     unknown += [f"{name}/{r}" for r in unknown_entries(entry, "split")]
                 else:
-                    unknown += _files_under(entry, f"{name}/")
+                    unknown += files_under(entry, f"{name}/")
             elif not (own and name in DATA_FILES) and name != MARKER:
                 unknown.append(name)
         return unknown
@@ -178,7 +172,7 @@ class DataDir:
         return list(self.meta["classes"])
 
 
-def count_by(records, key) -> dict[str, int]:
+def count_by(records: Iterable[Record], key: str) -> dict[str, int]:
     return dict(sorted(Counter(getattr(r, key) for r in records).items()))
 
 

@@ -186,7 +186,7 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, jobs: int = 1) -> P
     new_records: dict[str, dict] = {}
     reused = 0
 
-    def collect(i, utt, n, reason, record):
+    def collect(i: int, utt: str, n: int, reason: str, record: dict | None) -> None:
         nonlocal reused
         results[utt] = (n, reason)
         if record is not None:

@@ -48,7 +48,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..utils import MARKER, SerkitError, atomic_dir, read_marker, register_recogniser, write_json
+from ..utils import (
+    MARKER,
+    SerkitError,
+    atomic_dir,
+    files_under,
+    read_marker,
+    register_recogniser,
+    write_json,
+)
 from . import datadir
 from .manifest import SPLITS, Utterance, read_classes, read_split, write_dict, write_split
 
@@ -70,11 +78,15 @@ class Fold:
     info: dict = field(default_factory=dict)  # e.g. {"test": "Ses01", "valid": "..."}
 
 
+#: A protocol: the folds of a data directory under the options.
+ProtocolFunction = Callable[[datadir.DataDir, SplitOptions], list[Fold]]
+
+
 @dataclass(frozen=True)
 class Protocol:
     name: str
     corpus: str
-    make: Callable[[datadir.DataDir, SplitOptions], list[Fold]]
+    make: ProtocolFunction
     held_out: str | None  # "session", "speaker" or None (what test holds out, if anything)
     speaker_dependent: bool  # speakers are shared between train and test by design
     description: str
@@ -85,9 +97,10 @@ PROTOCOLS: dict[str, Protocol] = {}
 
 
 def register_protocol(name: str, corpus: str, *, held_out: str | None, speaker_dependent: bool = False,
-                      description: str = "", valid_modes: tuple[str, ...] = ("stratified",)):
+                      description: str = "", valid_modes: tuple[str, ...] = ("stratified",),
+                      ) -> Callable[[ProtocolFunction], ProtocolFunction]:
     """Register a protocol function under ``name`` (the ``serkit split`` argument)."""
-    def deco(fn):
+    def deco(fn: ProtocolFunction) -> ProtocolFunction:
         if name in PROTOCOLS:
             raise ValueError(f"protocol {name!r} registered twice")
         PROTOCOLS[name] = Protocol(name, corpus, fn, held_out, speaker_dependent, description, valid_modes)
@@ -104,7 +117,7 @@ def get_protocol(name: str) -> Protocol:
 # ---------------------------------------------------------------------------------------------------
 # helpers
 
-def _rng(opts: SplitOptions, *key) -> random.Random:
+def _rng(opts: SplitOptions, *key: object) -> random.Random:
     # str seeds hash with SHA-512: the same on every machine and Python run (unlike hash()).
     return random.Random(":".join(map(str, (opts.seed, *key))))
 
@@ -133,7 +146,8 @@ def _by(data: datadir.DataDir, attr: str) -> dict[str, list[str]]:
     return dict(sorted(out.items()))
 
 
-def _hold_out(data, test: list[str], pool: list[str], opts: SplitOptions, key: str, info: dict) -> Fold:
+def _hold_out(data: datadir.DataDir, test: list[str], pool: list[str], opts: SplitOptions, key: str,
+              info: dict) -> Fold:
     valid = stratified_sample(pool, data, opts.valid_fraction, _rng(opts, key))
     info = {**info, "valid": f"stratified {opts.valid_fraction:.0%} of the training utterances "
                              "(by speaker and class)"}
@@ -242,16 +256,13 @@ def _recognise_split(path: Path) -> list[str]:
         except (OSError, ValueError, TypeError):
             own = False
     unknown = []
-    for dirpath, _, names in os.walk(path):
-        rel = os.path.relpath(dirpath, path)
-        for n in names:
-            r = n if rel == "." else f"{rel}/{n}"
-            parts = r.split("/")
-            known = own and (r in ("split.json", MARKER) or (
-                len(parts) == 2 and parts[0].startswith("fold") and parts[0][4:].isdigit()
-                and parts[1] in FOLD_FILES))
-            if not known:
-                unknown.append(r)
+    for r in files_under(path):
+        parts = r.split("/")
+        known = own and (r in ("split.json", MARKER) or (
+            len(parts) == 2 and parts[0].startswith("fold") and parts[0][4:].isdigit()
+            and parts[1] in FOLD_FILES))
+        if not known:
+            unknown.append(r)
     return unknown
 
 

@@ -28,9 +28,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from fairseq.data import Dictionary
 from fairseq.models import register_model
 from fairseq.models.hubert.hubert import HubertConfig, HubertModel
-from omegaconf import open_dict
+from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
+from omegaconf import DictConfig, open_dict
 
 from ..utils import SerkitError
 
@@ -71,13 +73,13 @@ class SerkitHubertConfig(HubertConfig):
     )
 
 
-def _same(field_name: str, ours, theirs) -> bool:
+def _same(field_name: str, ours: object, theirs: object) -> bool:
     if field_name == "conv_feature_layers":
         return eval(str(ours)) == eval(str(theirs))  # noqa: S307 - fairseq's own format
     return str(ours) == str(theirs)
 
 
-def _mark_init_done(cfg) -> None:
+def _mark_init_done(cfg: SerkitHubertConfig | DictConfig) -> None:
     """Set ``init_done`` on this model config and on the run's config it was merged from.
 
     fairseq builds the model from a merged copy of ``cfg.model`` whose parent is the run's config (the
@@ -99,7 +101,8 @@ def _mark_init_done(cfg) -> None:
 class SerkitHubertModel(HubertModel):
     """fairseq's HubertModel that can start from a pretrained HuBERT with a new label set."""
 
-    def __init__(self, cfg: SerkitHubertConfig, task_cfg, dictionaries) -> None:
+    def __init__(self, cfg: SerkitHubertConfig, task_cfg: HubertPretrainingConfig,
+                 dictionaries: list[Dictionary]) -> None:
         super().__init__(cfg, task_cfg, dictionaries)
         self.cfg = cfg
         if cfg.feature_grad_mult == 0:
@@ -107,7 +110,7 @@ class SerkitHubertModel(HubertModel):
             self.feature_extractor.requires_grad_(False)
 
     @classmethod
-    def build_model(cls, cfg: SerkitHubertConfig, task):
+    def build_model(cls, cfg: SerkitHubertConfig, task: HubertPretrainingTask) -> "SerkitHubertModel":
         model = cls(cfg, task.cfg, task.dictionaries)
         if cfg.init_from and not cfg.init_done:
             model.load_initial_weights(cfg.init_from, task_normalize=getattr(task.cfg, "normalize", None))

@@ -32,8 +32,9 @@ _fairseq_compute_mask_indices = getattr(data_utils.compute_mask_indices, "__wrap
 PATCHED_MODULES = ("fairseq.models.hubert.hubert", "fairseq.models.wav2vec.wav2vec2")
 
 
-def compute_mask_indices(shape, padding_mask, mask_prob, mask_length, *args, seed=None, epoch=None,
-                         indices=None, **kwargs) -> np.ndarray:
+def compute_mask_indices(shape: tuple[int, int], padding_mask: torch.Tensor | None, mask_prob: float,
+                         mask_length: int, *args, seed: int | None = None, epoch: int | None = None,
+                         indices: np.ndarray | torch.Tensor | None = None, **kwargs) -> np.ndarray:
     """fairseq's ``compute_mask_indices``; without ``seed``, seeded from torch's CPU generator.
 
     Each utterance ``i`` of the batch gets fairseq's own per-utterance generator, seeded by

@@ -17,14 +17,19 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..utils import SerkitError, setup_logging
+
+if TYPE_CHECKING:
+    from .ser_model import SerModel
+    from .ser_task import SerTask
 
 log = logging.getLogger("serkit.fairseq_ext")
 
 
 def load_ser_checkpoint(checkpoint: str | os.PathLike, fold: str | os.PathLike | None = None,
-                        device: str = "cpu"):
+                        device: str = "cpu") -> tuple[SerModel, SerTask]:
     """``(model, task)`` of a ``serkit_ser_model`` checkpoint, in eval mode, reading data from ``fold``."""
     from fairseq import checkpoint_utils
 
@@ -49,7 +54,7 @@ def load_ser_checkpoint(checkpoint: str | os.PathLike, fold: str | os.PathLike |
     return model, task
 
 
-def predict_split(model, task, split: str, out: str | os.PathLike, batch_size: int = 8,
+def predict_split(model: SerModel, task: SerTask, split: str, out: str | os.PathLike, batch_size: int = 8,
                   device: str = "cpu") -> Path:
     """Run ``model`` on ``split`` of the task's fold and write the predictions TSV to ``out``."""
     import numpy as np

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
+from fairseq.logging.meters import MetersDict
+from fairseq.models import BaseFairseqModel
+from fairseq.tasks import FairseqTask
 
 
 @dataclass
@@ -21,7 +24,7 @@ class SerCrossEntropyConfig(FairseqDataclass):
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross entropy"})
 
 
-def _ua(meters) -> float:
+def _ua(meters: MetersDict) -> float:
     recalls = []
     k = 0
     while f"_total_{k}" in meters:
@@ -32,7 +35,7 @@ def _ua(meters) -> float:
     return round(100.0 * sum(recalls) / len(recalls), 2) if recalls else float("nan")
 
 
-def _wa(meters) -> float:
+def _wa(meters: MetersDict) -> float:
     correct = total = 0
     k = 0
     while f"_total_{k}" in meters:
@@ -44,11 +47,12 @@ def _wa(meters) -> float:
 
 @register_criterion("serkit_ser_ce", dataclass=SerCrossEntropyConfig)
 class SerCrossEntropy(FairseqCriterion):
-    def __init__(self, task, label_smoothing: float = 0.0):
+    def __init__(self, task: FairseqTask, label_smoothing: float = 0.0) -> None:
         super().__init__(task)
         self.label_smoothing = label_smoothing
 
-    def forward(self, model, sample, reduce=True):
+    def forward(self, model: BaseFairseqModel, sample: dict,
+                reduce: bool = True) -> tuple[torch.Tensor, int, dict]:
         net_output = model(**sample["net_input"])
         logits = net_output["logits"].float()
         target = sample["target"]
@@ -72,7 +76,7 @@ class SerCrossEntropy(FairseqCriterion):
         return loss, batch, logging_output
 
     @staticmethod
-    def reduce_metrics(logging_outputs) -> None:
+    def reduce_metrics(logging_outputs: list[dict]) -> None:
         loss_sum = sum(log.get("loss", 0) for log in logging_outputs)
         sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
         if sample_size:

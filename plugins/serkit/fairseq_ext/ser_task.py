@@ -24,11 +24,13 @@ from typing import Optional
 
 import numpy as np
 import torch
+from fairseq.criterions import FairseqCriterion
 from fairseq.data import FairseqDataset, data_utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.configs import CommonConfig
+from fairseq.models import BaseFairseqModel
 from fairseq.tasks import FairseqTask, register_task
-from omegaconf import II, MISSING, open_dict
+from omegaconf import II, MISSING, DictConfig, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
 from ..utils import SerkitError, atomic_file
@@ -100,7 +102,7 @@ class SerAudioDataset(FairseqDataset):
 
     def __init__(self, name: str, root: str, relpaths: list[str], sizes: list[int], labels: list[int],
                  sample_rate: int = 16000, max_sample_size: int | None = None, shuffle: bool = False,
-                 seed: int = 1):
+                 seed: int = 1) -> None:
         super().__init__()
         self.name = name
         self.root = root
@@ -189,7 +191,7 @@ class SerTask(FairseqTask):
 
     cfg: SerTaskConfig
 
-    def __init__(self, cfg: SerTaskConfig):
+    def __init__(self, cfg: SerTaskConfig) -> None:
         super().__init__(cfg)
         # a checkpoint's task_state restores the classes it was trained with
         self.state.add_factory("classes", self._read_classes)
@@ -218,7 +220,8 @@ class SerTask(FairseqTask):
     def num_classes(self) -> int:
         return len(self.state.classes)
 
-    def load_dataset(self, split: str, combine: bool = False, task_cfg=None, **kwargs) -> None:
+    def load_dataset(self, split: str, combine: bool = False, task_cfg: FairseqDataclass | None = None,
+                     **kwargs) -> None:
         data = Path(self.cfg.data)
         root, rels, sizes = read_manifest(data / f"{split}.tsv")
         labels = read_label_file(data / f"{split}.{self.cfg.labels}", self.classes, len(rels))
@@ -245,7 +248,7 @@ class SerTask(FairseqTask):
         except InterpolationResolutionError:
             return CommonConfig.seed
 
-    def build_model(self, cfg, from_checkpoint: bool = False):
+    def build_model(self, cfg: DictConfig, from_checkpoint: bool = False) -> BaseFairseqModel:
         model = super().build_model(cfg, from_checkpoint)
         # Keep the upstream's config in the run's config, as fairseq's audio tasks do with w2v_args: a
         # checkpoint then rebuilds the upstream without reading upstream_path again.
@@ -255,17 +258,18 @@ class SerTask(FairseqTask):
                 cfg.upstream_cfg = upstream_cfg
         return model
 
-    def max_positions(self):
+    def max_positions(self) -> int:
         return sys.maxsize
 
-    def begin_epoch(self, epoch, model):
+    def begin_epoch(self, epoch: int, model: BaseFairseqModel) -> None:
         self.epoch = epoch
 
-    def begin_valid_epoch(self, epoch, model):
+    def begin_valid_epoch(self, epoch: int, model: BaseFairseqModel) -> None:
         self.epoch = epoch
         self._pending.clear()
 
-    def valid_step(self, sample, model, criterion):
+    def valid_step(self, sample: dict, model: BaseFairseqModel,
+                   criterion: FairseqCriterion) -> tuple[torch.Tensor, int, dict]:
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
         probs = logging_output.pop("_probs", None)
         if self.cfg.predictions_dir and probs is not None and sample.get("subset"):

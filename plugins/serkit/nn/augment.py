@@ -80,7 +80,7 @@ class SpecAugment(nn.Module):
     def __init__(self, time_mask_prob: float = 0.08, time_mask_width: int = 15,
                  channel_mask_prob: float = 0.05, channel_mask_width: int = 64,
                  min_time_masks: int = 2, min_channel_masks: int = 1, time_mask_fill: str = "zero",
-                 dim: int | None = None):
+                 dim: int | None = None) -> None:
         super().__init__()
         if time_mask_fill not in ("zero", "learned"):
             raise ValueError(f"time_mask_fill must be 'zero' or 'learned', got {time_mask_fill!r}")

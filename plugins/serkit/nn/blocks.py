@@ -49,7 +49,7 @@ class FeedForward(nn.Module):
     torch.Size([2, 5, 8])
     """
 
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, out_dim: int | None = None):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, out_dim: int | None = None) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim if out_dim is None else out_dim)
@@ -89,7 +89,7 @@ class RelativeSelfAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, max_len: int = 374, out_proj: bool = False,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -140,7 +140,7 @@ class TransformerLayer(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int | None = None, mlp_ratio: int = 4, max_len: int = 374,
-                 out_proj: bool = False, dropout: float = 0.0):
+                 out_proj: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         num_heads = default_num_heads(dim) if num_heads is None else num_heads
         self.attention = RelativeSelfAttention(dim, num_heads, max_len, out_proj, dropout)
@@ -165,7 +165,7 @@ class ShiftformerLayer(nn.Module):
     torch.Size([2, 5, 16])
     """
 
-    def __init__(self, dim: int, shift: TemporalShift, mlp_ratio: int = 4, dropout: float = 0.0):
+    def __init__(self, dim: int, shift: TemporalShift, mlp_ratio: int = 4, dropout: float = 0.0) -> None:
         super().__init__()
         self.shift = shift
         self.mlp = FeedForward(dim, mlp_ratio * dim, dropout)
@@ -205,7 +205,7 @@ class ConvNeXtBlock1d(nn.Module):
     """
 
     def __init__(self, dim: int, kernel_size: int = 7, expansion: int = 4, shift: TemporalShift | None = None,
-                 placement: str = "residual", dropout: float = 0.0):
+                 placement: str = "residual", dropout: float = 0.0) -> None:
         super().__init__()
         if placement not in ("residual", "inplace"):
             raise ValueError(f"placement must be 'residual' or 'inplace', got {placement!r}")
@@ -247,7 +247,7 @@ class MSABlock(nn.Module):
     torch.Size([2, 5, 16])
     """
 
-    def __init__(self, dim: int, num_heads: int | None = None, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         num_heads = default_num_heads(dim, preferred=8) if num_heads is None else num_heads
         self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
@@ -273,7 +273,8 @@ class FFNBlock(nn.Module):
     torch.Size([2, 5, 16])
     """
 
-    def __init__(self, dim: int, hidden: int | None = None, dropout: float = 0.0, residual: bool = False):
+    def __init__(self, dim: int, hidden: int | None = None, dropout: float = 0.0,
+                 residual: bool = False) -> None:
         super().__init__()
         self.ffn = FeedForward(dim, 4 * dim if hidden is None else hidden, dropout)
         self.norm = nn.LayerNorm(dim)
@@ -298,7 +299,7 @@ class TransformerBlock(nn.Module):
     """
 
     def __init__(self, dim: int, hidden: int | None = None, num_heads: int | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.msa = MSABlock(dim, num_heads, dropout)
         self.ffn = FFNBlock(dim, hidden, dropout, residual=True)

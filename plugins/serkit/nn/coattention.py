@@ -120,13 +120,14 @@ class MeanPoolHead(nn.Module):
     torch.Size([2, 4])
     """
 
-    def __init__(self, input_dim: int | Sequence[int], num_classes: int):
+    def __init__(self, input_dim: int | Sequence[int], num_classes: int) -> None:
         super().__init__()
         dims = (int(input_dim),) if isinstance(input_dim, int) else tuple(int(d) for d in input_dim)
         self.input_dims, self.num_streams = dims, len(dims)
         self.fc = nn.Linear(sum(dims), num_classes)
 
-    def forward(self, x: Tensor | Sequence[Tensor], padding_mask: Tensor | None = None, **unused) -> Tensor:
+    def forward(self, x: Tensor | Sequence[Tensor], padding_mask: Tensor | None = None,
+                **unused: Tensor | None) -> Tensor:
         xs = (x,) if isinstance(x, Tensor) else tuple(x)
         if len(xs) != self.num_streams:
             raise ValueError(f"MeanPoolHead built for {self.num_streams} stream(s), got {len(xs)}")
@@ -229,7 +230,7 @@ class CoAttentionHead(nn.Module):
                  n_fft: int = 400, hop_length: int = 160, n_mfcc: int = 40, n_mels: int = 64,
                  cnn: str = "small", cnn_channels: tuple[int, ...] = (16, 32, 64),
                  pretrained_cnn: str | None = None, lstm_hidden: int = 128, attn_dim: int = 128,
-                 dropout: float = 0.2):
+                 dropout: float = 0.2) -> None:
         super().__init__()
         import torchaudio  # torch's own audio package; imported here to keep `import serkit.nn` light
 

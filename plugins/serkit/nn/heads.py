@@ -29,7 +29,7 @@ augmentation (Table 1's "+Augment" rows: at evaluation the head is its shift-fre
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch  # noqa: F401  (used by the doctests)
 import torch.nn.functional as F
@@ -57,10 +57,11 @@ __all__ = [
     "count_parameters",
 ]
 
-HEADS: dict[str, Callable[..., nn.Module]] = {}
+HeadFactory = Callable[..., nn.Module]
+HEADS: dict[str, HeadFactory] = {}
 
 
-def register_head(name: str):
+def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
     """Decorator registering a head factory ``f(input_dim, num_classes, pooling="mean", **kw)`` by name.
 
     Example
@@ -73,7 +74,7 @@ def register_head(name: str):
     >>> del HEADS["doctest_mean_linear"]
     """
 
-    def decorator(factory):
+    def decorator(factory: HeadFactory) -> HeadFactory:
         if name in HEADS:
             raise ValueError(f"head {name!r} is already registered")
         HEADS[name] = factory
@@ -140,7 +141,7 @@ class LinearHead(nn.Module):
     torch.Size([2, 3])
     """
 
-    def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", dropout: float = 0.0):
+    def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", dropout: float = 0.0) -> None:
         super().__init__()
         self.pool = build_pooling(pooling, input_dim)
         self.dropout = nn.Dropout(dropout)
@@ -163,7 +164,7 @@ class FFNHead(nn.Module):
     """
 
     def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", hidden: int = 256,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(input_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
@@ -205,9 +206,9 @@ class ConvHead(nn.Module):
     """
 
     def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", num_blocks: int = 2,
-                 kernel_size: int = 7, shift_blocks=(), proportion: float = 1 / 16,
+                 kernel_size: int = 7, shift_blocks: Sequence[int] = (), proportion: float = 1 / 16,
                  bidirectional: bool = False, mask_aware: bool = True, placement: str = "residual",
-                 shift_augment_p: float = 0.0, dropout: float = 0.0):
+                 shift_augment_p: float = 0.0, dropout: float = 0.0) -> None:
         super().__init__()
         shift_blocks = tuple(int(i) for i in shift_blocks)
         bad = [i for i in shift_blocks if not 0 <= i < num_blocks]
@@ -245,7 +246,7 @@ class PoolingMixer(nn.Module):
     tensor([ 1.5000,  0.0000, -1.5000])
     """
 
-    def __init__(self, pool_size: int = 3):
+    def __init__(self, pool_size: int = 3) -> None:
         super().__init__()
         if pool_size < 1 or pool_size % 2 == 0:
             raise ValueError(f"pool_size must be odd and positive, got {pool_size}")
@@ -269,7 +270,7 @@ class PoolingMixer(nn.Module):
 class _SelfAttention(RelativeSelfAttention):
     """Self-attention without relative positions (the absolute-position variant adds them to the input)."""
 
-    def __init__(self, dim: int, num_heads: int, out_proj: bool = False, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, out_proj: bool = False, dropout: float = 0.0) -> None:
         super().__init__(dim, num_heads, max_len=1, out_proj=out_proj, dropout=dropout)
         self.distance_embedding = None
 
@@ -284,7 +285,8 @@ class _AblationTransformerLayer(TransformerLayer):
     """
 
     def __init__(self, dim: int, num_heads: int | None, mlp_ratio: int, max_len: int, out_proj: bool,
-                 dropout: float, positions: str, token_mixer: str, shift: nn.Module | None, placement: str):
+                 dropout: float, positions: str, token_mixer: str, shift: nn.Module | None,
+                 placement: str) -> None:
         super().__init__(dim, num_heads, mlp_ratio, max_len, out_proj, dropout)
         if token_mixer == "pooling":
             self.attention = PoolingMixer(3)
@@ -344,7 +346,7 @@ class TransformerHead(nn.Module):
                  num_heads: int | None = None, mlp_ratio: int = 4, max_len: int = 374, out_proj: bool = False,
                  positions: str = "relative", token_mixer: str = "attention", shift_placement: str = "none",
                  proportion: float = 1 / 4, bidirectional: bool = False, mask_aware: bool = True,
-                 shift_augment_p: float = 0.0, dropout: float = 0.0):
+                 shift_augment_p: float = 0.0, dropout: float = 0.0) -> None:
         super().__init__()
         if positions not in ("relative", "absolute"):
             raise ValueError(f"positions must be 'relative' or 'absolute', got {positions!r}")
@@ -390,7 +392,7 @@ class ShiftformerHead(nn.Module):
 
     def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", num_layers: int = 2,
                  mlp_ratio: int = 4, proportion: float = 1 / 4, bidirectional: bool = True,
-                 mask_aware: bool = True, dropout: float = 0.0):
+                 mask_aware: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             ShiftformerLayer(input_dim, TemporalShift(proportion, bidirectional, mask_aware),
@@ -440,7 +442,7 @@ class LSTMHead(nn.Module):
 
     def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", hidden: int | None = None,
                  proportion: float = 0.0, bidirectional: bool = False, mask_aware: bool = True,
-                 placement: str = "inplace", shift_augment_p: float = 0.0, dropout: float = 0.0):
+                 placement: str = "inplace", shift_augment_p: float = 0.0, dropout: float = 0.0) -> None:
         super().__init__()
         if placement not in ("inplace", "residual"):
             raise ValueError(f"placement must be 'inplace' or 'residual', got {placement!r}")
@@ -479,57 +481,27 @@ class LSTMHead(nn.Module):
         return self.classifier(self.pool(out, padding_mask))
 
 
-@register_head("linear")
-def _linear(input_dim, num_classes, pooling="mean", **kw):
-    return LinearHead(input_dim, num_classes, pooling, **kw)
+def _register_class(name: str, cls: Callable[..., nn.Module], **defaults: object) -> None:
+    """Register ``cls(input_dim, num_classes, pooling=..., **kw)`` as head ``name``; ``defaults`` fill in
+    the keywords the caller does not give (what makes ``shiftcnn`` a ``ConvHead`` with a shift)."""
+
+    def factory(input_dim: int, num_classes: int, pooling: str = "mean", **kw) -> nn.Module:
+        return cls(input_dim, num_classes, pooling=pooling, **{**defaults, **kw})
+
+    factory.__name__ = factory.__qualname__ = f"build_{name}_head"
+    register_head(name)(factory)
 
 
-@register_head("ffn")
-def _ffn(input_dim, num_classes, pooling="mean", **kw):
-    return FFNHead(input_dim, num_classes, pooling, **kw)
-
-
-@register_head("cnn")
-def _cnn(input_dim, num_classes, pooling="mean", **kw):
-    kw.setdefault("shift_blocks", ())
-    return ConvHead(input_dim, num_classes, pooling, **kw)
-
-
-@register_head("shiftcnn")
-def _shiftcnn(input_dim, num_classes, pooling="mean", **kw):
-    kw.setdefault("shift_blocks", (1,))
-    kw.setdefault("proportion", 1 / 16)
-    kw.setdefault("bidirectional", False)
-    kw.setdefault("placement", "residual")
-    return ConvHead(input_dim, num_classes, pooling, **kw)
-
-
-@register_head("transformer")
-def _transformer(input_dim, num_classes, pooling="mean", **kw):
-    return TransformerHead(input_dim, num_classes, pooling, **kw)
-
-
-@register_head("shiftformer")
-def _shiftformer(input_dim, num_classes, pooling="mean", **kw):
-    return ShiftformerHead(input_dim, num_classes, pooling, **kw)
-
-
-@register_head("lstm")
-def _lstm(input_dim, num_classes, pooling="mean", **kw):
-    kw.setdefault("proportion", 0.0)
-    return LSTMHead(input_dim, num_classes, pooling, **kw)
-
-
-@register_head("shiftlstm")
-def _shiftlstm(input_dim, num_classes, pooling="mean", **kw):
-    kw.setdefault("proportion", 1 / 4)
-    kw.setdefault("bidirectional", False)
-    return LSTMHead(input_dim, num_classes, pooling, **kw)
-
-
-@register_head("bas")
-def _bas(input_dim, num_classes, pooling="mean", **kw):
-    return DerivedBlockNetwork(input_dim, num_classes, pooling=pooling, **kw)
+_register_class("linear", LinearHead)
+_register_class("ffn", FFNHead)
+_register_class("cnn", ConvHead, shift_blocks=())
+_register_class("shiftcnn", ConvHead, shift_blocks=(1,), proportion=1 / 16, bidirectional=False,
+                placement="residual")
+_register_class("transformer", TransformerHead)
+_register_class("shiftformer", ShiftformerHead)
+_register_class("lstm", LSTMHead, proportion=0.0)
+_register_class("shiftlstm", LSTMHead, proportion=1 / 4, bidirectional=False)
+_register_class("bas", DerivedBlockNetwork)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -98,7 +98,9 @@ def masked_mean(x: Tensor, padding_mask: Tensor | None) -> Tensor:
     Parameters
     ----------
     x : Tensor, shape (B, T, C)
+        Padded frames may hold anything, even inf or nan: they never reach the mean.
     padding_mask : BoolTensor, shape (B, T), or None
+        True marks a padded frame.
 
     Returns
     -------
@@ -113,7 +115,7 @@ def masked_mean(x: Tensor, padding_mask: Tensor | None) -> Tensor:
     """
     if padding_mask is None:
         return x.mean(dim=1)
-    # masked_fill rather than a multiply: padded frames may hold anything, even inf or nan.
-    total = x.masked_fill(padding_mask.unsqueeze(-1), 0.0).sum(dim=1)
+    # Filled, not multiplied by the mask: padded frames may hold anything, even inf or nan.
+    total = zero_padded_frames(x, padding_mask).sum(dim=1)
     count = (~padding_mask).sum(dim=1, keepdim=True).clamp_min(1).to(x.dtype)
     return total / count

@@ -85,7 +85,8 @@ has its padded frames set to zero. A sequence gives the same output padded or no
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +143,7 @@ class ChoiceCell(nn.Module):
     1
     """
 
-    def __init__(self, num_levels: int, mode: str = "uniform", tau: float = 1.0):
+    def __init__(self, num_levels: int, mode: str = "uniform", tau: float = 1.0) -> None:
         super().__init__()
         if mode not in ("uniform", "learned"):
             raise ValueError(f"ChoiceCell mode must be 'uniform' or 'learned', not {mode!r}")
@@ -216,7 +217,7 @@ class ChoiceCell(nn.Module):
 class _Attention(nn.Module):
     """Cross-attention: queries from the first input, keys and values from the second."""
 
-    def __init__(self, dim_q: int, dim_kv: int, dim: int, num_heads: int, dropout: float):
+    def __init__(self, dim_q: int, dim_kv: int, dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"fusion dim {dim} is not divisible by {num_heads} heads")
@@ -243,7 +244,7 @@ class _Attention(nn.Module):
 class _ConcatFC(nn.Module):
     """``P_u u + ReLU(LN(W [u; v] + c))``: ``v`` adjusts ``u`` through a concat-FC branch."""
 
-    def __init__(self, dim_1: int, dim_2: int, dim: int):
+    def __init__(self, dim_1: int, dim_2: int, dim: int) -> None:
         super().__init__()
         self.pu = nn.Linear(dim_1, dim)
         self.fc = nn.Linear(dim_1 + dim_2, dim)
@@ -256,7 +257,7 @@ class _ConcatFC(nn.Module):
 class _ISM(nn.Module):
     """Information supplement: ``v`` supplements ``u`` through a gated residual (our reading)."""
 
-    def __init__(self, dim_u: int, dim_v: int, dim: int):
+    def __init__(self, dim_u: int, dim_v: int, dim: int) -> None:
         super().__init__()
         self.pu = nn.Linear(dim_u, dim)
         self.pv = nn.Linear(dim_v, dim)
@@ -269,7 +270,7 @@ class _ISM(nn.Module):
 
 
 class _Sum(nn.Module):
-    def __init__(self, dim_u: int, dim_v: int, dim: int):
+    def __init__(self, dim_u: int, dim_v: int, dim: int) -> None:
         super().__init__()
         self.pu = nn.Linear(dim_u, dim)
         self.pv = nn.Linear(dim_v, dim)
@@ -279,7 +280,7 @@ class _Sum(nn.Module):
 
 
 class _LinearGLU(nn.Module):
-    def __init__(self, dim_u: int, dim_v: int, dim: int):
+    def __init__(self, dim_u: int, dim_v: int, dim: int) -> None:
         super().__init__()
         self.fc = nn.Linear(dim_u + dim_v, 2 * dim)
 
@@ -290,7 +291,7 @@ class _LinearGLU(nn.Module):
 class _Reversed(nn.Module):
     """Calls the wrapped operation with its two inputs swapped."""
 
-    def __init__(self, op: nn.Module):
+    def __init__(self, op: nn.Module) -> None:
         super().__init__()
         self.op = op
 
@@ -362,7 +363,7 @@ class FusionCell(nn.Module):
     """
 
     def __init__(self, dim_a: int, dim_b: int, dim: int, ops: Sequence[str] = FUSION_OPS,
-                 search: bool = True, num_heads: int = 4, dropout: float = 0.0):
+                 search: bool = True, num_heads: int = 4, dropout: float = 0.0) -> None:
         super().__init__()
         ops = list(ops)
         if not ops:
@@ -491,10 +492,11 @@ class MFSN(nn.Module):
     torch.Size([2, 4])
     """
 
-    def __init__(self, sec_dim: int, tec_dim: int, num_levels: int, head, variant: str = "mfsn",
+    def __init__(self, sec_dim: int, tec_dim: int, num_levels: int,
+                 head: nn.Module | Callable[..., nn.Module], variant: str = "mfsn",
                  dim: int = 256, ops: Sequence[str] = FUSION_OPS, choice_mode: str = "uniform",
                  num_heads: int = 4, dropout: float = 0.1, arch: dict | str | None = None,
-                 detach_tec: bool = True, streams: str = "dual"):
+                 detach_tec: bool = True, streams: str = "dual") -> None:
         super().__init__()
         if variant not in MFSN_VARIANTS:
             raise ValueError(f"unknown MFSN variant {variant!r}; choose from {', '.join(MFSN_VARIANTS)}")
@@ -570,7 +572,7 @@ class MFSN(nn.Module):
         return (adjusted, sec_stream) if self.streams == "dual" else (adjusted,)
 
     def forward(self, sec: Tensor, tec: Tensor | None = None, padding_mask: Tensor | None = None,
-                level: int | None = None, **head_inputs) -> Tensor:
+                level: int | None = None, **head_inputs: Tensor | None) -> Tensor:
         return self.head(self.fuse(sec, tec, padding_mask, level=level), padding_mask, **head_inputs)
 
 
@@ -591,7 +593,7 @@ class TextFrames(nn.Module):
     torch.Size([2, 5, 16])
     """
 
-    def __init__(self, vocab_size: int, sec_dim: int, dim: int, num_heads: int):
+    def __init__(self, vocab_size: int, sec_dim: int, dim: int, num_heads: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(int(vocab_size), int(dim), padding_idx=0)
         self.lstm = nn.LSTM(int(dim), int(dim) // 2, batch_first=True, bidirectional=True)
@@ -617,27 +619,29 @@ class TextMFSN(nn.Module):
     ``tec_dim`` = the text width and ``detach_tec=False``.
     """
 
-    def __init__(self, mfsn: MFSN, vocab_size: int, num_heads: int):
+    def __init__(self, mfsn: MFSN, vocab_size: int, num_heads: int) -> None:
         super().__init__()
         if mfsn.detach_tec:
             raise ValueError("TextMFSN trains its text encoder: build the MFSN with detach_tec=False")
         self.mfsn = mfsn
         self.text = TextFrames(vocab_size, mfsn.sec_dim, mfsn.tec_dim, num_heads)
 
-    def __getattr__(self, name):  # variant, choice, fusion, num_levels, derive, stream_dims, ...
+    def __getattr__(self, name: str) -> Any:  # variant, choice, fusion, num_levels, derive, stream_dims, ...
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.mfsn, name)
 
-    def arch_parameters(self):
+    def arch_parameters(self) -> list[nn.Parameter]:
         return self.mfsn.arch_parameters()
 
-    def weight_parameters(self):
+    def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
-    def forward(self, sec, tec=None, padding_mask=None, level=None, tec_padding_mask=None, **head_inputs):
+    def forward(self, sec: Tensor, tec: Tensor | None = None, padding_mask: Tensor | None = None,
+                level: int | None = None, tec_padding_mask: Tensor | None = None,
+                **head_inputs: Tensor | None) -> Tensor:
         frames = None
         if self.mfsn.variant != "sec_only":
             ids_mask = tec == 0 if tec_padding_mask is None else tec_padding_mask

@@ -24,7 +24,7 @@ class MeanPooling(nn.Module):
     tensor([[2.]])
     """
 
-    def __init__(self, dim: int | None = None):
+    def __init__(self, dim: int | None = None) -> None:
         super().__init__()
         self.dim = dim  # accepted for a uniform build_pooling(name, dim) signature; unused
 
@@ -55,7 +55,7 @@ class AttentionPooling(nn.Module):
     True
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int) -> None:
         super().__init__()
         self.score = nn.Linear(dim, 1, bias=False)
         nn.init.zeros_(self.score.weight)
@@ -120,7 +120,7 @@ class WeightedLayerSum(nn.Module):
     True
     """
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int) -> None:
         super().__init__()
         self.num_layers = num_layers
         self.logits = nn.Parameter(torch.zeros(num_layers))

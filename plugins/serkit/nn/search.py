@@ -24,6 +24,8 @@ FBNet's (the paper refers to FBNet for the details and gives none).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,15 +43,15 @@ __all__ = [
 ]
 
 
-def _make_msa_ffn(dim, hidden, heads, dropout, ffn_residual=False):
+def _make_msa_ffn(dim: int, hidden: int, heads: int, dropout: float, ffn_residual: bool = False) -> nn.Module:
     return TransformerBlock(dim, hidden, heads, dropout)
 
 
-def _make_msa(dim, hidden, heads, dropout, ffn_residual=False):
+def _make_msa(dim: int, hidden: int, heads: int, dropout: float, ffn_residual: bool = False) -> nn.Module:
     return MSABlock(dim, heads, dropout)
 
 
-def _make_ffn(dim, hidden, heads, dropout, ffn_residual=False):
+def _make_ffn(dim: int, hidden: int, heads: int, dropout: float, ffn_residual: bool = False) -> nn.Module:
     return FFNBlock(dim, hidden, dropout, residual=ffn_residual)
 
 
@@ -75,8 +77,8 @@ def gumbel_temperature(epoch: int, initial: float = 5.0, decay: float = 0.956, m
     return max(minimum, initial * decay**epoch)
 
 
-def make_arch_optimizer(params, name: str = "sgd", lr: float = 0.005, momentum: float = 0.9,
-                        weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def make_arch_optimizer(params: Iterable[nn.Parameter], name: str = "sgd", lr: float = 0.005,
+                        momentum: float = 0.9, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """The optimiser of the architecture logits, chosen by name (``arch_opt_class`` in the yamls).
 
     ``"sgd"``: SGD, what the paper uses for the architecture distribution (Sec. 2.2), with the lr it
@@ -101,7 +103,8 @@ def make_arch_optimizer(params, name: str = "sgd", lr: float = 0.005, momentum: 
     raise ValueError(f"unknown arch optimiser {name!r}; choose sgd (the paper) or adam (FBNet)")
 
 
-def parse_arch(arch: str | list[str] | tuple[str, ...], choices=tuple(BLOCK_CHOICES)) -> list[str]:
+def parse_arch(arch: str | list[str] | tuple[str, ...],
+               choices: Sequence[str] = tuple(BLOCK_CHOICES)) -> list[str]:
     """Split ``"ffn,msa,msa_ffn"`` into block names and check them.
 
     Example
@@ -121,7 +124,7 @@ def parse_arch(arch: str | list[str] | tuple[str, ...], choices=tuple(BLOCK_CHOI
 class _Stem(nn.Module):
     """Input projection (or identity), shared by the supernet and the derived network."""
 
-    def __init__(self, input_dim: int, model_dim: int):
+    def __init__(self, input_dim: int, model_dim: int) -> None:
         super().__init__()
         self.proj = nn.Identity() if model_dim == input_dim else nn.Linear(input_dim, model_dim)
 
@@ -168,9 +171,9 @@ class BlockSearchSupernet(nn.Module):
     """
 
     def __init__(self, input_dim: int, num_classes: int, num_layers: int = 4,
-                 choices=("msa_ffn", "msa", "ffn"), pooling: str = "mean", model_dim: int = 256,
-                 num_heads: int = 4, ffn_dim: int | None = None, dropout: float = 0.0,
-                 ffn_residual: bool = False, tau: float = 5.0):
+                 choices: Sequence[str] = ("msa_ffn", "msa", "ffn"), pooling: str = "mean",
+                 model_dim: int = 256, num_heads: int = 4, ffn_dim: int | None = None, dropout: float = 0.0,
+                 ffn_residual: bool = False, tau: float = 5.0) -> None:
         super().__init__()
         self.choices = tuple(parse_arch(list(choices)))
         ffn_dim = 4 * model_dim if ffn_dim is None else ffn_dim
@@ -250,7 +253,7 @@ class DerivedBlockNetwork(nn.Module):
 
     def __init__(self, input_dim: int, num_classes: int, arch: str = "ffn,msa,msa_ffn,msa",
                  pooling: str = "mean", model_dim: int = 256, num_heads: int = 4, ffn_dim: int | None = None,
-                 dropout: float = 0.0, ffn_residual: bool = False):
+                 dropout: float = 0.0, ffn_residual: bool = False) -> None:
         super().__init__()
         names = parse_arch(arch)
         self.arch = ",".join(names)

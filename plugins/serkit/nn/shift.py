@@ -55,13 +55,14 @@ class _ShiftFunction(torch.autograd.Function):
     """Shift as one autograd node: the gradient is the adjoint shift, again one allocation."""
 
     @staticmethod
-    def forward(ctx, x, fold, bidirectional, adjoint, pair, valid):
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, fold: int, bidirectional: bool,
+                adjoint: bool, pair: Tensor | None, valid: Tensor | None) -> Tensor:
         ctx.fold, ctx.bidirectional, ctx.adjoint = fold, bidirectional, adjoint
         ctx.pair, ctx.valid = pair, valid  # constants (masks), not saved for their own gradient
         return _shift_into(torch.empty_like(x), x, fold, bidirectional, adjoint, pair, valid)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
         # Built from the function itself so that double backward also works.
         grad_x = _ShiftFunction.apply(grad, ctx.fold, ctx.bidirectional, not ctx.adjoint, ctx.pair, ctx.valid)
         return grad_x, None, None, None, None, None
@@ -144,7 +145,8 @@ class TemporalShift(nn.Module):
              [ 0.,  0.]]])
     """
 
-    def __init__(self, proportion: float = 1 / 16, bidirectional: bool = False, mask_aware: bool = True):
+    def __init__(self, proportion: float = 1 / 16, bidirectional: bool = False,
+                 mask_aware: bool = True) -> None:
         super().__init__()
         limit = 0.5 if bidirectional else 1.0
         if not 0.0 <= proportion <= limit:
@@ -197,7 +199,7 @@ class ShiftedBlock(nn.Module):
     torch.Size([2, 5, 4])
     """
 
-    def __init__(self, block: nn.Module, shift: TemporalShift, placement: str = "inplace"):
+    def __init__(self, block: nn.Module, shift: TemporalShift, placement: str = "inplace") -> None:
         super().__init__()
         if placement not in ("inplace", "residual"):
             raise ValueError(f"placement must be 'inplace' or 'residual', got {placement!r}")
@@ -241,7 +243,7 @@ class RandomShift(nn.Module):
     """
 
     def __init__(self, p: float = 0.5, proportion: float = 1 / 16, bidirectional: bool = False,
-                 mask_aware: bool = True):
+                 mask_aware: bool = True) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}")

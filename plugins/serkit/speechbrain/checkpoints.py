@@ -43,7 +43,9 @@ log = logging.getLogger("serkit.speechbrain")
 PENDING = ".CKPT.yaml.pending"
 
 
-def weights_only_recovery(obj, path, end_of_epoch):
+def weights_only_recovery(obj: torch.nn.Module | torch.optim.Optimizer | torch.optim.lr_scheduler.LRScheduler
+                          | torch.optim.lr_scheduler.ReduceLROnPlateau | torch.amp.GradScaler,
+                          path: str | os.PathLike, end_of_epoch: bool) -> None:
     """SpeechBrain's ``torch_recovery`` with ``weights_only=True`` (no arbitrary unpickling)."""
     del end_of_epoch
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -80,11 +82,11 @@ class RandomState:
     True
     """
 
-    def __init__(self):
-        self.end_of_epoch = None
+    def __init__(self) -> None:
+        self.end_of_epoch: bool | None = None
 
     @sb_checkpoints.mark_as_saver
-    def _save(self, path):
+    def _save(self, path: str | os.PathLike) -> None:
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         version, internal, gauss_next = random.getstate()
         state = {
@@ -97,7 +99,7 @@ class RandomState:
         torch.save(state, path)
 
     @sb_checkpoints.mark_as_loader
-    def _recover(self, path, end_of_epoch):
+    def _recover(self, path: str | os.PathLike, end_of_epoch: bool) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         torch.set_rng_state(state["torch"])
         cuda = state.get("cuda") or []
@@ -119,11 +121,13 @@ class RandomState:
 class Checkpointer(sb_checkpoints.Checkpointer):
     """SpeechBrain's checkpointer with atomic saves and recovery that survives a killed run."""
 
-    def _save_checkpoint_metafile(self, fpath, meta_to_include=None, end_of_epoch=True):
+    def _save_checkpoint_metafile(self, fpath: str | os.PathLike, meta_to_include: dict | None = None,
+                                  end_of_epoch: bool = True) -> dict:
         pending = Path(fpath).with_name(PENDING)
         return super()._save_checkpoint_metafile(pending, meta_to_include or {}, end_of_epoch)
 
-    def save_checkpoint(self, meta=None, end_of_epoch=True, name=None, verbosity=logging.INFO):
+    def save_checkpoint(self, meta: dict | None = None, end_of_epoch: bool = True, name: str | None = None,
+                        verbosity: int = logging.INFO) -> sb_checkpoints.Checkpoint | None:
         ckpt = super().save_checkpoint(meta=meta or {}, end_of_epoch=end_of_epoch, name=name,
                                        verbosity=verbosity)
         if ckpt is not None:  # the main process: every parameter file is written, publish the checkpoint
@@ -142,7 +146,7 @@ class Checkpointer(sb_checkpoints.Checkpointer):
                    and not name.startswith("dataloader") and not self.optional_recoverables.get(name)]
         return f"missing {', '.join(missing)}" if missing else None
 
-    def list_checkpoints(self):
+    def list_checkpoints(self) -> list[sb_checkpoints.Checkpoint]:
         dirs = [d for d in self._list_checkpoint_dirs() if self._incomplete(d) is None]
         return self._construct_checkpoint_objects(dirs)
 
@@ -160,7 +164,7 @@ class Checkpointer(sb_checkpoints.Checkpointer):
         ddp_barrier()
         return removed
 
-    def recover_if_possible(self, *args, **kwargs):
+    def recover_if_possible(self, *args, **kwargs) -> sb_checkpoints.Checkpoint | None:
         self.remove_incomplete()
         return super().recover_if_possible(*args, **kwargs)
 
@@ -171,7 +175,7 @@ class Checkpointer(sb_checkpoints.Checkpointer):
                 and sb_checkpoints.get_default_hook(obj, sb_checkpoints.DEFAULT_LOAD_HOOKS)
                 is sb_checkpoints.torch_recovery}
 
-    def load_checkpoint(self, checkpoint):
+    def load_checkpoint(self, checkpoint: sb_checkpoints.Checkpoint) -> None:
         missing = [name for name, optional in self.optional_recoverables.items()
                    if optional and name not in checkpoint.paramfiles]
         if "rng" in missing:

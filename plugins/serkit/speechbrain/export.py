@@ -10,6 +10,7 @@ fairseq upstream (``serkit dump-features``, ``load_upstream``, ``fairseq-hydra-t
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -60,13 +61,13 @@ def export_upstream(exp: str | Path, out: str | Path, checkpoint: str = "best") 
     return Path(out)
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exp", required=True, help="a finetuned fold's output folder (serkit train --upstream)")
     p.add_argument("--out", required=True, help="fairseq checkpoint to write (.pt)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best",
                    help="the validation-best checkpoint (default) or the last one")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     export_upstream(args.exp, args.out, args.checkpoint)
     return 0

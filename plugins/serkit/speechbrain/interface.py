@@ -26,18 +26,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from speechbrain.inference.interfaces import Pretrained
+from torch import Tensor
 
 from ..utils import SerkitError
 from .dataio import load_wav
 
+if TYPE_CHECKING:
+    from .lobes import SERHead
+    from .mfsn import MFSNClassifier
+
 log = logging.getLogger("serkit.speechbrain")
 
 
-def read_train_info(source: str | Path) -> dict:
+def read_train_info(source: str | os.PathLike) -> dict:
     source = Path(source)
     path = source / "train_info.json"
     if not path.is_file():
@@ -48,8 +55,8 @@ def read_train_info(source: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_fold(source, hparams_file: str = "hyperparams.yaml", overrides: dict | None = None,
-              checkpoint: str = "best", upstream: str | None = None) -> dict:
+def load_fold(source: str | os.PathLike, hparams_file: str = "hyperparams.yaml",
+              overrides: dict | None = None, checkpoint: str = "best", upstream: str | None = None) -> dict:
     """Rebuild a trained fold: ``{"modules", "hparams", "classes", "train_info", "checkpoint"}``.
 
     ``modules`` holds ``layer_sum``, ``head`` and ``upstream`` (the frozen upstream that encodes raw audio
@@ -127,7 +134,7 @@ from serkit.speechbrain.interface import EmotionClassifier  # noqa: F401
 '''
 
 
-def write_foreign_files(source) -> tuple[Path, Path]:
+def write_foreign_files(source: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``inference.yaml`` and ``custom.py`` into fold ``source`` so SpeechBrain's ``foreign_class``
     loads it; existing files of those names are left alone (SerkitError) unless serkit wrote them."""
     from ..utils import atomic_file
@@ -157,7 +164,8 @@ class EmotionClassifier(Pretrained):
 
     MODULES_NEEDED = ["layer_sum", "head", "upstream"]
 
-    def __init__(self, modules=None, hparams=None, run_opts=None, freeze_params=True):
+    def __init__(self, modules: dict[str, torch.nn.Module] | None = None, hparams: dict | None = None,
+                 run_opts: dict | None = None, freeze_params: bool = True) -> None:
         hparams = dict(hparams or {})
         if "serkit_fold" in hparams:  # built by SpeechBrain's foreign_class from inference.yaml
             fold = hparams.pop("serkit_fold")
@@ -173,27 +181,28 @@ class EmotionClassifier(Pretrained):
         self.eval()
 
     @property
-    def layer_sum(self):
+    def layer_sum(self) -> torch.nn.Module:
         return self.mods.layer_sum
 
     @property
-    def head(self):
+    def head(self) -> torch.nn.Module:
         return self.mods.head
 
     @property
-    def upstream(self):
+    def upstream(self) -> torch.nn.Module | None:
         """The frozen upstream that encodes raw audio (a model trained on cached features), else None."""
         return None if self.finetuned else self.mods.upstream
 
     @property
-    def finetuned_upstream(self):
+    def finetuned_upstream(self) -> torch.nn.Module | None:
         """The finetuned upstream lobe restored from the checkpoint, else None."""
         return self.mods.upstream if self.finetuned else None
 
     @classmethod
-    def from_hparams(cls, source, hparams_file: str = "hyperparams.yaml", overrides: dict | None = None,
-                     savedir=None, run_opts: dict | None = None, checkpoint: str = "best",
-                     upstream: str | None = None, **kwargs):
+    def from_hparams(cls, source: str | os.PathLike, hparams_file: str = "hyperparams.yaml",
+                     overrides: dict | None = None, savedir: str | os.PathLike | None = None,
+                     run_opts: dict | None = None, checkpoint: str = "best", upstream: str | None = None,
+                     **kwargs) -> EmotionClassifier | MFSNClassifier:
         """Load a trained fold (a local folder: nothing is fetched, so ``savedir`` is unused).
 
         ``hparams_file`` and ``overrides`` as in SpeechBrain (the fold's ``hyperparams.yaml``);
@@ -218,7 +227,7 @@ class EmotionClassifier(Pretrained):
         run_opts.setdefault("device", "cpu")
         return cls(run_opts=run_opts, hparams={"serkit_fold": fold}, **kwargs)
 
-    def _encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None):
+    def _encode(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         from .lobes import padding_mask_to_relative_lengths, relative_lengths_to_padding_mask
 
         if wavs.dim() == 1:
@@ -245,7 +254,7 @@ class EmotionClassifier(Pretrained):
         x, lens = self._encode(wavs, wav_lens)
         return self._head_lobe().embed(x, relative_lengths_to_padding_mask(lens, x.size(1))).unsqueeze(1)
 
-    def _head_lobe(self):
+    def _head_lobe(self) -> SERHead:
         from .lobes import SERHead
 
         head = self.mods.head
@@ -255,7 +264,8 @@ class EmotionClassifier(Pretrained):
         return head
 
     @torch.no_grad()
-    def classify_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
+    def classify_batch(self, wavs: torch.Tensor,
+                       wav_lens: torch.Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, list[str]]:
         """Classify a padded batch of 16 kHz waveforms (B, S) with relative lengths ``wav_lens`` (B,).
 
         Returns ``(out_prob (B, K), score (B,), index (B,), text_lab [str])`` like SpeechBrain's
@@ -267,7 +277,8 @@ class EmotionClassifier(Pretrained):
         score, index = out_prob.max(dim=-1)
         return out_prob, score, index, [self.classes[i] for i in index.tolist()]
 
-    def classify_file(self, path, max_duration: float | None = 600.0):
+    def classify_file(self, path: str | os.PathLike,
+                      max_duration: float | None = 600.0) -> tuple[Tensor, Tensor, Tensor, list[str]]:
         """Classify one audio file (resampled to 16 kHz and averaged to mono if needed).
 
         Refused (SerkitError naming the file): NaN/Inf samples, a sample rate outside 1..384 kHz, more
@@ -277,12 +288,13 @@ class EmotionClassifier(Pretrained):
         self._check_length(wav, path)
         return self.classify_batch(wav.unsqueeze(0), torch.ones(1))
 
-    def _check_length(self, wav: torch.Tensor, path) -> None:
+    def _check_length(self, wav: torch.Tensor, path: str | os.PathLike) -> None:
         module = self.finetuned_upstream.upstream if self.finetuned else self.mods.upstream
         need = int(getattr(module, "receptive_field", 400))
         if wav.numel() < need:
             raise SerkitError(f"{path}: {wav.numel()} samples ({wav.numel() / 16:.1f} ms) is shorter than "
                               f"the upstream's receptive field ({need} samples); nothing to classify")
 
-    def forward(self, wavs, wav_lens=None):
+    def forward(self, wavs: Tensor,
+                wav_lens: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, list[str]]:
         return self.classify_batch(wavs, wav_lens)

@@ -23,9 +23,15 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..utils import SerkitError
+
+if TYPE_CHECKING:
+    from .interface import EmotionClassifier
+    from .mfsn import MFSNClassifier
 
 log = logging.getLogger("serkit.speechbrain")
 
@@ -73,8 +79,9 @@ def expand_inputs(inputs: list[str]) -> list[tuple[Path, bool]]:
     return out
 
 
-def predict_files(clf, files: list[Path], batch_size: int = 8, progress: bool = True,
-                  max_duration: float | None = DEFAULT_MAX_DURATION):
+def predict_files(clf: EmotionClassifier | MFSNClassifier, files: list[Path], batch_size: int = 8,
+                  progress: bool = True, max_duration: float | None = DEFAULT_MAX_DURATION,
+                  ) -> Iterator[tuple[Path, dict | None, str | None]]:
     """Yield ``(file, result_or_None, error_or_None)`` in input order; ``result`` is the JSON dict."""
     import torch
     from tqdm import tqdm
@@ -114,7 +121,7 @@ def predict_files(clf, files: list[Path], batch_size: int = 8, progress: bool = 
     bar.close()
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import warnings
 
     from .interface import EmotionClassifier

@@ -6,12 +6,17 @@ import argparse
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .features import AudioItem
 
 log = logging.getLogger("serkit.upstream")
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "make-upstream",
         help="write a random-weight fairseq HuBERT checkpoint (tiny: demos/tests, base: benchmarks)",
@@ -145,7 +150,7 @@ FEATURE_FILES = ("dump.json", "meta.json", "feats.scp", "utt2num_frames", "parts
 
 
 @contextlib.contextmanager
-def features_output(args, items):
+def features_output(args: argparse.Namespace, items: list[AudioItem]) -> Iterator[None]:
     """Check ``--out`` of dump-features and lock it for the block.
 
     Refused: ``--out`` equal to, inside or holding an input (data paths, wavs, upstream checkpoint),
@@ -154,32 +159,14 @@ def features_output(args, items):
     and an exclusive one on ``OUT/.serkit-lock.shard-K-of-N``, so shards run side by side while a second
     run of the same work fails at once, naming the first.
     """
-    from ..utils import SerkitError, check_not_input, output_lock, read_marker, write_marker
+    from ..utils import check_output_dir, locked_output_dir
 
-    out = Path(args.out)
     inputs = list(args.data) + [it.wav for it in items]
     if args.upstream != "mfcc" and os.path.exists(args.upstream):
         inputs.append(args.upstream)
-    check_not_input(out, inputs)
-    if out.exists() and not out.is_dir():
-        raise SerkitError(f"--out {out}: exists and is not a directory; choose another --out")
-    marker = read_marker(out) if out.is_dir() else None
-    if marker is not None and marker["kind"] != "features":
-        raise SerkitError(f"--out {out}: holds serkit's {marker['kind']} output, not features; choose "
-                          "another --out")
-    present = [n for n in FEATURE_FILES if (out / n).exists()]
-    if present and not (out / "dump.json").is_file():
-        raise SerkitError(f"--out {out}: holds {', '.join(present)} but no dump.json of `serkit "
-                          "dump-features`; serkit never overwrites what it did not write. Choose another "
-                          "--out")
-    what = f"feature directory {out}"
-    with contextlib.ExitStack() as stack:
-        if args.nshard == 1:
-            stack.enter_context(output_lock(out / ".serkit-lock", what))
-        else:
-            stack.enter_context(output_lock(out / ".serkit-lock", what, shared=True))
-            stack.enter_context(output_lock(out / f".serkit-lock.shard-{args.shard}-of-{args.nshard}",
-                                            f"shard {args.shard} of {args.nshard} of {what}"))
-        if read_marker(out) is None:
-            write_marker(out, "features")
+    check_output_dir(args.out, "features", "features", inputs, FEATURE_FILES,
+                     ours=lambda out: (out / "dump.json").is_file(),
+                     evidence="dump.json of `serkit dump-features`")
+    shard = None if args.nshard == 1 else (args.shard, args.nshard)
+    with locked_output_dir(args.out, "features", f"feature directory {Path(args.out)}", shard):
         yield

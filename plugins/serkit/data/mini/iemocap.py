@@ -23,6 +23,7 @@ transcript line) with no evaluation line.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,7 @@ def _evaluation(code: str, rng: np.random.Generator) -> tuple[list[str], tuple[f
     return lines, tuple(float(x) for x in vad / len(attr))
 
 
-def build(out: Path, seed: int = 0, sessions=(1, 2, 3, 4, 5), utts_per_class: int = 6,
+def build(out: Path, seed: int = 0, sessions: int | Iterable[int] = (1, 2, 3, 4, 5), utts_per_class: int = 6,
           extra_per_speaker: int = 4, min_dur: float = 1.0, max_dur: float = 2.5,
           quirks: bool = True) -> Path:
     """Write the mini IEMOCAP under ``out/IEMOCAP_full_release`` and return that directory.

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Callable
 from pathlib import Path
 
-from serkit.utils import register_recogniser
+from serkit.utils import files_under, register_recogniser
 
 #: Top-level entries of each mini root (what ``build`` writes besides MANIFEST.json).
 TOP_LEVEL = {
@@ -20,7 +20,7 @@ def kind(corpus: str) -> str:
     return f"mini-corpus-{corpus}"
 
 
-def _recogniser(corpus: str):
+def _recogniser(corpus: str) -> Callable[[Path], list[str]]:
     def recognise(root: Path) -> list[str]:
         """Unknown files of a mini root without a marker: everything unless MANIFEST.json is a mini
         manifest of this corpus, then everything outside the corpus' own top-level entries."""
@@ -29,15 +29,8 @@ def _recogniser(corpus: str):
             ours = manifest.get("corpus") == corpus and "seed" in manifest and "utterances" in manifest
         except (OSError, ValueError, AttributeError):
             ours = False
-        unknown = []
-        for dirpath, _, names in os.walk(root):
-            rel = os.path.relpath(dirpath, root)
-            for n in names:
-                r = n if rel == "." else f"{rel}/{n}"
-                top = r.split("/", 1)[0]
-                if not (ours and (r == "MANIFEST.json" or top in TOP_LEVEL[corpus])):
-                    unknown.append(r)
-        return unknown
+        return [r for r in files_under(root)
+                if not (ours and (r == "MANIFEST.json" or r.split("/", 1)[0] in TOP_LEVEL[corpus]))]
     return recognise
 
 

@@ -52,6 +52,7 @@ import functools
 import hashlib
 import io
 import wave
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +185,8 @@ def syllables(word: str) -> list[tuple[str, str]]:
     return out
 
 
-def choose_words(n_syllables: int, rng: np.random.Generator, vocabulary=VOCABULARY) -> list[str]:
+def choose_words(n_syllables: int, rng: np.random.Generator,
+                 vocabulary: Sequence[str] = VOCABULARY) -> list[str]:
     """Words from ``vocabulary`` whose syllable count adds up to about ``n_syllables`` (at least one)."""
     words: list[str] = []
     total = 0
