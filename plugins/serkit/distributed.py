@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from .utils import SerkitError
@@ -24,7 +25,7 @@ from .utils import SerkitError
 NPROC_ENV = "SERKIT_NPROC_PER_NODE"
 
 
-def requested_nproc(environ=None) -> int:
+def requested_nproc(environ: Mapping[str, str] | None = None) -> int:
     """The training processes asked for by ``SERKIT_NPROC_PER_NODE`` (1 when unset)."""
     environ = os.environ if environ is None else environ
     value = environ.get(NPROC_ENV, "").strip()
@@ -35,7 +36,8 @@ def requested_nproc(environ=None) -> int:
     return int(value)
 
 
-def torchrun_command(module: str, argv: list[str], environ=None) -> list[str] | None:
+def torchrun_command(module: str, argv: list[str],
+                     environ: Mapping[str, str] | None = None) -> list[str] | None:
     """The command that runs ``python -m module argv`` as ``SERKIT_NPROC_PER_NODE`` processes, or None
     when one process was asked for or this process is already one of torchrun's (``LOCAL_RANK``)."""
     environ = os.environ if environ is None else environ
