@@ -110,11 +110,11 @@ _slurm_field() {
 _slurm_show() { scontrol show job "$1" 2> /dev/null || true; }
 
 slurm_wait() {
-  local id info state reason code name logfile poll=${slurm_poll_s:-5}
+  local id info state reason code name logfile listing rc down="" poll=${slurm_poll_s:-5}
   local -a pending=() still failed=() cancelled=()
-  local -A shown_state=()
+  local -A shown_state=() queue=()
   [ $# -gt 0 ] || return 0
-  _slurm_need scontrol
+  _slurm_need scontrol; _slurm_need squeue
   for id in "$@"; do
     [[ "$id" =~ ^[0-9]+(_[0-9]+)?$ ]] || die "slurm_wait: '$id' is not a Slurm job id"
     pending+=("$id")
@@ -124,7 +124,36 @@ slurm_wait() {
   trap 'log "interrupted: cancelling Slurm jobs ${pending[*]}"; scancel "${pending[@]}" 2> /dev/null; trap - INT TERM; exit 130' INT TERM
   while [ "${#pending[@]}" -gt 0 ]; do
     still=()
+    # one query per look for every job still waited for: id|state|reason|name (finished jobs too,
+    # while slurmctld remembers them; an id it forgot is left out)
+    queue=()
+    rc=0; listing=$(squeue -h --states=all -j "$(IFS=,; echo "${pending[*]}")" -o '%i|%T|%r|%j' 2>&1) || rc=$?
+    if [ "$rc" -ne 0 ] && [[ "$listing" != *"Invalid job id"* ]]; then
+      # the controller did not answer (busy, restarting): look again later, for up to 10 minutes
+      [ -n "$down" ] || { down=$SECONDS; log "squeue failed ($listing); looking again every $poll s"; }
+      [ "$((SECONDS - down))" -lt 600 ] \
+        || die "squeue has failed for 10 minutes: $listing (the jobs ${pending[*]} may still run; squeue -j $(IFS=,; echo "${pending[*]}"))"
+      sleep "$poll"; continue
+    fi
+    down=""
+    while IFS='|' read -r id state reason name; do
+      [[ ! "$id" =~ ^[0-9_]+$ ]] || queue[$id]="$state|$reason|$name"
+    done <<< "$listing"
     for id in "${pending[@]}"; do
+      if [ -n "${queue[$id]:-}" ]; then
+        IFS='|' read -r state reason name <<< "${queue[$id]}"
+        case $state in
+          PENDING|CONFIGURING|RUNNING|COMPLETING|SUSPENDED|REQUEUED|RESIZING|SIGNALING|STAGE_OUT)
+            if [ "$reason" != DependencyNeverSatisfied ]; then
+              [ "$reason" != None ] || reason=""
+              if [ "${shown_state[$id]:-}" != "$state" ]; then
+                log "Slurm job $id ($name): $state${reason:+ ($reason)}"; shown_state[$id]=$state
+              fi
+              still+=("$id"); continue
+            fi ;;
+        esac
+      fi
+      # ended (or never to run): the details, once
       info=$(_slurm_show "$id")
       if [ -z "$info" ]; then
         # purged from slurmctld's memory (MinJobAge): accounting, when the cluster has it
