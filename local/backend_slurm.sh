@@ -9,7 +9,8 @@
 # directory, with the submitting shell's environment) as the job NAME, its stdout and stderr appended
 # to LOG, to start once every job of DEPS (space-separated ids; may be empty) has succeeded
 # (--dependency=afterok); a dependency that fails cancels it (--kill-on-invalid-dep=yes), so nothing
-# waits forever. Prints the job id.
+# waits forever. One node, one task (--ntasks=1 also sets SLURM_NTASKS, without which fairseq's Slurm
+# detection fails in a job of several GPUs). Prints the job id.
 # slurm_wait ID...: returns when all the jobs have ended, logging each one's id, name, state and log
 # path as it ends; when any failed (or was cancelled, timed out, ran out of memory...), dies after the
 # others ended, naming each failed job, its log and the log's last lines, and the jobs that were
@@ -53,7 +54,8 @@ slurm_submit() {
   logfile=$(realpath -m -- "$logfile")
   # sbatch expands %j, %x, ... in --output: a literal % is written %%
   opts=(--parsable --job-name="$name" --output="${logfile//%/%%}" --open-mode=append --chdir="$PWD"
-        --export=ALL --kill-on-invalid-dep=yes --comment="serkit-log:$logfile")
+        --export=ALL --kill-on-invalid-dep=yes --comment="serkit-log:$logfile"
+        --nodes=1 --ntasks=1)  # one task; its processes (torchrun, fairseq's spawn) start inside it
   [ -z "$after" ] || opts+=(--dependency="afterok$after")
   [ -z "${slurm_partition:-}" ] || opts+=(--partition="$slurm_partition")
   if [ -n "${slurm_gpus:-}" ] && [ "${slurm_gpus}" != 0 ]; then

@@ -113,3 +113,27 @@ def test_bad_calls_die_before_submitting(tmp_path):
     assert r.returncode != 0 and "a job name of letters, digits and _.+- only" in r.stderr
     r = backend(f'slurm_submit t_x "{tmp_path}/x.log" "" true', tmp_path)
     assert r.returncode != 0 and "expected 'NAME LOG DEPS -- CMD ...'" in r.stderr
+
+
+FAIRSEQ_WORLD = """
+from fairseq.dataclass.configs import DistributedTrainingConfig
+from fairseq.distributed.utils import infer_init_method
+from omegaconf import OmegaConf
+cfg = OmegaConf.structured(DistributedTrainingConfig(distributed_world_size=2, tpu=False))
+infer_init_method(cfg)  # what fairseq-hydra-train does first with more than one GPU
+print("init", cfg.distributed_init_method)
+"""
+
+
+def test_fairseq_finds_its_distributed_setup_inside_a_job(tmp_path):
+    # fairseq reads the job's Slurm variables (one task per job, its GPUs on one node); without
+    # SLURM_NTASKS it fails with a TypeError before training
+    pytest.importorskip("fairseq")
+    (tmp_path / "world.py").write_text(FAIRSEQ_WORLD)
+    r = backend(f"""
+        id=$(slurm_submit t_fairseq_world "{tmp_path}/w.log" "" -- python world.py)
+        slurm_wait "$id"
+        """, tmp_path)
+    log = (tmp_path / "w.log").read_text()
+    assert r.returncode == 0, log[-3000:]
+    assert re.search(r"^init tcp://localhost:\d+$", log, re.M), log[-3000:]
