@@ -11,35 +11,31 @@ What is trained: the transformer and the head; the CNN front end stays frozen wi
 ``feature_grad_mult: 0`` (FLEA, ShiftSER's finetuning setting); ``freeze_upstream: true`` trains the
 head (and layer weights) only. ``freeze_finetune_updates`` keeps the transformer frozen at first.
 
-Padding: the waveform mask becomes a frame mask by the conv length formula, and the CNN runs on each
-utterance's own samples when its first layer normalises over time (group norm), so an utterance gets
-the same logits alone or padded inside a batch.
+The upstream runs through :func:`serkit.upstream.fairseq_models.layer_outputs`, the one forward of
+fairseq encoders that feature extraction and the SpeechBrain lobe use too: the waveform mask becomes a
+frame mask by the conv length formula, and the CNN runs on each utterance's own samples when its first
+layer normalises over time (group norm), so an utterance gets the same logits alone or padded inside a
+batch.
 
 The upstream's config is stored in ``model.upstream_cfg`` when training starts (by the ``serkit_ser``
 task), so a saved checkpoint rebuilds the upstream without ``upstream_path``.
 """
-import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional  # noqa: UP035 - see SerModelConfig
 
 import torch
-import torch.nn.functional as F
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
-from fairseq.modules import GradMultiply
 from omegaconf import OmegaConf
 
+from ..upstream.checkpoint import build_finetuning_encoder, encoder_config
+from ..upstream.fairseq_models import layer_outputs
 from ..utils import SerkitError
 from .masking import compute_mask_indices
 
 log = logging.getLogger("serkit.fairseq_ext")
-
-#: pretraining-only weights that the SER model drops
-_PRETRAINING_ONLY = ("label_embs_concat", "final_proj.", "target_glu.", "quantizer.", "project_q.",
-                     "project_inp.", "_ema")
-
 
 @dataclass
 class SerModelConfig(FairseqDataclass):
@@ -86,49 +82,18 @@ class SerModelConfig(FairseqDataclass):
 
 
 def read_upstream(path: str) -> tuple[Any, dict]:
-    """``(upstream_cfg {model, task}, model_state)`` of a fairseq checkpoint, unwrapping CTC models.
+    """``(upstream_cfg {model, task}, model_state)`` of ``model.upstream_path``, unwrapping CTC models.
 
-    Every published form is read by :func:`serkit.upstream.checkpoint.read_checkpoint` (``cfg`` dict or
-    argparse ``args``, nested ``w2v_args``, either weight-norm naming).
+    Read by :func:`serkit.upstream.checkpoint.encoder_config`, the one checkpoint reader (every
+    published form: ``cfg`` dict or argparse ``args``, nested ``w2v_args``, either weight-norm naming).
     """
-    from serkit.upstream.checkpoint import read_checkpoint
-
     if not path:
         raise SerkitError("model.upstream_path is not set; pass the absolute path of a fairseq HuBERT or "
                           "wav2vec 2.0 checkpoint")
     if not os.path.isfile(path):
         raise SerkitError(f"model.upstream_path={path}: no such file (give an absolute path: hydra runs in "
                           "its own directory)")
-    ck = read_checkpoint(path)
-    upstream_cfg = OmegaConf.create({"model": OmegaConf.to_container(ck.model_cfg, resolve=True),
-                                     "task": OmegaConf.to_container(ck.task_cfg, resolve=True)})
-    if "init_from" in upstream_cfg.model:  # a serkit_hubert CPT model: its weights are all here
-        upstream_cfg.model.init_from = None
-        upstream_cfg.model.init_done = True
-    return upstream_cfg, ck.encoder_state
-
-
-def build_upstream(upstream_cfg, model_state: dict | None = None, path: str = "") -> BaseFairseqModel:
-    """Build the fairseq encoder described by ``upstream_cfg`` (and load ``model_state`` if given)."""
-    from serkit.upstream.checkpoint import SpeechCheckpoint, build_encoder, load_encoder_weights
-
-    ck = SpeechCheckpoint(path, upstream_cfg.model.get("_name"), "", upstream_cfg.model, upstream_cfg.task,
-                          {})
-    model = build_encoder(ck, label_embeddings=False, load=False)
-    if hasattr(model, "remove_pretraining_modules"):
-        model.remove_pretraining_modules()
-    if model_state is not None:
-        kept = {k: v for k, v in model_state.items() if not k.startswith(_PRETRAINING_ONLY)}
-        load_encoder_weights(model, kept, path)
-    return model
-
-
-def conv_frames(lengths: torch.Tensor, conv_layers: list) -> torch.Tensor:
-    """Frames the conv front end ``[(dim, kernel, stride), ...]`` produces for ``lengths`` samples."""
-    out = lengths.clone()
-    for _, kernel, stride in conv_layers:
-        out = torch.div(out - kernel, stride, rounding_mode="floor") + 1
-    return out.clamp(min=0)
+    return encoder_config(path)
 
 
 @register_model("serkit_ser_model", dataclass=SerModelConfig)
@@ -143,13 +108,6 @@ class SerModel(BaseFairseqModel):
         self.upstream = upstream
         self.upstream_cfg = upstream_cfg
         self.normalize = bool(upstream_cfg.task.get("normalize", False))
-        self.conv_layers = eval(upstream_cfg.model.conv_feature_layers)  # noqa: S307 - fairseq's format
-        self.group_norm_cnn = any(isinstance(m, torch.nn.GroupNorm)
-                                  for m in upstream.feature_extractor.modules())
-        rf, hop = 1, 1
-        for _, kernel, stride in self.conv_layers:
-            rf, hop = rf + (kernel - 1) * hop, hop * stride
-        self.receptive_field = rf
         encoder = upstream.encoder
         self.num_layers = len(encoder.layers)
         self.dim = encoder.embedding_dim
@@ -217,10 +175,10 @@ class SerModel(BaseFairseqModel):
             upstream_cfg = cfg.upstream_cfg
             if not OmegaConf.is_config(upstream_cfg):
                 upstream_cfg = OmegaConf.create(upstream_cfg)
-            upstream = build_upstream(upstream_cfg, None, cfg.upstream_path or "")
+            upstream = build_finetuning_encoder(upstream_cfg, None, cfg.upstream_path or "")
         else:
             upstream_cfg, state = read_upstream(cfg.upstream_path)
-            upstream = build_upstream(upstream_cfg, state, cfg.upstream_path)
+            upstream = build_finetuning_encoder(upstream_cfg, state, cfg.upstream_path)
             log.info("serkit_ser_model: upstream %s (%s, %d layers x %d dims, normalize=%s)",
                      cfg.upstream_path, upstream_cfg.model.get("_name"), len(upstream.encoder.layers),
                      upstream.encoder.embedding_dim,
@@ -235,65 +193,28 @@ class SerModel(BaseFairseqModel):
         self.num_updates = num_updates
 
     # -- forward ---------------------------------------------------------------------------------
-    def _features(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """CNN features (B, C, T); per utterance when a group norm would mix in the padding."""
-        fe = self.upstream.feature_extractor
-        if self.group_norm_cnn and bool((lengths != wav.size(1)).any()):
-            frames = conv_frames(lengths, self.conv_layers)
-            t_max = int(conv_frames(torch.tensor([wav.size(1)]), self.conv_layers)[0])
-            parts = [fe(wav[i: i + 1, : int(n)]) for i, n in enumerate(lengths.tolist())]
-            out = parts[0].new_zeros(wav.size(0), parts[0].size(1), t_max)
-            for i, (p, f) in enumerate(zip(parts, frames.tolist())):
-                out[i, :, :f] = p[0, :, :f]
-            return out
-        return fe(wav)
-
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,  # noqa: UP045
                 **kwargs) -> dict[str, Any]:
+        """``source`` (B, S) float32, or half when fairseq runs the model in fp16; padding at the end."""
         up, cfg = self.upstream, self.cfg
-        wav = source  # float32, or half when fairseq runs the model in fp16
         if padding_mask is None or not bool(padding_mask.any()):
-            lengths = torch.full((wav.size(0),), wav.size(1), dtype=torch.long, device=wav.device)
+            lengths = torch.full((source.size(0),), source.size(1), dtype=torch.long, device=source.device)
         else:
             lengths = (~padding_mask).sum(1)
-            wav = wav.masked_fill(padding_mask, 0.0)
-        if bool((lengths < self.receptive_field).any()):
-            raise SerkitError(f"an input of {int(lengths.min())} samples is shorter than the upstream's "
-                              f"receptive field ({self.receptive_field} samples)")
-        if self.normalize:  # the upstream was trained on per-utterance standardised waveforms
-            wav = torch.stack([F.pad(F.layer_norm(w[:n].float(), (int(n),)), (0, wav.size(1) - int(n)))
-                               for w, n in zip(wav, lengths.tolist())]).to(source.dtype)
-
         tune_upstream = not cfg.freeze_upstream and self.num_updates >= cfg.freeze_finetune_updates
-        cnn_grad = tune_upstream and cfg.feature_grad_mult > 0 and self.training
-        with contextlib.nullcontext() if cnn_grad else torch.no_grad():
-            feats = self._features(wav, lengths)
-        if cnn_grad and cfg.feature_grad_mult != 1.0:
-            feats = GradMultiply.apply(feats, cfg.feature_grad_mult)
-
-        with contextlib.nullcontext() if tune_upstream else torch.no_grad():
-            x = up.layer_norm(feats.transpose(1, 2))
-            if up.post_extract_proj is not None:
-                x = up.post_extract_proj(x)
-            frames = conv_frames(lengths, self.conv_layers)
-            frame_mask = torch.arange(x.size(1), device=x.device)[None, :] >= frames[:, None]
-            x = up.dropout_input(x) if hasattr(up, "dropout_input") else x
-            if self.training:
-                x = self._mask(x, frame_mask)
-            x = x.masked_fill(frame_mask[..., None], 0.0)
-            enc_mask = frame_mask if bool(frame_mask.any()) else None
-            top = self._top_layer()
-            if self.layer_sum is not None:
-                _, results = up.encoder.extract_features(x, padding_mask=enc_mask)
-                stack = torch.stack([x] + [r[0].transpose(0, 1) for r in results], dim=1)  # (B, L+1, T, C)
-            elif top == 0:
-                h = x
-            else:
-                h, _ = up.encoder.extract_features(x, padding_mask=enc_mask, tgt_layer=top - 1)
-                if cfg.layer == -1 and getattr(up.encoder, "layer_norm_first", False):
-                    h = up.encoder.layer_norm(h)
+        top = self._top_layer()
+        hidden, frame_mask = layer_outputs(
+            up, source, lengths, list(range(top + 1)) if self.layer_sum is not None else [top],
+            normalize=self.normalize, train_cnn=tune_upstream and cfg.feature_grad_mult > 0 and self.training,
+            train=tune_upstream, feature_grad_mult=cfg.feature_grad_mult,
+            mask=self._mask if self.training else None, path=cfg.upstream_path or "")
         if self.layer_sum is not None:  # its weights train even when the upstream is frozen
-            h = self.layer_sum(stack)
+            h = self.layer_sum(torch.stack(hidden, dim=1))  # (B, L+1, T, C) -> (B, T, C)
+        else:
+            h = hidden[0]
+            if cfg.layer == -1 and top > 0 and getattr(up.encoder, "layer_norm_first", False):
+                with torch.set_grad_enabled(torch.is_grad_enabled() and tune_upstream):
+                    h = up.encoder.layer_norm(h)  # the encoder's output: pre-LN models norm it at the end
         h = h.masked_fill(frame_mask[..., None], 0.0)
         logits = self.head(h, frame_mask)
         return {"logits": logits, "padding_mask": frame_mask}

@@ -221,10 +221,10 @@ def resolve_layers(spec, num_layers: int) -> list[int]:
 class FairseqUpstream(nn.Module):
     """A fairseq SSL upstream (HuBERT, wav2vec 2.0, data2vec) to finetune: CNN frozen, transformer trained.
 
-    Loaded through ``serkit.upstream.load_upstream`` (a local checkpoint path; nothing is downloaded).
-    ``serkit.upstream``'s own forward runs without gradients (it extracts features); this lobe runs the
-    same steps (per-utterance CNN where the extractor group-normalises, so padding never changes an
-    utterance's features) with gradients through the parts that are trained.
+    Loaded through ``serkit.upstream.load_upstream`` (a local checkpoint path; nothing is downloaded) and
+    run by :func:`serkit.upstream.fairseq_models.layer_outputs`, the forward that feature extraction and
+    the fairseq SER model use too (per-utterance CNN where the extractor group-normalises, so padding
+    never changes an utterance's features), with gradients through the parts that are trained.
 
     Parameters
     ----------
@@ -305,7 +305,8 @@ class FairseqUpstream(nn.Module):
         return self
 
     def forward(self, wav: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        up, m = self.upstream, self.model
+        from serkit.upstream.fairseq_models import layer_outputs
+
         if wav.dim() == 1:
             wav = wav.unsqueeze(0)
         wav = wav.float()
@@ -314,36 +315,20 @@ class FairseqUpstream(nn.Module):
             sample_lengths = torch.full((wav.size(0),), n, dtype=torch.long, device=wav.device)
         else:
             sample_lengths = torch.round(lengths.float() * n).long().clamp(1, n)
-        if int(sample_lengths.min()) < up.receptive_field:
-            raise ValueError(f"an input of {int(sample_lengths.min())} samples is shorter than the "
-                             f"upstream's receptive field ({up.receptive_field} samples)")
-        sample_mask = torch.arange(n, device=wav.device)[None, :] >= sample_lengths[:, None]
-        if up.normalize:
-            wav = up._normalize_wave(wav, sample_lengths)
-        else:
-            wav = wav.masked_fill(sample_mask, 0.0)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_cnn):
-            feats = up._cnn(wav, sample_lengths)
-        feats = feats.transpose(1, 2)
+        masking = self.training and self.mask_time_prob > 0 and not self.freeze
+        hidden, frame_mask = layer_outputs(
+            self.model, wav, sample_lengths, self.layers, normalize=self.upstream.normalize,
+            train_cnn=not self.freeze_cnn, train=not self.freeze, mask=self._mask_time if masking else None,
+            path=self.path)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            feats = m.layer_norm(feats)
-            if m.post_extract_proj is not None:
-                feats = m.post_extract_proj(feats)
-            if self.training and getattr(m, "dropout_input", None) is not None:
-                feats = m.dropout_input(feats)
-            frame_len = up.frame_lengths(sample_lengths).clamp_min(1)
-            t = feats.size(1)
-            frame_mask = torch.arange(t, device=feats.device)[None, :] >= frame_len[:, None]
-            if self.training and self.mask_time_prob > 0 and not self.freeze:
-                from serkit.nn.augment import _span_mask
-
-                spans = _span_mask(frame_len, t, self.mask_time_prob, self.mask_time_length, 2, None)
-                feats = torch.where(spans[:, :, None], m.mask_emb.to(feats.dtype), feats)
-            hidden = {0: feats}
-            top = max(self.layers)
-            if top > 0:
-                for i, x in enumerate(up.encoder_layers(feats, frame_mask, top), start=1):
-                    hidden[i] = x
-            out = self.output_dropout(torch.stack([hidden[i] for i in self.layers], dim=1))  # (B, L, T, C)
+            out = self.output_dropout(torch.stack(hidden, dim=1))  # (B, L, T, C)
             out = out.masked_fill(frame_mask[:, None, :, None], 0.0)
         return out, padding_mask_to_relative_lengths(frame_mask)
+
+    def _mask_time(self, x: Tensor, frame_mask: Tensor) -> Tensor:
+        """Spans of the transformer input replaced with the model's mask embedding (``mask_time_prob``)."""
+        from serkit.nn.augment import _span_mask
+
+        frame_len = (~frame_mask).sum(1)
+        spans = _span_mask(frame_len, x.size(1), self.mask_time_prob, self.mask_time_length, 2, None)
+        return torch.where(spans[:, :, None], self.model.mask_emb.to(x.dtype), x)

@@ -57,7 +57,11 @@ def load_upstream(path: str | os.PathLike, device: str = "cpu", **kw):
 
 
 def __getattr__(name):  # lazy: keeps `import serkit.upstream` free of torch
-    if name in ("Upstream", "FairseqUpstream"):
+    if name == "Upstream":
+        from .base import Upstream
+
+        return Upstream
+    if name in ("FairseqEncoderUpstream", "layer_outputs"):
         from . import fairseq_models
 
         return getattr(fairseq_models, name)
@@ -68,4 +72,13 @@ def __getattr__(name):  # lazy: keeps `import serkit.upstream` free of torch
     raise AttributeError(name)
 
 
-__all__ = ["load_upstream", "num_frames", "SAMPLE_RATE", "FRAME_RATE", "Upstream", "FeatureReader"]
+__all__ = [
+    "load_upstream",
+    "layer_outputs",
+    "num_frames",
+    "SAMPLE_RATE",
+    "FRAME_RATE",
+    "Upstream",
+    "FairseqEncoderUpstream",
+    "FeatureReader",
+]

@@ -64,7 +64,7 @@ DATA2VEC_MODULES = (
 
 
 @contextlib.contextmanager
-def trusted_unpickling():
+def trusted_unpickling() -> typing.Iterator[None]:
     """Set ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` for the block only (fairseq's loaders need it on torch
     >= 2.6); the previous value, or its absence, is restored afterwards, also on error."""
     before = os.environ.get(WEIGHTS_ONLY_ENV)
@@ -76,6 +76,17 @@ def trusted_unpickling():
             os.environ.pop(WEIGHTS_ONLY_ENV, None)
         else:
             os.environ[WEIGHTS_ONLY_ENV] = before
+
+
+def require_fairseq(path) -> None:
+    """A clear error naming ``path`` when fairseq, which builds the model, is not installed."""
+    try:
+        import fairseq  # noqa: F401
+    except ImportError as e:
+        raise SerkitError(
+            f"{path}: loading fairseq checkpoints needs fairseq (pip install "
+            "'serkit[fairseq]' or `make install`)"
+        ) from e
 
 
 def register_models() -> None:
@@ -390,7 +401,7 @@ def _dictionary(size: int):
     return d
 
 
-def build_encoder(ck: SpeechCheckpoint, label_embeddings: bool = True, load: bool = True):
+def build_encoder(ck: SpeechCheckpoint, label_embeddings: bool = True, load: bool = True) -> Any:
     """The fairseq encoder model of ``ck`` (HubertModel, Wav2Vec2Model, Data2VecAudioModel), weights loaded.
 
     No data is read: a HuBERT's label dictionaries come from the checkpoint's ``task_state`` or are sized
@@ -469,16 +480,63 @@ def load_encoder_weights(model, weights: dict, path: str = "") -> None:
         log.debug("%s: ignored %d checkpoint entries (%s ...)", path, len(ignored), ignored[:3])
 
 
+def load_encoder(path: str | os.PathLike) -> tuple[SpeechCheckpoint, Any]:
+    """``(checkpoint, encoder model with its weights)`` of a fairseq speech checkpoint, for extraction."""
+    require_fairseq(path)
+    register_models()
+    ck = read_checkpoint(path)
+    return ck, build_encoder(ck)
+
+
+def encoder_config(path: str | os.PathLike) -> tuple[Any, dict]:
+    """``(upstream_cfg {model, task}, encoder weights)`` of a checkpoint file, for finetuning.
+
+    ``upstream_cfg`` is what a finetuned model stores to rebuild its encoder without the file
+    (:func:`build_finetuning_encoder`); a ``serkit_hubert`` CPT model is marked initialised, its weights
+    being all in the file.
+    """
+    from omegaconf import OmegaConf
+
+    ck = read_checkpoint(path)
+    upstream_cfg = OmegaConf.create(
+        {
+            "model": OmegaConf.to_container(ck.model_cfg, resolve=True),
+            "task": OmegaConf.to_container(ck.task_cfg, resolve=True),
+        }
+    )
+    if "init_from" in upstream_cfg.model:
+        upstream_cfg.model.init_from = None
+        upstream_cfg.model.init_done = True
+    return upstream_cfg, ck.encoder_state
+
+
+def build_finetuning_encoder(upstream_cfg: Any, weights: dict | None = None, path: str = "") -> Any:
+    """The encoder ``upstream_cfg`` describes, pretraining-only parts removed; ``weights`` loaded if given."""
+    name = upstream_cfg.model.get("_name")
+    ck = SpeechCheckpoint(path, name, "", upstream_cfg.model, upstream_cfg.task, {})
+    model = build_encoder(ck, label_embeddings=False, load=False)
+    if hasattr(model, "remove_pretraining_modules"):
+        model.remove_pretraining_modules()
+    if weights is not None:
+        kept = {k: v for k, v in weights.items() if not k.startswith(PRETRAINING_ONLY)}
+        load_encoder_weights(model, kept, path)
+    return model
+
+
 __all__ = [
     "CtcProjection",
     "SpeechCheckpoint",
     "build_encoder",
+    "build_finetuning_encoder",
     "checkpoint_cfg",
+    "encoder_config",
+    "load_encoder",
     "load_encoder_weights",
     "load_state",
     "namespace_to_cfg",
     "read_checkpoint",
     "register_models",
     "rename_weight_norm",
+    "require_fairseq",
     "trusted_unpickling",
 ]

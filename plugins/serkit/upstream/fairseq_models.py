@@ -1,11 +1,17 @@
-"""The ``Upstream`` interface and its implementation for fairseq checkpoints (HuBERT, wav2vec 2.0, data2vec).
+"""The one forward of fairseq speech encoders (HuBERT, wav2vec 2.0, data2vec): :func:`layer_outputs`.
+
+Every serkit path that runs a fairseq encoder calls :func:`layer_outputs`: feature extraction
+(:class:`FairseqEncoderUpstream`, what ``serkit dump-features`` uses), the SpeechBrain finetuning lobe
+(``serkit.speechbrain.lobes.FairseqUpstream``) and the fairseq SER model (``serkit_ser_model``). It
+takes the fairseq model object and uses only its attributes: fairseq itself is imported by
+:mod:`.checkpoint`, which builds the model.
 
 Layer numbering follows fairseq's ``output_layer``: layer 0 is the transformer's input (the CNN
-features after layer norm and projection, before the positional convolution), layer ``l >= 1`` the
-output of transformer layer ``l`` (no final encoder layer norm for ``layer_norm_first`` models, like
-fairseq's ``extract_features(output_layer=l)``).
+features after layer norm and projection, input dropout and training-time masking, before the
+positional convolution), layer ``l >= 1`` the output of transformer layer ``l`` (no final encoder
+layer norm for ``layer_norm_first`` models, like fairseq's ``extract_features(output_layer=l)``).
 
-Mask invariance: an utterance gives the same features on its valid frames whether it is alone or
+Mask invariance: an utterance gives the same layers on its valid frames whether it is alone or
 padded inside a batch. fairseq's own forward does not guarantee that: the "default" extractor mode
 (HuBERT-base, wav2vec2-base, the tiny HuBERT) group-normalises the first conv layer over the whole
 padded length, and HuBERT maps the sample mask to frames by reshaping. Here the CNN runs on each
@@ -18,121 +24,172 @@ when a batch is padded.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..utils import SerkitError
-from . import FRAME_RATE, SAMPLE_RATE
+from . import SAMPLE_RATE
+from .base import Upstream, WaveBatch, frame_lengths, normalize_waves
 
 log = logging.getLogger("serkit.upstream")
 
-#: 60 s at 16 kHz: longer input is processed in chunks (attention memory grows with the square).
-DEFAULT_MAX_CHUNK_SECONDS = 60.0
 
-
-class Upstream(torch.nn.Module):
-    """A speech encoder seen as a stack of layers at 50 frames per second.
-
-    Attributes: ``kind`` (hubert|wav2vec2|data2vec|hf|mfcc), ``num_layers`` (transformer layers; valid
-    layer indices are 0..num_layers), ``dim`` (channels per layer), ``frame_rate`` (50), ``normalize``
-    (waveform layer-normalised per utterance), ``path``, ``receptive_field`` and ``hop`` (samples).
-    """
-
-    kind = "?"
-    num_layers = 0
-    dim = 0
-    frame_rate = FRAME_RATE
-    normalize = False
-    receptive_field = 400
-    hop = 320
-    path = ""
-
-    def all_layers(self) -> list[int]:
-        return list(range(self.num_layers + 1))
-
-    def check_layers(self, layers) -> list[int]:
-        if layers is None:
-            return self.all_layers()
-        if isinstance(layers, int):
-            layers = [layers]
-        layers = [int(x) for x in layers]
-        bad = [x for x in layers if not 0 <= x <= self.num_layers]
-        if bad:
-            raise SerkitError(
-                f"{self.path}: layer(s) {bad} out of range; this {self.kind} model has "
-                f"layers 0..{self.num_layers}"
-            )
-        return layers
-
-    def num_frames(self, num_samples: int) -> int:
-        if num_samples < self.receptive_field:
-            return 0
-        return (num_samples - self.receptive_field) // self.hop + 1
-
-    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.where(
-            lengths < self.receptive_field,
-            torch.zeros_like(lengths),
-            torch.div(lengths - self.receptive_field, self.hop, rounding_mode="floor") + 1,
-        )
-
-    @staticmethod
-    def _lengths(wav: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
-        if padding_mask is None:
-            return torch.full((wav.size(0),), wav.size(1), dtype=torch.long, device=wav.device)
-        return (~padding_mask).sum(1).long()
-
-    @staticmethod
-    def _normalize_wave(wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Layer-norm each utterance over its valid samples (fairseq's ``normalize``); padding stays 0."""
-        out = torch.zeros_like(wav)
-        for i, n in enumerate(lengths.tolist()):
-            out[i, :n] = F.layer_norm(wav[i, :n], (n,))
-        return out
-
-    @torch.no_grad()
-    def extract(self, wav: torch.Tensor, layers=None, max_chunk_seconds: float | None = None) -> torch.Tensor:
-        """Features of ONE utterance ``wav`` (S,) as a tensor (n_layers, T, C), T = ``num_frames(S)``.
-
-        Input longer than ``max_chunk_seconds`` (default 60 s) is cut into chunks aligned with the
-        frame hop (each chunk gets the samples its frames need, so the conv output is the same frame
-        count); attention then sees one chunk at a time. Memory stays bounded for any length.
-        """
-        layers = self.check_layers(layers)
-        max_chunk = DEFAULT_MAX_CHUNK_SECONDS if max_chunk_seconds is None else max_chunk_seconds
-        total = self.num_frames(wav.numel())
-        chunk_frames = max(1, int(max_chunk * SAMPLE_RATE) // self.hop)
-        if total <= chunk_frames:
-            hidden, _ = self.forward(wav.unsqueeze(0), None, layers)
-            return torch.stack([h[0] for h in hidden])
-        if self.normalize:  # normalise the whole utterance once, as fairseq would, then cut
-            wav = F.layer_norm(wav, wav.shape)
-        pieces = []
-        for f0 in range(0, total, chunk_frames):
-            f1 = min(total, f0 + chunk_frames)
-            seg = wav[f0 * self.hop : (f1 - 1) * self.hop + self.receptive_field]
-            hidden, _ = self.forward(seg.unsqueeze(0), None, layers, _normalized=True)
-            pieces.append(torch.stack([h[0] for h in hidden]))
-        return torch.cat(pieces, dim=1)
-
-
-def _conv_geometry(feature_extractor) -> tuple[int, int, bool]:
-    """(receptive field, hop, group-norm first layer) of fairseq's ConvFeatureExtractionModel."""
+def conv_geometry(model: torch.nn.Module) -> tuple[int, int, bool]:
+    """(receptive field, hop, group-norm first layer) of a fairseq model's conv feature extractor."""
     rf, hop = 1, 1
-    convs = [m for m in feature_extractor.modules() if isinstance(m, torch.nn.Conv1d)]
-    for conv in convs:
+    modules = list(model.feature_extractor.modules())
+    for conv in (m for m in modules if isinstance(m, torch.nn.Conv1d)):
         rf = rf + (conv.kernel_size[0] - 1) * hop
         hop = hop * conv.stride[0]
-    group_norm = any(isinstance(m, torch.nn.GroupNorm) for m in feature_extractor.modules())
-    return rf, hop, group_norm
+    return rf, hop, any(isinstance(m, torch.nn.GroupNorm) for m in modules)
 
 
-class FairseqUpstream(Upstream):
-    """HuBERT / wav2vec 2.0 / data2vec audio from fairseq, run layer by layer (see module docstring)."""
+def _stacked_pos_conv(model: torch.nn.Module) -> bool:
+    pos_conv = getattr(model.encoder, "pos_conv", None)
+    return pos_conv is not None and sum(isinstance(m, torch.nn.Conv1d) for m in pos_conv.modules()) > 1
 
-    def __init__(self, model, kind: str, normalize: bool, path: str = ""):
+
+class _GradScale(torch.autograd.Function):
+    """Identity forward, gradient times ``scale`` backward (fairseq's ``feature_grad_mult``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.new(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def _cnn(model: torch.nn.Module, wav: torch.Tensor, lengths: torch.Tensor, group_norm: bool, rf: int,
+         hop: int) -> torch.Tensor:
+    """CNN features (B, C, T); per utterance when a group norm would mix in the padding."""
+    fe = model.feature_extractor
+    if not group_norm or not bool((lengths != wav.size(1)).any()):
+        return fe(wav)
+    t_max = int(frame_lengths(torch.tensor([wav.size(1)]), rf, hop)[0])
+    out = None
+    for i, n in enumerate(lengths.tolist()):
+        f = fe(wav[i : i + 1, :n])  # (1, C, T_i)
+        if out is None:
+            out = f.new_zeros(wav.size(0), f.size(1), t_max)
+        out[i, :, : f.size(2)] = f[0]
+    return out
+
+
+def _encoder_layers(
+    model: torch.nn.Module, feats: torch.Tensor, frame_mask: torch.Tensor, top: int, stacked: bool
+) -> list[torch.Tensor | None]:
+    """Outputs (B, T, C) of transformer layers 1..``top`` for the encoder input ``feats`` (B, T, C).
+
+    With encoder layerdrop in training only the top layer is defined (dropped layers have no output):
+    the list then holds None below it. A multi-layer positional convolution (data2vec's
+    ``pos_conv_depth > 1``) carries padded frames into valid ones between its layers (fairseq zeroes
+    them only before the first): the encoder then runs on each utterance's own frames.
+    """
+    if stacked and bool(frame_mask.any()):
+        out = [feats.new_zeros(feats.shape) for _ in range(top)]
+        for b, n in enumerate((~frame_mask).sum(1).tolist()):
+            alone = _encoder_layers(model, feats[b : b + 1, :n], frame_mask[b : b + 1, :n], top, False)
+            for i, x in enumerate(alone):
+                if x is None:
+                    out[i] = None
+                elif out[i] is not None:
+                    out[i][b, :n] = x[0]
+        return out
+    enc_mask = frame_mask if bool(frame_mask.any()) else None
+    x, results = model.encoder.extract_features(feats, padding_mask=enc_mask, tgt_layer=top - 1)
+    if len(results) < top:  # layers dropped (layerdrop): the top one is the last that ran
+        return [None] * (top - 1) + [x]
+    return [r[0].transpose(0, 1) for r in results[: top - 1]] + [x]
+
+
+def layer_outputs(
+    model: torch.nn.Module,
+    wav: torch.Tensor,
+    lengths: torch.Tensor,
+    layers: list[int],
+    *,
+    normalize: bool,
+    train_cnn: bool = False,
+    train: bool = False,
+    feature_grad_mult: float = 1.0,
+    mask: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    path: str = "",
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Layers ``layers`` of the fairseq encoder ``model`` for a padded batch, and their frame padding mask.
+
+    Parameters
+    ----------
+    model
+        A fairseq HuBERT / wav2vec 2.0 / data2vec audio model (``feature_extractor``, ``layer_norm``,
+        ``post_extract_proj``, ``encoder``), as :func:`serkit.upstream.checkpoint.build_encoder` builds it.
+    wav : (B, S) at 16 kHz (float32, or half when the caller runs in half precision)
+    lengths : (B,) valid samples of each utterance; samples past them are padding.
+    layers : layer numbers (0..L, see the module docstring), returned in this order.
+    normalize : layer-norm each utterance's waveform over its valid samples (the upstream's
+        ``task.normalize``); padding is set to 0 either way.
+    train_cnn, train : compute gradients through the CNN front end / the rest of the encoder (when
+        gradients are enabled at all); the parts not trained run without building a graph.
+    feature_grad_mult : gradient scale into the CNN (fairseq's ``feature_grad_mult``), when trained.
+    mask : ``mask(x (B, T, C), frame_mask (B, T)) -> x``: training-time masking of the transformer input.
+    path : named in errors.
+
+    Returns
+    -------
+    ``([ (B, T, C) per requested layer ], frame_mask (B, T) bool, True on padding)``; padded frames are 0.
+    """
+    rf, hop, group_norm = conv_geometry(model)
+    if bool((lengths < rf).any()):
+        raise SerkitError(
+            f"{path + ': ' if path else ''}an input of {int(lengths.min())} samples is shorter than the "
+            f"upstream's receptive field ({rf} samples = {rf / SAMPLE_RATE * 1000:.0f} ms)"
+        )
+    if normalize:
+        wav = normalize_waves(wav, lengths)
+    elif bool((lengths != wav.size(1)).any()):
+        padding = torch.arange(wav.size(1), device=wav.device)[None, :] >= lengths[:, None]
+        wav = wav.masked_fill(padding, 0.0)
+    grad = torch.is_grad_enabled()
+    with torch.set_grad_enabled(grad and train_cnn):
+        feats = _cnn(model, wav, lengths, group_norm, rf, hop)
+    if grad and train_cnn and feature_grad_mult != 1.0:
+        feats = _GradScale.apply(feats, feature_grad_mult)
+    with torch.set_grad_enabled(grad and train):
+        x = model.layer_norm(feats.transpose(1, 2))
+        if model.post_extract_proj is not None:
+            x = model.post_extract_proj(x)
+        if getattr(model, "dropout_input", None) is not None:
+            x = model.dropout_input(x)
+        frame_len = frame_lengths(lengths, rf, hop)
+        frame_mask = torch.arange(x.size(1), device=x.device)[None, :] >= frame_len[:, None]
+        if mask is not None:
+            x = mask(x, frame_mask)
+        x = x.masked_fill(frame_mask[..., None], 0.0)
+        hidden = {0: x}
+        top = max(layers)
+        if top > 0:
+            stacked = _stacked_pos_conv(model)
+            for i, h in enumerate(_encoder_layers(model, x, frame_mask, top, stacked), start=1):
+                if h is not None:
+                    hidden[i] = h.masked_fill(frame_mask[..., None], 0.0)
+        missing = [i for i in layers if i not in hidden]
+        if missing:
+            raise SerkitError(
+                f"{path + ': ' if path else ''}layer(s) {missing} were dropped by the encoder's layerdrop; "
+                "only the top layer is defined with layerdrop > 0"
+            )
+        return [hidden[i] for i in layers], frame_mask
+
+
+class FairseqEncoderUpstream(Upstream):
+    """HuBERT / wav2vec 2.0 / data2vec audio from fairseq as an :class:`Upstream` (feature extraction)."""
+
+    def __init__(self, model: torch.nn.Module, kind: str, normalize: bool, path: str = ""):
         super().__init__()
         self.model = model
         self.kind = kind
@@ -140,7 +197,7 @@ class FairseqUpstream(Upstream):
         self.path = str(path)
         self.num_layers = len(model.encoder.layers)
         self.dim = model.encoder.embedding_dim
-        self.receptive_field, self.hop, self._group_norm = _conv_geometry(model.feature_extractor)
+        self.receptive_field, self.hop, _ = conv_geometry(model)
         if self.receptive_field != 400 or self.hop != 320:
             log.warning(
                 "%s: conv front end has receptive field %d and hop %d (not 400/320): frames are not at 50 Hz",
@@ -149,112 +206,24 @@ class FairseqUpstream(Upstream):
                 self.hop,
             )
         self.frame_rate = SAMPLE_RATE / self.hop
-        pos_conv = getattr(model.encoder, "pos_conv", None)
-        convs = [] if pos_conv is None else [x for x in pos_conv.modules() if isinstance(x, torch.nn.Conv1d)]
-        self._stacked_pos_conv = len(convs) > 1
 
-    def _cnn(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        fe = self.model.feature_extractor
-        uneven = bool((lengths != wav.size(1)).any())
-        if self._group_norm and uneven:
-            t_max = int(self.frame_lengths(torch.tensor([wav.size(1)]))[0])
-            out = None
-            for i, n in enumerate(lengths.tolist()):
-                f = fe(wav[i : i + 1, :n])  # (1, C, T_i)
-                if out is None:
-                    out = f.new_zeros(wav.size(0), f.size(1), t_max)
-                out[i, :, : f.size(2)] = f[0]
-            return out
-        return fe(wav)
-
-    @torch.no_grad()
-    def forward(
-        self,
-        wav: torch.Tensor,
-        padding_mask: torch.Tensor | None = None,
-        layers=None,
-        _normalized: bool = False,
-    ):
-        """Run the model; return ``([ (B, T, C) per requested layer ], padding_mask (B, T) bool)``.
-
-        ``wav`` (B, S) float at 16 kHz; ``padding_mask`` (B, S) True on padded samples, or None.
-        """
-        layers = self.check_layers(layers)
-        if wav.dim() == 1:
-            wav = wav.unsqueeze(0)
-        wav = wav.float()
-        lengths = self._lengths(wav, padding_mask)
-        if lengths.min() < self.receptive_field:
-            raise SerkitError(
-                f"{self.path}: input of {int(lengths.min())} samples is shorter than the "
-                f"model's receptive field ({self.receptive_field} samples = "
-                f"{self.receptive_field / SAMPLE_RATE * 1000:.0f} ms)"
-            )
-        if self.normalize and not _normalized:
-            wav = self._normalize_wave(wav, lengths)
-        elif padding_mask is not None:
-            wav = wav.masked_fill(padding_mask, 0.0)
-        m = self.model
-        feats = self._cnn(wav, lengths).transpose(1, 2)  # (B, T, C_cnn)
-        feats = m.layer_norm(feats)
-        if m.post_extract_proj is not None:
-            feats = m.post_extract_proj(feats)
-        frame_len = self.frame_lengths(lengths)
-        t = feats.size(1)
-        frame_mask = torch.arange(t, device=feats.device)[None, :] >= frame_len[:, None]
-        hidden = {0: feats.masked_fill(frame_mask[..., None], 0.0)}
-        top = max(layers)
-        if top > 0:
-            for i, x in enumerate(self.encoder_layers(feats, frame_mask, top), start=1):
-                hidden[i] = x.masked_fill(frame_mask[..., None], 0.0)
-        return [hidden[i] for i in layers], frame_mask
-
-    def encoder_layers(self, feats: torch.Tensor, frame_mask: torch.Tensor, top: int) -> list[torch.Tensor]:
-        """Outputs (B, T, C) of transformer layers 1..``top`` for the encoder input ``feats`` (B, T, C).
-
-        A multi-layer positional convolution (data2vec's ``pos_conv_depth > 1``) carries padded frames
-        into valid ones between its layers (fairseq zeroes them only before the first); the encoder
-        then runs on each utterance's own frames so that padding never changes them.
-        """
-        enc = self.model.encoder
-        frame_len = (~frame_mask).sum(1)
-        if self._stacked_pos_conv and bool(frame_mask.any()):
-            out = [feats.new_zeros(feats.shape) for _ in range(top)]
-            for b, n in enumerate(frame_len.tolist()):
-                alone = self.encoder_layers(feats[b : b + 1, :n], frame_mask[b : b + 1, :n], top)
-                for i, x in enumerate(alone):
-                    out[i][b, :n] = x[0]
-            return out
-        enc_mask = frame_mask if bool(frame_mask.any()) else None
-        _, layer_results = enc.extract_features(feats, padding_mask=enc_mask, tgt_layer=top - 1)
-        return [(res[0] if isinstance(res, tuple) else res).transpose(0, 1) for res in layer_results[:top]]
+    def compute_layers(self, batch: WaveBatch, layers: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return layer_outputs(
+            self.model, batch.wav.float(), batch.lengths, layers, normalize=batch.normalize, path=self.path
+        )
 
 
-# ---------------------------------------------------------------------------------------------
-# loading (the checkpoint formats are read in .checkpoint, the one place that knows them)
-
-
-def load_fairseq_upstream(path, device: str = "cpu") -> FairseqUpstream:
+def load_fairseq_upstream(path: str | os.PathLike, device: str = "cpu") -> FairseqEncoderUpstream:
     """Load a fairseq HuBERT / wav2vec 2.0 / data2vec audio checkpoint, pretrained or CTC-finetuned.
 
     Any published form (``cfg`` dict or argparse ``args``, nested ``w2v_args``, either weight-norm naming)
     is read by :func:`serkit.upstream.checkpoint.read_checkpoint`. The training data (``task.data``, label
     dir, dictionaries) is not needed.
     """
-    path = Path(path)
-    try:
-        import fairseq  # noqa: F401
-    except ImportError as e:
-        raise SerkitError(
-            f"{path}: loading fairseq checkpoints needs fairseq (pip install "
-            "'serkit[fairseq]' or `make install`)"
-        ) from e
-    from .checkpoint import build_encoder, read_checkpoint, register_models
+    from .checkpoint import load_encoder
 
-    register_models()
-    ck = read_checkpoint(path)
-    model = build_encoder(ck)
-    up = FairseqUpstream(model, kind=ck.kind, normalize=ck.normalize, path=str(path))
+    ck, model = load_encoder(Path(path))
+    up = FairseqEncoderUpstream(model, kind=ck.kind, normalize=ck.normalize, path=str(path))
     log.info(
         "loaded %s upstream %s (%s): %d layers x %d dims, normalize=%s",
         ck.kind,
@@ -265,3 +234,6 @@ def load_fairseq_upstream(path, device: str = "cpu") -> FairseqUpstream:
         ck.normalize,
     )
     return up.to(device).eval()
+
+
+__all__ = ["FairseqEncoderUpstream", "conv_geometry", "layer_outputs", "load_fairseq_upstream"]

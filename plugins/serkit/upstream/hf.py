@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..utils import SerkitError
-from .fairseq_models import Upstream
+from .base import Upstream, WaveBatch, normalize_waves
 
 log = logging.getLogger("serkit.upstream")
 
@@ -53,22 +53,11 @@ class HFUpstream(Upstream):
         self.receptive_field, self.hop = rf, hop
         self.frame_rate = 16000 / hop
 
-    @torch.no_grad()
-    def forward(
-        self,
-        wav: torch.Tensor,
-        padding_mask: torch.Tensor | None = None,
-        layers=None,
-        _normalized: bool = False,
-    ):
-        layers = self.check_layers(layers)
-        if wav.dim() == 1:
-            wav = wav.unsqueeze(0)
-        wav = wav.float()
-        lengths = self._lengths(wav, padding_mask)
-        if self.normalize and not _normalized:
-            wav = self._normalize_wave(wav, lengths)
-        attention = None if padding_mask is None else (~padding_mask).long()
+    def compute_layers(self, batch: WaveBatch, layers: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        wav, lengths = batch.wav.float(), batch.lengths
+        if batch.normalize:
+            wav = normalize_waves(wav, lengths)
+        attention = None if batch.padding_mask is None else (~batch.padding_mask).long()
         out = self.model(wav, attention_mask=attention, output_hidden_states=True)
         hs = out.hidden_states
         frame_len = self.frame_lengths(lengths)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import SAMPLE_RATE
-from .fairseq_models import Upstream
+from .base import Upstream, WaveBatch
 
 
 class MfccUpstream(Upstream):
@@ -45,18 +45,8 @@ class MfccUpstream(Upstream):
         feats = torch.cat([mfcc, delta, ddelta], dim=0).transpose(0, 1).contiguous()  # (T100, 39)
         return feats[::2]
 
-    @torch.no_grad()
-    def forward(
-        self,
-        wav: torch.Tensor,
-        padding_mask: torch.Tensor | None = None,
-        layers=None,
-        _normalized: bool = False,
-    ):
-        layers = self.check_layers(layers)
-        if wav.dim() == 1:
-            wav = wav.unsqueeze(0)
-        lengths = self._lengths(wav, padding_mask)
+    def compute_layers(self, batch: WaveBatch, layers: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        wav, lengths = batch.wav, batch.lengths
         frame_len = self.frame_lengths(lengths)
         t_max = int(frame_len.max())
         out = wav.new_zeros(wav.size(0), t_max, self.dim)

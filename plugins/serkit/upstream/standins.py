@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .tiny import encoder_dims
+
 #: the letters of fairseq's dict.ltr.txt (LibriSpeech CTC fine-tuning), in its order
 LETTERS = [
     "|",
@@ -73,27 +75,9 @@ LETTERS = [
 ]
 CONV_BASE = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2"
 SIZES = {
-    "tiny": dict(
-        conv_feature_layers="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] * 2",
-        encoder_layers=2,
-        encoder_embed_dim=64,
-        encoder_ffn_embed_dim=128,
-        encoder_attention_heads=2,
-    ),
-    "base": dict(
-        conv_feature_layers=CONV_BASE,
-        encoder_layers=12,
-        encoder_embed_dim=768,
-        encoder_ffn_embed_dim=3072,
-        encoder_attention_heads=12,
-    ),
-    "large": dict(
-        conv_feature_layers=CONV_BASE,
-        encoder_layers=24,
-        encoder_embed_dim=1024,
-        encoder_ffn_embed_dim=4096,
-        encoder_attention_heads=16,
-    ),
+    "tiny": encoder_dims("[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] * 2", 2, 64, 128, 2),
+    "base": encoder_dims(CONV_BASE, 12, 768, 3072, 12),
+    "large": encoder_dims(CONV_BASE, 24, 1024, 4096, 16),
 }
 #: the authors' cluster paths as the published configs show them (torchaudio's JSONs keep save_dir and
 #: HuBERT-Large's label_dir; the data paths are of the same kind: absolute, and absent here)
@@ -166,6 +150,58 @@ def _history(criterion: str, optimizer: str, num_updates: int) -> list:
     ]
 
 
+def _hydra_state(cfg, weights: dict, criterion: str, num_updates: int, task_state: dict) -> dict:
+    """A Hydra-era checkpoint as fairseq's trainer saves it: ``cfg`` a plain dict, no ``args``."""
+    from omegaconf import OmegaConf
+
+    return {
+        "args": None,
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": weights,
+        "criterion": None,
+        "optimizer_history": _history(criterion, "FairseqAdam", num_updates),
+        "task_state": task_state,
+        "extra_state": {"metrics": {}, "previous_training_time": 0},
+        "last_optimizer_state": None,
+    }
+
+
+def _argparse_state(args: Namespace, weights: dict, criterion: str, num_updates: int) -> dict:
+    """An argparse-era checkpoint (2020): ``args`` Namespace, no ``cfg``, no ``task_state``."""
+    return {
+        "args": args,
+        "model": weights,
+        "optimizer_history": _history(criterion, "FairseqAdam", num_updates),
+        "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
+        "last_optimizer_state": None,
+    }
+
+
+def _ctc_fields(mask_prob: float, mask_channel_prob: float, freeze_finetune_updates: int, **more) -> dict:
+    """Fields the published CTC finetuning configs share (layerdrop 0.1, frozen CNN, 64-channel masks)."""
+    return {
+        "apply_mask": True,
+        "mask_prob": mask_prob,
+        "mask_channel_prob": mask_channel_prob,
+        "mask_channel_length": 64,
+        "layerdrop": 0.1,
+        "activation_dropout": 0.1,
+        "feature_grad_mult": 0.0,
+        "freeze_finetune_updates": freeze_finetune_updates,
+        **more,
+    }
+
+
+def _standin(release: str, out, state: dict, kind: str, model, info: dict) -> StandIn:
+    """Save ``state`` to ``out``; a CTC model (``w2v_encoder``) gets its letter dictionary beside it."""
+    path = _save(state, Path(out))
+    inner = getattr(model, "w2v_encoder", None)
+    if inner is None:
+        return StandIn(release, path, kind, False, model.eval(), model.eval(), info=info)
+    dict_path = write_letter_dict(Path(out).parent / "dict.ltr.txt")
+    return StandIn(release, path, kind, True, model.eval(), inner.w2v_model.eval(), dict_path, info=info)
+
+
 def _dictionary(symbols):
     from fairseq.data import Dictionary
 
@@ -178,6 +214,13 @@ def _dictionary(symbols):
 def write_letter_dict(path: Path) -> Path:
     path.write_text("".join(f"{c} {100000 - 100 * i}\n" for i, c in enumerate(LETTERS)))
     return path
+
+
+def _noisy_weights(model, seed: int, pos_conv_weight_norm: str) -> dict:
+    """``model``'s weights after :func:`_seed_noise`, the positional convolution's under the given naming."""
+    _seed_noise(model, seed)
+    weights = model.state_dict()
+    return _parametrized_names(weights) if pos_conv_weight_norm == "parametrizations" else weights
 
 
 def _parametrized_names(weights: dict) -> dict:
@@ -196,44 +239,16 @@ def _parametrized_names(weights: dict) -> dict:
 
 #: Wav2Vec2Config values of the published configs (torchaudio's wav2vec_small.json, libri960_big.json,
 #: wav2vec_vox_new.json); dimensions come from SIZES
-W2V_PRETRAINED = {
-    "wav2vec_small.pt": dict(
-        size="base",
-        normalize=False,
-        extractor_mode="default",
-        layer_norm_first=False,
-        conv_bias=False,
-        dropout=0.1,
-        encoder_layerdrop=0.05,
-        feature_grad_mult=0.1,
-        final_dim=256,
-        latent_temp=(2, 0.5, 0.999995),
-    ),
-    "libri960_big.pt": dict(
-        size="large",
-        normalize=False,
-        extractor_mode="default",
-        layer_norm_first=False,
-        conv_bias=False,
-        dropout=0.0,
-        encoder_layerdrop=0.2,
-        feature_grad_mult=0.1,
-        final_dim=768,
-        latent_temp=(2, 0.5, 0.999995),
-    ),
-    "wav2vec_vox_new.pt": dict(
-        size="large",
-        normalize=True,
-        extractor_mode="layer_norm",
-        layer_norm_first=True,
-        conv_bias=True,
-        dropout=0.0,
-        encoder_layerdrop=0.0,
-        feature_grad_mult=1.0,
-        final_dim=768,
-        latent_temp=(2, 0.1, 0.999995),
-    ),
+W2V_FIELDS = (
+    "size normalize extractor_mode layer_norm_first conv_bias dropout encoder_layerdrop feature_grad_mult "
+    "final_dim latent_temp"
+).split()
+_W2V_PRETRAINED_ROWS = {
+    "wav2vec_small.pt": ("base", False, "default", False, False, 0.1, 0.05, 0.1, 256, (2, 0.5, 0.999995)),
+    "libri960_big.pt": ("large", False, "default", False, False, 0.0, 0.2, 0.1, 768, (2, 0.5, 0.999995)),
+    "wav2vec_vox_new.pt": ("large", True, "layer_norm", True, True, 0.0, 0.0, 1.0, 768, (2, 0.1, 0.999995)),
 }
+W2V_PRETRAINED = {release: dict(zip(W2V_FIELDS, row)) for release, row in _W2V_PRETRAINED_ROWS.items()}
 #: CTC releases -> the pretrained model they were finetuned from (torchaudio's wav2vec_small_960h.json,
 #: wav2vec_large_lv60k_960h.json: the outer model's fields)
 W2V_CTC = {
@@ -299,36 +314,36 @@ def _argparse_values(dc_obj) -> dict:
 
 
 #: argparse-era options of the trainer and the wav2vec 2.0 recipe, as in the published w2v_args
-_W2V_TRAIN_ARGS = dict(
-    no_progress_bar=False,
-    log_interval=200,
-    log_format="json",
-    seed=5,
-    fp16=True,
-    distributed_world_size=64,
-    distributed_init_method="tcp://learnfair2106:55498",
-    save_dir=W2V_SAVE_DIR,
-    save_interval_updates=25000,
-    keep_interval_updates=1,
-    no_epoch_checkpoints=True,
-    max_tokens=1400000,
-    max_update=400000,
-    lr=[0.0005],
-    optimizer="adam",
-    adam_betas="(0.9,0.98)",
-    adam_eps=1e-06,
-    weight_decay=0.01,
-    lr_scheduler="polynomial_decay",
-    warmup_updates=32000,
-    total_num_update=400000,
-    num_workers=6,
-    skip_invalid_size_inputs_valid_test=True,
-    user_dir=None,
-    criterion="wav2vec",
-    infonce=True,
-    log_keys='["prob_perplexity","code_perplexity","temp"]',
-    loss_weights="[0.1, 10]",
-)
+_W2V_TRAIN_ARGS = {
+    "no_progress_bar": False,
+    "log_interval": 200,
+    "log_format": "json",
+    "seed": 5,
+    "fp16": True,
+    "distributed_world_size": 64,
+    "distributed_init_method": "tcp://learnfair2106:55498",
+    "save_dir": W2V_SAVE_DIR,
+    "save_interval_updates": 25000,
+    "keep_interval_updates": 1,
+    "no_epoch_checkpoints": True,
+    "max_tokens": 1400000,
+    "max_update": 400000,
+    "lr": [0.0005],
+    "optimizer": "adam",
+    "adam_betas": "(0.9,0.98)",
+    "adam_eps": 1e-06,
+    "weight_decay": 0.01,
+    "lr_scheduler": "polynomial_decay",
+    "warmup_updates": 32000,
+    "total_num_update": 400000,
+    "num_workers": 6,
+    "skip_invalid_size_inputs_valid_test": True,
+    "user_dir": None,
+    "criterion": "wav2vec",
+    "infonce": True,
+    "log_keys": '["prob_perplexity","code_perplexity","temp"]',
+    "loss_weights": "[0.1, 10]",
+}
 
 
 def _w2v_pretrain_args(release: str, model_cfg) -> Namespace:
@@ -361,27 +376,10 @@ def make_wav2vec2_pretrained(
     torch.manual_seed(seed)
     model_cfg = _w2v_model_config(release, size)
     model = Wav2Vec2Model(model_cfg)
-    _seed_noise(model, seed)
-    weights = model.state_dict()
-    if pos_conv_weight_norm == "parametrizations":
-        weights = _parametrized_names(weights)
-    state = {
-        "args": _w2v_pretrain_args(release, model_cfg),
-        "model": weights,
-        "optimizer_history": _history("Wav2vecCriterion", "FairseqAdam", 400000),
-        "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
-        "last_optimizer_state": None,
-    }
-    path = _save(state, Path(out))
-    return StandIn(
-        release,
-        path,
-        "wav2vec2",
-        False,
-        model.eval(),
-        model.eval(),
-        info={"format": "args Namespace", "normalize": W2V_PRETRAINED[release]["normalize"]},
-    )
+    weights = _noisy_weights(model, seed, pos_conv_weight_norm)
+    state = _argparse_state(_w2v_pretrain_args(release, model_cfg), weights, "Wav2vecCriterion", 400000)
+    info = {"format": "args Namespace", "normalize": W2V_PRETRAINED[release]["normalize"]}
+    return _standin(release, out, state, "wav2vec2", model, info)
 
 
 def make_wav2vec2_ctc(
@@ -404,18 +402,8 @@ def make_wav2vec2_ctc(
         "audio_pretraining",
         "wav2vec2",
     )
-    ctc_fields = dict(
-        apply_mask=True,
-        mask_length=10,
-        dropout=0.0,
-        activation_dropout=0.1,
-        attention_dropout=0.0,
-        dropout_input=0.0,
-        final_dropout=0.0,
-        feature_grad_mult=0.0,
-        layerdrop=0.1,
-        mask_channel_length=64,
-        **spec,
+    ctc_fields = _ctc_fields(
+        **spec, mask_length=10, dropout=0.0, attention_dropout=0.0, dropout_input=0.0, final_dropout=0.0
     )
     root = _root_cfg(
         AudioPretrainingConfig(data=W2V_DATA, normalize=normalize, labels="ltr"),
@@ -451,62 +439,25 @@ def make_wav2vec2_ctc(
         post_process="letter",
         w2v_args=_w2v_pretrain_args(pretrained, inner_model_cfg),
     )
-    state = {
-        "args": args,
-        "model": model.state_dict(),
-        "optimizer_history": _history("CtcCriterion", "FairseqAdam", 320000),
-        "extra_state": {"epoch": 1, "train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
-        "last_optimizer_state": None,
-    }
-    path = _save(state, Path(out))
-    dict_path = write_letter_dict(Path(out).parent / "dict.ltr.txt")
     assert OmegaConf.is_config(model.w2v_encoder.w2v_model.cfg)
-    return StandIn(
-        release,
-        path,
-        "wav2vec2",
-        True,
-        model.eval(),
-        model.w2v_encoder.w2v_model.eval(),
-        dict_path,
-        info={"format": "args Namespace, nested w2v_args Namespace", "normalize": normalize},
-    )
+    state = _argparse_state(args, model.state_dict(), "CtcCriterion", 320000)
+    info = {"format": "args Namespace, nested w2v_args Namespace", "normalize": normalize}
+    return _standin(release, out, state, "wav2vec2", model, info)
 
 
 # ---------------------------------------------------------------------------------------------
 # HuBERT (Hydra era: cfg dict, task_state)
 
 #: HubertConfig values of torchaudio's hubert_base_ls960.json / hubert_large_ll60k.json
-HUBERT = {
-    "hubert_base_ls960.pt": dict(
-        size="base",
-        final_dim=256,
-        extractor_mode="default",
-        layer_norm_first=False,
-        untie_final_proj=False,
-        dropout=0.1,
-        attention_dropout=0.1,
-        dropout_input=0.1,
-        dropout_features=0.1,
-        encoder_layerdrop=0.05,
-        feature_grad_mult=0.1,
-        skip_nomask=False,
-    ),
-    "hubert_large_ll60k.pt": dict(
-        size="large",
-        final_dim=768,
-        extractor_mode="layer_norm",
-        layer_norm_first=True,
-        untie_final_proj=True,
-        dropout=0.0,
-        attention_dropout=0.0,
-        dropout_input=0.0,
-        dropout_features=0.0,
-        encoder_layerdrop=0.0,
-        feature_grad_mult=1.0,
-        skip_nomask=True,
-    ),
+HUBERT_FIELDS = (
+    "size final_dim extractor_mode layer_norm_first untie_final_proj dropout attention_dropout dropout_input "
+    "dropout_features encoder_layerdrop feature_grad_mult skip_nomask"
+).split()
+_HUBERT_ROWS = {
+    "hubert_base_ls960.pt": ("base", 256, "default", False, False, 0.1, 0.1, 0.1, 0.1, 0.05, 0.1, False),
+    "hubert_large_ll60k.pt": ("large", 768, "layer_norm", True, True, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, True),
 }
+HUBERT = {release: dict(zip(HUBERT_FIELDS, row)) for release, row in _HUBERT_ROWS.items()}
 #: HubertPretrainingConfig values (labels, label_dir, normalize) of the same JSONs
 HUBERT_TASK = {
     "hubert_base_ls960.pt": dict(labels=["layer6.km500"], label_dir=None, normalize=False),
@@ -545,7 +496,6 @@ def make_hubert_pretrained(
 ) -> StandIn:
     import torch
     from fairseq.models.hubert.hubert import HubertModel
-    from omegaconf import OmegaConf
 
     torch.manual_seed(seed)
     task_dc, model_dc = _hubert_cfgs(release, size)
@@ -560,30 +510,10 @@ def make_hubert_pretrained(
     )
     dictionary = _dictionary(str(i) for i in range(KM_LABELS))
     model = HubertModel(cfg.model, cfg.task, [dictionary])
-    _seed_noise(model, seed)
-    weights = model.state_dict()
-    if pos_conv_weight_norm == "parametrizations":
-        weights = _parametrized_names(weights)
-    state = {
-        "args": None,
-        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "model": weights,
-        "criterion": None,
-        "optimizer_history": _history("HubertCriterion", "FairseqAdam", 400000),
-        "task_state": {"dictionaries": [dictionary]},
-        "extra_state": {"metrics": {}, "previous_training_time": 0},
-        "last_optimizer_state": None,
-    }
-    path = _save(state, Path(out))
-    return StandIn(
-        release,
-        path,
-        "hubert",
-        False,
-        model.eval(),
-        model.eval(),
-        info={"format": "cfg dict, task_state dictionaries [504]", "normalize": task_dc.normalize},
-    )
+    weights = _noisy_weights(model, seed, pos_conv_weight_norm)
+    state = _hydra_state(cfg, weights, "HubertCriterion", 400000, {"dictionaries": [dictionary]})
+    info = {"format": "cfg dict, task_state dictionaries [504]", "normalize": task_dc.normalize}
+    return _standin(release, out, state, "hubert", model, info)
 
 
 def make_hubert_ctc(
@@ -593,7 +523,7 @@ def make_hubert_ctc(
     import torch
     from fairseq.models.hubert.hubert_asr import HubertCtc, HubertCtcConfig
     from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
     torch.manual_seed(seed)
     pre = "hubert_large_ll60k.pt"
@@ -608,16 +538,7 @@ def make_hubert_ctc(
         single_target=True,
         label_rate=-1.0,
     )
-    ctc_fields = dict(
-        apply_mask=True,
-        mask_prob=0.5,
-        mask_channel_prob=0.25,
-        mask_channel_length=64,
-        layerdrop=0.1,
-        activation_dropout=0.1,
-        feature_grad_mult=0.0,
-        freeze_finetune_updates=10000,
-    )
+    ctc_fields = _ctc_fields(mask_prob=0.5, mask_channel_prob=0.25, freeze_finetune_updates=10000)
     root = _root_cfg(
         ft_task,
         HubertCtcConfig(w2v_path="/checkpoint/wnhsu/hubert/hubert_large_ll60k.pt", **ctc_fields),
@@ -636,28 +557,9 @@ def make_hubert_ctc(
         build.model.autoregressive = False
     model = HubertCtc.build_model(build.model, task)
     _seed_noise(model, seed)
-    state = {
-        "args": None,
-        "cfg": OmegaConf.to_container(root, resolve=True, enum_to_str=True),
-        "model": model.state_dict(),
-        "criterion": None,
-        "optimizer_history": _history("CtcCriterion", "FairseqAdam", 320000),
-        "task_state": {"target_dictionary": letters},
-        "extra_state": {"metrics": {}, "previous_training_time": 0},
-        "last_optimizer_state": None,
-    }
-    path = _save(state, Path(out))
-    dict_path = write_letter_dict(Path(out).parent / "dict.ltr.txt")
-    return StandIn(
-        release,
-        path,
-        "hubert",
-        True,
-        model.eval(),
-        model.w2v_encoder.w2v_model.eval(),
-        dict_path,
-        info={"format": "cfg dict, w2v_args cfg, task_state target_dictionary", "normalize": True},
-    )
+    state = _hydra_state(root, model.state_dict(), "CtcCriterion", 320000, {"target_dictionary": letters})
+    info = {"format": "cfg dict, w2v_args cfg, task_state target_dictionary", "normalize": True}
+    return _standin(release, out, state, "hubert", model, info)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -711,7 +613,6 @@ def make_data2vec_pretrained(
     out, release: str = "audio_base_ls.pt", size: str = "tiny", seed: int = 0
 ) -> StandIn:
     import torch
-    from omegaconf import OmegaConf
 
     from .checkpoint import register_models
 
@@ -731,26 +632,9 @@ def make_data2vec_pretrained(
     model = MODEL_REGISTRY["data2vec_audio"](cfg.model)
     _seed_noise(model, seed)
     model.set_num_updates(400000)  # builds the EMA teacher, saved as "_ema" (as the trainer's checkpoints)
-    state = {
-        "args": None,
-        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "model": model.state_dict(),
-        "criterion": None,
-        "optimizer_history": _history("ModelCriterion", "FairseqAdam", 400000),
-        "task_state": {},
-        "extra_state": {"metrics": {}, "previous_training_time": 0},
-        "last_optimizer_state": None,
-    }
-    path = _save(state, Path(out))
-    return StandIn(
-        release,
-        path,
-        "data2vec",
-        False,
-        model.eval(),
-        model.eval(),
-        info={"format": "cfg dict, _ema teacher", "normalize": True},
-    )
+    state = _hydra_state(cfg, model.state_dict(), "ModelCriterion", 400000, {})
+    info = {"format": "cfg dict, _ema teacher", "normalize": True}
+    return _standin(release, out, state, "data2vec", model, info)
 
 
 def make_data2vec_ctc(
@@ -759,7 +643,6 @@ def make_data2vec_ctc(
     import torch
     from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
     from fairseq.tasks.audio_finetuning import AudioFinetuningConfig
-    from omegaconf import OmegaConf
 
     torch.manual_seed(seed)
     task_dc, model_dc = _d2v_cfgs(size)
@@ -770,16 +653,7 @@ def make_data2vec_ctc(
         "data2vec_audio",
         optimization={"max_update": 400000, "lr": [0.0005]},
     )
-    ctc_fields = dict(
-        apply_mask=True,
-        mask_prob=0.65,
-        mask_channel_prob=0.25,
-        mask_channel_length=64,
-        layerdrop=0.1,
-        activation_dropout=0.1,
-        feature_grad_mult=0.0,
-        freeze_finetune_updates=0,
-    )
+    ctc_fields = _ctc_fields(mask_prob=0.65, mask_channel_prob=0.25, freeze_finetune_updates=0)
     root = _root_cfg(
         AudioFinetuningConfig(data=D2V_DATA, normalize=True, labels="ltr"),
         Wav2Vec2CtcConfig(w2v_path="/private/home/abaevski/models/data2vec/audio_base_ls.pt", **ctc_fields),
@@ -790,31 +664,12 @@ def make_data2vec_ctc(
     letters = _dictionary(LETTERS)
     model = Wav2VecCtc.build_model(root.model, Namespace(target_dictionary=letters))
     _seed_noise(model, seed)
-    state = {
-        "args": None,
-        "cfg": OmegaConf.to_container(root, resolve=True, enum_to_str=True),
-        "model": model.state_dict(),
-        "criterion": None,
-        "optimizer_history": _history("CtcCriterion", "FairseqAdam", 320000),
-        "task_state": {"target_dictionary": letters},
-        "extra_state": {"metrics": {}, "previous_training_time": 0},
-        "last_optimizer_state": None,
+    state = _hydra_state(root, model.state_dict(), "CtcCriterion", 320000, {"target_dictionary": letters})
+    info = {
+        "format": "cfg dict, w2v_args cfg (data2vec_audio), task_state target_dictionary",
+        "normalize": True,
     }
-    path = _save(state, Path(out))
-    dict_path = write_letter_dict(Path(out).parent / "dict.ltr.txt")
-    return StandIn(
-        release,
-        path,
-        "data2vec",
-        True,
-        model.eval(),
-        model.w2v_encoder.w2v_model.eval(),
-        dict_path,
-        info={
-            "format": "cfg dict, w2v_args cfg (data2vec_audio), task_state target_dictionary",
-            "normalize": True,
-        },
-    )
+    return _standin(release, out, state, "data2vec", model, info)
 
 
 #: every release serkit's READMEs name (or a sibling of one): file -> builder

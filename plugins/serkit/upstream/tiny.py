@@ -28,22 +28,23 @@ from ..utils import SerkitError, atomic_file, claim_output_file, torch_file_stri
 
 log = logging.getLogger("serkit.upstream")
 
-TINY = dict(
-    conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
-    encoder_layers=2,
-    encoder_embed_dim=64,
-    encoder_ffn_embed_dim=128,
-    encoder_attention_heads=2,
-    final_dim=32,
-)
-BASE = dict(  # HuBERT-base (fairseq's hubert_base_librispeech.yaml)
-    conv_feature_layers="[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
-    encoder_layers=12,
-    encoder_embed_dim=768,
-    encoder_ffn_embed_dim=3072,
-    encoder_attention_heads=12,
-    final_dim=256,
-)
+
+
+def encoder_dims(conv_feature_layers: str, layers: int, dim: int, ffn: int, heads: int, **more) -> dict:
+    """The size fields of a fairseq wav2vec-style model config (conv stack, transformer layers and widths)."""
+    return dict(
+        conv_feature_layers=conv_feature_layers,
+        encoder_layers=layers,
+        encoder_embed_dim=dim,
+        encoder_ffn_embed_dim=ffn,
+        encoder_attention_heads=heads,
+        **more,
+    )
+
+
+TINY = encoder_dims("[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2", 2, 64, 128, 2, final_dim=32)
+#: HuBERT-base (fairseq's hubert_base_librispeech.yaml)
+BASE = encoder_dims("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2", 12, 768, 3072, 12, final_dim=256)
 ARCHS = {"tiny": TINY, "base": BASE}
 PLACEHOLDER_DATA = "/OVERRIDE/task.data"
 
