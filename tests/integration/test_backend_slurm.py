@@ -137,3 +137,28 @@ def test_fairseq_finds_its_distributed_setup_inside_a_job(tmp_path):
     log = (tmp_path / "w.log").read_text()
     assert r.returncode == 0, log[-3000:]
     assert re.search(r"^init tcp://localhost:\d+$", log, re.M), log[-3000:]
+
+
+def test_interrupted_wait_cancels_the_jobs_it_waits_for(tmp_path):
+    local = REPO / "local"
+    script = (f"set -euo pipefail; . {local / 'stage.sh'}; . {local / 'backend_slurm.sh'}; slurm_poll_s=0.5; "
+              f'id=$(slurm_submit t_interrupted "{tmp_path}/i.log" "" -- sleep 300); echo "$id" > id; '
+              'slurm_wait "$id"')
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    proc = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    log = tmp_path / "i.log"
+    while not (log.exists() and "t_interrupted" in log.read_text()):  # the job runs
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.5)
+    job_id = (tmp_path / "id").read_text().strip()
+    proc.terminate()  # what a Ctrl-C or a killed login session does to the waiting recipe
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"interrupted: cancelling Slurm jobs {job_id}" in err
+    for _ in range(60):
+        show = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+        if "JobState=CANCELLED" in show:
+            break
+        time.sleep(0.5)
+    assert "JobState=CANCELLED" in show, show
