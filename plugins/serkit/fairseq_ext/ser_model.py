@@ -23,17 +23,20 @@ task), so a saved checkpoint rebuilds the upstream without ``upstream_path``.
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional  # noqa: UP035 - see SerModelConfig
+from typing import TYPE_CHECKING, Any, Dict, Optional  # noqa: UP035 - see SerModelConfig
 
 import torch
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ..upstream.checkpoint import build_finetuning_encoder, encoder_config
 from ..upstream.fairseq_models import layer_outputs
 from ..utils import SerkitError
 from .masking import compute_mask_indices
+
+if TYPE_CHECKING:
+    from fairseq.tasks import FairseqTask
 
 log = logging.getLogger("serkit.fairseq_ext")
 
@@ -81,7 +84,7 @@ class SerModelConfig(FairseqDataclass):
     mask_channel_length: int = field(default=64, metadata={"help": "channels per channel mask"})
 
 
-def read_upstream(path: str) -> tuple[Any, dict]:
+def read_upstream(path: str) -> tuple[DictConfig, dict]:
     """``(upstream_cfg {model, task}, model_state)`` of ``model.upstream_path``, unwrapping CTC models.
 
     Read by :func:`serkit.upstream.checkpoint.encoder_config`, the one checkpoint reader (every
@@ -100,7 +103,9 @@ def read_upstream(path: str) -> tuple[Any, dict]:
 class SerModel(BaseFairseqModel):
     """Upstream encoder + serkit head: ``forward(source, padding_mask) -> {"logits", "padding_mask"}``."""
 
-    def __init__(self, cfg: SerModelConfig, upstream: BaseFairseqModel, upstream_cfg, num_classes: int):
+    def __init__(
+        self, cfg: SerModelConfig, upstream: BaseFairseqModel, upstream_cfg: DictConfig, num_classes: int
+    ) -> None:
         super().__init__()
         from serkit.nn import WeightedLayerSum, build_head
 
@@ -170,7 +175,7 @@ class SerModel(BaseFairseqModel):
         return self.cfg.layer
 
     @classmethod
-    def build_model(cls, cfg: SerModelConfig, task):
+    def build_model(cls, cfg: SerModelConfig, task: "FairseqTask") -> "SerModel":
         if cfg.upstream_cfg is not None:  # from a checkpoint: the weights come with it
             upstream_cfg = cfg.upstream_cfg
             if not OmegaConf.is_config(upstream_cfg):
@@ -188,7 +193,7 @@ class SerModel(BaseFairseqModel):
             raise SerkitError("serkit_ser_model needs the serkit_ser task (it provides the class list)")
         return cls(cfg, upstream, upstream_cfg, num_classes)
 
-    def set_num_updates(self, num_updates):
+    def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)
         self.num_updates = num_updates
 
@@ -233,5 +238,5 @@ class SerModel(BaseFairseqModel):
             x = x.masked_fill(idx, 0.0)
         return x
 
-    def get_logits(self, net_output):
+    def get_logits(self, net_output: dict[str, torch.Tensor]) -> torch.Tensor:
         return net_output["logits"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     from .predict import add_arguments as add_predict_arguments
     from .train import add_arguments as add_train_arguments
 
@@ -42,19 +42,19 @@ def register(subparsers) -> None:
     e.set_defaults(func=_run_export)
 
 
-def _run_train(args):
+def _run_train(args: argparse.Namespace) -> int:
     from .train import run
 
     return run(args)
 
 
-def _run_predict(args):
+def _run_predict(args: argparse.Namespace) -> int:
     from .predict import run
 
     return run(args)
 
 
-def _run_export(args):
+def _run_export(args: argparse.Namespace) -> int:
     from .export import run
 
     return run(args)

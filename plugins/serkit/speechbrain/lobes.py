@@ -25,6 +25,8 @@ torch.Size([2, 1, 6])
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from typing import NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -100,7 +102,7 @@ class SERHead(nn.Module):
     OUTPUTS = ("logits", "log_probs", "embedding")
 
     def __init__(self, name: str, input_dim: int, num_classes: int, pooling: str = "mean",
-                 output: str = "logits", **kwargs):
+                 output: str = "logits", **kwargs) -> None:
         super().__init__()
         from serkit.nn import HEADS, BlockSearchSupernet, build_head
 
@@ -132,7 +134,7 @@ class SERHead(nn.Module):
         """The input of the head's final linear layer, (B, D): the head runs up to it."""
         captured = []
 
-        def grab(module, args):
+        def grab(module: nn.Module, args: tuple[Tensor, ...]) -> NoReturn:
             captured.append(args[0])
             raise _Embedded
 
@@ -163,7 +165,7 @@ class WeightedLayerSum(nn.Module):
     torch.Size([2, 5, 4])
     """
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int) -> None:
         super().__init__()
         from serkit.nn import WeightedLayerSum as _WeightedLayerSum
 
@@ -187,7 +189,7 @@ class SpecAugment(nn.Module):
     x : (B, T, C); lengths : (B,) relative, or None; output : (B, T, C).
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs) -> None:
         super().__init__()
         from serkit.nn import SpecAugment as _SpecAugment
 
@@ -199,7 +201,7 @@ class SpecAugment(nn.Module):
         return self.inner.train()(x, relative_lengths_to_padding_mask(lengths, x.size(1)))
 
 
-def resolve_layers(spec, num_layers: int) -> list[int]:
+def resolve_layers(spec: str | int | Iterable[int] | None, num_layers: int) -> list[int]:
     """``"all"`` | ``"last"`` | int | list of ints -> layer indices (0 = CNN projection, L = last block).
 
     Example
@@ -251,8 +253,9 @@ class FairseqUpstream(nn.Module):
     wav : (B, S) at 16 kHz; lengths : (B,) relative; output : ((B, L, T, C), frame lengths (B,) relative).
     """
 
-    def __init__(self, path: str, freeze_cnn: bool = True, freeze: bool = False, layers="last",
-                 mask_time_prob: float = 0.0, mask_time_length: int = 10, output_dropout: float = 0.0):
+    def __init__(self, path: str, freeze_cnn: bool = True, freeze: bool = False,
+                 layers: str | int | Iterable[int] = "last", mask_time_prob: float = 0.0,
+                 mask_time_length: int = 10, output_dropout: float = 0.0) -> None:
         super().__init__()
         self.mask_time_prob, self.mask_time_length = float(mask_time_prob), int(mask_time_length)
         self.output_dropout = nn.Dropout(float(output_dropout))
@@ -296,7 +299,7 @@ class FairseqUpstream(nn.Module):
             elif isinstance(obj, nn.Parameter):
                 obj.requires_grad_(False)
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> FairseqUpstream:
         super().train(mode)
         if self.freeze_cnn:  # frozen parts stay deterministic (no dropout) while the rest trains
             self.model.feature_extractor.eval()

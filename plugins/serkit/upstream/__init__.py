@@ -22,6 +22,10 @@ The package imports nothing heavy: torch and fairseq are imported when a model i
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import Upstream
 
 SAMPLE_RATE = 16000
 FRAME_RATE = 50
@@ -37,7 +41,7 @@ def num_frames(num_samples: int, receptive_field: int = RECEPTIVE_FIELD, hop: in
     return (num_samples - receptive_field) // hop + 1
 
 
-def load_upstream(path: str | os.PathLike, device: str = "cpu", **kw):
+def load_upstream(path: str | os.PathLike, device: str = "cpu") -> Upstream:
     """Load an upstream from a local path (or ``"mfcc"``) and return an :class:`Upstream` in eval mode.
 
     Raises ``SerkitError`` naming the file and what to do when it is missing, truncated, or not a
@@ -50,13 +54,13 @@ def load_upstream(path: str | os.PathLike, device: str = "cpu", **kw):
     if os.path.isdir(path):
         from .hf import load_hf_upstream
 
-        return load_hf_upstream(path, device=device, **kw)
+        return load_hf_upstream(path, device=device)
     from .fairseq_models import load_fairseq_upstream
 
-    return load_fairseq_upstream(path, device=device, **kw)
+    return load_fairseq_upstream(path, device=device)
 
 
-def __getattr__(name):  # lazy: keeps `import serkit.upstream` free of torch
+def __getattr__(name: str) -> object:  # lazy: keeps `import serkit.upstream` free of torch
     if name == "Upstream":
         from .base import Upstream
 

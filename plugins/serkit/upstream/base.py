@@ -7,6 +7,7 @@ per-utterance waveform normalisation, chunked extraction of long input) are here
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -81,7 +82,7 @@ class Upstream(torch.nn.Module):
     def all_layers(self) -> list[int]:
         return list(range(self.num_layers + 1))
 
-    def check_layers(self, layers) -> list[int]:
+    def check_layers(self, layers: int | Iterable[int] | None) -> list[int]:
         if layers is None:
             return self.all_layers()
         if isinstance(layers, int):
@@ -108,7 +109,7 @@ class Upstream(torch.nn.Module):
         self,
         wav: torch.Tensor,
         padding_mask: torch.Tensor | None = None,
-        layers=None,
+        layers: int | Iterable[int] | None = None,
         _normalized: bool = False,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Run the model; return ``([ (B, T, C) per requested layer ], padding_mask (B, T) bool)``.
@@ -131,7 +132,12 @@ class Upstream(torch.nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def extract(self, wav: torch.Tensor, layers=None, max_chunk_seconds: float | None = None) -> torch.Tensor:
+    def extract(
+        self,
+        wav: torch.Tensor,
+        layers: int | Iterable[int] | None = None,
+        max_chunk_seconds: float | None = None,
+    ) -> torch.Tensor:
         """Features of ONE utterance ``wav`` (S,) as a tensor (n_layers, T, C), T = ``num_frames(S)``.
 
         Input longer than ``max_chunk_seconds`` (default 60 s) is cut into chunks aligned with the

@@ -36,11 +36,17 @@ import os
 import typing
 import zipfile
 from argparse import Namespace
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..utils import SerkitError
+
+if TYPE_CHECKING:
+    import torch
+    from _typeshed import DataclassInstance
+    from omegaconf import DictConfig
 
 log = logging.getLogger("serkit.upstream")
 
@@ -78,7 +84,7 @@ def trusted_unpickling() -> typing.Iterator[None]:
             os.environ[WEIGHTS_ONLY_ENV] = before
 
 
-def require_fairseq(path) -> None:
+def require_fairseq(path: str | os.PathLike) -> None:
     """A clear error naming ``path`` when fairseq, which builds the model, is not installed."""
     try:
         import fairseq  # noqa: F401
@@ -114,7 +120,7 @@ def register_models() -> None:
 # argparse Namespace -> config dict, from fairseq's dataclasses (no Hydra)
 
 
-def _field_type(f: dataclasses.Field):
+def _field_type(f: dataclasses.Field) -> object:
     t = f.type
     if typing.get_origin(t) is typing.Union:
         args = [a for a in typing.get_args(t) if a is not type(None)]
@@ -122,7 +128,7 @@ def _field_type(f: dataclasses.Field):
     return t
 
 
-def _plain(value):
+def _plain(value: object) -> object:
     """Dataclass defaults as config values: enums by value, tuples as lists."""
     if isinstance(value, enum.Enum):
         return value.value
@@ -133,7 +139,7 @@ def _plain(value):
     return value
 
 
-def _default(f: dataclasses.Field):
+def _default(f: dataclasses.Field) -> object:
     if f.default_factory is not dataclasses.MISSING:
         value = f.default_factory()
     elif f.default is not dataclasses.MISSING:
@@ -145,7 +151,7 @@ def _default(f: dataclasses.Field):
     return _plain(value)
 
 
-def _coerce(value, f: dataclasses.Field):
+def _coerce(value: object, f: dataclasses.Field) -> object:
     """An argparse value as the dataclass field's type (argparse stored tuples/lists as strings)."""
     if isinstance(value, Namespace):
         return namespace_to_cfg(value)
@@ -172,8 +178,8 @@ def _coerce(value, f: dataclasses.Field):
     return value
 
 
-def _fill(dc_cls, ns: Namespace, name: str | None = None) -> dict:
-    out = {} if name is None else {"_name": name}
+def _fill(dc_cls: type[DataclassInstance], ns: Namespace, name: str | None = None) -> dict:
+    out: dict[str, object] = {} if name is None else {"_name": name}
     for f in dataclasses.fields(dc_cls):
         if f.name.startswith("_"):
             continue
@@ -221,7 +227,7 @@ def namespace_to_cfg(ns: Namespace) -> dict:
         raise SerkitError(f"cannot convert the checkpoint's argparse config ({type(e).__name__}: {e})") from e
 
 
-def _as_config(value):
+def _as_config(value: Namespace | dict | DictConfig) -> DictConfig:
     from omegaconf import OmegaConf
 
     if isinstance(value, Namespace):
@@ -264,7 +270,7 @@ def load_state(path: str | os.PathLike) -> dict:
     return state
 
 
-def checkpoint_cfg(state: dict, path) -> Any:
+def checkpoint_cfg(state: dict, path: str | os.PathLike) -> DictConfig:
     """The checkpoint's config as an OmegaConf config (``cfg``, or ``args`` converted)."""
     try:
         if state.get("cfg") is not None:
@@ -288,10 +294,10 @@ def checkpoint_cfg(state: dict, path) -> Any:
 class CtcProjection:
     """The output layer of a CTC-finetuned encoder: logits = proj(final_norm(last layer))."""
 
-    weight: Any
-    bias: Any
-    norm_weight: Any = None  # the encoder's final layer norm, applied by pre-LN (layer_norm_first) models
-    norm_bias: Any = None
+    weight: torch.Tensor
+    bias: torch.Tensor
+    norm_weight: torch.Tensor | None = None  # the encoder's final layer norm, applied by pre-LN models
+    norm_bias: torch.Tensor | None = None
     blank_weight: float = 0.0
     blank_mode: str = "add"
 
@@ -307,13 +313,13 @@ class SpeechCheckpoint:
     path: str
     name: str  # cfg.model._name of the file (wav2vec_ctc for a CTC release)
     kind: str  # hubert | wav2vec2 | data2vec
-    model_cfg: Any  # the encoder's model config (the inner one for CTC releases)
-    task_cfg: Any  # the encoder's task config; normalize is the file's own task.normalize
+    model_cfg: DictConfig  # the encoder's model config (the inner one for CTC releases)
+    task_cfg: DictConfig  # the encoder's task config; normalize is the file's own task.normalize
     encoder_state: dict
     task_state: dict | None = None  # the encoder task's state (label dictionaries), when stored
     ctc: CtcProjection | None = None
-    cfg: Any = None
-    top_keys: list = field(default_factory=list)
+    cfg: DictConfig | None = None
+    top_keys: list[str] = field(default_factory=list)
 
     @property
     def normalize(self) -> bool:
@@ -378,7 +384,7 @@ def read_checkpoint(path: str | os.PathLike, state: dict | None = None) -> Speec
     )
 
 
-def rename_weight_norm(weights: dict, model_keys) -> dict:
+def rename_weight_norm(weights: dict, model_keys: Iterable[str]) -> dict:
     """Rename weight-norm entries to the naming of ``model_keys`` (legacy weight_g/v or parametrizations)."""
     model_keys = set(model_keys)
     out = {}
@@ -392,7 +398,7 @@ def rename_weight_norm(weights: dict, model_keys) -> dict:
     return out
 
 
-def _dictionary(size: int):
+def _dictionary(size: int) -> object:  # a fairseq Dictionary (fairseq is not imported here)
     from fairseq.data import Dictionary
 
     d = Dictionary()
@@ -401,7 +407,9 @@ def _dictionary(size: int):
     return d
 
 
-def build_encoder(ck: SpeechCheckpoint, label_embeddings: bool = True, load: bool = True) -> Any:
+def build_encoder(
+    ck: SpeechCheckpoint, label_embeddings: bool = True, load: bool = True
+) -> torch.nn.Module:
     """The fairseq encoder model of ``ck`` (HubertModel, Wav2Vec2Model, Data2VecAudioModel), weights loaded.
 
     No data is read: a HuBERT's label dictionaries come from the checkpoint's ``task_state`` or are sized
@@ -456,7 +464,7 @@ PRETRAINING_ONLY = (
 )
 
 
-def load_encoder_weights(model, weights: dict, path: str = "") -> None:
+def load_encoder_weights(model: torch.nn.Module, weights: dict, path: str = "") -> None:
     """Load ``weights`` into ``model``; every encoder weight must be there, pretraining heads may not."""
     own = model.state_dict()
     weights = rename_weight_norm(weights, own)
@@ -480,7 +488,7 @@ def load_encoder_weights(model, weights: dict, path: str = "") -> None:
         log.debug("%s: ignored %d checkpoint entries (%s ...)", path, len(ignored), ignored[:3])
 
 
-def load_encoder(path: str | os.PathLike) -> tuple[SpeechCheckpoint, Any]:
+def load_encoder(path: str | os.PathLike) -> tuple[SpeechCheckpoint, torch.nn.Module]:
     """``(checkpoint, encoder model with its weights)`` of a fairseq speech checkpoint, for extraction."""
     require_fairseq(path)
     register_models()
@@ -488,7 +496,7 @@ def load_encoder(path: str | os.PathLike) -> tuple[SpeechCheckpoint, Any]:
     return ck, build_encoder(ck)
 
 
-def encoder_config(path: str | os.PathLike) -> tuple[Any, dict]:
+def encoder_config(path: str | os.PathLike) -> tuple[DictConfig, dict]:
     """``(upstream_cfg {model, task}, encoder weights)`` of a checkpoint file, for finetuning.
 
     ``upstream_cfg`` is what a finetuned model stores to rebuild its encoder without the file
@@ -510,7 +518,9 @@ def encoder_config(path: str | os.PathLike) -> tuple[Any, dict]:
     return upstream_cfg, ck.encoder_state
 
 
-def build_finetuning_encoder(upstream_cfg: Any, weights: dict | None = None, path: str = "") -> Any:
+def build_finetuning_encoder(
+    upstream_cfg: DictConfig, weights: dict | None = None, path: str = ""
+) -> torch.nn.Module:
     """The encoder ``upstream_cfg`` describes, pretraining-only parts removed; ``weights`` loaded if given."""
     name = upstream_cfg.model.get("_name")
     ck = SpeechCheckpoint(path, name, "", upstream_cfg.model, upstream_cfg.task, {})

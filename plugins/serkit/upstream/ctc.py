@@ -11,9 +11,16 @@ Decoding: argmax per frame, repeats merged, blanks (``<s>``, index 0) and the ot
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..utils import SerkitError
 from .checkpoint import read_checkpoint
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from .features import FeatureReader
 
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 
@@ -21,7 +28,7 @@ FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 class GreedyCtc:
     """``GreedyCtc(checkpoint, dict_path)``: logits and transcripts from cached features of the last layer."""
 
-    def __init__(self, checkpoint: str | Path, dict_path: str | Path):
+    def __init__(self, checkpoint: str | Path, dict_path: str | Path) -> None:
         checkpoint, dict_path = Path(checkpoint), Path(dict_path)
         for p in (checkpoint, dict_path):
             if not p.is_file():
@@ -51,7 +58,7 @@ class GreedyCtc:
                 f"features are layer {layer}: dump layer {self.layer} (e.g. --tec-layer {self.layer})"
             )
 
-    def logits(self, feats):
+    def logits(self, feats: torch.Tensor | np.ndarray) -> torch.Tensor:
         """(T, V) CTC logits from (T, C) features of the last layer (a tensor or an array)."""
         import torch
         import torch.nn.functional as F
@@ -73,11 +80,13 @@ class GreedyCtc:
         pieces = [self.symbols[i] for k, i in enumerate(ids) if (k == 0 or i != ids[k - 1]) and i >= n]
         return " ".join("".join(pieces).replace("|", " ").split()).lower()
 
-    def transcribe(self, feats) -> str:
+    def transcribe(self, feats: torch.Tensor | np.ndarray) -> str:
         return self.decode_ids(self.logits(feats).argmax(-1).tolist())
 
 
-def greedy_transcripts(checkpoint, dict_path, reader, layer: int, utts: list[str]) -> dict[str, str]:
+def greedy_transcripts(
+    checkpoint: str | Path, dict_path: str | Path, reader: FeatureReader, layer: int, utts: list[str]
+) -> dict[str, str]:
     """``{utt: transcript}`` from a ``FeatureReader`` holding the CTC model's last layer."""
     ctc = GreedyCtc(checkpoint, dict_path)
     ctc.check_layer(layer)

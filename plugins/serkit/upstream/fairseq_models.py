@@ -56,12 +56,12 @@ class _GradScale(torch.autograd.Function):
     """Identity forward, gradient times ``scale`` backward (fairseq's ``feature_grad_mult``)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.scale = scale
         return x.new(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad * ctx.scale, None
 
 
@@ -189,7 +189,7 @@ def layer_outputs(
 class FairseqEncoderUpstream(Upstream):
     """HuBERT / wav2vec 2.0 / data2vec audio from fairseq as an :class:`Upstream` (feature extraction)."""
 
-    def __init__(self, model: torch.nn.Module, kind: str, normalize: bool, path: str = ""):
+    def __init__(self, model: torch.nn.Module, kind: str, normalize: bool, path: str = "") -> None:
         super().__init__()
         self.model = model
         self.kind = kind

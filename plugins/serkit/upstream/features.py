@@ -31,13 +31,18 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable, KeysView, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from ..utils import DiskFull, SerkitError, atomic_file, read_map, write_json
 from . import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from .base import Upstream
 
 log = logging.getLogger("serkit.upstream")
 
@@ -49,6 +54,16 @@ class AudioItem:
     utt: str
     wav: str
     num_samples: int | None = None
+
+
+class _ProgressBar(Protocol):
+    """What the dumper needs of its progress bar: utterances done, and the audio seconds they hold."""
+
+    audio_seconds: float
+
+    def update(self, n: int = 1) -> None: ...
+
+    def close(self) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +98,7 @@ def collect_inputs(data: list[str], splits: list[str] | None = None) -> list[Aud
 
     out: dict[str, AudioItem] = {}
 
-    def add(items, source):
+    def add(items: Iterable[AudioItem], source: Path) -> None:
         for it in items:
             old = out.get(it.utt)
             if old is not None and os.path.normpath(old.wav) != os.path.normpath(it.wav):
@@ -139,7 +154,7 @@ def read_wav(path: str) -> np.ndarray:
     return wav
 
 
-def parse_layers(spec, upstream) -> list[int]:
+def parse_layers(spec: str | int | Iterable[int] | None, upstream: Upstream) -> list[int]:
     if spec in (None, "all"):
         return upstream.all_layers()
     if isinstance(spec, str):
@@ -173,7 +188,15 @@ def shard_chunks(num_chunks: int, shard: int, nshard: int) -> range:
 
 
 def _write_chunk(
-    out: Path, c: int, items: list[AudioItem], upstream, layers, dtype, device, max_chunk_seconds, bar
+    out: Path,
+    c: int,
+    items: list[AudioItem],
+    upstream: Upstream,
+    layers: list[int],
+    dtype: type[np.floating],
+    device: str,
+    max_chunk_seconds: float | None,
+    bar: _ProgressBar | None,
 ) -> int:
     import kaldiio
     import torch
@@ -254,10 +277,10 @@ def _merge(out: Path, num_chunks: int, meta: dict) -> bool:
 
 
 def dump_features(
-    upstream,
+    upstream: Upstream,
     items: list[AudioItem],
-    out,
-    layers=None,
+    out: str | os.PathLike,
+    layers: str | int | Iterable[int] | None = None,
     dtype: str = "float16",
     shard: int = 0,
     nshard: int = 1,
@@ -352,13 +375,13 @@ def dump_features(
     return {"utterances": n_todo, "frames": frames, "wall_s": wall, "audio_s": audio, "merged": merged}
 
 
-def _progress_bar(total: int):
+def _progress_bar(total: int) -> _ProgressBar:
     from tqdm import tqdm
 
     class _Bar(tqdm):
         audio_seconds = 0.0
 
-        def update(self, n=1):
+        def update(self, n: int = 1) -> None:
             super().update(n)
             el = self.format_dict.get("elapsed") or 0.0
             if el > 0 and self.audio_seconds:
@@ -379,7 +402,7 @@ class FeatureReader:
     ``layers`` selects among the stored layer numbers (default: all stored).
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         scp, meta = self.path / "feats.scp", self.path / "meta.json"
         if not scp.is_file() or not meta.is_file():
@@ -398,13 +421,13 @@ class FeatureReader:
             utt, _, loc = line.partition(" ")
             ark, _, off = loc.rpartition(":")
             self._scp[utt] = (ark, int(off))
-        self._frames = None
+        self._frames: dict[str, int] | None = None
         self._relocated: dict[str, str] = {}
 
-    def keys(self):
+    def keys(self) -> KeysView[str]:
         return self._scp.keys()
 
-    def __contains__(self, utt) -> bool:
+    def __contains__(self, utt: object) -> bool:
         return utt in self._scp
 
     def __len__(self) -> int:
@@ -421,7 +444,7 @@ class FeatureReader:
             self._relocated[ark] = here  # the directory may have been moved since it was written
         return self._relocated[ark]
 
-    def load(self, utt: str, layers=None) -> np.ndarray:
+    def load(self, utt: str, layers: int | Sequence[int] | None = None) -> np.ndarray:
         import kaldiio
 
         if utt not in self._scp:

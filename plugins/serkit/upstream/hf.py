@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import types
 from pathlib import Path
 
 import torch
@@ -24,7 +26,7 @@ from .base import Upstream, WaveBatch, normalize_waves
 log = logging.getLogger("serkit.upstream")
 
 
-def _transformers():
+def _transformers() -> types.ModuleType:
     try:
         import transformers
     except ImportError as e:
@@ -38,7 +40,7 @@ def _transformers():
 class HFUpstream(Upstream):
     kind = "hf"
 
-    def __init__(self, model, normalize: bool, path: str):
+    def __init__(self, model: torch.nn.Module, normalize: bool, path: str) -> None:
         super().__init__()
         self.model = model
         self.normalize = bool(normalize)
@@ -66,7 +68,7 @@ class HFUpstream(Upstream):
         return [hs[i].masked_fill(mask[..., None], 0.0) for i in layers], mask
 
 
-def load_hf_upstream(path, device: str = "cpu") -> HFUpstream:
+def load_hf_upstream(path: str | os.PathLike, device: str = "cpu") -> HFUpstream:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise SerkitError(

@@ -12,6 +12,8 @@ Frame ``t`` at 50 Hz is then centred on the same 25 ms window as MFCC frame ``2t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from . import SAMPLE_RATE
@@ -29,7 +31,7 @@ class MfccUpstream(Upstream):
     dim = 39
     normalize = False
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.path = "mfcc"
 
@@ -57,6 +59,11 @@ class MfccUpstream(Upstream):
         return [out for _ in layers], mask
 
     @torch.no_grad()
-    def extract(self, wav: torch.Tensor, layers=None, max_chunk_seconds: float | None = None) -> torch.Tensor:
+    def extract(
+        self,
+        wav: torch.Tensor,
+        layers: int | Iterable[int] | None = None,
+        max_chunk_seconds: float | None = None,
+    ) -> torch.Tensor:
         self.check_layers(layers)
         return self._one(wav.float()).unsqueeze(0)

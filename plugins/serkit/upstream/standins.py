@@ -35,12 +35,19 @@ Where the structure comes from:
 
 from __future__ import annotations
 
+import os
 from argparse import Namespace
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .tiny import encoder_dims
+
+if TYPE_CHECKING:
+    import torch
+    from _typeshed import DataclassInstance
+    from omegaconf import DictConfig
 
 #: the letters of fairseq's dict.ltr.txt (LibriSpeech CTC fine-tuning), in its order
 LETTERS = [
@@ -96,13 +103,13 @@ class StandIn:
     path: Path
     kind: str  # hubert | wav2vec2 | data2vec
     ctc: bool
-    model: Any = None  # the fairseq model whose weights were saved (Wav2VecCtc/HubertCtc for CTC files)
-    encoder: Any = None  # its encoder (the inner model of a CTC file)
+    model: torch.nn.Module | None = None  # the model whose weights were saved (Wav2VecCtc/HubertCtc if CTC)
+    encoder: torch.nn.Module | None = None  # its encoder (the inner model of a CTC file)
     dict_path: Path | None = None  # dict.ltr.txt of a CTC file
     info: dict = field(default_factory=dict)
 
 
-def _seed_noise(model, seed: int) -> None:
+def _seed_noise(model: torch.nn.Module, seed: int) -> None:
     """Random weights everywhere (layer norms and biases included), so a mis-loaded tensor shows."""
     import torch
 
@@ -112,7 +119,13 @@ def _seed_noise(model, seed: int) -> None:
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
 
 
-def _root_cfg(task_dc, model_dc, task_name: str, model_name: str, **sections):
+def _root_cfg(
+    task_dc: DataclassInstance,
+    model_dc: DataclassInstance,
+    task_name: str,
+    model_name: str,
+    **sections: dict[str, object],
+) -> DictConfig:
     """A full fairseq run config (what the trainer saves) with this task and model, via the dataclasses."""
     from fairseq.dataclass.configs import FairseqConfig
     from omegaconf import OmegaConf, open_dict
@@ -150,7 +163,7 @@ def _history(criterion: str, optimizer: str, num_updates: int) -> list:
     ]
 
 
-def _hydra_state(cfg, weights: dict, criterion: str, num_updates: int, task_state: dict) -> dict:
+def _hydra_state(cfg: DictConfig, weights: dict, criterion: str, num_updates: int, task_state: dict) -> dict:
     """A Hydra-era checkpoint as fairseq's trainer saves it: ``cfg`` a plain dict, no ``args``."""
     from omegaconf import OmegaConf
 
@@ -177,7 +190,9 @@ def _argparse_state(args: Namespace, weights: dict, criterion: str, num_updates:
     }
 
 
-def _ctc_fields(mask_prob: float, mask_channel_prob: float, freeze_finetune_updates: int, **more) -> dict:
+def _ctc_fields(
+    mask_prob: float, mask_channel_prob: float, freeze_finetune_updates: int, **more: float
+) -> dict:
     """Fields the published CTC finetuning configs share (layerdrop 0.1, frozen CNN, 64-channel masks)."""
     return {
         "apply_mask": True,
@@ -192,7 +207,9 @@ def _ctc_fields(mask_prob: float, mask_channel_prob: float, freeze_finetune_upda
     }
 
 
-def _standin(release: str, out, state: dict, kind: str, model, info: dict) -> StandIn:
+def _standin(
+    release: str, out: str | os.PathLike, state: dict, kind: str, model: torch.nn.Module, info: dict
+) -> StandIn:
     """Save ``state`` to ``out``; a CTC model (``w2v_encoder``) gets its letter dictionary beside it."""
     path = _save(state, Path(out))
     inner = getattr(model, "w2v_encoder", None)
@@ -202,7 +219,7 @@ def _standin(release: str, out, state: dict, kind: str, model, info: dict) -> St
     return StandIn(release, path, kind, True, model.eval(), inner.w2v_model.eval(), dict_path, info=info)
 
 
-def _dictionary(symbols):
+def _dictionary(symbols: Iterable[str]) -> object:  # a fairseq Dictionary (not imported here)
     from fairseq.data import Dictionary
 
     d = Dictionary()
@@ -216,7 +233,7 @@ def write_letter_dict(path: Path) -> Path:
     return path
 
 
-def _noisy_weights(model, seed: int, pos_conv_weight_norm: str) -> dict:
+def _noisy_weights(model: torch.nn.Module, seed: int, pos_conv_weight_norm: str) -> dict:
     """``model``'s weights after :func:`_seed_noise`, the positional convolution's under the given naming."""
     _seed_noise(model, seed)
     weights = model.state_dict()
@@ -261,7 +278,7 @@ W2V_CTC = {
 }
 
 
-def _w2v_model_config(release: str, size: str):
+def _w2v_model_config(release: str, size: str) -> DataclassInstance:  # a Wav2Vec2Config
     from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
 
     spec = dict(W2V_PRETRAINED[release])
@@ -297,7 +314,7 @@ W2V_ARG_FIELDS = (
 ).split()
 
 
-def _argparse_values(dc_obj) -> dict:
+def _argparse_values(dc_obj: DataclassInstance) -> dict:
     """A dataclass's values as argparse stored them in 2020: tuples as strings, enums as names."""
     import enum
 
@@ -346,7 +363,7 @@ _W2V_TRAIN_ARGS = {
 }
 
 
-def _w2v_pretrain_args(release: str, model_cfg) -> Namespace:
+def _w2v_pretrain_args(release: str, model_cfg: DataclassInstance) -> Namespace:
     normalize = W2V_PRETRAINED[release]["normalize"]
     return Namespace(
         **_W2V_TRAIN_ARGS,
@@ -364,7 +381,7 @@ def _w2v_pretrain_args(release: str, model_cfg) -> Namespace:
 
 
 def make_wav2vec2_pretrained(
-    out,
+    out: str | os.PathLike,
     release: str = "wav2vec_small.pt",
     size: str = "tiny",
     seed: int = 0,
@@ -383,7 +400,7 @@ def make_wav2vec2_pretrained(
 
 
 def make_wav2vec2_ctc(
-    out, release: str = "wav2vec_small_960h.pt", size: str = "tiny", seed: int = 0
+    out: str | os.PathLike, release: str = "wav2vec_small_960h.pt", size: str = "tiny", seed: int = 0
 ) -> StandIn:
     """A CTC release: args Namespace, w2v_args the pretraining Namespace, weights under w2v_encoder."""
     import torch
@@ -466,7 +483,7 @@ HUBERT_TASK = {
 KM_LABELS = 500  # 500 k-means units: a 504-entry dictionary with fairseq's 4 specials
 
 
-def _hubert_cfgs(release: str, size: str):
+def _hubert_cfgs(release: str, size: str) -> tuple[DataclassInstance, DataclassInstance]:
     from fairseq.models.hubert.hubert import HubertConfig
     from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 
@@ -488,7 +505,7 @@ def _hubert_cfgs(release: str, size: str):
 
 
 def make_hubert_pretrained(
-    out,
+    out: str | os.PathLike,
     release: str = "hubert_base_ls960.pt",
     size: str = "tiny",
     seed: int = 0,
@@ -517,7 +534,10 @@ def make_hubert_pretrained(
 
 
 def make_hubert_ctc(
-    out, release: str = "hubert_large_ll60k_finetune_ls960.pt", size: str = "tiny", seed: int = 0
+    out: str | os.PathLike,
+    release: str = "hubert_large_ll60k_finetune_ls960.pt",
+    size: str = "tiny",
+    seed: int = 0,
 ) -> StandIn:
     """hubert_ctc: cfg dict, w2v_args = the pretraining run's full cfg (labels on the authors' cluster)."""
     import torch
@@ -590,7 +610,7 @@ D2V = dict(
 )
 
 
-def _d2v_cfgs(size: str):
+def _d2v_cfgs(size: str) -> tuple[DataclassInstance, DataclassInstance]:
     from fairseq.tasks.audio_pretraining import AudioPretrainingConfig
 
     from .checkpoint import register_models
@@ -610,7 +630,7 @@ def _d2v_cfgs(size: str):
 
 
 def make_data2vec_pretrained(
-    out, release: str = "audio_base_ls.pt", size: str = "tiny", seed: int = 0
+    out: str | os.PathLike, release: str = "audio_base_ls.pt", size: str = "tiny", seed: int = 0
 ) -> StandIn:
     import torch
 
@@ -638,7 +658,7 @@ def make_data2vec_pretrained(
 
 
 def make_data2vec_ctc(
-    out, release: str = "audio_base_ls_960h.pt", size: str = "tiny", seed: int = 0
+    out: str | os.PathLike, release: str = "audio_base_ls_960h.pt", size: str = "tiny", seed: int = 0
 ) -> StandIn:
     import torch
     from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
@@ -687,7 +707,7 @@ BUILDERS = {
 }
 
 
-def make_standin(release: str, out_dir, **kw) -> StandIn:
+def make_standin(release: str, out_dir: str | os.PathLike, **kw: str | int) -> StandIn:
     """Write the stand-in of ``release`` (a key of :data:`BUILDERS`) into ``out_dir``."""
     if release not in BUILDERS:
         raise KeyError(f"no stand-in for {release}; known: {sorted(BUILDERS)}")
@@ -703,7 +723,7 @@ __all__ = ["BUILDERS", "LETTERS", "StandIn", "make_standin", "write_letter_dict"
 # Hugging Face directories (WavLM-Large as the MELD README offers it)
 
 
-def make_hf_wavlm_large(out, size: str = "tiny", seed: int = 0) -> StandIn:
+def make_hf_wavlm_large(out: str | os.PathLike, size: str = "tiny", seed: int = 0) -> StandIn:
     """A ``microsoft/wavlm-large``-style directory: config.json, preprocessor_config.json, pytorch_model.bin.
 
     The Hub release predates safetensors and torch's parametrized weight norm: its weights are a

@@ -22,15 +22,22 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..utils import SerkitError, atomic_file, claim_output_file, torch_file_strings
+
+if TYPE_CHECKING:
+    from omegaconf import Container
 
 log = logging.getLogger("serkit.upstream")
 
 
 
-def encoder_dims(conv_feature_layers: str, layers: int, dim: int, ffn: int, heads: int, **more) -> dict:
+def encoder_dims(
+    conv_feature_layers: str, layers: int, dim: int, ffn: int, heads: int, **more: object
+) -> dict:
     """The size fields of a fairseq wav2vec-style model config (conv stack, transformer layers and widths)."""
     return dict(
         conv_feature_layers=conv_feature_layers,
@@ -141,7 +148,7 @@ def make_hubert_checkpoint(
     return out
 
 
-def open_dict(cfg):
+def open_dict(cfg: Container) -> AbstractContextManager[Container]:
     from omegaconf import open_dict as _open_dict
 
     return _open_dict(cfg)
