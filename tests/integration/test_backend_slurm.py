@@ -4,8 +4,10 @@ the job, its log and the log's last lines, a job depending on a failed one is ca
 waiting forever, and the resources of recipes' cmd.sh reach the jobs."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -162,3 +164,25 @@ def test_interrupted_wait_cancels_the_jobs_it_waits_for(tmp_path):
             break
         time.sleep(0.5)
     assert "JobState=CANCELLED" in show, show
+
+
+def test_serkit_train_in_a_two_process_job_runs_ddp_with_the_single_process_batch(tmp_path_factory, tmp_path):
+    # slurm_nproc (a job's GPUs, on a GPU cluster) -> SERKIT_NPROC_PER_NODE -> serkit train under torchrun
+    pytest.importorskip("speechbrain")
+    from test_sb_ddp import _train_cmd
+    from test_sb_helpers import tiny_setup
+
+    setup = tiny_setup(tmp_path_factory)
+    cmd = _train_cmd([str(Path(sys.executable).parent / "serkit"), "train"], setup["fold"], setup["feats"],
+                     tmp_path / "out")
+    cmd.remove("-m"), cmd.remove("serkit.speechbrain.train")
+    r = backend(f"""
+        slurm_nproc=2
+        id=$(slurm_submit t_ddp_fold1 "{tmp_path}/ddp.log" "" -- {shlex.join(cmd)})
+        slurm_wait "$id"
+        """, tmp_path, timeout=600)
+    log = (tmp_path / "ddp.log").read_text()
+    assert r.returncode == 0, log[-3000:]
+    assert "SERKIT_NPROC_PER_NODE=2: " in log and "--nproc_per_node 2 -m serkit.speechbrain.train" in log
+    info = json.loads((tmp_path / "out" / "train_info.json").read_text())
+    assert (info["world_size"], info["batch_size_per_process"], info["effective_batch_size"]) == (2, 2, 4)
