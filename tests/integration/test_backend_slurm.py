@@ -100,11 +100,17 @@ def test_resources_and_rules_reach_the_job(tmp_path):
         two=$(slurm_submit t_res_wide_x "{tmp_path}/w.log" "" -- bash -c '{report} > wide')
         scontrol show job "$two" | grep -o 'TimeLimit=[^ ]*'
         scontrol show job "$two" | grep -o 'Nice=[^ ]*'
-        slurm_wait "$one" "$two"
+        # without slurm_nproc: one process per GPU the job was given (Slurm sets CUDA_VISIBLE_DEVICES)
+        unset slurm_nproc
+        three=$(CUDA_VISIBLE_DEVICES=0,1 slurm_submit t_res_gpus "{tmp_path}/g.log" "" -- \
+                bash -c '{report} > gpus')
+        slurm_wait "$one" "$two" "$three"
         """, tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "narrow").read_text().split() == ["1", "unset"]
     assert (tmp_path / "wide").read_text().split() == ["2", "2"]
+    assert (tmp_path / "gpus").read_text().split() == ["1", "2"]
+    assert "GPUs: 0,1" in (tmp_path / "g.log").read_text()
     assert "TimeLimit=00:10:00" in r.stdout and "Nice=10" in r.stdout
 
 
