@@ -24,10 +24,12 @@ setup(
     package_dir={"": "plugins"},
     packages=find_packages("plugins"),
     include_package_data=True,
-    # The recipes' configs, shipped so that `serkit config NAME` and `serkit config-dir fairseq` work
-    # outside a checkout: plugins/serkit/conf/<RECIPE> are symbolic links to recipes/<RECIPE>/conf,
-    # so the package data is the recipes' own files, copied when the wheel is built.
-    package_data={"serkit": ["conf/**/*.yaml"]},
+    # The configs, shipped so that `serkit config NAME`, `serkit train NAME` and `serkit config-dir
+    # fairseq` work outside a checkout: plugins/serkit/conf/*.yaml are the configs several corpora share
+    # (shiftser, bas, bas_search, mfsn, the mfsn_mini overlay); plugins/serkit/conf/<RECIPE> are
+    # symbolic links to recipes/<RECIPE>/conf, so a recipe's own configs ship as the recipe's files,
+    # copied when the wheel is built.
+    package_data={"serkit": ["conf/*.yaml", "conf/**/*.yaml"]},
     # The pinned, tested set lives in requirements/ (torch must be installed before fairseq);
     # these are the loose requirements for people installing serkit into their own environment.
     install_requires=[

@@ -36,6 +36,7 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 ROOT = Path(__file__).resolve().parent.parent
 DURATIONS = ROOT / "bench" / "data" / "iemocap_durations.tsv"
 CONF = ROOT / "recipes" / "IEMOCAP" / "conf"
+SHARED_CONF = ROOT / "plugins" / "serkit" / "conf"  # the configs the corpora share (shiftser.yaml: --method)
 CLASSES = ["ang", "hap", "neu", "sad"]
 SR = 16000
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
@@ -90,12 +91,13 @@ def bench_padding(result: dict) -> None:
         ds = DynamicItemDataset(items, output_keys=["id"])
         datasets[split] = ds if split == "train" else ds.filtered_sorted(sort_key="duration")  # fold_datasets
     groups: dict = {}
-    for conf in sorted(ROOT.glob("recipes/*/conf/*.yaml")):
+    for conf in [*sorted(SHARED_CONF.glob("*.yaml")), *sorted(ROOT.glob("recipes/*/conf/*.yaml"))]:
         peek = _peek_yaml(conf)
         if "batching" not in peek:
             continue
         key = (int(peek["batch_size"]), peek.get("max_batch_length"), int(peek.get("num_buckets", 40)))
-        groups.setdefault(key, []).append(f"{conf.parent.parent.name}/{conf.stem}")
+        groups.setdefault(key, []).append(conf.stem if conf.parent == SHARED_CONF
+                                          else f"{conf.parent.parent.name}/{conf.stem}")
     print("\n### padding on IEMOCAP's durations (sessions 1-4 train: "
           f"{len(fold['train'])}, session 5 valid/test: {len(fold['valid'])}/{len(fold['test'])}; "
           "goal of `dynamic`: <= 5 %)\n")
@@ -274,13 +276,14 @@ def bench_heads(result: dict, args) -> None:
         reader = FeatureReader(str(work / "feats"))
 
         for conf in args.heads:
-            train_epoch(CONF / conf, fold, work, "dynamic", 32, reader=reader)  # warm-up, not timed
+            shiftser = SHARED_CONF / "shiftser.yaml"
+            train_epoch(shiftser, fold, work, "dynamic", 32, reader=reader, method=conf)  # warm-up, not timed
             for batching in args.head_batching:
                 serkit, own = [], []
                 for _ in range(args.repeats[0]):
                     record = {}
-                    serkit.append(train_epoch(CONF / conf, fold, work, batching, 32, reader=reader,
-                                              record=record))
+                    serkit.append(train_epoch(shiftser, fold, work, batching, 32, reader=reader,
+                                              record=record, method=conf))
                     own.append(reference_epoch(record))
                 ratio = statistics.median(serkit) / statistics.median(own)
                 row = {"config": conf, "batching": batching, "serkit_s": serkit, "head_s": own,
@@ -301,7 +304,8 @@ def main() -> int:
     ap.add_argument("--base-batch-size", type=int, default=8,
                     help="batch size of the base-size finetuning (memory on a CPU machine)")
     ap.add_argument("--head-utterances", type=int, default=200)
-    ap.add_argument("--heads", nargs="+", default=["shiftcnn.yaml"])
+    ap.add_argument("--heads", nargs="+", default=["shiftcnn"],
+                    help="ShiftSER heads (shiftser.yaml --method)")
     ap.add_argument("--head-batching", nargs="+", default=["dynamic"], choices=["dynamic", "random"])
     ap.add_argument("--tmp", default=None)
     ap.add_argument("--json", default=str(Path(__file__).with_suffix(".json")))

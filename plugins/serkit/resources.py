@@ -1,9 +1,11 @@
-"""Files installed with serkit: the recipes' configs and the fairseq ``--user-dir``.
+"""Files installed with serkit: the configs and the fairseq ``--user-dir``.
 
-The configs are the recipes' own ``recipes/<RECIPE>/conf`` files: in a checkout,
-``plugins/serkit/conf/<RECIPE>`` are symbolic links to them, and a wheel holds copies made when it is
-built, so there is one set of files to edit. A config is addressed as ``NAME`` when only one recipe
-has it (``shiftcnn``), else as ``RECIPE/NAME`` (``MELD/bas``); fairseq's as ``fairseq/NAME``.
+Configs used by several corpora (``shiftser``, ``bas``, ``bas_search``, ``mfsn`` and the ``mfsn_mini``
+overlay) are the files in ``plugins/serkit/conf/`` itself. A recipe's own configs stay in
+``recipes/<RECIPE>/conf``: in a checkout, ``plugins/serkit/conf/<RECIPE>`` are symbolic links to them,
+and a wheel holds copies made when it is built, so there is one set of files to edit. A config is
+addressed as ``NAME`` (a shared one, or one only one recipe has, e.g. ``flea``), else as
+``RECIPE/NAME``; fairseq's as ``fairseq/NAME``.
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ FAIRSEQ_RECIPE = "IEMOCAP"
 
 
 def all_configs() -> dict[str, Path]:
-    """{``RECIPE/NAME`` or ``RECIPE/fairseq/NAME``: path} for every shipped config."""
+    """{``NAME`` (shared), ``RECIPE/NAME`` or ``RECIPE/fairseq/NAME``: path} for every shipped config."""
     if not CONF_DIR.is_dir():
         raise SerkitError(f"{CONF_DIR}: no configs installed with serkit; reinstall serkit")
-    out = {}
+    out = {path.stem: path for path in sorted(CONF_DIR.glob("*.yaml"))}
     for recipe in sorted(p for p in CONF_DIR.iterdir() if p.is_dir()):
         for path in sorted(recipe.rglob("*.yaml")):
             out[path.relative_to(CONF_DIR).with_suffix("").as_posix()] = CONF_DIR / path.relative_to(CONF_DIR)
@@ -29,7 +31,8 @@ def all_configs() -> dict[str, Path]:
 
 
 def find_config(name: str) -> Path:
-    """The config called ``name`` (``shiftcnn``, ``MELD/bas``, ``fairseq/ser_finetune``, ``x.yaml``)."""
+    """The config called ``name`` (``shiftser``, ``IEMOCAP/flea``, ``fairseq/ser_finetune``, ``x.yaml``);
+    a shared config's name is its own, before any recipe's file of that name."""
     key = name[:-5] if name.endswith(".yaml") else name
     configs = all_configs()
     if key in configs:

@@ -50,7 +50,8 @@ tec_upstream=""       # MFSN: CTC-finetuned wav2vec 2.0 (e.g. wav2vec_small_960h
 sec_upstream=""       # MFSN: data2vec audio (e.g. audio_base_ls.pt) [mini corpus: the tiny HuBERT]
 tec_layer=""          # MFSN: TEC layer [12; mini corpus: 2]
 sec_layers=""         # MFSN: SEC layers, early,middle,late [4,8,12; mini corpus: 0,1,2]
-mfsn_config=""        # MFSN: [conf/mfsn.yaml, text/asr TEC: conf/mfsn_text.yaml; mini corpus: ../SAVEE/conf/mfsn_mini.yaml, conf/mfsn_text_mini.yaml]
+mfsn_config=""        # MFSN: [the shared mfsn.yaml; text/asr TEC: conf/mfsn_text.yaml]
+mfsn_overlay=""       # MFSN: comma list of overlays on --mfsn-config [mini corpus: the shared mfsn_mini.yaml; text/asr TEC: and conf/mfsn_text_mini.yaml]
 mfsn_ablation=mfsn    # MFSN: sec_only | sec_tec_nosearch | mfsn | mfsn_single (ours: the emotion module sees only the Fusion Cell's output)
 mfsn_tec=audio        # MFSN TEC source: audio (the ASR model's frames, the paper) | text (IEMOCAP's transcripts) | asr (greedy CTC transcripts of --tec-upstream)
 ctc_dict=""           # MFSN --mfsn-tec asr: the letter dictionary (dict.ltr.txt) of --tec-upstream
@@ -100,7 +101,7 @@ Options (default in brackets):
   --device D          auto | cpu | cuda [$device]
   --tag NAME          experiment directory exp/NAME [protocol]
   --workdir DIR       where data/, dump/, exp/ and db/ go [this recipe's directory]
-  --tec-upstream FILE, --sec-upstream FILE, --tec-layer L, --sec-layers L1,L2,L3, --mfsn-config FILE,
+  --tec-upstream FILE, --sec-upstream FILE, --tec-layer L, --sec-layers L1,L2,L3, --mfsn-config FILE, --mfsn-overlay FILE[,FILE],
   --mfsn-ablation sec_only|sec_tec_nosearch|mfsn|mfsn_single    MFSN (--method mfsn; mfsn_single: serkit's
                       single-stream ablation) [mini corpus: the tiny HuBERT]
   --mfsn-tec SOURCE   MFSN TEC: audio | text (the corpus transcripts) | asr (greedy CTC, needs --ctc-dict)
@@ -114,6 +115,8 @@ EOM
 )
 . ../../local/parse_options.sh
 [ $# -eq 0 ] || die "unexpected argument '$1' (see --help)"
+# Configs several corpora use live once, with serkit (serkit config lists them); conf/ holds IEMOCAP's own.
+shared_conf=../../plugins/serkit/conf
 
 check_options() {
   local v
@@ -183,7 +186,7 @@ if $mini; then
   # the tiny HuBERT learns nothing in 10 epochs at the paper's 1e-4
   finetune_lr=${finetune_lr:-0.001}
   # SpecAugment's channel masks scaled from ShiftSER's 64 of 768 channels to the tiny model's 64
-  # (ShiftSER heads only: BAS's yamls have no SpecAugment)
+  # (ShiftSER heads only: BAS's config has no SpecAugment)
   [ -n "$head_overrides" ] || mini_specaugment=true
   head_overrides=${head_overrides:-"--channel_mask_width 5"}
   # BAS search, ours for the mini corpus only: short epochs settle only with a faster arch lr and a
@@ -194,17 +197,23 @@ if $mini; then
   cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_tiny.yaml}
   [ "$cpt_update_freq" != auto ] || cpt_update_freq=1  # the tiny model's batch is its own, not the paper's
   tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}
-  if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-../SAVEE/conf/mfsn_mini.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text_mini.yaml}; fi
+  if [ -z "$mfsn_config$mfsn_overlay" ]; then  # the CPU-sized MFSN: overlays on the full config
+    mfsn_overlay=$shared_conf/mfsn_mini.yaml; [ "$mfsn_tec" = audio ] || mfsn_overlay+=,conf/mfsn_text_mini.yaml
+  fi
+  if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-$shared_conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
 else
   method=${method:-flea}
   teacher_epochs=${teacher_epochs:-40}; finetune_epochs=${finetune_epochs:-40}; head_epochs=${head_epochs:-100}
   cpt_updates=${cpt_updates:-20000}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_base.yaml}
   tec_layer=${tec_layer:-12}; sec_layers=${sec_layers:-4,8,12}
-  if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
+  if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-$shared_conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
   [ -n "$upstream" ] || die "--upstream is required with a real corpus (e.g. --upstream /models/hubert_base_ls960.pt)"
 fi
 [ -z "$upstream" ] || [ -e "$upstream" ] || die "--upstream $upstream: no such file or directory"
 upstream=${upstream:+$(realpath "$upstream")}
+mfsn_overlays=()
+IFS=, read -r -a mfsn_overlays <<< "$mfsn_overlay"
+for f in "${mfsn_overlays[@]}"; do [ -f "$f" ] || die "--mfsn-overlay $f: no such file"; done
 
 flea=false; heads=()
 for m in ${method//,/ }; do
@@ -260,8 +269,10 @@ what = "transductive, " if trans else ""
 print(f"k-means {what}fitted on {'+'.join(splits)} frames" + (f" (per fold: {counts})" if metas else ""))
 PY
 }
-# head_search_conf HEAD: the search config a head reads besides conf/HEAD.yaml (BAS), or nothing.
-head_search_conf() { [ "$1" != bas ] || echo conf/bas_search.yaml; }
+# head_conf HEAD: the config that trains HEAD (local/train_head.sh picks its --method).
+head_conf() { case $1 in bas*) echo "$shared_conf/bas.yaml" ;; *) echo "$shared_conf/shiftser.yaml" ;; esac; }
+# head_search_conf HEAD: the search config a head reads besides its head_conf (BAS), or nothing.
+head_search_conf() { [ "$1" != bas ] || echo "$shared_conf/bas_search.yaml"; }
 upstream_label() { if $mini; then echo "tiny HuBERT (pretrained here on a separate mini corpus)"; else basename "$upstream"; fi; }
 
 ###############################################################################
@@ -439,6 +450,8 @@ run_mfsn() {
       tec_args=(--tec_feats "$tec_feats" --ctc_checkpoint "$tec" --ctc_dict "$(realpath "$ctc_dict")")
       tec_inputs=("$tec_feats" "$tec" "$ctc_dict") ;;
   esac
+  local -a overlay_args=()
+  local o; for o in "${mfsn_overlays[@]}"; do overlay_args+=(--overlay "$o"); done
   run=$(mfsn_run "$mfsn_tec")
   log "Stage 4: MFSN ($mfsn_ablation, TEC: $mfsn_tec): knowledge sources $label"
   for k in $fold_list; do
@@ -448,20 +461,20 @@ run_mfsn() {
       *) ablation_args=(--ablation "$mfsn_ablation") ;;
     esac
     # The label is a YAML string: quoted, since it holds ': '.
-    train=(serkit train "$mfsn_config" --fold-dir "$fold" --feats "$sec_feats" "${tec_args[@]}"
+    train=(serkit train "$mfsn_config" "${overlay_args[@]}" --fold-dir "$fold" --feats "$sec_feats" "${tec_args[@]}"
            "${ablation_args[@]}" --device "$device" --tec_layer "$tec_layer" --sec_layers "[$sec_layers]"
            --sources_label "\"$label\"" --noprogressbar)
-    opts="tec=$mfsn_tec:${tec:-none}:$tec_layer sec=$sec:$sec_layers config=$mfsn_config ablation=$mfsn_ablation"  # epochs: the config's
+    opts="tec=$mfsn_tec:${tec:-none}:$tec_layer sec=$sec:$sec_layers config=$mfsn_config${mfsn_overlays[*]:+ overlays=${mfsn_overlays[*]}} ablation=$mfsn_ablation"  # epochs: the config's
     arch=""
     if [ "${mfsn_ablation%_single}" = mfsn ]; then  # search, then retrain the derived cell: two serkit train calls
       log "Stage 4: MFSN search fold $k: $fold -> $search/arch.txt"
-      is_done "$search" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
+      is_done "$search" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" "${mfsn_overlays[@]}" || {
         timed "$(basename "$run")_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search"
         mark_done "$search"; }
       arch=$(cat "$search/arch.txt")
     fi
     log "Stage 4: MFSN fold $k${arch:+ (derived cell $arch)}: $fold -> $out"
-    is_done "$out" "$opts arch=$arch" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" || {
+    is_done "$out" "$opts arch=$arch" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" "${mfsn_overlays[@]}" || {
       timed "$(basename "$run")_fold$k" logged "$out/log/train.log" "${train[@]}" --output-folder "$out" ${arch:+--arch "$arch"}
       mark_done "$out"; }
   done
@@ -471,7 +484,7 @@ run_mfsn() {
     asr) what="MFSN ($mfsn_ablation, TEC from greedy CTC transcripts; text leaks across sessions)" ;;
   esac
   run_json "$run" method="$what" setting=featex protocol="$protocol" upstream="$label" \
-    config="$mfsn_config" selection=valid
+    config="$mfsn_config${mfsn_overlays[*]:+ + ${mfsn_overlays[*]}}" selection=valid
 }
 
 ###############################################################################
@@ -520,7 +533,7 @@ if stage_selected 4; then
         bas_transformer) overrides="--transformer_layers $bas_layers $overrides" ;;
       esac
       opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$overrides${bas_opts[*]:+ ${bas_opts[*]}}"
-      is_done "$out" "$opts" "$upstream" "$feats" "$splits" conf/"$h".yaml "$(head_search_conf "$h")" || {
+      is_done "$out" "$opts" "$upstream" "$feats" "$splits" "$(head_conf "$h")" "$(head_search_conf "$h")" || {
         if [ "$setting" = featex ]; then
           timed "${h}_fold$k" logged "$out/log/train.log" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
             --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
@@ -531,7 +544,7 @@ if stage_selected 4; then
         mark_done "$out"; }
     done
     run_json "$run" method="$h_label" setting="$setting" protocol="$protocol" upstream="$(upstream_label)" \
-      config="conf/$h.yaml" selection="$(case $h in bas*|mfsn) echo valid ;; *) echo best_test ;; esac)"
+      config="$(head_conf "$h")" selection="$(case $h in bas*|mfsn) echo valid ;; *) echo best_test ;; esac)"
   done
 fi
 

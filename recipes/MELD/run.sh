@@ -34,6 +34,7 @@ model_dim=""         # width of the searched blocks [256; mini corpus: 64, the t
 search_overrides=""  # extra yaml overrides for the search [mini corpus: faster arch lr, cooler temperature (ours)]
 head_overrides=""    # extra yaml overrides for the retrain and every baseline, e.g. "--lr 0.01"
 selection=valid      # valid | best_test | valid_test_mean (always named in the table)
+best_metric=weighted_f1  # validation metric that picks each run's kept checkpoint: weighted_f1 (MELD's headline) | ua
 device=auto          # auto | cpu | cuda
 nj=2                 # parallel clip decoders (stage 0)
 threads=""           # torch CPU threads [torch's default; mini corpus: 1]
@@ -74,6 +75,7 @@ Options (default in brackets):
                         real data]
   --head-overrides S    extra yaml overrides for the retrain and the baselines, e.g. "--lr 0.01"
   --selection RULE      valid | best_test | valid_test_mean [$selection]; valid selects on weighted F1
+  --best-metric M       validation metric of the checkpoint each run keeps: weighted_f1 | ua [$best_metric]
   --device D            auto | cpu | cuda [$device]
   --nj N                parallel clip decoders (stage 0) [$nj]
   --threads N           torch CPU threads [torch's default; mini corpus: 1]
@@ -139,7 +141,11 @@ timing_file=$exp/timing.tsv
 mkdir -p "$exp"
 log_to "$exp/run.log"
 : > "$timing_file"
-common=(--batch_size "$batch_size" --device "$device" --noprogressbar)
+# MELD's headline is weighted F1 (48 % of the test set is neutral): every run keeps the checkpoint
+# best on validation WF1, as `serkit score --headline wf1` selects the reported epoch.
+common=(--best_metric "$best_metric" --batch_size "$batch_size" --device "$device" --noprogressbar)
+# The configs are shared with the other corpora (serkit config lists them); MELD needs none of its own.
+shared_conf=../../plugins/serkit/conf
 read -r -a search_extra <<< "$search_overrides"
 read -r -a head_extra <<< "$head_overrides"
 
@@ -206,9 +212,9 @@ search=$exp/bas_search/fold1
 ###############################################################################
 if has bas && stage_selected 2; then
   log "Stage 2: BAS search ($bas_layers layers, $search_epochs epochs): $fold + $feats -> $search (arch.txt, search_log.jsonl, search_probs.png)"
-  opts="feats=$(realpath "$feats") layers=$bas_layers epochs=$search_epochs batch=$batch_size dim=$model_dim ffn_residual=$ffn_residual overrides=$search_overrides"
-  is_done "$search" "$opts" "$feats" "$splits" conf/bas_search.yaml || {
-    timed bas_search serkit train conf/bas_search.yaml --fold-dir "$fold" --output-folder "$search" \
+  opts="feats=$(realpath "$feats") layers=$bas_layers epochs=$search_epochs batch=$batch_size dim=$model_dim ffn_residual=$ffn_residual metric=$best_metric overrides=$search_overrides"
+  is_done "$search" "$opts" "$feats" "$splits" "$shared_conf/bas_search.yaml" || {
+    timed bas_search serkit train "$shared_conf/bas_search.yaml" --fold-dir "$fold" --output-folder "$search" \
       --feats "$feats" --search_layers "$bas_layers" --number_of_epochs "$search_epochs" \
       --model_dim "$model_dim" --ffn_residual "$ffn_residual_yaml" "${search_extra[@]}" "${common[@]}"
     mark_done "$search"; }
@@ -216,9 +222,8 @@ if has bas && stage_selected 2; then
 fi
 
 ###############################################################################
-# conf_of HEAD: the MELD yaml, or the IEMOCAP recipe's where MELD needs nothing different (the
-# checkpoint selection switches to weighted F1 through an override).
-conf_of() { if [ -f "conf/$1.yaml" ]; then echo "conf/$1.yaml"; else echo "../IEMOCAP/conf/$1.yaml"; fi; }
+# conf_of HEAD: BAS's config (BAS, its baselines) or ShiftSER's (the other heads; --method HEAD).
+conf_of() { case $1 in bas|ffn|msa_ffn|transformer) echo "$shared_conf/bas.yaml" ;; *) echo "$shared_conf/shiftser.yaml" ;; esac; }
 # The two transformer baselines: the paper's "traditional transformer" of --bas-layers layers, built as
 # BAS's own msa_ffn block stack (like for like: same stem, width and blocks as BAS) and as serkit's
 # transformer head (relative positions, the features' full width, many more parameters).
@@ -243,17 +248,16 @@ if stage_selected 3; then
         arch=$(cat "$search/arch.txt")
         extra=(--arch "$arch" --model_dim "$model_dim" --ffn_residual "$ffn_residual_yaml") ;;
       msa_ffn)  # the BAS retrain with every layer a transformer block
-        conf=conf/bas.yaml
         arch=msa_ffn$(for ((i = 1; i < bas_layers; i++)); do printf ,msa_ffn; done)
         extra=(--arch "$arch" --model_dim "$model_dim") ;;
-      transformer) extra=(--transformer_layers "$bas_layers") ;;
-      ffn) ;;
+      transformer) extra=(--method transformer --transformer_layers "$bas_layers") ;;
+      ffn) extra=(--method ffn) ;;
       *)  # ShiftSER heads: SpecAugment's channel masks scaled from 64 of 768 channels to the features' width
         dim=$(json_value "$feats/meta.json" dim) || exit 1
-        extra=(--best_metric weighted_f1 --channel_mask_width "$(( dim * 64 / 768 > 1 ? dim * 64 / 768 : 1 ))") ;;
+        extra=(--method "$h" --channel_mask_width "$(( dim * 64 / 768 > 1 ? dim * 64 / 768 : 1 ))") ;;
     esac
     log "Stage 3: $(method_name "$h" "$arch") ($conf, $epochs epochs): $fold + $feats -> $out"
-    opts="feats=$(realpath "$feats") conf=$conf epochs=$epochs batch=$batch_size arch=$arch dim=$model_dim overrides=$head_overrides${extra[*]:+ extra=${extra[*]}}"
+    opts="feats=$(realpath "$feats") conf=$conf epochs=$epochs batch=$batch_size arch=$arch dim=$model_dim metric=$best_metric overrides=$head_overrides${extra[*]:+ extra=${extra[*]}}"
     is_done "$out" "$opts" "$feats" "$splits" "$conf" "$([ "$h" != bas ] || echo "$search")" || {
       timed "$h" serkit train "$conf" --fold-dir "$fold" --output-folder "$out" --feats "$feats" \
         --number_of_epochs "$epochs" "${extra[@]}" "${head_extra[@]}" "${common[@]}"

@@ -28,7 +28,7 @@ sec_upstream=""         # data2vec audio fairseq checkpoint (audio_base_ls.pt)
 tec_layer=""            # TEC layer [12; mini: 2] (the last transformer layer of a base model)
 sec_layers=""           # SEC early,middle,late layers [4,8,12; mini: 0,1,2]
 ablations=sec_only,sec_tec_nosearch,mfsn
-config=""               # trainer yaml [conf/mfsn.yaml; mini: conf/mfsn_mini.yaml]
+config=""               # trainer yaml [the shared mfsn.yaml; mini: with the mfsn_mini overlay]
 search_epochs=""        # MFSN search epochs [the config's]
 epochs=""               # training / retraining epochs [the config's]
 batch_size=""           # [the config's]
@@ -56,7 +56,7 @@ Options (default in brackets):
   --sec-layers L1,L2,L3 SEC early,middle,late layers [4,8,12; mini: 0,1,2]
   --ablations LIST      comma list of sec_only, sec_tec_nosearch, mfsn [$ablations]; also mfsn_single
                         (serkit's ablation: the emotion module sees only the Fusion Cell's output)
-  --config FILE         trainer HyperPyYAML [conf/mfsn.yaml; mini: conf/mfsn_mini.yaml]
+  --config FILE         trainer HyperPyYAML [the shared mfsn.yaml; mini: with the mfsn_mini overlay]
   --search-epochs N     MFSN architecture-search epochs [the config's]
   --epochs N            training epochs (MFSN: retraining of the derived cell) [the config's]
   --batch-size N        [the config's]
@@ -66,6 +66,9 @@ Options (default in brackets):
 EOM
 )
 . ../../local/parse_options.sh
+# The MFSN config is shared with IEMOCAP (serkit config lists it); SAVEE needs none of its own.
+shared_conf=../../plugins/serkit/conf
+config_args=()  # overrides that go with the default config
 [ $# -eq 0 ] || die "unexpected argument '$1' (see --help)"
 
 case "$protocol" in
@@ -94,7 +97,8 @@ if $mini; then
   [ -z "$tec_upstream$sec_upstream" ] || die "--tec-upstream/--sec-upstream need a real corpus (--root); the mini corpus uses the tiny HuBERT"
   root=db/mini/SAVEE
   folds=${folds:-1}; valid_fraction=${valid_fraction:-0.25}; tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}
-  config=${config:-conf/mfsn_mini.yaml}; tag=${tag:-mini}
+  [ -n "$config" ] || config_args=(--overlay "$shared_conf/mfsn_mini.yaml")  # CPU-sized
+  config=${config:-$shared_conf/mfsn.yaml}; tag=${tag:-mini}
   tec_upstream=$PWD/exp/upstream/tiny_hubert.pt; sec_upstream=$tec_upstream
   sources_label="tiny HuBERT pretrained on a separate mini corpus (CPU demo; NOT wav2vec 2.0/data2vec): TEC L$tec_layer, SEC L$sec_layers"
 else
@@ -104,7 +108,8 @@ else
   for f in "$tec_upstream" "$sec_upstream"; do [ -f "$f" ] || die "$f: no such checkpoint file"; done
   tec_upstream=$(realpath "$tec_upstream"); sec_upstream=$(realpath "$sec_upstream")
   folds=${folds:-all}; valid_fraction=${valid_fraction:-0.1}; tec_layer=${tec_layer:-12}; sec_layers=${sec_layers:-4,8,12}
-  config=${config:-conf/mfsn.yaml}; tag=${tag:-real}
+  [ -n "$config" ] || config_args=(--cache_in_memory True)  # SAVEE is small (480 clips)
+  config=${config:-$shared_conf/mfsn.yaml}; tag=${tag:-real}
   sources_label="TEC $(basename "$tec_upstream") L$tec_layer (detached) + SEC $(basename "$sec_upstream") L$sec_layers"
 fi
 [ -f "$config" ] || die "--config $config: no such file"
@@ -177,10 +182,11 @@ if stage_selected 2; then
         [ -z "$epochs" ] || extra+=(--train_epochs "$epochs")
         [ -z "$batch_size" ] || extra+=(--batch_size "$batch_size")
         case $a in mfsn_single) extra+=(--ablation mfsn --streams single) ;; *) extra+=(--ablation "$a") ;; esac
-        train=(serkit train "$config" --fold-dir "$fold" --feats "$sec_feats" --tec_feats "$tec_feats" "${extra[@]}")
+        train=(serkit train "$config" "${config_args[@]}" --fold-dir "$fold" --feats "$sec_feats" --tec_feats "$tec_feats" "${extra[@]}")
         # re-split folds, re-dumped features or an edited config retrain
-        opts="config=$config tec=$tec_upstream:$tec_layer sec=$sec_upstream:$sec_layers ${extra[*]}"
+        opts="config=$config${config_args[*]:+ ${config_args[*]}} tec=$tec_upstream:$tec_layer sec=$sec_upstream:$sec_layers ${extra[*]}"
         inputs=("$data/$p" "$tec_feats" "$sec_feats" "$config")
+        [ "${config_args[0]:-}" != --overlay ] || inputs+=("${config_args[1]}")
         arch=()
         if [ "${a%_single}" = mfsn ]; then  # search, then retrain the derived cell: two serkit train calls
           search=$run_search/fold$k

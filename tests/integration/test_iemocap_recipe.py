@@ -23,6 +23,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "recipes" / "IEMOCAP" / "run.sh"
+#: the CPU-sized MFSN overlay, as the recipe (cwd recipes/IEMOCAP) names it
+MFSN_MINI = "../../plugins/serkit/conf/mfsn_mini.yaml"
 SHORT = ["--folds", "1", "--layer", "2", "--nclusters", "8", "--teacher-epochs", "2",
          "--finetune-epochs", "2", "--head-epochs", "2", "--finetune-lr", "0.001", "--cpt-updates", "4",
          "--cpt-config", "conf/fairseq/cpt_hubert_tiny.yaml", "--head-overrides", "--channel_mask_width 5",
@@ -117,7 +119,7 @@ def test_mfsn_runs_on_both_protocols(setup, protocol):
     args = [a for a in setup["args"]]
     args[args.index("--method") + 1] = "mfsn"
     res = run(*args, "--protocol", protocol, "--tec-upstream", ckpt, "--sec-upstream", ckpt,
-              "--tec-layer", "2", "--sec-layers", "0,1,2", "--mfsn-config", "../SAVEE/conf/mfsn_mini.yaml",
+              "--tec-layer", "2", "--sec-layers", "0,1,2", "--mfsn-overlay", MFSN_MINI,
               "--head-overrides", "")
     assert res.returncode == 0, res.stderr[-4000:]
     fold = setup["work"] / "exp" / protocol / "mfsn_mfsn" / "fold1"
@@ -190,12 +192,12 @@ def test_mfsn_text_ablation_from_transcripts_and_asr_sits_beside_audio(setup, tm
     args = [a for a in setup["args"]]
     args[args.index("--method") + 1] = "mfsn"
     # the CPU-sized configs: this corpus is passed as --root (the real-data path), whose defaults are
-    # the full conf/mfsn.yaml and conf/mfsn_text.yaml
+    # the full mfsn.yaml and conf/mfsn_text.yaml: the mini overlays on them
     args += ["--sec-upstream", ckpt, "--tec-layer", "2", "--sec-layers", "0,1,2", "--head-overrides", ""]
-    text_conf = ["--mfsn-config", "conf/mfsn_text_mini.yaml"]
+    text_conf = ["--mfsn-overlay", f"{MFSN_MINI},conf/mfsn_text_mini.yaml"]
     exp = setup["exp"]
     # done already when the protocol test ran first
-    audio = run(*args, "--tec-upstream", ckpt, "--mfsn-config", "../SAVEE/conf/mfsn_mini.yaml")
+    audio = run(*args, "--tec-upstream", ckpt, "--mfsn-overlay", MFSN_MINI)
     assert audio.returncode == 0, audio.stderr[-4000:]
 
     # one fold each: every fold is two serkit train calls (search, retrain)

@@ -39,9 +39,10 @@ def _run(recipe_dir, *args, timeout=900):
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     """A copy of recipes/MELD at the same depth below a repository root (run.sh uses ../../local and
-    the IEMOCAP recipe's head configs)."""
+    the shared configs, ../../plugins/serkit/conf; the tiny HuBERT the IEMOCAP recipe's fairseq config)."""
     root = tmp_path_factory.mktemp("meld_recipe")
     shutil.copytree(REPO / "local", root / "local")
+    shutil.copytree(REPO / "plugins" / "serkit" / "conf", root / "plugins" / "serkit" / "conf", symlinks=True)
     shutil.copytree(REPO / "recipes" / "MELD", root / "recipes" / "MELD",
                     ignore=shutil.ignore_patterns("data", "exp", "dump", "db"))
     shutil.copytree(REPO / "recipes" / "IEMOCAP" / "conf", root / "recipes" / "IEMOCAP" / "conf")

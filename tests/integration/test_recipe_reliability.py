@@ -218,6 +218,8 @@ def test_iemocap_layer_is_checked_against_the_upstream_before_stage_0(base, tmp_
 
 def _recipe_copy(tmp_path: Path, name: str) -> Path:
     shutil.copytree(REPO / "local", tmp_path / "local")
+    shared = Path("plugins") / "serkit" / "conf"  # the configs the corpora share
+    shutil.copytree(REPO / shared, tmp_path / shared, symlinks=True)
     shutil.copytree(RECIPES / name, tmp_path / "recipes" / name, ignore=shutil.ignore_patterns(
         "data", "exp", "dump", "db", ".run.lock"))
     return tmp_path / "recipes" / name

@@ -19,9 +19,11 @@ PROTOCOLS = ("savee_loso4", "savee_cv10")
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
-    """A copy of recipes/SAVEE at the same depth below a repository root (run.sh uses ../../local)."""
+    """A copy of recipes/SAVEE at the same depth below a repository root (run.sh uses ../../local and
+    the shared configs, ../../plugins/serkit/conf)."""
     root = tmp_path_factory.mktemp("savee_recipe")
     shutil.copytree(REPO / "local", root / "local")
+    shutil.copytree(REPO / "plugins" / "serkit" / "conf", root / "plugins" / "serkit" / "conf", symlinks=True)
     # local/make_tiny_upstream.sh pretrains the tiny HuBERT with the IEMOCAP recipe's fairseq config
     shutil.copytree(REPO / "recipes" / "IEMOCAP" / "conf", root / "recipes" / "IEMOCAP" / "conf")
     shutil.copytree(REPO / "recipes" / "SAVEE", root / "recipes" / "SAVEE",
@@ -41,9 +43,8 @@ def _run(recipe_dir, *args, timeout=1500):
 
 @pytest.mark.slow
 def test_savee_recipe_mini_end_to_end(recipe):
-    # --config names the trainer YAML (it used to be sourced as bash: rc 127)
-    r = _run(recipe, "--folds", "1", "--search-epochs", "1", "--epochs", "2", "--device", "cpu",
-             "--config", "conf/mfsn_mini.yaml")
+    # the mini default: the shared mfsn.yaml with the mfsn_mini overlay
+    r = _run(recipe, "--folds", "1", "--search-epochs", "1", "--epochs", "2", "--device", "cpu")
     assert r.returncode == 0, r.stderr[-4000:]
     exp = recipe / "exp" / "mini"
     # the final path is absolute; the stage lines, the tiny HuBERT's progress included, are in run.log

@@ -17,13 +17,13 @@ pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_sb_helpers import CONF, read_predictions, split_ids, tiny_setup  # noqa: E402
+from test_sb_helpers import head_conf, read_predictions, split_ids, tiny_setup  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 def _train_cmd(launcher, fold, feats, out):
-    return [*launcher, "-m", "serkit.speechbrain.train", str(CONF / "linear.yaml"), "--fold-dir", str(fold),
+    return [*launcher, "-m", "serkit.speechbrain.train", *head_conf("linear"), "--fold-dir", str(fold),
             "--output-folder", str(out), "--feats", str(feats), "--number_of_epochs", "1",
             "--batch_size", "4",
             "--channel_mask_width", "8", "--noprogressbar"]

@@ -18,7 +18,7 @@ from serkit.utils import SerkitError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DURATIONS = ROOT / "bench" / "data" / "iemocap_durations.tsv"
-CONF = ROOT / "recipes" / "IEMOCAP" / "conf"
+SHARED_CONF = ROOT / "plugins" / "serkit" / "conf"
 
 
 def iemocap_fold():
@@ -43,8 +43,8 @@ def brain(**hparams):
     return SERBrain(modules={}, hparams=hparams, run_opts={"device": "cpu"})
 
 
-def recipe_hparams(conf="linear.yaml", **changes):
-    peek = _peek_yaml(CONF / conf)
+def recipe_hparams(conf="shiftser.yaml", **changes):
+    peek = _peek_yaml(SHARED_CONF / conf)
     keys = ("batching", "max_batch_length", "num_buckets", "seed", "batch_size")
     return {**{k: peek[k] for k in keys if k in peek}, **changes}
 
@@ -142,8 +142,9 @@ def test_unknown_batching_is_refused():
 
 
 def test_every_recipe_config_but_mfsn_batches_by_length():
-    confs = sorted(p for p in ROOT.glob("recipes/*/conf/*.yaml") if "mfsn" not in p.name)
-    assert len(confs) == 18
+    confs = sorted(p for p in [*SHARED_CONF.glob("*.yaml"), *ROOT.glob("recipes/*/conf/*.yaml")]
+                   if "mfsn" not in p.name)
+    assert [p.name for p in confs] == ["bas.yaml", "bas_search.yaml", "shiftser.yaml", "flea.yaml"]
     for conf in confs:
         peek = _peek_yaml(conf)
         # FLEA's class-balanced sampler (official code) draws its own training batches
@@ -164,9 +165,10 @@ def test_precision_option_reaches_the_brain(tmp_path):
     """``serkit train ... --precision bf16`` reaches the Brain's run options (not measured: no GPU here)."""
     def brain_with(precision):
         args, run_opts, overrides = _parse([
-            str(CONF / "linear.yaml"), "--fold-dir", str(tmp_path), "--output-folder", str(tmp_path / "out"),
+            str(SHARED_CONF / "shiftser.yaml"), "--method", "linear", "--fold-dir", str(tmp_path),
+            "--output-folder", str(tmp_path / "out"),
             "--feats", str(tmp_path), "--precision", precision, "--batching", "random"])
-        assert overrides == {"batching": "random"}
+        assert overrides == {"method": "linear", "batching": "random"}
         return SERBrain(modules={}, hparams={}, run_opts=prepare_run_opts(run_opts))
 
     assert brain_with("bf16").precision == "bf16"

@@ -1,9 +1,11 @@
 """Every `### Fidelity: <Method>` table in recipes/*/README.md agrees with the code it cites.
 
 Each row's "serkit default" cell is one backticked value followed by its source in backticked
-parentheses: a yaml key of the recipe (`conf/x.yaml: dotted.key`, read as raw YAML with HyperPyYAML's
-tags ignored) or a run.sh option (`run.sh --opt`, read from its `opt=value` default line). Numbers
-compare numerically, everything else as the exact string. A row with no checkable source fails too.
+parentheses: a yaml key of the recipe (`conf/x.yaml: dotted.key`) or of a config shared by the corpora
+(`x.yaml: dotted.key`, in plugins/serkit/conf), read as raw YAML with HyperPyYAML's tags ignored; a
+run.sh option (`run.sh --opt`, read from its `opt=value` default line); or a head's default in the
+head registry (`serkit.nn.heads: head.option`, the value `build_head("head", ...)` builds it with).
+Numbers compare numerically, everything else as the exact string. A row with no checkable source fails.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ COLUMNS = ["setting", "paper", "official code", "serkit default", "how to switch
 DEFAULT_CELL = re.compile(r"^`(?P<value>[^`]*)`\s*\(`(?P<source>[^`]+)`\)")
 YAML_SOURCE = re.compile(r"^(?P<file>[\w./-]+\.ya?ml):\s*(?P<key>[\w.-]+)$")
 RUNSH_SOURCE = re.compile(r"^(?P<file>[\w./-]*run\.sh)\s+--(?P<opt>[\w-]+)$")
+REGISTRY_SOURCE = re.compile(r"^serkit\.nn\.heads:\s*(?P<head>\w+)\.(?P<option>\w+)$")
+SHARED_CONF = Path("plugins") / "serkit" / "conf"
 
 
 class TagIgnoringLoader(yaml.SafeLoader):
@@ -92,11 +96,37 @@ def fidelity_rows(readme: Path):
             yield method, start, f"'### Fidelity: {method}' has a header but no rows", None
 
 
+def registry_default(head: str, option: str):
+    """The value of ``option`` that ``build_head(head, ...)`` gives the head's module when not told: the
+    registry's own defaults for the head (``_register_class(name, cls, **defaults)``), else the class's."""
+    import inspect
+
+    from serkit.nn import heads
+
+    if head not in heads.HEADS:
+        raise LookupError(f"no head {head!r} in the registry ({sorted(heads.HEADS)})")
+    captured = inspect.getclosurevars(heads.HEADS[head]).nonlocals
+    if "cls" not in captured or "defaults" not in captured:
+        raise LookupError(f"head {head!r} is not registered by _register_class: its defaults cannot be read")
+    signature = inspect.signature(captured["cls"])
+    options = {k: p.default for k, p in signature.parameters.items()
+               if p.default is not inspect.Parameter.empty}
+    options.update(captured["defaults"])
+    if option not in options:
+        raise LookupError(f"head {head!r} has no option {option!r} ({sorted(options)})")
+    return options[option]
+
+
 def lookup(recipe: Path, source: str):
     """The value ``source`` points at, or raise LookupError saying why it cannot be read."""
+    m = REGISTRY_SOURCE.match(source)
+    if m:
+        return registry_default(m.group("head"), m.group("option"))
     m = YAML_SOURCE.match(source)
     if m:
-        path = recipe / m.group("file")
+        # conf/x.yaml: the recipe's own; a bare x.yaml: shared by the corpora (plugins/serkit/conf)
+        shared = "/" not in m.group("file")
+        path = (recipe.parents[1] / SHARED_CONF if shared else recipe) / m.group("file")
         if not path.is_file():
             raise LookupError(f"{path} does not exist")
         node = yaml.load(path.read_text(encoding="utf-8"), Loader=TagIgnoringLoader)
@@ -116,7 +146,8 @@ def lookup(recipe: Path, source: str):
             if d:
                 return d.group(1).strip("\"'")
         raise LookupError(f"{path} has no '{var}=' default line")
-    raise LookupError(f"source {source!r} is neither 'conf/<file>.yaml: key' nor 'run.sh --option'")
+    raise LookupError(f"source {source!r} is neither 'conf/<file>.yaml: key', '<shared>.yaml: key', "
+                      "'run.sh --option' nor 'serkit.nn.heads: <head>.<option>'")
 
 
 def _number(value):
@@ -184,13 +215,14 @@ def test_the_shiftser_table_exists_and_covers_the_official_code_details():
     sources = {DEFAULT_CELL.match(c[3]).group("source") for c, _ in rows if c and DEFAULT_CELL.match(c[3])}
     for key in ("vector_weight_decay", "time_mask_fill", "warmup_start_lr", "final_lr", "featex_layers",
                 "finetune_optimizer", "max_duration"):
-        assert f"conf/shiftcnn.yaml: {key}" in sources, key
+        assert f"shiftser.yaml: {key}" in sources, key
 
 
 def copy_recipe(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     shutil.copytree(REPO / "recipes" / "IEMOCAP", root / "recipes" / "IEMOCAP",
                     ignore=shutil.ignore_patterns("exp", "data", "dump", "db"))
+    shutil.copytree(REPO / SHARED_CONF, root / SHARED_CONF, symlinks=True)
     return root
 
 
@@ -202,10 +234,10 @@ def problems(root: Path) -> list[str]:
 def test_a_changed_yaml_value_fails_with_the_readme_line(tmp_path):
     root = copy_recipe(tmp_path)
     assert problems(root) == []
-    conf = root / "recipes" / "IEMOCAP" / "conf" / "shiftcnn.yaml"
+    conf = root / SHARED_CONF / "shiftser.yaml"
     conf.write_text(conf.read_text().replace("weight_decay: 0.05", "weight_decay: 0.01"))
     found = problems(root)
-    assert len(found) == 1 and "says `0.05` but conf/shiftcnn.yaml: weight_decay is 0.01" in found[0]
+    assert len(found) == 1 and "says `0.05` but shiftser.yaml: weight_decay is 0.01" in found[0]
     assert "| featex weight decay |" in found[0]
 
 
@@ -214,8 +246,8 @@ def test_a_changed_run_sh_default_or_a_missing_source_fails(tmp_path):
     run = root / "recipes" / "IEMOCAP" / "run.sh"
     run.write_text(run.read_text().replace("\nselection=valid ", "\nselection=paper "))
     readme = root / "recipes" / "IEMOCAP" / "README.md"
-    text = readme.read_text().replace("(`conf/shiftcnn.yaml: seed`)", "(`conf/shiftcnn.yaml: sede`)")
-    readme.write_text(text.replace("`32` (`conf/shiftcnn.yaml: batch_size`)", "`32` (conf/shiftcnn.yaml)"))
+    text = readme.read_text().replace("(`shiftser.yaml: seed`)", "(`shiftser.yaml: sede`)")
+    readme.write_text(text.replace("`32` (`shiftser.yaml: batch_size`)", "`32` (shiftser.yaml)"))
     found = problems(root)
     selection = [p for p in found if "says `valid` but run.sh --selection is 'paper'" in p]
     assert selection and len(found) == 2 + len(selection)  # every table citing --selection notices
@@ -230,3 +262,25 @@ def test_values_compare_numerically_and_strings_exactly():
     assert yaml.load("a: !new:x.Y\n    b: !ref <c>\nd: !PLACEHOLDER\ne: !apply:f [1]\n",
                      Loader=TagIgnoringLoader) == {"a": {"b": "<c>"}, "d": "", "e": [1]}
     assert split_row("| a | `x | y` | b\\|c |") == ["a", "`x | y`", "b|c"]
+
+
+def test_a_head_default_is_read_from_the_registry():
+    assert registry_default("shiftcnn", "proportion") == 1 / 16
+    assert registry_default("shiftcnn", "kernel_size") == 7 and registry_default("cnn", "shift_blocks") == ()
+    assert registry_default("shiftformer", "bidirectional") is True
+    assert registry_default("transformer", "shift_placement") == "none"
+    assert registry_default("lstm", "proportion") == 0.0
+    assert registry_default("shiftlstm", "proportion") == 0.25
+    with pytest.raises(LookupError, match="no option 'kernel_size'"):
+        registry_default("shiftformer", "kernel_size")
+
+
+def test_a_changed_registry_default_fails_with_the_readme_line(monkeypatch):
+    from serkit.nn import heads
+
+    monkeypatch.delitem(heads.HEADS, "shiftcnn")
+    heads._register_class("shiftcnn", heads.ConvHead, shift_blocks=(1,), proportion=1 / 8,
+                          bidirectional=False, placement="residual")
+    found = problems(REPO)
+    assert len(found) == 1 and "says `0.0625` but serkit.nn.heads: shiftcnn.proportion is 0.125" in found[0]
+    assert "| ShiftCNN shift proportion |" in found[0]

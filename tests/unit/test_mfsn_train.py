@@ -13,13 +13,16 @@ from test_sb_helpers import CLASSES, REPO, read_predictions, split_ids, tiny_set
 
 from serkit.utils import SerkitError  # noqa: E402
 
-CONF = REPO / "recipes" / "SAVEE" / "conf" / "mfsn_mini.yaml"
+SHARED_CONF = REPO / "plugins" / "serkit" / "conf"
+#: the CPU-sized MFSN: the shared config with the mfsn_mini overlay
+CONF = SHARED_CONF / "mfsn.yaml"
+MINI = ["--overlay", str(SHARED_CONF / "mfsn_mini.yaml")]
 
 
 def _train(setup, out, *extra, conf=CONF):
     from serkit.speechbrain.train import main
 
-    return main([str(conf), "--fold-dir", str(setup["fold"]), "--output-folder", str(out), "--feats",
+    return main([str(conf), *MINI, "--fold-dir", str(setup["fold"]), "--output-folder", str(out), "--feats",
                  str(setup["feats"]), "--tec_feats", str(setup["feats"]), "--batch_size", "4",
                  "--search_epochs", "2", "--train_epochs", "2", "--noprogressbar", *extra])
 
@@ -200,8 +203,9 @@ def test_text_ablation_trains_tokenizer_on_train_split_only(tmp_path_factory):
         lines += [f"{u} {words[m['emo']]}{unseen}\n" for u, m in meta.items()]
     text.write_text("".join(lines))
     out = setup["root"] / "exp" / "text" / "fold1"
-    conf = REPO / "recipes" / "IEMOCAP" / "conf" / "mfsn_text_mini.yaml"
-    assert _train(setup, out, "--text", str(text), "--text_vocab_size", "30", conf=conf) == 0
+    conf = REPO / "recipes" / "IEMOCAP" / "conf" / "mfsn_text.yaml"
+    text_mini = ["--overlay", str(conf.parent / "mfsn_text_mini.yaml")]
+    assert _train(setup, out, *text_mini, "--text", str(text), "--text_vocab_size", "30", conf=conf) == 0
     search_arch = (out / "arch.txt").read_text().strip()
     train_text = (out / "transcripts.train.txt").read_text()
     assert "zebra" not in train_text
@@ -226,9 +230,10 @@ def test_waveform_path_trains_only_the_top_sec_layers_and_never_tec(tmp_path_fac
     setup = tiny_setup(tmp_path_factory)
     out = setup["root"] / "exp" / "mfsn_finetune" / "fold1"
     before = torch.load(setup["ckpt"], map_location="cpu", weights_only=False)["model"]
-    assert main([str(CONF), "--fold-dir", str(setup["fold"]), "--output-folder", str(out), "--upstream",
-                 str(setup["ckpt"]), "--tec_upstream", str(setup["ckpt"]), "--arch", "1:sum", "--batch_size",
-                 "4", "--train_epochs", "1", "--sec_finetune_layers", "1", "--noprogressbar"]) == 0
+    assert main([str(CONF), *MINI, "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
+                 "--upstream", str(setup["ckpt"]), "--tec_upstream", str(setup["ckpt"]), "--arch", "1:sum",
+                 "--batch_size", "4", "--train_epochs", "1", "--sec_finetune_layers", "1",
+                 "--noprogressbar"]) == 0
     assert (out / "predictions" / "test.epoch001.tsv").is_file()
     ckpt = next((out / "save").glob("CKPT+*"))
     sec = torch.load(ckpt / "upstream.ckpt", map_location="cpu")

@@ -1,5 +1,6 @@
-"""The wheel: the recipes' configs as package data (the recipes' own bytes), extras, Python versions,
-and `serkit config` / `config-dir` / `user-dir` run from an installed copy outside the repo."""
+"""The wheel: the shared configs and the recipes' own as package data (the recipes' own bytes), extras,
+Python versions, and `serkit config` / `train NAME` / `config-dir` / `user-dir` run from an installed copy
+outside the repo."""
 from __future__ import annotations
 
 import email
@@ -14,9 +15,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE_CONFIGS = sorted(REPO.glob("recipes/*/conf/**/*.yaml"))
+SHARED_CONFIGS = sorted((REPO / "plugins" / "serkit" / "conf").glob("*.yaml"))
 
 
 def _in_wheel(config: Path) -> str:
+    if config in SHARED_CONFIGS:
+        return "serkit/conf/" + config.name
     recipe, rest = config.relative_to(REPO / "recipes").parts[0], config.relative_to(REPO / "recipes")
     return "serkit/conf/" + recipe + "/" + "/".join(rest.parts[2:])
 
@@ -39,13 +43,15 @@ def wheel(tmp_path_factory) -> Path:
 
 
 def test_wheel_ships_every_recipe_config_with_the_recipes_bytes(wheel):
-    assert len(RECIPE_CONFIGS) >= 20
+    assert len(RECIPE_CONFIGS) >= 7
+    assert [c.name for c in SHARED_CONFIGS] == ["bas.yaml", "bas_search.yaml", "mfsn.yaml", "mfsn_mini.yaml",
+                                                "shiftser.yaml"]
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
-        for config in RECIPE_CONFIGS:
+        for config in RECIPE_CONFIGS + SHARED_CONFIGS:
             assert z.read(_in_wheel(config)) == config.read_bytes(), config
         shipped = {n for n in names if n.startswith("serkit/conf/")}
-        assert shipped == {_in_wheel(c) for c in RECIPE_CONFIGS}
+        assert shipped == {_in_wheel(c) for c in RECIPE_CONFIGS + SHARED_CONFIGS}
         assert "serkit_fairseq/__init__.py" in names
 
 
@@ -84,30 +90,44 @@ def installed_serkit(target: Path, *argv: str, cwd: Path) -> subprocess.Complete
 
 
 def test_installed_config_prints_and_copies(installed, tmp_path):
-    shiftcnn = (REPO / "recipes" / "IEMOCAP" / "conf" / "shiftcnn.yaml").read_text(encoding="utf-8")
-    proc = installed_serkit(installed, "config", "shiftcnn", cwd=tmp_path)
-    assert proc.returncode == 0 and proc.stdout == shiftcnn
+    shiftser = (REPO / "plugins" / "serkit" / "conf" / "shiftser.yaml").read_text(encoding="utf-8")
+    proc = installed_serkit(installed, "config", "shiftser", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == shiftser
 
-    proc = installed_serkit(installed, "config", "MELD/bas", "--out", "bas.yaml", cwd=tmp_path)
+    proc = installed_serkit(installed, "config", "IEMOCAP/flea", "--out", "flea.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    meld_bas = REPO / "recipes" / "MELD" / "conf" / "bas.yaml"
-    assert (tmp_path / "bas.yaml").read_bytes() == meld_bas.read_bytes()
-    assert proc.stdout.strip() == str(tmp_path / "bas.yaml")
+    flea = REPO / "recipes" / "IEMOCAP" / "conf" / "flea.yaml"
+    assert (tmp_path / "flea.yaml").read_bytes() == flea.read_bytes()
+    assert proc.stdout.strip() == str(tmp_path / "flea.yaml")
 
     (tmp_path / "mine.yaml").write_text("my own\n")
-    proc = installed_serkit(installed, "config", "shiftcnn", "--out", "mine.yaml", cwd=tmp_path)
+    proc = installed_serkit(installed, "config", "bas", "--out", "mine.yaml", cwd=tmp_path)
     assert proc.returncode == 2
     assert "mine.yaml: exists; choose another --out, or move it away first" in proc.stderr
     assert (tmp_path / "mine.yaml").read_text() == "my own\n"
 
-    proc = installed_serkit(installed, "config", "bas", cwd=tmp_path)
-    assert proc.returncode == 2 and "config 'bas' is in several recipes: IEMOCAP/bas, MELD/bas" in proc.stderr
+    proc = installed_serkit(installed, "config", "shiftcnn", cwd=tmp_path)
+    assert proc.returncode == 2 and "no config 'shiftcnn'; `serkit config` lists them" in proc.stderr
 
     proc = installed_serkit(installed, "config", cwd=tmp_path)
     listed = dict(line.split("\t") for line in proc.stdout.splitlines())
     ser_finetune = installed / "serkit" / "conf" / "IEMOCAP" / "fairseq" / "ser_finetune.yaml"
     assert listed["IEMOCAP/fairseq/ser_finetune"] == str(ser_finetune)
-    assert len(listed) == len(RECIPE_CONFIGS)
+    assert listed["mfsn_mini"] == str(installed / "serkit" / "conf" / "mfsn_mini.yaml")
+    assert len(listed) == len(RECIPE_CONFIGS) + len(SHARED_CONFIGS)
+
+
+def test_installed_train_finds_a_shipped_config_by_name(installed, tmp_path):
+    """`serkit train shiftser` reads the installed shiftser.yaml (here: it asks for the head first)."""
+    proc = installed_serkit(installed, "train", "shiftser", "--fold-dir", "f", "--output-folder", "out",
+                            "--feats", "feats", cwd=tmp_path)
+    shiftser = installed / "serkit" / "conf" / "shiftser.yaml"
+    assert proc.returncode == 2 and f"{shiftser}: give --method" in proc.stderr, proc.stderr
+    proc = installed_serkit(installed, "train", "shiftcnn", "--fold-dir", "f", "--output-folder", "out",
+                            "--feats", "feats", cwd=tmp_path)
+    assert proc.returncode == 2 and "shiftcnn: no such hparams file, nor a config shipped with serkit" \
+        in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_installed_config_dir_and_user_dir(installed, tmp_path):

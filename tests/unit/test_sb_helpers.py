@@ -76,6 +76,13 @@ def tiny_setup(tmp_path_factory) -> dict:
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "recipes" / "IEMOCAP" / "conf"
+#: the configs shared by the corpora (shiftser, bas, bas_search, mfsn, the mfsn_mini overlay)
+SHARED_CONF = REPO / "plugins" / "serkit" / "conf"
+
+
+def head_conf(name: str) -> list[str]:
+    """`serkit train` arguments naming the config of ShiftSER's head ``name``."""
+    return [str(SHARED_CONF / "shiftser.yaml"), "--method", name]
 
 
 def read_predictions(path: Path) -> tuple[list[str], list[list[str]]]:

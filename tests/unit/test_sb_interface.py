@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import CONF, PITCH, tiny_setup, write_tone  # noqa: E402
+from test_sb_helpers import CONF, PITCH, head_conf, tiny_setup, write_tone  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def featex(tmp_path_factory):
 
     setup = tiny_setup(tmp_path_factory)
     out = setup["root"] / "exp" / "interface_linear" / "fold1"
-    assert main([str(CONF / "linear.yaml"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
+    assert main([*head_conf("linear"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
                  "--feats", str(setup["feats"]), "--number_of_epochs", "2", "--lr", "0.05", "--warmup_epochs",
                  "0", "--batch_size", "8", "--channel_mask_width", "8", "--noprogressbar"]) == 0
     return setup, out

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import CLASSES, CONF, PITCH, read_predictions, tiny_setup, write_tone  # noqa: E402
+from test_sb_helpers import CLASSES, PITCH, head_conf, read_predictions, tiny_setup, write_tone  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def trained(tmp_path_factory):
 
     setup = tiny_setup(tmp_path_factory)
     out = setup["root"] / "exp" / "predict_linear" / "fold1"
-    assert main([str(CONF / "linear.yaml"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
+    assert main([*head_conf("linear"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
                  "--feats", str(setup["feats"]), "--number_of_epochs", "4", "--lr", "0.05", "--warmup_epochs",
                  "0", "--batch_size", "8", "--channel_mask_width", "8", "--noprogressbar"]) == 0
     return setup, out

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import CONF, read_predictions, split_ids, tiny_setup  # noqa: E402
+from test_sb_helpers import CONF, SHARED_CONF, head_conf, read_predictions, split_ids, tiny_setup  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_resumed_run_with_dynamic_batches_ends_as_an_uninterrupted_one(tmp_path_
     setup = tiny_setup(tmp_path_factory)
 
     def cmd(out, epochs):
-        return [sys.executable, "-m", "serkit.speechbrain.train", str(CONF / "linear.yaml"), "--fold-dir",
+        return [sys.executable, "-m", "serkit.speechbrain.train", *head_conf("linear"), "--fold-dir",
                 str(setup["fold"]), "--output-folder", str(out), "--feats", str(setup["feats"]),
                 "--batch_size", "4", "--time_mask_prob", "0", "--channel_mask_prob", "0", "--noprogressbar",
                 "--number_of_epochs", str(epochs)]
@@ -62,7 +62,7 @@ def test_resumed_run_with_dynamic_batches_ends_as_an_uninterrupted_one(tmp_path_
 def test_killed_training_resumes_at_the_next_epoch(tmp_path_factory, tmp_path):
     setup = tiny_setup(tmp_path_factory)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "serkit.speechbrain.train", str(CONF / "linear.yaml"), "--fold-dir",
+    cmd = [sys.executable, "-m", "serkit.speechbrain.train", *head_conf("linear"), "--fold-dir",
            str(setup["fold"]), "--output-folder", str(out), "--feats", str(setup["feats"]),
            "--batch_size", "4", "--channel_mask_width", "8", "--noprogressbar"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -104,7 +104,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 def _train_cmd(conf, setup, out, *extra):
     source = ["--feats", str(setup["feats"])] if conf != "flea.yaml" else ["--upstream", str(setup["ckpt"])]
-    return [sys.executable, "-m", "serkit.speechbrain.train", str(CONF / conf), "--fold-dir",
+    hparams = {"linear.yaml": head_conf("linear"), "bas_search.yaml": [str(SHARED_CONF / conf)]}.get(
+        conf, [str(CONF / conf)])
+    return [sys.executable, "-m", "serkit.speechbrain.train", *hparams, "--fold-dir",
             str(setup["fold"]), "--output-folder", str(out), *source, "--noprogressbar", *extra]
 
 

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import CONF, read_predictions, tiny_setup  # noqa: E402
+from test_sb_helpers import head_conf, read_predictions, tiny_setup  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ FAST = ["--number_of_epochs", "1", "--batch_size", "8", "--channel_mask_width", 
 def train(conf, setup, out, *extra):
     from serkit.speechbrain.train import main
 
-    return main([str(CONF / f"{conf}.yaml"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
+    return main([*head_conf(conf), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
                  *extra, *FAST])
 
 

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import CLASSES, CONF, read_predictions, split_ids, tiny_setup  # noqa: E402
+from test_sb_helpers import CLASSES, SHARED_CONF, head_conf, read_predictions, split_ids, tiny_setup  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,8 @@ FAST = ["--lr", "0.05", "--warmup_epochs", "0", "--batch_size", "8", "--channel_
 def train(conf, fold, out, *extra):
     from serkit.speechbrain.train import main
 
-    return main([str(CONF / f"{conf}.yaml"), "--fold-dir", str(fold), "--output-folder", str(out), *extra])
+    hparams = [str(SHARED_CONF / f"{conf}.yaml")] if conf.startswith("bas") else head_conf(conf)
+    return main([*hparams, "--fold-dir", str(fold), "--output-folder", str(out), *extra])
 
 
 def train_losses(out):

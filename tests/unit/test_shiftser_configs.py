@@ -1,6 +1,7 @@
-"""The ShiftSER head yamls: every ablation is one top-level key (so `--head-overrides "--key value"`
-reaches it), a mis-spelled key fails, the shared settings agree across the yamls, and the optimisers
-and schedules are the paper's / official code's."""
+"""The ShiftSER config (shiftser.yaml, one for the eight heads: --method HEAD): every ablation is one
+top-level key (so `--head-overrides "--key value"` reaches it), a mis-spelled key or an option of another
+head fails, each head is built with the registry's defaults, and the optimisers and schedules are the
+paper's / official code's."""
 import functools
 
 import pytest
@@ -9,19 +10,20 @@ import yaml
 
 pytest.importorskip("speechbrain")
 
-from test_sb_helpers import CONF  # noqa: E402
+from test_sb_helpers import SHARED_CONF, head_conf  # noqa: E402
 
 HEADS = ["linear", "ffn", "cnn", "shiftcnn", "transformer", "shiftformer", "lstm", "shiftlstm"]
 C = 24
 
 
 def build(name, *args, tmp_path):
-    """Load conf/<name>.yaml as `serkit train` does: SpeechBrain's command-line parsing, then HyperPyYAML."""
+    """Load shiftser.yaml --method <name> as `serkit train` does: SpeechBrain's command-line parsing, then
+    HyperPyYAML."""
     import speechbrain as sb
     from hyperpyyaml import load_hyperpyyaml
 
-    path = CONF / f"{name}.yaml"
-    _, _, overrides = sb.parse_arguments([str(path), *args])
+    path = SHARED_CONF / "shiftser.yaml"
+    _, _, overrides = sb.parse_arguments([str(path), "--method", name, *args])
     overrides = yaml.safe_load(overrides) if overrides else {}
     overrides.update(output_folder=str(tmp_path / "out"), num_classes=4, input_dim=C, num_layers=3)
     with open(path, encoding="utf-8") as f:
@@ -92,33 +94,51 @@ def test_a_misspelled_override_fails_serkit_train_before_writing_anything(tmp_pa
     from serkit.utils import SerkitError
 
     out = tmp_path / "out"
-    with pytest.raises(SerkitError, match=r"shiftcnn.yaml: no key \['shift_proporton'\]"):
-        main([str(CONF / "shiftcnn.yaml"), "--fold-dir", str(tmp_path), "--output-folder", str(out),
+    with pytest.raises(SerkitError, match=r"shiftser.yaml: no key \['shift_proporton'\]"):
+        main([*head_conf("shiftcnn"), "--fold-dir", str(tmp_path), "--output-folder", str(out),
               "--feats", str(tmp_path / "feats"), "--shift_proporton", "0.25"])
     assert not out.exists()
 
 
-def raw(name):
+def raw():
     class Loader(yaml.SafeLoader):
         pass
 
     Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-    return yaml.load((CONF / f"{name}.yaml").read_text(encoding="utf-8"), Loader=Loader)
+    return yaml.load((SHARED_CONF / "shiftser.yaml").read_text(encoding="utf-8"), Loader=Loader)
 
 
-SHARED = ["upstream_layers", "upstream_freeze_cnn", "featex_layers", "max_duration", "crop", "pad_to_max",
-          "number_of_epochs", "batch_size", "warmup_epochs", "max_grad_norm", "lr", "weight_decay",
-          "vector_weight_decay", "warmup_start_lr", "final_lr", "cosine_after_warmup", "finetune_optimizer",
-          "finetune_lr", "finetune_hold_epochs", "time_mask_prob", "time_mask_width", "time_mask_fill",
-          "channel_mask_prob", "channel_mask_width", "pooling", "seed", "selection"]
+HEAD_OPTIONS = ["kernel_size", "shift_proportion", "shift_bidirectional", "shift_placement", "mask_aware",
+                "shift_augment_p", "positions", "token_mixer"]
 
 
-def test_shared_settings_agree_across_the_head_yamls():
-    # The fidelity table reads them from conf/shiftcnn.yaml: the other yamls must say the same.
-    reference = raw("shiftcnn")
-    for name in HEADS:
-        values = raw(name)
-        assert {k: values.get(k, "MISSING") for k in SHARED} == {k: reference[k] for k in SHARED}, name
+@pytest.mark.parametrize("name", HEADS)
+def test_each_head_is_built_with_the_registry_defaults(name, tmp_path):
+    """The yaml repeats no head default: its head options are null, and the built head is the one
+    build_head(name) makes, weight for weight under the same seed."""
+    from serkit.nn import build_head
+
+    assert {k: raw()[k] for k in HEAD_OPTIONS} == dict.fromkeys(HEAD_OPTIONS)
+    built = head(build(name, tmp_path=tmp_path))
+    torch.manual_seed(1986)
+    reference = build_head(name, C, 4)
+    assert repr(built) == repr(reference)
+    assert [(k, v.shape) for k, v in built.state_dict().items()] == \
+        [(k, v.shape) for k, v in reference.state_dict().items()]
+
+
+def test_an_option_of_another_head_or_no_head_fails_serkit_train(tmp_path):
+    from serkit.speechbrain.train import main
+    from serkit.utils import SerkitError
+
+    setup = ["--fold-dir", str(tmp_path), "--output-folder", str(tmp_path / "out"), "--feats", str(tmp_path)]
+    with pytest.raises(SerkitError, match=r"shiftser.yaml: give --method"):
+        main([str(SHARED_CONF / "shiftser.yaml"), *setup])
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'kernel_size'"):
+        build("linear", "--kernel_size", "3", tmp_path=tmp_path)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'positions'"):
+        build("shiftformer", "--positions", "absolute", tmp_path=tmp_path)
 
 
 def test_finetune_optimizer_paper_is_adam_and_featex_is_ours(tmp_path):

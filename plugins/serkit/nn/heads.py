@@ -481,11 +481,18 @@ class LSTMHead(nn.Module):
         return self.classifier(self.pool(out, padding_mask))
 
 
-def _register_class(name: str, cls: Callable[..., nn.Module], **defaults: object) -> None:
+def _register_class(name: str, cls: Callable[..., nn.Module], aliases: dict[str, str] | None = None,
+                    **defaults: object) -> None:
     """Register ``cls(input_dim, num_classes, pooling=..., **kw)`` as head ``name``; ``defaults`` fill in
-    the keywords the caller does not give (what makes ``shiftcnn`` a ``ConvHead`` with a shift)."""
+    the keywords the caller does not give (what makes ``shiftcnn`` a ``ConvHead`` with a shift);
+    ``aliases`` maps a keyword the other heads use to this class's own name for it."""
 
     def factory(input_dim: int, num_classes: int, pooling: str = "mean", **kw) -> nn.Module:
+        for alias, own in (aliases or {}).items():
+            if alias in kw:
+                if own in kw:
+                    raise ValueError(f"head {name!r}: give {own!r} or {alias!r}, not both")
+                kw[own] = kw.pop(alias)
         return cls(input_dim, num_classes, pooling=pooling, **{**defaults, **kw})
 
     factory.__name__ = factory.__qualname__ = f"build_{name}_head"
@@ -497,7 +504,8 @@ _register_class("ffn", FFNHead)
 _register_class("cnn", ConvHead, shift_blocks=())
 _register_class("shiftcnn", ConvHead, shift_blocks=(1,), proportion=1 / 16, bidirectional=False,
                 placement="residual")
-_register_class("transformer", TransformerHead)
+# placement: where the shift goes, as the other shifted heads name it (one config serves them all)
+_register_class("transformer", TransformerHead, aliases={"placement": "shift_placement"})
 _register_class("shiftformer", ShiftformerHead)
 _register_class("lstm", LSTMHead, proportion=0.0)
 _register_class("shiftlstm", LSTMHead, proportion=1 / 4, bidirectional=False)

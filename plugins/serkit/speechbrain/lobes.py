@@ -91,7 +91,8 @@ class SERHead(nn.Module):
         ``"embedding"``: the pooled utterance vector that feeds the head's final linear layer, (B, 1, D),
         for an ``embedding_model`` slot.
     **kwargs
-        Passed to the head (e.g. ``arch`` for ``bas``, ``num_layers`` for ``bas_search``).
+        Passed to the head (e.g. ``arch`` for ``bas``, ``num_layers`` for ``bas_search``); a ``None`` is
+        left out, so the head takes its registered default (one yaml serves every head of a family).
 
     Shapes
     ------
@@ -110,6 +111,7 @@ class SERHead(nn.Module):
             raise ValueError(f"SERHead output={output!r}: choose one of {', '.join(self.OUTPUTS)}")
         self.name = name
         self.output = output
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
         if name == "bas_search" and name not in HEADS:  # the supernet is built directly, not registered
             self.head = BlockSearchSupernet(int(input_dim), int(num_classes), pooling=pooling, **kwargs)
         else:

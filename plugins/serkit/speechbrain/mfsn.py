@@ -11,13 +11,13 @@ its yaml names this module's pieces::
 The search and the retraining are two calls, as BAS's (``recipes/SAVEE/run.sh``)::
 
     # 1. search (arch: null): first-order DARTS, then derive -> <search>/arch.txt ("<sec_level>:<op>")
-    serkit train recipes/SAVEE/conf/mfsn.yaml --fold-dir FOLD --output-folder EXP/mfsn_search/fold1 \\
+    serkit train mfsn --fold-dir FOLD --output-folder EXP/mfsn_search/fold1 \\
         --feats SEC_FEATS --tec_feats TEC_FEATS
     # 2. retrain the derived cell from scratch
-    serkit train recipes/SAVEE/conf/mfsn.yaml --fold-dir FOLD --output-folder EXP/mfsn/fold1 \\
+    serkit train mfsn --fold-dir FOLD --output-folder EXP/mfsn/fold1 \\
         --feats SEC_FEATS --tec_feats TEC_FEATS --arch "$(cat EXP/mfsn_search/fold1/arch.txt)"
     # the paper's ablations (one call each)
-    serkit train recipes/SAVEE/conf/mfsn.yaml ... --ablation sec_only      # or sec_tec_nosearch
+    serkit train mfsn ... --ablation sec_only      # or sec_tec_nosearch
 
 ``--feats`` is the SEC dump (data2vec in the paper), ``tec_feats`` the TEC dump (a CTC-finetuned
 wav2vec 2.0); they may be one directory. ``sec_layers`` are the early/middle/late SEC levels (the last

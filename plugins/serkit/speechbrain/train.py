@@ -2,8 +2,8 @@
 
 Usage::
 
-    serkit train HPARAMS.yaml --fold-dir FOLD --output-folder EXP/<run>/fold<k> \\
-        (--feats FEATS_DIR | --upstream CKPT) [--key value ...]
+    serkit train HPARAMS --fold-dir FOLD --output-folder EXP/<run>/fold<k> \\
+        (--feats FEATS_DIR | --upstream CKPT) [--overlay FILE ...] [--key value ...]
     python -m serkit.speechbrain.train HPARAMS.yaml ...            # the same
     torchrun --nproc_per_node N -m serkit.speechbrain.train ...    # SpeechBrain DDP (gloo on CPU)
 
@@ -14,6 +14,12 @@ Settings:
   own upstream, recorded in their ``meta.json``, is what ``serkit predict`` runs on new audio).
 - ``--upstream CKPT`` alone: **finetune**, the upstream's transformer is trained with the head, its
   CNN frozen (``upstream_freeze_cnn``); the layers in ``upstream_layers`` feed the head.
+
+``HPARAMS`` is a yaml file or the name of a config shipped with serkit (``serkit config`` lists them):
+``serkit train shiftser --method shiftcnn ...`` trains ShiftSER's ShiftCNN, the head's own settings
+coming from the head registry. ``--overlay FILE`` (repeatable; a file or a shipped name) is a plain
+yaml mapping of overrides applied before the command line's, e.g. ``--overlay mfsn_mini`` for the
+CPU-sized MFSN; like ``--key value``, it may only set keys the config has.
 
 ``input_dim``, ``num_layers`` and ``num_classes`` are filled in from the features / upstream and the
 fold's ``dict.emo.txt``; any other key of the yaml can be overridden with ``--key value``, SpeechBrain
@@ -31,6 +37,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -53,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("hparams", help="HyperPyYAML file, e.g. recipes/IEMOCAP/conf/shiftcnn.yaml")
+    p.add_argument("hparams", help="HyperPyYAML file, or a config shipped with serkit by name (`serkit "
+                                   "config` lists them), e.g. shiftser (with --method shiftcnn)")
+    p.add_argument("--overlay", action="append", default=[], metavar="FILE",
+                   help="yaml mapping of overrides (a file or a shipped name, e.g. mfsn_mini) applied "
+                        "before the command line's --key value pairs; repeatable, later ones win")
     p.add_argument("--fold-dir",
                    help="fold directory from `serkit split` (train/valid/test.json, dict.emo.txt)")
     p.add_argument("--output-folder", help="where this fold's run goes, e.g. exp/shiftcnn/fold1")
@@ -62,16 +73,54 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                       "given; default for --feats: the features' own upstream")
 
 
-def _peek_yaml(path: str) -> dict:
-    """Plain values of a HyperPyYAML file without building anything (tags read as None)."""
+_PLACEHOLDER = object()
+
+
+def _peek_yaml(path: str, placeholders: bool = False) -> dict:
+    """Plain values of a HyperPyYAML file without building anything (tags read as None; with
+    ``placeholders``, a ``!PLACEHOLDER`` reads as the marker ``_PLACEHOLDER``)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
         pass
 
-    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    def tagged(loader, suffix, node):
+        return _PLACEHOLDER if placeholders and suffix == "PLACEHOLDER" else None
+
+    Loader.add_multi_constructor("!", tagged)
     with open(path, encoding="utf-8") as f:
         return yaml.load(f, Loader=Loader) or {}
+
+
+def resolve_config(name: str, what: str = "hparams file") -> str:
+    """The path of ``name``: an existing file, else a config shipped with serkit by name (``shiftser``,
+    ``mfsn_mini``, ``IEMOCAP/flea``; see serkit.resources)."""
+    if Path(name).is_file():
+        return name
+    from ..resources import find_config
+
+    try:
+        return str(find_config(name))
+    except SerkitError as e:
+        raise SerkitError(f"{name}: no such {what}, nor a config shipped with serkit ({e})") from None
+
+
+def _read_overlay(path: str) -> dict:
+    """An overlay: a plain yaml mapping of overrides (no tags: nothing in it is built or run)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise SerkitError(f"{path}: not a plain yaml overlay ({str(e).splitlines()[0]}); an overlay holds "
+                          "`key: value` lines only") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SerkitError(f"{path}: an overlay is a mapping of `key: value` overrides, "
+                          f"not {type(data).__name__}")
+    return data
 
 
 def _parse(argv):
@@ -85,19 +134,32 @@ def _parse(argv):
     if not args.feats and not args.upstream:
         raise SerkitError("serkit train: give --feats DIR (train on cached features) or --upstream CKPT "
                           "(finetune the upstream)")
-    if not Path(args.hparams).is_file():
-        raise SerkitError(f"{args.hparams}: hparams file not found")
+    args.hparams = resolve_config(args.hparams)
+    args.overlay = [resolve_config(o, "overlay file") for o in args.overlay]
     _, run_opts, overrides = sb.parse_arguments([args.hparams, *rest])
     overrides = yaml.safe_load(overrides) if overrides else {}
-    overrides = overrides or {}
+    known = _peek_yaml(args.hparams)
+    layered = {}
+    for overlay in args.overlay:
+        values = _read_overlay(overlay)
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            raise SerkitError(f"{overlay}: no key {unknown} in {args.hparams} to override; an overlay may "
+                              "only set the config's keys")
+        layered.update(values)
+    overrides = {**layered, **(overrides or {})}
     bad = [k for k in DERIVED_KEYS if k in overrides]
     if bad:
         raise SerkitError(f"serkit train: {bad} are set from --fold-dir/--output-folder/--feats/--upstream; "
                           "do not override them")
-    known = _peek_yaml(args.hparams)
     unknown = [k for k in overrides if k not in known]
     if unknown:  # before anything is written: a mis-spelled option must not silently do nothing
         raise SerkitError(f"{args.hparams}: no key {unknown} to override; its keys are {sorted(known)}")
+    missing = [k for k, v in _peek_yaml(args.hparams, placeholders=True).items()
+               if v is _PLACEHOLDER and k not in DERIVED_KEYS and k not in overrides]
+    if missing:
+        raise SerkitError(f"{args.hparams}: give {', '.join('--' + k for k in missing)} (the config leaves "
+                          f"{'it' if len(missing) == 1 else 'them'} to the command line)")
     return args, run_opts, overrides
 
 
@@ -176,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     output_folder = Path(args.output_folder).resolve()
     classes = read_classes(fold_dir)
     peek = {**_peek_yaml(args.hparams), **overrides}
+    if peek.get("method") == "bas" and "arch" in peek and not peek["arch"]:
+        raise SerkitError(f"{args.hparams}: --method bas retrains a searched architecture: give --arch "
+                          "(the bas_search run's arch.txt, e.g. --arch ffn,msa,msa_ffn,msa)")
     import torch.distributed as dist
 
     from ..distributed import per_process_batch
@@ -222,10 +287,19 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides.update(output_folder=str(output_folder), num_classes=len(classes),
                      input_dim=int(input_dim), num_layers=int(num_layers))
+    created = not output_folder.exists()
     sb.create_experiment_directory(experiment_directory=str(output_folder), hyperparams_to_save=args.hparams,
                                    overrides=overrides)
     with open(args.hparams, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f, overrides)
+        try:
+            hparams = load_hyperpyyaml(f, overrides)
+        except TypeError as e:  # a head option set for a head without it (one yaml serves a family)
+            if "unexpected keyword argument" not in str(e):
+                raise
+            if created:  # made by this call a moment ago, holding only the config it copied: leave no trace
+                shutil.rmtree(output_folder)
+            raise SerkitError(f"{args.hparams}: {e.args[-1]}: that option is not one of this head's "
+                              "(--method); leave it null") from None
 
     crop_opts = {"max_duration": hparams.get("max_duration"), "crop": hparams.get("crop", "start"),
                  "pad_to_max": bool(hparams.get("pad_to_max", False))}
@@ -249,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": hparams.get("method"),
         "setting": setting,
         "hparams": str(Path(args.hparams).resolve()),
+        "overlays": [str(Path(o).resolve()) for o in args.overlay],
         "hparams_resolved": str(output_folder / "hyperparams.yaml"),
         "fold_dir": str(fold_dir),
         "upstream": upstream_path,
@@ -314,6 +389,8 @@ def run(args) -> int:
     for opt in ("fold_dir", "output_folder", "feats", "upstream"):
         if getattr(args, opt, None):
             argv += [f"--{opt.replace('_', '-')}", getattr(args, opt)]
+    for overlay in getattr(args, "overlay", None) or []:
+        argv += ["--overlay", overlay]
     argv += list(args.overrides)
     from ..distributed import NPROC_ENV, torchrun_command
 
