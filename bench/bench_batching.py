@@ -6,13 +6,16 @@ the 4-class set; sessions 1-4 train, session 5 split into valid and test):
 1. padding: the fraction of padded audio in the batches serkit's own loaders form
    (``SERBrain.make_dataloader``, which ``serkit train`` uses for every SpeechBrain trainer: heads on
    cached features, finetuning, BAS search and retraining), for each recipe config's batch size;
-2. finetuning: one training epoch of ``flea.yaml`` (the upstream runs and trains every step) on
+2. finetuning: one training epoch of ``flea.yaml`` (the upstream runs and trains every step; inputs
+   cropped to its ``max_duration`` of 6 s, as the official FLEA code) on
    ``--utterances`` utterances drawn from the distribution (synthetic wavs of those durations), for a
    tiny and a base-size HuBERT (random weights), ``dynamic`` vs ``random``; runs interleaved and
    repeated, medians reported;
 3. head overhead: one training epoch of a head on cached features (``serkit dump-features`` output,
    read through serkit's dataset) divided by the head's own compute on the same batches (forward +
-   backward + gradient clipping + step, padded tensors already in memory).
+   backward + gradient clipping + step, padded tensors already in memory), run right after it (the
+   median of these paired ratios: the machine's load moves slowly, so it hits both runs of a pair
+   alike); and the time to form the same batches alone (no compute).
 
     python bench/bench_batching.py                     # all three (about 20 min on 2 shared cores)
     python bench/bench_batching.py --parts padding     # one part
@@ -91,13 +94,15 @@ def bench_padding(result: dict) -> None:
         ds = DynamicItemDataset(items, output_keys=["id"])
         datasets[split] = ds if split == "train" else ds.filtered_sorted(sort_key="duration")  # fold_datasets
     groups: dict = {}
+    segment_groups: dict = {}  # MFSN: its items are 3-second segments of the utterances
     for conf in [*sorted(SHARED_CONF.glob("*.yaml")), *sorted(ROOT.glob("recipes/*/conf/*.yaml"))]:
         peek = _peek_yaml(conf)
         if "batching" not in peek:
             continue
         key = (int(peek["batch_size"]), peek.get("max_batch_length"), int(peek.get("num_buckets", 40)))
-        groups.setdefault(key, []).append(conf.stem if conf.parent == SHARED_CONF
-                                          else f"{conf.parent.parent.name}/{conf.stem}")
+        name = conf.stem if conf.parent == SHARED_CONF else f"{conf.parent.parent.name}/{conf.stem}"
+        (segment_groups if "segment_seconds" in peek or conf.stem.startswith("mfsn") else groups) \
+            .setdefault(key, []).append(name)
     print("\n### padding on IEMOCAP's durations (sessions 1-4 train: "
           f"{len(fold['train'])}, session 5 valid/test: {len(fold['valid'])}/{len(fold['test'])}; "
           "goal of `dynamic`: <= 5 %)\n")
@@ -120,6 +125,48 @@ def bench_padding(result: dict) -> None:
                 print(f"| {label} | {batching} | {split} | {row['batches']} | {row['mean_batch']:.1f} "
                       f"| {100 * row['padding']:.1f} % |")
     print("\n(configs: " + ", ".join(c for cs in groups.values() for c in cs) + ")")
+    if segment_groups:
+        bench_segment_padding(result, fold, segment_groups)
+
+
+def bench_segment_padding(result: dict, fold: dict, groups: dict) -> None:
+    """MFSN's items: the 3-second segments of every utterance (``segment_datasets``), batched by
+    ``SERBrain.make_dataloader`` (the training and validation loaders; the search's architecture batches
+    follow the training ones' rule)."""
+    import speechbrain as sb
+    from speechbrain.dataio.dataset import DynamicItemDataset
+
+    from serkit.nn.coattention import segment_starts
+
+    seg = 3 * SR
+    datasets, durations = {}, {}
+    for split, items in fold.items():
+        data = {}
+        for u, d in items.items():
+            samples = int(round(d["duration"] * SR))
+            for k, _ in enumerate(segment_starts(samples, seg)):
+                data[f"{u}#{k}"] = {"duration": min(samples, seg) / SR}
+        durations.update({k: v["duration"] for k, v in data.items()})
+        datasets[split] = DynamicItemDataset(data, output_keys=["id"])
+    print("\n### MFSN: padding of its 3-second segments of IEMOCAP's durations (train/valid/test segments: "
+          + "/".join(str(len(d)) for d in datasets.values()) + ")\n")
+    print("| configs | batching | split | batches | mean segments per batch | padding |")
+    print("|---|---|---|---:|---:|---:|")
+    result["padding_mfsn"] = []
+    stages = {"train": sb.Stage.TRAIN, "valid": sb.Stage.VALID, "test": sb.Stage.TEST}
+    for (batch_size, max_len, buckets), confs in groups.items():
+        for batching in ("dynamic", "random"):
+            brain = make_brain({"batching": batching, "max_batch_length": max_len, "num_buckets": buckets,
+                                "seed": 1986})
+            for split, stage in stages.items():
+                opts = {"batch_size": batch_size, **({"shuffle": True} if split == "train" else {})}
+                batches = epoch_ids(brain.make_dataloader(datasets[split], stage, **opts))
+                row = {"configs": confs, "batch_size": batch_size, "batching": batching, "split": split,
+                       "batches": len(batches), "mean_batch": len(datasets[split]) / len(batches),
+                       "padding": padding_of(batches, durations)}
+                result["padding_mfsn"].append(row)
+                print(f"| {', '.join(confs)} (batch_size {batch_size}) | {batching} | {split} "
+                      f"| {row['batches']} | {row['mean_batch']:.1f} | {100 * row['padding']:.1f} % |")
 
 
 # ------------------------------------------------------------------------------------------------ 2
@@ -185,7 +232,22 @@ def train_epoch(conf: Path, fold: Path, work: Path, batching: str, batch_size: i
         record.update(brain=brain, loader=loader, hparams=hp, dataset=datasets["train"])
     t0 = time.perf_counter()
     brain.fit(hp["epoch_counter"], loader, None)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    if record is not None:
+        record["padding"] = loader_padding(loader, datasets["train"], hp)
+    return seconds
+
+
+def loader_padding(loader, dataset, hparams, epoch: int = 1) -> float:
+    """Padding of the batches ``loader`` formed in ``epoch`` (the epoch ``train_epoch`` ran), on the
+    durations the model sees (``max_duration`` crops: flea.yaml's 6 s)."""
+    from serkit.speechbrain.brain import _durations
+
+    for s in (loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None)):
+        if hasattr(s, "set_epoch"):
+            s.set_epoch(epoch)
+    seconds = _durations(dataset, hparams.get("max_duration"), bool(hparams.get("pad_to_max", False)))
+    return padding_of([list(b) for b in loader.batch_sampler], dict(enumerate(seconds.tolist())))
 
 
 def bench_finetune(result: dict, args) -> None:
@@ -193,9 +255,9 @@ def bench_finetune(result: dict, args) -> None:
 
     print("\n### finetuning epoch (flea.yaml, upstream trained every step), dynamic vs random batches "
           "(goal: >= 2.5x)\n")
-    print("| upstream | utterances | audio s | batch_size | repeats | random s (median) | dynamic s (median) "
-          "| speed-up |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| upstream | utterances | audio s | batch_size | buckets | padding random / dynamic | repeats "
+          "| random s (median) | dynamic s (median) | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     result["finetune"] = []
     with tempfile.TemporaryDirectory(dir=args.tmp) as work:
         work = Path(work)
@@ -206,16 +268,27 @@ def bench_finetune(result: dict, args) -> None:
             ckpt = make_hubert_checkpoint(work / f"{arch}.pt", arch=arch)
             fold = write_fold(work / f"data-{arch}", n, seed=0)
             audio = sum(v["duration"] for v in json.loads((fold / "train.json").read_text()).values())
-            times = {"random": [], "dynamic": []}
+            times, padding = {"random": [], "dynamic": []}, {"random": [], "dynamic": []}
+            buckets = None
             for r in range(repeats):  # interleaved: the machine's load hits both alike
                 for batching in (("random", "dynamic") if r % 2 == 0 else ("dynamic", "random")):
-                    seconds = train_epoch(CONF / "flea.yaml", fold, work, batching, bs, ckpt=ckpt)
+                    record = {}
+                    seconds = train_epoch(CONF / "flea.yaml", fold, work, batching, bs, ckpt=ckpt,
+                                          record=record)
                     times[batching].append(seconds)
+                    padding[batching].append(record["padding"])
+                    if batching == "dynamic":
+                        buckets = len(record["loader"].batch_sampler._bucket_boundaries)
+                    print(f"  {arch} {batching}: {seconds:.1f} s, padding {100 * record['padding']:.1f} %",
+                          flush=True)
             med = {k: statistics.median(v) for k, v in times.items()}
-            row = {"upstream": arch, "utterances": n, "audio_s": audio, "batch_size": bs, "times": times,
-                   "speedup": med["random"] / med["dynamic"]}
+            pad = {k: statistics.median(v) for k, v in padding.items()}
+            row = {"upstream": arch, "utterances": n, "audio_s": audio, "batch_size": bs, "buckets": buckets,
+                   "times": times, "padding": padding, "speedup": med["random"] / med["dynamic"]}
             result["finetune"].append(row)
-            print(f"| {arch} HuBERT (random init) | {n} | {audio:.0f} | {bs} | {repeats} "
+            print(f"| {arch} HuBERT (random init{', fairseq HubertConfig' if arch == 'base' else ''}) | {n} "
+                  f"| {audio:.0f} | {bs} | {buckets} "
+                  f"| {100 * pad['random']:.1f} % / {100 * pad['dynamic']:.1f} % | {repeats} "
                   f"| {med['random']:.1f} | {med['dynamic']:.1f} | **{row['speedup']:.2f}x** |")
 
 
@@ -252,6 +325,18 @@ def reference_epoch(record: dict, epoch: int = 1) -> float:
     return time.perf_counter() - t0
 
 
+def loading_epoch(record: dict, epoch: int = 1) -> float:
+    """Seconds to form the epoch's batches alone (read the cached features, pad, collate): no compute."""
+    loader = record["loader"]
+    for s in (loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None)):
+        if hasattr(s, "set_epoch"):
+            s.set_epoch(epoch)
+    t0 = time.perf_counter()
+    for _ in loader:
+        pass
+    return time.perf_counter() - t0
+
+
 def bench_heads(result: dict, args) -> None:
     from serkit.upstream import features, load_upstream, tiny
     from serkit.upstream.features import AudioItem, FeatureReader
@@ -259,8 +344,8 @@ def bench_heads(result: dict, args) -> None:
     print("\n### head epoch from cached features (768 channels x 3 layers, float16) / the head's own compute "
           "on the same batches (goal: <= 1.1)\n")
     print("| head (config) | utterances | batching | repeats | serkit epoch s (median) | head compute s "
-          "(median) | ratio |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+          "(median) | loading alone s (median) | ratio (median of the paired runs) |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     result["heads"] = []
     with tempfile.TemporaryDirectory(dir=args.tmp) as work:
         work = Path(work)
@@ -277,32 +362,40 @@ def bench_heads(result: dict, args) -> None:
 
         for conf in args.heads:
             shiftser = SHARED_CONF / "shiftser.yaml"
-            train_epoch(shiftser, fold, work, "dynamic", 32, reader=reader, method=conf)  # warm-up, not timed
+            record = {}
+            train_epoch(shiftser, fold, work, "dynamic", 32, reader=reader, record=record, method=conf)
+            reference_epoch(record)  # warm-ups of both, not timed
             for batching in args.head_batching:
-                serkit, own = [], []
-                for _ in range(args.repeats[0]):
+                serkit, own, loading = [], [], []
+                for _ in range(args.repeats[0]):  # paired: each serkit epoch with its reference right after
                     record = {}
                     serkit.append(train_epoch(shiftser, fold, work, batching, 32, reader=reader,
                                               record=record, method=conf))
                     own.append(reference_epoch(record))
-                ratio = statistics.median(serkit) / statistics.median(own)
+                    loading.append(loading_epoch(record))
+                    print(f"  {Path(conf).stem} {batching}: serkit {serkit[-1]:.2f} s, head compute "
+                          f"{own[-1]:.2f} s, loading alone {loading[-1]:.2f} s", flush=True)
+                ratio = statistics.median(a / b for a, b in zip(serkit, own))
                 row = {"config": conf, "batching": batching, "serkit_s": serkit, "head_s": own,
-                       "ratio": ratio}
+                       "loading_s": loading, "ratio": ratio}
                 result["heads"].append(row)
                 print(f"| {Path(conf).stem} | {args.head_utterances} | {batching} | {len(serkit)} "
-                      f"| {statistics.median(serkit):.2f} | {statistics.median(own):.2f} | **{ratio:.3f}** |")
+                      f"| {statistics.median(serkit):.2f} | {statistics.median(own):.2f} "
+                      f"| {statistics.median(loading):.2f} | **{ratio:.3f}** |")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", default=["padding", "finetune", "heads"],
                     choices=["padding", "finetune", "heads"])
-    ap.add_argument("--utterances", type=int, nargs=2, default=[200, 24], metavar=("TINY", "BASE"),
-                    help="training utterances of the finetuning epochs")
-    ap.add_argument("--repeats", type=int, nargs=2, default=[3, 1], metavar=("TINY", "BASE"),
+    ap.add_argument("--utterances", type=int, nargs=2, default=[200, 48], metavar=("TINY", "BASE"),
+                    help="training utterances of the finetuning epochs, drawn from IEMOCAP's durations "
+                         "(base: 48 at batch size 4 form 12 buckets)")
+    ap.add_argument("--repeats", type=int, nargs=2, default=[2, 1], metavar=("TINY", "BASE"),
                     help="interleaved repeats (tiny runs and head runs; base runs)")
-    ap.add_argument("--base-batch-size", type=int, default=8,
-                    help="batch size of the base-size finetuning (memory on a CPU machine)")
+    ap.add_argument("--base-batch-size", type=int, default=4,
+                    help="batch size of the base-size finetuning (memory: at 8 a random batch took 19 GB "
+                         "and was killed on a 23 GB machine)")
     ap.add_argument("--head-utterances", type=int, default=200)
     ap.add_argument("--heads", nargs="+", default=["shiftcnn"],
                     help="ShiftSER heads (shiftser.yaml --method)")
@@ -326,10 +419,10 @@ def main() -> int:
     result = {"cpus": os.cpu_count(), "threads": THREADS}
     if "padding" in args.parts:
         bench_padding(result)
-    if "finetune" in args.parts:
-        bench_finetune(result, args)
     if "heads" in args.parts:
         bench_heads(result, args)
+    if "finetune" in args.parts:  # last: the base-size run is the one that may run out of memory
+        bench_finetune(result, args)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {os.path.relpath(args.json, ROOT)}")
     return 0

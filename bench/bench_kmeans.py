@@ -111,7 +111,7 @@ def main() -> int:
         "rows": rows,
     }
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    print(f"\nwrote {os.path.relpath(args.json, Path(__file__).resolve().parent.parent)}")
     return 0
 
 

@@ -46,6 +46,7 @@ finetune_lr=""        # teacher and FLEA finetune learning rate: default conf/fl
 device=auto           # auto | cpu | cuda
 tag=""                # experiment directory name (default: the protocol)
 workdir=.             # where data/, dump/, exp/ and db/ (the mini corpora) go (default: this recipe's directory)
+tensorboard=""        # TensorBoard events of every training (SpeechBrain and fairseq) under DIR/<run>/fold<k> (needs serkit[tensorboard])
 tec_upstream=""       # MFSN: CTC-finetuned wav2vec 2.0 (e.g. wav2vec_small_960h.pt) [mini corpus: the tiny HuBERT]
 sec_upstream=""       # MFSN: data2vec audio (e.g. audio_base_ls.pt) [mini corpus: the tiny HuBERT]
 tec_layer=""          # MFSN: TEC layer [12; mini corpus: 2]
@@ -101,6 +102,8 @@ Options (default in brackets):
   --device D          auto | cpu | cuda [$device]
   --tag NAME          experiment directory exp/NAME [protocol]
   --workdir DIR       where data/, dump/, exp/ and db/ go [this recipe's directory]
+  --tensorboard DIR   also write every training's losses and metrics as TensorBoard events to DIR/<run>/fold<k>
+                      (serkit train --tensorboard, fairseq common.tensorboard_logdir; needs serkit[tensorboard])
   --tec-upstream FILE, --sec-upstream FILE, --tec-layer L, --sec-layers L1,L2,L3, --mfsn-config FILE, --mfsn-overlay FILE[,FILE],
   --mfsn-ablation sec_only|sec_tec_nosearch|mfsn|mfsn_single    MFSN (--method mfsn; mfsn_single: serkit's
                       single-stream ablation) [mini corpus: the tiny HuBERT]
@@ -232,6 +235,9 @@ data=$workdir/data/iemocap
 splits=$data/$protocol
 tag=${tag:-$protocol}
 exp=$workdir/exp/$tag
+tensorboard=${tensorboard:+$(realpath -m "$tensorboard")}
+# tb OUT: the --tensorboard option of the training that writes OUT (events in DIR/<OUT below exp>)
+tb() { tb=(); [ -z "$tensorboard" ] || tb=(--tensorboard "$tensorboard/${1#"$exp"/}"); }
 timing_file=$exp/timing.tsv
 mkdir -p "$exp"
 log_to "$exp/run.log"
@@ -358,16 +364,18 @@ if $flea && stage_selected 1; then
       opts="upstream=$upstream labels=$labels updates=$cpt_updates config=$cpt_config update_freq=$cpt_update_freq"
       is_done "$exp/tapt/fold$k" "$opts" "$upstream" "$labels" "$splits" "$cpt_config" || {
         log "Stage 1: TAPT fold $k: $cpt_batch"
+        tb "$exp/tapt/fold$k"
         timed "tapt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$labels" \
-          --init "$upstream" --updates "$cpt_updates" --update-freq "$cpt_update_freq" --out "$exp/tapt/fold$k"
+          --init "$upstream" --updates "$cpt_updates" --update-freq "$cpt_update_freq" --out "$exp/tapt/fold$k" "${tb[@]}"
         mark_done "$exp/tapt/fold$k"; }
       start=$(realpath "$exp/tapt/fold$k/checkpoint_last.pt")
     fi
     opts="upstream=$start epochs=$teacher_epochs lr=$finetune_lr pooling=$teacher_pooling"
     is_done "$out" "$opts" "$start" "$splits" conf/flea.yaml || {
+      tb "$out"
       timed "teacher_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
         --upstream "$start" --pooling "$teacher_pooling" --number_of_epochs "$teacher_epochs" "${lr_opt[@]}" \
-        --device "$device" --noprogressbar
+        --device "$device" --noprogressbar "${tb[@]}"
       logged "$out/log/export.log" serkit export-upstream --exp "$out" --out "$out/upstream.pt"
       mark_done "$out"; }
     opts="layer=$layer"
@@ -407,8 +415,9 @@ if $flea && stage_selected 3; then
     log "Stage 3: continued pretraining fold $k: $(basename "$upstream") + $exp/km/fold$k -> $out; batch: $cpt_batch"
     opts="upstream=$upstream k=$nclusters updates=$cpt_updates config=$cpt_config update_freq=$cpt_update_freq"
     is_done "$out" "$opts" "$upstream" "$exp/km/fold$k" "$splits" "$cpt_config" || {
+      tb "$out"
       timed "cpt_fold$k" bash local/cpt.sh --yaml "$cpt_config" --fold "$fold" --labels "$exp/km/fold$k" \
-        --init "$upstream" --updates "$cpt_updates" --update-freq "$cpt_update_freq" --out "$out"
+        --init "$upstream" --updates "$cpt_updates" --update-freq "$cpt_update_freq" --out "$out" "${tb[@]}"
       mark_done "$out"; }
   done
 fi
@@ -469,13 +478,15 @@ run_mfsn() {
     if [ "${mfsn_ablation%_single}" = mfsn ]; then  # search, then retrain the derived cell: two serkit train calls
       log "Stage 4: MFSN search fold $k: $fold -> $search/arch.txt"
       is_done "$search" "$opts" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" "${mfsn_overlays[@]}" || {
-        timed "$(basename "$run")_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search"
+        tb "$search"
+        timed "$(basename "$run")_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search" "${tb[@]}"
         mark_done "$search"; }
       arch=$(cat "$search/arch.txt")
     fi
     log "Stage 4: MFSN fold $k${arch:+ (derived cell $arch)}: $fold -> $out"
     is_done "$out" "$opts arch=$arch" "$sec_feats" "${tec_inputs[@]}" "$splits" "$mfsn_config" "${mfsn_overlays[@]}" || {
-      timed "$(basename "$run")_fold$k" logged "$out/log/train.log" "${train[@]}" --output-folder "$out" ${arch:+--arch "$arch"}
+      tb "$out"
+      timed "$(basename "$run")_fold$k" logged "$out/log/train.log" "${train[@]}" --output-folder "$out" ${arch:+--arch "$arch"} "${tb[@]}"
       mark_done "$out"; }
   done
   local what="MFSN ($mfsn_ablation)"
@@ -497,9 +508,10 @@ if stage_selected 4; then
         log "Stage 4: FLEA finetune fold $k ($p pooling): $cpt -> $out"
         opts="cpt=$cpt pooling=$p epochs=$finetune_epochs lr=$finetune_lr"
         is_done "$out" "$opts" "$exp/cpt/fold$k" "$splits" conf/flea.yaml || {
+          tb "$out"
           timed "flea_${p}_fold$k" logged "$out/log/train.log" serkit train conf/flea.yaml --fold-dir "$fold" --output-folder "$out" \
             --upstream "$cpt" --pooling "$p" --number_of_epochs "$finetune_epochs" "${lr_opt[@]}" \
-            --device "$device" --noprogressbar
+            --device "$device" --noprogressbar "${tb[@]}"
           mark_done "$out"; }
       done
       run_json "$run" method="FLEA ($p pooling)" setting=finetune protocol="$protocol" \
@@ -534,12 +546,13 @@ if stage_selected 4; then
       esac
       opts="upstream=$upstream setting=$setting epochs=$head_epochs overrides=$overrides${bas_opts[*]:+ ${bas_opts[*]}}"
       is_done "$out" "$opts" "$upstream" "$feats" "$splits" "$(head_conf "$h")" "$(head_search_conf "$h")" || {
+        tb "$out"
         if [ "$setting" = featex ]; then
           timed "${h}_fold$k" logged "$out/log/train.log" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
-            --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
+            --feats "$feats" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}" "${tb[@]}"
         else
           timed "${h}_fold$k" logged "$out/log/train.log" bash local/train_head.sh --method "$h" --fold "$fold" --out "$out" \
-            --upstream "$upstream" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}"
+            --upstream "$upstream" --epochs "$head_epochs" --device "$device" --overrides "$overrides" "${bas_opts[@]}" "${tb[@]}"
         fi
         mark_done "$out"; }
     done

@@ -39,6 +39,7 @@ device=auto          # auto | cpu | cuda
 nj=2                 # parallel clip decoders (stage 0)
 threads=""           # torch CPU threads [torch's default; mini corpus: 1]
 tag=""               # experiments go to exp/<tag>/<run>/fold1 [meld_official; mini corpus: mini]
+tensorboard=""       # TensorBoard events of every training under DIR/<run>/fold1 (needs serkit[tensorboard])
 help_message=$(cat <<EOM
 Usage: $0 [options]
 Runs BAS and its baselines on MELD (official split, weighted-F1 headline). With no corpus in db.sh
@@ -80,6 +81,8 @@ Options (default in brackets):
   --nj N                parallel clip decoders (stage 0) [$nj]
   --threads N           torch CPU threads [torch's default; mini corpus: 1]
   --tag NAME            experiment directory exp/NAME [meld_official; mini corpus: mini]
+  --tensorboard DIR     also write each training's losses and metrics as TensorBoard events to
+                        DIR/<run>/fold1 (serkit train --tensorboard; needs serkit[tensorboard]) [none]
   --options-file FILE   options from FILE's name=value lines (e.g. 'epochs=20'), read in place
 EOM
 )
@@ -137,6 +140,9 @@ data=data/meld
 splits=$data/meld_official
 fold=$splits/fold1
 exp=exp/$tag
+tensorboard=${tensorboard:+$(realpath -m "$tensorboard")}
+# tb OUT: the --tensorboard option of the training that writes OUT (events in DIR/<OUT below exp>)
+tb() { tb=(); [ -z "$tensorboard" ] || tb=(--tensorboard "$tensorboard/${1#"$exp"/}"); }
 timing_file=$exp/timing.tsv
 mkdir -p "$exp"
 log_to "$exp/run.log"
@@ -214,9 +220,10 @@ if has bas && stage_selected 2; then
   log "Stage 2: BAS search ($bas_layers layers, $search_epochs epochs): $fold + $feats -> $search (arch.txt, search_log.jsonl, search_probs.png)"
   opts="feats=$(realpath "$feats") layers=$bas_layers epochs=$search_epochs batch=$batch_size dim=$model_dim ffn_residual=$ffn_residual metric=$best_metric overrides=$search_overrides"
   is_done "$search" "$opts" "$feats" "$splits" "$shared_conf/bas_search.yaml" || {
+    tb "$search"
     timed bas_search serkit train "$shared_conf/bas_search.yaml" --fold-dir "$fold" --output-folder "$search" \
       --feats "$feats" --search_layers "$bas_layers" --number_of_epochs "$search_epochs" \
-      --model_dim "$model_dim" --ffn_residual "$ffn_residual_yaml" "${search_extra[@]}" "${common[@]}"
+      --model_dim "$model_dim" --ffn_residual "$ffn_residual_yaml" "${search_extra[@]}" "${common[@]}" "${tb[@]}"
     mark_done "$search"; }
   log "  derived architecture: $(cat "$search/arch.txt") (probabilities per epoch: $search/search_log.jsonl, $search/search_probs.png)"
 fi
@@ -259,8 +266,9 @@ if stage_selected 3; then
     log "Stage 3: $(method_name "$h" "$arch") ($conf, $epochs epochs): $fold + $feats -> $out"
     opts="feats=$(realpath "$feats") conf=$conf epochs=$epochs batch=$batch_size arch=$arch dim=$model_dim metric=$best_metric overrides=$head_overrides${extra[*]:+ extra=${extra[*]}}"
     is_done "$out" "$opts" "$feats" "$splits" "$conf" "$([ "$h" != bas ] || echo "$search")" || {
+      tb "$out"
       timed "$h" serkit train "$conf" --fold-dir "$fold" --output-folder "$out" --feats "$feats" \
-        --number_of_epochs "$epochs" "${extra[@]}" "${head_extra[@]}" "${common[@]}"
+        --number_of_epochs "$epochs" "${extra[@]}" "${head_extra[@]}" "${common[@]}" "${tb[@]}"
       mark_done "$out"; }
     run_json "$run" method="$(method_name "$h" "$arch")" upstream="$(upstream_label)" config="$conf" \
       selection="$(case $h in bas|ffn|msa_ffn|transformer) echo valid ;; *) echo best_test ;; esac)"

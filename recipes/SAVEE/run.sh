@@ -34,6 +34,7 @@ epochs=""               # training / retraining epochs [the config's]
 batch_size=""           # [the config's]
 device=auto             # auto | cpu | cuda
 tag=""                  # experiments go to exp/<tag>/<protocol>/<ablation>/fold<k> [mini or real]
+tensorboard=""          # TensorBoard events of every training under DIR/<protocol>/<run>/fold<k> (needs serkit[tensorboard])
 
 help_message=$(cat <<EOM
 Usage: $0 [options]
@@ -62,6 +63,8 @@ Options (default in brackets):
   --batch-size N        [the config's]
   --device D            auto | cpu | cuda [$device]
   --tag NAME            experiment directory exp/NAME [mini | real]
+  --tensorboard DIR     also write each training's losses and metrics as TensorBoard events to
+                        DIR/<protocol>/<run>/fold<k> (serkit train --tensorboard; needs serkit[tensorboard]) [none]
   --options-file FILE   options from FILE's name=value lines (e.g. 'epochs=20'), read in place
 EOM
 )
@@ -119,6 +122,9 @@ lock_workdir "$PWD"
 
 data=data/savee
 exp=exp/$tag
+tensorboard=${tensorboard:+$(realpath -m "$tensorboard")}
+# tb OUT: the --tensorboard option of the training that writes OUT (events in DIR/<OUT below exp>)
+tb() { tb=(); [ -z "$tensorboard" ] || tb=(--tensorboard "$tensorboard/${1#"$exp"/}"); }
 dump=dump/$tag
 timing_file=$exp/timing.tsv
 mkdir -p "$exp"
@@ -192,15 +198,17 @@ if stage_selected 2; then
           search=$run_search/fold$k
           log "Stage 2: $a search, $p fold $k -> $search/arch.txt"
           is_done "$search" "$opts" "${inputs[@]}" || {
+            tb "$search"
             timed "${p}_${a}_search_fold$k" logged "$search/log/train.log" "${train[@]}" --output-folder "$search" \
-              --sources_label "\"$sources_label\""
+              --sources_label "\"$sources_label\"" "${tb[@]}"
             mark_done "$search"; }
           arch=(--arch "$(cat "$search/arch.txt")")
           log "  derived cell ${arch[1]} (<SEC level>:<operation>); retraining it"
         fi
         is_done "$out" "$opts ${arch[*]}" "${inputs[@]}" || {
+          tb "$out"
           timed "${p}_${a}_fold$k" logged "$out/log/train.log" "${train[@]}" --output-folder "$out" \
-            --sources_label "\"$sources_label\"" "${arch[@]}"
+            --sources_label "\"$sources_label\"" "${arch[@]}" "${tb[@]}"
           mark_done "$out"; }
       done
     done

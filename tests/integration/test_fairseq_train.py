@@ -69,7 +69,7 @@ def cpt(data):
     out = data["root"] / "cpt"
     log = hydra_train("cpt_hubert_tiny", out, f"common.user_dir={USER_DIR}", f"task.data={data['fold']}",
                       f"task.label_dir={data['km']}", f"model.init_from={init}", "optimization.max_update=5",
-                      "dataset.validate_interval_updates=5")
+                      "dataset.validate_interval_updates=5", f"common.tensorboard_logdir={out / 'tb'}")
     shutil.rmtree(init.parent)  # the checkpoints must not need it any more
     return {"dir": out, "log": log}
 
@@ -125,8 +125,45 @@ def finetune(data, cpt):
                       f"task.predictions_dir={out / 'predictions'}",
                       f"model.upstream_path={cpt['dir'] / 'checkpoint_last.pt'}",
                       "optimization.max_epoch=2", "dataset.batch_size=4", "optimization.update_freq=[1]",
-                      "common.log_format=simple")
+                      "common.log_format=simple", f"common.tensorboard_logdir={out / 'tb'}")
     return {"dir": out, "log": log}
+
+
+def tensorboard_scalars(logdir: Path) -> dict:
+    """``{tag: [(step, value), ...]}`` as TensorBoard's EventAccumulator reads ``logdir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def logged_summaries(log: str, subset: str) -> list[dict]:
+    """fairseq's end-of-validation lines for ``subset``: ``{"loss": .., "num_updates": .., ...}`` each."""
+    rows = []
+    for line in log.splitlines():
+        if f"valid on '{subset}' subset" in line:
+            pairs = re.findall(r"\| (\w+) ([-0-9.e]+)(?= \||$)", line)
+            rows.append({k: float(v) for k, v in pairs})
+    return rows
+
+
+def test_finetune_writes_tensorboard_events_of_each_validation(finetune):
+    for subset in ("valid", "test"):
+        logged = logged_summaries(finetune["log"], subset)
+        events = tensorboard_scalars(finetune["dir"] / "tb" / subset)
+        assert len(logged) == 2, subset  # one validation per epoch
+        for metric in ("loss", "ua", "wa"):
+            assert [step for step, _ in events[metric]] == [int(r["num_updates"]) for r in logged], metric
+            assert [v for _, v in events[metric]] == pytest.approx([r[metric] for r in logged], abs=0.006)
+    assert "loss" in tensorboard_scalars(finetune["dir"] / "tb" / "train")
+
+
+def test_cpt_writes_tensorboard_events(cpt):
+    (logged,) = logged_summaries(cpt["log"], "valid")
+    events = tensorboard_scalars(cpt["dir"] / "tb" / "valid")
+    assert events["loss"] == [(5, pytest.approx(logged["loss"], abs=0.0006))]
+    assert events["loss_m_0"][0][0] == 5
 
 
 def _read_tsv(path: Path) -> list[list[str]]:

@@ -246,3 +246,79 @@ def test_waveform_path_trains_only_the_top_sec_layers_and_never_tec(tmp_path_fac
         from serkit.speechbrain.interface import EmotionClassifier
 
         EmotionClassifier.from_hparams(source=str(out))
+
+
+def _segments_of_iemocap_durations():
+    """MFSN's training items on IEMOCAP's real durations: every 3-second segment of sessions 1-4's 4290
+    utterances (bench/data/iemocap_durations.tsv), with the duration segment_datasets gives it."""
+    import speechbrain as sb
+
+    from serkit.nn.coattention import segment_starts
+
+    rows = [line.split("\t") for line in (REPO / "bench" / "data" / "iemocap_durations.tsv").read_text()
+            .splitlines() if line and not line.startswith(("#", "session"))]
+    data = {}
+    for i, (session, seconds) in enumerate(rows):
+        if session == "5":
+            continue
+        samples = int(round(float(seconds) * 16000))
+        for k, _ in enumerate(segment_starts(samples, 48000)):
+            data[f"u{i:05d}#{k}"] = {"duration": min(samples, 48000) / 16000}
+    assert len([u for u in data if u.endswith("#0")]) == 4290
+    return sb.dataio.dataset.DynamicItemDataset(data, output_keys=["id"]), data
+
+
+def _padding(batches, data):
+    padded = sum(len(b) * max(data[u]["duration"] for u in b) for b in batches)
+    return 1.0 - sum(data[u]["duration"] for b in batches for u in b) / padded
+
+
+def _arch_batches(batching, epoch=1, passes=2, seed=3):
+    import itertools
+
+    import speechbrain as sb
+
+    from serkit.speechbrain.mfsn import MFSNBrain
+
+    dataset, data = _segments_of_iemocap_durations()
+    brain = MFSNBrain(modules={}, hparams={"batching": batching, "seed": seed, "max_batch_length": None,
+                                           "num_buckets": 40, "train_dataloader_opts": {"batch_size": 32}},
+                      run_opts={"device": "cpu"})
+    brain._sets = {"valid": dataset}
+    train = brain.make_dataloader(dataset, sb.Stage.TRAIN, batch_size=32, shuffle=True)
+    n = len(train)
+    arch = [list(b.id) for b in itertools.islice(brain._arch_batches(epoch), passes * n)]
+    return [list(b.id) for b in train], arch, data, n
+
+
+@pytest.mark.parametrize("batching", ["dynamic", "random"])
+def test_mfsn_training_and_architecture_batches_follow_batching(batching):
+    train, arch, data, n = _arch_batches(batching)
+    for batches in (train, arch[:n], arch[n:]):  # every segment once per pass
+        assert sorted(u for b in batches for u in b) == sorted(data)
+    # most segments are 3 s: random batches pad 5.6 %, from the utterances under 3 s (measured: 0.0558)
+    if batching == "dynamic":  # the short segments go together (measured: 1.2 %)
+        assert _padding(train, data) < 0.015 and _padding(arch[:n], data) < 0.015
+        assert arch[:n] != arch[n:]  # each pass over arch_data reshuffles
+    else:  # batches of batch_size drawn at random, as before
+        assert [len(b) for b in train[:-1]] == [32] * (n - 1) and _padding(train, data) > 0.05
+    assert arch[:n] != train  # not the training batches' order
+    assert _arch_batches(batching)[1] == arch  # a function of seed and epoch: a resumed epoch sees the same
+    assert _arch_batches(batching, epoch=2)[1] != arch
+
+
+@pytest.mark.slow
+def test_segments_carry_their_duration_for_batching(tmp_path_factory):
+    from serkit.data.manifest import read_split
+    from serkit.speechbrain.mfsn import segment_datasets
+    from serkit.upstream.features import FeatureReader
+
+    setup = tiny_setup(tmp_path_factory)
+    datasets, _ = segment_datasets(setup["fold"], FeatureReader(setup["feats"]), sec_layers=[0, 1, 2],
+                                   ablation="sec_only", segment_seconds=1.0)
+    for split, ds in datasets.items():
+        lengths = {u.utt: u.num_samples for u in read_split(setup["fold"], split)}
+        for key in ds.data_ids:
+            item = ds.data[key]
+            assert item["duration"] == min(lengths[item["utt"]], 16000) / 16000, key
+        assert {ds.data[k]["duration"] for k in ds.data_ids} != {1.0} or split != "train"

@@ -61,15 +61,16 @@ def test_wheel_metadata_extras_and_python_versions(wheel):
         meta = email.message_from_bytes(z.read(meta_name))
     assert meta["Requires-Python"] == ">=3.10"  # serkit.nn runs wherever torch does
     assert set(meta.get_all("Provides-Extra")) == {"speechbrain", "fairseq", "faiss", "faiss-gpu", "hf",
-                                                   "all", "dev"}
+                                                   "tensorboard", "all", "dev"}
     requires = meta.get_all("Requires-Dist")
     assert 'fairseq-fixed==0.12.3.1; python_version < "3.12" and extra == "fairseq"' in requires
     assert 'fairseq-fixed==0.12.3.1; python_version < "3.12" and extra == "all"' in requires
     assert 'faiss-gpu; extra == "faiss-gpu"' in requires
     assert 'faiss-cpu; extra == "faiss"' in requires
     assert 'speechbrain>=1.0; extra == "speechbrain"' in requires
+    assert 'tensorboard; extra == "tensorboard"' in requires and 'tensorboard; extra == "all"' in requires
     assert not [r for r in requires if "extra" not in r and r.split(">")[0].split("=")[0] in
-                ("speechbrain", "fairseq-fixed", "faiss-cpu", "faiss-gpu", "transformers")]
+                ("speechbrain", "fairseq-fixed", "faiss-cpu", "faiss-gpu", "transformers", "tensorboard")]
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,11 @@ duration under the same budget, each at most 5 % padding.
 ``random`` (the default of a yaml without the key) keeps SpeechBrain's batches of ``batch_size`` drawn
 at random.
 
+TensorBoard (``serkit train --tensorboard DIR``): SpeechBrain's ``TensorboardLogger`` writes, beside the
+file logger, the same per-epoch values (``epoch``, ``lr``, ``loss/train``, ``loss/valid``,
+``ua/valid``, ``wa/valid``, ``weighted_f1/valid``, ``tau`` in a search) with the epoch as the step, and the
+test split's ``ua/test``, ``wa/test``, ``weighted_f1/test`` (written, never read back).
+
 Resuming: a run killed at any moment and started again with the same command ends bit-identical (on
 CPU) to a run that was never interrupted. Checkpoints hold the random generators
 (:class:`~serkit.speechbrain.checkpoints.RandomState`, recoverable ``rng``) besides the weights,
@@ -221,6 +226,43 @@ def forget_logged_epochs(path, epoch: int) -> None:
             f.writelines(kept)
 
 
+def require_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise SerkitError("--tensorboard needs the tensorboard package: pip install 'serkit[tensorboard]' "
+                          "(or leave --tensorboard out)") from None
+
+
+def tensorboard_logger(save_dir):
+    """SpeechBrain's ``TensorboardLogger`` writing to ``save_dir``, stepped by epoch.
+
+    SpeechBrain counts its calls as the step; here the step is the logged ``epoch``, so that a resumed run
+    continues the curves where the killed one stopped instead of starting them again at step 1.
+    """
+    require_tensorboard()
+    from speechbrain.utils.train_logger import TensorboardLogger
+
+    class EpochTensorboardLogger(TensorboardLogger):
+        def log_stats(self, stats_meta, train_stats=None, valid_stats=None, test_stats=None, verbose=False):
+            if self.writer is None:  # not the main process
+                return
+            def known(stats):  # a value not measured (None) is left out, not written as a scalar
+                kept = {k: v for k, v in (stats or {}).items() if v is not None}
+                return kept or None
+
+            step = int(stats_meta["epoch"]) - 1
+            self.global_step["meta"] = step
+            splits = {"train": known(train_stats), "valid": known(valid_stats), "test": known(test_stats)}
+            for split, stats in splits.items():
+                for name in stats or {}:
+                    self.global_step[split][name] = step
+            super().log_stats(known(stats_meta), splits["train"], splits["valid"], splits["test"])
+            self.writer.flush()
+
+    return EpochTensorboardLogger(str(save_dir))
+
+
 BATCHING = ("dynamic", "random")
 #: An evaluation batch is closed before it would exceed this fraction of padding (ours).
 EVAL_MAX_PADDING = 0.05
@@ -327,6 +369,7 @@ class SERBrain(sb.Brain):
     orders: dict = {}
     test_set = None
     train_info: dict | None = None
+    tensorboard = None  # tensorboard_logger(DIR), set by ``serkit train --tensorboard DIR``
 
     def on_fit_start(self):
         if self.checkpointer is not None and "rng" not in self.checkpointer.recoverables:
@@ -543,10 +586,17 @@ class SERBrain(sb.Brain):
         if net is not None:
             stats_meta["tau"] = net.tau
             self._log_search(net, epoch)
+        train_stats = {"loss": getattr(self, "train_loss", None)}
+        logged = {k: valid_stats[k] for k in ("loss", "ua", "wa", "weighted_f1")}
         logger = getattr(self.hparams, "train_logger", None)
         if logger is not None:
-            logger.log_stats(stats_meta=stats_meta, train_stats={"loss": getattr(self, "train_loss", None)},
-                             valid_stats={k: valid_stats[k] for k in ("loss", "ua", "wa", "weighted_f1")})
+            logger.log_stats(stats_meta=stats_meta, train_stats=train_stats, valid_stats=logged)
+        if self.tensorboard is not None:
+            test_stats = None
+            if test_rows:
+                metrics = self._metrics(test_rows)
+                test_stats = {k: metrics[k] for k in ("ua", "wa", "weighted_f1")}
+            self.tensorboard.log_stats(stats_meta, train_stats, logged, test_stats)
         best = str(getattr(self.hparams, "best_metric", "ua"))
         if self.checkpointer is not None:
             meta = {f"valid_{k}": valid_stats[k] for k in ("ua", "wa", "weighted_f1")}

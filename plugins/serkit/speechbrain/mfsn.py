@@ -28,6 +28,13 @@ Zou et al.): its SEC levels and TEC frames, and its waveform for the spectrogram
 Validation and test rows are utterances: an utterance's probabilities are the softmax of the mean of
 its segments' log-probabilities, written to ``predictions/{valid,test}.epoch<NNN>.tsv`` as for any head.
 
+**Batching** (``batching``, as every SERBrain trainer's): each segment carries its ``duration`` (3 s, or
+the utterance's length when it is shorter), so ``dynamic`` puts segments of similar duration together
+(SpeechBrain's ``DynamicBatchSampler``; evaluation batches in ascending duration) and ``random`` draws
+batches of ``batch_size`` at random. The paper states no batching (Sec. 5.1 gives the 3-second segments
+only). The search's architecture batches follow the same rule. On IEMOCAP's durations random batches of
+segments pad 5.6 %, dynamic ones 1.2 % (``bench/bench_batching.py``): most segments are 3 s long.
+
 **Search** (the model has architecture weights): for every training mini-batch, first one architecture
 step on a mini-batch of the ``arch_data`` split (``valid``, DARTS' held-out data, or ``train``) updates
 only the architecture weights (``arch_opt_class``: SGD lr 5 as in the paper), then SERBrain's weight
@@ -263,7 +270,8 @@ def segment_datasets(fold_dir, reader, *, sec_layers, tec_feats=None, tec_layer=
         for u in utts:
             for k, s in enumerate(segment_starts(u.num_samples, seg_samples)):
                 data[f"{u.utt}#{k}"] = {"utt": u.utt, "wav": u.wav, "start": s, "label_index": encode(u.emo),
-                                        "frame0": int(round(s * frame_rate / int(sample_rate)))}
+                                        "frame0": int(round(s * frame_rate / int(sample_rate))),
+                                        "duration": min(u.num_samples, seg_samples) / int(sample_rate)}
 
         @sb.utils.data_pipeline.takes("label_index")
         @sb.utils.data_pipeline.provides("label")
@@ -306,7 +314,8 @@ def _waveform_segments(fold_dir: Path, classes, ablation: str, segment_seconds: 
     datasets = {}
     for split in ("train", "valid", "test"):
         encode = label_encoder(classes, str(fold_dir / f"{split}.tsv"))
-        data = {f"{u.utt}#{k}": {"utt": u.utt, "wav": u.wav, "start": s, "label_index": encode(u.emo)}
+        data = {f"{u.utt}#{k}": {"utt": u.utt, "wav": u.wav, "start": s, "label_index": encode(u.emo),
+                                 "duration": min(u.num_samples, seg_samples) / sample_rate}
                 for u in read_split(fold_dir, split)
                 for k, s in enumerate(segment_starts(u.num_samples, seg_samples))}
         ds = sb.dataio.dataset.DynamicItemDataset(data, dynamic_items=[segment, label])
@@ -439,14 +448,29 @@ class MFSNBrain(SERBrain):
             self.checkpointer.add_recoverable("arch_optimizer", self.arch_optimizer)
 
     def _arch_batches(self, epoch: int):
-        """Endless architecture mini-batches of ``arch_data``, in an order fixed by seed and epoch."""
+        """Endless architecture mini-batches of ``arch_data``, in an order fixed by seed and epoch, formed
+        as the training batches are (``batching``): by duration (dynamic) or drawn at random."""
         dataset = self._sets[str(getattr(self.hparams, "arch_data", "valid"))]
-        generator = torch.Generator().manual_seed(int(getattr(self.hparams, "seed", 0)) * 1009 + epoch)
+        seed = int(getattr(self.hparams, "seed", 0) or 0) * 1009 + epoch  # not the training batches' order
         batch_size = int(self.hparams.train_dataloader_opts["batch_size"])
-        while True:
-            yield from torch.utils.data.DataLoader(
-                dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                collate_fn=sb.dataio.batch.PaddedBatch)
+        kwargs = self.batching_kwargs(dataset, sb.Stage.TRAIN, {"batch_size": batch_size, "shuffle": True})
+        if "batch_sampler" not in kwargs:  # random
+            generator = torch.Generator().manual_seed(seed)
+            while True:
+                yield from torch.utils.data.DataLoader(
+                    dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                    collate_fn=sb.dataio.batch.PaddedBatch)
+        from .brain import duration_batch_sampler
+
+        sampler = duration_batch_sampler(
+            dataset, batch_size, getattr(self.hparams, "max_batch_length", None),
+            int(getattr(self.hparams, "num_buckets", 40)), shuffle=True, seed=seed)
+        passes = 0
+        while True:  # each pass over arch_data reshuffles its buckets (seed + pass)
+            sampler.set_epoch(passes)
+            yield from torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
+                                                   collate_fn=sb.dataio.batch.PaddedBatch)
+            passes += 1
 
     def fit_batch(self, batch):
         if self.arch_optimizer is not None:
@@ -505,7 +529,7 @@ class MFSNBrain(SERBrain):
         level_scores = None
         if model.choice.mode == "uniform" and model.choice.fixed_level is None:
             # Nothing learned about the levels: score each with the shared weights on validation.
-            opts = dict(self.hparams.valid_dataloader_opts)
+            opts = self.batching_kwargs(valid_set, sb.Stage.VALID, dict(self.hparams.valid_dataloader_opts))
             loader = sb.dataio.dataloader.make_dataloader(valid_set, **opts)
             level_scores = []
             for level in range(model.num_levels):

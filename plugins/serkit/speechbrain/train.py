@@ -71,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feats", help="cached features from `serkit dump-features` (featex setting)")
     p.add_argument("--upstream", help="fairseq checkpoint: finetuned (finetune setting) unless --feats is "
                                       "given; default for --feats: the features' own upstream")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="also write the per-epoch losses and metrics as TensorBoard events to DIR "
+                        "(SpeechBrain's TensorboardLogger; needs serkit[tensorboard])")
 
 
 _PLACEHOLDER = object()
@@ -136,6 +139,10 @@ def _parse(argv):
                           "(finetune the upstream)")
     args.hparams = resolve_config(args.hparams)
     args.overlay = [resolve_config(o, "overlay file") for o in args.overlay]
+    if args.tensorboard:  # before anything is written
+        from .brain import require_tensorboard
+
+        require_tensorboard()
     _, run_opts, overrides = sb.parse_arguments([args.hparams, *rest])
     overrides = yaml.safe_load(overrides) if overrides else {}
     known = _peek_yaml(args.hparams)
@@ -361,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("batch per update: %d per process x %d process%s x grad_accumulation_factor %d = %d",
              per_process, world_size, "es" if world_size > 1 else "", brain.grad_accumulation_factor,
              info["effective_batch_size"])
+    if args.tensorboard:
+        from .brain import tensorboard_logger
+
+        brain.tensorboard = tensorboard_logger(Path(args.tensorboard).resolve())
+        info["tensorboard"] = str(Path(args.tensorboard).resolve())
     log.info("%s: %s setting, %d classes, %d/%d/%d train/valid/test utterances, input %d x %d layers -> %s",
              info["method"], setting, len(classes), len(datasets["train"]), len(datasets["valid"]),
              len(datasets["test"]), input_dim, num_layers, output_folder)
@@ -386,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     """``serkit train`` (see serkit.speechbrain.cli)."""
     argv = [args.hparams]
-    for opt in ("fold_dir", "output_folder", "feats", "upstream"):
+    for opt in ("fold_dir", "output_folder", "feats", "upstream", "tensorboard"):
         if getattr(args, opt, None):
             argv += [f"--{opt.replace('_', '-')}", getattr(args, opt)]
     for overlay in getattr(args, "overlay", None) or []:

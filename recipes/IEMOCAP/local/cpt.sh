@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 
 yaml=""; fold=""; labels=""; init=""; updates=""; out=""
 update_freq=1  # batches of dataset.max_tokens (per GPU) accumulated per update
-help_message="Usage: $0 --yaml FILE --fold DIR --labels DIR --init CKPT --updates N [--update-freq N] --out DIR"
+tensorboard=""  # fairseq's TensorBoard events (common.tensorboard_logdir) to DIR; needs serkit[tensorboard]
+help_message="Usage: $0 --yaml FILE --fold DIR --labels DIR --init CKPT --updates N [--update-freq N] --out DIR [--tensorboard DIR]"
 . ../../local/parse_options.sh
 for v in yaml fold labels init updates out; do [ -n "${!v}" ] || die "--$v is required ($help_message)"; done
 check_int --updates "$updates" 1; check_int --update-freq "$update_freq" 1
@@ -25,6 +26,7 @@ log "CPT: $(basename "$init") + labels $labels on $fold, $updates updates of upd
 mkdir -p "$out"
 # fairseq resumes from OUT/checkpoint_last.pt when it exists, so a killed run continues.
 user_dir=$(serkit_user_dir) || exit 1
+tb=(); [ -z "$tensorboard" ] || tb=(common.tensorboard_logdir="$(hydra_value "$(realpath -m "$tensorboard")")")
 # Paths become quoted Hydra values, so spaces, commas, '=', brackets or quotes in them are data.
 fairseq-hydra-train --config-dir "$(realpath "$(dirname "$yaml")")" \
   --config-name "$(basename "${yaml%.yaml}")" \
@@ -33,7 +35,7 @@ fairseq-hydra-train --config-dir "$(realpath "$(dirname "$yaml")")" \
   model.init_from="$(hydra_value "$(realpath "$init")")" optimization.max_update="$updates" \
   "optimization.update_freq=[$update_freq]" \
   checkpoint.save_dir="$(hydra_value "$(realpath "$out")")" hydra.run.dir="$(hydra_value "$(realpath "$out")")" \
-  >> "$out/train.log" 2>&1 || { tail -30 "$out/train.log" >&2; die "CPT failed (log: $out/train.log)"; }
+  "${tb[@]}" >> "$out/train.log" 2>&1 || { tail -30 "$out/train.log" >&2; die "CPT failed (log: $out/train.log)"; }
 [ -f "$out/checkpoint_last.pt" ] || die "CPT wrote no $out/checkpoint_last.pt (log: $out/train.log)"
 # the last validation summary: "epoch 001 | valid on 'valid' subset | loss 4.711 | ... | num_updates 4"
 grep -E "valid on '[^']+' subset \|" "$out/train.log" | tail -1 >&2 || true

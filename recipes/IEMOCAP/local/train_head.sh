@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 method=""; fold=""; out=""; feats=""; upstream=""; epochs=""; device=cpu; search_epochs=""
 overrides=""   # extra yaml overrides, e.g. "--channel_mask_width 5"
 search_overrides=""   # BAS: extra yaml overrides for the search only, e.g. "--search_layers 3"
-help_message="Usage: $0 --method NAME --fold DIR --out DIR (--feats DIR | --upstream CKPT) [--epochs N] [--search-epochs N] [--device D] [--overrides \"--key value ...\"] [--search-overrides \"--key value ...\"]"
+tensorboard=""   # TensorBoard events to DIR (BAS: the search's to DIR/search); needs serkit[tensorboard]
+help_message="Usage: $0 --method NAME --fold DIR --out DIR (--feats DIR | --upstream CKPT) [--epochs N] [--search-epochs N] [--device D] [--overrides \"--key value ...\"] [--search-overrides \"--key value ...\"] [--tensorboard DIR]"
 . ../../local/parse_options.sh
 shared_conf=../../plugins/serkit/conf
 [ -n "$method" ] && [ -n "$fold" ] && [ -n "$out" ] || die "$help_message"
@@ -27,17 +28,20 @@ ep=(); [ -n "$epochs" ] && ep=(--number_of_epochs "$epochs")
 read -r -a extra <<< "$overrides"
 read -r -a search_extra <<< "$search_overrides"
 [ ${#search_extra[@]} -eq 0 ] || [ "$method" = bas ] || die "--search-overrides is for --method bas (the BAS search)"
+tb() { tb=(); [ -z "$tensorboard" ] || tb=(--tensorboard "$tensorboard$1"); }
 
 case "$method" in
   bas)
     sep=(); [ -n "${search_epochs:-$epochs}" ] && sep=(--number_of_epochs "${search_epochs:-$epochs}")
     log "BAS search: $fold -> $out/search"
+    tb /search
     serkit train "$shared_conf/bas_search.yaml" --fold-dir "$fold" --output-folder "$out/search" "${src[@]}" \
-      "${sep[@]}" "${extra[@]}" "${search_extra[@]}" --device "$device" --noprogressbar
+      "${sep[@]}" "${extra[@]}" "${search_extra[@]}" --device "$device" --noprogressbar "${tb[@]}"
     arch=$(cat "$out/search/arch.txt")
     log "BAS retrain of the derived architecture '$arch': $fold -> $out"
+    tb ""
     serkit train "$shared_conf/bas.yaml" --fold-dir "$fold" --output-folder "$out" "${src[@]}" --arch "$arch" \
-      "${ep[@]}" "${extra[@]}" --device "$device" --noprogressbar
+      "${ep[@]}" "${extra[@]}" --device "$device" --noprogressbar "${tb[@]}"
     ;;
   mfsn)
     die "MFSN needs two knowledge sources: use --method mfsn through run.sh (stage 4 mfsn branch)"
@@ -50,12 +54,14 @@ case "$method" in
       bas_msa_ffn) head=()  # BAS's own blocks: --arch msa_ffn,... comes with --overrides
         [[ " ${extra[*]} " == *" --arch "* ]] || die "--method bas_msa_ffn: give --overrides \"--arch msa_ffn,msa_ffn,...\"" ;;
     esac
+    tb ""
     serkit train "$shared_conf/bas.yaml" "${head[@]}" --fold-dir "$fold" --output-folder "$out" "${src[@]}" \
-      "${ep[@]}" "${extra[@]}" --device "$device" --noprogressbar
+      "${ep[@]}" "${extra[@]}" --device "$device" --noprogressbar "${tb[@]}"
     ;;
   linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm)
+    tb ""
     serkit train "$shared_conf/shiftser.yaml" --method "$method" --fold-dir "$fold" --output-folder "$out" \
-      "${src[@]}" "${ep[@]}" "${extra[@]}" --device "$device" --noprogressbar
+      "${src[@]}" "${ep[@]}" "${extra[@]}" --device "$device" --noprogressbar "${tb[@]}"
     ;;
   *)
     die "--method $method: unknown"
