@@ -39,7 +39,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plugins tests bench tools
-	$(VENV)/bin/shellcheck -x local/*.sh recipes/*/run.sh recipes/*/*.sh recipes/*/local/*.sh .ci/run tools/*.sh bench/*.sh
+	$(VENV)/bin/shellcheck -x local/*.sh recipes/*/run.sh recipes/*/*.sh .ci/run tools/*.sh bench/*.sh
 
 clean:
 	rm -rf $(VENV) recipes/*/data recipes/*/exp recipes/*/dump

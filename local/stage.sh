@@ -106,20 +106,26 @@ check_folds_spec() {
 ############################################################################### the workdir lock
 # lock_workdir DIR: an exclusive lock on DIR/.run.lock (flock), held until this process and the
 # commands it started have exited. A second run on the same DIR fails at once, naming the holder.
+# The holder exports SERKIT_LOCK_TOKEN (a random word, also written into the lock file): a job it
+# started (local/backend.sh) that locks the same DIR finds its token there and shares the lock.
 lock_workdir() {
   local dir=$1 lock holder="" args=()
   command -v flock > /dev/null || die "flock(1) is needed to lock $dir (util-linux)"
   mkdir -p "$dir"
   lock=$dir/.run.lock
+  if [ -n "${SERKIT_LOCK_TOKEN:-}" ] && grep -qx "token $SERKIT_LOCK_TOKEN" "$lock" 2> /dev/null; then
+    return 0  # a job of the run that holds the lock
+  fi
   # opened for appending: a run that does not get the lock must not erase the holder's description
   exec {_serkit_lock_fd}>> "$lock" || die "$lock: cannot open the lock file"
   if ! flock -n "$_serkit_lock_fd"; then
-    holder=$(cat "$lock" 2> /dev/null)
+    holder=$(head -n 1 "$lock" 2> /dev/null)
     die "$dir is in use by another run (${holder:-holder not written yet}); wait for it to finish, or use another --workdir. (The lock is $lock; it is released when that run exits.)"
   fi
   if [ -r /proc/$$/cmdline ]; then mapfile -d '' -t args < /proc/$$/cmdline; else args=("$0"); fi
-  printf 'pid %s on %s, started %s: %s\n' "$$" "$(hostname)" "$(date '+%Y-%m-%d %H:%M:%S')" \
-    "$(printf '%q ' "${args[@]}")" > "$lock"
+  export SERKIT_LOCK_TOKEN; SERKIT_LOCK_TOKEN=$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
+  printf 'pid %s on %s, started %s: %s\ntoken %s\n' "$$" "$(hostname)" "$(date '+%Y-%m-%d %H:%M:%S')" \
+    "$(printf '%q ' "${args[@]}")" "$SERKIT_LOCK_TOKEN" > "$lock"
 }
 
 ############################################################################### stages and records
@@ -238,74 +244,23 @@ timed() {
 # split_folds SPLIT_DIR SPEC: the fold numbers to run, read from the folds `serkit split` wrote
 # (SPLIT_DIR/split.json), so a protocol option that changes the fold count is followed:
 # "all" -> every fold, "1,3" -> "1 3" after checking that those folds exist.
-split_folds() {
-  local dir=$1 spec=$2 written k
-  [ -f "$dir/split.json" ] || die "$dir/split.json: missing (run stage 0 to write the folds)"
-  written=$(python - "$dir/split.json" <<'PY'
-import json, re, sys
-folds = json.load(open(sys.argv[1]))["folds"]
-print(" ".join(sorted((re.fullmatch(r"fold(\d+)", f).group(1) for f in folds), key=int)))
-PY
-  ) || die "$dir/split.json: unreadable (re-run stage 0)"
-  [ "$spec" = all ] && { echo "$written"; return; }
-  for k in ${spec//,/ }; do
-    [[ " $written " == *" $k "* ]] || die "--folds $spec: $dir has folds $written, no fold $k"
-  done
-  echo "${spec//,/ }"
-}
+split_folds() { serkit recipe folds "$1" "$2" || die "$1: cannot list folds '$2'"; }
 
 # json_value FILE KEY: FILE's top-level KEY (paths travel as arguments, never inside Python source).
-json_value() {
-  python - "$1" "$2" <<'PY' || die "$1: cannot read key '$2'"
-import json, sys
-print(json.load(open(sys.argv[1]))[sys.argv[2]])
-PY
-}
+json_value() { serkit recipe json-value "$1" "$2" || die "$1: cannot read key '$2'"; }
 
 # write_run_json FILE KEY=VALUE...: the run's description for `serkit score`, written atomically.
-write_run_json() {
-  local file=$1; shift
-  mkdir -p "$(dirname "$file")"
-  python - "$file" "$@" <<'PY'
-import json, os, sys
-out = {}
-for kv in sys.argv[2:]:
-    k, _, v = kv.partition("=")
-    out[k] = v
-tmp = f"{sys.argv[1]}.tmp-{os.getpid()}"
-with open(tmp, "w") as f:
-    json.dump(out, f, indent=2)
-os.replace(tmp, sys.argv[1])
-PY
-}
+write_run_json() { serkit recipe run-json "$@"; }
 
 # upstream_num_layers CKPT: the number of transformer layers of an upstream checkpoint (dies with
 # the loader's message when CKPT is not one).
-upstream_num_layers() {
-  local out
-  out=$(python - "$1" 2>&1 <<'PY'
-import sys
-from serkit.upstream import load_upstream
-print("num_layers", load_upstream(sys.argv[1]).num_layers)
-PY
-  ) || die "--upstream $1: not an upstream checkpoint serkit can load: $(tail -n 1 <<< "$out")"
-  sed -n 's/^num_layers //p' <<< "$out"
-}
+upstream_num_layers() { serkit recipe num-layers "$1" || die "--upstream $1: not an upstream checkpoint serkit can load"; }
 
 # hydra_value VALUE: VALUE as a Hydra 1.3 override value that parses back to exactly VALUE (a quoted
 # string: quotes escaped, backslashes before a quote or the end doubled), whatever characters a path
 # holds (spaces, non-ASCII, ( ) , = ' "). OmegaConf resolves ${...} even when escaped once fairseq
 # copies its config, so a value holding '${' is refused.
-hydra_value() {
-  local v=$1
-  # shellcheck disable=SC2016
-  [[ "$v" != *'${'* ]] || die "'$v': a path holding '\${' cannot be passed to fairseq (Hydra/OmegaConf read it as an interpolation); rename it"
-  python - "$v" <<'PY'
-import re, sys
-v = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, sys.argv[1])
-print("'" + v.replace("'", "\\'") + "'")
-PY
-}
+hydra_value() { serkit recipe hydra-value "$1" || die "'$1': cannot be passed to fairseq as a Hydra value"; }
 
 # logged LOGFILE CMD...: runs CMD with its output appended to LOGFILE, so the console keeps to the
 # stage lines; on failure shows the end of the log and where it is.

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "serkit.cluster.cli",      # kmeans fit|apply
     "serkit.scoring",          # score, results
     "serkit.speechbrain.cli",  # train, predict
+    "serkit.recipe_cli",       # recipe run-json|km-label|cpt-batch|... (the recipe template's helpers)
 )
 
 _SPEECHBRAIN = [("speechbrain", "speechbrain"), ("hyperpyyaml", "speechbrain")]

@@ -106,7 +106,8 @@ def test_stage_3_reenters_at_continued_pretraining_with_earlier_outputs(setup):
 
 def test_bad_options_fail_with_a_message(tmp_path):
     res = run("--protocol", "meld_official", "--workdir", str(tmp_path))
-    assert res.returncode != 0 and "iemocap_loso5 or iemocap_loso10" in res.stderr
+    assert res.returncode != 0
+    assert "--protocol meld_official: choose one of: iemocap_loso5 iemocap_loso10" in res.stderr
     res = run("--no-such-option", "1")
     assert res.returncode != 0 and "unknown option --no-such-option" in res.stderr
     res = run("--root", str(tmp_path / "missing"), "--workdir", str(tmp_path))

@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SEARCH_EPOCHS = 3
 EPOCHS = 2
-RUNS = ("bas", "ffn", "msa_ffn", "transformer")
+RUNS = ("bas", "ffn", "msa_ffn", "transformer")  # MELD's names of the template's bas, bas_ffn, ...
 
 
 def _env():
@@ -49,20 +49,26 @@ def recipe(tmp_path_factory):
     return root / "recipes" / "MELD"
 
 
+# What a run.sh sets about its corpus for the template (docs/new_corpus.md), not options of a run.
+CORPUS_SETTINGS = {"corpus", "prepare_name", "mini_release", "corpus_protocols", "default_method",
+                   "mini_method", "method_aliases", "corpus_help"}
+
+
 def test_help_documents_every_option(recipe):
     r = _run(recipe, "--help", timeout=60)
     assert r.returncode == 0, r.stderr
-    script = (recipe / "run.sh").read_text()
-    declared = re.findall(r"^([a-z_]+)=", script.split("help_message=")[0], flags=re.M)
-    assert {"stage", "stop_stage", "root", "upstream", "bas_layers"} <= set(declared), declared
-    for name in declared:
+    template = (recipe.parents[1] / "local" / "ser.sh").read_text()
+    declared = set(re.findall(r'^: "\$\{([a-z_]+)=', template, flags=re.M))
+    declared |= set(re.findall(r"^([a-z_]+)=", (recipe / "run.sh").read_text(), flags=re.M))
+    assert {"stage", "stop_stage", "root", "upstream", "bas_layers", "nj", "layers", "backend"} <= declared
+    for name in sorted(declared - CORPUS_SETTINGS):
         assert f"--{name.replace('_', '-')}" in r.stdout, f"--{name} is not in --help"
 
 
 @pytest.mark.parametrize("args, message", [
     (("--no-such-option", "1"), "unknown option --no-such-option"),
     (("--bas-layers", "5"), "--bas-layers 5"),
-    (("--ffn-residual", "yes"), "--ffn-residual yes: true or false"),
+    (("--ffn-residual", "yes"), "--ffn-residual yes: choose one of: true false"),
     (("--method", "bas,nope"), "--method nope: unknown"),
     (("--root", "/no/such/MELD.Raw"), "--root /no/such/MELD.Raw: no such directory"),
 ])
@@ -78,7 +84,7 @@ def test_meld_recipe_mini_end_to_end(recipe, tmp_path):
     made = subprocess.run(["serkit", "make-upstream", "tiny-hubert", "--out", str(upstream), "--seed", "0"],
                           env=_env(), capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
-    args = ("--upstream", str(upstream), "--search-epochs", str(SEARCH_EPOCHS), "--epochs", str(EPOCHS),
+    args = ("--upstream", str(upstream), "--search-epochs", str(SEARCH_EPOCHS), "--head-epochs", str(EPOCHS),
             "--tag", "test", "--device", "cpu")
     r = _run(recipe, *args)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -108,9 +114,9 @@ def test_meld_recipe_mini_end_to_end(recipe, tmp_path):
     classes = [line.split()[0] for line in (fold / "dict.emo.txt").read_text().splitlines()]
     assert classes == manifest["classes"]
 
-    # Stage 2: one search-log line per epoch; the retrain used the derived architecture.
+    # Stage 4: one search-log line per epoch; the retrain used the derived architecture.
     exp = recipe / "exp" / "test"
-    search = exp / "bas_search" / "fold1"
+    search = exp / "bas_featex" / "fold1" / "search"
     log = [json.loads(line) for line in (search / "search_log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == list(range(1, SEARCH_EPOCHS + 1))
     assert all(len(e["probabilities"]) == 4 for e in log)
@@ -118,17 +124,17 @@ def test_meld_recipe_mini_end_to_end(recipe, tmp_path):
     assert re.fullmatch(r"(msa_ffn|msa|ffn)(,(msa_ffn|msa|ffn)){3}", arch)
     assert arch == log[-1]["derived"]
     assert (search / "search_probs.png").stat().st_size > 0
-    assert f"arch: {arch}" in (exp / "bas" / "fold1" / "hyperparams.yaml").read_text()
+    assert f"arch: {arch}" in (exp / "bas_featex" / "fold1" / "hyperparams.yaml").read_text()
     # The two transformer baselines, as deep as the search: BAS's own blocks and serkit's head.
-    msa_ffn_hparams = (exp / "msa_ffn" / "fold1" / "hyperparams.yaml").read_text()
+    msa_ffn_hparams = (exp / "msa_ffn_featex" / "fold1" / "hyperparams.yaml").read_text()
     assert "arch: msa_ffn,msa_ffn,msa_ffn,msa_ffn\n" in msa_ffn_hparams
-    transformer_hparams = (exp / "transformer" / "fold1" / "hyperparams.yaml").read_text()
+    transformer_hparams = (exp / "transformer_featex" / "fold1" / "hyperparams.yaml").read_text()
     assert re.search(r"^transformer_layers: 4\b", transformer_hparams, flags=re.M)
 
-    # Stage 3-4: metrics per run, selected on validation weighted F1.
+    # Stage 4-5: metrics per run, selected on validation weighted F1.
     n_test = len(json.loads((fold / "test.json").read_text()))
     for run in RUNS:
-        m = json.loads((exp / run / "fold1" / "metrics.json").read_text())
+        m = json.loads((exp / f"{run}_featex" / "fold1" / "metrics.json").read_text())
         assert m["selection"] == "valid" and m["headline"] == "wf1"
         assert 1 <= m["selected_epoch"] <= EPOCHS
         assert 0.0 <= m["weighted_f1"] <= 1.0
@@ -138,32 +144,36 @@ def test_meld_recipe_mini_end_to_end(recipe, tmp_path):
     # One table, WF1 (and UA, WA) for the searched architecture and the baselines, each labelled.
     table = (exp / "RESULTS.md").read_text()
     assert "| UA | WA | WF1 |" in table
-    for name in (f"BAS 4L ({arch})", "simple-FFN",
-                 "Transformer 4L: BAS blocks (msa_ffn,msa_ffn,msa_ffn,msa_ffn, 64 wide)",
-                 "Transformer 4L: serkit head (relative positions, 64 wide)"):
+    for name in ("bas", "ffn (bas_ffn)", "msa_ffn (bas_msa_ffn)", "transformer (bas_transformer)"):
         row = next((line for line in table.splitlines() if line.startswith(f"| {name} |")), None)
         assert row is not None, (name, table)
         wf1 = row.rstrip(" |").rsplit("|", 1)[-1]
         assert re.search(r"\d+\.\d", wf1), row
     assert table in r.stdout
     # The final paths are absolute; the stage lines are kept in the experiment too.
-    assert f"Results table: {exp.resolve()}/RESULTS.md" in r.stderr
-    assert f"BAS search: {arch} ({search.resolve()}/search_probs.png)" in r.stderr
+    assert f"All runs of {exp.resolve()}: {exp.resolve()}/RESULTS.md" in r.stderr
     run_log = (exp / "run.log").read_text()
-    assert "Stage 4: scoring" in run_log and f"Results table: {exp.resolve()}/RESULTS.md" in run_log
+    assert "Stage 5: scoring" in run_log
+    assert f"All runs of {exp.resolve()}: {exp.resolve()}/RESULTS.md" in run_log
+    # each step ran as a job of the local backend, with its own log
+    jobs = sorted(p.name for p in (exp / "log" / "jobs").iterdir())
+    assert jobs == ["data.log", "describe_bas.log", "describe_ffn.log", "describe_msa_ffn.log",
+                    "describe_transformer.log", "dump_feats_upstream.log", "head_bas_fold1.log",
+                    "head_ffn_fold1.log", "head_msa_ffn_fold1.log", "head_transformer_fold1.log", "score.log"]
 
     # Same options again: nothing is redone.
-    stamp = (exp / "bas" / "fold1" / "metrics.json").stat().st_mtime_ns
-    again = _run(recipe, *args, "--stop-stage", "3")
+    stamp = (exp / "bas_featex" / "fold1" / "metrics.json").stat().st_mtime_ns
+    again = _run(recipe, *args, "--stop-stage", "4")
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stderr.count("skip:") >= 5
-    assert (exp / "bas" / "fold1" / "metrics.json").stat().st_mtime_ns == stamp
+    assert (exp / "bas_featex" / "fold1" / "metrics.json").stat().st_mtime_ns == stamp
 
     # Re-made features make every run trained on them stale.
     feats = next((recipe / "dump").glob("*/all_layers"))
     (feats / ".done").unlink()
-    redo = _run(recipe, *args, "--method", "ffn", "--stage", "1", "--stop-stage", "3")
+    redo = _run(recipe, *args, "--method", "ffn", "--stage", "4", "--stop-stage", "4")
     assert redo.returncode == 0, redo.stderr[-4000:]
-    assert f"inputs changed for exp/test/ffn/fold1 ({feats.resolve()})" in redo.stderr, redo.stderr[-4000:]
-    assert list((exp / "ffn").glob("fold1.prev-*"))
-    assert (exp / "ffn" / "fold1" / "predictions" / f"test.epoch{EPOCHS:03d}.tsv").is_file()
+    ffn = (exp / "ffn_featex").resolve()
+    assert f"inputs changed for {ffn}/fold1 ({feats.resolve()})" in redo.stderr, redo.stderr[-4000:]
+    assert list(ffn.glob("fold1.prev-*"))
+    assert (ffn / "fold1" / "predictions" / f"test.epoch{EPOCHS:03d}.tsv").is_file()

@@ -227,9 +227,9 @@ def _recipe_copy(tmp_path: Path, name: str) -> Path:
 
 @pytest.mark.parametrize("name, args, message", [
     ("MELD", ["--stage", "x"], "--stage x: expected a whole number"),
-    ("MELD", ["--stage", "5"], "--stage 5: this recipe's stages are 0..4"),
+    ("MELD", ["--stage", "6"], "--stage 6: this recipe's stages are 0..5"),
     ("MELD", ["--layers", "1,,2"], "--layers 1,,2: expected a comma list"),
-    ("MELD", ["--epochs", "0"], "--epochs 0: expected a whole number >= 1"),
+    ("MELD", ["--head-epochs", "0"], "--head-epochs 0: expected a whole number >= 1"),
     ("SAVEE", ["--stage", "-1"], "--stage -1: expected a whole number"),
     ("SAVEE", ["--folds", "1-3"], "--folds 1-3: 'all' or a comma list"),
     ("SAVEE", ["--valid-fraction", "lots"], "--valid-fraction lots: expected a number"),

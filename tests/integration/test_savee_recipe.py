@@ -43,31 +43,35 @@ def _run(recipe_dir, *args, timeout=1500):
 
 @pytest.mark.slow
 def test_savee_recipe_mini_end_to_end(recipe):
-    # the mini default: the shared mfsn.yaml with the mfsn_mini overlay
-    r = _run(recipe, "--folds", "1", "--search-epochs", "1", "--epochs", "2", "--device", "cpu")
+    # the mini default: the shared mfsn.yaml with the mfsn_mini overlay; --protocol both runs each in turn
+    short = ("--folds", "1", "--search-epochs", "1", "--mfsn-epochs", "2", "--device", "cpu")
+    r = _run(recipe, *short)
     assert r.returncode == 0, r.stderr[-4000:]
-    exp = recipe / "exp" / "mini"
-    # the final path is absolute; the stage lines, the tiny HuBERT's progress included, are in run.log
-    assert f"Ablation table: {exp.resolve()}/RESULTS.md" in r.stderr
-    run_log = (exp / "run.log").read_text()
-    assert "(make_tiny_upstream.sh)   pretraining: update 300/300, loss" in run_log
-    assert f"Ablation table: {exp.resolve()}/RESULTS.md" in run_log
+    exps = {p: recipe / "exp" / p for p in PROTOCOLS}
+    for exp in exps.values():
+        # the final path is absolute; the stage lines are in the experiment's run.log too
+        line = f"All runs of {exp.resolve()}: {exp.resolve()}/RESULTS.md"
+        assert line in r.stderr and line in (exp / "run.log").read_text()
+    # the tiny HuBERT is built once, by the first protocol's stage 0 (its progress in that run.log)
+    first_log = (exps["savee_loso4"] / "run.log").read_text()
+    assert "(make_tiny_upstream.sh)   pretraining: update 300/300, loss" in first_log
 
-    table = (exp / "RESULTS.md").read_text()
-    assert "NOT wav2vec 2.0/data2vec" in table  # the mini sources are labelled for what they are
-    rows = [line for line in table.splitlines() if line.startswith("| MFSN")]
-    assert len(rows) == len(ABLATIONS) * len(PROTOCOLS)
-    for p in PROTOCOLS:
+    for p, exp in exps.items():
+        table = (exp / "RESULTS.md").read_text()
+        assert "NOT wav2vec 2.0/data2vec" in table  # the mini sources are labelled for what they are
+        rows = [line for line in table.splitlines() if line.startswith("| MFSN")]
+        assert len(rows) == len(ABLATIONS)
         for a in ABLATIONS:
-            # the setting column names the ablation and the batching that trained it
-            assert any(f"| {a} (random batches) | {p} |" in row for row in rows), (a, p, table)
-    for row in rows:
-        ua, wa = re.findall(r"\| (\d+\.\d+)(?: ± \d+\.\d+)? ", row)[:2]  # one fold: no ± (serkit score)
-        assert 0 <= float(ua) <= 100 and 0 <= float(wa) <= 100
+            # the method column names the ablation, the setting column the batching that trained it
+            row = f"| MFSN ({a}) | featex (random batches) | {p} |"
+            assert any(line.startswith(row) for line in rows), (a, p, table)
+        for row in rows:
+            ua, wa = re.findall(r"\| (\d+\.\d+)(?: ± \d+\.\d+)? ", row)[:2]  # one fold: no ± (serkit score)
+            assert 0 <= float(ua) <= 100 and 0 <= float(wa) <= 100
 
-    for p in PROTOCOLS:
+    for p, exp in exps.items():
         for a in ABLATIONS:
-            fold = exp / p / a / "fold1"
+            fold = exp / f"mfsn_{a}" / "fold1"
             m = json.loads((fold / "metrics.json").read_text())
             assert m["selection"] == "valid" and m["selected_epoch"] in (1, 2)
             for key in ("ua", "wa", "macro_f1", "weighted_f1"):
@@ -77,38 +81,41 @@ def test_savee_recipe_mini_end_to_end(recipe):
             assert sum(map(sum, m["test"]["confusion"])) == n_test
             assert sorted(x.name for x in (fold / "predictions").iterdir()) == [
                 "test.epoch001.tsv", "test.epoch002.tsv", "valid.epoch001.tsv", "valid.epoch002.tsv"]
-        arch = (exp / p / "mfsn_search" / "fold1" / "arch.txt").read_text()  # the search call's
+        arch = (exp / "mfsn_mfsn_search" / "fold1" / "arch.txt").read_text()  # the search call's
         assert re.fullmatch(r"[0-2]:\w+\n", arch)
-        info = json.loads((exp / p / "mfsn" / "fold1" / "train_info.json").read_text())
+        info = json.loads((exp / "mfsn_mfsn" / "fold1" / "train_info.json").read_text())
         assert info["arch"] == arch.strip()
 
     # Same options again: every stage is skipped, nothing is retrained.
-    stamp = (exp / "savee_loso4" / "mfsn" / "fold1" / "predictions" / "test.epoch002.tsv").stat().st_mtime_ns
-    again = _run(recipe, "--folds", "1", "--search-epochs", "1", "--epochs", "2", "--device", "cpu",
-                 "--stop-stage", "2")
+    loso4 = exps["savee_loso4"]
+    stamp = (loso4 / "mfsn_mfsn" / "fold1" / "predictions" / "test.epoch002.tsv").stat().st_mtime_ns
+    again = _run(recipe, *short, "--stop-stage", "4")
     assert again.returncode == 0, again.stderr[-4000:]
     assert "skip:" in again.stderr
-    assert (exp / "savee_loso4" / "mfsn" / "fold1" / "predictions" / "test.epoch002.tsv").stat().st_mtime_ns \
-        == stamp
+    assert (loso4 / "mfsn_mfsn" / "fold1" / "predictions" / "test.epoch002.tsv").stat().st_mtime_ns == stamp
 
     # Re-made features make every run trained on them stale (one run re-trained, to keep it short).
-    (recipe / "dump" / "mini" / "feats_shared" / ".done").unlink()
-    redo = _run(recipe, "--folds", "1", "--search-epochs", "1", "--epochs", "2", "--device", "cpu",
-                "--protocol", "savee_loso4", "--ablations", "sec_only", "--stage", "1", "--stop-stage", "2")
+    feats = next((recipe / "dump").glob("*/all_layers"))
+    (feats / ".done").unlink()
+    redo = _run(recipe, *short, "--protocol", "savee_loso4", "--mfsn-ablation", "sec_only", "--stage", "4",
+                "--stop-stage", "4")
     assert redo.returncode == 0, redo.stderr[-4000:]
-    assert "inputs changed for exp/mini/savee_loso4/sec_only/fold1 (" in redo.stderr, redo.stderr[-4000:]
-    assert list((exp / "savee_loso4" / "sec_only").glob("fold1.prev-*"))
-    assert (exp / "savee_loso4" / "sec_only" / "fold1" / "predictions" / "test.epoch002.tsv").is_file()
+    run = (loso4 / "mfsn_sec_only").resolve()
+    # (the features are both sources' here: one tiny HuBERT for TEC and SEC)
+    assert f"inputs changed for {run}/fold1 ({feats.resolve()}," in redo.stderr, redo.stderr[-4000:]
+    assert list(run.glob("fold1.prev-*"))
+    assert (run / "fold1" / "predictions" / "test.epoch002.tsv").is_file()
 
 
 def test_savee_recipe_help_and_bad_options(recipe):
     r = _run(recipe, "--help")
     assert r.returncode == 0
     for opt in ("--stage", "--stop-stage", "--root", "--protocol", "--folds", "--valid-fraction",
-                "--tec-upstream", "--sec-upstream", "--tec-layer", "--sec-layers", "--ablations", "--config",
-                "--search-epochs", "--epochs", "--batch-size", "--device", "--tag"):
+                "--tec-upstream", "--sec-upstream", "--tec-layer", "--sec-layers", "--mfsn-ablation",
+                "--config",
+                "--search-epochs", "--mfsn-epochs", "--batch-size", "--device", "--tag", "--backend"):
         assert opt in r.stdout, opt
-    bad = _run(recipe, "--ablations", "sec_only,oops")
+    bad = _run(recipe, "--mfsn-ablation", "sec_only,oops")
     assert bad.returncode != 0 and "oops" in bad.stderr
     bad = _run(recipe, "--root", "/nonexistent/SAVEE", "--stop-stage", "0")
     assert bad.returncode != 0 and "no such directory" in bad.stderr

@@ -93,9 +93,14 @@ def overlay_problems(root: Path) -> list[str]:
     return out
 
 
+def _scripts(root: Path, recipe: Path) -> list[Path]:
+    """A recipe's shell scripts and the template's (local/*.sh), which its run.sh sources."""
+    return sorted(recipe.rglob("*.sh")) + sorted((root / "local").glob("*.sh"))
+
+
 def recipe_configs(root: Path, recipe: Path) -> list[Path]:
     """The configs a recipe's scripts name: its conf/*.yaml and the shared ones ($shared_conf/x.yaml)."""
-    scripts = "\n".join(p.read_text(encoding="utf-8") for p in sorted(recipe.rglob("*.sh")))
+    scripts = "\n".join(p.read_text(encoding="utf-8") for p in _scripts(root, recipe))
     names = set(re.findall(r"\$shared_conf/(\w+)\.yaml", scripts))
     found = [SHARED / f"{n}.yaml" for n in sorted(names)]
     found += [p.relative_to(root) for p in sorted((recipe / "conf").glob("*.yaml"))]
@@ -110,6 +115,7 @@ def override_problems(root: Path) -> list[str]:
     """``where: --key`` for every override a recipe passes that names no key of its configs."""
     allowed_always = run_options() | train_options()
     out = []
+    seen = set()  # the template's lines, checked once
     for recipe in sorted(p for p in (root / "recipes").iterdir() if (p / "run.sh").is_file()):
         known = set(allowed_always)
         for conf in recipe_configs(root, recipe):
@@ -117,8 +123,11 @@ def override_problems(root: Path) -> list[str]:
                 out.append(f"{recipe.name}: its scripts name {conf}, which does not exist")
                 continue
             known |= set(top_keys(root / conf))
-        for script in sorted(recipe.rglob("*.sh")):
+        for script in _scripts(root, recipe):
             for n, line in enumerate(script.read_text(encoding="utf-8").splitlines(), 1):
+                if (script, n) in seen:
+                    continue
+                seen.add((script, n))
                 code = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
                 keys = {k for k in _keys(code) if "_" in k}
                 for m in re.finditer(r"\w*overrides=[^\n]*?\"([^\"]*)\"", code):
@@ -162,6 +171,7 @@ def test_the_checks_see_the_overrides_they_must():
 def _copy(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     shutil.copytree(REPO / SHARED, root / SHARED, symlinks=True)
+    shutil.copytree(REPO / "local", root / "local")
     shutil.copytree(REPO / "plugins" / "serkit", root / "plugins" / "serkit", symlinks=True,
                     ignore=shutil.ignore_patterns("conf", "__pycache__"), dirs_exist_ok=True)
     for recipe in ("IEMOCAP", "MELD", "SAVEE"):
@@ -189,10 +199,10 @@ def test_a_misspelled_override_or_overlay_key_fails(tmp_path):
     text = readme.read_text(encoding="utf-8")
     readme.write_text(text.replace('"--shift_proportion 0.125"', '"--shift_proportoin 0.125"', 1),
                       encoding="utf-8")
-    run = root / "recipes" / "MELD" / "run.sh"
+    run = root / "local" / "ser.sh"
     run.write_text(run.read_text(encoding="utf-8").replace("--transformer_layers", "--transformer_layer", 1),
                    encoding="utf-8")
-    search = root / "recipes" / "IEMOCAP" / "run.sh"
+    search = root / "local" / "ser.sh"
     text = search.read_text(encoding="utf-8")
     default = 'search_overrides=${search_overrides:-"--arch_lr 0.5'
     assert text.count(default) == 1
@@ -202,9 +212,9 @@ def test_a_misspelled_override_or_overlay_key_fails(tmp_path):
     mini.write_text(mini.read_text(encoding="utf-8") + "fusion_width: 8\n", encoding="utf-8")
     found = override_problems(root)
     assert [f.split(":")[0] + ":" + f.split(": ")[-1] for f in found] == [
-        "recipes/IEMOCAP/run.sh:--arch_learning_rate",
-        "recipes/IEMOCAP/README.md:--shift_proportoin",
-        "recipes/MELD/run.sh:--transformer_layer"], found
+        "local/ser.sh:--arch_learning_rate",
+        "local/ser.sh:--transformer_layer",
+        "recipes/IEMOCAP/README.md:--shift_proportoin"], found
     assert overlay_problems(root) == [f"{SHARED}/mfsn_mini.yaml sets ['fusion_width'], which "
                                       f"{SHARED}/mfsn.yaml does not have",
                                       f"{SHARED}/mfsn_mini.yaml sets ['fusion_width'], which "

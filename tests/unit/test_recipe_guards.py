@@ -1,5 +1,6 @@
 """Recipe shell scripts never remove what serkit did not write, and hand no unchecked option to Hydra:
-SAVEE's mini corpus stage, local/make_tiny_upstream.sh's OUT/iter1, IEMOCAP's local/cpt.sh --update-freq."""
+the template's mini corpus stage (local/ser.sh, here SAVEE's), local/make_tiny_upstream.sh's OUT/iter1,
+local/cpt.sh --update-freq."""
 from __future__ import annotations
 
 import os
@@ -17,29 +18,32 @@ def env() -> dict:
 
 
 def savee_mini_stage() -> str:
-    """The lines of recipes/SAVEE/run.sh's stage 0 that (re)build the mini corpus, as written there."""
-    text = (REPO / "recipes" / "SAVEE" / "run.sh").read_text()
-    m = re.search(r'^ *is_done db/mini "mini-corpus savee" \|\| \{\n.*?\}\n', text, re.M | re.S)
-    assert m, "recipes/SAVEE/run.sh: the mini corpus stage moved; update this test"
+    """The lines of the template's stage 0 (local/ser.sh) that (re)build the mini corpus, as written there."""
+    text = (REPO / "local" / "ser.sh").read_text()
+    stage = r'^ *is_done "\$workdir/db/mini_\$prepare_name" "\$opts" \|\| \{\n.*?\}\n'
+    m = re.search(stage, text, re.M | re.S)
+    assert m, "local/ser.sh: the mini corpus stage moved; update this test"
     return m.group(0)
 
 
 def run_savee_mini(cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", f"set -euo pipefail; . {STAGE}; {savee_mini_stage()}"], cwd=cwd,
-                          env=env(), capture_output=True, text=True, timeout=120)
+    setup = 'workdir=$PWD; prepare_name=savee; opts="mini seed=0"; '
+    script = f"set -euo pipefail; . {STAGE}; {setup}{savee_mini_stage()}"
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env(), capture_output=True, text=True,
+                          timeout=120)
 
 
 def test_savee_mini_stage_keeps_what_it_did_not_write(tmp_path):
-    mine = tmp_path / "db" / "mini" / "my_recordings.txt"
+    mine = tmp_path / "db" / "mini_savee" / "my_recordings.txt"
     mine.parent.mkdir(parents=True)
     mine.write_text("keep me\n")
     r = run_savee_mini(tmp_path)
     assert r.returncode == 0, r.stderr
-    assert mine.read_text() == "keep me\n"  # the corpus goes to db/mini/SAVEE beside it
-    assert any((tmp_path / "db" / "mini" / "SAVEE").rglob("*.wav"))
+    assert mine.read_text() == "keep me\n"  # the corpus goes to db/mini_savee/SAVEE beside it
+    assert any((tmp_path / "db" / "mini_savee" / "SAVEE").rglob("*.wav"))
     # a SAVEE folder serkit did not write is refused, not replaced
     other = tmp_path / "other"
-    theirs = other / "db" / "mini" / "SAVEE" / "notes.txt"
+    theirs = other / "db" / "mini_savee" / "SAVEE" / "notes.txt"
     theirs.parent.mkdir(parents=True)
     theirs.write_text("theirs\n")
     r = run_savee_mini(other)
@@ -51,7 +55,7 @@ def test_savee_mini_stage_keeps_what_it_did_not_write(tmp_path):
 def test_savee_mini_stage_rebuilds_its_own_interrupted_corpus(tmp_path):
     r = run_savee_mini(tmp_path)
     assert r.returncode == 0, r.stderr
-    mini = tmp_path / "db" / "mini"
+    mini = tmp_path / "db" / "mini_savee"
     wavs = sorted(p.relative_to(mini) for p in mini.rglob("*.wav"))
     assert wavs and (mini / ".done").is_file()
     (mini / ".done").unlink()  # killed before mark_done: the stage runs again and replaces it
@@ -94,7 +98,7 @@ def test_cpt_refuses_an_update_freq_that_is_not_a_whole_number(tmp_path):
         f.write_text("x\n")
     out = tmp_path / "cpt"
     bad = "1],optimization.max_update=[5"
-    r = subprocess.run(["bash", str(REPO / "recipes" / "IEMOCAP" / "local" / "cpt.sh"), "--yaml",
+    r = subprocess.run(["bash", str(REPO / "local" / "cpt.sh"), "--yaml",
                         str(REPO / "recipes" / "IEMOCAP" / "conf" / "fairseq" / "hubert_tiny_iter1.yaml"),
                         "--fold", str(fold), "--labels", str(labels), "--init", str(tmp_path / "init.pt"),
                         "--updates", "2", "--update-freq", bad, "--out", str(out)],

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from ..utils import SerkitError
 
-CORPORA = ("iemocap", "meld", "savee")
+CORPORA = ("iemocap", "meld", "savee", "ravdess")
 # Kept in sync with serkit.data.splits.PROTOCOLS by a unit test (importing it here would be cheap too,
 # but the list doubles as the --help text).
-PROTOCOLS = ("iemocap_loso5", "iemocap_loso10", "meld_official", "savee_loso4", "savee_cv10")
+PROTOCOLS = ("iemocap_loso5", "iemocap_loso10", "meld_official", "savee_loso4", "savee_cv10",
+             "ravdess_actors4")
 
 
 def _sessions(text: str) -> list[int]:
@@ -45,6 +46,9 @@ def run_prepare(args: argparse.Namespace) -> int:
         prepare(args.root, args.out, jobs=args.jobs)
     elif args.corpus == "savee":
         from .prepare_savee import prepare
+        prepare(args.root, args.out, allow_truncated=args.allow_truncated)
+    elif args.corpus == "ravdess":
+        from .prepare_ravdess import prepare
         prepare(args.root, args.out, allow_truncated=args.allow_truncated)
     else:  # argparse's choices catch this first; kept for callers of run_prepare
         raise SerkitError(f"unknown corpus {args.corpus!r}; choose one of {', '.join(CORPORA)}")
@@ -98,8 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--allow-missing-wav", action="store_true",
                    help="drop (and count) labelled utterances whose wav is missing instead of failing")
     g.add_argument("--allow-truncated", action="store_true",
-                   help="(IEMOCAP, SAVEE) drop wavs shorter than their header promises, listing them in the "
-                        "log and prepare.json, instead of failing")
+                   help="(IEMOCAP, SAVEE, RAVDESS) drop wavs shorter than their header promises, listing "
+                        "them in the log and prepare.json, instead of failing")
     g = p.add_argument_group("MELD")
     g.add_argument("--jobs", type=_positive, default=1, help="parallel clip decoders (default 1)")
     p.set_defaults(func=run_prepare)
@@ -113,7 +117,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "iemocap_loso10 (test = one speaker, valid = the other speaker of that session); "
                     "meld_official (official train/dev/test; speakers shared); savee_loso4 (test = one "
                     "speaker, valid = stratified 10% of the other three); savee_cv10 (SPEAKER-DEPENDENT "
-                    "stratified 10-fold cross-validation as in the MFSN paper).")
+                    "stratified 10-fold cross-validation as in the MFSN paper); ravdess_actors4 (test = "
+                    "4 consecutive actors, 2 male and 2 female: 6 folds on the full release; valid = "
+                    "stratified 10% of the other actors).")
     p.add_argument("protocol", choices=PROTOCOLS)
     p.add_argument("data_dir", help="data directory written by `serkit prepare`")
     p.add_argument("--out", default=None, help="output folder (default: DATA_DIR/PROTOCOL); must be new, "

@@ -51,10 +51,11 @@ REQUIRED = ("wav.scp", "utt2spk", "utt2emo", "utt2emo_raw", "utt2session", "utt2
 OPTIONAL = ("utt2split", "text")
 SPLIT_NAMES = ("train", "dev", "test")
 DATA_FILES = REQUIRED + OPTIONAL + ("spk2utt", "prepare.json", "skipped.tsv")
-CORPORA = ("iemocap", "meld", "savee")
+CORPORA = ("iemocap", "meld", "savee", "ravdess")
 #: Names of the wavs that ``prepare`` converts into ``OUT/wavs`` (corpora shipped in another format).
 WAV_NAMES = {"meld": re.compile(r"^(train|dev|test)_dia\d+_utt\d+\.wav$"),
-             "savee": re.compile(r"^(DC|JE|JK|KL)_(a|d|f|h|n|sa|su)\d\d\.wav$")}
+             "savee": re.compile(r"^(DC|JE|JK|KL)_(a|d|f|h|n|sa|su)\d\d\.wav$"),
+             "ravdess": re.compile(r"^03-01-0[1-8]-0[12]-0[12]-0[12]-\d\d\.wav$")}
 #: Per-clip record of where each converted wav came from (see :mod:`serkit.data.audio`).
 SOURCES = "sources.json"
 

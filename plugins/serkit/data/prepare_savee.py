@@ -31,8 +31,9 @@ from collections import Counter
 from pathlib import Path
 
 from .. import __version__
-from ..utils import SerkitError, claim_output_dir, write_json
+from ..utils import SerkitError
 from . import datadir
+from .convert import convert_release
 
 log = logging.getLogger("serkit.data")
 
@@ -71,52 +72,16 @@ def find_wavs(root: Path) -> dict[str, Path]:
 
 def prepare(root: str | os.PathLike, out: str | os.PathLike, allow_truncated: bool = False) -> Path:
     """Write the SAVEE data directory ``out`` (16 kHz wavs in ``out/wavs``); return ``out``."""
-    from .audio import TruncatedWav, check_complete, conversion_record, convert_wav, reusable
-
-    root = Path(root).absolute()
-    out = Path(out).absolute()
-    if not root.is_dir():
-        raise SerkitError(f"{root}: not a directory; pass --root pointing at the SAVEE copy (AudioData)")
-    claim_output_dir(out, datadir.output_kind("savee"), inputs=[root])
-    sources = find_wavs(root)
-    if not sources:
-        raise SerkitError(f"{root}: no SAVEE wavs found (expected AudioData/DC/a01.wav or DC_a01.wav); "
-                          "check --root")
-    truncated = []
-    for utt, src in sorted(sources.items()):
-        try:
-            check_complete(src)
-        except TruncatedWav as e:
-            if not allow_truncated:
-                raise
-            log.warning("SAVEE: dropping %s (--allow-truncated): %s", utt, e)
-            truncated.append(str(src))
-            del sources[utt]
-    wavdir = datadir.open_wavdir(out, "savee")
-    old_records = datadir.load_sources(wavdir)
-    new_records: dict[str, dict] = {}
+    root, out, converted, truncated, reused = convert_release(
+        root, out, "savee", find_wavs, "the SAVEE copy (AudioData)", "AudioData/DC/a01.wav or DC_a01.wav",
+        allow_truncated)
+    wavdir = out / "wavs"
     records = []
-    reused = 0
-    for utt, src in sorted(sources.items()):
-        dst = wavdir / f"{utt}.wav"
-        n = reusable(old_records.get(utt), src, dst)
-        if n:
-            reused += 1
-            new_records[utt] = old_records[utt]
-        else:
-            n = convert_wav(src, dst)
-            if n == 0:
-                raise SerkitError(f"{src}: empty audio; replace it with a good copy")
-            new_records[utt] = conversion_record(src, dst, n)
-            if len(new_records) % 50 == 0:  # resumable
-                write_json(wavdir / datadir.SOURCES, {**old_records, **new_records})
+    for utt, (dst, n) in converted.items():
         spk, code = utt.split("_")
         emo_code = code.rstrip("0123456789")
         records.append(datadir.Record(utt=utt, wav=str(dst), spk=spk, emo=CODE_TO_CLASS[emo_code],
                                       emo_raw=emo_code, session=spk, num_samples=n))
-    # Wavs of utterances no longer in the corpus keep no record: never reused, overwritten if they return.
-    if new_records != old_records:
-        write_json(wavdir / datadir.SOURCES, new_records)
     log.info("SAVEE: %d wavs from %s (%d converted, %d reused from %s)", len(records), root,
              len(records) - reused, reused, wavdir)
     dropped = {"truncated source wav (--allow-truncated)": len(truncated)} if truncated else {}

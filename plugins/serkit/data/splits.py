@@ -18,6 +18,9 @@ given ``--seed`` (default 0). Protocols:
     characters appear in every split: this protocol is NOT speaker-independent, and fold.json says so.
 ``savee_loso4``    leave one speaker out, 4 folds (DC, JE, JK, KL): valid = a stratified
     ``--valid-fraction`` (10 %) of the three training speakers' utterances (by speaker and class).
+``ravdess_actors4`` 4 consecutive actors held out per fold (actors 1-4, 5-8, ...: 2 male, 2 female;
+    6 folds on the full release, fewer on a subset): valid = a stratified ``--valid-fraction`` (10 %) of
+    the other actors' utterances.
 ``savee_cv10``     SPEAKER-DEPENDENT stratified 10-fold cross-validation (the MFSN paper's protocol):
     every speaker is in train and test; test = one tenth of each class; valid = a stratified 10 % of the
     remaining nine tenths. fold.json records ``"speaker_dependent": true``; never report it as
@@ -212,6 +215,21 @@ def savee_loso4(data: datadir.DataDir, opts: SplitOptions) -> list[Fold]:
     for spk, test in _by(data, "spk").items():
         pool = [u for u, r in data.records.items() if r.spk != spk]
         folds.append(_hold_out(data, test, pool, opts, spk, {"test": spk}))
+    return folds
+
+
+@register_protocol("ravdess_actors4", "ravdess", held_out="speaker",
+                   description="4 consecutive actors held out per fold (2 male, 2 female; 6 folds on the "
+                               "full release), stratified 10% validation")
+def ravdess_actors4(data: datadir.DataDir, opts: SplitOptions) -> list[Fold]:
+    groups: dict[int, list[str]] = {}
+    for u, r in data.records.items():  # speakers are Actor_01 .. Actor_24
+        groups.setdefault((int(r.spk.rsplit("_", 1)[-1]) - 1) // 4, []).append(u)
+    folds = []
+    for g, test in sorted(groups.items()):
+        pool = [u for u, r in data.records.items() if u not in set(test)]
+        folds.append(_hold_out(data, test, pool, opts, f"actors{g}",
+                               {"test": f"actors {4 * g + 1}-{4 * g + 4}"}))
     return folds
 
 

@@ -12,6 +12,7 @@ corpus       root                             options (defaults)
                                               max_dur=2.5, channels=6, video=True, quirks
 ``savee``    ``out/SAVEE`` (holds AudioData/) per_class=4, neutral=8, speakers=4,
                                               layout="nested"|"double"|"flat", min_dur, max_dur
+``ravdess``  ``out/RAVDESS`` (holds Actor_XX/)  actors=8, intensities=1, statements=2, repetitions=2
 ============ ================================ ===================================================
 
 Every root holds ``MANIFEST.json``: the ground truth that was generated (per utterance: speaker, raw
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CORPORA = ("iemocap", "meld", "savee")
+CORPORA = ("iemocap", "meld", "savee", "ravdess")
 
 
 def build(corpus: str, out: Path, seed: int = 0, **options) -> Path:
@@ -35,6 +36,8 @@ def build(corpus: str, out: Path, seed: int = 0, **options) -> Path:
         from .meld import build as _build
     elif name == "savee":
         from .savee import build as _build
+    elif name == "ravdess":
+        from .ravdess import build as _build
     else:
         from serkit.utils import SerkitError
 

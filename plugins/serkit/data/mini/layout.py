@@ -13,6 +13,7 @@ TOP_LEVEL = {
     "meld": {"train", "dev_sent_emo.csv", "test_sent_emo.csv", "dev_splits_complete",
              "output_repeated_splits_test"},
     "savee": {"AudioData"},
+    "ravdess": {f"Actor_{a:02d}" for a in range(1, 25)},
 }
 
 

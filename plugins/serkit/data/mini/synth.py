@@ -97,6 +97,7 @@ EMOTIONS: dict[str, Cues] = {
                     formant=1.04),
     "frustrated": Cues(1.5, 4.0, 4.6, 3.5, 0.50, 0.30, 0.05, 0.012, 0.05, creak=0.15),
     "other": Cues(0.5, 3.5, 4.2, 0.5, 0.60, 0.45, 0.06, 0.008, 0.04),
+    "calm": Cues(-1.0, 2.0, 3.6, -3.0, 0.65, 0.55, 0.10, 0.006, 0.03, pause=0.20),  # RAVDESS's calm
 }
 
 _NUMERIC = ("f0_shift", "f0_range", "tempo", "energy", "open_quotient", "tilt", "breath", "jitter",

@@ -3,19 +3,23 @@
 # fairseq `hubert_pretraining` task and `hubert` criterion, and serkit's `serkit_hubert` model, which
 # starts from --init and re-initialises only the label-dependent parts for the new label set.
 #
-#   bash local/cpt.sh --yaml conf/fairseq/cpt_hubert_base.yaml --fold FOLD --labels KM_DIR \
+#   bash ../../local/cpt.sh --yaml conf/fairseq/cpt_hubert_base.yaml --fold FOLD --labels KM_DIR \
 #       --init hubert_base_ls960.pt --updates 20000 --out EXP/cpt/fold1
 # Writes OUT/checkpoint_last.pt (a fairseq checkpoint any serkit tool loads) and OUT/train.log.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-. ./path.sh
-. ../../local/stage.sh
+# Runs in the recipe's directory (the caller's: conf/ is read from there).
+_here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=path.sh
+. "$_here/path.sh"
+# shellcheck source=stage.sh
+. "$_here/stage.sh"
 
 yaml=""; fold=""; labels=""; init=""; updates=""; out=""
 update_freq=1  # batches of dataset.max_tokens (per GPU) accumulated per update
 tensorboard=""  # fairseq's TensorBoard events (common.tensorboard_logdir) to DIR; needs serkit[tensorboard]
 help_message="Usage: $0 --yaml FILE --fold DIR --labels DIR --init CKPT --updates N [--update-freq N] --out DIR [--tensorboard DIR]"
-. ../../local/parse_options.sh
+# shellcheck source=parse_options.sh
+. "$_here/parse_options.sh"
 for v in yaml fold labels init updates out; do [ -n "${!v}" ] || die "--$v is required ($help_message)"; done
 check_int --updates "$updates" 1; check_int --update-freq "$update_freq" 1
 for f in "$labels/train.km" "$labels/valid.km" "$labels/dict.km.txt" "$fold/train.tsv" "$init"; do

@@ -2,22 +2,26 @@
 # Trains one head on one fold: `serkit train shiftser.yaml --method <head>` (the ShiftSER heads),
 # `bas.yaml` (bas_ffn: --method ffn, bas_transformer: --method transformer, bas_msa_ffn: --arch
 # msa_ffn,...), or for BAS the search (bas_search.yaml, in <out>/search) followed by the retrain of the
-# derived architecture. These configs are shared by the corpora: ../../plugins/serkit/conf.
+# derived architecture. These configs are shared by the corpora: plugins/serkit/conf.
 #
-#   bash local/train_head.sh --method shiftcnn --fold FOLD --out EXP/shiftcnn_featex/fold1 \
+#   bash ../../local/train_head.sh --method shiftcnn --fold FOLD --out EXP/shiftcnn_featex/fold1 \
 #       --feats DUMP_DIR --epochs 100 [--upstream CKPT] [--device cpu]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-. ./path.sh
-. ../../local/stage.sh
+# Runs in the caller's directory (the recipe's).
+_here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=path.sh
+. "$_here/path.sh"
+# shellcheck source=stage.sh
+. "$_here/stage.sh"
 
 method=""; fold=""; out=""; feats=""; upstream=""; epochs=""; device=cpu; search_epochs=""
 overrides=""   # extra yaml overrides, e.g. "--channel_mask_width 5"
 search_overrides=""   # BAS: extra yaml overrides for the search only, e.g. "--search_layers 3"
 tensorboard=""   # TensorBoard events to DIR (BAS: the search's to DIR/search); needs serkit[tensorboard]
 help_message="Usage: $0 --method NAME --fold DIR --out DIR (--feats DIR | --upstream CKPT) [--epochs N] [--search-epochs N] [--device D] [--overrides \"--key value ...\"] [--search-overrides \"--key value ...\"] [--tensorboard DIR]"
-. ../../local/parse_options.sh
-shared_conf=../../plugins/serkit/conf
+# shellcheck source=parse_options.sh
+. "$_here/parse_options.sh"
+shared_conf=$_here/../plugins/serkit/conf
 [ -n "$method" ] && [ -n "$fold" ] && [ -n "$out" ] || die "$help_message"
 
 src=()
