@@ -26,12 +26,16 @@
 #   slurm_extra       more sbatch flags, one string (e.g. "--account=proj --qos=normal")
 #   slurm_rules       per-job flags: an array of "GLOB FLAGS..." items; a job whose NAME matches GLOB
 #                     gets FLAGS after the ones above (sbatch keeps an option's last value), e.g.
-#                     slurm_rules=("*_kmeans_* --gres=gpu:0 --cpus-per-task=8")
+#                     slurm_rules=("kmeans_* --gres=none --cpus-per-task=8"); the template's steps that
+#                     use no GPU (data, describe_*, score) ask for none before these rules apply
 #   slurm_nproc       training processes per job [the job's GPUs]: when above 1 the job exports
 #                     SERKIT_NPROC_PER_NODE, and `serkit train` (SpeechBrain) runs itself under
 #                     `torchrun --standalone --nproc_per_node N` (set 2 on a CPU-only cluster to test DDP
 #                     with gloo); fairseq trainers take the GPUs they see (distributed_world_size)
 #   slurm_poll_s      seconds between two looks at the queue in slurm_wait [5]
+
+# The recipe template's steps that use no GPU (data preparation, per-method summaries, scoring).
+_slurm_gpu_free=("data --gres=none" "describe_* --gres=none" "score --gres=none")
 
 # _slurm_need CMD: dies unless the Slurm client CMD is installed.
 _slurm_need() {
@@ -40,7 +44,7 @@ _slurm_need() {
 
 slurm_submit() {
   local name=$1 logfile=$2 deps=$3 out id dep after="" rule glob flags
-  local -a opts extra cmd
+  local -a opts extra cmd rules
   [ "${4:-}" = -- ] || die "slurm_submit $name: expected 'NAME LOG DEPS -- CMD ...', got '$*'"
   shift 4
   [ $# -gt 0 ] || die "slurm_submit $name: no command"
@@ -66,14 +70,14 @@ slurm_submit() {
   [ -z "${slurm_time:-}" ] || opts+=(--time="$slurm_time")
   read -r -a extra <<< "${slurm_extra:-}"
   opts+=("${extra[@]}")
+  rules=("${_slurm_gpu_free[@]}")
   # shellcheck disable=SC2154  # set by cmd.sh, when at all
-  if declare -p slurm_rules > /dev/null 2>&1; then
-    for rule in "${slurm_rules[@]}"; do
-      read -r glob flags <<< "$rule"
-      # shellcheck disable=SC2053  # GLOB is a pattern
-      if [[ "$name" == $glob ]]; then read -r -a extra <<< "$flags"; opts+=("${extra[@]}"); fi
-    done
-  fi
+  if declare -p slurm_rules > /dev/null 2>&1; then rules+=("${slurm_rules[@]}"); fi
+  for rule in "${rules[@]}"; do
+    read -r glob flags <<< "$rule"
+    # shellcheck disable=SC2053  # GLOB is a pattern
+    if [[ "$name" == $glob ]]; then read -r -a extra <<< "$flags"; opts+=("${extra[@]}"); fi
+  done
   [ -z "${slurm_nproc:-}" ] || check_int slurm_nproc "$slurm_nproc" 1
   cmd=("$@")
   # The job script: bash, so that the quoted command line reads back exactly as given.

@@ -9,8 +9,7 @@
 : "${slurm_mem=48G}"           # --mem
 : "${slurm_time=2-00:00:00}"   # --time: a fold's CPT (20k updates) is the longest job
 : "${slurm_extra=}"           # more sbatch flags, e.g. "--account=myproj --qos=normal"
-# Per-job flags by job name (run.sh --help names the steps; a job is <step>[_<args>][_fold<k>]).
-slurm_rules=("data --gres=none" "describe_* --gres=none" "score --gres=none"
-  "kmeans_* --gres=none --cpus-per-task=16")  # faiss k-means runs on the CPU
+# Per-job flags by job name (a job is <step>[_<args>][_fold<k>]; data, describe_* and score get no GPU):
+slurm_rules=("kmeans_* --gres=none --cpus-per-task=16")  # faiss k-means runs on the CPU
 # the official code's CPT ran on 4 GPUs; --cpt-update-freq auto keeps its 350 s of audio per update:
 # slurm_rules+=("cpt_* --gres=gpu:4")

@@ -9,5 +9,3 @@
 : "${slurm_mem=16G}"           # --mem: 480 clips
 : "${slurm_time=4:00:00}"      # --time
 : "${slurm_extra=}"           # more sbatch flags, e.g. "--account=myproj --qos=normal"
-# Per-job flags by job name (run.sh --help names the steps; a job is <step>[_<args>][_fold<k>]).
-slurm_rules=("data --gres=none" "describe_* --gres=none" "score --gres=none")
