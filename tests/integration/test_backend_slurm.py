@@ -172,13 +172,12 @@ def test_interrupted_wait_cancels_the_jobs_it_waits_for(tmp_path):
     assert "JobState=CANCELLED" in show, show
 
 
-def test_serkit_train_in_a_two_process_job_runs_ddp_with_the_single_process_batch(tmp_path_factory, tmp_path):
+def test_serkit_train_in_a_two_process_job_runs_ddp_with_the_single_process_batch(sb_tiny, tmp_path):
     # slurm_nproc (a job's GPUs, on a GPU cluster) -> SERKIT_NPROC_PER_NODE -> serkit train under torchrun
     pytest.importorskip("speechbrain")
     from test_sb_ddp import _train_cmd
-    from test_sb_helpers import tiny_setup
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     cmd = _train_cmd([str(Path(sys.executable).parent / "serkit"), "train"], setup["fold"], setup["feats"],
                      tmp_path / "out")
     cmd.remove("-m"), cmd.remove("serkit.speechbrain.train")

@@ -16,8 +16,7 @@ import yaml
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_sb_helpers import head_conf, read_predictions, split_ids, tiny_setup  # noqa: E402
+from tests.fixtures.sb import head_conf, read_predictions, split_ids  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +28,8 @@ def _train_cmd(launcher, fold, feats, out):
             "--channel_mask_width", "8", "--noprogressbar"]
 
 
-def test_two_process_gloo_run_matches_single_process_prediction_counts(tmp_path_factory, tmp_path):
-    setup = tiny_setup(tmp_path_factory)
+def test_two_process_gloo_run_matches_single_process_prediction_counts(sb_tiny, tmp_path):
+    setup = sb_tiny
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun not found next to the interpreter")
