@@ -25,12 +25,16 @@ endif
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash recipes/IEMOCAP/run.sh
 
+# Everything: tests/unit, tests/integration (recipes, training runs) and the docstring examples of
+# plugins/serkit (--doctest-modules, pyproject.toml).
 test: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest tests
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest tests plugins/serkit
 
-# Unit tests only (seconds), for the edit-test loop.
+# The fast part (about 95 s of CPU time), for the edit-test loop: tests/unit and the docstring examples.
+# The folder is the speed: tests/conftest.py marks tests/integration `slow` and refuses a slow test in
+# tests/unit, so this is also what `-m "not slow"` selects.
 test-fast: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest tests -m "not slow"
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest tests/unit plugins/serkit
 
 # `make bench BENCH="shift dump"` runs some; the README's benchmark section is regenerated.
 bench: $(STAMP)

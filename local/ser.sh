@@ -256,6 +256,7 @@ esac
 check_options  # every other option, before anything runs
 tensorboard=${tensorboard:+$(realpath -m "$tensorboard")}
 backend_init "$_ser_local"
+device_asked=$device  # --backend slurm: each job resolves auto on the node it runs on
 if [ "$device" = auto ]; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 fi
@@ -755,14 +756,17 @@ fi
 ############################################################################### the driver
 _ser_jobs=()  # every job submitted, for the final wait
 # submit STAGE FOLDS DEPS STEP [ARGS...]: the step as a job of the backend; prints its id. FOLDS narrows
-# --folds (empty: the run's). The job gets the options this run resolved (device, layer, CPT batches).
+# --folds (empty: the run's). The job gets the options this run resolved (device, layer, CPT batches),
+# except that a Slurm job, which runs on another node, resolves --device auto and --cpt-update-freq
+# auto from that node's GPUs.
 submit() {
-  local st=$1 k=$2 deps=$3 name; shift 3
+  local st=$1 k=$2 deps=$3 name dev=$device freq=$cpt_update_freq; shift 3
   name=$(IFS=_; echo "$*")
   [ -z "$k" ] || name=${name/%_$k/_fold$k}
+  [ "${backend:-local}" != slurm ] || { dev=$device_asked; freq=${cpt_update_freq_asked:-$cpt_update_freq}; }
   backend_submit "$name" "$exp/log/jobs/$name.log" "$deps" -- \
-    bash "$_ser_script" "${_ser_args[@]}" --device "$device" --layer "$layer" --nclusters "$nclusters" \
-      --cpt-update-freq "$cpt_update_freq" --stage "$st" --stop-stage "$st" ${k:+--folds "$k"} --job "$*"
+    bash "$_ser_script" "${_ser_args[@]}" --device "$dev" --layer "$layer" --nclusters "$nclusters" \
+      --cpt-update-freq "$freq" --stage "$st" --stop-stage "$st" ${k:+--folds "$k"} --job "$*"
 }
 declare -A _ser_id=()
 # run_job KEY STAGE FOLDS DEPS STEP...: submit, remember the id under KEY.
@@ -800,6 +804,7 @@ if [ "$stop_stage" -ge 1 ]; then
   fold_list=$(split_folds "$splits" "$folds") || exit 1
   log "Folds of $splits to run: $fold_list"
 fi
+cpt_update_freq_asked=$cpt_update_freq  # --backend slurm: auto is resolved by the CPT job's GPUs
 $flea && cpt_batch
 
 if $flea && stage_selected 1; then

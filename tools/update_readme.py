@@ -6,10 +6,10 @@
   and its timing, when ``--demo`` is given;
 - ``<!-- BENCH-START -->`` .. ``<!-- BENCH-END -->``: ``bench/latest/*.txt`` from ``bench/run_all.sh``;
 - ``<!-- CHECKPOINTS-START -->`` .. ``<!-- CHECKPOINTS-END -->``: the released-checkpoint table, from the
-  results ``tests/unit/test_released_checkpoints.py`` writes, when ``--checkpoints`` is given::
+  results ``tests/integration/test_released_checkpoints.py`` writes, when ``--checkpoints`` is given::
 
       SERKIT_CHECKPOINT_RESULTS=$PWD/docs/released_checkpoints.json \
-          .venv/bin/python -m pytest tests/unit/test_released_checkpoints.py
+          .venv/bin/python -m pytest tests/integration/test_released_checkpoints.py
       .venv/bin/python tools/update_readme.py --checkpoints docs/released_checkpoints.json
 
   It exits non-zero when a row that a README recommends is not green.
@@ -45,7 +45,7 @@ def checkpoint_table(results: dict) -> tuple[str, list[str]]:
     lines = [
         "What each released checkpoint goes through, as tested on a random-weight stand-in with the "
         "release's exact on-disk structure (`serkit.upstream.standins`; "
-        "`tests/unit/test_released_checkpoints.py` writes these results). *dump-features*: "
+        "`tests/integration/test_released_checkpoints.py` writes these results). *dump-features*: "
         "`serkit dump-features` / `load_upstream`, layers equal to fairseq's own `extract_features`; "
         "*finetune*: the fairseq plugin's `serkit_ser_model` (`model.upstream_path`) and SpeechBrain's "
         "finetuning lobe (`serkit train --setting finetune`); *CPT*: "
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--demo", type=Path, help="the demo run's results table (markdown)")
     ap.add_argument("--demo-timing", type=Path, help="the demo's timing summary (text)")
     ap.add_argument("--checkpoints", type=Path,
-                    help="results of tests/unit/test_released_checkpoints.py (json)")
+                    help="results of tests/integration/test_released_checkpoints.py (json)")
     args = ap.parse_args()
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")

@@ -19,36 +19,18 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("fairseq", reason="fairseq not installed (pip install 'serkit[fairseq]')")
 
-from tests.unit.test_fairseq_plugin import CLASSES, make_fold, make_tiny_hubert  # noqa: E402
+from tests.fixtures.fairseq_train import (  # noqa: E402
+    CLASSES,
+    USER_DIR,
+    hydra_train,
+    make_fold,
+    make_tiny_hubert,
+    no_unpickling_override,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 
 REPO = Path(__file__).resolve().parents[2]
-CONF = REPO / "plugins" / "serkit" / "conf" / "fairseq"
-USER_DIR = REPO / "plugins" / "serkit_fairseq"
-CPU = ["common.cpu=true", "common.fp16=false", "distributed_training.distributed_world_size=1",
-       "dataset.num_workers=0"]
-
-
-def no_unpickling_override() -> dict[str, str]:
-    """The environment without TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD: fairseq runs with weights_only loading
-    (issue 10), as in a recipe (path.sh no longer exports it)."""
-    return {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
-
-
-def hydra_train(config: str, out: Path, *overrides: str, timeout: int = 600) -> str:
-    """Run fairseq-hydra-train as the recipe does (absolute paths, run dir = output dir); return its log."""
-    exe = shutil.which("fairseq-hydra-train", path=str(Path(sys.executable).parent) + os.pathsep
-                       + os.environ.get("PATH", ""))
-    assert exe, "fairseq-hydra-train not found next to the test's python or on PATH"
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = [exe, "--config-dir", str(CONF), "--config-name", config, f"checkpoint.save_dir={out}",
-           f"hydra.run.dir={out}", *CPU, *overrides]
-    env = no_unpickling_override() | {"OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
-    res = subprocess.run(cmd, cwd=out, capture_output=True, text=True, env=env, timeout=timeout)
-    log = res.stdout + res.stderr
-    assert res.returncode == 0, f"{' '.join(cmd)}\n{log[-5000:]}"
-    return log
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ A mini IEMOCAP of its own (seed 7) passed with --root, so the recipe takes the r
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.fixtures.recipes import run_recipe
+
 pytest.importorskip("fairseq", reason="fairseq not installed (pip install 'serkit[fairseq]')")
 pytest.importorskip("speechbrain")
 
 pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 
-REPO = Path(__file__).resolve().parents[2]
-RUN = REPO / "recipes" / "IEMOCAP" / "run.sh"
 SHORT = ["--folds", "1", "--layer", "2", "--nclusters", "4", "--teacher-epochs", "1",
          "--finetune-lr", "0.001", "--cpt-updates", "2",
          "--cpt-config", "../../plugins/serkit/conf/fairseq/cpt_hubert_tiny.yaml",
@@ -30,21 +29,16 @@ SHORT = ["--folds", "1", "--layer", "2", "--nclusters", "4", "--teacher-epochs",
 
 
 def run(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    env = dict(os.environ, IEMOCAP="", OMP_NUM_THREADS="1")
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    return subprocess.run(["bash", str(RUN), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return run_recipe("IEMOCAP", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_hubert):
     from serkit.data import mini
 
     base = tmp_path_factory.mktemp("flea_recipe")
     root = mini.build("iemocap", base / "corpus", seed=7, utts_per_class=2, extra_per_speaker=1)
-    ckpt = base / "hubert_tiny.pt"
-    res = subprocess.run([sys.executable, "-m", "serkit", "make-upstream", "tiny-hubert", "--out", str(ckpt)],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
+    ckpt = tiny_hubert
     work = base / "work"
     args = ["--root", str(root), "--upstream", str(ckpt), "--workdir", str(work), *SHORT]
     return {"base": base, "work": work, "ckpt": ckpt, "args": args,
@@ -58,8 +52,14 @@ def _frames(fold: Path, split: str) -> int:
     return sum(expected_frames(u.num_samples) for u in read_split(fold, split))
 
 
-def test_transductive_kmeans_fits_on_every_split_and_says_so(setup):
-    res = run(*setup["args"], "--tag", "trans", "--transductive", "true", "--stop-stage", "2")
+@pytest.fixture(scope="module")
+def transductive(setup):
+    """Stages 0-2 with --transductive true under --tag trans: the labels the CPT test continues from."""
+    return run(*setup["args"], "--tag", "trans", "--transductive", "true", "--stop-stage", "2")
+
+
+def test_transductive_kmeans_fits_on_every_split_and_says_so(setup, transductive):
+    res = transductive
     assert res.returncode == 0, res.stderr[-4000:]
     fold, km = setup["fold"], setup["work"] / "exp" / "trans" / "km" / "fold1"
     meta = json.loads((km / "km.json").read_text())
@@ -77,9 +77,10 @@ def test_transductive_kmeans_fits_on_every_split_and_says_so(setup):
     assert json.loads((teacher / "train_info.json").read_text())["upstream"] == str(setup["ckpt"].resolve())
 
 
-def test_cpt_update_freq_reaches_fairseq_and_the_batch_is_logged(setup):
+def test_cpt_update_freq_reaches_fairseq_and_the_batch_is_logged(setup, transductive):
     import torch
 
+    assert transductive.returncode == 0, transductive.stderr[-4000:]  # stage 3 continues from its labels
     res = run(*setup["args"], "--tag", "trans", "--transductive", "true", "--stage", "3", "--stop-stage", "3",
               "--cpt-update-freq", "2")
     assert res.returncode == 0, res.stderr[-4000:]

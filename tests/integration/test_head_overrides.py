@@ -6,37 +6,30 @@ The corpus is a mini RAVDESS passed with --root, the upstream a random-init tiny
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.recipes import run_recipe
+
 pytest.importorskip("speechbrain")
 
 pytestmark = [pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-RUN = REPO / "recipes" / "RAVDESS" / "run.sh"
 
-
-def run(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    env = dict(os.environ, RAVDESS="", OMP_NUM_THREADS="1")
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env.pop("SERKIT_LOCK_TOKEN", None)
-    return subprocess.run(["bash", str(RUN), *args], env=env, capture_output=True, text=True, timeout=timeout)
+def run(*args: str) -> subprocess.CompletedProcess:
+    return run_recipe("RAVDESS", *args, RAVDESS="")
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(tmp_path_factory, tiny_hubert):
     base = tmp_path_factory.mktemp("head_overrides")
-    for cmd in (["mini-corpus", "ravdess", "--out", str(base / "db"), "--seed", "0"],
-                ["make-upstream", "tiny-hubert", "--out", str(base / "tiny.pt"), "--seed", "0"]):
-        made = subprocess.run([sys.executable, "-m", "serkit", *cmd], capture_output=True, text=True,
-                              timeout=300)
-        assert made.returncode == 0, made.stderr[-2000:]
-    args = ["--root", str(base / "db" / "RAVDESS"), "--upstream", str(base / "tiny.pt"), "--folds", "1",
+    made = subprocess.run([sys.executable, "-m", "serkit", "mini-corpus", "ravdess", "--out",
+                           str(base / "db"), "--seed", "0"], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    args = ["--root", str(base / "db" / "RAVDESS"), "--upstream", str(tiny_hubert), "--folds", "1",
             "--valid-fraction", "0.25", "--head-epochs", "1", "--device", "cpu"]
     return {"base": base, "args": args}
 

@@ -8,21 +8,19 @@ to --workdir, so the repository's own recipe outputs are untouched.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.recipes import run_recipe
 
 pytest.importorskip("fairseq", reason="fairseq not installed (pip install 'serkit[fairseq]')")
 pytest.importorskip("speechbrain")
 
 pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 
-REPO = Path(__file__).resolve().parents[2]
-RUN = REPO / "recipes" / "IEMOCAP" / "run.sh"
 #: the CPU-sized MFSN overlay, as the recipe (cwd recipes/IEMOCAP) names it
 MFSN_MINI = "../../plugins/serkit/conf/mfsn_mini.yaml"
 SHORT = ["--folds", "1", "--layer", "2", "--nclusters", "8", "--teacher-epochs", "2",
@@ -33,21 +31,16 @@ SHORT = ["--folds", "1", "--layer", "2", "--nclusters", "8", "--teacher-epochs",
 
 
 def run(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    env = dict(os.environ, IEMOCAP="", OMP_NUM_THREADS="1")
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    return subprocess.run(["bash", str(RUN), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return run_recipe("IEMOCAP", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_hubert):
     from serkit.data import mini
 
     base = tmp_path_factory.mktemp("iemocap_recipe")
     root = mini.build("iemocap", base / "corpus", seed=5, utts_per_class=3, extra_per_speaker=1)
-    ckpt = base / "hubert_tiny.pt"
-    res = subprocess.run([sys.executable, "-m", "serkit", "make-upstream", "tiny-hubert", "--out", str(ckpt)],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
+    ckpt = tiny_hubert
     work = base / "work"
     args = ["--root", str(root), "--upstream", str(ckpt), "--workdir", str(work), *SHORT,
             "--method", "flea,shiftcnn"]
@@ -70,9 +63,13 @@ def test_stages_0_to_5_write_folds_labels_checkpoints_and_results(setup):
     assert meta["transductive"] is False and meta["fit"]["splits"] == ["train"]
     assert (exp / "cpt" / "fold1" / "checkpoint_last.pt").is_file()
     assert (exp / "teacher" / "fold1" / "upstream.pt").is_file()
+    # what this corpus gives (deterministic on CPU): selected epoch, test UA and WA, to 4 decimals
+    expected = {"teacher": (2, 0.25, 0.25), "flea_attention": (1, 0.25, 0.25), "flea_mean": (2, 0.25, 0.25),
+                "shiftcnn_featex": (1, 0.2917, 0.2917)}
     for run_name in ("teacher", "flea_attention", "flea_mean", "shiftcnn_featex"):
         m = json.loads((exp / run_name / "fold1" / "metrics.json").read_text())
-        assert m["selection"] == "valid" and 0.0 <= m["ua"] <= 1.0
+        assert m["selection"] == "valid"
+        assert (m["selected_epoch"], round(m["ua"], 4), round(m["wa"], 4)) == expected[run_name], run_name
         rows = (exp / run_name / "fold1" / "predictions" / "test.epoch002.tsv").read_text().splitlines()
         assert len(rows) == n["test"] + 1
     table = (exp / "RESULTS.md").read_text()
@@ -81,15 +78,21 @@ def test_stages_0_to_5_write_folds_labels_checkpoints_and_results(setup):
     assert "Stage 5" in setup["log"] and "Where the time went" in setup["log"]
 
 
-def test_rerun_skips_every_finished_stage(setup):
-    again = run(*setup["args"])
+@pytest.fixture(scope="module")
+def again(setup):
+    """The same run a second time, before any test changes the workdir's options (stage 3's test)."""
+    return run(*setup["args"])
+
+
+def test_rerun_skips_every_finished_stage(again):
     assert again.returncode == 0, again.stderr[-4000:]
     assert "Stage 1: teacher" in again.stderr
     assert "Going into epoch" not in again.stderr and not re.search(r"epoch: \d+", again.stderr)
     assert again.stderr.count("skip:") >= 8  # data, folds, teacher, layer dump, km, cpt, 2 x flea, dump, head
 
 
-def test_stage_3_reenters_at_continued_pretraining_with_earlier_outputs(setup):
+def test_stage_3_reenters_at_continued_pretraining_with_earlier_outputs(setup, again):
+    # `again` first: this test leaves continued pretraining with other options than setup["args"]
     exp = setup["exp"]
     km_before = {p.name: p.stat().st_mtime_ns for p in (exp / "km" / "fold1").iterdir()}
     teacher_before = (exp / "teacher" / "fold1" / "upstream.pt").stat().st_mtime_ns
@@ -126,11 +129,14 @@ def test_mfsn_runs_on_both_protocols(setup, protocol):
     assert res.returncode == 0, res.stderr[-4000:]
     fold = setup["work"] / "exp" / protocol / "mfsn_mfsn" / "fold1"
     m = json.loads((fold / "metrics.json").read_text())
-    assert m["selection"] == "valid" and 0.0 <= m["ua"] <= 1.0
+    assert m["selection"] == "valid"
+    # what this corpus gives (deterministic on CPU): selected epoch, test UA and WA, to 4 decimals
+    expected = {"iemocap_loso5": (1, 0.25, 0.25), "iemocap_loso10": (7, 0.8333, 0.8333)}
+    assert (m["selected_epoch"], round(m["ua"], 4), round(m["wa"], 4)) == expected[protocol]
     assert (fold.parents[1] / "mfsn_mfsn_search" / "fold1" / "arch.txt").is_file()  # the search call's
     assert json.loads((fold / "train_info.json").read_text())["arch"]  # the retrain call's cell
     table = (setup["work"] / "exp" / protocol / "RESULTS.md").read_text()
-    assert f"| MFSN (mfsn) | featex (random batches) | {protocol} |" in table
+    assert f"| MFSN (mfsn) | featex (dynamic batches) | {protocol} |" in table
 
 
 def test_tapt_continues_pretraining_on_given_labels_before_the_teacher(setup, tmp_path):

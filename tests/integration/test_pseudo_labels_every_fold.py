@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("fairseq", reason="fairseq not installed (pip install 'serkit[fairseq]')")
 pytest.importorskip("faiss")
 
-from tests.integration.test_fairseq_train import hydra_train  # noqa: E402
+from tests.fixtures.fairseq_train import hydra_train  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 

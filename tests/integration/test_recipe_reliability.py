@@ -7,14 +7,15 @@ a random tiny HuBERT whose path holds a quote, with one-epoch schedules.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.recipes import recipe_env as env
+from tests.fixtures.recipes import run_recipe as run
 
 pytest.importorskip("fairseq", reason="fairseq not installed (pip install 'serkit[fairseq]')")
 pytest.importorskip("speechbrain")
@@ -28,27 +29,14 @@ FLEA = ["--folds", "1", "--layer", "2", "--nclusters", "4", "--teacher-epochs", 
         "--method", "flea", "--pooling", "mean", "--device", "cpu"]
 
 
-def env(**extra: str) -> dict:
-    e = dict(os.environ, IEMOCAP="", MELD="", SAVEE="", OMP_NUM_THREADS="1", **extra)
-    e["PATH"] = f"{Path(sys.executable).parent}:{e['PATH']}"
-    return e
-
-
-def run(recipe: str, *args: str, timeout: int = 1200, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(RECIPES / recipe / "run.sh"), *args], env=env(**extra),
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
+def base(tmp_path_factory, tiny_hubert):
     from serkit.data import mini
 
     base = tmp_path_factory.mktemp("reliability")
     root = mini.build("iemocap", base / "corpus", seed=5, utts_per_class=3, extra_per_speaker=1)
     ckpt = base / "tiny hubert it's.pt"
-    res = subprocess.run([sys.executable, "-m", "serkit", "make-upstream", "tiny-hubert", "--out", str(ckpt)],
-                         capture_output=True, text=True, env=env())
-    assert res.returncode == 0, res.stderr[-2000:]
+    shutil.copyfile(tiny_hubert, ckpt)
     return {"base": base, "root": root, "ckpt": ckpt}
 
 

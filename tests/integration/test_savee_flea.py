@@ -7,20 +7,16 @@ and schedules of a few epochs and updates; the run is deterministic on CPU, so t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from tests.fixtures.recipes import run_recipe
 
 pytest.importorskip("fairseq", reason="fairseq not installed (pip install 'serkit[fairseq]')")
 pytest.importorskip("speechbrain")
 
 pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 
-REPO = Path(__file__).resolve().parents[2]
-RUN = REPO / "recipes" / "SAVEE" / "run.sh"
 SHORT = ["--protocol", "savee_loso4", "--folds", "1", "--method", "flea", "--layer", "2", "--nclusters", "8",
          "--teacher-epochs", "2", "--finetune-epochs", "2", "--cpt-updates", "4", "--device", "cpu"]
 #: test UA (selection: valid) of this deterministic CPU run, per run; 7 classes, 32 test clips
@@ -31,23 +27,10 @@ EXPECTED_ROWS = {"teacher (HuBERT finetuned, mean pooling)": ["25.00", "21.88", 
                  "FLEA (mean pooling)": ["25.00", "21.88", "11.56"]}
 
 
-def run(*args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SAVEE="", OMP_NUM_THREADS="1")
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env.pop("SERKIT_LOCK_TOKEN", None)
-    return subprocess.run(["bash", str(RUN), *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    base = tmp_path_factory.mktemp("savee_flea")
-    ckpt = base / "tiny_hubert_random.pt"
-    made = subprocess.run(
-        [sys.executable, "-m", "serkit", "make-upstream", "tiny-hubert", "--out", str(ckpt), "--seed", "0"],
-        capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr[-2000:]
-    work = base / "work"
-    r = run("--upstream", str(ckpt), "--workdir", str(work), *SHORT)
+def done(tmp_path_factory, tiny_hubert):
+    work = tmp_path_factory.mktemp("savee_flea") / "work"
+    r = run_recipe("SAVEE", "--upstream", str(tiny_hubert), "--workdir", str(work), *SHORT, timeout=1500)
     assert r.returncode == 0, r.stderr[-6000:]
     return {"work": work, "exp": work / "exp" / "savee_loso4", "out": r}
 

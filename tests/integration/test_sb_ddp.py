@@ -1,5 +1,8 @@
 """SpeechBrain DDP: `torchrun --nproc_per_node 2 -m serkit.speechbrain.train` (gloo on CPU) trains an
-epoch and writes the same, complete prediction files as a single-process run."""
+epoch and writes the same, complete prediction files as a single-process run, with the same batch per
+update (each process takes batch_size / 2; with random batching, the same number of updates per
+epoch too); `serkit train`
+with SERKIT_NPROC_PER_NODE=2 (what a Slurm job with 2 GPUs exports) runs itself under torchrun."""
 import json
 import os
 import shutil
@@ -8,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_sb_helpers import head_conf, read_predictions, split_ids, tiny_setup  # noqa: E402
+from tests.fixtures.sb import head_conf, read_predictions, split_ids  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -25,26 +28,52 @@ def _train_cmd(launcher, fold, feats, out):
             "--channel_mask_width", "8", "--noprogressbar"]
 
 
-def test_two_process_gloo_run_matches_single_process_prediction_counts(tmp_path_factory, tmp_path):
-    setup = tiny_setup(tmp_path_factory)
+def test_two_process_gloo_run_matches_single_process_prediction_counts(sb_tiny, tmp_path):
+    setup = sb_tiny
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun not found next to the interpreter")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    runs = {}
-    for name, launcher in (("single", [sys.executable]),
-                           ("ddp", [torchrun, "--standalone", "--nproc_per_node", "2"])):
+    serkit = Path(sys.executable).parent / "serkit"
+    runs, logs = {}, {}
+    random = ["--batching", "random"]
+    for name, launcher, extra_env, extra in (
+            ("single", [sys.executable], {}, []),
+            ("ddp", [torchrun, "--standalone", "--nproc_per_node", "2"], {}, []),
+            ("single_random", [sys.executable], {}, random),
+            # `serkit train` in a job that asks for 2 processes relaunches itself under torchrun
+            ("serkit_random", [str(serkit), "train"], {"SERKIT_NPROC_PER_NODE": "2"}, random)):
         out = tmp_path / name
-        proc = subprocess.run(_train_cmd(launcher, setup["fold"], setup["feats"], out), env=env,
-                              capture_output=True, text=True, timeout=600)
+        cmd = _train_cmd(launcher, setup["fold"], setup["feats"], out) + extra
+        if name.startswith("serkit"):
+            cmd.remove("-m"), cmd.remove("serkit.speechbrain.train")
+        proc = subprocess.run(cmd, env={**env, **extra_env}, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[name] = out
-    info = json.loads((runs["ddp"] / "train_info.json").read_text())
-    assert info["world_size"] == 2 and info["epochs_run"] == 1
-    for split in ("valid", "test"):
-        single = read_predictions(runs["single"] / "predictions" / f"{split}.epoch001.tsv")
-        ddp = read_predictions(runs["ddp"] / "predictions" / f"{split}.epoch001.tsv")
-        assert ddp[0] == single[0]
-        assert [r[0] for r in ddp[1]] == [r[0] for r in single[1]] == split_ids(setup["fold"], split)
-    # one set of checkpoints, written once (by rank 0)
-    assert len(list((runs["ddp"] / "save").glob("CKPT+*"))) == 1
+        runs[name], logs[name] = out, proc.stderr
+    for name in ("single", "single_random"):
+        info = json.loads((runs[name] / "train_info.json").read_text())
+        assert info["world_size"] == 1
+        assert (info["batch_size_per_process"], info["effective_batch_size"]) == (4, 4)
+        assert "batch per update: 4 per process x 1 process x grad_accumulation_factor 1 = 4" in logs[name]
+    for name, single in (("ddp", "single"), ("serkit_random", "single_random")):
+        info = json.loads((runs[name] / "train_info.json").read_text())
+        assert info["world_size"] == 2 and info["epochs_run"] == 1
+        # the batch of one update is the single process's: 2 per process x 2 processes
+        assert (info["batch_size"], info["batch_size_per_process"], info["effective_batch_size"]) == (4, 2, 4)
+        assert "batch per update: 2 per process x 2 processes x grad_accumulation_factor 1 = 4" in logs[name]
+        for split in ("valid", "test"):
+            ref = read_predictions(runs[single] / "predictions" / f"{split}.epoch001.tsv")
+            ddp = read_predictions(runs[name] / "predictions" / f"{split}.epoch001.tsv")
+            assert ddp[0] == ref[0]
+            assert [r[0] for r in ddp[1]] == [r[0] for r in ref[1]] == split_ids(setup["fold"], split)
+        # one set of checkpoints, written once (by rank 0)
+        assert len(list((runs[name] / "save").glob("CKPT+*"))) == 1
+    # random batches: each process draws half of every update's utterances, so an epoch has as many
+    # updates as the single-process one (dynamic batches go whole to one process: bucket leftovers
+    # can add one)
+    assert _optimizer_steps(runs["serkit_random"]) == _optimizer_steps(runs["single_random"])
+
+
+def _optimizer_steps(run: Path) -> int:
+    (ckpt,) = (run / "save").glob("CKPT+*")
+    return yaml.safe_load((ckpt / "brain.ckpt").read_text())["optimizer_step"]

@@ -14,8 +14,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("fairseq", reason="fairseq not installed (pip install 'serkit[fairseq]')")
 
-from tests.integration.test_fairseq_train import REPO, hydra_train  # noqa: E402
-from tests.unit.test_fairseq_plugin import make_fold  # noqa: E402
+from tests.fixtures.fairseq_train import (  # noqa: E402
+    REPO,
+    hydra_train,
+    make_fold,  # noqa: E402
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 

@@ -8,7 +8,7 @@ import pytest
 
 from serkit.cli import build_parser, main
 from serkit.scoring import COLOURBAR_LABEL, confusion_display, results_table
-from tests.unit.test_scoring import write_preds
+from tests.fixtures.scoring import write_preds
 
 Y = ["ang", "hap", "neu", "sad"] * 2
 WRONG = ["hap", "neu", "sad", "ang"] * 2

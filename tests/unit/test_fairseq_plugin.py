@@ -16,67 +16,12 @@ torch = pytest.importorskip("torch")
 fairseq = pytest.importorskip("fairseq", reason="fairseq not installed (pip install 'serkit[fairseq]')")
 
 from serkit.utils import SerkitError  # noqa: E402
+from tests.fixtures.fairseq_train import CLASSES, make_fold, make_tiny_hubert  # noqa: E402
 
-pytestmark = pytest.mark.fairseq
+pytestmark = [pytest.mark.fairseq, pytest.mark.usefixtures("one_thread")]
 
 REPO = Path(__file__).resolve().parents[2]
 USER_DIR = REPO / "plugins" / "serkit_fairseq"
-CLASSES = ["ang", "hap", "neu", "sad"]
-
-
-# ---------------------------------------------------------------------------------------------
-# fixtures shared with tests/integration/test_fairseq_train.py
-
-def make_fold(root: Path, n_train: int = 12, n_eval: int = 4, n_clusters: int = 50, seed: int = 0) -> dict:
-    """A tiny fold of 1-2.5 s tone wavs (class = pitch) with `.km` labels of the right lengths.
-
-    Returns ``{"fold": dir, "km": dir}``: ``fold`` holds train/valid/test .tsv/.emo/.json and
-    dict.emo.txt (serkit.data.manifest), ``km`` holds <split>.km (one label per 20 ms frame) and
-    dict.km.txt, as `serkit kmeans apply` writes them.
-    """
-    import soundfile as sf
-
-    from serkit.data.manifest import Utterance, write_dict, write_split
-    from serkit.upstream import num_frames
-
-    rng = np.random.default_rng(seed)
-    wavs, fold, km = root / "wavs", root / "fold", root / "km"
-    for d in (wavs, fold, km):
-        d.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("valid", n_eval), ("test", n_eval)):
-        utts = []
-        for i in range(n):
-            label = CLASSES[i % len(CLASSES)]
-            utt = f"{split}{i:02d}_{label}"
-            num_samples = int(16000 * rng.uniform(1.0, 2.5))
-            t = np.arange(num_samples) / 16000
-            wav = 0.3 * np.sin(2 * np.pi * (150 + 80 * (i % 4)) * t) + 0.05 * rng.standard_normal(num_samples)
-            path = wavs / f"{utt}.wav"
-            sf.write(path, wav.astype("float32"), 16000)
-            utts.append(Utterance(utt, str(path), num_samples, label, f"spk{i % 2}"))
-        write_split(fold, split, utts, root=str(wavs))
-        with open(km / f"{split}.km", "w") as f:
-            for u in utts:
-                f.write(" ".join(map(str, rng.integers(0, n_clusters, num_frames(u.num_samples)))) + "\n")
-    write_dict(fold, CLASSES, {c: n_train // 4 for c in CLASSES})
-    (km / "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(n_clusters)))
-    return {"fold": fold, "km": km}
-
-
-def make_tiny_hubert(path: Path, num_labels: int = 25, seed: int = 0) -> Path:
-    """A randomly initialised tiny fairseq HuBERT checkpoint (serkit make-upstream tiny-hubert)."""
-    from serkit.upstream.tiny import make_hubert_checkpoint
-
-    return make_hubert_checkpoint(path, arch="tiny", num_labels=num_labels, seed=seed)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription (10x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -207,34 +152,6 @@ def test_user_dir_registers_nothing_itself():
     assert "register_" not in source and "import serkit.fairseq_ext" in source
     assert not (USER_DIR / "tasks").exists() and not (USER_DIR / "models").exists()
     assert sorted(p.name for p in USER_DIR.iterdir() if p.name != "__pycache__") == ["__init__.py"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("first", ["serkit.fairseq_ext", "user_dir"])
-def test_fresh_interpreter_either_import_order(first):
-    code = f"""
-import importlib, sys
-from argparse import Namespace
-from fairseq import utils
-from fairseq.models import MODEL_REGISTRY
-from fairseq.tasks import TASK_REGISTRY
-steps = ["serkit.fairseq_ext", "user_dir"]
-if {first!r} == "user_dir":
-    steps.reverse()
-for step in steps + steps:
-    if step == "user_dir":
-        utils.import_user_module(Namespace(user_dir={str(USER_DIR)!r}))
-    else:
-        importlib.import_module(step)
-import serkit.fairseq_ext as ext
-assert MODEL_REGISTRY["serkit_hubert"] is ext.SerkitHubertModel
-assert TASK_REGISTRY["serkit_ser"] is ext.SerTask
-print("OK")
-"""
-    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
-    env["OMP_NUM_THREADS"] = "1"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
-    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
 
 
 # ---------------------------------------------------------------------------------------------

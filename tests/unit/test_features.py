@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from serkit.upstream import load_upstream, num_frames  # noqa: E402
 from serkit.upstream.features import FeatureReader, collect_inputs, dump_features  # noqa: E402
 from serkit.utils import SerkitError  # noqa: E402
 
-os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
 LENGTHS = [8000, 6400, 12345, 4000, 9999, 7200, 5000]
 
 

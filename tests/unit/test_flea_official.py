@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import SHARED_CONF, tiny_setup  # noqa: E402
+from tests.fixtures.sb import SHARED_CONF  # noqa: E402
 
 
 def _peek(path):
@@ -27,10 +27,10 @@ def test_flea_yaml_turns_the_official_code_details_on():
     assert cfg["max_duration"] == 6.0 and cfg["crop"] == "start" and cfg["weight_decay"] == 1e-5
 
 
-def test_output_dropout_drops_frames_of_the_returned_layers_in_training_only(tmp_path_factory):
+def test_output_dropout_drops_frames_of_the_returned_layers_in_training_only(sb_tiny):
     from serkit.speechbrain.lobes import FairseqUpstream
 
-    ckpt = str(tiny_setup(tmp_path_factory)["ckpt"])
+    ckpt = str(sb_tiny["ckpt"])
     wav, lens = torch.randn(2, 16000), torch.tensor([1.0, 0.7])
     plain, dropped = FairseqUpstream(ckpt).train(), FairseqUpstream(ckpt, output_dropout=0.5).train()
     torch.manual_seed(3)
@@ -44,10 +44,10 @@ def test_output_dropout_drops_frames_of_the_returned_layers_in_training_only(tmp
     torch.testing.assert_close(plain(wav, lens)[0], dropped(wav, lens)[0])
 
 
-def test_time_masking_inside_hubert_replaces_spans_with_the_mask_embedding(tmp_path_factory):
+def test_time_masking_inside_hubert_replaces_spans_with_the_mask_embedding(sb_tiny):
     from serkit.speechbrain.lobes import FairseqUpstream
 
-    ckpt = str(tiny_setup(tmp_path_factory)["ckpt"])
+    ckpt = str(sb_tiny["ckpt"])
     lobe = FairseqUpstream(ckpt, mask_time_prob=0.5, mask_time_length=4)
     model = lobe.model
     assert model.mask_emb.requires_grad  # trained with the transformer when masking uses it
@@ -102,7 +102,7 @@ def test_class_balanced_sampler_weights_each_class_equally():
     assert list(sampler) == first  # reproducible per epoch
 
 
-def test_flea_training_uses_sampler_truncation_and_weight_decay(tmp_path_factory, tmp_path, monkeypatch):
+def test_flea_training_uses_sampler_truncation_and_weight_decay(sb_tiny, tmp_path, monkeypatch):
     """A one-epoch run of flea.yaml: every training signal is cut to max_duration from the start,
     the training loader draws through the class-balanced sampler, AdamW has weight decay 1e-5."""
     import speechbrain as sb
@@ -111,7 +111,7 @@ def test_flea_training_uses_sampler_truncation_and_weight_decay(tmp_path_factory
     from serkit.speechbrain.brain import SERBrain
     from serkit.speechbrain.train import main
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     made, loaders, sigs, decay = [], [], [], []
     real_sampler, real_make, real_fwd = dataio.class_balanced_sampler, SERBrain.make_dataloader, \
         SERBrain.compute_forward

@@ -20,7 +20,6 @@ from serkit.upstream import load_upstream  # noqa: E402
 from serkit.upstream.features import FeatureReader, collect_inputs, dump_features  # noqa: E402
 from serkit.utils import SerkitError  # noqa: E402
 
-os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
 # 4 speakers, 3 utterances each; lengths hit frame-boundary cases (400 -> 1 frame, 719, 720, ...)
 LENGTHS = [8000, 6400, 12345, 4000, 9999, 7200, 5000, 400, 719, 720, 16001, 3333]
 

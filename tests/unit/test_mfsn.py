@@ -105,8 +105,11 @@ def test_choice_cell_learned_logits_get_gradient():
     levels = torch.randn(2, 3, 4, 5)
     cell(levels).sum().backward()
     assert cell.alpha.grad is not None and cell.alpha.grad.abs().sum() > 0
+    with torch.no_grad():
+        cell.alpha -= cell.alpha.grad  # one SGD step: the most negative gradient, the largest logit
+    assert int(cell.alpha.grad.argmin()) == 0
     level = cell.derive()
-    assert cell.arch_parameters() == [] and 0 <= level < 3
+    assert cell.arch_parameters() == [] and level == 0
 
 
 @pytest.mark.parametrize("streams", ["dual", "single"])
@@ -233,7 +236,6 @@ def test_short_clip_segment_reproduces_the_whole_utterance_prediction():
     assert sr * 3 == seg
 
 
-@pytest.mark.slow
 def test_alexnet_cnn_is_mask_invariant_and_loads_a_state_dict(tmp_path):
     torch.manual_seed(0)
     head = _small_head(cnn="alexnet")
@@ -255,12 +257,3 @@ def test_alexnet_cnn_is_mask_invariant_and_loads_a_state_dict(tmp_path):
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"bad\.pt.*3\.weight"):
         head.load_pretrained_cnn(str(tmp_path / "bad.pt"))
-
-
-@pytest.mark.parametrize("name", ["serkit.nn.mfsn", "serkit.nn.coattention"])
-def test_docstring_examples_run(name):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0

@@ -72,9 +72,11 @@ def test_every_option_a_readme_names_is_in_run_sh_help(recipe):
 def test_the_scan_finds_switches_and_commands(tmp_path):
     readme = tmp_path / "IEMOCAP" / "README.md"
     readme.parent.mkdir()
-    readme.write_text("### Fidelity: X\n\n| setting | paper | official code | serkit default | how to switch |\n"
+    readme.write_text("### Fidelity: X\n\n"
+                      "| setting | paper | official code | serkit default | how to switch |\n"
                       "|---|---|---|---|---|\n"
-                      "| a | b | `--ndiv 4` | `1` (`run.sh --layer`) | `--epochs N`, `--head-overrides \"--crop x\"` |\n"
+                      "| a | b | `--ndiv 4` | `1` (`run.sh --layer`) | "
+                      "`--epochs N`, `--head-overrides \"--crop x\"` |\n"
                       "| c | d | e | f | `serkit train ... --lr 0.1` |\n\n## Run\n"
                       "```\nbash run.sh --upstream U \\\n  --ablations mfsn   # --not-this\n"
                       "bash recipes/MELD/run.sh --nj 4\n```\n", encoding="utf-8")

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.fixtures.recipes import run_tiny_upstream
+
 REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "local" / "stage.sh"
 
@@ -66,12 +68,6 @@ def test_savee_mini_stage_rebuilds_its_own_interrupted_corpus(tmp_path):
     assert sorted(p.relative_to(mini) for p in mini.rglob("*.wav")) == wavs and (mini / ".done").is_file()
 
 
-def run_tiny_upstream(tmp_path: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(REPO / "local" / "make_tiny_upstream.sh"), "--workdir",
-                           str(tmp_path / "w"), "--out", str(out), "--updates", "1", "--nclusters", "2"],
-                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
-
-
 def test_make_tiny_upstream_refuses_an_iter1_it_did_not_write(tmp_path):
     out = tmp_path / "out"
     (out / "iter1").mkdir(parents=True)
@@ -106,16 +102,3 @@ def test_cpt_refuses_an_update_freq_that_is_not_a_whole_number(tmp_path):
     assert r.returncode != 0
     assert f"--update-freq {bad}: expected a whole number >= 1" in r.stderr
     assert not out.exists()  # refused before anything was written
-
-
-def test_make_tiny_upstream_replaces_its_own_interrupted_iter1(tmp_path):
-    out = tmp_path / "out"
-    r = run_tiny_upstream(tmp_path, out)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert (out / "iter1" / "checkpoint_last.pt").is_file() and (out / ".done").is_file()
-    (out / ".done").unlink()  # killed after pretraining, before mark_done
-    r = run_tiny_upstream(tmp_path, out)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "is not this script's pretraining output" not in r.stderr
-    assert (out / ".done").is_file() and (out / "tiny_hubert.pt").is_file()
-    assert "num_updates 1" in (out / "iter1.log").read_text()

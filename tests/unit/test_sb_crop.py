@@ -4,10 +4,9 @@ import torch
 
 pytest.importorskip("speechbrain")
 
-from test_sb_helpers import make_fold, tiny_setup  # noqa: E402
-
 from serkit.speechbrain.dataio import crop_to, duration_limit, fold_datasets  # noqa: E402
 from serkit.utils import SerkitError  # noqa: E402
+from tests.fixtures.sb import make_fold  # noqa: E402
 
 
 def items(ds, key):
@@ -86,8 +85,8 @@ def test_random_crop_in_training_only(tmp_path):
             assert torch.equal(w, whole[utt][:n])
 
 
-def test_cached_features_cut_in_frames_and_layers_selected(tmp_path_factory):
-    setup = tiny_setup(tmp_path_factory)
+def test_cached_features_cut_in_frames_and_layers_selected(sb_tiny):
+    setup = sb_tiny
     from serkit.upstream.features import FeatureReader
 
     reader = FeatureReader(setup["feats"])

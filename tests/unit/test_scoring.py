@@ -7,17 +7,7 @@ import pytest
 from serkit.metrics import compute_metrics
 from serkit.scoring import read_predictions, results_table, score_fold, score_run
 from serkit.utils import SerkitError
-
-CLASSES = ["ang", "hap", "neu", "sad"]
-
-
-def write_preds(path, labels, preds):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\t".join(["utt", "label", "pred", *CLASSES]) + "\n")
-        for i, (lab, pr) in enumerate(zip(labels, preds)):
-            probs = ["0.7" if c == pr else "0.1" for c in CLASSES]
-            f.write("\t".join([f"u{i}", lab, pr, *probs]) + "\n")
+from tests.fixtures.scoring import CLASSES, write_preds
 
 
 def test_metrics_by_hand():

@@ -10,7 +10,7 @@ import yaml
 
 pytest.importorskip("speechbrain")
 
-from test_sb_helpers import SHARED_CONF, head_conf  # noqa: E402
+from tests.fixtures.sb import SHARED_CONF, head_conf  # noqa: E402
 
 HEADS = ["linear", "ffn", "cnn", "shiftcnn", "transformer", "shiftformer", "lstm", "shiftlstm"]
 C = 24

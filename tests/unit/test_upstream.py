@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -13,8 +10,6 @@ fairseq = pytest.importorskip("fairseq", reason="fairseq not installed (pip inst
 from serkit.upstream import load_upstream, num_frames  # noqa: E402
 from serkit.upstream.tiny import make_hubert_checkpoint  # noqa: E402
 from serkit.utils import SerkitError  # noqa: E402
-
-os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +29,10 @@ def test_num_frames_formula():
 def test_tiny_checkpoint_loads_in_fairseq_without_data(tiny):
     from fairseq import checkpoint_utils
 
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(tiny)])
+    from serkit.upstream.checkpoint import trusted_unpickling
+
+    with trusted_unpickling():  # fairseq's own loader unpickles the checkpoint's config
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(tiny)])
     assert type(models[0]).__name__ == "HubertModel"
     assert cfg.task._name == "hubert_pretraining" and cfg.task.label_rate == 50
     assert len(task.dictionaries[0]) == 50 + 4  # labels "0".."49" + fairseq's 4 specials
@@ -257,16 +255,3 @@ def test_hf_upstream_tiny_wavlm(tmp_path):
     up = load_upstream(tmp_path / "wavlm")
     hidden, mask = up(torch.randn(1, 16000))
     assert len(hidden) == 3 and hidden[0].shape == (1, 49, 32)
-
-
-@pytest.mark.slow
-def test_make_upstream_base_cli(tmp_path):
-    from serkit.cli import main
-
-    out = tmp_path / "base.pt"
-    assert main(["make-upstream", "hubert", "--arch", "base", "--out", str(out)]) == 0
-    up = load_upstream(out)
-    assert (up.num_layers, up.dim) == (12, 768)
-    hidden, _ = up(torch.randn(1, 16000), layers=[12])
-    assert hidden[0].shape == (1, 49, 768)
-    assert np.isfinite(hidden[0].numpy()).all()

@@ -1,7 +1,9 @@
 """Inference with a trained fold, in the style of SpeechBrain's pretrained interfaces.
 
->>> clf = EmotionClassifier.from_hparams(source="exp/shiftcnn/fold1")    # doctest: +SKIP
->>> out_prob, score, index, text_lab = clf.classify_file("some.wav")     # doctest: +SKIP
+::
+
+    clf = EmotionClassifier.from_hparams(source="exp/shiftcnn/fold1")
+    out_prob, score, index, text_lab = clf.classify_file("some.wav")
 
 ``source`` is a fold's output folder of ``serkit train``: ``train_info.json`` says how the model was
 trained; ``hyperparams.yaml`` rebuilds the head; the checkpoint that was best on validation
@@ -10,11 +12,11 @@ upstream recorded in ``train_info.json`` on the raw audio, on the same layers as
 model restores its finetuned upstream from the checkpoint.
 
 It is a SpeechBrain ``Pretrained`` interface; SpeechBrain users load it as they load any custom
-interface, after ``write_foreign_files(FOLD)`` put ``inference.yaml`` and ``custom.py`` into the fold:
+interface, after ``write_foreign_files(FOLD)`` put ``inference.yaml`` and ``custom.py`` into the fold::
 
->>> from speechbrain.inference.interfaces import foreign_class                    # doctest: +SKIP
->>> clf = foreign_class(source="exp/shiftcnn/fold1", hparams_file="inference.yaml",  # doctest: +SKIP
-...                     pymodule_file="custom.py", classname="EmotionClassifier")
+    from speechbrain.inference.interfaces import foreign_class
+    clf = foreign_class(source="exp/shiftcnn/fold1", hparams_file="inference.yaml",
+                        pymodule_file="custom.py", classname="EmotionClassifier")
 
 Trust: ``source`` is code. ``hyperparams.yaml`` is HyperPyYAML (``!new:``/``!apply:`` build and call
 Python objects) and the fairseq upstream named in ``train_info.json`` is unpickled: load folds from

@@ -248,6 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     if peek.get("method") == "bas" and "arch" in peek and not peek["arch"]:
         raise SerkitError(f"{args.hparams}: --method bas retrains a searched architecture: give --arch "
                           "(the bas_search run's arch.txt, e.g. --arch ffn,msa,msa_ffn,msa)")
+    import torch.distributed as dist
+
+    from ..distributed import per_process_batch
+
+    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if "batch_size" not in peek:
+        raise SerkitError(f"{args.hparams}: no batch_size key (dataloaders: batch_size: !ref <batch_size>)")
+    batch_size = per_process = int(peek["batch_size"])
+    if world_size > 1:  # each process takes its share, so one update sees the single-process batch
+        overrides["batch_size"] = per_process = per_process_batch(batch_size, world_size, str(args.hparams))
+        if peek.get("max_batch_length") is not None:
+            overrides["max_batch_length"] = float(peek["max_batch_length"]) / world_size
 
     upstream_lobe = None
     reader = None
@@ -314,8 +326,6 @@ def main(argv: list[str] | None = None) -> int:
         modules["upstream"] = upstream_lobe
         checkpointer.add_recoverable("upstream", upstream_lobe)
 
-    import torch.distributed as dist
-
     info = {
         "method": hparams.get("method"),
         "setting": setting,
@@ -335,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         "batching": str(hparams.get("batching", "random")),
         "selection": hparams.get("selection", "valid"),
         "best_metric": hparams.get("best_metric", "ua"),
-        "world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
+        "world_size": world_size,
+        "batch_size": batch_size,
+        "batch_size_per_process": per_process,
         "finetune_optimizer": hparams.get("finetune_optimizer", "featex") if setting == "finetune" else None,
         **crop_opts,
     }
@@ -352,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     brain.orders = {split: split_order(fold_dir, split) for split in ("valid", "test")}
     brain.test_set = datasets["test"]
     brain.train_info = info
+    info["effective_batch_size"] = per_process * world_size * int(brain.grad_accumulation_factor)
+    log.info("batch per update: %d per process x %d process%s x grad_accumulation_factor %d = %d",
+             per_process, world_size, "es" if world_size > 1 else "", brain.grad_accumulation_factor,
+             info["effective_batch_size"])
     if args.tensorboard:
         from .brain import tensorboard_logger
 
@@ -387,7 +403,15 @@ def run(args) -> int:
             argv += [f"--{opt.replace('_', '-')}", getattr(args, opt)]
     for overlay in getattr(args, "overlay", None) or []:
         argv += ["--overlay", overlay]
-    return main(argv + list(args.overrides))
+    argv += list(args.overrides)
+    from ..distributed import NPROC_ENV, torchrun_command
+
+    relaunch = torchrun_command("serkit.speechbrain.train", argv)
+    if relaunch is not None:  # a job with several GPUs (local/backend_slurm.sh): SpeechBrain DDP
+        log.info("%s=%s: %s", NPROC_ENV, os.environ[NPROC_ENV], " ".join(relaunch))
+        sys.stdout.flush(), sys.stderr.flush()
+        os.execv(relaunch[0], relaunch)
+    return main(argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import head_conf, read_predictions, tiny_setup  # noqa: E402
+from tests.fixtures.sb import head_conf, read_predictions  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +29,8 @@ def saved_optimizer(out):
 
 
 @pytest.mark.parametrize("choice", ["paper", "featex"])
-def test_finetune_optimizer(choice, tmp_path_factory, tmp_path):
-    setup = tiny_setup(tmp_path_factory)
+def test_finetune_optimizer(choice, sb_tiny, tmp_path):
+    setup = sb_tiny
     out = tmp_path / choice
     assert train("shiftcnn", setup, out, "--upstream", str(setup["ckpt"]),
                  "--finetune_optimizer", choice) == 0
@@ -44,8 +44,8 @@ def test_finetune_optimizer(choice, tmp_path_factory, tmp_path):
     assert [g["lr"] for g in groups] == pytest.approx([lr, lr], rel=1e-9)
 
 
-def test_featex_groups_and_max_duration(tmp_path_factory, tmp_path):
-    setup = tiny_setup(tmp_path_factory)
+def test_featex_groups_and_max_duration(sb_tiny, tmp_path):
+    setup = sb_tiny
     out = tmp_path / "crop"
     assert train("shiftformer", setup, out, "--feats", str(setup["feats"]), "--max_duration", "0.3",
                  "--pad_to_max", "True") == 0

@@ -9,16 +9,16 @@ import torch
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import CLASSES, PITCH, head_conf, read_predictions, tiny_setup, write_tone  # noqa: E402
+from tests.fixtures.sb import CLASSES, PITCH, head_conf, read_predictions, write_tone  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(sb_tiny):
     from serkit.speechbrain.train import main
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     out = setup["root"] / "exp" / "predict_linear" / "fold1"
     assert main([*head_conf("linear"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
                  "--feats", str(setup["feats"]), "--number_of_epochs", "4", "--lr", "0.05", "--warmup_epochs",

@@ -10,16 +10,16 @@ import torch
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import PITCH, SHARED_CONF, head_conf, tiny_setup, write_tone  # noqa: E402
+from tests.fixtures.sb import PITCH, SHARED_CONF, head_conf, write_tone  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def featex(tmp_path_factory):
+def featex(sb_tiny):
     from serkit.speechbrain.train import main
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     out = setup["root"] / "exp" / "interface_linear" / "fold1"
     assert main([*head_conf("linear"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
                  "--feats", str(setup["feats"]), "--number_of_epochs", "2", "--lr", "0.05", "--warmup_epochs",
@@ -28,10 +28,10 @@ def featex(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory):
+def finetuned(sb_tiny):
     from serkit.speechbrain.train import main
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     out = setup["root"] / "exp" / "interface_flea" / "fold1"
     assert main([str(SHARED_CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]),
                  "--output-folder", str(out), "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1",

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import SHARED_CONF, head_conf, read_predictions, split_ids, tiny_setup  # noqa: E402
+from tests.fixtures.sb import SHARED_CONF, head_conf, read_predictions, split_ids  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +29,11 @@ def _checkpointed_epochs(out):
     return epochs
 
 
-def test_resumed_run_with_dynamic_batches_ends_as_an_uninterrupted_one(tmp_path_factory, tmp_path):
+def test_resumed_run_with_dynamic_batches_ends_as_an_uninterrupted_one(sb_tiny, tmp_path):
     """linear.yaml batches by length (``batching: dynamic``): a resumed run forms the batches the
     uninterrupted one formed, so with no other randomness (SpecAugment off) every epoch's predictions
     are byte-identical."""
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
 
     def cmd(out, epochs):
         return [sys.executable, "-m", "serkit.speechbrain.train", *head_conf("linear"), "--fold-dir",
@@ -59,8 +59,8 @@ def test_resumed_run_with_dynamic_batches_ends_as_an_uninterrupted_one(tmp_path_
             (tmp_path / "whole" / "predictions" / name).read_bytes(), name
 
 
-def test_killed_training_resumes_at_the_next_epoch(tmp_path_factory, tmp_path):
-    setup = tiny_setup(tmp_path_factory)
+def test_killed_training_resumes_at_the_next_epoch(sb_tiny, tmp_path):
+    setup = sb_tiny
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "serkit.speechbrain.train", *head_conf("linear"), "--fold-dir",
            str(setup["fold"]), "--output-folder", str(out), "--feats", str(setup["feats"]),
@@ -224,8 +224,7 @@ def _uninterrupted(tmp_path_factory, setup, conf, extra):
     return _UNINTERRUPTED[key]
 
 
-def _check_resume(tmp_path_factory, tmp_path, conf, epochs, extra, intra_epoch, files=()):
-    setup = tiny_setup(tmp_path_factory)
+def _check_resume(tmp_path_factory, setup, tmp_path, conf, epochs, extra, intra_epoch, files=()):
     extra = ["--number_of_epochs", str(epochs), *extra]
     reference = _uninterrupted(tmp_path_factory, setup, conf, extra)
     intra = ["--ckpt_interval_steps", "1"] if intra_epoch else []
@@ -237,23 +236,24 @@ def _check_resume(tmp_path_factory, tmp_path, conf, epochs, extra, intra_epoch, 
 @pytest.mark.parametrize("intra_epoch,crop", [(False, []), (True, []),
                                               (True, ["--max_duration", "0.5", "--crop", "random"])],
                          ids=["epoch-boundary", "mid-epoch", "mid-epoch-random-crops"])
-def test_killed_head_training_ends_as_an_uninterrupted_run(tmp_path_factory, tmp_path, intra_epoch, crop):
+def test_killed_head_training_ends_as_an_uninterrupted_run(tmp_path_factory, sb_tiny, tmp_path, intra_epoch,
+                                                           crop):
     # linear.yaml: SpecAugment masks and a warm-up/cosine schedule over steps; random crops are drawn
     # in the data pipeline
-    _check_resume(tmp_path_factory, tmp_path, "linear.yaml", 12,
+    _check_resume(tmp_path_factory, sb_tiny, tmp_path, "linear.yaml", 12,
                   ["--channel_mask_width", "8", "--batch_size", "2", *crop], intra_epoch)
 
 
 @pytest.mark.parametrize("intra_epoch", [False, True], ids=["epoch-boundary", "mid-epoch"])
-def test_killed_bas_search_ends_as_an_uninterrupted_run(tmp_path_factory, tmp_path, intra_epoch):
+def test_killed_bas_search_ends_as_an_uninterrupted_run(tmp_path_factory, sb_tiny, tmp_path, intra_epoch):
     # Gumbel noise, the architecture optimiser and the temperature schedule
-    _check_resume(tmp_path_factory, tmp_path, "bas_search.yaml", 12,
+    _check_resume(tmp_path_factory, sb_tiny, tmp_path, "bas_search.yaml", 12,
                   ["--batch_size", "2", "--search_layers", "2"], intra_epoch,
                   files=("search_log.jsonl", "arch.txt"))
 
 
 @pytest.mark.parametrize("intra_epoch", [False, True], ids=["epoch-boundary", "mid-epoch"])
-def test_killed_finetuning_ends_as_an_uninterrupted_run(tmp_path_factory, tmp_path, intra_epoch):
+def test_killed_finetuning_ends_as_an_uninterrupted_run(tmp_path_factory, sb_tiny, tmp_path, intra_epoch):
     # the tiny upstream's dropout; flea.yaml accumulates gradients over 2 batches, which a mid-epoch
     # checkpoint must not split
-    _check_resume(tmp_path_factory, tmp_path, "flea.yaml", 4, ["--batch_size", "2"], intra_epoch)
+    _check_resume(tmp_path_factory, sb_tiny, tmp_path, "flea.yaml", 4, ["--batch_size", "2"], intra_epoch)

@@ -8,9 +8,8 @@ import pytest
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import head_conf, tiny_setup  # noqa: E402
-
 from serkit.utils import SerkitError  # noqa: E402
+from tests.fixtures.sb import head_conf  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -45,9 +44,8 @@ def logged(out) -> dict:
     return rows
 
 
-def test_tensorboard_events_hold_every_epoch_of_the_file_log_and_continue_after_a_resume(tmp_path,
-                                                                                        tmp_path_factory):
-    setup = tiny_setup(tmp_path_factory)
+def test_tensorboard_events_hold_every_epoch_of_the_file_log_and_continue_after_a_resume(tmp_path, sb_tiny):
+    setup = sb_tiny
     out, tb = tmp_path / "exp" / "linear", tmp_path / "tb"
     assert train(setup, out, "--number_of_epochs", "2", "--tensorboard", str(tb)) == 0
     first = scalars(tb)

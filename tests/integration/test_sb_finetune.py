@@ -7,17 +7,17 @@ import torch
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import SHARED_CONF, read_predictions, split_ids, tiny_setup  # noqa: E402
+from tests.fixtures.sb import SHARED_CONF, read_predictions, split_ids  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
-def test_flea_finetune_trains_transformer_keeps_cnn_and_predict_restores_it(tmp_path_factory, tmp_path):
+def test_flea_finetune_trains_transformer_keeps_cnn_and_predict_restores_it(sb_tiny, tmp_path):
     from serkit.speechbrain.interface import EmotionClassifier
     from serkit.speechbrain.lobes import FairseqUpstream
     from serkit.speechbrain.train import main
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     out = tmp_path / "flea" / "fold1"
     assert main([str(SHARED_CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]),
                  "--output-folder", str(out), "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1",
@@ -45,10 +45,10 @@ def test_flea_finetune_trains_transformer_keeps_cnn_and_predict_restores_it(tmp_
     assert torch.allclose(out_prob[0], torch.tensor([float(p) for p in probs]), atol=1e-3)
 
 
-def test_finetune_lobe_gradients_reach_the_transformer_not_the_cnn(tmp_path_factory):
+def test_finetune_lobe_gradients_reach_the_transformer_not_the_cnn(sb_tiny):
     from serkit.speechbrain.lobes import FairseqUpstream
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     lobe = FairseqUpstream(str(setup["ckpt"]), layers="all").train()
     wav = torch.randn(2, 8000)
     layers, lens = lobe(wav, torch.tensor([1.0, 0.6]))
@@ -60,14 +60,14 @@ def test_finetune_lobe_gradients_reach_the_transformer_not_the_cnn(tmp_path_fact
     assert any(g is not None and g.abs().sum() > 0 for g in transformer)
 
 
-def test_exported_teacher_is_a_fairseq_checkpoint_with_the_finetuned_weights(tmp_path_factory, tmp_path):
+def test_exported_teacher_is_a_fairseq_checkpoint_with_the_finetuned_weights(sb_tiny, tmp_path):
     from serkit.speechbrain.export import export_upstream
     from serkit.speechbrain.interface import EmotionClassifier
     from serkit.speechbrain.train import main
     from serkit.upstream import load_upstream
     from serkit.utils import SerkitError
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     out = tmp_path / "teacher" / "fold1"
     assert main([str(SHARED_CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]),
                  "--output-folder", str(out), "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1",

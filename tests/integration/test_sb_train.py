@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import CLASSES, SHARED_CONF, head_conf, read_predictions, split_ids, tiny_setup  # noqa: E402
+from tests.fixtures.sb import CLASSES, SHARED_CONF, head_conf, read_predictions, split_ids  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +30,8 @@ def train_losses(out):
 
 
 @pytest.fixture(scope="module")
-def linear_run(tmp_path_factory):
-    setup = tiny_setup(tmp_path_factory)
+def linear_run(sb_tiny):
+    setup = sb_tiny
     out = setup["root"] / "exp" / "linear" / "fold1"
     assert train("linear", setup["fold"], out, "--feats", str(setup["feats"]), "--number_of_epochs", "6",
                  *FAST) == 0

@@ -30,9 +30,9 @@ pytest.importorskip("fairseq", reason="fairseq not installed (pip install 'serki
 from serkit.upstream import load_upstream  # noqa: E402
 from serkit.upstream.standins import BUILDERS, LETTERS, make_standin  # noqa: E402
 from serkit.utils import SerkitError  # noqa: E402
-from tests.unit.test_fairseq_plugin import CLASSES, make_fold  # noqa: E402
+from tests.fixtures.fairseq_train import CLASSES, make_fold  # noqa: E402
 
-pytestmark = pytest.mark.fairseq
+pytestmark = [pytest.mark.fairseq, pytest.mark.usefixtures("one_thread")]
 REPO = Path(__file__).resolve().parents[2]
 RELEASES = list(BUILDERS)
 CTC = [
@@ -130,14 +130,6 @@ FORMATS = {
     "audio_base_ls_960h.pt": "cfg dict (wav2vec_ctc around data2vec_audio)",
     "wavlm-large/": "Hugging Face directory (config.json, pytorch_model.bin: weight_g/weight_v)",
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

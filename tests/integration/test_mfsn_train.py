@@ -9,9 +9,8 @@ import pytest
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from test_sb_helpers import CLASSES, REPO, read_predictions, split_ids, tiny_setup  # noqa: E402
-
 from serkit.utils import SerkitError  # noqa: E402
+from tests.fixtures.sb import CLASSES, REPO, read_predictions, split_ids  # noqa: E402
 
 SHARED_CONF = REPO / "plugins" / "serkit" / "conf"
 #: the CPU-sized MFSN: the shared config with the mfsn_mini overlay
@@ -28,8 +27,8 @@ def _train(setup, out, *extra, conf=CONF):
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    setup = tiny_setup(tmp_path_factory)
+def searched(sb_tiny):
+    setup = sb_tiny
     search = setup["root"] / "exp" / "mfsn_search" / "fold1"
     assert _train(setup, search) == 0
     retrain = setup["root"] / "exp" / "mfsn" / "fold1"
@@ -100,8 +99,8 @@ def test_emotion_classifier_and_serkit_predict_on_a_finished_mfsn_fold(searched,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("ablation", ["sec_only", "sec_tec_nosearch"])
-def test_ablations_train_in_one_call(tmp_path_factory, ablation):
-    setup = tiny_setup(tmp_path_factory)
+def test_ablations_train_in_one_call(sb_tiny, ablation):
+    setup = sb_tiny
     out = setup["root"] / "exp" / ablation / "fold1"
     extra = ["--ablation", ablation]
     if ablation == "sec_only":  # needs no TEC
@@ -113,8 +112,8 @@ def test_ablations_train_in_one_call(tmp_path_factory, ablation):
 
 
 @pytest.mark.slow
-def test_a_bad_sec_layer_and_a_missing_tec_are_named(tmp_path_factory):
-    setup = tiny_setup(tmp_path_factory)
+def test_a_bad_sec_layer_and_a_missing_tec_are_named(sb_tiny):
+    setup = sb_tiny
     with pytest.raises(SerkitError, match="layer 9 not stored"):
         _train(setup, setup["root"] / "exp" / "bad" / "fold1", "--sec_layers", "[0,1,9]")
     with pytest.raises(SerkitError, match="needs TEC features"):
@@ -127,13 +126,13 @@ def _predictions(out):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["search", "retrain"])
-def test_a_killed_fold_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted_run(tmp_path_factory,
+def test_a_killed_fold_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted_run(sb_tiny,
                                                                                       monkeypatch, phase):
     import speechbrain as sb
 
     from serkit.speechbrain.mfsn import MFSNBrain
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     extra = ["--search_epochs", "3", "--train_epochs", "3"]
     if phase == "retrain":
         extra += ["--arch", "1:ism"]
@@ -161,36 +160,9 @@ def test_a_killed_fold_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted
         assert (out / "search_log.jsonl").read_text() == (reference / "search_log.jsonl").read_text()
 
 
-def test_ctc_greedy_transcripts_merge_repeats_and_drop_blanks(tmp_path):
-    import torch
-
-    from serkit.speechbrain.mfsn import ctc_greedy_transcripts
-
-    (tmp_path / "dict.ltr.txt").write_text("| 10\nH 5\nI 4\n")
-    V = 7  # <s> <pad> </s> <unk> | H I
-    inner = {"model": {"_name": "wav2vec2", "encoder_layers": 12}, "task": {"_name": "audio_pretraining"}}
-    cfg = {"model": {"_name": "wav2vec_ctc", "w2v_args": inner},
-           "task": {"_name": "audio_pretraining", "normalize": False}}  # post-LN: no final layer norm
-    weights = {"w2v_encoder.proj.weight": torch.eye(V), "w2v_encoder.proj.bias": torch.zeros(V),
-               "w2v_encoder.w2v_model.mask_emb": torch.zeros(V)}
-    torch.save({"cfg": cfg, "model": weights}, tmp_path / "ctc.pt")
-    # frames: H H <blank> I | | H I I  ->  "hi hi"
-    ids = [5, 5, 0, 6, 4, 4, 5, 0, 6, 6]
-
-    class Reader:
-        def load(self, utt, layers):
-            return np.eye(V, dtype=np.float32)[ids][None]
-
-    out = ctc_greedy_transcripts(tmp_path / "ctc.pt", tmp_path / "dict.ltr.txt", Reader(), 12, ["u1"])
-    assert out == {"u1": "hi hi"}
-    (tmp_path / "bad.txt").write_text("| 1\n")
-    with pytest.raises(SerkitError, match="dictionary"):
-        ctc_greedy_transcripts(tmp_path / "ctc.pt", tmp_path / "bad.txt", Reader(), 12, ["u1"])
-
-
 @pytest.mark.slow
-def test_text_ablation_trains_tokenizer_on_train_split_only(tmp_path_factory):
-    setup = tiny_setup(tmp_path_factory)
+def test_text_ablation_trains_tokenizer_on_train_split_only(sb_tiny):
+    setup = sb_tiny
     fold = setup["fold"]
     words = {"ang": "i am so angry now", "hap": "what a lovely day", "neu": "the table is brown",
              "sad": "i miss her so much"}
@@ -221,13 +193,13 @@ def test_text_ablation_trains_tokenizer_on_train_split_only(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_waveform_path_trains_only_the_top_sec_layers_and_never_tec(tmp_path_factory):
+def test_waveform_path_trains_only_the_top_sec_layers_and_never_tec(sb_tiny):
     """`serkit train --upstream`: the encoders run on the segments; sec_finetune_layers of SEC train."""
     import torch
 
     from serkit.speechbrain.train import main
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     out = setup["root"] / "exp" / "mfsn_finetune" / "fold1"
     before = torch.load(setup["ckpt"], map_location="cpu", weights_only=False)["model"]
     assert main([str(CONF), *MINI, "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
@@ -308,12 +280,12 @@ def test_mfsn_training_and_architecture_batches_follow_batching(batching):
 
 
 @pytest.mark.slow
-def test_segments_carry_their_duration_for_batching(tmp_path_factory):
+def test_segments_carry_their_duration_for_batching(sb_tiny):
     from serkit.data.manifest import read_split
     from serkit.speechbrain.mfsn import segment_datasets
     from serkit.upstream.features import FeatureReader
 
-    setup = tiny_setup(tmp_path_factory)
+    setup = sb_tiny
     datasets, _ = segment_datasets(setup["fold"], FeatureReader(setup["feats"]), sec_layers=[0, 1, 2],
                                    ablation="sec_only", segment_seconds=1.0)
     for split, ds in datasets.items():
