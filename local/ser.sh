@@ -371,14 +371,15 @@ head_conf() { case $1 in bas*) echo "$shared_conf/bas.yaml" ;; *) echo "$shared_
 # head_search_conf HEAD: the search config a head reads besides its head_conf (BAS), or nothing.
 head_search_conf() { [ "$1" != bas ] || echo "$shared_conf/bas_search.yaml"; }
 # head_overrides_of[METHOD]: the part of --head-overrides METHOD's configs take (each key goes to the
-# heads whose configs have it; one that none of this run's heads has is refused, naming the option).
+# heads whose configs have it; one that none of this run's heads has is refused, naming the option;
+# a run without heads leaves them unused, as --search-overrides without bas).
 declare -A head_overrides_of=()
-if [ -n "$head_overrides" ]; then
-  _routes=()
-  for _m in "${heads[@]}"; do
-    _h=${head_of[$_m]:-$_m}; [ "$_h" != mfsn ] || continue
-    _routes+=("$_m=$(head_conf "$_h")$(_s=$(head_search_conf "$_h"); echo "${_s:+,$_s}")")
-  done
+_routes=()
+for _m in "${heads[@]}"; do
+  _h=${head_of[$_m]:-$_m}; [ "$_h" != mfsn ] || continue
+  _routes+=("$_m=$(head_conf "$_h")$(_s=$(head_search_conf "$_h"); echo "${_s:+,$_s}")")
+done
+if [ -n "$head_overrides" ] && [ ${#_routes[@]} -gt 0 ]; then
   # the mini corpus's own SpecAugment width (not the user's) is dropped where no config has it
   _routed=$(serkit recipe route-overrides --option=--head-overrides --overrides "$head_overrides" \
     ${mini_specaugment:+--default} "${_routes[@]}") || exit 1
