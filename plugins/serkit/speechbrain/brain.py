@@ -53,7 +53,6 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,7 +71,7 @@ if TYPE_CHECKING:
     from speechbrain.dataio.dataset import DynamicItemDataset
     from speechbrain.dataio.sampler import DynamicBatchSampler
     from speechbrain.utils.train_logger import TensorboardLogger
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Dataset
 
     from ..nn.search import BlockSearchSupernet
 
@@ -472,7 +471,7 @@ class SERBrain(sb.Brain):
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
             self.checkpointer.add_recoverable("arch_optimizer", self.arch_optimizer)
 
-    def batching_kwargs(self, dataset: Iterable, stage: sb.Stage, loader_kwargs: dict) -> dict:
+    def batching_kwargs(self, dataset: Dataset, stage: sb.Stage, loader_kwargs: dict) -> dict:
         """The DataLoader arguments for ``dataset`` under the hparams' ``batching`` (module docstring)."""
         batching = str(getattr(self.hparams, "batching", "random"))
         if batching not in BATCHING:
@@ -519,8 +518,8 @@ class SERBrain(sb.Brain):
             opt.zero_grad(set_to_none=True)
         self.optimizer_step += 1
 
-    def make_dataloader(self, dataset: Iterable, stage: sb.Stage, ckpt_prefix: str | None = "dataloader-",
-                        **loader_kwargs) -> DataLoader:
+    def make_dataloader(self, dataset: Dataset | DataLoader, stage: sb.Stage,
+                        ckpt_prefix: str | None = "dataloader-", **loader_kwargs) -> DataLoader:
         loader_kwargs = self.batching_kwargs(dataset, stage, loader_kwargs)
         loader = super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
@@ -633,7 +632,7 @@ class SERBrain(sb.Brain):
         preds = [self.classes[max(range(len(p)), key=p.__getitem__)] for _, p in rows.values()]
         return compute_metrics(labels, preds, self.classes)
 
-    def _predict(self, dataset: Iterable) -> dict:
+    def _predict(self, dataset: Dataset | DataLoader) -> dict:
         """Predict a whole split (no gradients, eval mode); return ``{utt: (label, probs)}``."""
         if not isinstance(dataset, torch.utils.data.DataLoader):
             opts = dict(getattr(self.hparams, "test_dataloader_opts", {"batch_size": 1}))

@@ -75,6 +75,7 @@ if TYPE_CHECKING:
     from speechbrain.dataio.dataset import DynamicItemDataset
     from speechbrain.utils.checkpoints import Checkpointer
     from speechbrain.utils.run_opts import RunOptions
+    from torch.utils.data import DataLoader, Dataset
 
     from ..nn.mfsn import MFSN, TextMFSN
     from ..upstream.base import Upstream
@@ -510,8 +511,8 @@ class MFSNBrain(SERBrain):
             self.optimizer.zero_grad(set_to_none=True)
         return super().fit_batch(batch)
 
-    def fit(self, epoch_counter: Iterable[int], train_set: Iterable, valid_set: Iterable | None = None,
-            **kwargs) -> None:
+    def fit(self, epoch_counter: Iterable[int], train_set: Dataset | DataLoader,
+            valid_set: Dataset | DataLoader | None = None, **kwargs) -> None:
         arch_data = str(getattr(self.hparams, "arch_data", "valid"))
         if arch_data not in ("valid", "train"):
             raise SerkitError(f"arch_data {arch_data!r}: choose valid or train")
@@ -548,7 +549,7 @@ class MFSNBrain(SERBrain):
             log.info("search epoch %d: valid UA %.4f, top operation %s (%.3f)", epoch, entry["valid_ua"],
                      best, entry["op_weights"][best])
 
-    def _derive(self, valid_set: Iterable) -> dict:
+    def _derive(self, valid_set: Dataset) -> dict:
         from serkit.nn.mfsn import arch_spec
 
         model = self._model
