@@ -42,8 +42,9 @@ bench: $(STAMP)
 	$(PY) tools/update_readme.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check plugins tests bench tools
-	$(VENV)/bin/shellcheck -x local/*.sh recipes/*/run.sh recipes/*/*.sh .ci/run tools/*.sh bench/*.sh
+	$(VENV)/bin/ruff check plugins tests bench tools conftest.py setup.py
+	$(VENV)/bin/ruff format --check plugins tests bench tools conftest.py setup.py
+	$(VENV)/bin/shellcheck -x local/*.sh recipes/*/*.sh .ci/run tools/*.sh bench/*.sh
 
 clean:
 	rm -rf $(VENV) recipes/*/data recipes/*/exp recipes/*/dump

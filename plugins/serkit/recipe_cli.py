@@ -15,6 +15,7 @@ They live here rather than in bash heredocs so that they are tested Python, take
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -147,7 +148,7 @@ def channel_mask_width(dim: int, of: int = 768, width: int = 64) -> int:
     return max(1, dim * width // of)
 
 
-def _run(args) -> int:
+def _run(args: argparse.Namespace) -> int:
     what = args.recipe_command
     if what == "run-json":
         write_run_json(args.file, args.items)
@@ -264,7 +265,7 @@ def route_overrides(option: str, overrides: str, runs: dict[str, list[str]],
     return {run: " ".join(tokens) for run, tokens in routed.items()}
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recipe", help="helpers of the recipe template (run.json, labels, folds, batches)")
     rs = p.add_subparsers(dest="recipe_command", metavar="WHAT", required=True)
     q = rs.add_parser("run-json", help="write a run's run.json (KEY=VALUE items) atomically")

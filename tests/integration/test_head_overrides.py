@@ -26,11 +26,27 @@ def run(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, tiny_hubert):
     base = tmp_path_factory.mktemp("head_overrides")
-    made = subprocess.run([sys.executable, "-m", "serkit", "mini-corpus", "ravdess", "--out",
-                           str(base / "db"), "--seed", "0"], capture_output=True, text=True, timeout=300)
+    made = subprocess.run(
+        [sys.executable, "-m", "serkit", "mini-corpus", "ravdess", "--out", str(base / "db"), "--seed", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert made.returncode == 0, made.stderr[-2000:]
-    args = ["--root", str(base / "db" / "RAVDESS"), "--upstream", str(tiny_hubert), "--folds", "1",
-            "--valid-fraction", "0.25", "--head-epochs", "1", "--device", "cpu"]
+    args = [
+        "--root",
+        str(base / "db" / "RAVDESS"),
+        "--upstream",
+        str(tiny_hubert),
+        "--folds",
+        "1",
+        "--valid-fraction",
+        "0.25",
+        "--head-epochs",
+        "1",
+        "--device",
+        "cpu",
+    ]
     return {"base": base, "args": args}
 
 
@@ -42,8 +58,15 @@ def _overrides(run_dir: Path) -> str:
 
 def test_a_specaugment_override_reaches_the_shiftser_head_and_not_bas(corpus):
     work = corpus["base"] / "mixed"
-    r = run(*corpus["args"], "--workdir", str(work), "--method", "shiftcnn,bas_ffn",
-            "--head-overrides", "--channel_mask_width 5 --batch_size 16")
+    r = run(
+        *corpus["args"],
+        "--workdir",
+        str(work),
+        "--method",
+        "shiftcnn,bas_ffn",
+        "--head-overrides",
+        "--channel_mask_width 5 --batch_size 16",
+    )
     assert r.returncode == 0, r.stderr[-6000:]
     exp = work / "exp" / "ravdess_actors4"
     assert _overrides(exp / "shiftcnn_featex") == "--channel_mask_width 5 --batch_size 16"
@@ -53,9 +76,18 @@ def test_a_specaugment_override_reaches_the_shiftser_head_and_not_bas(corpus):
 
 def test_a_key_no_chosen_head_has_fails_at_once_naming_the_option(corpus):
     work = corpus["base"] / "bas_only"
-    r = run(*corpus["args"], "--workdir", str(work), "--method", "bas_ffn",
-            "--head-overrides", "--channel_mask_width 5")
+    r = run(
+        *corpus["args"],
+        "--workdir",
+        str(work),
+        "--method",
+        "bas_ffn",
+        "--head-overrides",
+        "--channel_mask_width 5",
+    )
     assert r.returncode != 0
-    assert ('--head-overrides "--channel_mask_width 5": --channel_mask_width is a key of none of the configs '
-            "it goes to (bas.yaml; runs: bas_ffn)") in r.stderr
+    assert (
+        '--head-overrides "--channel_mask_width 5": --channel_mask_width is a key of none of the configs '
+        "it goes to (bas.yaml; runs: bas_ffn)"
+    ) in r.stderr
     assert not (work / "data").exists()  # refused before stage 0 wrote anything

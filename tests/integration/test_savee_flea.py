@@ -17,14 +17,34 @@ pytest.importorskip("speechbrain")
 
 pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 
-SHORT = ["--protocol", "savee_loso4", "--folds", "1", "--method", "flea", "--layer", "2", "--nclusters", "8",
-         "--teacher-epochs", "2", "--finetune-epochs", "2", "--cpt-updates", "4", "--device", "cpu"]
+SHORT = [
+    "--protocol",
+    "savee_loso4",
+    "--folds",
+    "1",
+    "--method",
+    "flea",
+    "--layer",
+    "2",
+    "--nclusters",
+    "8",
+    "--teacher-epochs",
+    "2",
+    "--finetune-epochs",
+    "2",
+    "--cpt-updates",
+    "4",
+    "--device",
+    "cpu",
+]
 #: test UA (selection: valid) of this deterministic CPU run, per run; 7 classes, 32 test clips
 EXPECTED_UA = {"teacher": 0.25, "flea_attention": 0.05357142857142857, "flea_mean": 0.25}
 #: the runs' rows of exp/savee_loso4/RESULTS.md: method, then UA / WA / WF1 in percent
-EXPECTED_ROWS = {"teacher (HuBERT finetuned, mean pooling)": ["25.00", "21.88", "11.56"],
-                 "FLEA (attention pooling)": ["5.36", "6.25", "4.65"],
-                 "FLEA (mean pooling)": ["25.00", "21.88", "11.56"]}
+EXPECTED_ROWS = {
+    "teacher (HuBERT finetuned, mean pooling)": ["25.00", "21.88", "11.56"],
+    "FLEA (attention pooling)": ["5.36", "6.25", "4.65"],
+    "FLEA (mean pooling)": ["25.00", "21.88", "11.56"],
+}
 
 
 @pytest.fixture(scope="module")

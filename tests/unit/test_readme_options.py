@@ -5,6 +5,7 @@ call another tool, e.g. `serkit train ... --lr 0.001`) and every `bash [recipes/
 line, in code blocks or inline. Quoted strings are values (`--head-overrides "--crop random"`: its
 `--crop` is a yaml key, checked by test_config_consistency.py), so they are left out.
 """
+
 from __future__ import annotations
 
 import re
@@ -23,8 +24,12 @@ RUN_SH = re.compile(r"bash\s+(?:recipes/(?P<recipe>\w+)/)?run\.sh(?P<args>[^`#\n
 
 @cache
 def help_options(recipe: str) -> frozenset[str]:
-    proc = subprocess.run(["bash", str(REPO / "recipes" / recipe / "run.sh"), "--help"], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(REPO / "recipes" / recipe / "run.sh"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return frozenset(OPTION.findall(proc.stdout)) | {"--help"}
 
@@ -64,23 +69,33 @@ def readme_options(readme: Path) -> list[tuple[int, str, str]]:
 @pytest.mark.parametrize("recipe", [p.name for p in RECIPES])
 def test_every_option_a_readme_names_is_in_run_sh_help(recipe):
     readme = REPO / "recipes" / recipe / "README.md"
-    missing = [f"{readme.relative_to(REPO)}:{i}: {o} is not an option of recipes/{r}/run.sh (--help)"
-               for i, r, o in readme_options(readme) if o not in help_options(r)]
+    missing = [
+        f"{readme.relative_to(REPO)}:{i}: {o} is not an option of recipes/{r}/run.sh (--help)"
+        for i, r, o in readme_options(readme)
+        if o not in help_options(r)
+    ]
     assert missing == []
 
 
 def test_the_scan_finds_switches_and_commands(tmp_path):
     readme = tmp_path / "IEMOCAP" / "README.md"
     readme.parent.mkdir()
-    readme.write_text("### Fidelity: X\n\n"
-                      "| setting | paper | official code | serkit default | how to switch |\n"
-                      "|---|---|---|---|---|\n"
-                      "| a | b | `--ndiv 4` | `1` (`run.sh --layer`) | "
-                      "`--epochs N`, `--head-overrides \"--crop x\"` |\n"
-                      "| c | d | e | f | `serkit train ... --lr 0.1` |\n\n## Run\n"
-                      "```\nbash run.sh --upstream U \\\n  --ablations mfsn   # --not-this\n"
-                      "bash recipes/MELD/run.sh --nj 4\n```\n", encoding="utf-8")
-    assert readme_options(readme) == [(5, "IEMOCAP", "--epochs"), (5, "IEMOCAP", "--head-overrides"),
-                                      (10, "IEMOCAP", "--upstream"), (10, "IEMOCAP", "--ablations"),
-                                      (12, "MELD", "--nj")]
+    readme.write_text(
+        "### Fidelity: X\n\n"
+        "| setting | paper | official code | serkit default | how to switch |\n"
+        "|---|---|---|---|---|\n"
+        "| a | b | `--ndiv 4` | `1` (`run.sh --layer`) | "
+        '`--epochs N`, `--head-overrides "--crop x"` |\n'
+        "| c | d | e | f | `serkit train ... --lr 0.1` |\n\n## Run\n"
+        "```\nbash run.sh --upstream U \\\n  --ablations mfsn   # --not-this\n"
+        "bash recipes/MELD/run.sh --nj 4\n```\n",
+        encoding="utf-8",
+    )
+    assert readme_options(readme) == [
+        (5, "IEMOCAP", "--epochs"),
+        (5, "IEMOCAP", "--head-overrides"),
+        (10, "IEMOCAP", "--upstream"),
+        (10, "IEMOCAP", "--ablations"),
+        (12, "MELD", "--nj"),
+    ]
     assert "--epochs" not in help_options("IEMOCAP") and "--head-epochs" in help_options("IEMOCAP")

@@ -54,6 +54,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import speechbrain as sb
 import torch
@@ -62,6 +63,17 @@ from speechbrain.utils.distributed import if_main_process
 
 from ..metrics import compute_metrics
 from ..utils import SerkitError, atomic_file, write_json
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.figure import Figure
+    from speechbrain.dataio.batch import PaddedBatch
+    from speechbrain.dataio.dataset import DynamicItemDataset
+    from speechbrain.dataio.sampler import DynamicBatchSampler
+    from speechbrain.utils.train_logger import TensorboardLogger
+    from torch.utils.data import DataLoader, Dataset
+
+    from ..nn.search import BlockSearchSupernet
 
 log = logging.getLogger("serkit.speechbrain")
 
@@ -89,7 +101,7 @@ class WarmupCosine:
     """
 
     def __init__(self, lr: float, warmup_epochs: float, epochs: float, final_lr: float = 0.0,
-                 warmup_start_lr: float = 0.0, cosine_after_warmup: bool = True):
+                 warmup_start_lr: float = 0.0, cosine_after_warmup: bool = True) -> None:
         self.lr, self.warmup, self.epochs, self.final_lr = float(lr), float(warmup_epochs), float(epochs), \
             float(final_lr)
         self.warmup_start_lr = float(warmup_start_lr)
@@ -119,7 +131,7 @@ class WarmupHoldLinear:
     (0.0, 0.5, 1.0, 1.0, 0.5, 0.0)
     """
 
-    def __init__(self, lr: float, warmup_epochs: float, hold_epochs: float, epochs: float):
+    def __init__(self, lr: float, warmup_epochs: float, hold_epochs: float, epochs: float) -> None:
         self.lr, self.warmup, self.hold, self.epochs = float(lr), float(warmup_epochs), float(hold_epochs), \
             float(epochs)
 
@@ -132,7 +144,8 @@ class WarmupHoldLinear:
         return self.lr * max(0.0, (self.epochs - progress) / max(1e-9, self.epochs - decay_start))
 
 
-def parameter_groups(modules: torch.nn.Module, vector_weight_decay: bool = True):
+def parameter_groups(modules: torch.nn.Module,
+                     vector_weight_decay: bool = True) -> list[torch.nn.Parameter] | list[dict]:
     """Trainable parameters of ``modules`` for an optimiser; with ``vector_weight_decay=False`` two groups,
     the 1-D parameters (biases, norms, the learned mask vector, layer-sum logits) with weight decay 0
     (the official ShiftSER code's ``set_weight_decay``) and the rest with the optimiser's weight decay.
@@ -170,7 +183,7 @@ def read_search_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_search(entries: list[dict], path: Path):
+def plot_search(entries: list[dict], path: Path) -> Figure | None:
     """Per-layer block probabilities over epochs (one panel per layer), the candidates named once in a
     figure legend below the panels, which holds for every panel (each candidate has the same colour in
     all). Returns the (closed) figure, or None without entries."""
@@ -208,7 +221,7 @@ def plot_search(entries: list[dict], path: Path):
     return fig
 
 
-def forget_logged_epochs(path, epoch: int) -> None:
+def forget_logged_epochs(path: str | os.PathLike | None, epoch: int) -> None:
     """Drop the lines of epochs >= ``epoch`` from a ``FileTrainLogger`` file (``epoch: N, ...``).
 
     A run killed after logging an epoch but before its checkpoint was complete redoes that epoch when
@@ -234,7 +247,7 @@ def require_tensorboard() -> None:
                           "(or leave --tensorboard out)") from None
 
 
-def tensorboard_logger(save_dir):
+def tensorboard_logger(save_dir: str | os.PathLike) -> TensorboardLogger:
     """SpeechBrain's ``TensorboardLogger`` writing to ``save_dir``, stepped by epoch.
 
     SpeechBrain counts its calls as the step; here the step is the logged ``epoch``, so that a resumed run
@@ -244,10 +257,13 @@ def tensorboard_logger(save_dir):
     from speechbrain.utils.train_logger import TensorboardLogger
 
     class EpochTensorboardLogger(TensorboardLogger):
-        def log_stats(self, stats_meta, train_stats=None, valid_stats=None, test_stats=None, verbose=False):
+        def log_stats(self, stats_meta: dict, train_stats: dict | None = None,
+                      valid_stats: dict | None = None, test_stats: dict | None = None,
+                      verbose: bool = False) -> None:
             if self.writer is None:  # not the main process
                 return
-            def known(stats):  # a value not measured (None) is left out, not written as a scalar
+            def known(stats: dict | None) -> dict | None:
+                # a value not measured (None) is left out, not written as a scalar
                 kept = {k: v for k, v in (stats or {}).items() if v is not None}
                 return kept or None
 
@@ -268,7 +284,8 @@ BATCHING = ("dynamic", "random")
 EVAL_MAX_PADDING = 0.05
 
 
-def _durations(dataset, max_duration=None, pad_to_max: bool = False):
+def _durations(dataset: DynamicItemDataset, max_duration: float | None = None,
+               pad_to_max: bool = False) -> np.ndarray:
     """Seconds of each item as the model sees it (``max_duration`` crops; ``pad_to_max`` pads to it)."""
     import numpy as np
 
@@ -279,7 +296,7 @@ def _durations(dataset, max_duration=None, pad_to_max: bool = False):
     return lengths
 
 
-def _duration_sampler_class():
+def _duration_sampler_class() -> type[DynamicBatchSampler]:
     import numpy as np
     from speechbrain.dataio.sampler import DynamicBatchSampler
 
@@ -289,7 +306,7 @@ def _duration_sampler_class():
         each) when it has no more utterances than there are full batches (ours: a batch of one or two
         utterances would weigh as much as a full one in the gradient steps)."""
 
-        def _generate_batches(self):
+        def _generate_batches(self) -> None:
             super()._generate_batches()
             groups: dict[int, list] = {}
             for batch in self._batches:
@@ -310,9 +327,11 @@ def _duration_sampler_class():
     return DurationBatchSampler
 
 
-def duration_batch_sampler(dataset, batch_size: int, max_batch_length: float | None = None,
-                           num_buckets: int = 40, shuffle: bool = True, seed: int = 0,
-                           drop_last: bool = False, max_duration=None, pad_to_max: bool = False):
+def duration_batch_sampler(dataset: DynamicItemDataset, batch_size: int,
+                           max_batch_length: float | None = None, num_buckets: int = 40,
+                           shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                           max_duration: float | None = None,
+                           pad_to_max: bool = False) -> DynamicBatchSampler:
     """SpeechBrain's ``DynamicBatchSampler`` over the ``duration`` (seconds) of a ``DynamicItemDataset``.
 
     Bucket boundaries split the sorted durations into ``num_buckets`` parts of equal total duration (so
@@ -337,8 +356,8 @@ def duration_batch_sampler(dataset, batch_size: int, max_batch_length: float | N
                                shuffle=shuffle, batch_ordering="random", seed=int(seed), drop_last=drop_last)
 
 
-def sorted_batches(dataset, batch_size: int, max_batch_length: float | None = None, max_duration=None,
-                   pad_to_max: bool = False) -> list[list[int]]:
+def sorted_batches(dataset: DynamicItemDataset, batch_size: int, max_batch_length: float | None = None,
+                   max_duration: float | None = None, pad_to_max: bool = False) -> list[list[int]]:
     """Evaluation batches: consecutive utterances in ascending duration, a batch closed before it would
     exceed ``max_batch_length`` seconds of padded audio (None: ``batch_size`` times the mean duration)
     or ``EVAL_MAX_PADDING`` of padding."""
@@ -371,7 +390,7 @@ class SERBrain(sb.Brain):
     train_info: dict | None = None
     tensorboard = None  # tensorboard_logger(DIR), set by ``serkit train --tensorboard DIR``
 
-    def on_fit_start(self):
+    def on_fit_start(self) -> None:
         if self.checkpointer is not None and "rng" not in self.checkpointer.recoverables:
             from .checkpoints import RandomState
 
@@ -394,7 +413,7 @@ class SERBrain(sb.Brain):
             forget_logged_epochs(getattr(logger, "save_file", None), counter.current + 1)
 
     # ---------------------------------------------------------------- forward and loss
-    def compute_forward(self, batch, stage):
+    def compute_forward(self, batch: PaddedBatch, stage: sb.Stage) -> torch.Tensor:
         batch = batch.to(self.device)
         if "upstream" in self.modules:
             wavs, wav_lens = batch.sig
@@ -407,7 +426,8 @@ class SERBrain(sb.Brain):
             x = self.modules.augment(x, lens)
         return self.modules.head(x, lens)
 
-    def compute_objectives(self, predictions, batch, stage):
+    def compute_objectives(self, predictions: torch.Tensor, batch: PaddedBatch,
+                           stage: sb.Stage) -> torch.Tensor:
         labels, _ = batch.label
         labels = labels.to(self.device).view(-1)
         loss = F.cross_entropy(predictions.float(), labels,
@@ -419,14 +439,14 @@ class SERBrain(sb.Brain):
         return loss
 
     # ---------------------------------------------------------------- optimisers and schedules
-    def _search_net(self):
+    def _search_net(self) -> BlockSearchSupernet | None:
         for module in self.raw_modules.values():
             for sub in module.modules():
                 if hasattr(sub, "arch_parameters") and hasattr(sub, "set_temperature"):
                     return sub
         return None
 
-    def init_optimizers(self):
+    def init_optimizers(self) -> None:
         net = self._search_net()
         if net is None and self.opt_class is not None:
             groups = parameter_groups(self.modules, bool(getattr(self.hparams, "vector_weight_decay", True)))
@@ -451,7 +471,7 @@ class SERBrain(sb.Brain):
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
             self.checkpointer.add_recoverable("arch_optimizer", self.arch_optimizer)
 
-    def batching_kwargs(self, dataset, stage, loader_kwargs: dict) -> dict:
+    def batching_kwargs(self, dataset: Dataset, stage: sb.Stage, loader_kwargs: dict) -> dict:
         """The DataLoader arguments for ``dataset`` under the hparams' ``batching`` (module docstring)."""
         batching = str(getattr(self.hparams, "batching", "random"))
         if batching not in BATCHING:
@@ -477,7 +497,7 @@ class SERBrain(sb.Brain):
             kwargs["batch_sampler"] = sorted_batches(dataset, batch_size, max_length, **seen)
         return kwargs
 
-    def optimizers_step(self):
+    def optimizers_step(self) -> None:
         # SpeechBrain clips only param_groups[0] of each optimiser, which with a no-decay group would leave
         # the other group unclipped. Here one global norm over every group (as the official ShiftSER
         # code clips); otherwise SpeechBrain's own steps, in its order.
@@ -498,7 +518,8 @@ class SERBrain(sb.Brain):
             opt.zero_grad(set_to_none=True)
         self.optimizer_step += 1
 
-    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+    def make_dataloader(self, dataset: Dataset | DataLoader, stage: sb.Stage,
+                        ckpt_prefix: str | None = "dataloader-", **loader_kwargs) -> DataLoader:
         loader_kwargs = self.batching_kwargs(dataset, stage, loader_kwargs)
         loader = super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
@@ -508,7 +529,7 @@ class SERBrain(sb.Brain):
             self._train_loader = loader
         return loader
 
-    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time: float, steps_since_ckpt: int) -> bool:
         # a checkpoint inside a gradient accumulation would lose the gradients accumulated so far
         due = super()._should_save_intra_epoch_ckpt(last_ckpt_time, steps_since_ckpt)
         return due and self.step % self.grad_accumulation_factor == 0
@@ -529,7 +550,7 @@ class SERBrain(sb.Brain):
         self._loader_generator = loader.generator
         loader.generator = torch.Generator()
 
-    def on_fit_batch_start(self, batch, should_step):
+    def on_fit_batch_start(self, batch: PaddedBatch, should_step: bool) -> None:
         schedule = getattr(self.hparams, "lr_schedule", None)
         if schedule is None or not should_step:
             return
@@ -544,7 +565,7 @@ class SERBrain(sb.Brain):
         return float(opt.param_groups[0]["lr"]) if opt is not None else float("nan")
 
     # ---------------------------------------------------------------- stages
-    def on_stage_start(self, stage, epoch=None):
+    def on_stage_start(self, stage: sb.Stage, epoch: int | None = None) -> None:
         self._rows = {}
         if stage == sb.Stage.TRAIN:
             self._epoch = int(epoch or 1)
@@ -558,7 +579,7 @@ class SERBrain(sb.Brain):
                                          float(getattr(self.hparams, "temperature_decay", 0.956)))
                 net.set_temperature(tau)
 
-    def on_stage_end(self, stage, stage_loss, epoch=None):
+    def on_stage_end(self, stage: sb.Stage, stage_loss: float, epoch: int | None = None) -> None:
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
             if hasattr(self, "_loader_generator"):
@@ -611,7 +632,7 @@ class SERBrain(sb.Brain):
         preds = [self.classes[max(range(len(p)), key=p.__getitem__)] for _, p in rows.values()]
         return compute_metrics(labels, preds, self.classes)
 
-    def _predict(self, dataset) -> dict:
+    def _predict(self, dataset: Dataset | DataLoader) -> dict:
         """Predict a whole split (no gradients, eval mode); return ``{utt: (label, probs)}``."""
         if not isinstance(dataset, torch.utils.data.DataLoader):
             opts = dict(getattr(self.hparams, "test_dataloader_opts", {"batch_size": 1}))
@@ -628,7 +649,7 @@ class SERBrain(sb.Brain):
         rows, self._rows = self._rows, {}
         return rows
 
-    def _log_search(self, net, epoch: int) -> None:
+    def _log_search(self, net: BlockSearchSupernet, epoch: int) -> None:
         if not if_main_process():
             return
         out = Path(self.hparams.output_folder)

@@ -20,13 +20,23 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..data.manifest import read_classes
 from ..utils import SerkitError
+
+if TYPE_CHECKING:
+    from speechbrain.dataio.dataset import DynamicItemDataset
+    from speechbrain.dataio.sampler import ReproducibleWeightedRandomSampler
+
+    from ..upstream.features import FeatureReader
+
+    Transform = Callable[[torch.Tensor], torch.Tensor]
 
 log = logging.getLogger("serkit.speechbrain")
 
@@ -81,7 +91,7 @@ def load_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: 
     return wav
 
 
-def label_encoder(classes: list[str], where: str = ""):
+def label_encoder(classes: list[str], where: str = "") -> Callable[[str], int]:
     """A function mapping a class name to its index; unknown names raise SerkitError."""
     index = {c: i for i, c in enumerate(classes)}
 
@@ -117,7 +127,7 @@ def crop_to(x: torch.Tensor, max_len: int, crop: str = "start", pad: bool = Fals
     return x
 
 
-def class_balanced_sampler(dataset, seed: int = 0):
+def class_balanced_sampler(dataset: DynamicItemDataset, seed: int = 0) -> ReproducibleWeightedRandomSampler:
     """A sampler drawing ``len(dataset)`` training items per epoch with replacement, each with weight
     1 / (count of its class): every class is drawn equally often on average (FLEA's official code,
     ``WeightedRandomSampler``). Reproducible from ``seed`` and the epoch (``set_epoch``)."""
@@ -137,14 +147,14 @@ def _select_layers(feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return feats.index_select(1, index)
 
 
-def _chain(x, steps):
+def _chain(x: torch.Tensor, steps: Iterable[Transform]) -> torch.Tensor:
     for step in steps:
         x = step(x)
     return x
 
 
-def duration_limit(max_duration, crop: str = "start", pad_to_max: bool = False, reader=None,
-                   where: str = "hparams") -> int | None:
+def duration_limit(max_duration: float | str | None, crop: str = "start", pad_to_max: bool = False,
+                   reader: FeatureReader | None = None, where: str = "hparams") -> int | None:
     """Check the crop options and return ``max_duration`` in items of the input (frames of ``reader``'s
     features, else samples at 16 kHz); None when ``max_duration`` is None (no limit).
 
@@ -176,13 +186,13 @@ def duration_limit(max_duration, crop: str = "start", pad_to_max: bool = False, 
     return max(1, frames)
 
 
-def feature_pipeline(reader, transform=None):
+def feature_pipeline(reader: FeatureReader, transform: Transform | None = None) -> Callable:
     """A SpeechBrain dynamic item ``id -> feats (T, L, C)`` reading a FeatureReader (then ``transform``)."""
     import speechbrain as sb
 
     @sb.utils.data_pipeline.takes("id")
     @sb.utils.data_pipeline.provides("feats")
-    def pipeline(utt):
+    def pipeline(utt: str) -> torch.Tensor:
         try:
             feats = reader.load(utt)
         except KeyError:
@@ -194,22 +204,23 @@ def feature_pipeline(reader, transform=None):
     return pipeline
 
 
-def wav_pipeline(transform=None):
+def wav_pipeline(transform: Transform | None = None) -> Callable:
     """A SpeechBrain dynamic item ``wav -> sig (S,)`` (then ``transform``)."""
     import speechbrain as sb
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
-    def pipeline(wav):
+    def pipeline(wav: str) -> torch.Tensor:
         sig = load_wav(wav)
         return sig if transform is None else transform(sig)
 
     return pipeline
 
 
-def fold_datasets(fold_dir: str | os.PathLike, reader=None, splits=("train", "valid", "test"),
-                  sort_eval: bool = True, max_duration=None, crop: str = "start", pad_to_max: bool = False,
-                  feature_layers: list[int] | None = None):
+def fold_datasets(fold_dir: str | os.PathLike, reader: FeatureReader | None = None,
+                  splits: Sequence[str] = ("train", "valid", "test"), sort_eval: bool = True,
+                  max_duration: float | str | None = None, crop: str = "start", pad_to_max: bool = False,
+                  feature_layers: list[int] | None = None) -> tuple[dict[str, DynamicItemDataset], list[str]]:
     """Build ``{split: DynamicItemDataset}`` for a fold, plus the class list.
 
     ``reader`` (a ``FeatureReader``) gives cached features (``feats``); without it the datasets give
@@ -237,7 +248,7 @@ def fold_datasets(fold_dir: str | os.PathLike, reader=None, splits=("train", "va
 
         @sb.utils.data_pipeline.takes("emo")
         @sb.utils.data_pipeline.provides("label")
-        def label_pipeline(emo, encode=encode):
+        def label_pipeline(emo: str, encode: Callable[[str], int] = encode) -> torch.Tensor:
             return torch.tensor([encode(emo)], dtype=torch.long)
 
         ds.add_dynamic_item(label_pipeline)

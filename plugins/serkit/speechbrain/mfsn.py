@@ -55,7 +55,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import speechbrain as sb
@@ -67,6 +69,22 @@ from ..utils import SerkitError, atomic_file, read_map, write_json
 from .brain import SERBrain, read_search_log
 from .lobes import relative_lengths_to_padding_mask
 
+if TYPE_CHECKING:
+    from sentencepiece import SentencePieceProcessor
+    from speechbrain.dataio.batch import PaddedBatch
+    from speechbrain.dataio.dataset import DynamicItemDataset
+    from speechbrain.utils.checkpoints import Checkpointer
+    from speechbrain.utils.run_opts import RunOptions
+    from torch.utils.data import DataLoader, Dataset
+
+    from ..nn.mfsn import MFSN, TextMFSN
+    from ..upstream.base import Upstream
+    from ..upstream.features import FeatureReader
+    from .lobes import FairseqUpstream
+
+    PathLike = str | os.PathLike
+    Prediction = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
+
 log = logging.getLogger("serkit.speechbrain")
 
 LEAK_WARNING = ("TEXT LEAK: IEMOCAP's scripted sentences repeat across sessions (SAVEE's sentence lists "
@@ -77,7 +95,7 @@ LEAK_WARNING = ("TEXT LEAK: IEMOCAP's scripted sentences repeat across sessions 
 # --------------------------------------------------------------------------------------------------
 # yaml helpers
 # --------------------------------------------------------------------------------------------------
-def feature_dim(feats, upstream=None) -> int:
+def feature_dim(feats: PathLike | None, upstream: PathLike | None = None) -> int:
     """Channels of a ``serkit dump-features`` directory, else of the ``upstream`` checkpoint (the
     waveform path), else 1 (``sec_only`` has no TEC)."""
     if not feats:
@@ -92,7 +110,7 @@ def feature_dim(feats, upstream=None) -> int:
     return int(json.loads(meta.read_text(encoding="utf-8"))["dim"])
 
 
-def phase_epochs(ablation: str, arch, search_epochs: int, train_epochs: int) -> int:
+def phase_epochs(ablation: str, arch: str | None, search_epochs: int, train_epochs: int) -> int:
     """Epochs of this call: ``search_epochs`` for the MFSN search (``arch`` null), else ``train_epochs``."""
     return int(search_epochs) if ablation == "mfsn" and not arch else int(train_epochs)
 
@@ -100,14 +118,15 @@ def phase_epochs(ablation: str, arch, search_epochs: int, train_epochs: int) -> 
 # --------------------------------------------------------------------------------------------------
 # transcripts (text ablation)
 # --------------------------------------------------------------------------------------------------
-def ctc_greedy_transcripts(checkpoint, dict_path, reader, layer: int, utts: list[str]) -> dict[str, str]:
+def ctc_greedy_transcripts(checkpoint: PathLike, dict_path: PathLike, reader: FeatureReader, layer: int,
+                           utts: list[str]) -> dict[str, str]:
     """Greedy CTC transcripts from a CTC-finetuned model's cached last layer (:mod:`serkit.upstream.ctc`)."""
     from serkit.upstream.ctc import greedy_transcripts
 
     return greedy_transcripts(checkpoint, dict_path, reader, layer, utts)
 
 
-def _sentencepiece(train: dict[str, str], prefix: Path, vocab_size: int):
+def _sentencepiece(train: dict[str, str], prefix: Path, vocab_size: int) -> SentencePieceProcessor:
     """A unigram sentencepiece model on the training split's transcripts ``{utt: text}`` only, reused when
     the same transcripts trained it before (a resumed run); they are kept in ``transcripts.train.txt``."""
     import sentencepiece as spm
@@ -130,7 +149,7 @@ def _sentencepiece(train: dict[str, str], prefix: Path, vocab_size: int):
 # --------------------------------------------------------------------------------------------------
 # datasets: 3-second segments with their SEC/TEC frames and waveform
 # --------------------------------------------------------------------------------------------------
-def resolve_layer_list(lobe, specs) -> list[int]:
+def resolve_layer_list(lobe: FairseqUpstream, specs: Iterable[int | str | None]) -> list[int]:
     """Layer numbers of a FairseqUpstream lobe for ``specs`` (ints or ``last``), each checked."""
     out = []
     for spec in specs:
@@ -142,7 +161,7 @@ def resolve_layer_list(lobe, specs) -> list[int]:
     return out
 
 
-def _resolve_layer(reader, spec, what: str) -> int:
+def _resolve_layer(reader: FeatureReader, spec: int | str | None, what: str) -> int:
     if spec in (None, "last"):
         return max(reader.layers)
     layer = int(spec)
@@ -155,13 +174,14 @@ def _resolve_layer(reader, spec, what: str) -> int:
 class _Frames:
     """Per-utterance SEC levels, TEC frames and waveform, cut to a common length (cached on request)."""
 
-    def __init__(self, sec_reader, sec_layers, tec_reader, tec_layer, sample_rate: int, cache: bool):
+    def __init__(self, sec_reader: FeatureReader, sec_layers: list[int], tec_reader: FeatureReader | None,
+                 tec_layer: int | None, sample_rate: int, cache: bool) -> None:
         self.sec_reader, self.sec_layers = sec_reader, sec_layers
         self.tec_reader, self.tec_layer = tec_reader, tec_layer
         self.sample_rate = sample_rate
         self.cache: dict | None = {} if cache else None
 
-    def __call__(self, utt: str, wav_path: str):
+    def __call__(self, utt: str, wav_path: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         if self.cache is not None and utt in self.cache:
             return self.cache[utt]
         import soundfile as sf
@@ -187,10 +207,13 @@ class _Frames:
         return out
 
 
-def segment_datasets(fold_dir, reader, *, sec_layers, tec_feats=None, tec_layer="last", ablation="mfsn",
+def segment_datasets(fold_dir: PathLike, reader: FeatureReader | None, *, sec_layers: Sequence[int | str],
+                     tec_feats: PathLike | None = None, tec_layer: int | str = "last", ablation: str = "mfsn",
                      segment_seconds: float = 3.0, sample_rate: int = 16000, cache_in_memory: bool = True,
-                     text=None, ctc_checkpoint=None, ctc_dict=None, text_vocab_size: int = 500,
-                     output_folder=None):
+                     text: PathLike | None = None, ctc_checkpoint: PathLike | None = None,
+                     ctc_dict: PathLike | None = None, text_vocab_size: int = 500,
+                     output_folder: PathLike | None = None,
+                     ) -> tuple[dict[str, DynamicItemDataset], list[str]]:
     """``({split: DynamicItemDataset of 3-second segments}, classes)`` for MFSN (see the module docstring).
 
     ``reader`` is the SEC ``FeatureReader`` (``serkit train --feats``). Items: ``id`` (``utt#k``),
@@ -252,7 +275,7 @@ def segment_datasets(fold_dir, reader, *, sec_layers, tec_feats=None, tec_layer=
 
     @sb.utils.data_pipeline.takes("utt", "wav", "start", "frame0")
     @sb.utils.data_pipeline.provides("sec", "tec", "sig")
-    def segment(utt, wav, start, frame0):
+    def segment(utt: str, wav: str, start: int, frame0: int) -> Iterator[torch.Tensor | None]:
         sec, tec, sig = frames(utt, wav)
         f0 = min(frame0, max(0, sec.shape[1] - 1))
         f1 = min(sec.shape[1], f0 + seg_frames)
@@ -275,7 +298,7 @@ def segment_datasets(fold_dir, reader, *, sec_layers, tec_feats=None, tec_layer=
 
         @sb.utils.data_pipeline.takes("label_index")
         @sb.utils.data_pipeline.provides("label")
-        def label(index):
+        def label(index: int) -> torch.Tensor:
             return torch.tensor([index], dtype=torch.long)
 
         ds = sb.dataio.dataset.DynamicItemDataset(data, dynamic_items=[segment, label])
@@ -288,8 +311,8 @@ def segment_datasets(fold_dir, reader, *, sec_layers, tec_feats=None, tec_layer=
     return datasets, classes
 
 
-def _waveform_segments(fold_dir: Path, classes, ablation: str, segment_seconds: float, sample_rate: int,
-                       text_mode) -> dict:
+def _waveform_segments(fold_dir: Path, classes: list[str], ablation: str, segment_seconds: float,
+                       sample_rate: int, text_mode: PathLike | None) -> dict[str, DynamicItemDataset]:
     """Segments as waveforms only (the finetuning path): items ``id``, ``utt``, ``label``, ``sig``."""
     from serkit.data.manifest import read_split
     from serkit.nn.coattention import segment_starts
@@ -303,12 +326,12 @@ def _waveform_segments(fold_dir: Path, classes, ablation: str, segment_seconds: 
 
     @sb.utils.data_pipeline.takes("wav", "start")
     @sb.utils.data_pipeline.provides("sig")
-    def segment(wav, start):
+    def segment(wav: str, start: int) -> torch.Tensor:
         return load_wav(wav, sample_rate, resample=False)[start:start + seg_samples]
 
     @sb.utils.data_pipeline.takes("label_index")
     @sb.utils.data_pipeline.provides("label")
-    def label(index):
+    def label(index: int) -> torch.Tensor:
         return torch.tensor([index], dtype=torch.long)
 
     datasets = {}
@@ -326,7 +349,7 @@ def _waveform_segments(fold_dir: Path, classes, ablation: str, segment_seconds: 
     return datasets
 
 
-def train_top_layers(lobe, n: int) -> None:
+def train_top_layers(lobe: FairseqUpstream, n: int) -> None:
     """Freeze every parameter of a :class:`~serkit.speechbrain.lobes.FairseqUpstream` except its top
     ``n`` transformer layers (``n = 0``: all frozen)."""
     layers = lobe.model.encoder.layers
@@ -347,7 +370,7 @@ class _UtteranceRow(tuple):
     """``(label, probs)`` of an utterance from the segments seen so far (probs: softmax of the mean of
     their log-probabilities), with the running sum to add the next segment to."""
 
-    def __new__(cls, label: int, logp_sum: torch.Tensor, count: int):
+    def __new__(cls, label: int, logp_sum: torch.Tensor, count: int) -> _UtteranceRow:
         row = super().__new__(cls, (label, torch.softmax(logp_sum / count, dim=-1).tolist()))
         row.logp_sum, row.count = logp_sum, count
         return row
@@ -360,7 +383,9 @@ class MFSNBrain(SERBrain):
     arch_optimizer = None
     _level: int | None = None  # a fixed SEC level for every forward (scoring the levels after the search)
 
-    def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
+    def __init__(self, modules: dict[str, torch.nn.Module] | None = None,
+                 opt_class: Callable[..., torch.optim.Optimizer] | None = None, hparams: dict | None = None,
+                 run_opts: RunOptions | dict | None = None, checkpointer: Checkpointer | None = None) -> None:
         modules = dict(modules or {})
         if "upstream" in modules:  # `serkit train --upstream SEC_CKPT`: SEC (and TEC) run on the waveforms
             from .lobes import FairseqUpstream
@@ -383,11 +408,11 @@ class MFSNBrain(SERBrain):
                          checkpointer=checkpointer)
 
     @property
-    def _model(self):
+    def _model(self) -> MFSN | TextMFSN:
         return self.raw_modules["model"] if hasattr(self, "raw_modules") else self.modules["model"]
 
     # ---------------------------------------------------------------- forward and loss
-    def compute_forward(self, batch, stage):
+    def compute_forward(self, batch: PaddedBatch, stage: sb.Stage) -> torch.Tensor:
         batch = batch.to(self.device)
         wav, wav_lens = batch.sig
         tec, extra = None, {}
@@ -412,7 +437,8 @@ class MFSNBrain(SERBrain):
         return self.modules.model(sec, tec, mask, level=self._level, wav=wav, wav_lengths=wav_lengths,
                                   **extra)
 
-    def compute_objectives(self, predictions, batch, stage):
+    def compute_objectives(self, predictions: torch.Tensor, batch: PaddedBatch,
+                           stage: sb.Stage) -> torch.Tensor:
         labels, _ = batch.label
         labels = labels.to(self.device).view(-1)
         loss = F.cross_entropy(predictions.float(), labels,
@@ -430,7 +456,7 @@ class MFSNBrain(SERBrain):
     def searching(self) -> bool:
         return bool(self._model.arch_parameters())
 
-    def init_optimizers(self):
+    def init_optimizers(self) -> None:
         arch = list(self._model.arch_parameters())
         if not arch or self.opt_class is None:
             return super().init_optimizers()
@@ -447,7 +473,7 @@ class MFSNBrain(SERBrain):
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
             self.checkpointer.add_recoverable("arch_optimizer", self.arch_optimizer)
 
-    def _arch_batches(self, epoch: int):
+    def _arch_batches(self, epoch: int) -> Iterator[PaddedBatch]:
         """Endless architecture mini-batches of ``arch_data``, in an order fixed by seed and epoch, formed
         as the training batches are (``batching``): by duration (dynamic) or drawn at random."""
         dataset = self._sets[str(getattr(self.hparams, "arch_data", "valid"))]
@@ -472,7 +498,7 @@ class MFSNBrain(SERBrain):
                                                    collate_fn=sb.dataio.batch.PaddedBatch)
             passes += 1
 
-    def fit_batch(self, batch):
+    def fit_batch(self, batch: PaddedBatch) -> torch.Tensor:
         if self.arch_optimizer is not None:
             abatch = next(self._arch_iter)
             self.arch_optimizer.zero_grad(set_to_none=True)
@@ -485,7 +511,8 @@ class MFSNBrain(SERBrain):
             self.optimizer.zero_grad(set_to_none=True)
         return super().fit_batch(batch)
 
-    def fit(self, epoch_counter, train_set, valid_set=None, **kwargs):
+    def fit(self, epoch_counter: Iterable[int], train_set: Dataset | DataLoader,
+            valid_set: Dataset | DataLoader | None = None, **kwargs) -> None:
         arch_data = str(getattr(self.hparams, "arch_data", "valid"))
         if arch_data not in ("valid", "train"):
             raise SerkitError(f"arch_data {arch_data!r}: choose valid or train")
@@ -494,17 +521,17 @@ class MFSNBrain(SERBrain):
         if self.searching and if_main_process():
             self._derive(valid_set)
 
-    def on_fit_start(self):
+    def on_fit_start(self) -> None:
         super().on_fit_start()
         if self.train_info is not None:
             self.train_info.update(self._describe())
 
-    def on_stage_start(self, stage, epoch=None):
+    def on_stage_start(self, stage: sb.Stage, epoch: int | None = None) -> None:
         super().on_stage_start(stage, epoch)
         if stage == sb.Stage.TRAIN and self.arch_optimizer is not None:
             self._arch_iter = self._arch_batches(int(epoch or 1))
 
-    def on_stage_end(self, stage, stage_loss, epoch=None):
+    def on_stage_end(self, stage: sb.Stage, stage_loss: float, epoch: int | None = None) -> None:
         entry = None
         if stage == sb.Stage.VALID and self.searching:
             model = self._model
@@ -522,7 +549,7 @@ class MFSNBrain(SERBrain):
             log.info("search epoch %d: valid UA %.4f, top operation %s (%.3f)", epoch, entry["valid_ua"],
                      best, entry["op_weights"][best])
 
-    def _derive(self, valid_set) -> dict:
+    def _derive(self, valid_set: Dataset) -> dict:
         from serkit.nn.mfsn import arch_spec
 
         model = self._model
@@ -604,7 +631,8 @@ class MFSNClassifier(torch.nn.Module):
     :class:`~serkit.speechbrain.interface.EmotionClassifier` (``classify_batch``, ``classify_file``).
     """
 
-    def __init__(self, model, classes, info, hparams, sec_upstream, tec_upstream, device="cpu"):
+    def __init__(self, model: MFSN, classes: Iterable[str], info: dict, hparams: dict, sec_upstream: Upstream,
+                 tec_upstream: Upstream | None, device: str | torch.device = "cpu") -> None:
         super().__init__()
         self.model, self.classes, self.info = model, list(classes), info
         self.sec_upstream, self.tec_upstream = sec_upstream, tec_upstream
@@ -617,7 +645,7 @@ class MFSNClassifier(torch.nn.Module):
         self.to(device).eval()
 
     @torch.no_grad()
-    def classify_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
+    def classify_batch(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> Prediction:
         """Classify a padded batch of 16 kHz waveforms (B, S), relative lengths ``wav_lens`` (B,).
 
         Returns ``(out_prob (B, K), score (B,), index (B,), text_lab [str])``.
@@ -654,29 +682,30 @@ class MFSNClassifier(torch.nn.Module):
         score, index = out_prob.max(dim=-1)
         return out_prob, score, index, [self.classes[i] for i in index.tolist()]
 
-    def _layers(self, upstream, wav, layers):
+    def _layers(self, upstream: Upstream, wav: torch.Tensor, layers: list[int]) -> torch.Tensor:
         hidden, _ = upstream(wav[None], None, layers=layers)
         return torch.stack([h[0].float() for h in hidden])
 
-    def classify_file(self, path):
+    def classify_file(self, path: PathLike) -> Prediction:
         from .dataio import load_wav
 
         wav = load_wav(path, sample_rate=self.sample_rate)
         self._check_length(wav, path)
         return self.classify_batch(wav.unsqueeze(0), torch.ones(1))
 
-    def _check_length(self, wav: torch.Tensor, path) -> None:
+    def _check_length(self, wav: torch.Tensor, path: PathLike) -> None:
         ups = [u for u in (self.sec_upstream, self.tec_upstream) if u is not None]
         need = max(int(getattr(u, "receptive_field", 400)) for u in ups)
         if wav.numel() < need:
             raise SerkitError(f"{path}: {wav.numel()} samples ({wav.numel() / 16:.1f} ms) is shorter than "
                               f"the upstreams' receptive field ({need} samples); nothing to classify")
 
-    def forward(self, wavs, wav_lens=None):
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> Prediction:
         return self.classify_batch(wavs, wav_lens)
 
 
-def load_classifier(source, hparams: dict, info: dict, device: str = "cpu", checkpoint: str = "best"):
+def load_classifier(source: PathLike, hparams: dict, info: dict, device: str = "cpu",
+                    checkpoint: str = "best") -> MFSNClassifier:
     """:class:`MFSNClassifier` for a finished fold (``EmotionClassifier.from_hparams`` calls this when the
     fold's yaml names it as ``classifier``)."""
     from serkit.upstream import load_upstream

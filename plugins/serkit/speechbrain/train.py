@@ -39,9 +39,16 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..utils import SerkitError, setup_logging
+
+if TYPE_CHECKING:
+    import torch
+    import yaml
+    from speechbrain.utils.run_opts import RunOptions
 
 log = logging.getLogger("serkit.speechbrain")
 
@@ -87,7 +94,7 @@ def _peek_yaml(path: str, placeholders: bool = False) -> dict:
     class Loader(yaml.SafeLoader):
         pass
 
-    def tagged(loader, suffix, node):
+    def tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> object | None:
         return _PLACEHOLDER if placeholders and suffix == "PLACEHOLDER" else None
 
     Loader.add_multi_constructor("!", tagged)
@@ -126,7 +133,7 @@ def _read_overlay(path: str) -> dict:
     return data
 
 
-def _parse(argv):
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, RunOptions, dict]:
     import speechbrain as sb
     import yaml
 
@@ -173,7 +180,7 @@ def _parse(argv):
 FINETUNE_OPTIMIZERS = ("paper", "featex")
 
 
-def _select_optimizer(hparams: dict, setting: str, where: str):
+def _select_optimizer(hparams: dict, setting: str, where: str) -> Callable[..., torch.optim.Optimizer]:
     """The optimiser class for this run; in the finetune setting ``finetune_optimizer: paper`` takes
     ``finetune_opt_class`` and ``finetune_lr_schedule`` (replacing ``lr_schedule``), ``featex`` the
     feature-extraction ones (``opt_class``, ``lr_schedule``) for the upstream and the head alike."""
@@ -189,7 +196,7 @@ def _select_optimizer(hparams: dict, setting: str, where: str):
     return hparams["finetune_opt_class"]
 
 
-def _featex_layers(spec, layers: list[int], where: str) -> list[int] | None:
+def _featex_layers(spec: str | int | Iterable[int] | None, layers: list[int], where: str) -> list[int] | None:
     """Positions in the cached layers (``layers``, upstream layer numbers) that ``featex_layers`` keeps:
     ``all`` (None: every layer, summed with learned weights), ``last``, a layer number or a list of them."""
     if spec is None or spec == "all":
@@ -209,7 +216,7 @@ def _featex_layers(spec, layers: list[int], where: str) -> list[int] | None:
     return [layers.index(w) for w in wanted]
 
 
-def prepare_run_opts(run_opts):
+def prepare_run_opts(run_opts: RunOptions) -> RunOptions:
     """Pick gloo for DDP and the CPU as device when there is no GPU (SpeechBrain defaults to NCCL)."""
     import dataclasses
 
@@ -395,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """``serkit train`` (see serkit.speechbrain.cli)."""
     argv = [args.hparams]
     for opt in ("fold_dir", "output_folder", "feats", "upstream", "tensorboard"):
