@@ -28,7 +28,8 @@ setup(
     include_package_data=True,
     # The configs, shipped so that `serkit config NAME`, `serkit train NAME` and `serkit config-dir
     # fairseq` work outside a checkout: plugins/serkit/conf/*.yaml are the configs several corpora share
-    # (shiftser, bas, bas_search, mfsn, the mfsn_mini overlay); plugins/serkit/conf/<RECIPE> are
+    # (shiftser, bas, bas_search, flea, mfsn, the mfsn_mini overlay; fairseq/: FLEA's fairseq configs);
+    # plugins/serkit/conf/<RECIPE> are
     # symbolic links to recipes/<RECIPE>/conf, so a recipe's own configs ship as the recipe's files,
     # copied when the wheel is built.
     package_data={"serkit": ["conf/*.yaml", "conf/**/*.yaml"]},

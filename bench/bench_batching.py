@@ -38,7 +38,6 @@ import numpy as np
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 ROOT = Path(__file__).resolve().parent.parent
 DURATIONS = ROOT / "bench" / "data" / "iemocap_durations.tsv"
-CONF = ROOT / "recipes" / "IEMOCAP" / "conf"
 SHARED_CONF = ROOT / "plugins" / "serkit" / "conf"  # the configs the corpora share (shiftser.yaml: --method)
 CLASSES = ["ang", "hap", "neu", "sad"]
 SR = 16000
@@ -273,7 +272,7 @@ def bench_finetune(result: dict, args) -> None:
             for r in range(repeats):  # interleaved: the machine's load hits both alike
                 for batching in (("random", "dynamic") if r % 2 == 0 else ("dynamic", "random")):
                     record = {}
-                    seconds = train_epoch(CONF / "flea.yaml", fold, work, batching, bs, ckpt=ckpt,
+                    seconds = train_epoch(SHARED_CONF / "flea.yaml", fold, work, batching, bs, ckpt=ckpt,
                                           record=record)
                     times[batching].append(seconds)
                     padding[batching].append(record["padding"])

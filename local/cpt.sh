@@ -3,11 +3,12 @@
 # fairseq `hubert_pretraining` task and `hubert` criterion, and serkit's `serkit_hubert` model, which
 # starts from --init and re-initialises only the label-dependent parts for the new label set.
 #
-#   bash ../../local/cpt.sh --yaml conf/fairseq/cpt_hubert_base.yaml --fold FOLD --labels KM_DIR \
+#   bash ../../local/cpt.sh --yaml ../../plugins/serkit/conf/fairseq/cpt_hubert_base.yaml \
+#       --fold FOLD --labels KM_DIR \
 #       --init hubert_base_ls960.pt --updates 20000 --out EXP/cpt/fold1
 # Writes OUT/checkpoint_last.pt (a fairseq checkpoint any serkit tool loads) and OUT/train.log.
 set -euo pipefail
-# Runs in the recipe's directory (the caller's: conf/ is read from there).
+# Runs in the recipe's directory (the caller's: a relative --yaml is read from there).
 _here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=path.sh
 . "$_here/path.sh"

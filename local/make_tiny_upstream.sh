@@ -55,7 +55,7 @@ db=$workdir/db/mini_pretrain
 data=$workdir/data/pretrain
 fold=$data/iemocap_loso5/fold1
 opts="seed=$seed k=$nclusters updates=$updates"
-is_done "$out" "$opts" "$repo/recipes/IEMOCAP/conf/fairseq/hubert_tiny_iter1.yaml" && exit 0
+is_done "$out" "$opts" "$repo/plugins/serkit/conf/fairseq/hubert_tiny_iter1.yaml" && exit 0
 
 log "tiny HuBERT 1/5: pretraining corpus (seed $seed) -> $db -> $data -> $fold"
 serkit mini-corpus iemocap --out "$db" --seed "$seed"
@@ -95,7 +95,7 @@ pretraining_progress() {
   done
 }
 # Paths become quoted Hydra values, so spaces, commas, '=', brackets or quotes in them are data.
-fairseq-hydra-train --config-dir "$repo/recipes/IEMOCAP/conf/fairseq" --config-name hubert_tiny_iter1 \
+fairseq-hydra-train --config-dir "$repo/plugins/serkit/conf/fairseq" --config-name hubert_tiny_iter1 \
   common.user_dir="$(hydra_value "$user_dir")" dataset.data_buffer_size=0 \
   task.data="$(hydra_value "$fold")" task.label_dir="$(hydra_value "$out/km_mfcc")" optimization.max_update="$updates" \
   checkpoint.save_dir="$(hydra_value "$out/iter1")" hydra.run.dir="$(hydra_value "$out/iter1")" 2>&1 \

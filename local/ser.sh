@@ -150,8 +150,8 @@ Options (default in brackets):
                       official code's 4 x 87.5 s per update [$cpt_update_freq]
   --selection RULE    valid | paper [$selection]
   --teacher-epochs N, --finetune-epochs N, --head-epochs N, --cpt-updates N, --cpt-config FILE, --finetune-lr LR
-                      [40, 40, 100, 20000, conf/fairseq/cpt_hubert_base.yaml, conf/flea.yaml's 1e-4;
-                      mini corpus: 10, 10, 30, 150, conf/fairseq/cpt_hubert_tiny.yaml, 1e-3]
+                      [40, 40, 100, 20000, the shared fairseq/cpt_hubert_base.yaml, the shared flea.yaml's 1e-4;
+                      mini corpus: 10, 10, 30, 150, fairseq/cpt_hubert_tiny.yaml, 1e-3]
   --device D          auto | cpu | cuda [$device]
   --tag NAME          experiment directory exp/NAME [protocol]
   --workdir DIR       where data/, dump/, exp/ and db/ go [this recipe's directory]
@@ -163,7 +163,9 @@ Options (default in brackets):
   --mfsn-tec SOURCE   MFSN TEC: audio | text (the corpus transcripts) | asr (greedy CTC, needs --ctc-dict)
                       [$mfsn_tec]; text and asr are serkit's text ablation, not the paper's (text leaks across sessions)
   --ctc-dict FILE     dict.ltr.txt of the CTC --tec-upstream, for --mfsn-tec asr
-  --head-overrides S  extra yaml overrides for the heads' training, e.g. "--batch_size 16"
+  --head-overrides S  extra yaml overrides for the heads' training (ShiftSER's and BAS's), e.g. "--batch_size 16":
+                      each --key goes to the heads whose configs have it (--channel_mask_width: the ShiftSER
+                      heads only, BAS's configs have no SpecAugment); a key no chosen head's config has fails
   --shiftser-input K  what heads linear..shiftlstm see: masked (whole utterances, padding masked) |
                       paper (clipped to 7.5 s) | official (first 7.5 s zero-padded to 7.5 s, no mask) [$shiftser_input]
   --headline M        the metric validation selects on and the table leads with: ua | wf1 [$headline]
@@ -192,6 +194,7 @@ EOM
 [ -z "$job" ] || _ser_quiet=true
 # Configs several corpora use live once, with serkit (serkit config lists them); a recipe's conf/ holds its own.
 shared_conf=../../plugins/serkit/conf
+flea_conf=$shared_conf/flea.yaml  # FLEA's finetuning (teacher and FLEA); its CPT: $shared_conf/fairseq/
 log_setup() { ${_ser_quiet:-false} || log "$@"; }
 
 check_options() {
@@ -294,7 +297,7 @@ if $mini; then
   # (the values measured on the mini MELD, recipes/MELD/README.md)
   search_overrides=${search_overrides:-"--arch_lr 0.5 --temperature_start 1.0 --temperature_decay 0.85"}
   teacher_epochs=${teacher_epochs:-10}; finetune_epochs=${finetune_epochs:-10}; head_epochs=${head_epochs:-30}
-  cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_tiny.yaml}
+  cpt_updates=${cpt_updates:-150}; cpt_config=${cpt_config:-$shared_conf/fairseq/cpt_hubert_tiny.yaml}
   [ "$cpt_update_freq" != auto ] || cpt_update_freq=1  # the tiny model's batch is its own, not the paper's
   tec_layer=${tec_layer:-2}; sec_layers=${sec_layers:-0,1,2}
   if [ -z "$mfsn_config$mfsn_overlay${config:-}" ]; then  # the CPU-sized MFSN: overlays on the full config
@@ -306,7 +309,7 @@ if $mini; then
 else
   method=${method:-$default_method}
   teacher_epochs=${teacher_epochs:-40}; finetune_epochs=${finetune_epochs:-40}; head_epochs=${head_epochs:-100}
-  cpt_updates=${cpt_updates:-20000}; cpt_config=${cpt_config:-conf/fairseq/cpt_hubert_base.yaml}
+  cpt_updates=${cpt_updates:-20000}; cpt_config=${cpt_config:-$shared_conf/fairseq/cpt_hubert_base.yaml}
   tec_layer=${tec_layer:-12}; sec_layers=${sec_layers:-4,8,12}
   if [ "$mfsn_tec" = audio ]; then mfsn_config=${mfsn_config:-$shared_conf/mfsn.yaml}; else mfsn_config=${mfsn_config:-conf/mfsn_text.yaml}; fi
   [ -n "$upstream" ] || [ "${method//,/ }" = mfsn ] || die "--upstream is required with a real corpus (e.g. --upstream /models/hubert_base_ls960.pt)"
@@ -328,8 +331,6 @@ for m in ${method//,/ }; do
     *) heads+=("$m") ;;
   esac
 done
-# FLEA's configs (the paper's, for HuBERT-base) are a recipe's own: conf/flea.yaml and conf/fairseq/.
-! $flea || [ -f conf/flea.yaml ] || die "--method flea needs conf/flea.yaml and conf/fairseq/cpt_*.yaml in $PWD (the IEMOCAP recipe's: serkit config IEMOCAP/flea --out conf/flea.yaml, and the same for fairseq/cpt_hubert_base)"
 # FLEA continues HuBERT's pretraining with fairseq: a Hugging Face directory serves the heads only.
 ! $flea || [ ! -d "$upstream" ] || die "--upstream $upstream is a directory (Hugging Face): FLEA needs a fairseq HuBERT checkpoint file; use it with heads (--method bas,...) only"
 # The layer FLEA clusters must exist: checked now when the upstream is given, else once stage 0 built
@@ -369,6 +370,21 @@ tb() { tb=(); [ -z "$tensorboard" ] || tb=(--tensorboard "$tensorboard/${1#"$exp
 head_conf() { case $1 in bas*) echo "$shared_conf/bas.yaml" ;; *) echo "$shared_conf/shiftser.yaml" ;; esac; }
 # head_search_conf HEAD: the search config a head reads besides its head_conf (BAS), or nothing.
 head_search_conf() { [ "$1" != bas ] || echo "$shared_conf/bas_search.yaml"; }
+# head_overrides_of[METHOD]: the part of --head-overrides METHOD's configs take (each key goes to the
+# heads whose configs have it; one that none of this run's heads has is refused, naming the option;
+# a run without heads leaves them unused, as --search-overrides without bas).
+declare -A head_overrides_of=()
+_routes=()
+for _m in "${heads[@]}"; do
+  _h=${head_of[$_m]:-$_m}; [ "$_h" != mfsn ] || continue
+  _routes+=("$_m=$(head_conf "$_h")$(_s=$(head_search_conf "$_h"); echo "${_s:+,$_s}")")
+done
+if [ -n "$head_overrides" ] && [ ${#_routes[@]} -gt 0 ]; then
+  # the mini corpus's own SpecAugment width (not the user's) is dropped where no config has it
+  _routed=$(serkit recipe route-overrides --option=--head-overrides --overrides "$head_overrides" \
+    ${mini_specaugment:+--default} "${_routes[@]}") || exit 1
+  while IFS=$'\t' read -r _m _o; do [ -z "$_m" ] || head_overrides_of[$_m]=$_o; done <<< "$_routed"
+fi
 upstream_label() { if $mini; then echo "tiny HuBERT (pretrained here on a separate mini corpus)"; else basename "$upstream"; fi; }
 # head_run HEAD: the run directory of a head.
 # head_run METHOD: the run directory of a method (named as the corpus names it, see method_aliases).
@@ -456,10 +472,10 @@ step_tapt_dump() {  # stage 1, TAPT labels: the published k-means model on --ups
   fi
 }
 
-# train_flea NAME FOLD OUT UPSTREAM POOLING EPOCHS: conf/flea.yaml's finetuning (the teacher's, FLEA's).
+# train_flea NAME FOLD OUT UPSTREAM POOLING EPOCHS: flea.yaml's finetuning (the teacher's, FLEA's).
 train_flea() {
   tb "$3"
-  timed "$1" logged "$3/log/train.log" serkit train conf/flea.yaml --fold-dir "$2" --output-folder "$3" \
+  timed "$1" logged "$3/log/train.log" serkit train "$flea_conf" --fold-dir "$2" --output-folder "$3" \
     --upstream "$4" --pooling "$5" --number_of_epochs "$6" "${lr_opt[@]}" --device "$device" --noprogressbar "${tb[@]}"
 }
 
@@ -490,7 +506,7 @@ step_teacher() {  # stage 1, fold K: (TAPT,) finetune the upstream, dump its lay
     start=$(realpath "$exp/tapt/fold$k/checkpoint_last.pt")
   fi
   opts="upstream=$start epochs=$teacher_epochs lr=$finetune_lr pooling=$teacher_pooling"
-  is_done "$out" "$opts" "$start" "$splits" conf/flea.yaml || {
+  is_done "$out" "$opts" "$start" "$splits" "$flea_conf" || {
     train_flea "teacher_fold$k" "$fold" "$out" "$start" "$teacher_pooling" "$teacher_epochs"
     logged "$out/log/export.log" serkit export-upstream --exp "$out" --out "$out/upstream.pt"
     mark_done "$out"; }
@@ -532,7 +548,7 @@ step_flea() {  # stage 4: FLEA finetune with POOLING, fold K
   cpt=$(realpath "$exp/cpt/fold$k/checkpoint_last.pt")
   log "Stage 4: FLEA finetune fold $k ($p pooling): $cpt -> $out"
   opts="cpt=$cpt pooling=$p epochs=$finetune_epochs lr=$finetune_lr"
-  is_done "$out" "$opts" "$exp/cpt/fold$k" "$splits" conf/flea.yaml || {
+  is_done "$out" "$opts" "$exp/cpt/fold$k" "$splits" "$flea_conf" || {
     train_flea "flea_${p}_fold$k" "$fold" "$out" "$cpt" "$p" "$finetune_epochs"
     mark_done "$out"; }
 }
@@ -543,16 +559,15 @@ step_head() {  # stage 4: METHOD (a head, or the corpus's name of one) on fold K
   run=$(head_run "$name"); out=$run/fold$k
   [ "$setting" != featex ] || feats=$(feats_dir "$upstream" "$layers")
   log "Stage 4: $name ($setting) fold $k: $fold -> $out"
-  # BAS and its baselines: --bas-layers layers; the mini corpus's SpecAugment width is not theirs
-  overrides=$head_overrides
+  # the part of --head-overrides this head's configs take; BAS and its baselines: --bas-layers layers
+  overrides=${head_overrides_of[$name]:-}
   case $h in linear|ffn|cnn|shiftcnn|transformer|shiftformer|lstm|shiftlstm)
-    overrides="${input_overrides:+$input_overrides }$head_overrides"
+    overrides="${input_overrides:+$input_overrides }$overrides"
     # SpecAugment's channel masks: ShiftSER's 64 of 768 channels, scaled to the features' width
     if [ -n "$feats" ] && [[ "$overrides" != *--channel_mask_width* ]] && [ "$(json_value "$feats/meta.json" dim)" != 768 ]; then
       extra+=" --channel_mask_width $(serkit recipe channel-mask-width "$feats")"
     fi ;;
   esac
-  case "$h" in bas*) ${mini_specaugment:-false} && overrides="" ;; esac
   case "$h" in
     bas) bas_opts=(--search-overrides "--search_layers $bas_layers $search_overrides")
       [ -z "$search_epochs" ] || bas_opts+=(--search-epochs "$search_epochs") ;;
@@ -665,14 +680,14 @@ step_describe() {
         teacher="teacher (HuBERT TAPT on $(basename "$tapt_km") labels of layer $tapt_layer, batch $cpt_batch, then finetuned, $teacher_pooling pooling)"
       fi
       run_json "$exp/teacher" method="$teacher" setting=finetune \
-        protocol="$protocol" upstream="$(upstream_label)" config=conf/flea.yaml selection=valid_test_mean ;;
+        protocol="$protocol" upstream="$(upstream_label)" config="$flea_conf" selection=valid_test_mean ;;
     flea)
       cpt_batch
       # shellcheck disable=SC2046
       run_json "$exp/flea_$p" method="FLEA ($p pooling)" setting=finetune protocol="$protocol" \
         upstream="CPT-$(upstream_label), CPT batch $cpt_batch, layer $layer, k=$nclusters, $(serkit recipe km-label \
           --transductive "$transductive" $(for k in $fold_list; do echo "$exp/km/fold$k/km.json"; done))" \
-        config=conf/flea.yaml selection=valid_test_mean ;;
+        config="$flea_conf" selection=valid_test_mean ;;
     mfsn)
       local mfsn_ablation=$p
       mfsn_sources

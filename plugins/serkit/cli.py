@@ -189,10 +189,11 @@ def run_list(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="print a config shipped with serkit, or copy it with --out",
                        description="Print a config installed with serkit: one the corpora share (NAME, "
-                       "e.g. shiftser, bas, mfsn, the mfsn_mini overlay), a recipe's own (NAME or "
+                       "e.g. shiftser, bas, flea, mfsn, the mfsn_mini overlay), a recipe's own (NAME or "
                        "RECIPE/NAME) or fairseq's (fairseq/NAME); without NAME, list them all with their "
                        "installed paths. `serkit train NAME` takes the same names.")
-    p.add_argument("name", nargs="?", help="config name, e.g. shiftser, IEMOCAP/flea, fairseq/ser_finetune")
+    p.add_argument("name", nargs="?",
+                   help="config name, e.g. shiftser, flea, fairseq/ser_finetune, IEMOCAP/mfsn_text")
     p.add_argument("--out", help="write the config to this new file instead of printing it")
     p.set_defaults(func=run_config)
 

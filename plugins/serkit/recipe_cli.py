@@ -8,6 +8,8 @@ They live here rather than in bash heredocs so that they are tested Python, take
 - ``cpt-batch --config YAML --update-freq auto|N``: the continued-pretraining batch of one update.
 - ``check-labels --labels DIR --fold DIR``: k-means labels row-aligned with a fold's manifests.
 - ``folds SPLIT_DIR SPEC``: the fold numbers of a split (``all`` or a comma list, checked).
+- ``route-overrides --option OPT --overrides S NAME=CONF[,CONF]...``: each ``--key value`` of S to the
+  runs whose configs have the key.
 - ``json-value FILE KEY``, ``num-layers CKPT``, ``hydra-value VALUE``, ``channel-mask-width FEATS``.
 """
 
@@ -185,12 +187,82 @@ def _run(args: argparse.Namespace) -> int:
                 f"--upstream {args.checkpoint}: not an upstream checkpoint serkit can load: "
                 f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}"
             ) from None
+    elif what == "route-overrides":
+        runs = {}
+        for item in args.runs:
+            run, sep, confs = item.partition("=")
+            if not sep or not run:
+                raise SerkitError(f"route-overrides: {item!r} is not RUN=CONF[,CONF]")
+            runs[run] = [c for c in confs.split(",") if c]
+        for run, text in route_overrides(args.option, args.overrides, runs, args.default).items():
+            print(f"{run}\t{text}")
     elif what == "hydra-value":
         print(hydra_value(args.value))
     elif what == "channel-mask-width":
         dim = json.loads((Path(args.feats) / "meta.json").read_text())["dim"]
         print(channel_mask_width(int(dim)))
     return 0
+
+
+def split_overrides(text: str) -> list[tuple[str, list[str]]]:
+    """``--key value ...`` (split on whitespace, as the scripts pass it on) as [(key, [values])].
+
+    >>> split_overrides("--batch_size 16 --arch msa_ffn,msa_ffn --flag --lr -1e-3")
+    [('batch_size', ['16']), ('arch', ['msa_ffn,msa_ffn']), ('flag', []), ('lr', ['-1e-3'])]
+    """
+    out: list[tuple[str, list[str]]] = []
+    for token in text.split():
+        if re.match(r"--[A-Za-z]", token):
+            out.append((token[2:], []))
+        elif out:
+            out[-1][1].append(token)
+        else:
+            raise SerkitError(f"{token!r} is not a --key: overrides are '--key value ...'")
+    return out
+
+
+def _train_and_run_options() -> set[str]:
+    """Options every `serkit train` takes whatever its config: its own and SpeechBrain's run options."""
+    import dataclasses
+
+    from speechbrain.core import RunOptions
+
+    from .speechbrain.train import build_parser
+
+    own = {a.dest for a in build_parser()._actions}
+    return own | {f.name for f in dataclasses.fields(RunOptions)}
+
+
+def route_overrides(option: str, overrides: str, runs: dict[str, list[str]],
+                    default: bool = False) -> dict[str, str]:
+    """{run: the part of ``overrides`` that run's configs take}: a ``--key`` goes to each run whose
+    every config has the key (a run trained by two configs, BAS's search and retrain, gets it only
+    if both have it), or to every run if it is a `serkit train` or SpeechBrain run option.
+
+    A key that goes to no run is a user's mistake (it would do nothing, or fail one run after
+    others finished): SerkitError naming ``option``; with ``default`` (the recipe's own default, not
+    the user's) it is dropped instead.
+    """
+    from .speechbrain.train import _peek_yaml
+
+    keys = {path: set(_peek_yaml(path)) for paths in runs.values() for path in paths}
+    routed: dict[str, list[str]] = {run: [] for run in runs}
+    everywhere = None
+    for key, values in split_overrides(overrides):
+        to = [run for run, paths in runs.items() if paths and all(key in keys[p] for p in paths)]
+        if not to:
+            everywhere = _train_and_run_options() if everywhere is None else everywhere
+            if key in everywhere:
+                to = list(runs)
+        if not to and not default:
+            have = ", ".join(sorted({Path(p).name for paths in runs.values() for p in paths})) or "none"
+            raise SerkitError(
+                f"{option} \"{overrides}\": --{key} is a key of none of the configs it goes to ({have}; "
+                f"runs: {', '.join(runs) or 'none'}); check the spelling, or pass it with the "
+                "option of the run whose config has it (e.g. --search-overrides, --mfsn-overrides)")
+        for run in to:
+            routed[run] += [f"--{key}", *values]
+    return {run: " ".join(tokens) for run, tokens in routed.items()}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -219,6 +291,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("checkpoint")
     q = rs.add_parser("hydra-value", help="a value quoted as a Hydra override")
     q.add_argument("value")
+    q = rs.add_parser("route-overrides", help="print 'RUN<TAB>overrides' for each RUN=CONF[,CONF]: the "
+                      "--key value pairs of --overrides its configs take")
+    q.add_argument("--option", required=True, help="the recipe option the overrides came from (messages)")
+    q.add_argument("--overrides", required=True)
+    q.add_argument("--default", action="store_true",
+                   help="the recipe's default, not the user's: drop a key no config has instead of failing")
+    q.add_argument("runs", nargs="*", metavar="RUN=CONF[,CONF]")
     q = rs.add_parser("channel-mask-width", help="ShiftSER's 64-of-768 channel mask scaled to FEATS's width")
     q.add_argument("feats", help="a dump-features directory (meta.json)")
     p.set_defaults(func=_run)

@@ -1,10 +1,12 @@
 """Files installed with serkit: the configs and the fairseq ``--user-dir``.
 
-Configs used by several corpora (``shiftser``, ``bas``, ``bas_search``, ``mfsn`` and the ``mfsn_mini``
-overlay) are the files in ``plugins/serkit/conf/`` itself. A recipe's own configs stay in
-``recipes/<RECIPE>/conf``: in a checkout, ``plugins/serkit/conf/<RECIPE>`` are symbolic links to them,
-and a wheel holds copies made when it is built, so there is one set of files to edit. A config is
-addressed as ``NAME`` (a shared one, or one only one recipe has, e.g. ``flea``), else as
+Configs used by several corpora (``shiftser``, ``bas``, ``bas_search``, ``flea``, ``mfsn`` and the
+``mfsn_mini`` overlay) are the files in ``plugins/serkit/conf/`` itself, fairseq's (FLEA's continued
+pretraining, the tiny HuBERT, the fairseq finetune) those in ``plugins/serkit/conf/fairseq/``. A
+recipe's own configs stay in ``recipes/<RECIPE>/conf``: in a checkout, ``plugins/serkit/conf/<RECIPE>``
+are symbolic links to them, and a wheel holds copies made when it is built, so there is one set of
+files to edit. A config is
+addressed as ``NAME`` (a shared one, or one only one recipe has, e.g. ``mfsn_text``), else as
 ``RECIPE/NAME``; fairseq's as ``fairseq/NAME``.
 """
 from __future__ import annotations
@@ -15,12 +17,10 @@ from pathlib import Path
 from .utils import SerkitError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-#: the recipe whose conf/fairseq holds the fairseq configs
-FAIRSEQ_RECIPE = "IEMOCAP"
 
 
 def all_configs() -> dict[str, Path]:
-    """{``NAME`` (shared), ``RECIPE/NAME`` or ``RECIPE/fairseq/NAME``: path} for every shipped config."""
+    """{``NAME`` (shared), ``fairseq/NAME`` or ``RECIPE/NAME``: path} for every shipped config."""
     if not CONF_DIR.is_dir():
         raise SerkitError(f"{CONF_DIR}: no configs installed with serkit; reinstall serkit")
     out = {path.stem: path for path in sorted(CONF_DIR.glob("*.yaml"))}
@@ -31,8 +31,8 @@ def all_configs() -> dict[str, Path]:
 
 
 def find_config(name: str) -> Path:
-    """The config called ``name`` (``shiftser``, ``IEMOCAP/flea``, ``fairseq/ser_finetune``, ``x.yaml``);
-    a shared config's name is its own, before any recipe's file of that name."""
+    """The config called ``name`` (``shiftser``, ``flea``, ``fairseq/ser_finetune``, ``IEMOCAP/mfsn_text``,
+    ``x.yaml``); a shared config's name is its own, before any recipe's file of that name."""
     key = name[:-5] if name.endswith(".yaml") else name
     configs = all_configs()
     if key in configs:
@@ -47,9 +47,9 @@ def find_config(name: str) -> Path:
 
 def config_dir(kind: str) -> Path:
     """The directory to pass as ``--config-dir``: ``fairseq``, or a recipe's name for its configs."""
-    path = CONF_DIR / FAIRSEQ_RECIPE / "fairseq" if kind == "fairseq" else CONF_DIR / kind
+    path = CONF_DIR / kind
     if not path.is_dir():
-        choices = ["fairseq", *sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())]
+        choices = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
         raise SerkitError(f"no config directory {kind!r}; choose from {', '.join(choices)}")
     return path
 

@@ -19,7 +19,7 @@ tapt_km=""                    # FLEA TAPT: a published k-means model (off)
 tapt_layer=9                  # FLEA TAPT: the layer --tapt-km was fitted on
 teacher_pooling=mean          # FLEA teacher pooling (our reading of Table 1)
 cpt_update_freq=auto          # ceil(4 / GPUs): the official code's 4 GPUs x 87.5 s per update
-cpt_config=""                 # conf/fairseq/cpt_hubert_base.yaml (mini corpus: cpt_hubert_tiny.yaml)
+cpt_config=""                 # the shared fairseq/cpt_hubert_base.yaml (mini corpus: cpt_hubert_tiny.yaml)
 bas_layers=4                  # BAS: searchable layers, 3 or 4
 shiftser_input=masked         # masked | paper (clipped to 7.5 s) | official (7.5 s, zero-padded)
 

@@ -255,8 +255,8 @@ cd {recipe}
 echo "unpickling override: ${{TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD-unset}}" >&2
 opts="updates=4 config=cpt_hubert_tiny"
 is_done {out} "$opts" {init} {labels} || {{
-  bash ../../local/cpt.sh --yaml conf/fairseq/cpt_hubert_tiny.yaml --fold {fold} --labels {labels} \\
-    --init {init} --updates 4 --out {out}
+  bash ../../local/cpt.sh --yaml ../../plugins/serkit/conf/fairseq/cpt_hubert_tiny.yaml \\
+    --fold {fold} --labels {labels} --init {init} --updates 4 --out {out}
   mark_done {out} "$opts"; }}
 """
 

@@ -23,7 +23,8 @@ pytest.importorskip("speechbrain")
 pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 
 SHORT = ["--folds", "1", "--layer", "2", "--nclusters", "4", "--teacher-epochs", "1",
-         "--finetune-lr", "0.001", "--cpt-updates", "2", "--cpt-config", "conf/fairseq/cpt_hubert_tiny.yaml",
+         "--finetune-lr", "0.001", "--cpt-updates", "2",
+         "--cpt-config", "../../plugins/serkit/conf/fairseq/cpt_hubert_tiny.yaml",
          "--device", "cpu", "--method", "flea", "--valid", "speaker"]
 
 

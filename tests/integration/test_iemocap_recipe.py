@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 MFSN_MINI = "../../plugins/serkit/conf/mfsn_mini.yaml"
 SHORT = ["--folds", "1", "--layer", "2", "--nclusters", "8", "--teacher-epochs", "2",
          "--finetune-epochs", "2", "--head-epochs", "2", "--finetune-lr", "0.001", "--cpt-updates", "4",
-         "--cpt-config", "conf/fairseq/cpt_hubert_tiny.yaml", "--head-overrides", "--channel_mask_width 5",
+         "--cpt-config", "../../plugins/serkit/conf/fairseq/cpt_hubert_tiny.yaml",
+         "--head-overrides", "--channel_mask_width 5",
          "--device", "cpu"]
 
 

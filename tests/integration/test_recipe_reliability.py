@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
 ODD = "wörk (a,b=c) it's"
 FLEA = ["--folds", "1", "--layer", "2", "--nclusters", "4", "--teacher-epochs", "1", "--finetune-epochs", "1",
-        "--cpt-updates", "2", "--cpt-config", "conf/fairseq/cpt_hubert_tiny.yaml", "--finetune-lr", "0.001",
+        "--cpt-updates", "2", "--cpt-config", "../../plugins/serkit/conf/fairseq/cpt_hubert_tiny.yaml",
+        "--finetune-lr", "0.001",
         "--method", "flea", "--pooling", "mean", "--device", "cpu"]
 
 

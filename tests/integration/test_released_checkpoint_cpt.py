@@ -2,7 +2,7 @@
 
 The stand-in has HuBERT-base's real dimensions (7 convs of 512 channels, 12 layers of 768 dims, 504
 labels) and the release's structure (cfg dict, task_state, the authors' task.data), so the recipe's
-``conf/fairseq/cpt_hubert_base.yaml`` runs against it exactly as ``local/cpt.sh`` runs it (same
+``plugins/serkit/conf/fairseq/cpt_hubert_base.yaml`` runs against it exactly as ``local/cpt.sh`` runs it (same
 overrides), plus the CPU settings of the other fairseq integration tests and a small batch.
 """
 

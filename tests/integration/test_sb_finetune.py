@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from tests.fixtures.sb import CONF, read_predictions, split_ids  # noqa: E402
+from tests.fixtures.sb import SHARED_CONF, read_predictions, split_ids  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +19,9 @@ def test_flea_finetune_trains_transformer_keeps_cnn_and_predict_restores_it(sb_t
 
     setup = sb_tiny
     out = tmp_path / "flea" / "fold1"
-    assert main([str(CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
-                 "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1", "--batch_size", "4",
+    assert main([str(SHARED_CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]),
+                 "--output-folder", str(out), "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1",
+                 "--batch_size", "4",
                  "--lr", "0.001", "--noprogressbar"]) == 0
     info = json.loads((out / "train_info.json").read_text())
     assert info["setting"] == "finetune" and info["selection"] == "valid_test_mean"
@@ -68,8 +69,9 @@ def test_exported_teacher_is_a_fairseq_checkpoint_with_the_finetuned_weights(sb_
 
     setup = sb_tiny
     out = tmp_path / "teacher" / "fold1"
-    assert main([str(CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
-                 "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1", "--batch_size", "4",
+    assert main([str(SHARED_CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]),
+                 "--output-folder", str(out), "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1",
+                 "--batch_size", "4",
                  "--lr", "0.001", "--noprogressbar"]) == 0
     path = export_upstream(out, tmp_path / "teacher.pt")
     exported = load_upstream(str(path))

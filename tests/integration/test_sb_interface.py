@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from tests.fixtures.sb import CONF, PITCH, head_conf, write_tone  # noqa: E402
+from tests.fixtures.sb import PITCH, SHARED_CONF, head_conf, write_tone  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +33,9 @@ def finetuned(sb_tiny):
 
     setup = sb_tiny
     out = setup["root"] / "exp" / "interface_flea" / "fold1"
-    assert main([str(CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
-                 "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1", "--batch_size", "4",
+    assert main([str(SHARED_CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]),
+                 "--output-folder", str(out), "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1",
+                 "--batch_size", "4",
                  "--lr", "0.001", "--noprogressbar"]) == 0
     return setup, out
 

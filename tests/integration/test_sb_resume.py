@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from tests.fixtures.sb import CONF, SHARED_CONF, head_conf, read_predictions, split_ids  # noqa: E402
+from tests.fixtures.sb import SHARED_CONF, head_conf, read_predictions, split_ids  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -104,8 +104,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 def _train_cmd(conf, setup, out, *extra):
     source = ["--feats", str(setup["feats"])] if conf != "flea.yaml" else ["--upstream", str(setup["ckpt"])]
-    hparams = {"linear.yaml": head_conf("linear"), "bas_search.yaml": [str(SHARED_CONF / conf)]}.get(
-        conf, [str(CONF / conf)])
+    hparams = {"linear.yaml": head_conf("linear")}.get(conf, [str(SHARED_CONF / conf)])
     return [sys.executable, "-m", "serkit.speechbrain.train", *hparams, "--fold-dir",
             str(setup["fold"]), "--output-folder", str(out), *source, "--noprogressbar", *extra]
 

@@ -13,7 +13,7 @@ from serkit.cli import main
 from serkit.resources import config_dir, user_dir
 
 REPO = Path(__file__).resolve().parents[2]
-FAIRSEQ_CONF = REPO / "recipes" / "IEMOCAP" / "conf" / "fairseq"
+FAIRSEQ_CONF = REPO / "plugins" / "serkit" / "conf" / "fairseq"
 
 
 def documented_command(config: Path) -> str:

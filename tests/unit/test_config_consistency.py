@@ -185,11 +185,11 @@ def test_a_planted_unused_key_fails(tmp_path):
     assert unused_keys(root) == []
     conf = root / SHARED / "shiftser.yaml"
     conf.write_text(conf.read_text(encoding="utf-8") + "dropout_ratio: 0.1\n", encoding="utf-8")
-    flea = root / "recipes" / "IEMOCAP" / "conf" / "flea.yaml"
+    flea = root / SHARED / "flea.yaml"
     flea.write_text(flea.read_text(encoding="utf-8").replace("\nlr: ", "\nlearning_rate: 0.1\nlr: "),
                     encoding="utf-8")
-    assert unused_keys(root) == [f"{SHARED}/shiftser.yaml: dropout_ratio",
-                                 "recipes/IEMOCAP/conf/flea.yaml: learning_rate"]
+    assert unused_keys(root) == [f"{SHARED}/flea.yaml: learning_rate",
+                                 f"{SHARED}/shiftser.yaml: dropout_ratio"]
 
 
 def test_a_misspelled_override_or_overlay_key_fails(tmp_path):

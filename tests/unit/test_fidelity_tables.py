@@ -2,9 +2,10 @@
 
 Each row's "serkit default" cell is one backticked value followed by its source in backticked
 parentheses: a yaml key of the recipe (`conf/x.yaml: dotted.key`) or of a config shared by the corpora
-(`x.yaml: dotted.key`, in plugins/serkit/conf), read as raw YAML with HyperPyYAML's tags ignored; a
-run.sh option (`run.sh --opt`, read from its `opt=value` default line); or a head's default in the
-head registry (`serkit.nn.heads: head.option`, the value `build_head("head", ...)` builds it with).
+(`x.yaml: dotted.key` or `fairseq/x.yaml: dotted.key`, in plugins/serkit/conf), read as raw YAML
+with HyperPyYAML's tags ignored; a run.sh option (`run.sh --opt`, read from its `opt=value` default
+line); or a head's default in the head registry (`serkit.nn.heads: head.option`, the value
+`build_head("head", ...)` builds it with).
 Numbers compare numerically, everything else as the exact string. A row with no checkable source fails.
 """
 from __future__ import annotations
@@ -124,8 +125,8 @@ def lookup(recipe: Path, source: str):
         return registry_default(m.group("head"), m.group("option"))
     m = YAML_SOURCE.match(source)
     if m:
-        # conf/x.yaml: the recipe's own; a bare x.yaml: shared by the corpora (plugins/serkit/conf)
-        shared = "/" not in m.group("file")
+        # conf/x.yaml: the recipe's own; x.yaml or fairseq/x.yaml: shared by the corpora (plugins/serkit/conf)
+        shared = not m.group("file").startswith("conf/")
         path = (recipe.parents[1] / SHARED_CONF if shared else recipe) / m.group("file")
         if not path.is_file():
             raise LookupError(f"{path} does not exist")

@@ -1,5 +1,6 @@
 """FLEA's official-code training details in serkit: each one acts (dropout before pooling, time masking
-inside HuBERT, the class-balanced sampler, truncation, weight decay), and conf/flea.yaml turns them on."""
+inside HuBERT, the class-balanced sampler, truncation, weight decay), and the shared flea.yaml turns them
+on."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import torch
 pytest.importorskip("speechbrain")
 pytest.importorskip("fairseq")
 
-from tests.fixtures.sb import CONF  # noqa: E402
+from tests.fixtures.sb import SHARED_CONF  # noqa: E402
 
 
 def _peek(path):
@@ -20,7 +21,7 @@ def _peek(path):
 
 
 def test_flea_yaml_turns_the_official_code_details_on():
-    cfg = _peek(CONF / "flea.yaml")
+    cfg = _peek(SHARED_CONF / "flea.yaml")
     assert cfg["upstream_output_dropout"] == 0.1 and cfg["upstream_mask_time_prob"] == 0.08
     assert cfg["upstream_mask_time_length"] == 10 and cfg["class_balanced_sampler"] is True
     assert cfg["max_duration"] == 6.0 and cfg["crop"] == "start" and cfg["weight_decay"] == 1e-5
@@ -102,7 +103,7 @@ def test_class_balanced_sampler_weights_each_class_equally():
 
 
 def test_flea_training_uses_sampler_truncation_and_weight_decay(sb_tiny, tmp_path, monkeypatch):
-    """A one-epoch run of conf/flea.yaml: every training signal is cut to max_duration from the start,
+    """A one-epoch run of flea.yaml: every training signal is cut to max_duration from the start,
     the training loader draws through the class-balanced sampler, AdamW has weight decay 1e-5."""
     import speechbrain as sb
 
@@ -141,8 +142,9 @@ def test_flea_training_uses_sampler_truncation_and_weight_decay(sb_tiny, tmp_pat
     monkeypatch.setattr(SERBrain, "compute_forward", fwd_spy)
     monkeypatch.setattr(SERBrain, "on_fit_start", start_spy)
     out = tmp_path / "flea"
-    assert main([str(CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
-                 "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1", "--batch_size", "4",
+    assert main([str(SHARED_CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]),
+                 "--output-folder", str(out), "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1",
+                 "--batch_size", "4",
                  "--max_duration", "0.25", "--noprogressbar"]) == 0
     assert len(made) == 1 and loaders[0].sampler is made[0]
     assert sigs and max(sigs) == 4000  # 0.25 s at 16 kHz; the utterances are 0.4-0.9 s
@@ -162,7 +164,7 @@ def test_feature_penalty_cannot_change_weights_with_the_cnn_frozen(tmp_path):
     from serkit.upstream.tiny import make_hubert_checkpoint
 
     for name in ("cpt_hubert_base.yaml", "cpt_hubert_tiny.yaml"):
-        cfg = yaml.safe_load((CONF / "fairseq" / name).read_text())
+        cfg = yaml.safe_load((SHARED_CONF / "fairseq" / name).read_text())
         assert cfg["model"]["feature_grad_mult"] == 0.0 and "loss_weights" not in cfg["criterion"]
     model = load_upstream(make_hubert_checkpoint(tmp_path / "tiny.pt", num_labels=5)).model.train()
     model.feature_grad_mult = 0.0

@@ -105,6 +105,48 @@ def test_fit_refuses_a_fold_whose_train_shares_test_speakers(setup, tmp_path):
         km.fit(setup["feats"], fold, tmp_path / "m.npz", n_clusters=2)
 
 
+def _speaker_dependent_fold(setup, path: Path, protocol: str, test: list) -> Path:
+    """A fold of ``protocol`` (fold.json as `serkit split` writes it) whose test shares spk0 with train."""
+    by = setup["by"]
+    write_split(path, "train", by["spk0"][:2] + by["spk1"], setup["wav_root"])
+    write_split(path, "test", test, setup["wav_root"])
+    (path / "fold.json").write_text(json.dumps({"protocol": protocol, "fold": 1}))
+    return path
+
+
+def test_a_speaker_dependent_protocol_shares_speakers_but_not_utterances(setup, tmp_path):
+    """MELD's official split and SAVEE's 10-fold CV share speakers between train and test by design:
+    k-means on their training split is no leak (FLEA on those corpora); a shared utterance still is,
+    and a speaker-independent protocol still refuses shared speakers."""
+    by = setup["by"]
+    fold = _speaker_dependent_fold(setup, tmp_path / "meld", "meld_official", by["spk0"][2:] + by["spk3"])
+    meta = km.fit(setup["feats"], fold, tmp_path / "m.npz", n_clusters=2, max_frames=50)
+    assert meta["speakers"] == ["spk0", "spk1"] and meta["sees_test_audio"] is False
+    info = km.apply(tmp_path / "m.npz", setup["feats"], fold, tmp_path / "labels", splits=("train", "test"))
+    assert info["transductive"] is False
+    leaky = _speaker_dependent_fold(setup, tmp_path / "leaky", "meld_official", by["spk0"][1:] + by["spk3"])
+    with pytest.raises(SerkitError, match=r"shares 1 utterance\(s\) \['spk0_u1'\]"):
+        km.fit(setup["feats"], leaky, tmp_path / "l.npz", n_clusters=2)
+    loso = _speaker_dependent_fold(setup, tmp_path / "loso", "iemocap_loso5", by["spk0"][2:] + by["spk3"])
+    with pytest.raises(SerkitError, match=r"speaker\(s\) \['spk0'\]"):
+        km.fit(setup["feats"], loso, tmp_path / "s.npz", n_clusters=2)
+
+
+def test_apply_on_a_speaker_dependent_fold_needs_a_model_of_its_training_split(setup, tmp_path):
+    """Speakers cannot tell a model fitted on another fold's training split (which may hold this fold's
+    test utterances) on a speaker-dependent protocol: the fitted utterances must be this fold's."""
+    by = setup["by"]
+    fold = _speaker_dependent_fold(setup, tmp_path / "cv1", "savee_cv10", by["spk0"][2:])
+    other = tmp_path / "cv2"
+    write_split(other, "train", by["spk0"][1:] + by["spk1"], setup["wav_root"])
+    write_split(other, "test", by["spk0"][:1], setup["wav_root"])
+    (other / "fold.json").write_text(json.dumps({"protocol": "savee_cv10", "fold": 2}))
+    km.fit(setup["feats"], other, tmp_path / "o.npz", n_clusters=2, max_frames=50)
+    with pytest.raises(SerkitError, match="not on this fold's training split"):
+        km.apply(tmp_path / "o.npz", setup["feats"], fold, tmp_path / "labels", splits=("train", "test"))
+    assert not (tmp_path / "labels").exists()
+
+
 def test_apply_refuses_model_fitted_on_this_folds_test_speakers(setup, tmp_path):
     other = tmp_path / "other"  # a fold where spk3 is training data
     by = setup["by"]

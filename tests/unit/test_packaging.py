@@ -15,12 +15,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE_CONFIGS = sorted(REPO.glob("recipes/*/conf/**/*.yaml"))
-SHARED_CONFIGS = sorted((REPO / "plugins" / "serkit" / "conf").glob("*.yaml"))
+SHARED_DIR = REPO / "plugins" / "serkit" / "conf"
+SHARED_CONFIGS = sorted([*SHARED_DIR.glob("*.yaml"), *SHARED_DIR.glob("fairseq/*.yaml")])
 
 
 def _in_wheel(config: Path) -> str:
     if config in SHARED_CONFIGS:
-        return "serkit/conf/" + config.name
+        return "serkit/conf/" + config.relative_to(SHARED_DIR).as_posix()
     recipe, rest = config.relative_to(REPO / "recipes").parts[0], config.relative_to(REPO / "recipes")
     return "serkit/conf/" + recipe + "/" + "/".join(rest.parts[2:])
 
@@ -43,9 +44,12 @@ def wheel(tmp_path_factory) -> Path:
 
 
 def test_wheel_ships_every_recipe_config_with_the_recipes_bytes(wheel):
-    assert len(RECIPE_CONFIGS) >= 7
-    assert [c.name for c in SHARED_CONFIGS] == ["bas.yaml", "bas_search.yaml", "mfsn.yaml", "mfsn_mini.yaml",
-                                                "shiftser.yaml"]
+    assert [c.relative_to(REPO).as_posix() for c in RECIPE_CONFIGS] == ["recipes/IEMOCAP/conf/mfsn_text.yaml",
+                                                                 "recipes/IEMOCAP/conf/mfsn_text_mini.yaml"]
+    assert [c.relative_to(SHARED_DIR).as_posix() for c in SHARED_CONFIGS] == [
+        "bas.yaml", "bas_search.yaml", "fairseq/cpt_hubert_base.yaml", "fairseq/cpt_hubert_tiny.yaml",
+        "fairseq/hubert_tiny_iter1.yaml", "fairseq/ser_finetune.yaml", "flea.yaml", "mfsn.yaml",
+        "mfsn_mini.yaml", "shiftser.yaml"]
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         for config in RECIPE_CONFIGS + SHARED_CONFIGS:
@@ -95,9 +99,9 @@ def test_installed_config_prints_and_copies(installed, tmp_path):
     proc = installed_serkit(installed, "config", "shiftser", cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout == shiftser
 
-    proc = installed_serkit(installed, "config", "IEMOCAP/flea", "--out", "flea.yaml", cwd=tmp_path)
+    proc = installed_serkit(installed, "config", "flea", "--out", "flea.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    flea = REPO / "recipes" / "IEMOCAP" / "conf" / "flea.yaml"
+    flea = SHARED_DIR / "flea.yaml"
     assert (tmp_path / "flea.yaml").read_bytes() == flea.read_bytes()
     assert proc.stdout.strip() == str(tmp_path / "flea.yaml")
 
@@ -112,8 +116,8 @@ def test_installed_config_prints_and_copies(installed, tmp_path):
 
     proc = installed_serkit(installed, "config", cwd=tmp_path)
     listed = dict(line.split("\t") for line in proc.stdout.splitlines())
-    ser_finetune = installed / "serkit" / "conf" / "IEMOCAP" / "fairseq" / "ser_finetune.yaml"
-    assert listed["IEMOCAP/fairseq/ser_finetune"] == str(ser_finetune)
+    ser_finetune = installed / "serkit" / "conf" / "fairseq" / "ser_finetune.yaml"
+    assert listed["fairseq/ser_finetune"] == str(ser_finetune)
     assert listed["mfsn_mini"] == str(installed / "serkit" / "conf" / "mfsn_mini.yaml")
     assert len(listed) == len(RECIPE_CONFIGS) + len(SHARED_CONFIGS)
 
@@ -133,7 +137,7 @@ def test_installed_train_finds_a_shipped_config_by_name(installed, tmp_path):
 
 def test_installed_config_dir_and_user_dir(installed, tmp_path):
     proc = installed_serkit(installed, "config-dir", "fairseq", cwd=tmp_path)
-    assert proc.stdout.strip() == str(installed / "serkit" / "conf" / "IEMOCAP" / "fairseq")
+    assert proc.stdout.strip() == str(installed / "serkit" / "conf" / "fairseq")
     proc = installed_serkit(installed, "user-dir", cwd=tmp_path)
     assert proc.stdout.strip() == str(installed / "serkit_fairseq")
 

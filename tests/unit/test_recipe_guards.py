@@ -95,7 +95,7 @@ def test_cpt_refuses_an_update_freq_that_is_not_a_whole_number(tmp_path):
     out = tmp_path / "cpt"
     bad = "1],optimization.max_update=[5"
     r = subprocess.run(["bash", str(REPO / "local" / "cpt.sh"), "--yaml",
-                        str(REPO / "recipes" / "IEMOCAP" / "conf" / "fairseq" / "hubert_tiny_iter1.yaml"),
+                        str(REPO / "plugins" / "serkit" / "conf" / "fairseq" / "hubert_tiny_iter1.yaml"),
                         "--fold", str(fold), "--labels", str(labels), "--init", str(tmp_path / "init.pt"),
                         "--updates", "2", "--update-freq", bad, "--out", str(out)],
                        cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)

@@ -5,7 +5,9 @@ purpose, on all of its splits: ``transductive``).
 (``serkit.data.manifest.read_split``), seed k-means++ on (a subsample of) it, and run Lloyd iterations
 with faiss (GPU when ``faiss.get_num_gpus() > 0``, CPU otherwise). Fitting on valid/test utterances,
 or on any utterance or speaker of the fold's test split, is refused unless ``transductive=True``
-(recorded in the model and in every label directory made from it). ``backend="sklearn"`` runs fairseq's
+(recorded in the model and in every label directory made from it). A fold of a protocol that shares
+speakers between train and test by design (fold.json's protocol, e.g. ``meld_official``,
+``savee_cv10``) may share speakers, never utterances. ``backend="sklearn"`` runs fairseq's
 ``learn_kmeans.py`` settings (MiniBatchKMeans) for comparison.
 
 ``apply``: label every frame of the requested splits and write, line-aligned with ``<split>.tsv``,
@@ -219,6 +221,22 @@ def fit_sklearn(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, dict]
 # which frames a fit may see
 
 
+def speaker_dependent(fold_dir: Path) -> bool:
+    """Whether ``fold_dir`` (its fold.json's protocol, as the registry knows it) shares speakers between
+    train and test by design; a fold without a known protocol is taken as speaker-independent."""
+    from ..data.splits import PROTOCOLS
+
+    info = fold_dir / "fold.json"
+    if not info.is_file():
+        return False
+    try:
+        protocol = json.loads(info.read_text(encoding="utf-8")).get("protocol")
+    except (ValueError, AttributeError) as e:
+        raise SerkitError(f"{info}: not the fold.json `serkit split` writes ({e}); "
+                          "re-run `serkit split`") from e
+    return protocol in PROTOCOLS and PROTOCOLS[protocol].speaker_dependent
+
+
 def _fold_guard(fold_dir: Path, splits: Sequence[str],
                 transductive: bool) -> tuple[list[Utterance], set[str], set[str]]:
     """Utterances to fit on, after the leakage checks; returns (utterances, test utts, test speakers)."""
@@ -241,7 +259,7 @@ def _fold_guard(fold_dir: Path, splits: Sequence[str],
                 utts.append(u)
     if not transductive and "test" not in splits:
         leak_u = [u.utt for u in utts if u.utt in test_utts]
-        leak_s = sorted({u.spk for u in utts if u.spk in test_spks})
+        leak_s = [] if speaker_dependent(fold_dir) else sorted({u.spk for u in utts if u.spk in test_spks})
         if leak_u or leak_s:
             raise SerkitError(
                 f"{fold_dir}: the training split shares {len(leak_u)} utterance(s) "
@@ -448,7 +466,16 @@ def apply(
             f"{feats}: features (layers {reader.layers}, dim {reader.dim}) do not match the "
             f"model {model} (layer {layer}, dim {meta['dim']})"
         )
-    if not meta.get("transductive") and (fold / "test.tsv").is_file():
+    if not meta.get("transductive") and (fold / "test.tsv").is_file() and speaker_dependent(fold):
+        # speakers are shared by design: the fitted utterances must be this fold's training split
+        train = _digest(u.utt for u in read_split(fold, "train"))
+        if meta.get("utterances_sha1") not in (None, train):
+            raise SerkitError(
+                f"{model}: fitted on utterances not on this fold's training split ({fold} shares speakers "
+                "between train and test, so only its own training split is known to hold no test "
+                "utterance); fit a model on this fold's training split"
+            )
+    elif not meta.get("transductive") and (fold / "test.tsv").is_file():
         test_spks = {u.spk for u in read_split(fold, "test")}
         shared = sorted(test_spks & set(meta.get("speakers", [])))
         if shared:

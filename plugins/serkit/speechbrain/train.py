@@ -104,7 +104,7 @@ def _peek_yaml(path: str, placeholders: bool = False) -> dict:
 
 def resolve_config(name: str, what: str = "hparams file") -> str:
     """The path of ``name``: an existing file, else a config shipped with serkit by name (``shiftser``,
-    ``mfsn_mini``, ``IEMOCAP/flea``; see serkit.resources)."""
+    ``mfsn_mini``, ``flea``; see serkit.resources)."""
     if Path(name).is_file():
         return name
     from ..resources import find_config
