@@ -8,6 +8,7 @@ A module whose import needs an optional dependency that is not installed (the mo
 it is left out of the collection and named at the end of the run with the extra that installs it.
 Every other import error is the collection error of that module, as without this file.
 """
+
 from __future__ import annotations
 
 import importlib

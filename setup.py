@@ -1,4 +1,5 @@
 """serkit: speech emotion recognition plugins and recipes for fairseq and SpeechBrain."""
+
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -18,7 +19,8 @@ setup(
     description="Speech emotion recognition on self-supervised speech models: "
     "ShiftSER, FLEA, BAS and MFSN for fairseq and SpeechBrain",
     long_description=(HERE / "README.md").read_text(encoding="utf-8")
-    if (HERE / "README.md").exists() else "",
+    if (HERE / "README.md").exists()
+    else "",
     long_description_content_type="text/markdown",
     license="MIT",
     # serkit.nn, data preparation and scoring need torch only; fairseq 0.12 is what needs Python < 3.12.

@@ -22,6 +22,7 @@ the 4-class set; sessions 1-4 train, session 5 split into valid and test):
 
 Writes ``bench_batching.json`` beside this script (or ``--json``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,11 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 
 
 def read_durations() -> list[tuple[str, float]]:
-    rows = [line.split("\t") for line in DURATIONS.read_text(encoding="utf-8").splitlines()
-            if line and not line.startswith(("#", "session"))]
+    rows = [
+        line.split("\t")
+        for line in DURATIONS.read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith(("#", "session"))
+    ]
     return [(s, float(d)) for s, d in rows]
 
 
@@ -67,8 +71,9 @@ def padding_of(batches, durations) -> float:
 def make_brain(hparams: dict, modules=None, **kwargs):
     from serkit.speechbrain.brain import SERBrain
 
-    return SERBrain(modules=modules or {}, hparams=hparams, run_opts={"device": "cpu", "noprogressbar": True},
-                    **kwargs)
+    return SERBrain(
+        modules=modules or {}, hparams=hparams, run_opts={"device": "cpu", "noprogressbar": True}, **kwargs
+    )
 
 
 def epoch_ids(loader, epoch: int = 1) -> list[list[str]]:
@@ -100,29 +105,41 @@ def bench_padding(result: dict) -> None:
             continue
         key = (int(peek["batch_size"]), peek.get("max_batch_length"), int(peek.get("num_buckets", 40)))
         name = conf.stem if conf.parent == SHARED_CONF else f"{conf.parent.parent.name}/{conf.stem}"
-        (segment_groups if "segment_seconds" in peek or conf.stem.startswith("mfsn") else groups) \
-            .setdefault(key, []).append(name)
-    print("\n### padding on IEMOCAP's durations (sessions 1-4 train: "
-          f"{len(fold['train'])}, session 5 valid/test: {len(fold['valid'])}/{len(fold['test'])}; "
-          "goal of `dynamic`: <= 5 %)\n")
+        (segment_groups if "segment_seconds" in peek or conf.stem.startswith("mfsn") else groups).setdefault(
+            key, []
+        ).append(name)
+    print(
+        "\n### padding on IEMOCAP's durations (sessions 1-4 train: "
+        f"{len(fold['train'])}, session 5 valid/test: {len(fold['valid'])}/{len(fold['test'])}; "
+        "goal of `dynamic`: <= 5 %)\n"
+    )
     print("| configs | batching | split | batches | mean utterances per batch | padding |")
     print("|---|---|---|---:|---:|---:|")
     result["padding"] = []
     for (batch_size, max_len, buckets), confs in groups.items():
         for batching in ("dynamic", "random"):
-            brain = make_brain({"batching": batching, "max_batch_length": max_len, "num_buckets": buckets,
-                                "seed": 1986})
+            brain = make_brain(
+                {"batching": batching, "max_batch_length": max_len, "num_buckets": buckets, "seed": 1986}
+            )
             stages = {"train": sb.Stage.TRAIN, "valid": sb.Stage.VALID, "test": sb.Stage.TEST}
             for split, stage in stages.items():
                 opts = {"batch_size": batch_size, **({"shuffle": True} if split == "train" else {})}
                 batches = epoch_ids(brain.make_dataloader(datasets[split], stage, **opts))
-                row = {"configs": confs, "batch_size": batch_size, "batching": batching, "split": split,
-                       "batches": len(batches), "mean_batch": len(datasets[split]) / len(batches),
-                       "padding": padding_of(batches, durations)}
+                row = {
+                    "configs": confs,
+                    "batch_size": batch_size,
+                    "batching": batching,
+                    "split": split,
+                    "batches": len(batches),
+                    "mean_batch": len(datasets[split]) / len(batches),
+                    "padding": padding_of(batches, durations),
+                }
                 result["padding"].append(row)
                 label = f"{len(confs)} configs, batch_size {batch_size}"
-                print(f"| {label} | {batching} | {split} | {row['batches']} | {row['mean_batch']:.1f} "
-                      f"| {100 * row['padding']:.1f} % |")
+                print(
+                    f"| {label} | {batching} | {split} | {row['batches']} | {row['mean_batch']:.1f} "
+                    f"| {100 * row['padding']:.1f} % |"
+                )
     print("\n(configs: " + ", ".join(c for cs in groups.values() for c in cs) + ")")
     if segment_groups:
         bench_segment_padding(result, fold, segment_groups)
@@ -147,25 +164,37 @@ def bench_segment_padding(result: dict, fold: dict, groups: dict) -> None:
                 data[f"{u}#{k}"] = {"duration": min(samples, seg) / SR}
         durations.update({k: v["duration"] for k, v in data.items()})
         datasets[split] = DynamicItemDataset(data, output_keys=["id"])
-    print("\n### MFSN: padding of its 3-second segments of IEMOCAP's durations (train/valid/test segments: "
-          + "/".join(str(len(d)) for d in datasets.values()) + ")\n")
+    print(
+        "\n### MFSN: padding of its 3-second segments of IEMOCAP's durations (train/valid/test segments: "
+        + "/".join(str(len(d)) for d in datasets.values())
+        + ")\n"
+    )
     print("| configs | batching | split | batches | mean segments per batch | padding |")
     print("|---|---|---|---:|---:|---:|")
     result["padding_mfsn"] = []
     stages = {"train": sb.Stage.TRAIN, "valid": sb.Stage.VALID, "test": sb.Stage.TEST}
     for (batch_size, max_len, buckets), confs in groups.items():
         for batching in ("dynamic", "random"):
-            brain = make_brain({"batching": batching, "max_batch_length": max_len, "num_buckets": buckets,
-                                "seed": 1986})
+            brain = make_brain(
+                {"batching": batching, "max_batch_length": max_len, "num_buckets": buckets, "seed": 1986}
+            )
             for split, stage in stages.items():
                 opts = {"batch_size": batch_size, **({"shuffle": True} if split == "train" else {})}
                 batches = epoch_ids(brain.make_dataloader(datasets[split], stage, **opts))
-                row = {"configs": confs, "batch_size": batch_size, "batching": batching, "split": split,
-                       "batches": len(batches), "mean_batch": len(datasets[split]) / len(batches),
-                       "padding": padding_of(batches, durations)}
+                row = {
+                    "configs": confs,
+                    "batch_size": batch_size,
+                    "batching": batching,
+                    "split": split,
+                    "batches": len(batches),
+                    "mean_batch": len(datasets[split]) / len(batches),
+                    "padding": padding_of(batches, durations),
+                }
                 result["padding_mfsn"].append(row)
-                print(f"| {', '.join(confs)} (batch_size {batch_size}) | {batching} | {split} "
-                      f"| {row['batches']} | {row['mean_batch']:.1f} | {100 * row['padding']:.1f} % |")
+                print(
+                    f"| {', '.join(confs)} (batch_size {batch_size}) | {batching} | {split} "
+                    f"| {row['batches']} | {row['mean_batch']:.1f} | {100 * row['padding']:.1f} % |"
+                )
 
 
 # ------------------------------------------------------------------------------------------------ 2
@@ -204,8 +233,17 @@ def load_hparams(conf: Path, out: Path, **overrides):
         return load_hyperpyyaml(f, {"output_folder": str(out), "num_classes": len(CLASSES), **overrides})
 
 
-def train_epoch(conf: Path, fold: Path, work: Path, batching: str, batch_size: int, ckpt=None, reader=None,
-                record=None, **overrides) -> float:
+def train_epoch(
+    conf: Path,
+    fold: Path,
+    work: Path,
+    batching: str,
+    batch_size: int,
+    ckpt=None,
+    reader=None,
+    record=None,
+    **overrides,
+) -> float:
     """Seconds of one training epoch of ``serkit train``'s Brain (no validation, no checkpoints)."""
     import speechbrain as sb
 
@@ -219,8 +257,15 @@ def train_epoch(conf: Path, fold: Path, work: Path, batching: str, batch_size: i
         modules["upstream"] = lobe
     else:
         dims = {"input_dim": int(reader.dim), "num_layers": len(reader.layers)}
-    hp = load_hparams(conf, work / f"run-{batching}-{time.monotonic_ns()}", batching=batching,
-                      batch_size=batch_size, number_of_epochs=1, **dims, **overrides)
+    hp = load_hparams(
+        conf,
+        work / f"run-{batching}-{time.monotonic_ns()}",
+        batching=batching,
+        batch_size=batch_size,
+        number_of_epochs=1,
+        **dims,
+        **overrides,
+    )
     modules.update(hp["modules"])
     datasets, _ = fold_datasets(fold, reader, splits=("train",))
     brain = make_brain(hp, modules, opt_class=hp["opt_class"])
@@ -252,16 +297,22 @@ def loader_padding(loader, dataset, hparams, epoch: int = 1) -> float:
 def bench_finetune(result: dict, args) -> None:
     from serkit.upstream.tiny import make_hubert_checkpoint
 
-    print("\n### finetuning epoch (flea.yaml, upstream trained every step), dynamic vs random batches "
-          "(goal: >= 2.5x)\n")
-    print("| upstream | utterances | audio s | batch_size | buckets | padding random / dynamic | repeats "
-          "| random s (median) | dynamic s (median) | speed-up |")
+    print(
+        "\n### finetuning epoch (flea.yaml, upstream trained every step), dynamic vs random batches "
+        "(goal: >= 2.5x)\n"
+    )
+    print(
+        "| upstream | utterances | audio s | batch_size | buckets | padding random / dynamic | repeats "
+        "| random s (median) | dynamic s (median) | speed-up |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     result["finetune"] = []
     with tempfile.TemporaryDirectory(dir=args.tmp) as work:
         work = Path(work)
-        for arch, n, bs, repeats in (("tiny", args.utterances[0], 32, args.repeats[0]),
-                                     ("base", args.utterances[1], args.base_batch_size, args.repeats[1])):
+        for arch, n, bs, repeats in (
+            ("tiny", args.utterances[0], 32, args.repeats[0]),
+            ("base", args.utterances[1], args.base_batch_size, args.repeats[1]),
+        ):
             if n <= 0 or repeats <= 0:
                 continue
             ckpt = make_hubert_checkpoint(work / f"{arch}.pt", arch=arch)
@@ -270,25 +321,38 @@ def bench_finetune(result: dict, args) -> None:
             times, padding = {"random": [], "dynamic": []}, {"random": [], "dynamic": []}
             buckets = None
             for r in range(repeats):  # interleaved: the machine's load hits both alike
-                for batching in (("random", "dynamic") if r % 2 == 0 else ("dynamic", "random")):
+                for batching in ("random", "dynamic") if r % 2 == 0 else ("dynamic", "random"):
                     record = {}
-                    seconds = train_epoch(SHARED_CONF / "flea.yaml", fold, work, batching, bs, ckpt=ckpt,
-                                          record=record)
+                    seconds = train_epoch(
+                        SHARED_CONF / "flea.yaml", fold, work, batching, bs, ckpt=ckpt, record=record
+                    )
                     times[batching].append(seconds)
                     padding[batching].append(record["padding"])
                     if batching == "dynamic":
                         buckets = len(record["loader"].batch_sampler._bucket_boundaries)
-                    print(f"  {arch} {batching}: {seconds:.1f} s, padding {100 * record['padding']:.1f} %",
-                          flush=True)
+                    print(
+                        f"  {arch} {batching}: {seconds:.1f} s, padding {100 * record['padding']:.1f} %",
+                        flush=True,
+                    )
             med = {k: statistics.median(v) for k, v in times.items()}
             pad = {k: statistics.median(v) for k, v in padding.items()}
-            row = {"upstream": arch, "utterances": n, "audio_s": audio, "batch_size": bs, "buckets": buckets,
-                   "times": times, "padding": padding, "speedup": med["random"] / med["dynamic"]}
+            row = {
+                "upstream": arch,
+                "utterances": n,
+                "audio_s": audio,
+                "batch_size": bs,
+                "buckets": buckets,
+                "times": times,
+                "padding": padding,
+                "speedup": med["random"] / med["dynamic"],
+            }
             result["finetune"].append(row)
-            print(f"| {arch} HuBERT (random init{', fairseq HubertConfig' if arch == 'base' else ''}) | {n} "
-                  f"| {audio:.0f} | {bs} | {buckets} "
-                  f"| {100 * pad['random']:.1f} % / {100 * pad['dynamic']:.1f} % | {repeats} "
-                  f"| {med['random']:.1f} | {med['dynamic']:.1f} | **{row['speedup']:.2f}x** |")
+            print(
+                f"| {arch} HuBERT (random init{', fairseq HubertConfig' if arch == 'base' else ''}) | {n} "
+                f"| {audio:.0f} | {bs} | {buckets} "
+                f"| {100 * pad['random']:.1f} % / {100 * pad['dynamic']:.1f} % | {repeats} "
+                f"| {med['random']:.1f} | {med['dynamic']:.1f} | **{row['speedup']:.2f}x** |"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ 3
@@ -340,10 +404,14 @@ def bench_heads(result: dict, args) -> None:
     from serkit.upstream import features, load_upstream, tiny
     from serkit.upstream.features import AudioItem, FeatureReader
 
-    print("\n### head epoch from cached features (768 channels x 3 layers, float16) / the head's own compute "
-          "on the same batches (goal: <= 1.1)\n")
-    print("| head (config) | utterances | batching | repeats | serkit epoch s (median) | head compute s "
-          "(median) | loading alone s (median) | ratio (median of the paired runs) |")
+    print(
+        "\n### head epoch from cached features (768 channels x 3 layers, float16) / the head's own compute "
+        "on the same batches (goal: <= 1.1)\n"
+    )
+    print(
+        "| head (config) | utterances | batching | repeats | serkit epoch s (median) | head compute s "
+        "(median) | loading alone s (median) | ratio (median of the paired runs) |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     result["heads"] = []
     with tempfile.TemporaryDirectory(dir=args.tmp) as work:
@@ -352,11 +420,19 @@ def bench_heads(result: dict, args) -> None:
         tiny.ARCHS["wide"] = {**tiny.TINY, "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 768}
         ckpt = tiny.make_hubert_checkpoint(work / "wide.pt", arch="wide")
         fold = write_fold(work / "data", args.head_utterances, seed=1)
-        items = [AudioItem(u, v["wav"], int(round(v["duration"] * SR)))
-                 for split in ("train", "valid", "test")
-                 for u, v in json.loads((fold / f"{split}.json").read_text()).items()]
-        features.dump_features(load_upstream(str(ckpt)), items, str(work / "feats"), layers="all",
-                               dtype="float16", progress=False)
+        items = [
+            AudioItem(u, v["wav"], int(round(v["duration"] * SR)))
+            for split in ("train", "valid", "test")
+            for u, v in json.loads((fold / f"{split}.json").read_text()).items()
+        ]
+        features.dump_features(
+            load_upstream(str(ckpt)),
+            items,
+            str(work / "feats"),
+            layers="all",
+            dtype="float16",
+            progress=False,
+        )
         reader = FeatureReader(str(work / "feats"))
 
         for conf in args.heads:
@@ -368,36 +444,71 @@ def bench_heads(result: dict, args) -> None:
                 serkit, own, loading = [], [], []
                 for _ in range(args.repeats[0]):  # paired: each serkit epoch with its reference right after
                     record = {}
-                    serkit.append(train_epoch(shiftser, fold, work, batching, 32, reader=reader,
-                                              record=record, method=conf))
+                    serkit.append(
+                        train_epoch(
+                            shiftser, fold, work, batching, 32, reader=reader, record=record, method=conf
+                        )
+                    )
                     own.append(reference_epoch(record))
                     loading.append(loading_epoch(record))
-                    print(f"  {Path(conf).stem} {batching}: serkit {serkit[-1]:.2f} s, head compute "
-                          f"{own[-1]:.2f} s, loading alone {loading[-1]:.2f} s", flush=True)
+                    print(
+                        f"  {Path(conf).stem} {batching}: serkit {serkit[-1]:.2f} s, head compute "
+                        f"{own[-1]:.2f} s, loading alone {loading[-1]:.2f} s",
+                        flush=True,
+                    )
                 ratio = statistics.median(a / b for a, b in zip(serkit, own))
-                row = {"config": conf, "batching": batching, "serkit_s": serkit, "head_s": own,
-                       "loading_s": loading, "ratio": ratio}
+                row = {
+                    "config": conf,
+                    "batching": batching,
+                    "serkit_s": serkit,
+                    "head_s": own,
+                    "loading_s": loading,
+                    "ratio": ratio,
+                }
                 result["heads"].append(row)
-                print(f"| {Path(conf).stem} | {args.head_utterances} | {batching} | {len(serkit)} "
-                      f"| {statistics.median(serkit):.2f} | {statistics.median(own):.2f} "
-                      f"| {statistics.median(loading):.2f} | **{ratio:.3f}** |")
+                print(
+                    f"| {Path(conf).stem} | {args.head_utterances} | {batching} | {len(serkit)} "
+                    f"| {statistics.median(serkit):.2f} | {statistics.median(own):.2f} "
+                    f"| {statistics.median(loading):.2f} | **{ratio:.3f}** |"
+                )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", nargs="+", default=["padding", "finetune", "heads"],
-                    choices=["padding", "finetune", "heads"])
-    ap.add_argument("--utterances", type=int, nargs=2, default=[200, 48], metavar=("TINY", "BASE"),
-                    help="training utterances of the finetuning epochs, drawn from IEMOCAP's durations "
-                         "(base: 48 at batch size 4 form 12 buckets)")
-    ap.add_argument("--repeats", type=int, nargs=2, default=[2, 1], metavar=("TINY", "BASE"),
-                    help="interleaved repeats (tiny runs and head runs; base runs)")
-    ap.add_argument("--base-batch-size", type=int, default=4,
-                    help="batch size of the base-size finetuning (memory: at 8 a random batch took 19 GB "
-                         "and was killed on a 23 GB machine)")
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        default=["padding", "finetune", "heads"],
+        choices=["padding", "finetune", "heads"],
+    )
+    ap.add_argument(
+        "--utterances",
+        type=int,
+        nargs=2,
+        default=[200, 48],
+        metavar=("TINY", "BASE"),
+        help="training utterances of the finetuning epochs, drawn from IEMOCAP's durations "
+        "(base: 48 at batch size 4 form 12 buckets)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        nargs=2,
+        default=[2, 1],
+        metavar=("TINY", "BASE"),
+        help="interleaved repeats (tiny runs and head runs; base runs)",
+    )
+    ap.add_argument(
+        "--base-batch-size",
+        type=int,
+        default=4,
+        help="batch size of the base-size finetuning (memory: at 8 a random batch took 19 GB "
+        "and was killed on a 23 GB machine)",
+    )
     ap.add_argument("--head-utterances", type=int, default=200)
-    ap.add_argument("--heads", nargs="+", default=["shiftcnn"],
-                    help="ShiftSER heads (shiftser.yaml --method)")
+    ap.add_argument(
+        "--heads", nargs="+", default=["shiftcnn"], help="ShiftSER heads (shiftser.yaml --method)"
+    )
     ap.add_argument("--head-batching", nargs="+", default=["dynamic"], choices=["dynamic", "random"])
     ap.add_argument("--tmp", default=None)
     ap.add_argument("--json", default=str(Path(__file__).with_suffix(".json")))
@@ -413,8 +524,10 @@ def main() -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
 
     torch.set_num_threads(THREADS)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch "
-          f"{torch.__version__}, {THREADS} torch thread(s) (BENCH_THREADS), CPU only")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch "
+        f"{torch.__version__}, {THREADS} torch thread(s) (BENCH_THREADS), CPU only"
+    )
     result = {"cpus": os.cpu_count(), "threads": THREADS}
     if "padding" in args.parts:
         bench_padding(result)

@@ -96,8 +96,10 @@ def overhead(ckpts: dict, minutes: dict, repeats: int, work: str) -> list[dict]:
     from serkit.upstream import load_upstream
 
     print("\n`dump_features` (last layer) / a bare loop of fairseq's `extract_features` (goal: <= 1.05)")
-    print("\n| upstream | utterances | audio s | repeats | bare extract_features s (median) "
-          "| dump_features s (median) | ratio |")
+    print(
+        "\n| upstream | utterances | audio s | repeats | bare extract_features s (median) "
+        "| dump_features s (median) | ratio |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     rows = []
     for name, ckpt in ckpts.items():
@@ -105,18 +107,25 @@ def overhead(ckpts: dict, minutes: dict, repeats: int, work: str) -> list[dict]:
         last = load_upstream(str(ckpt)).num_layers
         times = {"bare": [], "serkit": []}
         for r in range(repeats):
-            for kind in (("bare", "serkit") if r % 2 == 0 else ("serkit", "bare")):
+            for kind in ("bare", "serkit") if r % 2 == 0 else ("serkit", "bare"):
                 if kind == "bare":
                     times["bare"].append(bare_loop(str(ckpt), items))
                 else:
                     wall, _ = dump(str(ckpt), items, str(Path(work) / f"over-{name}-{r}"), layers=[last])
                     times["serkit"].append(wall)
         med = {k: statistics.median(v) for k, v in times.items()}
-        row = {"upstream": name, "utterances": len(items), "audio_s": audio, "times": times,
-               "ratio": med["serkit"] / med["bare"]}
+        row = {
+            "upstream": name,
+            "utterances": len(items),
+            "audio_s": audio,
+            "times": times,
+            "ratio": med["serkit"] / med["bare"],
+        }
         rows.append(row)
-        print(f"| {name} HuBERT (random) | {len(items)} | {audio:.0f} | {repeats} | {med['bare']:.2f} "
-              f"| {med['serkit']:.2f} | **{row['ratio']:.3f}** |")
+        print(
+            f"| {name} HuBERT (random) | {len(items)} | {audio:.0f} | {repeats} | {med['bare']:.2f} "
+            f"| {med['serkit']:.2f} | **{row['ratio']:.3f}** |"
+        )
     return rows
 
 
@@ -155,8 +164,9 @@ def main() -> int:
         metavar=("TINY", "BASE"),
         help="minutes of audio for the tiny and base throughput runs",
     )
-    ap.add_argument("--overhead-repeats", type=int, default=3,
-                    help="interleaved repeats of the overhead pairs")
+    ap.add_argument(
+        "--overhead-repeats", type=int, default=3, help="interleaved repeats of the overhead pairs"
+    )
     ap.add_argument("--memory-layers", default="all", help="layers dumped in the memory runs")
     ap.add_argument("--tmp", default=None, help="scratch directory (default: system temp)")
     ap.add_argument("--json", default=str(Path(__file__).with_suffix(".json")))
@@ -206,8 +216,9 @@ def main() -> int:
             )
 
         if args.overhead_repeats > 0:
-            result["overhead"] = overhead(ckpts, dict(zip(ckpts, args.throughput_minutes)),
-                                          args.overhead_repeats, work)
+            result["overhead"] = overhead(
+                ckpts, dict(zip(ckpts, args.throughput_minutes)), args.overhead_repeats, work
+            )
 
         print("\n| corpus hours | utterances | wall s | peak RSS MiB | output MiB |")
         print("|---:|---:|---:|---:|---:|")

@@ -74,19 +74,32 @@ def main() -> int:
         t0 = time.perf_counter()
         data = x[np.sort(rng.choice(len(x), args.sample, replace=False))] if sample else x
         c, info = fit(data)
-        rows.append({"method": method, "seconds": time.perf_counter() - t0, "frames_fitted": len(data),
-                     "init_seconds": info.get("init_seconds"), "inertia": inertia(x, c)})
+        rows.append(
+            {
+                "method": method,
+                "seconds": time.perf_counter() - t0,
+                "frames_fitted": len(data),
+                "init_seconds": info.get("init_seconds"),
+                "inertia": inertia(x, c),
+            }
+        )
         print(f"  {method}: {rows[-1]['seconds']:.1f} s", flush=True)
 
     faiss_fit = lambda data: fit_faiss(data, args.k, seed=args.seed, niter=args.niter)  # noqa: E731
     sk_fit = lambda data: fit_sklearn(data, args.k, seed=args.seed)  # noqa: E731
-    timed(f"faiss, serkit defaults ({args.sample // 1000}k-frame sample, k-means++, {args.niter} iter)",
-          faiss_fit, sample=True)
+    timed(
+        f"faiss, serkit defaults ({args.sample // 1000}k-frame sample, k-means++, {args.niter} iter)",
+        faiss_fit,
+        sample=True,
+    )
     timed(f"faiss on all frames (k-means++, {args.niter} iter)", faiss_fit, sample=False)
     if not args.skip_sklearn:
         timed(f"sklearn reference on the same {args.sample // 1000}k-frame sample", sk_fit, sample=True)
-        timed("sklearn MiniBatchKMeans, fairseq learn_kmeans settings (n_init 20), all frames", sk_fit,
-              sample=False)
+        timed(
+            "sklearn MiniBatchKMeans, fairseq learn_kmeans settings (n_init 20), all frames",
+            sk_fit,
+            sample=False,
+        )
     ref = rows[-1]
     print()
     ref_name = "the reference" if len(rows) > 2 else "faiss on all frames"

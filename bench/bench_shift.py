@@ -6,6 +6,7 @@ come from one run on one device. Usage::
 
     python bench/bench_shift.py [--device cpu|cuda] [--batch 32 --frames 374 --dim 768] [--reps 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,6 +72,7 @@ def bench_shift_op(args, device):
         def run():
             x.grad = None
             op().backward(grad)
+
         return run
 
     rows = {
@@ -95,15 +97,23 @@ def bench_cnn(args, device):
     shift = shiftcnn.blocks[1].shift
     with torch.no_grad():
         med = timed_interleaved(
-            {"cnn": lambda: cnn(x, mask), "shiftcnn": lambda: shiftcnn(x, mask),
-             "shift alone": lambda: shift(x, mask)},
-            args.cnn_reps, device, warmup=1,
+            {
+                "cnn": lambda: cnn(x, mask),
+                "shiftcnn": lambda: shiftcnn(x, mask),
+                "shift alone": lambda: shift(x, mask),
+            },
+            args.cnn_reps,
+            device,
+            warmup=1,
         )
     return [
         {"case": "CNN forward", "ms": med["cnn"], "ratio_to_cnn": 1.0},
         {"case": "ShiftCNN forward", "ms": med["shiftcnn"], "ratio_to_cnn": med["shiftcnn"] / med["cnn"]},
-        {"case": "its shift alone", "ms": med["shift alone"],
-         "ratio_to_cnn": med["shift alone"] / med["cnn"]},
+        {
+            "case": "its shift alone",
+            "ms": med["shift alone"],
+            "ratio_to_cnn": med["shift alone"] / med["cnn"],
+        },
     ]
 
 
@@ -114,8 +124,12 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=374, help="7.5 s at 50 frames/s, as in ShiftSER")
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--reps", type=int, default=20, help="repetitions of the shift timings")
-    parser.add_argument("--cnn-reps", type=int, default=11,
-                        help="repetitions of the CNN timings (5 left the median 20 %% off on a 2-core CPU)")
+    parser.add_argument(
+        "--cnn-reps",
+        type=int,
+        default=11,
+        help="repetitions of the CNN timings (5 left the median 20 %% off on a 2-core CPU)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = parser.parse_args(argv)
@@ -127,8 +141,10 @@ def main(argv=None) -> int:
     cnn_rows = bench_cnn(args, device)
 
     shape = f"({args.batch}, {args.frames}, {args.dim})"
-    print(f"device {device} ({platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads), torch {torch.__version__}, x {shape} float32\n")
+    print(
+        f"device {device} ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads), torch {torch.__version__}, x {shape} float32\n"
+    )
     print("TemporalShift forward+backward, proportion 1/16")
     print(f"| {'case':<40} | {'ms':>8} | {'x copy':>7} |")
     print(f"|{'-' * 42}|{'-' * 10}|{'-' * 9}|")

@@ -13,6 +13,7 @@ since caching pays it once per corpus.
 
     python bench/bench_train_throughput.py --out bench/results/train_throughput.json [--device cuda]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,27 @@ def bench_one(arch: str, root: Path, fold: Path, args) -> dict:
     assert serkit(["make-upstream", "hubert", "--arch", arch, "--out", str(ckpt)]) == 0
     feats = root / f"feats_{arch}"
     t0 = time.perf_counter()
-    assert serkit(["dump-features", "--upstream", str(ckpt), "--layers", "all", "--data", str(fold),
-                   "--splits", "train", "--out", str(feats), "--device", args.device, "--no-progress"]) == 0
+    assert (
+        serkit(
+            [
+                "dump-features",
+                "--upstream",
+                str(ckpt),
+                "--layers",
+                "all",
+                "--data",
+                str(fold),
+                "--splits",
+                "train",
+                "--out",
+                str(feats),
+                "--device",
+                args.device,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     dump_s = time.perf_counter() - t0
     reader = FeatureReader(feats)
     upstream = FairseqUpstream(str(ckpt), freeze=True, layers="all").to(args.device).eval()
@@ -112,9 +132,16 @@ def bench_one(arch: str, root: Path, fold: Path, args) -> dict:
                 elapsed += time.perf_counter() - t
                 count += len(batch)
         results[mode] = count / elapsed
-    return {"arch": arch, "layers": n_layers, "dim": dim, "cached_utt_per_s": results["cached"],
-            "upstream_utt_per_s": results["upstream"], "speedup": results["cached"] / results["upstream"],
-            "dump_s": dump_s, "dump_utt_per_s": len(utts) / dump_s}
+    return {
+        "arch": arch,
+        "layers": n_layers,
+        "dim": dim,
+        "cached_utt_per_s": results["cached"],
+        "upstream_utt_per_s": results["upstream"],
+        "speedup": results["cached"] / results["upstream"],
+        "dump_s": dump_s,
+        "dump_utt_per_s": len(utts) / dump_s,
+    }
 
 
 def main(argv=None) -> int:
@@ -144,16 +171,28 @@ def main(argv=None) -> int:
             rows.append(bench_one(arch, root, fold, args))
     on_gpu = args.device.startswith("cuda")
     device = torch.cuda.get_device_name(0) if on_gpu else platform.processor() or "cpu"
-    print(f"\nHead training throughput ({args.head}, batch {args.batch_size}, {args.seconds:g} s utterances, "
-          f"{args.device}: {device}, torch threads {torch.get_num_threads()})\n")
-    print("| upstream | layers x dim | cached feats (utt/s) | upstream every step (utt/s) | speed-up | "
-          "one-off dump (utt/s) |")
+    print(
+        f"\nHead training throughput ({args.head}, batch {args.batch_size}, {args.seconds:g} s utterances, "
+        f"{args.device}: {device}, torch threads {torch.get_num_threads()})\n"
+    )
+    print(
+        "| upstream | layers x dim | cached feats (utt/s) | upstream every step (utt/s) | speed-up | "
+        "one-off dump (utt/s) |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['arch']} | {r['layers']} x {r['dim']} | {r['cached_utt_per_s']:.1f} | "
-              f"{r['upstream_utt_per_s']:.1f} | {r['speedup']:.1f}x | {r['dump_utt_per_s']:.1f} |")
-    result = {"config": dict(vars(args)), "device": device, "python": sys.version.split()[0],
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+        print(
+            f"| {r['arch']} | {r['layers']} x {r['dim']} | {r['cached_utt_per_s']:.1f} | "
+            f"{r['upstream_utt_per_s']:.1f} | {r['speedup']:.1f}x | {r['dump_utt_per_s']:.1f} |"
+        )
+    result = {
+        "config": dict(vars(args)),
+        "device": device,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.tmp-{os.getpid()}")

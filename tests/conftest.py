@@ -8,6 +8,7 @@ starts other interpreters for seconds to minutes goes to tests/integration. Ever
 ``slow`` here, and a test in tests/unit marked ``slow`` stops the collection, so ``pytest tests/unit``
 and ``pytest -m "not slow"`` select the same tests.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,10 @@ def pytest_collection_modifyitems(config, items):
         elif path.is_relative_to(UNIT) and item.get_closest_marker("slow") is not None:
             misplaced.append(item.nodeid)
     if misplaced:
-        raise pytest.UsageError("tests/unit is for fast tests; these are marked slow, move them to "
-                                "tests/integration: " + ", ".join(misplaced))
+        raise pytest.UsageError(
+            "tests/unit is for fast tests; these are marked slow, move them to "
+            "tests/integration: " + ", ".join(misplaced)
+        )
 
 
 @pytest.fixture(scope="session")

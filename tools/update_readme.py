@@ -14,6 +14,7 @@
 
   It exits non-zero when a row that a README recommends is not green.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,12 @@ def replace_section(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda _: f"{start}\n{body.rstrip()}\n{end}", text)
 
 
-KIND_NAMES = {"hubert": "HuBERT", "wav2vec2": "wav2vec 2.0", "data2vec": "data2vec audio",
-              "hf": "Hugging Face dir"}
+KIND_NAMES = {
+    "hubert": "HuBERT",
+    "wav2vec2": "wav2vec 2.0",
+    "data2vec": "data2vec audio",
+    "hf": "Hugging Face dir",
+}
 COLUMN_NAMES = (("dump", "dump-features"), ("finetune", "finetune"), ("cpt", "CPT"), ("tec", "TEC"))
 
 
@@ -55,7 +60,8 @@ def checkpoint_table(results: dict) -> tuple[str, list[str]]:
         "`load_model_ensemble_and_task` does, in this environment (fairseq-fixed 0.12.3.1, "
         "hydra-core 1.3.2).",
         "",
-        "| checkpoint | kind | stored as | " + " | ".join(n for _, n in COLUMN_NAMES)
+        "| checkpoint | kind | stored as | "
+        + " | ".join(n for _, n in COLUMN_NAMES)
         + " | fairseq loads it | recommended by |",
         "|---" * (len(COLUMN_NAMES) + 5) + "|",
     ]
@@ -65,8 +71,11 @@ def checkpoint_table(results: dict) -> tuple[str, list[str]]:
         cells = [_cell(row[c]) for c, _ in COLUMN_NAMES]
         loads = row["fairseq_loads"]
         fairseq = "yes" if loads is True else ("n/a" if loads == "n/a" else f"no: {loads}")
-        lines.append(f"| `{row['release']}` | {kind} | {row['format']} | " + " | ".join(cells)
-                     + f" | {fairseq} | {row['recommended'] or '-'} |")
+        lines.append(
+            f"| `{row['release']}` | {kind} | {row['format']} | "
+            + " | ".join(cells)
+            + f" | {fairseq} | {row['recommended'] or '-'} |"
+        )
         if row["recommended"] and any(row[c] is not True and row[c] != "n/a" for c, _ in COLUMN_NAMES):
             bad.append(row["release"])
     return "\n".join(lines), bad
@@ -76,15 +85,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", type=Path, help="the demo run's results table (markdown)")
     ap.add_argument("--demo-timing", type=Path, help="the demo's timing summary (text)")
-    ap.add_argument("--checkpoints", type=Path,
-                    help="results of tests/integration/test_released_checkpoints.py (json)")
+    ap.add_argument(
+        "--checkpoints", type=Path, help="results of tests/integration/test_released_checkpoints.py (json)"
+    )
     args = ap.parse_args()
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
     if args.demo:
-        body = ["What `make demo` printed last (mini IEMOCAP, 5 folds of `iemocap_loso5`, CPU; the mini "
-                "corpus is synthetic and the upstream tiny, so these numbers only show that every stage "
-                "runs and learns; chance UA is 25 %):", "", args.demo.read_text(encoding="utf-8").strip()]
+        body = [
+            "What `make demo` printed last (mini IEMOCAP, 5 folds of `iemocap_loso5`, CPU; the mini "
+            "corpus is synthetic and the upstream tiny, so these numbers only show that every stage "
+            "runs and learns; chance UA is 25 %):",
+            "",
+            args.demo.read_text(encoding="utf-8").strip(),
+        ]
         if args.demo_timing:
             body += ["", "```", args.demo_timing.read_text(encoding="utf-8").strip(), "```"]
         text = replace_section(text, "DEMO", "\n".join(body))

@@ -9,6 +9,7 @@ that installs it (exit status 2): :func:`needed_modules` says what each command 
 before the command's code runs, and a ``ModuleNotFoundError`` of a module an extra installs is
 reported the same way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,12 +22,12 @@ from .extras import EXTRA_OF, MissingExtra, install_hint, require
 from .utils import SerkitError, setup_logging
 
 COMMAND_MODULES = (
-    "serkit.data.cli",         # prepare, split, check-split, mini-corpus
-    "serkit.upstream.cli",     # make-upstream, dump-features
-    "serkit.cluster.cli",      # kmeans fit|apply
-    "serkit.scoring",          # score, results
+    "serkit.data.cli",  # prepare, split, check-split, mini-corpus
+    "serkit.upstream.cli",  # make-upstream, dump-features
+    "serkit.cluster.cli",  # kmeans fit|apply
+    "serkit.scoring",  # score, results
     "serkit.speechbrain.cli",  # train, predict
-    "serkit.recipe_cli",       # recipe run-json|km-label|cpt-batch|... (the recipe template's helpers)
+    "serkit.recipe_cli",  # recipe run-json|km-label|cpt-batch|... (the recipe template's helpers)
 )
 
 _SPEECHBRAIN = [("speechbrain", "speechbrain"), ("hyperpyyaml", "speechbrain")]
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------------
 # Commands about serkit itself: its shipped configs, the fairseq user dir, what is registered.
 
+
 def run_config(args: argparse.Namespace) -> int:
     from .resources import all_configs, find_config
     from .utils import atomic_file
@@ -156,9 +158,14 @@ def fairseq_components() -> dict[str, list[str]]:
 
     import serkit.fairseq_ext  # noqa: F401  (registers)
 
-    return {kind: sorted(n for n in registry if n.startswith("serkit_"))
-            for kind, registry in (("task", TASK_REGISTRY), ("model", MODEL_REGISTRY),
-                                   ("criterion", CRITERION_REGISTRY))}
+    return {
+        kind: sorted(n for n in registry if n.startswith("serkit_"))
+        for kind, registry in (
+            ("task", TASK_REGISTRY),
+            ("model", MODEL_REGISTRY),
+            ("criterion", CRITERION_REGISTRY),
+        )
+    }
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -187,30 +194,43 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="print a config shipped with serkit, or copy it with --out",
-                       description="Print a config installed with serkit: one the corpora share (NAME, "
-                       "e.g. shiftser, bas, flea, mfsn, the mfsn_mini overlay), a recipe's own (NAME or "
-                       "RECIPE/NAME) or fairseq's (fairseq/NAME); without NAME, list them all with their "
-                       "installed paths. `serkit train NAME` takes the same names.")
-    p.add_argument("name", nargs="?",
-                   help="config name, e.g. shiftser, flea, fairseq/ser_finetune, IEMOCAP/mfsn_text")
+    p = sub.add_parser(
+        "config",
+        help="print a config shipped with serkit, or copy it with --out",
+        description="Print a config installed with serkit: one the corpora share (NAME, "
+        "e.g. shiftser, bas, flea, mfsn, the mfsn_mini overlay), a recipe's own (NAME or "
+        "RECIPE/NAME) or fairseq's (fairseq/NAME); without NAME, list them all with their "
+        "installed paths. `serkit train NAME` takes the same names.",
+    )
+    p.add_argument(
+        "name", nargs="?", help="config name, e.g. shiftser, flea, fairseq/ser_finetune, IEMOCAP/mfsn_text"
+    )
     p.add_argument("--out", help="write the config to this new file instead of printing it")
     p.set_defaults(func=run_config)
 
-    p = sub.add_parser("config-dir", help="print the installed directory of a set of configs",
-                       description="Print the absolute directory for fairseq-hydra-train --config-dir "
-                       "(fairseq) or of a recipe's configs (IEMOCAP, MELD, SAVEE).")
+    p = sub.add_parser(
+        "config-dir",
+        help="print the installed directory of a set of configs",
+        description="Print the absolute directory for fairseq-hydra-train --config-dir "
+        "(fairseq) or of a recipe's configs (IEMOCAP, MELD, SAVEE).",
+    )
     p.add_argument("kind", help="fairseq, or a recipe name")
     p.set_defaults(func=run_config_dir)
 
-    p = sub.add_parser("user-dir", help="print the path for fairseq's common.user_dir",
-                       description="Print the absolute path of serkit's fairseq plugin, for "
-                       "common.user_dir=$(serkit user-dir) or --user-dir.")
+    p = sub.add_parser(
+        "user-dir",
+        help="print the path for fairseq's common.user_dir",
+        description="Print the absolute path of serkit's fairseq plugin, for "
+        "common.user_dir=$(serkit user-dir) or --user-dir.",
+    )
     p.set_defaults(func=run_user_dir)
 
-    p = sub.add_parser("list", help="list registered heads, poolings, protocols and fairseq components",
-                       description="List every registered head, pooling, split protocol and serkit_* "
-                       "fairseq task, model and criterion.")
+    p = sub.add_parser(
+        "list",
+        help="list registered heads, poolings, protocols and fairseq components",
+        description="List every registered head, pooling, split protocol and serkit_* "
+        "fairseq task, model and criterion.",
+    )
     p.set_defaults(func=run_list)
 
 

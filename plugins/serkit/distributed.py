@@ -12,6 +12,7 @@ the GPU count), and its batch of one update is ``max_tokens`` per GPU x GPUs x
 >>> per_process_batch(32, 4)
 8
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,9 @@ def requested_nproc(environ: Mapping[str, str] | None = None) -> int:
     return int(value)
 
 
-def torchrun_command(module: str, argv: list[str],
-                     environ: Mapping[str, str] | None = None) -> list[str] | None:
+def torchrun_command(
+    module: str, argv: list[str], environ: Mapping[str, str] | None = None
+) -> list[str] | None:
     """The command that runs ``python -m module argv`` as ``SERKIT_NPROC_PER_NODE`` processes, or None
     when one process was asked for or this process is already one of torchrun's (``LOCAL_RANK``)."""
     environ = os.environ if environ is None else environ
@@ -46,8 +48,10 @@ def torchrun_command(module: str, argv: list[str],
         return None
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
-        raise SerkitError(f"{NPROC_ENV}={nproc} asks for {nproc} training processes, but torchrun is not "
-                          f"installed next to {sys.executable}; install torch there or unset {NPROC_ENV}")
+        raise SerkitError(
+            f"{NPROC_ENV}={nproc} asks for {nproc} training processes, but torchrun is not "
+            f"installed next to {sys.executable}; install torch there or unset {NPROC_ENV}"
+        )
     return [torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", module, *argv]
 
 
@@ -55,8 +59,9 @@ def per_process_batch(batch_size: int, world_size: int, where: str = "batch_size
     """Each of ``world_size`` processes' share of ``batch_size`` utterances, so that one update sees
     ``batch_size`` as a single process does."""
     if batch_size % world_size:
-        raise SerkitError(f"{where}: batch_size {batch_size} cannot be split evenly over {world_size} "
-                          f"processes; pass --batch_size with a multiple of {world_size}, or run a number of "
-                          f"processes ({NPROC_ENV}, cmd.sh's slurm_nproc) that divides {batch_size}")
+        raise SerkitError(
+            f"{where}: batch_size {batch_size} cannot be split evenly over {world_size} "
+            f"processes; pass --batch_size with a multiple of {world_size}, or run a number of "
+            f"processes ({NPROC_ENV}, cmd.sh's slurm_nproc) that divides {batch_size}"
+        )
     return batch_size // world_size
-

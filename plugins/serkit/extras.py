@@ -9,6 +9,7 @@ rest comes with an extra named for what it enables (setup.py's ``extras_require`
 - ``hf``: Hugging Face upstream directories;
 - ``all``: all of them.
 """
+
 from __future__ import annotations
 
 import importlib.util

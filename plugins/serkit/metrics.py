@@ -12,6 +12,7 @@ list of classes that were absent is reported so a reader can tell.
 >>> round(m["ua"], 3), round(m["wa"], 3)
 (0.75, 0.75)
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,8 +36,9 @@ def compute_metrics(labels: Sequence[str], preds: Sequence[str], classes: Sequen
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = cm.diagonal() / cm.sum(axis=1)
     return {
-        "ua": float(balanced_accuracy_score(labels, preds)) if len(present) > 1 else float(
-            np.nanmean(recall)),
+        "ua": float(balanced_accuracy_score(labels, preds))
+        if len(present) > 1
+        else float(np.nanmean(recall)),
         "wa": float(accuracy_score(labels, preds)),
         "macro_f1": float(f1_score(labels, preds, labels=present, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(labels, preds, labels=present, average="weighted", zero_division=0)),

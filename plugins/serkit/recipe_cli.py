@@ -233,8 +233,9 @@ def _train_and_run_options() -> set[str]:
     return own | {f.name for f in dataclasses.fields(RunOptions)}
 
 
-def route_overrides(option: str, overrides: str, runs: dict[str, list[str]],
-                    default: bool = False) -> dict[str, str]:
+def route_overrides(
+    option: str, overrides: str, runs: dict[str, list[str]], default: bool = False
+) -> dict[str, str]:
     """{run: the part of ``overrides`` that run's configs take}: a ``--key`` goes to each run whose
     every config has the key (a run trained by two configs, BAS's search and retrain, gets it only
     if both have it), or to every run if it is a `serkit train` or SpeechBrain run option.
@@ -257,9 +258,10 @@ def route_overrides(option: str, overrides: str, runs: dict[str, list[str]],
         if not to and not default:
             have = ", ".join(sorted({Path(p).name for paths in runs.values() for p in paths})) or "none"
             raise SerkitError(
-                f"{option} \"{overrides}\": --{key} is a key of none of the configs it goes to ({have}; "
+                f'{option} "{overrides}": --{key} is a key of none of the configs it goes to ({have}; '
                 f"runs: {', '.join(runs) or 'none'}); check the spelling, or pass it with the "
-                "option of the run whose config has it (e.g. --search-overrides, --mfsn-overrides)")
+                "option of the run whose config has it (e.g. --search-overrides, --mfsn-overrides)"
+            )
         for run in to:
             routed[run] += [f"--{key}", *values]
     return {run: " ".join(tokens) for run, tokens in routed.items()}
@@ -291,12 +293,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("checkpoint")
     q = rs.add_parser("hydra-value", help="a value quoted as a Hydra override")
     q.add_argument("value")
-    q = rs.add_parser("route-overrides", help="print 'RUN<TAB>overrides' for each RUN=CONF[,CONF]: the "
-                      "--key value pairs of --overrides its configs take")
+    q = rs.add_parser(
+        "route-overrides",
+        help="print 'RUN<TAB>overrides' for each RUN=CONF[,CONF]: the "
+        "--key value pairs of --overrides its configs take",
+    )
     q.add_argument("--option", required=True, help="the recipe option the overrides came from (messages)")
     q.add_argument("--overrides", required=True)
-    q.add_argument("--default", action="store_true",
-                   help="the recipe's default, not the user's: drop a key no config has instead of failing")
+    q.add_argument(
+        "--default",
+        action="store_true",
+        help="the recipe's default, not the user's: drop a key no config has instead of failing",
+    )
     q.add_argument("runs", nargs="*", metavar="RUN=CONF[,CONF]")
     q = rs.add_parser("channel-mask-width", help="ShiftSER's 64-of-768 channel mask scaled to FEATS's width")
     q.add_argument("feats", help="a dump-features directory (meta.json)")

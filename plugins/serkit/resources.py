@@ -9,6 +9,7 @@ files to edit. A config is
 addressed as ``NAME`` (a shared one, or one only one recipe has, e.g. ``mfsn_text``), else as
 ``RECIPE/NAME``; fairseq's as ``fairseq/NAME``.
 """
+
 from __future__ import annotations
 
 import importlib.util

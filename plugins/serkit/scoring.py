@@ -21,6 +21,7 @@ same epoch); ``RESULTS.md``, ``results.json`` and ``confusion.png`` summarise th
 A fairseq output directory (``fairseq-hydra-train ... task.predictions_dir=OUT/predictions``, so
 ``OUT/predictions/`` and no ``fold*/``) is scored as one fold.
 """
+
 from __future__ import annotations
 
 import csv
@@ -79,8 +80,12 @@ def read_predictions(path: str | Path) -> Predictions:
         if len(r) != len(rows[0]):
             raise SerkitError(f"{path}:{i}: {len(r)} columns, expected {len(rows[0])}")
     return Predictions(
-        utts=[r[0] for r in body], labels=[r[1] for r in body], preds=[r[2] for r in body],
-        probs=np.array([[float(x) for x in r[3:]] for r in body]), classes=classes)
+        utts=[r[0] for r in body],
+        labels=[r[1] for r in body],
+        preds=[r[2] for r in body],
+        probs=np.array([[float(x) for x in r[3:]] for r in body]),
+        classes=classes,
+    )
 
 
 def _epochs(fold_dir: Path) -> dict[str, dict[int, Path]]:
@@ -149,10 +154,12 @@ def score_fold(fold_dir: str | Path, rule: str = "valid", headline: str = "ua") 
 def _git_commit() -> str:
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
@@ -162,8 +169,17 @@ def package_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {}
-    for name in ("serkit", "torch", "torchaudio", "fairseq-fixed", "speechbrain", "faiss-cpu", "faiss-gpu",
-                 "numpy", "scikit-learn"):
+    for name in (
+        "serkit",
+        "torch",
+        "torchaudio",
+        "fairseq-fixed",
+        "speechbrain",
+        "faiss-cpu",
+        "faiss-gpu",
+        "numpy",
+        "scikit-learn",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -194,7 +210,8 @@ def confusion_display(cm: np.ndarray, classes: list[str], title: str) -> Confusi
     size = 1.0 + 0.7 * len(classes)
     fig, ax = plt.subplots(figsize=(size + 1.6, size + 0.4))
     disp = ConfusionMatrixDisplay(norm, display_labels=classes).plot(
-        ax=ax, cmap="Blues", xticks_rotation=45, im_kw={"vmin": 0, "vmax": 1}, text_kw={"fontsize": 7})
+        ax=ax, cmap="Blues", xticks_rotation=45, im_kw={"vmin": 0, "vmax": 1}, text_kw={"fontsize": 7}
+    )
     for (i, j), text in np.ndenumerate(disp.text_):
         text.set_text(f"{int(cm[i, j])}\n{norm[i, j]:.0%}")
     ax.set_xlabel("predicted")
@@ -229,20 +246,30 @@ def score_run(exp: str | Path, rule: str | None = None, headline: str | None = N
     """Score every ``fold*/`` of a run; write RESULTS.md, results.json and confusion.png."""
     exp = Path(exp)
     # fold<k> only: a recipe moves superseded output aside as fold<k>.prev-<time>
-    folds = sorted((p for p in exp.glob("fold*") if p.is_dir() and re.fullmatch(r"fold\d+", p.name)),
-                   key=lambda p: int(p.name[4:]))
+    folds = sorted(
+        (p for p in exp.glob("fold*") if p.is_dir() and re.fullmatch(r"fold\d+", p.name)),
+        key=lambda p: int(p.name[4:]),
+    )
     if not folds and (exp / "predictions").is_dir():
         folds = [exp]  # a fairseq output directory (task.predictions_dir=OUT/predictions): one fold
     if not folds:
-        raise SerkitError(f"{exp}: no fold*/ directories and no predictions/; is this an experiment "
-                          "directory (serkit train) or a fairseq output directory (task.predictions_dir)?")
+        raise SerkitError(
+            f"{exp}: no fold*/ directories and no predictions/; is this an experiment "
+            "directory (serkit train) or a fairseq output directory (task.predictions_dir)?"
+        )
     info = _run_info(exp)
     rule = rule or "valid"
     if rule == "paper":
         rule = info.get("selection", "valid")
     headline = headline or info.get("headline", "ua")
-    batching = sorted({json.loads(p.read_text(encoding="utf-8")).get("batching") or "random"
-                       for f in folds for p in [f / "train_info.json"] if p.is_file()})
+    batching = sorted(
+        {
+            json.loads(p.read_text(encoding="utf-8")).get("batching") or "random"
+            for f in folds
+            for p in [f / "train_info.json"]
+            if p.is_file()
+        }
+    )
     per_fold = [score_fold(f, rule, headline) for f in folds]
     classes = per_fold[0]["test"]["classes"]
     cm = np.sum([np.asarray(m["test"]["confusion"]) for m in per_fold], axis=0)
@@ -273,16 +300,23 @@ def score_run(exp: str | Path, rule: str | None = None, headline: str | None = N
     plot_confusion(cm, classes, exp / "confusion.png", confusion_title(result["method"], len(folds), rule))
     with atomic_file(exp / "RESULTS.md", encoding="utf-8") as f:
         f.write(render_results_md(result))
-    log.info("%s: %s %s (selection: %s) -> %s", exp.name, METRIC_NAMES[HEADLINE_KEYS[headline]],
-             _pct(summary[HEADLINE_KEYS[headline]], len(folds)) + (
-                 " on one fold" if len(folds) == 1 else f" over {len(folds)} folds"),
-             rule, exp / "RESULTS.md")
+    log.info(
+        "%s: %s %s (selection: %s) -> %s",
+        exp.name,
+        METRIC_NAMES[HEADLINE_KEYS[headline]],
+        _pct(summary[HEADLINE_KEYS[headline]], len(folds))
+        + (" on one fold" if len(folds) == 1 else f" over {len(folds)} folds"),
+        rule,
+        exp / "RESULTS.md",
+    )
     return result
 
 
 def confusion_title(method: str, n_folds: int, rule: str) -> str:
-    return (f"{method}: test set, {folds_phrase(n_folds)}\n"
-            f"epoch per fold chosen by the selection rule {rule!r}: {RULES[rule]}")
+    return (
+        f"{method}: test set, {folds_phrase(n_folds)}\n"
+        f"epoch per fold chosen by the selection rule {rule!r}: {RULES[rule]}"
+    )
 
 
 def _pct(mean_std: dict, n_folds: int = 2) -> str:
@@ -294,28 +328,49 @@ def _pct(mean_std: dict, n_folds: int = 2) -> str:
 
 def render_results_md(r: dict) -> str:
     lines = [f"# {r['method']} ({r['run']})", ""]
-    for label, key in (("Corpus", "corpus"), ("Protocol", "protocol"), ("Setting", "setting"),
-                       ("Batching", "batching"), ("Upstream", "upstream"), ("Config", "config"),
-                       ("Note", "note")):
+    for label, key in (
+        ("Corpus", "corpus"),
+        ("Protocol", "protocol"),
+        ("Setting", "setting"),
+        ("Batching", "batching"),
+        ("Upstream", "upstream"),
+        ("Config", "config"),
+        ("Note", "note"),
+    ):
         if r.get(key):
             lines.append(f"- {label}: {r[key]}")
-    lines += [f"- Selection rule: `{r['selection']}`: {r['selection_rule']}",
-              f"- Headline metric: {r['headline'].upper()}; metrics in % on the test split"
-              + (" ((valid + test) / 2)" if r["selection"] == "valid_test_mean" else ""),
-              (f"- Folds: {len(r['folds'])}; mean ± sample std over folds" if len(r["folds"]) > 1
-               else "- Folds: 1 (one fold: no spread over folds)"),
-              f"- git commit: {r['git_commit']}; scored {r['scored_at']}",
-              "- Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
-              "| fold | epoch | UA | WA | macro-F1 | WF1 |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"- Selection rule: `{r['selection']}`: {r['selection_rule']}",
+        f"- Headline metric: {r['headline'].upper()}; metrics in % on the test split"
+        + (" ((valid + test) / 2)" if r["selection"] == "valid_test_mean" else ""),
+        (
+            f"- Folds: {len(r['folds'])}; mean ± sample std over folds"
+            if len(r["folds"]) > 1
+            else "- Folds: 1 (one fold: no spread over folds)"
+        ),
+        f"- git commit: {r['git_commit']}; scored {r['scored_at']}",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
+        "",
+        "| fold | epoch | UA | WA | macro-F1 | WF1 |",
+        "|---|---|---|---|---|---|",
+    ]
     for fold, m in r["per_fold"].items():
-        lines.append(f"| {fold} | {m['selected_epoch']} | {100 * m['ua']:.2f} | {100 * m['wa']:.2f} | "
-                     f"{100 * m['macro_f1']:.2f} | {100 * m['weighted_f1']:.2f} |")
+        lines.append(
+            f"| {fold} | {m['selected_epoch']} | {100 * m['ua']:.2f} | {100 * m['wa']:.2f} | "
+            f"{100 * m['macro_f1']:.2f} | {100 * m['weighted_f1']:.2f} |"
+        )
     s, n = r["summary"], len(r["folds"])
     if n > 1:
-        lines.append(f"| **mean ± std** | | {_pct(s['ua'])} | {_pct(s['wa'])} | {_pct(s['macro_f1'])} | "
-                     f"{_pct(s['weighted_f1'])} |")
-    lines += ["", f"Confusion matrix (test, {folds_phrase(n)}; rows = reference, colour = "
-              f"{COLOURBAR_LABEL}): ![confusion](confusion.png)", ""]
+        lines.append(
+            f"| **mean ± std** | | {_pct(s['ua'])} | {_pct(s['wa'])} | {_pct(s['macro_f1'])} | "
+            f"{_pct(s['weighted_f1'])} |"
+        )
+    lines += [
+        "",
+        f"Confusion matrix (test, {folds_phrase(n)}; rows = reference, colour = "
+        f"{COLOURBAR_LABEL}): ![confusion](confusion.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -333,20 +388,24 @@ def is_results_table(path: Path) -> bool:
 
 def results_table(exps: list[str | Path], rule: str | None = None) -> str:
     """One markdown table over several scored runs (scores any run not scored yet)."""
-    rows = [RESULTS_HEADER,
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [RESULTS_HEADER, "|---|---|---|---|---|---|---|---|---|"]
     for exp in exps:
         exp = Path(exp)
         res_path = exp / "results.json"
-        r = json.loads(res_path.read_text(encoding="utf-8")) if res_path.is_file() and rule is None \
+        r = (
+            json.loads(res_path.read_text(encoding="utf-8"))
+            if res_path.is_file() and rule is None
             else score_run(exp, rule)
+        )
         s, n = r["summary"], len(r["folds"])
         sel = "valid" if r["selection"] == "valid" else f"paper: {r['selection']}"
         batching = r.get("batching") and f"({r['batching']} batches)"
         setting = " ".join(filter(None, [r.get("setting"), batching]))
-        rows.append(f"| {r['method']} | {setting} | {r.get('protocol') or ''} | "
-                    f"{r.get('upstream') or ''} | {sel} | {n} | "
-                    f"{_pct(s['ua'], n)} | {_pct(s['wa'], n)} | {_pct(s['weighted_f1'], n)} |")
+        rows.append(
+            f"| {r['method']} | {setting} | {r.get('protocol') or ''} | "
+            f"{r.get('upstream') or ''} | {sel} | {n} | "
+            f"{_pct(s['ua'], n)} | {_pct(s['wa'], n)} | {_pct(s['weighted_f1'], n)} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -356,29 +415,51 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     rules = "\n".join(f"  {name:<16} {text}" for name, text in RULES.items())
     p = sub.add_parser(
-        "score", help="score a run: metrics.json per fold, RESULTS.md, confusion.png",
+        "score",
+        help="score a run: metrics.json per fold, RESULTS.md, confusion.png",
         description=textwrap.fill(
             "Score a run from its per-epoch predictions (fold<k>/predictions/{valid,test}.epoch<NNN>.tsv): "
             "pick each fold's epoch with a selection rule, write fold<k>/metrics.json, then "
-        "RESULTS.md, results.json and confusion.png (mean and sample std over folds). A fairseq output "
-        "directory (OUT/predictions/, no fold*/) is scored as one fold.", 80),
+            "RESULTS.md, results.json and confusion.png (mean and sample std over folds). A fairseq output "
+            "directory (OUT/predictions/, no fold*/) is scored as one fold.",
+            80,
+        ),
         epilog=f"selection rules:\n{rules}\n  {'paper':<16} the rule recorded in the run's run.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("exp", help="experiment run directory holding fold*/predictions/, or a fairseq "
-                   "output directory holding predictions/")
-    p.add_argument("--selection", default="valid", choices=[*RULES, "paper"],
-                   help="epoch selection rule; 'paper' = the rule recorded in run.json for this method")
-    p.add_argument("--headline", default=None, choices=list(HEADLINE_KEYS),
-                   help="metric the valid rule selects on (default: run.json's, else ua)")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "exp",
+        help="experiment run directory holding fold*/predictions/, or a fairseq "
+        "output directory holding predictions/",
+    )
+    p.add_argument(
+        "--selection",
+        default="valid",
+        choices=[*RULES, "paper"],
+        help="epoch selection rule; 'paper' = the rule recorded in run.json for this method",
+    )
+    p.add_argument(
+        "--headline",
+        default=None,
+        choices=list(HEADLINE_KEYS),
+        help="metric the valid rule selects on (default: run.json's, else ua)",
+    )
     p.set_defaults(func=lambda a: print(render_results_md(score_run(a.exp, a.selection, a.headline))))
 
-    p = sub.add_parser("results", help="one markdown table over several scored runs",
-                       description="Print one markdown table (method, setting, protocol, upstream, "
-                       "selection rule, folds, UA/WA/WF1 mean ± std) over several runs, scoring any run "
-                       "not scored yet.")
+    p = sub.add_parser(
+        "results",
+        help="one markdown table over several scored runs",
+        description="Print one markdown table (method, setting, protocol, upstream, "
+        "selection rule, folds, UA/WA/WF1 mean ± std) over several runs, scoring any run "
+        "not scored yet.",
+    )
     p.add_argument("exps", nargs="+", help="experiment run directories")
-    p.add_argument("--selection", default=None, choices=[*RULES, "paper"],
-                   help="re-score with this rule (default: use each run's results.json)")
+    p.add_argument(
+        "--selection",
+        default=None,
+        choices=[*RULES, "paper"],
+        help="re-score with this rule (default: use each run's results.json)",
+    )
     p.add_argument("--out", help="also write the table to this file")
 
     def run(a: argparse.Namespace) -> None:
@@ -389,4 +470,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         if a.out:
             with atomic_file(a.out, encoding="utf-8") as f:
                 f.write(table)
+
     p.set_defaults(func=run)

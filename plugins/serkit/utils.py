@@ -1,4 +1,5 @@
 """Shared plumbing: user-facing errors, logging, atomic writes, Kaldi-style map files."""
+
 from __future__ import annotations
 
 import contextlib
@@ -34,9 +35,21 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(level)
     root.propagate = False
     # torchaudio 2.8's FFmpeg probe (torio) logs tracebacks at DEBUG; fairseq and speechbrain are chatty.
-    for name in ("fairseq", "fairseq.tasks", "fairseq.models", "fairseq.tasks.text_to_speech", "torio",
-                 "torio._extension", "torio._extension.utils", "torchaudio", "matplotlib", "numba", "h5py",
-                 "PIL", "fsspec"):
+    for name in (
+        "fairseq",
+        "fairseq.tasks",
+        "fairseq.models",
+        "fairseq.tasks.text_to_speech",
+        "torio",
+        "torio._extension",
+        "torio._extension.utils",
+        "torchaudio",
+        "matplotlib",
+        "numba",
+        "h5py",
+        "PIL",
+        "fsspec",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*torchaudio.*deprecat.*", category=UserWarning)
     warnings.filterwarnings("ignore", message=".*In 2.9, this function's implementation will be changed.*")
@@ -103,12 +116,19 @@ def check_not_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike],
         else:
             continue
         shown = f"{inp}" if Path(os.path.abspath(inp)) == i else f"{inp} (= {i})"
-        raise SerkitError(f"{what} {out} {rel} the input {shown}; writing there could destroy or change "
-                          f"the input. Nothing was written: choose an {what} outside every input")
+        raise SerkitError(
+            f"{what} {out} {rel} the input {shown}; writing there could destroy or change "
+            f"the input. Nothing was written: choose an {what} outside every input"
+        )
 
 
-def claim_output_file(out: str | os.PathLike, ours: Callable[[Path], bool], kind: str,
-                      inputs: Iterable[str | os.PathLike] = (), what: str = "--out") -> None:
+def claim_output_file(
+    out: str | os.PathLike,
+    ours: Callable[[Path], bool],
+    kind: str,
+    inputs: Iterable[str | os.PathLike] = (),
+    what: str = "--out",
+) -> None:
     """Check that file ``out`` may be written (or replaced) as serkit's ``kind``; write nothing.
 
     Allowed: ``out`` absent, or a file ``ours(out)`` recognises as one serkit wrote. Refused, with a
@@ -120,9 +140,11 @@ def claim_output_file(out: str | os.PathLike, ours: Callable[[Path], bool], kind
     if out.is_dir():
         raise SerkitError(f"{what} {out}: is a directory; give the file to write")
     if os.path.lexists(out) and not (out.is_file() and ours(out)):
-        raise SerkitError(f"{what} {out}: exists and is not {kind}; serkit never overwrites what it "
-                          f"did not write. Nothing was changed: choose another {what}, or move that file "
-                          "away yourself")
+        raise SerkitError(
+            f"{what} {out}: exists and is not {kind}; serkit never overwrites what it "
+            f"did not write. Nothing was changed: choose another {what}, or move that file "
+            "away yourself"
+        )
 
 
 def torch_file_strings(path: str | os.PathLike) -> set[str]:
@@ -223,8 +245,9 @@ def unknown_entries(path: str | os.PathLike, kind: str) -> list[str]:
     return unknown
 
 
-def claim_output_dir(out: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike] = (),
-                     what: str = "--out") -> None:
+def claim_output_dir(
+    out: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike] = (), what: str = "--out"
+) -> None:
     """Check that ``out`` may be written (or replaced) as serkit's ``kind`` output; write nothing.
 
     Allowed: ``out`` absent, empty, or holding only what serkit wrote as a ``kind`` output (its
@@ -236,23 +259,32 @@ def claim_output_dir(out: str | os.PathLike, kind: str, inputs: Iterable[str | o
     if not os.path.lexists(out):
         return
     if not out.is_dir():
-        raise SerkitError(f"{out}: exists and is not a directory; serkit replaces only its own output "
-                          f"directories. Choose another {what}")
+        raise SerkitError(
+            f"{out}: exists and is not a directory; serkit replaces only its own output "
+            f"directories. Choose another {what}"
+        )
     unknown = unknown_entries(out, kind)
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise SerkitError(
             f"{out}: not empty and not serkit's own {kind} output (it holds {shown}); serkit never "
             f"replaces what it did not write. Nothing was changed: choose a new or empty {what}, or "
-            "move those files away yourself")
+            "move those files away yourself"
+        )
     if read_marker(out) is None and any(not _ignorable(r) for r in _listing(out)):
-        log.info("%s: recognised as an earlier serkit %s output (written before output markers existed)",
-                 out, kind)
+        log.info(
+            "%s: recognised as an earlier serkit %s output (written before output markers existed)", out, kind
+        )
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike, kind: str = "output", inputs: Iterable[str | os.PathLike] = (),
-               overwrite: bool = True, what: str = "--out") -> Iterator[Path]:
+def atomic_dir(
+    final: str | os.PathLike,
+    kind: str = "output",
+    inputs: Iterable[str | os.PathLike] = (),
+    overwrite: bool = True,
+    what: str = "--out",
+) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``final`` only if the block succeeds.
 
     ``final`` must be absent, empty, or serkit's own ``kind`` output (:func:`claim_output_dir`, checked
@@ -277,9 +309,11 @@ def atomic_dir(final: str | os.PathLike, kind: str = "output", inputs: Iterable[
         if isinstance(e, DiskFull):  # name the output, not the temporary directory just removed
             raise DiskFull(str(e).replace(str(tmp), str(final))) from None
         if _no_space(e):
-            raise DiskFull(f"{final}: no space left on the device while writing it ({e.strerror}); the "
-                           "partial output was removed and nothing already written was changed. Free some "
-                           "space and re-run") from None
+            raise DiskFull(
+                f"{final}: no space left on the device while writing it ({e.strerror}); the "
+                "partial output was removed and nothing already written was changed. Free some "
+                "space and re-run"
+            ) from None
         raise
     if os.path.lexists(final):
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -313,10 +347,12 @@ def atomic_file(final: str | os.PathLike, mode: str = "w", **kw) -> Iterator[IO]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if _no_space(e):
-            raise DiskFull(f"{final}: no space left on the device while writing it ({e.strerror}); "
-                              f"the partial file was removed and nothing already written was changed "
-                              f"(an earlier {final.name}, if any, is intact). Free some space and "
-                              "re-run") from None
+            raise DiskFull(
+                f"{final}: no space left on the device while writing it ({e.strerror}); "
+                f"the partial file was removed and nothing already written was changed "
+                f"(an earlier {final.name}, if any, is intact). Free some space and "
+                "re-run"
+            ) from None
         raise
 
 
@@ -331,8 +367,7 @@ def _holder_text(path: Path) -> str:
         info = {}
     if not info:
         return "another process (no holder recorded)"
-    return (f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')}: "
-            f"{info.get('command')}")
+    return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')}: {info.get('command')}"
 
 
 @contextlib.contextmanager
@@ -356,11 +391,16 @@ def output_lock(path: str | os.PathLike, what: str, shared: bool = False) -> Ite
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SerkitError(f"{what} is in use by {_holder_text(path)} (lock {path}); wait for it to "
-                              "finish or stop it, then re-run") from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])}
+            raise SerkitError(
+                f"{what} is in use by {_holder_text(path)} (lock {path}); wait for it to "
+                "finish or stop it, then re-run"
+            ) from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+        }
         # Exclusive holders record themselves; shared ones clear any record left by a killed holder.
         os.ftruncate(fd, 0)
         if not shared:
@@ -378,9 +418,16 @@ def output_lock(path: str | os.PathLike, what: str, shared: bool = False) -> Ite
 # Output directories that commands add files to (features, pseudo labels), rather than replace
 
 
-def check_output_dir(out: str | os.PathLike, kind: str, noun: str, inputs: Iterable[str | os.PathLike],
-                     files: Iterable[str], ours: Callable[[Path], bool], evidence: str,
-                     what: str = "--out") -> None:
+def check_output_dir(
+    out: str | os.PathLike,
+    kind: str,
+    noun: str,
+    inputs: Iterable[str | os.PathLike],
+    files: Iterable[str],
+    ours: Callable[[Path], bool],
+    evidence: str,
+    what: str = "--out",
+) -> None:
     """Check that directory ``out`` may receive serkit's ``kind`` files ``files`` (names inside
     ``out``) beside whatever else it holds; write nothing.
 
@@ -395,18 +442,26 @@ def check_output_dir(out: str | os.PathLike, kind: str, noun: str, inputs: Itera
         raise SerkitError(f"{what} {out}: exists and is not a directory; choose another {what}")
     marker = read_marker(out)
     if marker is not None and marker["kind"] != kind:
-        raise SerkitError(f"{what} {out}: holds serkit's {marker['kind']} output, not {noun}; choose "
-                          f"another {what}")
+        raise SerkitError(
+            f"{what} {out}: holds serkit's {marker['kind']} output, not {noun}; choose another {what}"
+        )
     present = [n for n in files if (out / n).exists()]
     if present and not ours(out):
-        raise SerkitError(f"{what} {out}: holds {', '.join(present)} that serkit did not write (no "
-                          f"{evidence}); serkit never overwrites what it did not write. Choose another "
-                          f"{what} or move those files away")
+        raise SerkitError(
+            f"{what} {out}: holds {', '.join(present)} that serkit did not write (no "
+            f"{evidence}); serkit never overwrites what it did not write. Choose another "
+            f"{what} or move those files away"
+        )
 
 
 @contextlib.contextmanager
-def locked_output_dir(out: str | os.PathLike, kind: str, what: str, shard: tuple[int, int] | None = None,
-                      recheck: Callable[[], None] | None = None) -> Iterator[Path]:
+def locked_output_dir(
+    out: str | os.PathLike,
+    kind: str,
+    what: str,
+    shard: tuple[int, int] | None = None,
+    recheck: Callable[[], None] | None = None,
+) -> Iterator[Path]:
     """Hold the lock of output directory ``out`` for the block, and mark it as serkit's ``kind`` output.
 
     Without ``shard`` the lock on ``out/.serkit-lock`` is exclusive. Shard K of N (``shard=(K, N)``)
@@ -422,8 +477,9 @@ def locked_output_dir(out: str | os.PathLike, kind: str, what: str, shard: tuple
         else:
             k, n = shard
             stack.enter_context(output_lock(out / LOCK_NAME, what, shared=True))
-            stack.enter_context(output_lock(out / f"{LOCK_NAME}.shard-{k}-of-{n}",
-                                            f"shard {k} of {n} of {what}"))
+            stack.enter_context(
+                output_lock(out / f"{LOCK_NAME}.shard-{k}-of-{n}", f"shard {k} of {n} of {what}")
+            )
         if recheck is not None:
             recheck()
         if read_marker(out) is None:

@@ -7,4 +7,5 @@ whatever the order (this shim, ``import serkit.fairseq_ext``, or ``serkit.upstre
 The path must be absolute: ``fairseq-hydra-train`` changes into ``hydra.run.dir`` before it imports
 the user dir, so a relative path would be looked up from there.
 """
+
 import serkit.fairseq_ext  # noqa: F401  (registers the serkit_* components)

@@ -2,6 +2,7 @@
 tools/start_slurm.sh): a chain of jobs runs in dependency order, a failed job fails the wait naming
 the job, its log and the log's last lines, a job depending on a failed one is cancelled instead of
 waiting forever, and the resources of recipes' cmd.sh reach the jobs."""
+
 from __future__ import annotations
 
 import json
@@ -30,20 +31,24 @@ def backend(script: str, cwd: Path, timeout: int = 120) -> subprocess.CompletedP
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     local = REPO / "local"
     prelude = f"set -euo pipefail; . {local / 'stage.sh'}; . {local / 'backend_slurm.sh'}; slurm_poll_s=0.5; "
-    return subprocess.run(["bash", "-c", prelude + script], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["bash", "-c", prelude + script], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_chain_runs_in_dependency_order_and_logs_each_job(tmp_path):
     # a takes 2 s; b and c, submitted right after, may only start once the job before them succeeded
     logs = tmp_path / "log dir %j"  # a space and a literal % in the path
-    r = backend(f"""
+    r = backend(
+        f"""
         a=$(slurm_submit t_chain_a "{logs}/a.log" "" -- bash -c 'sleep 2; echo a >> order')
         b=$(slurm_submit t_chain_b "{logs}/b.log" "$a" -- bash -c 'echo b >> order')
         c=$(slurm_submit t_chain_c "{logs}/c.log" "$a $b" -- bash -c 'echo c >> order; echo c-output-line')
         echo "ids $a $b $c"
         slurm_wait "$a" "$b" "$c"
-        """, tmp_path)
+        """,
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "order").read_text().split() == ["a", "b", "c"]
     ids = re.search(r"ids (\d+) (\d+) (\d+)", r.stdout).groups()
@@ -54,13 +59,16 @@ def test_chain_runs_in_dependency_order_and_logs_each_job(tmp_path):
 
 
 def test_failed_job_fails_the_wait_with_its_name_log_and_last_lines(tmp_path):
-    r = backend(f"""
+    r = backend(
+        f"""
         ok=$(slurm_submit t_fold1_train "{tmp_path}/ok.log" "" -- bash -c 'echo fine')
         bad=$(slurm_submit t_fold2_train "{tmp_path}/bad.log" "" -- \
               bash -c 'echo first; echo "boom: no such file" >&2; exit 3')
         slurm_wait "$ok" "$bad"
         echo "not reached"
-        """, tmp_path)
+        """,
+        tmp_path,
+    )
     assert r.returncode != 0
     assert "not reached" not in r.stdout
     err = r.stderr
@@ -74,11 +82,15 @@ def test_failed_job_fails_the_wait_with_its_name_log_and_last_lines(tmp_path):
 
 def test_dependent_of_a_failed_job_is_cancelled_not_waited_for(tmp_path):
     t0 = time.monotonic()
-    r = backend(f"""
+    r = backend(
+        f"""
         bad=$(slurm_submit t_dep_stage1 "{tmp_path}/s1.log" "" -- bash -c 'exit 1')
         next=$(slurm_submit t_dep_stage2 "{tmp_path}/s2.log" "$bad" -- bash -c 'touch ran')
         slurm_wait "$bad" "$next"
-        """, tmp_path, timeout=60)
+        """,
+        tmp_path,
+        timeout=60,
+    )
     assert r.returncode != 0
     assert time.monotonic() - t0 < 45
     assert not (tmp_path / "ran").exists()
@@ -92,7 +104,8 @@ def test_resources_and_rules_reach_the_job(tmp_path):
     # cmd.sh's settings: every job 1 CPU, a rule gives the matching job 2; slurm_nproc exports the
     # process count that `serkit train` runs itself under torchrun with
     report = 'echo "$SLURM_CPUS_PER_TASK ${SERKIT_NPROC_PER_NODE:-unset}"'
-    r = backend(f"""
+    r = backend(
+        f"""
         slurm_cpus=1; slurm_time=0:10:00; slurm_extra="--nice=10"
         slurm_rules=("*_wide_* --cpus-per-task=2")
         one=$(slurm_submit t_res_narrow "{tmp_path}/n.log" "" -- bash -c '{report} > narrow')
@@ -105,7 +118,9 @@ def test_resources_and_rules_reach_the_job(tmp_path):
         three=$(CUDA_VISIBLE_DEVICES=0,1 slurm_submit t_res_gpus "{tmp_path}/g.log" "" -- \
                 bash -c '{report} > gpus')
         slurm_wait "$one" "$two" "$three"
-        """, tmp_path)
+        """,
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "narrow").read_text().split() == ["1", "unset"]
     assert (tmp_path / "wide").read_text().split() == ["2", "2"]
@@ -138,10 +153,13 @@ def test_fairseq_finds_its_distributed_setup_inside_a_job(tmp_path):
     # SLURM_NTASKS it fails with a TypeError before training
     pytest.importorskip("fairseq")
     (tmp_path / "world.py").write_text(FAIRSEQ_WORLD)
-    r = backend(f"""
+    r = backend(
+        f"""
         id=$(slurm_submit t_fairseq_world "{tmp_path}/w.log" "" -- python world.py)
         slurm_wait "$id"
-        """, tmp_path)
+        """,
+        tmp_path,
+    )
     log = (tmp_path / "w.log").read_text()
     assert r.returncode == 0, log[-3000:]
     assert re.search(r"^init tcp://localhost:\d+$", log, re.M), log[-3000:]
@@ -149,9 +167,11 @@ def test_fairseq_finds_its_distributed_setup_inside_a_job(tmp_path):
 
 def test_interrupted_wait_cancels_the_jobs_it_waits_for(tmp_path):
     local = REPO / "local"
-    script = (f"set -euo pipefail; . {local / 'stage.sh'}; . {local / 'backend_slurm.sh'}; slurm_poll_s=0.5; "
-              f'id=$(slurm_submit t_interrupted "{tmp_path}/i.log" "" -- sleep 300); echo "$id" > id; '
-              'slurm_wait "$id"')
+    script = (
+        f"set -euo pipefail; . {local / 'stage.sh'}; . {local / 'backend_slurm.sh'}; slurm_poll_s=0.5; "
+        f'id=$(slurm_submit t_interrupted "{tmp_path}/i.log" "" -- sleep 300); echo "$id" > id; '
+        'slurm_wait "$id"'
+    )
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     proc = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -178,14 +198,22 @@ def test_serkit_train_in_a_two_process_job_runs_ddp_with_the_single_process_batc
     from test_sb_ddp import _train_cmd
 
     setup = sb_tiny
-    cmd = _train_cmd([str(Path(sys.executable).parent / "serkit"), "train"], setup["fold"], setup["feats"],
-                     tmp_path / "out")
+    cmd = _train_cmd(
+        [str(Path(sys.executable).parent / "serkit"), "train"],
+        setup["fold"],
+        setup["feats"],
+        tmp_path / "out",
+    )
     cmd.remove("-m"), cmd.remove("serkit.speechbrain.train")
-    r = backend(f"""
+    r = backend(
+        f"""
         slurm_nproc=2
         id=$(slurm_submit t_ddp_fold1 "{tmp_path}/ddp.log" "" -- {shlex.join(cmd)})
         slurm_wait "$id"
-        """, tmp_path, timeout=600)
+        """,
+        tmp_path,
+        timeout=600,
+    )
     log = (tmp_path / "ddp.log").read_text()
     assert r.returncode == 0, log[-3000:]
     assert "SERKIT_NPROC_PER_NODE=2: " in log and "--nproc_per_node 2 -m serkit.speechbrain.train" in log

@@ -1,5 +1,6 @@
 """The fairseq plugin in a fresh interpreter: importing serkit.fairseq_ext and fairseq's --user-dir in either
 order, twice, registers each serkit component once."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 HuBERT iteration 1 (fairseq's own model), CPT from a tiny HuBERT (serkit_hubert), SER finetuning
 (serkit_ser) with per-epoch predictions, then predict.py and serkit.upstream on the checkpoints.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,17 +50,30 @@ def cpt(data):
     init.parent.mkdir()
     shutil.copy(data["tiny"], init)
     out = data["root"] / "cpt"
-    log = hydra_train("cpt_hubert_tiny", out, f"common.user_dir={USER_DIR}", f"task.data={data['fold']}",
-                      f"task.label_dir={data['km']}", f"model.init_from={init}", "optimization.max_update=5",
-                      "dataset.validate_interval_updates=5", f"common.tensorboard_logdir={out / 'tb'}")
+    log = hydra_train(
+        "cpt_hubert_tiny",
+        out,
+        f"common.user_dir={USER_DIR}",
+        f"task.data={data['fold']}",
+        f"task.label_dir={data['km']}",
+        f"model.init_from={init}",
+        "optimization.max_update=5",
+        "dataset.validate_interval_updates=5",
+        f"common.tensorboard_logdir={out / 'tb'}",
+    )
     shutil.rmtree(init.parent)  # the checkpoints must not need it any more
     return {"dir": out, "log": log}
 
 
 def test_hubert_iteration1_trains_fairseqs_own_model(data):
     out = data["root"] / "iter1"
-    log = hydra_train("hubert_tiny_iter1", out, f"task.data={data['fold']}", f"task.label_dir={data['km']}",
-                      "optimization.max_update=4")
+    log = hydra_train(
+        "hubert_tiny_iter1",
+        out,
+        f"task.data={data['fold']}",
+        f"task.label_dir={data['km']}",
+        "optimization.max_update=4",
+    )
     assert "num_updates 4" in log and "The dataset is empty" not in log
     assert "loaded 12, skipped 0 short and 0 long" in log  # no mini-corpus turn is dropped
     state = torch.load(out / "checkpoint_last.pt", weights_only=False)
@@ -103,11 +117,19 @@ def test_cpt_checkpoint_extracts_features_through_serkit_upstream(cpt):
 @pytest.fixture(scope="module")
 def finetune(data, cpt):
     out = data["root"] / "ser"
-    log = hydra_train("ser_finetune", out, f"common.user_dir={USER_DIR}", f"task.data={data['fold']}",
-                      f"task.predictions_dir={out / 'predictions'}",
-                      f"model.upstream_path={cpt['dir'] / 'checkpoint_last.pt'}",
-                      "optimization.max_epoch=2", "dataset.batch_size=4", "optimization.update_freq=[1]",
-                      "common.log_format=simple", f"common.tensorboard_logdir={out / 'tb'}")
+    log = hydra_train(
+        "ser_finetune",
+        out,
+        f"common.user_dir={USER_DIR}",
+        f"task.data={data['fold']}",
+        f"task.predictions_dir={out / 'predictions'}",
+        f"model.upstream_path={cpt['dir'] / 'checkpoint_last.pt'}",
+        "optimization.max_epoch=2",
+        "dataset.batch_size=4",
+        "optimization.update_freq=[1]",
+        "common.log_format=simple",
+        f"common.tensorboard_logdir={out / 'tb'}",
+    )
     return {"dir": out, "log": log}
 
 
@@ -178,11 +200,27 @@ def test_predict_matches_the_last_epochs_predictions(data, finetune, tmp_path):
     moved = finetune["dir"].parent / "cpt_moved"
     (finetune["dir"].parent / "cpt").rename(moved)
     try:
-        res = subprocess.run([sys.executable, "-m", "serkit.fairseq_ext.predict", "--checkpoint",
-                              str(finetune["dir"] / "checkpoint_last.pt"), "--fold", str(data["fold"]),
-                              "--split", "test", "--out", str(out), "--batch-size", "3"],
-                             capture_output=True, text=True, cwd=tmp_path,
-                             env=no_unpickling_override() | {"OMP_NUM_THREADS": "1"})
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "serkit.fairseq_ext.predict",
+                "--checkpoint",
+                str(finetune["dir"] / "checkpoint_last.pt"),
+                "--fold",
+                str(data["fold"]),
+                "--split",
+                "test",
+                "--out",
+                str(out),
+                "--batch-size",
+                "3",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=no_unpickling_override() | {"OMP_NUM_THREADS": "1"},
+        )
     finally:
         moved.rename(finetune["dir"].parent / "cpt")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -199,8 +237,16 @@ def test_predict_rejects_a_fold_with_other_classes(data, finetune, tmp_path, cap
     fold = tmp_path / "fold"
     shutil.copytree(data["fold"], fold)
     (fold / "dict.emo.txt").write_text("".join(f"{c} 1\n" for c in ["ang", "hap", "neu", "fru"]))
-    rc = main(["--checkpoint", str(finetune["dir"] / "checkpoint_last.pt"), "--fold", str(fold),
-               "--out", str(tmp_path / "x.tsv")])
+    rc = main(
+        [
+            "--checkpoint",
+            str(finetune["dir"] / "checkpoint_last.pt"),
+            "--fold",
+            str(fold),
+            "--out",
+            str(tmp_path / "x.tsv"),
+        ]
+    )
     assert rc == 2 and "differ from the checkpoint's" in capsys.readouterr().err
     assert not (tmp_path / "x.tsv").exists()
 
@@ -212,21 +258,35 @@ def test_cpt_resumes_from_its_checkpoint_with_weights_only_loading(data, cpt, tm
     shutil.copytree(cpt["dir"], out)
     init = tmp_path / "tiny_hubert.pt"
     shutil.copy(data["tiny"], init)
-    log = hydra_train("cpt_hubert_tiny", out, f"common.user_dir={USER_DIR}", f"task.data={data['fold']}",
-                      f"task.label_dir={data['km']}", f"model.init_from={init}", "optimization.max_update=7",
-                      "dataset.validate_interval_updates=5")
+    log = hydra_train(
+        "cpt_hubert_tiny",
+        out,
+        f"common.user_dir={USER_DIR}",
+        f"task.data={data['fold']}",
+        f"task.label_dir={data['km']}",
+        f"model.init_from={init}",
+        "optimization.max_update=7",
+        "dataset.validate_interval_updates=5",
+    )
     assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 5 updates\)", log), log[-3000:]
     state = torch.load(out / "checkpoint_last.pt", weights_only=False)
     assert state["optimizer_history"][-1]["num_updates"] == 7
 
 
 def _ser_run(data, cpt, out: Path, max_epoch: int) -> str:
-    return hydra_train("ser_finetune", out, f"common.user_dir={USER_DIR}", f"task.data={data['fold']}",
-                       f"task.predictions_dir={out / 'predictions'}",
-                       f"model.upstream_path={cpt['dir'] / 'checkpoint_last.pt'}",
-                       f"optimization.max_epoch={max_epoch}", "dataset.batch_size=4",
-                       "optimization.update_freq=[1]", "common.log_format=simple",
-                       "task.max_sample_size=16000")
+    return hydra_train(
+        "ser_finetune",
+        out,
+        f"common.user_dir={USER_DIR}",
+        f"task.data={data['fold']}",
+        f"task.predictions_dir={out / 'predictions'}",
+        f"model.upstream_path={cpt['dir'] / 'checkpoint_last.pt'}",
+        f"optimization.max_epoch={max_epoch}",
+        "dataset.batch_size=4",
+        "optimization.update_freq=[1]",
+        "common.log_format=simple",
+        "task.max_sample_size=16000",
+    )
 
 
 def test_a_stopped_and_resumed_finetune_matches_an_uninterrupted_one(data, cpt, tmp_path):
@@ -270,14 +330,23 @@ def test_recipe_cpt_retries_a_failed_attempt_and_prints_the_validation_summary(d
     init = tmp_path / "tiny_hubert.pt"
     shutil.copy(data["tiny"], init)
     out = tmp_path / "exp" / "cpt" / "fold1"
-    script = RECIPE_CPT.format(recipe=quote(str(REPO / "recipes" / "IEMOCAP")), out=quote(str(out)),
-                               init=quote(str(init)), labels=quote(str(data["km"])),
-                               fold=quote(str(data["fold"])))
+    script = RECIPE_CPT.format(
+        recipe=quote(str(REPO / "recipes" / "IEMOCAP")),
+        out=quote(str(out)),
+        init=quote(str(init)),
+        labels=quote(str(data["km"])),
+        fold=quote(str(data["fold"])),
+    )
     path = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
     env = no_unpickling_override() | {"OMP_NUM_THREADS": "1", "PATH": path}
     # first attempt: killed once fairseq is training
-    first = subprocess.Popen(["bash", "-c", script], env=env, start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = subprocess.Popen(
+        ["bash", "-c", script],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and first.poll() is None:
         log = out / "train.log"

@@ -5,6 +5,7 @@ published (joblib) k-means model and continues pretraining on them before the te
 
 A mini IEMOCAP of its own (seed 7) passed with --root, so the recipe takes the real-data path.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,28 @@ pytest.importorskip("speechbrain")
 
 pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 
-SHORT = ["--folds", "1", "--layer", "2", "--nclusters", "4", "--teacher-epochs", "1",
-         "--finetune-lr", "0.001", "--cpt-updates", "2",
-         "--cpt-config", "../../plugins/serkit/conf/fairseq/cpt_hubert_tiny.yaml",
-         "--device", "cpu", "--method", "flea", "--valid", "speaker"]
+SHORT = [
+    "--folds",
+    "1",
+    "--layer",
+    "2",
+    "--nclusters",
+    "4",
+    "--teacher-epochs",
+    "1",
+    "--finetune-lr",
+    "0.001",
+    "--cpt-updates",
+    "2",
+    "--cpt-config",
+    "../../plugins/serkit/conf/fairseq/cpt_hubert_tiny.yaml",
+    "--device",
+    "cpu",
+    "--method",
+    "flea",
+    "--valid",
+    "speaker",
+]
 
 
 def run(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
@@ -41,8 +60,13 @@ def setup(tmp_path_factory, tiny_hubert):
     ckpt = tiny_hubert
     work = base / "work"
     args = ["--root", str(root), "--upstream", str(ckpt), "--workdir", str(work), *SHORT]
-    return {"base": base, "work": work, "ckpt": ckpt, "args": args,
-            "fold": work / "data" / "iemocap" / "iemocap_loso5" / "fold1"}
+    return {
+        "base": base,
+        "work": work,
+        "ckpt": ckpt,
+        "args": args,
+        "fold": work / "data" / "iemocap" / "iemocap_loso5" / "fold1",
+    }
 
 
 def _frames(fold: Path, split: str) -> int:
@@ -81,12 +105,26 @@ def test_cpt_update_freq_reaches_fairseq_and_the_batch_is_logged(setup, transduc
     import torch
 
     assert transductive.returncode == 0, transductive.stderr[-4000:]  # stage 3 continues from its labels
-    res = run(*setup["args"], "--tag", "trans", "--transductive", "true", "--stage", "3", "--stop-stage", "3",
-              "--cpt-update-freq", "2")
+    res = run(
+        *setup["args"],
+        "--tag",
+        "trans",
+        "--transductive",
+        "true",
+        "--stage",
+        "3",
+        "--stop-stage",
+        "3",
+        "--cpt-update-freq",
+        "2",
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     assert "batch: 20 s of audio per update = 10 s x 1 GPU(s) x update_freq 2" in res.stderr
-    ckpt = torch.load(setup["work"] / "exp" / "trans" / "cpt" / "fold1" / "checkpoint_last.pt",
-                      map_location="cpu", weights_only=False)
+    ckpt = torch.load(
+        setup["work"] / "exp" / "trans" / "cpt" / "fold1" / "checkpoint_last.pt",
+        map_location="cpu",
+        weights_only=False,
+    )
     assert list(ckpt["cfg"]["optimization"]["update_freq"]) == [2]
     res = run(*setup["args"], "--cpt-update-freq", "0", "--stop-stage", "0")
     assert res.returncode != 0 and "--cpt-update-freq 0" in res.stderr
@@ -101,9 +139,27 @@ def test_tapt_km_labels_each_fold_with_a_published_model_before_the_teacher(setu
 
     # a "published" model: sklearn MiniBatchKMeans on the upstream's layer 2, written with joblib.dump
     feats = setup["base"] / "tapt_feats"
-    res = subprocess.run([sys.executable, "-m", "serkit", "dump-features", "--upstream", str(setup["ckpt"]),
-                          "--layers", "2", "--data", str(setup["fold"] / "train.tsv"), "--out", str(feats),
-                          "--dtype", "float32", "--no-progress"], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serkit",
+            "dump-features",
+            "--upstream",
+            str(setup["ckpt"]),
+            "--layers",
+            "2",
+            "--data",
+            str(setup["fold"] / "train.tsv"),
+            "--out",
+            str(feats),
+            "--dtype",
+            "float32",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     reader = FeatureReader(feats)
     x = np.concatenate([reader.load(u)[0] for u in reader.keys()]).astype(np.float32)
@@ -111,8 +167,19 @@ def test_tapt_km_labels_each_fold_with_a_published_model_before_the_teacher(setu
     km_file = setup["base"] / "km6.bin"
     joblib.dump(model, km_file)
 
-    res = run(*setup["args"], "--tag", "tapt", "--tapt-km", str(km_file), "--tapt-layer", "2",
-              "--teacher-pooling", "attention", "--stop-stage", "1")
+    res = run(
+        *setup["args"],
+        "--tag",
+        "tapt",
+        "--tapt-km",
+        str(km_file),
+        "--tapt-layer",
+        "2",
+        "--teacher-pooling",
+        "attention",
+        "--stop-stage",
+        "1",
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     exp = setup["work"] / "exp" / "tapt"
     labels = exp / "tapt_km" / "fold1"
@@ -133,6 +200,15 @@ def test_tapt_km_labels_each_fold_with_a_published_model_before_the_teacher(setu
     method = json.loads((exp / "teacher" / "run.json").read_text())["method"]
     assert "TAPT on km6.bin labels of layer 2" in method and "attention pooling" in method
 
-    res = run(*setup["args"], "--tag", "tapt2", "--tapt-km", str(km_file), "--tapt-labels", str(labels),
-              "--stop-stage", "1")
+    res = run(
+        *setup["args"],
+        "--tag",
+        "tapt2",
+        "--tapt-km",
+        str(km_file),
+        "--tapt-labels",
+        str(labels),
+        "--stop-stage",
+        "1",
+    )
     assert res.returncode != 0 and "pass one" in res.stderr

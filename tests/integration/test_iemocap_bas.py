@@ -5,6 +5,7 @@ Hugging Face upstream directory (the paper's best row is WavLM-Large) accepted b
 A mini IEMOCAP passed with --root (the real-data path) and a randomly initialised tiny WavLM saved in
 Hugging Face format stand in for the corpus and WavLM-Large; outputs go to --workdir.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,12 @@ from tests.fixtures.recipes import run_recipe
 METHODS = ("bas", "bas_ffn", "bas_msa_ffn", "bas_transformer")
 # What the mini corpus and the tiny WavLM give (deterministic on CPU): fold 1's selected epoch, test UA
 # and WA, to the 4 decimals of a run (24 test utterances, 6 per class).
-EXPECTED = {"bas": (1, 0.25, 0.25), "bas_ffn": (1, 0.25, 0.25), "bas_msa_ffn": (1, 0.2083, 0.2083),
-            "bas_transformer": (2, 0.1667, 0.1667)}
+EXPECTED = {
+    "bas": (1, 0.25, 0.25),
+    "bas_ffn": (1, 0.25, 0.25),
+    "bas_msa_ffn": (1, 0.2083, 0.2083),
+    "bas_transformer": (2, 0.1667, 0.1667),
+}
 
 
 def run(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
@@ -30,9 +35,18 @@ def run(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
 def tiny_wavlm_dir(path: Path) -> Path:
     transformers = pytest.importorskip("transformers")
     config = transformers.WavLMConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(16, 16, 16), conv_stride=(10, 8, 4), conv_kernel=(10, 8, 4),  # 320 samples a frame
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=64)
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16),
+        conv_stride=(10, 8, 4),
+        conv_kernel=(10, 8, 4),  # 320 samples a frame
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        num_buckets=16,
+        max_bucket_distance=64,
+    )
     import torch
 
     torch.manual_seed(0)
@@ -58,8 +72,24 @@ def test_bas_and_its_baselines_on_iemocap_with_bas_settings_3_layers_and_an_hf_u
     root = mini.build("iemocap", tmp_path / "corpus", seed=7, utts_per_class=3, extra_per_speaker=1)
     upstream = tiny_wavlm_dir(tmp_path / "wavlm-tiny")
     work = tmp_path / "work"
-    res = run("--root", str(root), "--upstream", str(upstream), "--workdir", str(work), "--folds", "1",
-              "--method", ",".join(METHODS), "--bas-layers", "3", "--head-epochs", "2", "--device", "cpu")
+    res = run(
+        "--root",
+        str(root),
+        "--upstream",
+        str(upstream),
+        "--workdir",
+        str(work),
+        "--folds",
+        "1",
+        "--method",
+        ",".join(METHODS),
+        "--bas-layers",
+        "3",
+        "--head-epochs",
+        "2",
+        "--device",
+        "cpu",
+    )
     assert res.returncode == 0, res.stderr[-6000:]
     exp = work / "exp" / "iemocap_loso5"
 
@@ -99,6 +129,16 @@ def test_bas_options_are_checked(tmp_path):
     # FLEA continues fairseq pretraining: a Hugging Face directory is refused with the reason.
     hf_dir = tmp_path / "wavlm-large"
     hf_dir.mkdir()
-    res = run("--root", str(tmp_path), "--upstream", str(hf_dir), "--workdir", str(tmp_path / "w"),
-              "--method", "flea", "--stage", "1")
+    res = run(
+        "--root",
+        str(tmp_path),
+        "--upstream",
+        str(hf_dir),
+        "--workdir",
+        str(tmp_path / "w"),
+        "--method",
+        "flea",
+        "--stage",
+        "1",
+    )
     assert res.returncode != 0 and "FLEA needs a fairseq HuBERT checkpoint file" in res.stderr

@@ -5,6 +5,7 @@ passed with --root like a real corpus, so the recipe takes the real-data path: t
 (a tiny HuBERT checkpoint here), the paper's configs with schedules shortened by options. Outputs go
 to --workdir, so the repository's own recipe outputs are untouched.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,30 @@ pytestmark = [pytest.mark.slow, pytest.mark.fairseq]
 
 #: the CPU-sized MFSN overlay, as the recipe (cwd recipes/IEMOCAP) names it
 MFSN_MINI = "../../plugins/serkit/conf/mfsn_mini.yaml"
-SHORT = ["--folds", "1", "--layer", "2", "--nclusters", "8", "--teacher-epochs", "2",
-         "--finetune-epochs", "2", "--head-epochs", "2", "--finetune-lr", "0.001", "--cpt-updates", "4",
-         "--cpt-config", "../../plugins/serkit/conf/fairseq/cpt_hubert_tiny.yaml",
-         "--head-overrides", "--channel_mask_width 5",
-         "--device", "cpu"]
+SHORT = [
+    "--folds",
+    "1",
+    "--layer",
+    "2",
+    "--nclusters",
+    "8",
+    "--teacher-epochs",
+    "2",
+    "--finetune-epochs",
+    "2",
+    "--head-epochs",
+    "2",
+    "--finetune-lr",
+    "0.001",
+    "--cpt-updates",
+    "4",
+    "--cpt-config",
+    "../../plugins/serkit/conf/fairseq/cpt_hubert_tiny.yaml",
+    "--head-overrides",
+    "--channel_mask_width 5",
+    "--device",
+    "cpu",
+]
 
 
 def run(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
@@ -42,12 +62,26 @@ def setup(tmp_path_factory, tiny_hubert):
     root = mini.build("iemocap", base / "corpus", seed=5, utts_per_class=3, extra_per_speaker=1)
     ckpt = tiny_hubert
     work = base / "work"
-    args = ["--root", str(root), "--upstream", str(ckpt), "--workdir", str(work), *SHORT,
-            "--method", "flea,shiftcnn"]
+    args = [
+        "--root",
+        str(root),
+        "--upstream",
+        str(ckpt),
+        "--workdir",
+        str(work),
+        *SHORT,
+        "--method",
+        "flea,shiftcnn",
+    ]
     first = run(*args)
     assert first.returncode == 0, first.stderr[-6000:]
-    return {"root": root, "work": work, "exp": work / "exp" / "iemocap_loso5", "args": args,
-            "log": first.stderr}
+    return {
+        "root": root,
+        "work": work,
+        "exp": work / "exp" / "iemocap_loso5",
+        "args": args,
+        "log": first.stderr,
+    }
 
 
 def test_stages_0_to_5_write_folds_labels_checkpoints_and_results(setup):
@@ -64,8 +98,12 @@ def test_stages_0_to_5_write_folds_labels_checkpoints_and_results(setup):
     assert (exp / "cpt" / "fold1" / "checkpoint_last.pt").is_file()
     assert (exp / "teacher" / "fold1" / "upstream.pt").is_file()
     # what this corpus gives (deterministic on CPU): selected epoch, test UA and WA, to 4 decimals
-    expected = {"teacher": (2, 0.25, 0.25), "flea_attention": (1, 0.25, 0.25), "flea_mean": (2, 0.25, 0.25),
-                "shiftcnn_featex": (1, 0.2917, 0.2917)}
+    expected = {
+        "teacher": (2, 0.25, 0.25),
+        "flea_attention": (1, 0.25, 0.25),
+        "flea_mean": (2, 0.25, 0.25),
+        "shiftcnn_featex": (1, 0.2917, 0.2917),
+    }
     for run_name in ("teacher", "flea_attention", "flea_mean", "shiftcnn_featex"):
         m = json.loads((exp / run_name / "fold1" / "metrics.json").read_text())
         assert m["selection"] == "valid"
@@ -123,9 +161,23 @@ def test_mfsn_runs_on_both_protocols(setup, protocol):
     ckpt = setup["args"][setup["args"].index("--upstream") + 1]
     args = [a for a in setup["args"]]
     args[args.index("--method") + 1] = "mfsn"
-    res = run(*args, "--protocol", protocol, "--tec-upstream", ckpt, "--sec-upstream", ckpt,
-              "--tec-layer", "2", "--sec-layers", "0,1,2", "--mfsn-overlay", MFSN_MINI,
-              "--head-overrides", "")
+    res = run(
+        *args,
+        "--protocol",
+        protocol,
+        "--tec-upstream",
+        ckpt,
+        "--sec-upstream",
+        ckpt,
+        "--tec-layer",
+        "2",
+        "--sec-layers",
+        "0,1,2",
+        "--mfsn-overlay",
+        MFSN_MINI,
+        "--head-overrides",
+        "",
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     fold = setup["work"] / "exp" / protocol / "mfsn_mfsn" / "fold1"
     m = json.loads((fold / "metrics.json").read_text())
@@ -174,9 +226,16 @@ def _tiny_ctc_checkpoint(out: Path) -> tuple[Path, Path]:
     from omegaconf import OmegaConf
 
     torch.manual_seed(0)
-    cfg = Wav2Vec2Config(conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
-                         encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
-                         encoder_attention_heads=2, final_dim=32, latent_vars=8, latent_groups=2)
+    cfg = Wav2Vec2Config(
+        conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
+        encoder_layers=2,
+        encoder_embed_dim=64,
+        encoder_ffn_embed_dim=128,
+        encoder_attention_heads=2,
+        final_dim=32,
+        latent_vars=8,
+        latent_groups=2,
+    )
     model_cfg = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     model_cfg["_name"] = "wav2vec2"
     letters = ["|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
@@ -185,11 +244,28 @@ def _tiny_ctc_checkpoint(out: Path) -> tuple[Path, Path]:
     sd["w2v_encoder.proj.bias"] = torch.zeros(4 + len(letters))
     task = {"_name": "audio_pretraining", "data": "/nowhere", "normalize": False, "sample_rate": 16000}
     ckpt = out / "wav2vec_tiny_ctc.pt"
-    torch.save({"cfg": {"model": {"_name": "wav2vec_ctc", "w2v_path": "/nowhere.pt",
-                                  "w2v_args": {"model": model_cfg, "task": task}},
-                        "task": {**task, "_name": "audio_finetuning", "labels": "ltr"}},
-                "model": sd, "optimizer_history": [{"criterion_name": "ctc", "optimizer_name": "adam",
-                                                    "lr_scheduler_state": {}, "num_updates": 0}]}, ckpt)
+    torch.save(
+        {
+            "cfg": {
+                "model": {
+                    "_name": "wav2vec_ctc",
+                    "w2v_path": "/nowhere.pt",
+                    "w2v_args": {"model": model_cfg, "task": task},
+                },
+                "task": {**task, "_name": "audio_finetuning", "labels": "ltr"},
+            },
+            "model": sd,
+            "optimizer_history": [
+                {
+                    "criterion_name": "ctc",
+                    "optimizer_name": "adam",
+                    "lr_scheduler_state": {},
+                    "num_updates": 0,
+                }
+            ],
+        },
+        ckpt,
+    )
     letters_dict = out / "dict.ltr.txt"
     letters_dict.write_text("".join(f"{c} {1000 - i}\n" for i, c in enumerate(letters)))
     return ckpt, letters_dict
@@ -214,8 +290,12 @@ def test_mfsn_text_ablation_from_transcripts_and_asr_sits_beside_audio(setup, tm
     fold = exp / "mfsn_text_mfsn" / "fold1"
     info = json.loads((fold / "train_info.json").read_text())
     assert "TEXT LEAK" in info["note"] and info["sources"]["tec"]["text"].startswith("transcript ")
-    train_utts = [Path(line.split("\t")[0]).stem for line in
-                  (setup["work"] / "data/iemocap/iemocap_loso5/fold1/train.tsv").read_text().splitlines()[1:]]
+    train_utts = [
+        Path(line.split("\t")[0]).stem
+        for line in (setup["work"] / "data/iemocap/iemocap_loso5/fold1/train.tsv")
+        .read_text()
+        .splitlines()[1:]
+    ]
     transcribed = [line.split()[0] for line in (fold / "transcripts.train.txt").read_text().splitlines()]
     assert transcribed == train_utts  # the tokenizer saw the training split, nothing else
     rows = [line for line in text.stdout.splitlines() if line.startswith("| MFSN")]
@@ -225,8 +305,18 @@ def test_mfsn_text_ablation_from_transcripts_and_asr_sits_beside_audio(setup, tm
     no_dict = run(*args, *text_conf, "--mfsn-tec", "asr", "--tec-upstream", ckpt)
     assert no_dict.returncode != 0 and "--ctc-dict" in no_dict.stderr
     ctc, letters = _tiny_ctc_checkpoint(tmp_path)
-    asr = run(*args, *text_conf, "--mfsn-tec", "asr", "--tec-upstream", str(ctc), "--ctc-dict", str(letters),
-              "--folds", "1")
+    asr = run(
+        *args,
+        *text_conf,
+        "--mfsn-tec",
+        "asr",
+        "--tec-upstream",
+        str(ctc),
+        "--ctc-dict",
+        str(letters),
+        "--folds",
+        "1",
+    )
     assert asr.returncode == 0, asr.stderr[-4000:]
     info = json.loads((exp / "mfsn_asr_mfsn" / "fold1" / "train_info.json").read_text())
     assert info["sources"]["tec"]["text"] == "greedy CTC of wav2vec_tiny_ctc.pt (layer 2)"

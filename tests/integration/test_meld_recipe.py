@@ -7,6 +7,7 @@ the per-run metrics and the final table. The upstream is a random-init tiny HuBE
 --upstream: pretraining the tiny HuBERT (the recipe's default on the mini corpus) takes minutes and
 is covered by the IEMOCAP recipe's run.
 """
+
 import json
 import os
 import re
@@ -35,8 +36,13 @@ def _env():
 
 
 def _run(recipe_dir, *args, timeout=900):
-    return subprocess.run(["bash", str(recipe_dir / "run.sh"), *args], env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(recipe_dir / "run.sh"), *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +52,26 @@ def recipe(tmp_path_factory):
     root = tmp_path_factory.mktemp("meld_recipe")
     shutil.copytree(REPO / "local", root / "local")
     shutil.copytree(REPO / "plugins" / "serkit" / "conf", root / "plugins" / "serkit" / "conf", symlinks=True)
-    shutil.copytree(REPO / "recipes" / "MELD", root / "recipes" / "MELD",
-                    ignore=shutil.ignore_patterns("data", "exp", "dump", "db"))
+    shutil.copytree(
+        REPO / "recipes" / "MELD",
+        root / "recipes" / "MELD",
+        ignore=shutil.ignore_patterns("data", "exp", "dump", "db"),
+    )
     shutil.copytree(REPO / "recipes" / "IEMOCAP" / "conf", root / "recipes" / "IEMOCAP" / "conf")
     return root / "recipes" / "MELD"
 
 
 # What a run.sh sets about its corpus for the template (docs/new_corpus.md), not options of a run.
-CORPUS_SETTINGS = {"corpus", "prepare_name", "mini_release", "corpus_protocols", "default_method",
-                   "mini_method", "method_aliases", "corpus_help"}
+CORPUS_SETTINGS = {
+    "corpus",
+    "prepare_name",
+    "mini_release",
+    "corpus_protocols",
+    "default_method",
+    "mini_method",
+    "method_aliases",
+    "corpus_help",
+}
 
 
 def test_help_documents_every_option(recipe):
@@ -68,13 +85,16 @@ def test_help_documents_every_option(recipe):
         assert f"--{name.replace('_', '-')}" in r.stdout, f"--{name} is not in --help"
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--no-such-option", "1"), "unknown option --no-such-option"),
-    (("--bas-layers", "5"), "--bas-layers 5"),
-    (("--ffn-residual", "yes"), "--ffn-residual yes: choose one of: true false"),
-    (("--method", "bas,nope"), "--method nope: unknown"),
-    (("--root", "/no/such/MELD.Raw"), "--root /no/such/MELD.Raw: no such directory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--no-such-option", "1"), "unknown option --no-such-option"),
+        (("--bas-layers", "5"), "--bas-layers 5"),
+        (("--ffn-residual", "yes"), "--ffn-residual yes: choose one of: true false"),
+        (("--method", "bas,nope"), "--method nope: unknown"),
+        (("--root", "/no/such/MELD.Raw"), "--root /no/such/MELD.Raw: no such directory"),
+    ],
+)
 def test_bad_option_fails_with_a_message(recipe, args, message):
     r = _run(recipe, *args, timeout=60)
     assert r.returncode != 0
@@ -84,11 +104,26 @@ def test_bad_option_fails_with_a_message(recipe, args, message):
 @pytest.mark.slow
 def test_meld_recipe_mini_end_to_end(recipe, tmp_path):
     upstream = tmp_path / "tiny_hubert_random.pt"
-    made = subprocess.run(["serkit", "make-upstream", "tiny-hubert", "--out", str(upstream), "--seed", "0"],
-                          env=_env(), capture_output=True, text=True, timeout=120)
+    made = subprocess.run(
+        ["serkit", "make-upstream", "tiny-hubert", "--out", str(upstream), "--seed", "0"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert made.returncode == 0, made.stderr
-    args = ("--upstream", str(upstream), "--search-epochs", str(SEARCH_EPOCHS), "--head-epochs", str(EPOCHS),
-            "--tag", "test", "--device", "cpu")
+    args = (
+        "--upstream",
+        str(upstream),
+        "--search-epochs",
+        str(SEARCH_EPOCHS),
+        "--head-epochs",
+        str(EPOCHS),
+        "--tag",
+        "test",
+        "--device",
+        "cpu",
+    )
     r = _run(recipe, *args)
     assert r.returncode == 0, r.stderr[-4000:]
 
@@ -159,9 +194,19 @@ def test_meld_recipe_mini_end_to_end(recipe, tmp_path):
     assert f"All runs of {exp.resolve()}: {exp.resolve()}/RESULTS.md" in run_log
     # each step ran as a job of the local backend, with its own log
     jobs = sorted(p.name for p in (exp / "log" / "jobs").iterdir())
-    assert jobs == ["data.log", "describe_bas.log", "describe_ffn.log", "describe_msa_ffn.log",
-                    "describe_transformer.log", "dump_feats_upstream.log", "head_bas_fold1.log",
-                    "head_ffn_fold1.log", "head_msa_ffn_fold1.log", "head_transformer_fold1.log", "score.log"]
+    assert jobs == [
+        "data.log",
+        "describe_bas.log",
+        "describe_ffn.log",
+        "describe_msa_ffn.log",
+        "describe_transformer.log",
+        "dump_feats_upstream.log",
+        "head_bas_fold1.log",
+        "head_ffn_fold1.log",
+        "head_msa_ffn_fold1.log",
+        "head_transformer_fold1.log",
+        "score.log",
+    ]
 
     # Same options again: nothing is redone.
     stamp = (exp / "bas_featex" / "fold1" / "metrics.json").stat().st_mtime_ns

@@ -1,5 +1,6 @@
 """MFSN through `serkit train` (MFSNBrain): search -> arch.txt -> retrain, the ablations, resume,
 predictions of utterances from their 3-second segments, and `serkit predict` on a finished fold."""
+
 import json
 import math
 
@@ -21,9 +22,28 @@ MINI = ["--overlay", str(SHARED_CONF / "mfsn_mini.yaml")]
 def _train(setup, out, *extra, conf=CONF):
     from serkit.speechbrain.train import main
 
-    return main([str(conf), *MINI, "--fold-dir", str(setup["fold"]), "--output-folder", str(out), "--feats",
-                 str(setup["feats"]), "--tec_feats", str(setup["feats"]), "--batch_size", "4",
-                 "--search_epochs", "2", "--train_epochs", "2", "--noprogressbar", *extra])
+    return main(
+        [
+            str(conf),
+            *MINI,
+            "--fold-dir",
+            str(setup["fold"]),
+            "--output-folder",
+            str(out),
+            "--feats",
+            str(setup["feats"]),
+            "--tec_feats",
+            str(setup["feats"]),
+            "--batch_size",
+            "4",
+            "--search_epochs",
+            "2",
+            "--train_epochs",
+            "2",
+            "--noprogressbar",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +146,9 @@ def _predictions(out):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["search", "retrain"])
-def test_a_killed_fold_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted_run(sb_tiny,
-                                                                                      monkeypatch, phase):
+def test_a_killed_fold_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted_run(
+    sb_tiny, monkeypatch, phase
+):
     import speechbrain as sb
 
     from serkit.speechbrain.mfsn import MFSNBrain
@@ -164,8 +185,12 @@ def test_a_killed_fold_resumes_after_its_last_epoch_and_ends_as_an_uninterrupted
 def test_text_ablation_trains_tokenizer_on_train_split_only(sb_tiny):
     setup = sb_tiny
     fold = setup["fold"]
-    words = {"ang": "i am so angry now", "hap": "what a lovely day", "neu": "the table is brown",
-             "sad": "i miss her so much"}
+    words = {
+        "ang": "i am so angry now",
+        "hap": "what a lovely day",
+        "neu": "the table is brown",
+        "sad": "i miss her so much",
+    }
     text = setup["root"] / "text"
     # The test split has words nowhere else: they must not enter the tokenizer.
     lines = []
@@ -202,10 +227,32 @@ def test_waveform_path_trains_only_the_top_sec_layers_and_never_tec(sb_tiny):
     setup = sb_tiny
     out = setup["root"] / "exp" / "mfsn_finetune" / "fold1"
     before = torch.load(setup["ckpt"], map_location="cpu", weights_only=False)["model"]
-    assert main([str(CONF), *MINI, "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
-                 "--upstream", str(setup["ckpt"]), "--tec_upstream", str(setup["ckpt"]), "--arch", "1:sum",
-                 "--batch_size", "4", "--train_epochs", "1", "--sec_finetune_layers", "1",
-                 "--noprogressbar"]) == 0
+    assert (
+        main(
+            [
+                str(CONF),
+                *MINI,
+                "--fold-dir",
+                str(setup["fold"]),
+                "--output-folder",
+                str(out),
+                "--upstream",
+                str(setup["ckpt"]),
+                "--tec_upstream",
+                str(setup["ckpt"]),
+                "--arch",
+                "1:sum",
+                "--batch_size",
+                "4",
+                "--train_epochs",
+                "1",
+                "--sec_finetune_layers",
+                "1",
+                "--noprogressbar",
+            ]
+        )
+        == 0
+    )
     assert (out / "predictions" / "test.epoch001.tsv").is_file()
     ckpt = next((out / "save").glob("CKPT+*"))
     sec = torch.load(ckpt / "upstream.ckpt", map_location="cpu")
@@ -227,8 +274,11 @@ def _segments_of_iemocap_durations():
 
     from serkit.nn.coattention import segment_starts
 
-    rows = [line.split("\t") for line in (REPO / "bench" / "data" / "iemocap_durations.tsv").read_text()
-            .splitlines() if line and not line.startswith(("#", "session"))]
+    rows = [
+        line.split("\t")
+        for line in (REPO / "bench" / "data" / "iemocap_durations.tsv").read_text().splitlines()
+        if line and not line.startswith(("#", "session"))
+    ]
     data = {}
     for i, (session, seconds) in enumerate(rows):
         if session == "5":
@@ -253,9 +303,17 @@ def _arch_batches(batching, epoch=1, passes=2, seed=3):
     from serkit.speechbrain.mfsn import MFSNBrain
 
     dataset, data = _segments_of_iemocap_durations()
-    brain = MFSNBrain(modules={}, hparams={"batching": batching, "seed": seed, "max_batch_length": None,
-                                           "num_buckets": 40, "train_dataloader_opts": {"batch_size": 32}},
-                      run_opts={"device": "cpu"})
+    brain = MFSNBrain(
+        modules={},
+        hparams={
+            "batching": batching,
+            "seed": seed,
+            "max_batch_length": None,
+            "num_buckets": 40,
+            "train_dataloader_opts": {"batch_size": 32},
+        },
+        run_opts={"device": "cpu"},
+    )
     brain._sets = {"valid": dataset}
     train = brain.make_dataloader(dataset, sb.Stage.TRAIN, batch_size=32, shuffle=True)
     n = len(train)
@@ -286,8 +344,13 @@ def test_segments_carry_their_duration_for_batching(sb_tiny):
     from serkit.upstream.features import FeatureReader
 
     setup = sb_tiny
-    datasets, _ = segment_datasets(setup["fold"], FeatureReader(setup["feats"]), sec_layers=[0, 1, 2],
-                                   ablation="sec_only", segment_seconds=1.0)
+    datasets, _ = segment_datasets(
+        setup["fold"],
+        FeatureReader(setup["feats"]),
+        sec_layers=[0, 1, 2],
+        ablation="sec_only",
+        segment_seconds=1.0,
+    )
     for split, ds in datasets.items():
         lengths = {u.utt: u.num_samples for u in read_split(setup["fold"], split)}
         for key in ds.data_ids:

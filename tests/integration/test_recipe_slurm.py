@@ -3,6 +3,7 @@ tools/start_slurm.sh; without one the test is skipped, under CI it fails): every
 each feature-dump shard too, both folds train as parallel jobs after the feature dump they depend on,
 and the results are the local backend's, to the last digit of every prediction. A re-run resumes only
 what did not finish."""
+
 from __future__ import annotations
 
 import os
@@ -25,14 +26,32 @@ REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "recipes" / "RAVDESS" / "run.sh"
 EPOCHS = 2
 # --nshard 2: the feature dump is two shard jobs and a job that joins them
-JOBS = ["data", "dump_feats_upstream_0", "dump_feats_upstream_1", "dump_feats_upstream",
-        "head_shiftcnn_fold1", "head_shiftcnn_fold2", "describe_shiftcnn", "score"]
+JOBS = [
+    "data",
+    "dump_feats_upstream_0",
+    "dump_feats_upstream_1",
+    "dump_feats_upstream",
+    "head_shiftcnn_fold1",
+    "head_shiftcnn_fold2",
+    "describe_shiftcnn",
+    "score",
+]
 
 
 def run(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
     # cmd.sh's resources, for a one-node CPU cluster: no GPU, one CPU per job, the node's memory
-    env = dict(os.environ, RAVDESS="", OMP_NUM_THREADS="1", slurm_gpus="0", slurm_cpus="1", slurm_mem="",
-               slurm_time="", slurm_partition="", slurm_extra="", slurm_poll_s="1")
+    env = dict(
+        os.environ,
+        RAVDESS="",
+        OMP_NUM_THREADS="1",
+        slurm_gpus="0",
+        slurm_cpus="1",
+        slurm_mem="",
+        slurm_time="",
+        slurm_partition="",
+        slurm_extra="",
+        slurm_poll_s="1",
+    )
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     env.pop("SERKIT_LOCK_TOKEN", None)
     return subprocess.run(["bash", str(RUN), *args], env=env, capture_output=True, text=True, timeout=timeout)
@@ -58,13 +77,27 @@ def runs(tmp_path_factory):
     require_slurm()
     base = tmp_path_factory.mktemp("recipe_slurm")
     ckpt = base / "tiny_hubert_random.pt"
-    made = subprocess.run([sys.executable, "-m", "serkit", "make-upstream", "tiny-hubert", "--out", str(ckpt),
-                           "--seed", "0"], capture_output=True, text=True, timeout=300)
+    made = subprocess.run(
+        [sys.executable, "-m", "serkit", "make-upstream", "tiny-hubert", "--out", str(ckpt), "--seed", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert made.returncode == 0, made.stderr[-2000:]
     out = {}
     for backend in ("local", "slurm"):
-        args = ["--upstream", str(ckpt), "--workdir", str(base / backend), "--head-epochs", str(EPOCHS),
-                "--nshard", "2", "--backend", backend]
+        args = [
+            "--upstream",
+            str(ckpt),
+            "--workdir",
+            str(base / backend),
+            "--head-epochs",
+            str(EPOCHS),
+            "--nshard",
+            "2",
+            "--backend",
+            backend,
+        ]
         r = run(*args)
         assert r.returncode == 0, r.stderr[-6000:]
         out[backend] = {"work": base / backend, "args": args, "run": r}
@@ -91,8 +124,9 @@ def test_every_step_is_a_slurm_job_and_completes(runs):
 def test_a_job_resolves_the_device_on_its_own_node(runs):
     # the submitting host's GPUs say nothing about the nodes': --device auto travels to the job
     ids = job_ids(runs["slurm"]["run"].stderr)
-    script = subprocess.run(["scontrol", "write", "batch_script", ids["head_shiftcnn_fold1"], "-"],
-                            capture_output=True, text=True).stdout
+    script = subprocess.run(
+        ["scontrol", "write", "batch_script", ids["head_shiftcnn_fold1"], "-"], capture_output=True, text=True
+    ).stdout
     assert re.search(r"--device auto --layer \S+ --nclusters \d+ --cpt-update-freq 1 ", script), script
 
 

@@ -3,6 +3,7 @@
 Runs recipes/SAVEE/run.sh as a user would (a copy of the recipe directory, so the repository's own
 recipes/SAVEE/{data,exp,dump,db} are untouched) and checks the ablation table and the metrics.
 """
+
 import json
 import os
 import re
@@ -36,8 +37,11 @@ def recipe(tmp_path_factory):
     shutil.copytree(REPO / "plugins" / "serkit" / "conf", root / "plugins" / "serkit" / "conf", symlinks=True)
     # local/make_tiny_upstream.sh pretrains the tiny HuBERT with the IEMOCAP recipe's fairseq config
     shutil.copytree(REPO / "recipes" / "IEMOCAP" / "conf", root / "recipes" / "IEMOCAP" / "conf")
-    shutil.copytree(REPO / "recipes" / "SAVEE", root / "recipes" / "SAVEE",
-                    ignore=shutil.ignore_patterns("data", "exp", "dump", "db"))
+    shutil.copytree(
+        REPO / "recipes" / "SAVEE",
+        root / "recipes" / "SAVEE",
+        ignore=shutil.ignore_patterns("data", "exp", "dump", "db"),
+    )
     return root / "recipes" / "SAVEE"
 
 
@@ -47,8 +51,9 @@ def _run(recipe_dir, *args, timeout=1500):
     if venv_bin.is_dir():
         env["PATH"] = f"{venv_bin}:{env['PATH']}"
     env["PYTHONPATH"] = str(REPO / "plugins") + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(["bash", str(recipe_dir / "run.sh"), *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(recipe_dir / "run.sh"), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.slow
@@ -79,7 +84,10 @@ def test_savee_recipe_mini_end_to_end(recipe):
             _, ua, wa, _, wf1 = EXPECTED[p, a]
             # one fold: no ± (serkit score); UA, WA, WF1 in percent
             assert re.findall(r"\| (\d+\.\d+)(?: ± \d+\.\d+)? ", line + " ") == [
-                f"{100 * ua:.2f}", f"{100 * wa:.2f}", f"{100 * wf1:.2f}"], line
+                f"{100 * ua:.2f}",
+                f"{100 * wa:.2f}",
+                f"{100 * wf1:.2f}",
+            ], line
 
     for p, exp in exps.items():
         for a in ABLATIONS:
@@ -92,7 +100,11 @@ def test_savee_recipe_mini_end_to_end(recipe):
             n_test = len(json.loads((recipe / "data" / "savee" / p / "fold1" / "test.json").read_text()))
             assert sum(map(sum, m["test"]["confusion"])) == n_test
             assert sorted(x.name for x in (fold / "predictions").iterdir()) == [
-                "test.epoch001.tsv", "test.epoch002.tsv", "valid.epoch001.tsv", "valid.epoch002.tsv"]
+                "test.epoch001.tsv",
+                "test.epoch002.tsv",
+                "valid.epoch001.tsv",
+                "valid.epoch002.tsv",
+            ]
         arch = (exp / "mfsn_mfsn_search" / "fold1" / "arch.txt").read_text()  # the search call's
         assert re.fullmatch(r"[0-2]:\w+\n", arch)
         info = json.loads((exp / "mfsn_mfsn" / "fold1" / "train_info.json").read_text())
@@ -109,8 +121,18 @@ def test_savee_recipe_mini_end_to_end(recipe):
     # Re-made features make every run trained on them stale (one run re-trained, to keep it short).
     feats = next((recipe / "dump").glob("*/all_layers"))
     (feats / ".done").unlink()
-    redo = _run(recipe, *short, "--protocol", "savee_loso4", "--mfsn-ablation", "sec_only", "--stage", "4",
-                "--stop-stage", "4")
+    redo = _run(
+        recipe,
+        *short,
+        "--protocol",
+        "savee_loso4",
+        "--mfsn-ablation",
+        "sec_only",
+        "--stage",
+        "4",
+        "--stop-stage",
+        "4",
+    )
     assert redo.returncode == 0, redo.stderr[-4000:]
     run = (loso4 / "mfsn_sec_only").resolve()
     # (the features are both sources' here: one tiny HuBERT for TEC and SEC)
@@ -122,13 +144,28 @@ def test_savee_recipe_mini_end_to_end(recipe):
 def test_savee_recipe_help_and_bad_options(recipe):
     r = _run(recipe, "--help")
     assert r.returncode == 0
-    for opt in ("--stage", "--stop-stage", "--root", "--protocol", "--folds", "--valid-fraction",
-                "--tec-upstream", "--sec-upstream", "--tec-layer", "--sec-layers", "--mfsn-ablation",
-                "--config",
-                "--search-epochs", "--mfsn-epochs", "--batch-size", "--device", "--tag", "--backend"):
+    for opt in (
+        "--stage",
+        "--stop-stage",
+        "--root",
+        "--protocol",
+        "--folds",
+        "--valid-fraction",
+        "--tec-upstream",
+        "--sec-upstream",
+        "--tec-layer",
+        "--sec-layers",
+        "--mfsn-ablation",
+        "--config",
+        "--search-epochs",
+        "--mfsn-epochs",
+        "--batch-size",
+        "--device",
+        "--tag",
+        "--backend",
+    ):
         assert opt in r.stdout, opt
     bad = _run(recipe, "--mfsn-ablation", "sec_only,oops")
     assert bad.returncode != 0 and "oops" in bad.stderr
     bad = _run(recipe, "--root", "/nonexistent/SAVEE", "--stop-stage", "0")
     assert bad.returncode != 0 and "no such directory" in bad.stderr
-

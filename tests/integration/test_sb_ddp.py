@@ -3,6 +3,7 @@ epoch and writes the same, complete prediction files as a single-process run, wi
 update (each process takes batch_size / 2; with random batching, the same number of updates per
 epoch too); `serkit train`
 with SERKIT_NPROC_PER_NODE=2 (what a Slurm job with 2 GPUs exports) runs itself under torchrun."""
+
 import json
 import os
 import shutil
@@ -22,10 +23,25 @@ pytestmark = pytest.mark.slow
 
 
 def _train_cmd(launcher, fold, feats, out):
-    return [*launcher, "-m", "serkit.speechbrain.train", *head_conf("linear"), "--fold-dir", str(fold),
-            "--output-folder", str(out), "--feats", str(feats), "--number_of_epochs", "1",
-            "--batch_size", "4",
-            "--channel_mask_width", "8", "--noprogressbar"]
+    return [
+        *launcher,
+        "-m",
+        "serkit.speechbrain.train",
+        *head_conf("linear"),
+        "--fold-dir",
+        str(fold),
+        "--output-folder",
+        str(out),
+        "--feats",
+        str(feats),
+        "--number_of_epochs",
+        "1",
+        "--batch_size",
+        "4",
+        "--channel_mask_width",
+        "8",
+        "--noprogressbar",
+    ]
 
 
 def test_two_process_gloo_run_matches_single_process_prediction_counts(sb_tiny, tmp_path):
@@ -38,11 +54,12 @@ def test_two_process_gloo_run_matches_single_process_prediction_counts(sb_tiny, 
     runs, logs = {}, {}
     random = ["--batching", "random"]
     for name, launcher, extra_env, extra in (
-            ("single", [sys.executable], {}, []),
-            ("ddp", [torchrun, "--standalone", "--nproc_per_node", "2"], {}, []),
-            ("single_random", [sys.executable], {}, random),
-            # `serkit train` in a job that asks for 2 processes relaunches itself under torchrun
-            ("serkit_random", [str(serkit), "train"], {"SERKIT_NPROC_PER_NODE": "2"}, random)):
+        ("single", [sys.executable], {}, []),
+        ("ddp", [torchrun, "--standalone", "--nproc_per_node", "2"], {}, []),
+        ("single_random", [sys.executable], {}, random),
+        # `serkit train` in a job that asks for 2 processes relaunches itself under torchrun
+        ("serkit_random", [str(serkit), "train"], {"SERKIT_NPROC_PER_NODE": "2"}, random),
+    ):
         out = tmp_path / name
         cmd = _train_cmd(launcher, setup["fold"], setup["feats"], out) + extra
         if name.startswith("serkit"):

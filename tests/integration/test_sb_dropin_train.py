@@ -1,5 +1,6 @@
 """docs/examples/speechbrain_iemocap/train.py: SpeechBrain's IEMOCAP recipe layout with serkit heads as
 its lobes, trained on a serkit fold."""
+
 import importlib.util
 import json
 
@@ -29,9 +30,22 @@ def test_speechbrain_style_train_py_trains_serkit_heads_on_a_serkit_fold(tmp_pat
     fold = make_fold(tmp_path / "data", per_class=(6, 2, 3))
     train = _load_example()
     out = tmp_path / "exp"
-    brain, datasets = train.main([str(EXAMPLE / "hparams" / "train.yaml"), "--fold_dir", str(fold),
-                                  "--skip_prep", "True", "--output_folder", str(out),
-                                  "--number_of_epochs", "15", "--lr", "0.01", "--noprogressbar"])
+    brain, datasets = train.main(
+        [
+            str(EXAMPLE / "hparams" / "train.yaml"),
+            "--fold_dir",
+            str(fold),
+            "--skip_prep",
+            "True",
+            "--output_folder",
+            str(out),
+            "--number_of_epochs",
+            "15",
+            "--lr",
+            "0.01",
+            "--noprogressbar",
+        ]
+    )
     reported = brain.stage_stats["error_rate"]
     # by hand: each test utterance alone, argmax of the classifier's log-probabilities vs its label
     brain.on_evaluate_start(min_key="error_rate")

@@ -1,4 +1,5 @@
 """Finetuning (FLEA yaml) through SERBrain: the upstream's transformer learns, its CNN stays frozen."""
+
 import json
 
 import pytest
@@ -19,10 +20,27 @@ def test_flea_finetune_trains_transformer_keeps_cnn_and_predict_restores_it(sb_t
 
     setup = sb_tiny
     out = tmp_path / "flea" / "fold1"
-    assert main([str(SHARED_CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]),
-                 "--output-folder", str(out), "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1",
-                 "--batch_size", "4",
-                 "--lr", "0.001", "--noprogressbar"]) == 0
+    assert (
+        main(
+            [
+                str(SHARED_CONF / "flea.yaml"),
+                "--fold-dir",
+                str(setup["fold"]),
+                "--output-folder",
+                str(out),
+                "--upstream",
+                str(setup["ckpt"]),
+                "--number_of_epochs",
+                "1",
+                "--batch_size",
+                "4",
+                "--lr",
+                "0.001",
+                "--noprogressbar",
+            ]
+        )
+        == 0
+    )
     info = json.loads((out / "train_info.json").read_text())
     assert info["setting"] == "finetune" and info["selection"] == "valid_test_mean"
     assert info["upstream_layers"] == [2] and info["feats"] is None
@@ -69,10 +87,27 @@ def test_exported_teacher_is_a_fairseq_checkpoint_with_the_finetuned_weights(sb_
 
     setup = sb_tiny
     out = tmp_path / "teacher" / "fold1"
-    assert main([str(SHARED_CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]),
-                 "--output-folder", str(out), "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1",
-                 "--batch_size", "4",
-                 "--lr", "0.001", "--noprogressbar"]) == 0
+    assert (
+        main(
+            [
+                str(SHARED_CONF / "flea.yaml"),
+                "--fold-dir",
+                str(setup["fold"]),
+                "--output-folder",
+                str(out),
+                "--upstream",
+                str(setup["ckpt"]),
+                "--number_of_epochs",
+                "1",
+                "--batch_size",
+                "4",
+                "--lr",
+                "0.001",
+                "--noprogressbar",
+            ]
+        )
+        == 0
+    )
     path = export_upstream(out, tmp_path / "teacher.pt")
     exported = load_upstream(str(path))
     tuned = EmotionClassifier.from_hparams(source=str(out)).finetuned_upstream.model.state_dict()

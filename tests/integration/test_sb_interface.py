@@ -1,5 +1,6 @@
 """EmotionClassifier is a SpeechBrain Pretrained interface: from_hparams with SpeechBrain's arguments,
 .mods/.hparams, encode_batch, and loadable with SpeechBrain's own foreign_class."""
+
 import json
 import shutil
 
@@ -21,9 +22,31 @@ def featex(sb_tiny):
 
     setup = sb_tiny
     out = setup["root"] / "exp" / "interface_linear" / "fold1"
-    assert main([*head_conf("linear"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
-                 "--feats", str(setup["feats"]), "--number_of_epochs", "2", "--lr", "0.05", "--warmup_epochs",
-                 "0", "--batch_size", "8", "--channel_mask_width", "8", "--noprogressbar"]) == 0
+    assert (
+        main(
+            [
+                *head_conf("linear"),
+                "--fold-dir",
+                str(setup["fold"]),
+                "--output-folder",
+                str(out),
+                "--feats",
+                str(setup["feats"]),
+                "--number_of_epochs",
+                "2",
+                "--lr",
+                "0.05",
+                "--warmup_epochs",
+                "0",
+                "--batch_size",
+                "8",
+                "--channel_mask_width",
+                "8",
+                "--noprogressbar",
+            ]
+        )
+        == 0
+    )
     return setup, out
 
 
@@ -33,10 +56,27 @@ def finetuned(sb_tiny):
 
     setup = sb_tiny
     out = setup["root"] / "exp" / "interface_flea" / "fold1"
-    assert main([str(SHARED_CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]),
-                 "--output-folder", str(out), "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1",
-                 "--batch_size", "4",
-                 "--lr", "0.001", "--noprogressbar"]) == 0
+    assert (
+        main(
+            [
+                str(SHARED_CONF / "flea.yaml"),
+                "--fold-dir",
+                str(setup["fold"]),
+                "--output-folder",
+                str(out),
+                "--upstream",
+                str(setup["ckpt"]),
+                "--number_of_epochs",
+                "1",
+                "--batch_size",
+                "4",
+                "--lr",
+                "0.001",
+                "--noprogressbar",
+            ]
+        )
+        == 0
+    )
     return setup, out
 
 
@@ -53,8 +93,9 @@ def test_is_a_speechbrain_pretrained_with_mods_hparams_and_encode_batch(which, r
     from serkit.speechbrain.interface import EmotionClassifier
 
     setup, out = request.getfixturevalue(which)
-    clf = EmotionClassifier.from_hparams(source=str(out), hparams_file="hyperparams.yaml", overrides={},
-                                         savedir=str(tmp_path / "unused"))
+    clf = EmotionClassifier.from_hparams(
+        source=str(out), hparams_file="hyperparams.yaml", overrides={}, savedir=str(tmp_path / "unused")
+    )
     assert isinstance(clf, Pretrained)
     assert set(clf.mods.keys()) == {"layer_sum", "head", "upstream"}
     assert clf.hparams.train_info["setting"] == ("finetune" if which == "finetuned" else "featex")
@@ -86,9 +127,14 @@ def test_speechbrain_foreign_class_loads_a_fold_and_gives_the_same_probabilities
     setup, out = request.getfixturevalue(which)
     write_foreign_files(out)
     ours = EmotionClassifier.from_hparams(source=str(out))
-    theirs = foreign_class(source=str(out), hparams_file="inference.yaml", pymodule_file="custom.py",
-                           classname="EmotionClassifier", savedir=str(tmp_path / "sb"),
-                           run_opts={"device": "cpu"})
+    theirs = foreign_class(
+        source=str(out),
+        hparams_file="inference.yaml",
+        pymodule_file="custom.py",
+        classname="EmotionClassifier",
+        savedir=str(tmp_path / "sb"),
+        run_opts={"device": "cpu"},
+    )
     assert type(theirs).__name__ == "EmotionClassifier" and theirs.classes == ours.classes
     assert theirs.checkpoint.path == ours.checkpoint.path
     path = _wav(tmp_path)
@@ -121,8 +167,10 @@ def test_a_moved_upstream_is_named_and_upstream_overrides_it(featex, tmp_path, c
     wav = _wav(tmp_path)
     assert serkit(["predict", "--exp", str(copy), str(wav), "--no-progress"]) != 0
     assert f"records the upstream {gone}: not found; pass --upstream" in capsys.readouterr().err
-    assert serkit(["predict", "--exp", str(copy), str(wav), "--no-progress", "--upstream",
-                   str(setup["ckpt"])]) == 0
+    assert (
+        serkit(["predict", "--exp", str(copy), str(wav), "--no-progress", "--upstream", str(setup["ckpt"])])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.splitlines()[0])["file"] == str(wav)
 
 

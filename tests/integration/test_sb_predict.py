@@ -1,5 +1,6 @@
 """serkit predict and EmotionClassifier: a trained fold classifies raw audio; bad input gets a clear
 message."""
+
 import json
 
 import numpy as np
@@ -20,9 +21,31 @@ def trained(sb_tiny):
 
     setup = sb_tiny
     out = setup["root"] / "exp" / "predict_linear" / "fold1"
-    assert main([*head_conf("linear"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
-                 "--feats", str(setup["feats"]), "--number_of_epochs", "4", "--lr", "0.05", "--warmup_epochs",
-                 "0", "--batch_size", "8", "--channel_mask_width", "8", "--noprogressbar"]) == 0
+    assert (
+        main(
+            [
+                *head_conf("linear"),
+                "--fold-dir",
+                str(setup["fold"]),
+                "--output-folder",
+                str(out),
+                "--feats",
+                str(setup["feats"]),
+                "--number_of_epochs",
+                "4",
+                "--lr",
+                "0.05",
+                "--warmup_epochs",
+                "0",
+                "--batch_size",
+                "8",
+                "--channel_mask_width",
+                "8",
+                "--noprogressbar",
+            ]
+        )
+        == 0
+    )
     return setup, out
 
 
@@ -67,11 +90,25 @@ def test_predict_cli_prints_one_json_line_per_file_and_batches_folders(trained, 
     rng = np.random.default_rng(1)
     for i, c in enumerate(CLASSES):
         write_tone(folder / f"{c}.wav", PITCH[c], 0.5 + 0.1 * i, rng)
-    assert serkit(["predict", "--exp", str(out), str(wavs / "test_hap_00.wav"), str(folder),
-                   "--batch-size", "3", "--no-progress"]) == 0
+    assert (
+        serkit(
+            [
+                "predict",
+                "--exp",
+                str(out),
+                str(wavs / "test_hap_00.wav"),
+                str(folder),
+                "--batch-size",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [line["file"] for line in lines] == [str(wavs / "test_hap_00.wav")] + \
-        [str(folder / f"{c}.wav") for c in sorted(CLASSES)]
+    assert [line["file"] for line in lines] == [str(wavs / "test_hap_00.wav")] + [
+        str(folder / f"{c}.wav") for c in sorted(CLASSES)
+    ]
     for line in lines:
         assert set(line["probs"]) == set(CLASSES) and abs(sum(line["probs"].values()) - 1) < 1e-3
         assert line["label"] == max(line["probs"], key=line["probs"].get)
@@ -94,8 +131,18 @@ def test_bad_input_is_named_and_the_good_files_still_get_results(trained, tmp_pa
     write_tone(stereo, PITCH["neu"], 0.6, rng, channels=2)
     tiny = tmp_path / "tiny.wav"
     write_tone(tiny, PITCH["neu"], 0.01, rng)
-    rc = serkit(["predict", "--exp", str(out), str(tmp_path / "missing.wav"), str(empty), str(at8k),
-                 str(stereo), str(tiny)])
+    rc = serkit(
+        [
+            "predict",
+            "--exp",
+            str(out),
+            str(tmp_path / "missing.wav"),
+            str(empty),
+            str(at8k),
+            str(stereo),
+            str(tiny),
+        ]
+    )
     assert rc == 2
     printed = [json.loads(line)["file"] for line in capsys.readouterr().out.splitlines()]
     assert printed == [str(at8k), str(stereo)]  # resampled / downmixed, not refused
@@ -112,6 +159,7 @@ def test_bad_input_is_named_and_the_good_files_still_get_results(trained, tmp_pa
 
 def _strict_json(line):
     """json.loads that refuses NaN/Infinity (what other JSON parsers do)."""
+
     def refuse(name):
         raise ValueError(f"not JSON: {name}")
 
@@ -134,8 +182,9 @@ def test_non_finite_audio_is_refused_by_name_and_the_output_is_json(trained, tmp
     captured = capsys.readouterr()  # errors are logged on stderr
     printed = [_strict_json(line) for line in captured.out.splitlines()]
     assert [p["file"] for p in printed] == [str(good)]
-    assert f"{broken}: non-finite samples (NaN or Inf) at 1 time step(s), the first at 0.006 s" \
-        in captured.err
+    assert (
+        f"{broken}: non-finite samples (NaN or Inf) at 1 time step(s), the first at 0.006 s" in captured.err
+    )
 
 
 def test_absurd_sample_rates_and_durations_are_refused_before_reading(trained, tmp_path, capsys):
@@ -154,8 +203,22 @@ def test_absurd_sample_rates_and_durations_are_refused_before_reading(trained, t
     long = tmp_path / "long.wav"
     write_tone(long, PITCH["neu"], 2.5, rng)
     good = setup["root"] / "wavs" / "test_hap_00.wav"
-    assert serkit(["predict", "--exp", str(out), str(one_hz), str(fast), str(long), str(good),
-                   "--max-duration", "2"]) == 2
+    assert (
+        serkit(
+            [
+                "predict",
+                "--exp",
+                str(out),
+                str(one_hz),
+                str(fast),
+                str(long),
+                str(good),
+                "--max-duration",
+                "2",
+            ]
+        )
+        == 2
+    )
     captured = capsys.readouterr()
     assert [_strict_json(line)["file"] for line in captured.out.splitlines()] == [str(good)]
     assert f"{one_hz}: sample rate 1 Hz is outside 1000..384000 Hz" in captured.err

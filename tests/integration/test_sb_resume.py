@@ -1,6 +1,7 @@
 """A training killed (SIGKILL) resumes, with the same command, where its last checkpoint left off, and ends
 bit-identical to a run that was never killed (head training, BAS search, finetuning; at an epoch boundary
 or mid-epoch from an intra-epoch checkpoint)."""
+
 import os
 import random
 import re
@@ -36,10 +37,27 @@ def test_resumed_run_with_dynamic_batches_ends_as_an_uninterrupted_one(sb_tiny, 
     setup = sb_tiny
 
     def cmd(out, epochs):
-        return [sys.executable, "-m", "serkit.speechbrain.train", *head_conf("linear"), "--fold-dir",
-                str(setup["fold"]), "--output-folder", str(out), "--feats", str(setup["feats"]),
-                "--batch_size", "4", "--time_mask_prob", "0", "--channel_mask_prob", "0", "--noprogressbar",
-                "--number_of_epochs", str(epochs)]
+        return [
+            sys.executable,
+            "-m",
+            "serkit.speechbrain.train",
+            *head_conf("linear"),
+            "--fold-dir",
+            str(setup["fold"]),
+            "--output-folder",
+            str(out),
+            "--feats",
+            str(setup["feats"]),
+            "--batch_size",
+            "4",
+            "--time_mask_prob",
+            "0",
+            "--channel_mask_prob",
+            "0",
+            "--noprogressbar",
+            "--number_of_epochs",
+            str(epochs),
+        ]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     whole = subprocess.run(cmd(tmp_path / "whole", 4), env=env, capture_output=True, text=True, timeout=300)
@@ -55,19 +73,35 @@ def test_resumed_run_with_dynamic_batches_ends_as_an_uninterrupted_one(sb_tiny, 
     names = sorted(p.name for p in (tmp_path / "whole" / "predictions").glob("*.tsv"))
     assert len(names) == 8
     for name in names:
-        assert (tmp_path / "resumed" / "predictions" / name).read_bytes() == \
-            (tmp_path / "whole" / "predictions" / name).read_bytes(), name
+        assert (tmp_path / "resumed" / "predictions" / name).read_bytes() == (
+            tmp_path / "whole" / "predictions" / name
+        ).read_bytes(), name
 
 
 def test_killed_training_resumes_at_the_next_epoch(sb_tiny, tmp_path):
     setup = sb_tiny
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "serkit.speechbrain.train", *head_conf("linear"), "--fold-dir",
-           str(setup["fold"]), "--output-folder", str(out), "--feats", str(setup["feats"]),
-           "--batch_size", "4", "--channel_mask_width", "8", "--noprogressbar"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "serkit.speechbrain.train",
+        *head_conf("linear"),
+        "--fold-dir",
+        str(setup["fold"]),
+        "--output-folder",
+        str(out),
+        "--feats",
+        str(setup["feats"]),
+        "--batch_size",
+        "4",
+        "--channel_mask_width",
+        "8",
+        "--noprogressbar",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([*cmd, "--number_of_epochs", "200"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*cmd, "--number_of_epochs", "200"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and max(_checkpointed_epochs(out), default=0) < 2:
@@ -81,8 +115,9 @@ def test_killed_training_resumes_at_the_next_epoch(sb_tiny, tmp_path):
     old = {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("*.epoch*.tsv")}
 
     # the same command (a shorter limit so the test ends) picks up where the checkpoint left off
-    rerun = subprocess.run([*cmd, "--number_of_epochs", str(done + 1)], env=env, capture_output=True,
-                           text=True, timeout=300)
+    rerun = subprocess.run(
+        [*cmd, "--number_of_epochs", str(done + 1)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"Going into epoch {done + 1}" in rerun.stderr + rerun.stdout
     for epoch in range(1, done + 1):
@@ -105,8 +140,19 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 def _train_cmd(conf, setup, out, *extra):
     source = ["--feats", str(setup["feats"])] if conf != "flea.yaml" else ["--upstream", str(setup["ckpt"])]
     hparams = {"linear.yaml": head_conf("linear")}.get(conf, [str(SHARED_CONF / conf)])
-    return [sys.executable, "-m", "serkit.speechbrain.train", *hparams, "--fold-dir",
-            str(setup["fold"]), "--output-folder", str(out), *source, "--noprogressbar", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "serkit.speechbrain.train",
+        *hparams,
+        "--fold-dir",
+        str(setup["fold"]),
+        "--output-folder",
+        str(out),
+        *source,
+        "--noprogressbar",
+        *extra,
+    ]
 
 
 def _run(cmd):
@@ -153,9 +199,14 @@ def _final_state(out):
     """The tensors of the newest end-of-epoch checkpoint, by file."""
     import torch
 
-    newest = max((p.parent for p in (out / "save").glob("CKPT+*/CKPT.yaml")
-                  if "brain_intra_epoch_ckpt" not in p.read_text()),
-                 key=lambda d: re.search(r"^unixtime: (\S+)", (d / "CKPT.yaml").read_text(), re.M).group(1))
+    newest = max(
+        (
+            p.parent
+            for p in (out / "save").glob("CKPT+*/CKPT.yaml")
+            if "brain_intra_epoch_ckpt" not in p.read_text()
+        ),
+        key=lambda d: re.search(r"^unixtime: (\S+)", (d / "CKPT.yaml").read_text(), re.M).group(1),
+    )
     state = {}
     for f in sorted(newest.glob("*.ckpt")):
         if f.name in ("counter.ckpt", "brain.ckpt") or f.name.startswith("dataloader"):
@@ -186,8 +237,9 @@ def _assert_same_run(uninterrupted, resumed, files=()):
     preds = sorted(p.name for p in (uninterrupted / "predictions").glob("*.tsv"))
     assert preds == sorted(p.name for p in (resumed / "predictions").glob("*.tsv"))
     for name in preds:  # byte for byte, every epoch
-        assert (resumed / "predictions" / name).read_bytes() == \
-            (uninterrupted / "predictions" / name).read_bytes(), f"predictions/{name} differs"
+        assert (resumed / "predictions" / name).read_bytes() == (
+            uninterrupted / "predictions" / name
+        ).read_bytes(), f"predictions/{name} differs"
     for name in ("train_log.txt", *files):
         assert (resumed / name).read_bytes() == (uninterrupted / name).read_bytes(), f"{name} differs"
     _assert_identical(_final_state(uninterrupted), _final_state(resumed))
@@ -198,8 +250,13 @@ def _killed_and_resumed(cmd, out, epochs, rng, intra_epoch):
     after = rng.randint(1, max(1, epochs // 3))
     if intra_epoch:  # just after an intra-epoch checkpoint `step` steps into epoch `after + 1`
         step = rng.randint(1, 3)
-        _kill_when(cmd, lambda: any("brain_intra_epoch_ckpt" in text and counter == after + 1 and s >= step
-                                    for text, s, counter in _checkpoints(out)))
+        _kill_when(
+            cmd,
+            lambda: any(
+                "brain_intra_epoch_ckpt" in text and counter == after + 1 and s >= step
+                for text, s, counter in _checkpoints(out)
+            ),
+        )
         newest = max(_checkpoints(out), key=lambda c: re.search(r"^unixtime: (\S+)", c[0], re.M).group(1))
         assert "brain_intra_epoch_ckpt" in newest[0] and newest[1] >= step  # the resume is mid-epoch
     else:  # a random moment after epoch `after` was checkpointed
@@ -233,23 +290,40 @@ def _check_resume(tmp_path_factory, setup, tmp_path, conf, epochs, extra, intra_
     _assert_same_run(reference, tmp_path / "run", files)
 
 
-@pytest.mark.parametrize("intra_epoch,crop", [(False, []), (True, []),
-                                              (True, ["--max_duration", "0.5", "--crop", "random"])],
-                         ids=["epoch-boundary", "mid-epoch", "mid-epoch-random-crops"])
-def test_killed_head_training_ends_as_an_uninterrupted_run(tmp_path_factory, sb_tiny, tmp_path, intra_epoch,
-                                                           crop):
+@pytest.mark.parametrize(
+    "intra_epoch,crop",
+    [(False, []), (True, []), (True, ["--max_duration", "0.5", "--crop", "random"])],
+    ids=["epoch-boundary", "mid-epoch", "mid-epoch-random-crops"],
+)
+def test_killed_head_training_ends_as_an_uninterrupted_run(
+    tmp_path_factory, sb_tiny, tmp_path, intra_epoch, crop
+):
     # linear.yaml: SpecAugment masks and a warm-up/cosine schedule over steps; random crops are drawn
     # in the data pipeline
-    _check_resume(tmp_path_factory, sb_tiny, tmp_path, "linear.yaml", 12,
-                  ["--channel_mask_width", "8", "--batch_size", "2", *crop], intra_epoch)
+    _check_resume(
+        tmp_path_factory,
+        sb_tiny,
+        tmp_path,
+        "linear.yaml",
+        12,
+        ["--channel_mask_width", "8", "--batch_size", "2", *crop],
+        intra_epoch,
+    )
 
 
 @pytest.mark.parametrize("intra_epoch", [False, True], ids=["epoch-boundary", "mid-epoch"])
 def test_killed_bas_search_ends_as_an_uninterrupted_run(tmp_path_factory, sb_tiny, tmp_path, intra_epoch):
     # Gumbel noise, the architecture optimiser and the temperature schedule
-    _check_resume(tmp_path_factory, sb_tiny, tmp_path, "bas_search.yaml", 12,
-                  ["--batch_size", "2", "--search_layers", "2"], intra_epoch,
-                  files=("search_log.jsonl", "arch.txt"))
+    _check_resume(
+        tmp_path_factory,
+        sb_tiny,
+        tmp_path,
+        "bas_search.yaml",
+        12,
+        ["--batch_size", "2", "--search_layers", "2"],
+        intra_epoch,
+        files=("search_log.jsonl", "arch.txt"),
+    )
 
 
 @pytest.mark.parametrize("intra_epoch", [False, True], ids=["epoch-boundary", "mid-epoch"])

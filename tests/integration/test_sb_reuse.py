@@ -1,5 +1,6 @@
 """Reuse in someone else's SpeechBrain recipe: a HyperPyYAML file that is not ours builds serkit lobes,
 trains with its own optimiser and checkpoints/recovers with SpeechBrain's Checkpointer."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """`serkit train` with a ShiftSER yaml: the finetune optimiser (paper: Adam; featex: ours), the official
 weight-decay groups, and max_duration reaching the data, end to end on the tiny fold."""
+
 import glob
 import json
 
@@ -19,8 +20,9 @@ FAST = ["--number_of_epochs", "1", "--batch_size", "8", "--channel_mask_width", 
 def train(conf, setup, out, *extra):
     from serkit.speechbrain.train import main
 
-    return main([*head_conf(conf), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
-                 *extra, *FAST])
+    return main(
+        [*head_conf(conf), "--fold-dir", str(setup["fold"]), "--output-folder", str(out), *extra, *FAST]
+    )
 
 
 def saved_optimizer(out):
@@ -32,8 +34,9 @@ def saved_optimizer(out):
 def test_finetune_optimizer(choice, sb_tiny, tmp_path):
     setup = sb_tiny
     out = tmp_path / choice
-    assert train("shiftcnn", setup, out, "--upstream", str(setup["ckpt"]),
-                 "--finetune_optimizer", choice) == 0
+    assert (
+        train("shiftcnn", setup, out, "--upstream", str(setup["ckpt"]), "--finetune_optimizer", choice) == 0
+    )
     info = json.loads((out / "train_info.json").read_text())
     assert info["setting"] == "finetune" and info["finetune_optimizer"] == choice
     groups = saved_optimizer(out)["param_groups"]
@@ -47,8 +50,20 @@ def test_finetune_optimizer(choice, sb_tiny, tmp_path):
 def test_featex_groups_and_max_duration(sb_tiny, tmp_path):
     setup = sb_tiny
     out = tmp_path / "crop"
-    assert train("shiftformer", setup, out, "--feats", str(setup["feats"]), "--max_duration", "0.3",
-                 "--pad_to_max", "True") == 0
+    assert (
+        train(
+            "shiftformer",
+            setup,
+            out,
+            "--feats",
+            str(setup["feats"]),
+            "--max_duration",
+            "0.3",
+            "--pad_to_max",
+            "True",
+        )
+        == 0
+    )
     info = json.loads((out / "train_info.json").read_text())
     assert (info["max_duration"], info["crop"], info["pad_to_max"]) == (0.3, "start", True)
     groups = saved_optimizer(out)["param_groups"]

@@ -1,5 +1,6 @@
 """``serkit train --tensorboard DIR``: SpeechBrain's TensorboardLogger beside the file logger, read back with
 TensorBoard's own EventAccumulator (tags, the epoch as the step, the values of train_log.txt)."""
+
 import re
 import sys
 
@@ -21,8 +22,19 @@ TEST_TAGS = {"ua/test", "wa/test", "weighted_f1/test"}
 def train(setup, out, *extra):
     from serkit.speechbrain.train import main
 
-    return main([*head_conf("linear"), "--fold-dir", str(setup["fold"]), "--output-folder", str(out),
-                 "--feats", str(setup["feats"]), *FAST, *extra])
+    return main(
+        [
+            *head_conf("linear"),
+            "--fold-dir",
+            str(setup["fold"]),
+            "--output-folder",
+            str(out),
+            "--feats",
+            str(setup["feats"]),
+            *FAST,
+            *extra,
+        ]
+    )
 
 
 def scalars(logdir) -> dict:
@@ -39,8 +51,9 @@ def logged(out) -> dict:
     rows = {}
     for line in (out / "train_log.txt").read_text(encoding="utf-8").splitlines():
         epoch = int(re.search(r"epoch: (\d+)", line).group(1))
-        rows[epoch] = {f"{k}/{split}": float(v)
-                       for split, k, v in re.findall(r"(train|valid) (\w+): ([0-9.e+-]+)", line)}
+        rows[epoch] = {
+            f"{k}/{split}": float(v) for split, k, v in re.findall(r"(train|valid) (\w+): ([0-9.e+-]+)", line)
+        }
     return rows
 
 
@@ -72,6 +85,17 @@ def test_without_tensorboard_installed_the_option_names_the_extra_before_writing
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # what `import tensorboard` sees when missing
     out = tmp_path / "out"
     with pytest.raises(SerkitError, match=r"pip install 'serkit\[tensorboard\]'"):
-        main([*head_conf("linear"), "--fold-dir", str(tmp_path), "--output-folder", str(out),
-              "--feats", str(tmp_path), "--tensorboard", str(tmp_path / "tb")])
+        main(
+            [
+                *head_conf("linear"),
+                "--fold-dir",
+                str(tmp_path),
+                "--output-folder",
+                str(out),
+                "--feats",
+                str(tmp_path),
+                "--tensorboard",
+                str(tmp_path / "tb"),
+            ]
+        )
     assert not out.exists() and not (tmp_path / "tb").exists()

@@ -1,4 +1,5 @@
 """serkit train / SERBrain on a tiny fold: learning, per-epoch predictions, resume, train_info, BAS search."""
+
 import json
 import re
 
@@ -13,8 +14,19 @@ pytestmark = pytest.mark.slow
 
 # random batches: the thresholds below were set on their trajectory (dynamic batches learn the toy set
 # too, valid UA 0.75 / 0.5 / 0.875 for seeds 1-3, but not with the yaml's seed in 6 epochs)
-FAST = ["--lr", "0.05", "--warmup_epochs", "0", "--batch_size", "8", "--channel_mask_width", "8",
-        "--noprogressbar", "--batching", "random"]
+FAST = [
+    "--lr",
+    "0.05",
+    "--warmup_epochs",
+    "0",
+    "--batch_size",
+    "8",
+    "--channel_mask_width",
+    "8",
+    "--noprogressbar",
+    "--batching",
+    "random",
+]
 
 
 def train(conf, fold, out, *extra):
@@ -33,8 +45,10 @@ def train_losses(out):
 def linear_run(sb_tiny):
     setup = sb_tiny
     out = setup["root"] / "exp" / "linear" / "fold1"
-    assert train("linear", setup["fold"], out, "--feats", str(setup["feats"]), "--number_of_epochs", "6",
-                 *FAST) == 0
+    assert (
+        train("linear", setup["fold"], out, "--feats", str(setup["feats"]), "--number_of_epochs", "6", *FAST)
+        == 0
+    )
     return setup, out
 
 

@@ -5,6 +5,7 @@ run twice for a few updates on a tiny fold: before serkit seeded HuBERT's masks 
 them from unseeded generators), every tensor of the two checkpoints differed, and so did every feature
 dumped from them and every result downstream.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,9 @@ def script_overrides() -> list[str]:
     import importlib.util
 
     text = SCRIPT.read_text(encoding="utf-8")
-    assert 'user_dir=$(serkit_user_dir)' in text and 'common.user_dir="$(hydra_value "$user_dir")"' in text, \
+    assert "user_dir=$(serkit_user_dir)" in text and 'common.user_dir="$(hydra_value "$user_dir")"' in text, (
         f"{SCRIPT}: fairseq-hydra-train runs without serkit's user dir (unseeded masks)"
+    )
     assert "dataset.data_buffer_size=0" in text, f"{SCRIPT}: fairseq's prefetch thread is back"
     user_dir = Path(importlib.util.find_spec("serkit_fairseq").origin).parent  # what serkit_user_dir prints
     return [f"common.user_dir={user_dir}", "dataset.data_buffer_size=0"]
@@ -42,9 +44,15 @@ def test_tiny_hubert_pretraining_is_reproducible(tmp_path: Path):
     states = []
     for run in ("a", "b"):
         out = tmp_path / run
-        hydra_train("hubert_tiny_iter1", out, *script_overrides(), f"task.data={data['fold']}",
-                    f"task.label_dir={data['km']}", "optimization.max_update=6",
-                    "dataset.validate_interval_updates=3")
+        hydra_train(
+            "hubert_tiny_iter1",
+            out,
+            *script_overrides(),
+            f"task.data={data['fold']}",
+            f"task.label_dir={data['km']}",
+            "optimization.max_update=6",
+            "dataset.validate_interval_updates=3",
+        )
         states.append(torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"])
     a, b = states
     assert a.keys() == b.keys()

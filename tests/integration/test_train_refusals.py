@@ -1,5 +1,6 @@
 """`serkit train` refusals that need a fold and its features: a config of a method family asked for
 something the chosen method cannot do fails with a SerkitError and leaves no output folder behind."""
+
 import pytest
 
 pytest.importorskip("speechbrain")
@@ -10,8 +11,18 @@ from tests.fixtures.sb import SHARED_CONF  # noqa: E402
 
 
 def train(setup, config, out, *args):
-    return main([str(SHARED_CONF / config), *args, "--fold-dir", str(setup["fold"]),
-                 "--output-folder", str(out), "--feats", str(setup["feats"])])
+    return main(
+        [
+            str(SHARED_CONF / config),
+            *args,
+            "--fold-dir",
+            str(setup["fold"]),
+            "--output-folder",
+            str(out),
+            "--feats",
+            str(setup["feats"]),
+        ]
+    )
 
 
 def test_bas_retrain_without_arch_is_refused(sb_tiny, tmp_path):

@@ -1,5 +1,6 @@
 """Building upstreams: a full-size HuBERT base from `serkit make-upstream`, and local/make_tiny_upstream.sh
 (tiny HuBERT pretraining) finishing a run that was killed before it recorded its output."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ Expected values are worked out by hand from the formulas, with set weights:
 fc1 = I, fc2 = -I, zero biases, LayerNorm weight 1 / bias 0, so FFN(x) = -GELU(x) and
 GELU(1, 2, 4) = (0.841345, 1.954500, 3.999873).
 """
+
 import pytest
 import torch
 

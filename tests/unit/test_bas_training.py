@@ -1,6 +1,7 @@
 """BAS search training as the paper describes it, through the recipes' (shared) yaml and SERBrain:
 weights and architecture logits trained together (Fig. 2, Sec. 2.3) with SGD (Sec. 2.2) at lr 0.005
 (Sec. 3.3): one training batch gives one loss, one backward and one step of both optimisers."""
+
 import copy
 from pathlib import Path
 
@@ -17,8 +18,14 @@ C, K = 8, 3
 def load(path, tmp_path, **overrides):
     from hyperpyyaml import load_hyperpyyaml
 
-    base = {"output_folder": str(tmp_path), "num_classes": K, "input_dim": C, "num_layers": 2,
-            "search_layers": 2, "model_dim": 8}
+    base = {
+        "output_folder": str(tmp_path),
+        "num_classes": K,
+        "input_dim": C,
+        "num_layers": 2,
+        "search_layers": 2,
+        "model_dim": 8,
+    }
     with open(path, encoding="utf-8") as f:
         return load_hyperpyyaml(f, {**base, **overrides})
 
@@ -26,8 +33,13 @@ def load(path, tmp_path, **overrides):
 def brain_of(hparams):
     from serkit.speechbrain.brain import SERBrain
 
-    brain = SERBrain(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
-                     run_opts={"device": "cpu"}, checkpointer=None)
+    brain = SERBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts={"device": "cpu"},
+        checkpointer=None,
+    )
     brain.init_optimizers()
     return brain
 
@@ -36,8 +48,12 @@ def batch():
     from speechbrain.dataio.batch import PaddedBatch
 
     gen = torch.Generator().manual_seed(3)
-    return PaddedBatch([{"id": f"u{i}", "feats": torch.randn(frames, 2, C, generator=gen),
-                         "label": torch.tensor([i % K])} for i, frames in enumerate((6, 4, 5, 3))])
+    return PaddedBatch(
+        [
+            {"id": f"u{i}", "feats": torch.randn(frames, 2, C, generator=gen), "label": torch.tensor([i % K])}
+            for i, frames in enumerate((6, 4, 5, 3))
+        ]
+    )
 
 
 @pytest.mark.parametrize("yaml_path", SEARCH_YAMLS, ids=lambda p: p.parent.parent.name)
@@ -85,8 +101,14 @@ def test_one_batch_is_one_joint_sgd_step_of_weights_and_architecture_logits(yaml
 
 
 def test_fbnet_arch_optimiser_is_one_override_set_away(tmp_path):
-    hparams = load(SEARCH_YAMLS[0], tmp_path, arch_optimizer="adam", arch_lr=0.01, arch_momentum=0,
-                   arch_weight_decay=0.0005)
+    hparams = load(
+        SEARCH_YAMLS[0],
+        tmp_path,
+        arch_optimizer="adam",
+        arch_lr=0.01,
+        arch_momentum=0,
+        arch_weight_decay=0.0005,
+    )
     opt = brain_of(hparams).arch_optimizer
     assert type(opt) is torch.optim.Adam
     assert (opt.defaults["lr"], opt.defaults["weight_decay"]) == (0.01, 0.0005)

@@ -4,6 +4,7 @@ The items are ids with the durations of the 5531 utterances of IEMOCAP's 4-class
 (bench/data/iemocap_durations.tsv): sessions 1-4 train, session 5 split into valid and test, as a
 leave-one-session-out fold. Only ids are loaded, so forming every batch of an epoch is cheap.
 """
+
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,11 @@ def iemocap_fold():
     """``{split: DynamicItemDataset}`` of ids with IEMOCAP's durations; valid/test sorted as fold_datasets."""
     from speechbrain.dataio.dataset import DynamicItemDataset
 
-    rows = [line.split("\t") for line in DURATIONS.read_text().splitlines()
-            if line and not line.startswith(("#", "session"))]
+    rows = [
+        line.split("\t")
+        for line in DURATIONS.read_text().splitlines()
+        if line and not line.startswith(("#", "session"))
+    ]
     assert len(rows) == 5531
     data = {"train": {}, "valid": {}, "test": {}}
     for i, (session, duration) in enumerate(rows):
@@ -63,9 +67,11 @@ def padding(batches, duration):
 
 
 def loaders(b, fold):
-    return {"train": b.make_dataloader(fold["train"], sb.Stage.TRAIN, batch_size=32, shuffle=True),
-            "valid": b.make_dataloader(fold["valid"], sb.Stage.VALID, batch_size=32),
-            "test": b.make_dataloader(fold["test"], sb.Stage.TEST, batch_size=32)}
+    return {
+        "train": b.make_dataloader(fold["train"], sb.Stage.TRAIN, batch_size=32, shuffle=True),
+        "valid": b.make_dataloader(fold["valid"], sb.Stage.VALID, batch_size=32),
+        "test": b.make_dataloader(fold["test"], sb.Stage.TEST, batch_size=32),
+    }
 
 
 def test_recipe_loaders_pad_at_most_5_percent_on_iemocap_durations():
@@ -90,8 +96,9 @@ def test_random_batching_gives_speechbrains_shuffled_batches_of_batch_size():
         assert epoch_batches(got["train"], 2) == want
         assert b.train_sampler is not None  # Brain.fit reshuffles every epoch
         assert [len(x) for x in want[:-1]] == [32] * (len(want) - 1)
-        assert epoch_batches(got["test"]) == [fold["test"].data_ids[k:k + 32]
-                                              for k in range(0, len(fold["test"]), 32)]
+        assert epoch_batches(got["test"]) == [
+            fold["test"].data_ids[k : k + 32] for k in range(0, len(fold["test"]), 32)
+        ]
     assert padding(want, duration) > 0.5  # what the dynamic batches avoid
 
 
@@ -103,18 +110,21 @@ def test_dynamic_batches_are_a_function_of_seed_and_epoch():
     assert first.train_sampler is loader.batch_sampler  # Brain.fit calls its set_epoch
     epochs = {e: epoch_batches(loader, e) for e in (1, 2, 3)}
     assert epochs[1] != epochs[2] != epochs[3]
-    again = brain(**recipe_hparams()).make_dataloader(fold["train"], sb.Stage.TRAIN, batch_size=32,
-                                                      shuffle=True)
+    again = brain(**recipe_hparams()).make_dataloader(
+        fold["train"], sb.Stage.TRAIN, batch_size=32, shuffle=True
+    )
     assert epoch_batches(again, 3) == epochs[3]
-    other = brain(**recipe_hparams(seed=7)).make_dataloader(fold["train"], sb.Stage.TRAIN, batch_size=32,
-                                                             shuffle=True)
+    other = brain(**recipe_hparams(seed=7)).make_dataloader(
+        fold["train"], sb.Stage.TRAIN, batch_size=32, shuffle=True
+    )
     assert epoch_batches(other, 3) != epochs[3]
 
 
 def test_max_batch_length_is_the_budget_of_padded_seconds_per_batch():
     fold, duration = iemocap_fold()
-    loader = brain(**recipe_hparams(max_batch_length=60)).make_dataloader(fold["train"], sb.Stage.TRAIN,
-                                                                          batch_size=32, shuffle=True)
+    loader = brain(**recipe_hparams(max_batch_length=60)).make_dataloader(
+        fold["train"], sb.Stage.TRAIN, batch_size=32, shuffle=True
+    )
     batches = epoch_batches(loader)
     # a bucket's few leftover utterances join its full batches: the budget plus at most one utterance
     assert max((len(b) - 1) * max(duration[u] for u in b) for b in batches) <= 60
@@ -131,8 +141,10 @@ def test_a_buckets_few_leftover_utterances_join_its_full_batches():
     loader = brain(**recipe_hparams()).make_dataloader(ds, sb.Stage.TRAIN, batch_size=8, shuffle=True)
     for epoch in (1, 2, 3):
         batches = epoch_batches(loader, epoch)
-        assert sorted(sorted(b) for b in batches) == [[f"u{i:02d}" for i in range(10)],
-                                                      [f"u{i:02d}" for i in range(10, 16)]]
+        assert sorted(sorted(b) for b in batches) == [
+            [f"u{i:02d}" for i in range(10)],
+            [f"u{i:02d}" for i in range(10, 16)],
+        ]
 
 
 def test_unknown_batching_is_refused():
@@ -143,17 +155,29 @@ def test_unknown_batching_is_refused():
 
 def test_every_recipe_config_batches_by_length():
     # the overlays (*_mini) set sizes only and inherit batching from the config they overlay
-    confs = sorted(p for p in [*SHARED_CONF.glob("*.yaml"), *ROOT.glob("recipes/*/conf/*.yaml")]
-                   if not p.stem.endswith("_mini"))
+    confs = sorted(
+        p
+        for p in [*SHARED_CONF.glob("*.yaml"), *ROOT.glob("recipes/*/conf/*.yaml")]
+        if not p.stem.endswith("_mini")
+    )
     # MFSN's included: its 3-second segments batch by duration like the heads' utterances
-    assert [p.name for p in confs] == ["bas.yaml", "bas_search.yaml", "mfsn.yaml", "shiftser.yaml",
-                                       "flea.yaml", "mfsn_text.yaml"]
+    assert [p.name for p in confs] == [
+        "bas.yaml",
+        "bas_search.yaml",
+        "mfsn.yaml",
+        "shiftser.yaml",
+        "flea.yaml",
+        "mfsn_text.yaml",
+    ]
     for conf in confs:
         peek = _peek_yaml(conf)
         # FLEA's class-balanced sampler (official code) draws its own training batches
         expected = "random" if peek.get("class_balanced_sampler") else "dynamic"
-        assert (peek.get("batching"), peek.get("max_batch_length"), peek.get("num_buckets")) == \
-            (expected, None, 40), conf
+        assert (peek.get("batching"), peek.get("max_batch_length"), peek.get("num_buckets")) == (
+            expected,
+            None,
+            40,
+        ), conf
 
 
 def test_dynamic_batching_with_a_class_balanced_sampler_is_refused_by_name():
@@ -166,11 +190,25 @@ def test_dynamic_batching_with_a_class_balanced_sampler_is_refused_by_name():
 
 def test_precision_option_reaches_the_brain(tmp_path):
     """``serkit train ... --precision bf16`` reaches the Brain's run options (not measured: no GPU here)."""
+
     def brain_with(precision):
-        args, run_opts, overrides = _parse([
-            str(SHARED_CONF / "shiftser.yaml"), "--method", "linear", "--fold-dir", str(tmp_path),
-            "--output-folder", str(tmp_path / "out"),
-            "--feats", str(tmp_path), "--precision", precision, "--batching", "random"])
+        args, run_opts, overrides = _parse(
+            [
+                str(SHARED_CONF / "shiftser.yaml"),
+                "--method",
+                "linear",
+                "--fold-dir",
+                str(tmp_path),
+                "--output-folder",
+                str(tmp_path / "out"),
+                "--feats",
+                str(tmp_path),
+                "--precision",
+                precision,
+                "--batching",
+                "random",
+            ]
+        )
         assert overrides == {"method": "linear", "batching": "random"}
         return SERBrain(modules={}, hparams={}, run_opts=prepare_run_opts(run_opts))
 

@@ -3,6 +3,7 @@
 The CLI runs in a subprocess whose import system refuses the optional packages (a sys.meta_path
 finder raising ModuleNotFoundError), as on a machine where they were never installed.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,14 @@ OPTIONAL = "speechbrain,hyperpyyaml,fairseq,hydra,omegaconf,faiss,transformers"
 
 def serkit_without(blocked: str, *argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", RUN_BLOCKED, blocked, *argv], cwd=cwd or ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", RUN_BLOCKED, blocked, *argv],
+        cwd=cwd or ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def assert_names_extra(proc: subprocess.CompletedProcess, command: str, module: str, extra: str) -> None:
@@ -42,25 +49,50 @@ def assert_names_extra(proc: subprocess.CompletedProcess, command: str, module: 
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].endswith(f"{command} needs {module}, which is not installed; install serkit[{extra}]: "
-                             f"pip install 'serkit[{extra}]'" + (" (or serkit[faiss-gpu] on a CUDA machine)"
-                                                                 if extra == "faiss" else "")), lines[0]
+    assert lines[0].endswith(
+        f"{command} needs {module}, which is not installed; install serkit[{extra}]: "
+        f"pip install 'serkit[{extra}]'"
+        + (" (or serkit[faiss-gpu] on a CUDA machine)" if extra == "faiss" else "")
+    ), lines[0]
 
 
-@pytest.mark.parametrize("argv, command, module, extra", [
-    (["train", "x.yaml", "--fold-dir", "f", "--output-folder", "o"], "serkit train", "speechbrain",
-     "speechbrain"),
-    (["predict", "--exp", "e", "a.wav"], "serkit predict", "speechbrain", "speechbrain"),
-    (["export-upstream", "--exp", "e", "--out", "u.pt"], "serkit export-upstream", "speechbrain",
-     "speechbrain"),
-    (["make-upstream", "tiny-hubert", "--out", "t.pt"], "serkit make-upstream", "fairseq", "fairseq"),
-    (["dump-features", "--upstream", "model.pt", "--data", "f", "--out", "o"], "serkit dump-features",
-     "fairseq", "fairseq"),
-    (["dump-features", "--upstream", ".", "--data", "f", "--out", "o"], "serkit dump-features",
-     "transformers", "hf"),
-    (["kmeans", "fit", "--feats", "a", "--fold", "b", "--n-clusters", "2", "--out", "k.npz"],
-     "serkit kmeans fit", "faiss", "faiss"),
-])
+@pytest.mark.parametrize(
+    "argv, command, module, extra",
+    [
+        (
+            ["train", "x.yaml", "--fold-dir", "f", "--output-folder", "o"],
+            "serkit train",
+            "speechbrain",
+            "speechbrain",
+        ),
+        (["predict", "--exp", "e", "a.wav"], "serkit predict", "speechbrain", "speechbrain"),
+        (
+            ["export-upstream", "--exp", "e", "--out", "u.pt"],
+            "serkit export-upstream",
+            "speechbrain",
+            "speechbrain",
+        ),
+        (["make-upstream", "tiny-hubert", "--out", "t.pt"], "serkit make-upstream", "fairseq", "fairseq"),
+        (
+            ["dump-features", "--upstream", "model.pt", "--data", "f", "--out", "o"],
+            "serkit dump-features",
+            "fairseq",
+            "fairseq",
+        ),
+        (
+            ["dump-features", "--upstream", ".", "--data", "f", "--out", "o"],
+            "serkit dump-features",
+            "transformers",
+            "hf",
+        ),
+        (
+            ["kmeans", "fit", "--feats", "a", "--fold", "b", "--n-clusters", "2", "--out", "k.npz"],
+            "serkit kmeans fit",
+            "faiss",
+            "faiss",
+        ),
+    ],
+)
 def test_command_without_its_extra_names_the_extra(tmp_path, argv, command, module, extra):
     proc = serkit_without(OPTIONAL, *argv, cwd=tmp_path)
     assert_names_extra(proc, command, module, extra)
@@ -101,12 +133,38 @@ def test_kmeans_sklearn_backend_fits_and_applies_without_faiss(tmp_path):
     dump_features(load_upstream("mfcc"), collect_inputs([str(fold)]), feats, dtype="float32", progress=False)
 
     model = tmp_path / "km.npz"
-    fit = serkit_without("faiss", "kmeans", "fit", "--feats", str(feats), "--fold", str(fold),
-                         "--n-clusters", "3", "--backend", "sklearn", "--out", str(model))
+    fit = serkit_without(
+        "faiss",
+        "kmeans",
+        "fit",
+        "--feats",
+        str(feats),
+        "--fold",
+        str(fold),
+        "--n-clusters",
+        "3",
+        "--backend",
+        "sklearn",
+        "--out",
+        str(model),
+    )
     assert fit.returncode == 0, fit.stderr
     labels = tmp_path / "labels"
-    apply = serkit_without("faiss", "kmeans", "apply", "--model", str(model), "--feats", str(feats),
-                           "--fold", str(fold), "--splits", "train", "--out", str(labels))
+    apply = serkit_without(
+        "faiss",
+        "kmeans",
+        "apply",
+        "--model",
+        str(model),
+        "--feats",
+        str(feats),
+        "--fold",
+        str(fold),
+        "--splits",
+        "train",
+        "--out",
+        str(labels),
+    )
     assert apply.returncode == 0, apply.stderr
     rows = (labels / "train.km").read_text().splitlines()
     assert len(rows) == 2 and all(set(r.split()) <= {"0", "1", "2"} for r in rows)
@@ -141,8 +199,17 @@ for name in sorted(HEADS):
     print(name, tuple(head(torch.randn(2, 30, 16), torch.zeros(2, 30, dtype=torch.bool)).shape))
 """
     blocked = OPTIONAL + ",sklearn,scipy,soundfile,av,kaldiio,matplotlib,yaml,tqdm"
-    proc = subprocess.run([sys.executable, "-c", code, blocked], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code, blocked],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [f"{name} (2, 4)" for name in sorted(
-        ["bas", "cnn", "ffn", "linear", "lstm", "shiftcnn", "shiftformer", "shiftlstm", "transformer"])]
+    assert proc.stdout.splitlines() == [
+        f"{name} (2, 4)"
+        for name in sorted(
+            ["bas", "cnn", "ffn", "linear", "lstm", "shiftcnn", "shiftformer", "shiftlstm", "transformer"]
+        )
+    ]

@@ -1,4 +1,5 @@
 """fairseq as its users work: the configs' documented commands from any directory, `serkit list`."""
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,9 @@ def cpu_overrides(config: Path) -> str:
 @pytest.mark.parametrize("config", sorted(FAIRSEQ_CONF.glob("*.yaml")), ids=lambda p: p.stem)
 def test_documented_commands_use_installed_paths(config):
     cmd = documented_command(config)
-    assert cmd.startswith('fairseq-hydra-train --config-dir "$(serkit config-dir fairseq)" '
-                          f"--config-name {config.stem} ")
+    assert cmd.startswith(
+        f'fairseq-hydra-train --config-dir "$(serkit config-dir fairseq)" --config-name {config.stem} '
+    )
     assert "recipes/" not in cmd and "plugins/" not in cmd
     if "common.user_dir" in cmd or "user_dir:" in config.read_text(encoding="utf-8"):
         assert 'common.user_dir="$(serkit user-dir)"' in cmd
@@ -60,9 +62,11 @@ def test_config_dir_and_user_dir_print_installed_paths(capsys):
     printed = capsys.readouterr().out.splitlines()
     assert printed == [str(config_dir("fairseq")), str(user_dir())]
     assert sorted(p.name for p in Path(printed[0]).glob("*.yaml")) == sorted(
-        p.name for p in FAIRSEQ_CONF.glob("*.yaml"))
+        p.name for p in FAIRSEQ_CONF.glob("*.yaml")
+    )
     assert (Path(printed[1]) / "__init__.py").read_text() == (
-        REPO / "plugins" / "serkit_fairseq" / "__init__.py").read_text()
+        REPO / "plugins" / "serkit_fairseq" / "__init__.py"
+    ).read_text()
 
 
 def test_ser_finetune_documented_command_runs_outside_the_repo(tmp_path):
@@ -71,14 +75,20 @@ def test_ser_finetune_documented_command_runs_outside_the_repo(tmp_path):
     pytest.importorskip("fairseq", reason="fairseq not installed (pip install 'serkit[fairseq]')")
     config = FAIRSEQ_CONF / "ser_finetune.yaml"
     cmd = f"{documented_command(config)} {cpu_overrides(config)}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
-    proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+    }
+    proc = subprocess.run(
+        ["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log[-3000:]
-    assert (f"model.upstream_path={tmp_path}/CPT/checkpoint_last.pt: no such file (give an absolute path: "
-            "hydra runs in its own directory)") in log, log[-3000:]
+    assert (
+        f"model.upstream_path={tmp_path}/CPT/checkpoint_last.pt: no such file (give an absolute path: "
+        "hydra runs in its own directory)"
+    ) in log, log[-3000:]
     assert "Found no NVIDIA driver" not in log and "not found" not in log.replace("no such file", "")
     assert (tmp_path / "OUT" / "hydra_train.log").is_file()
 
@@ -93,6 +103,10 @@ def test_list_prints_every_registered_component(capsys):
     out = capsys.readouterr().out
     for name in [*HEADS, *POOLINGS, *PROTOCOLS]:
         assert re.search(rf"^  {re.escape(name)}(\t|$)", out, re.M), name
-    for line in ("  task serkit_ser", "  model serkit_hubert", "  model serkit_ser_model",
-                 "  criterion serkit_ser_ce"):
+    for line in (
+        "  task serkit_ser",
+        "  model serkit_hubert",
+        "  model serkit_ser_model",
+        "  criterion serkit_ser_ce",
+    ):
         assert line + "\n" in out

@@ -1,4 +1,5 @@
 """`serkit score` on a fairseq output directory, one-fold wording, the confusion plot, --help texts."""
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,10 @@ def make_fairseq_out(tmp_path):
     """What ser_finetune.yaml writes with task.predictions_dir=OUT/predictions: no fold*/ directories."""
     out = tmp_path / "ser"
     p = out / "predictions"
-    write_preds(p / "valid.epoch001.tsv", Y, Y)                # valid UA 1.0
+    write_preds(p / "valid.epoch001.tsv", Y, Y)  # valid UA 1.0
     write_preds(p / "test.epoch001.tsv", Y, Y[:4] + WRONG[4:])  # test UA 0.5
-    write_preds(p / "valid.epoch002.tsv", Y, WRONG)            # valid UA 0.0
-    write_preds(p / "test.epoch002.tsv", Y, Y)                 # test UA 1.0
+    write_preds(p / "valid.epoch002.tsv", Y, WRONG)  # valid UA 0.0
+    write_preds(p / "test.epoch002.tsv", Y, Y)  # test UA 1.0
     (out / "checkpoint_best.pt").write_bytes(b"")
     return out
 
@@ -84,7 +85,8 @@ def test_confusion_title_explains_the_selection_rule(tmp_path):
     assert confusion_title("shiftcnn", 5, "valid") == (
         "shiftcnn: test set, summed over 5 folds\n"
         "epoch per fold chosen by the selection rule 'valid': "
-        "validation (best valid epoch, test scored once)")
+        "validation (best valid epoch, test scored once)"
+    )
     assert confusion_title("flea", 1, "best_test").startswith("flea: test set, one fold\n")
 
 
@@ -95,12 +97,15 @@ def _subparser(parser, *names):
     return parser
 
 
-@pytest.mark.parametrize("names, start", [
-    (("mini-corpus",), "Build a small synthetic corpus"),
-    (("results",), "Print one markdown table"),
-    (("kmeans", "fit"), "Fit k-means on a capped random sample"),
-    (("kmeans", "apply"), "Write <split>.km, dict.km.txt"),
-])
+@pytest.mark.parametrize(
+    "names, start",
+    [
+        (("mini-corpus",), "Build a small synthetic corpus"),
+        (("results",), "Print one markdown table"),
+        (("kmeans", "fit"), "Fit k-means on a capped random sample"),
+        (("kmeans", "apply"), "Write <split>.km, dict.km.txt"),
+    ],
+)
 def test_every_subcommand_help_has_a_description(names, start):
     sub = _subparser(build_parser(), *names)
     assert sub.description and sub.description.startswith(start), sub.description

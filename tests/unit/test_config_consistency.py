@@ -13,6 +13,7 @@ The overrides checked: every ``--snake_case`` token in the recipes' shell script
 "how to switch" column included); each must be a key of a config that recipe trains with, a SpeechBrain
 run option or a ``serkit train`` option.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,10 @@ pytest.importorskip("speechbrain")
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path("plugins") / "serkit" / "conf"
 #: overlay -> the configs it is applied to
-OVERLAYS = {SHARED / "mfsn_mini.yaml": [SHARED / "mfsn.yaml", Path("recipes/IEMOCAP/conf/mfsn_text.yaml")],
-            Path("recipes/IEMOCAP/conf/mfsn_text_mini.yaml"): [Path("recipes/IEMOCAP/conf/mfsn_text.yaml")]}
+OVERLAYS = {
+    SHARED / "mfsn_mini.yaml": [SHARED / "mfsn.yaml", Path("recipes/IEMOCAP/conf/mfsn_text.yaml")],
+    Path("recipes/IEMOCAP/conf/mfsn_text_mini.yaml"): [Path("recipes/IEMOCAP/conf/mfsn_text.yaml")],
+}
 
 
 class TagIgnoringLoader(yaml.SafeLoader):
@@ -75,8 +78,11 @@ def unused_keys(root: Path) -> list[str]:
         for key in top_keys(root / rel):
             if key in referenced or key in speechbrain or key.startswith("__"):
                 continue
-            if re.search(rf"""hparams\.{key}\b|\[["']{key}["']\]|\.get\(["']{key}["']|"""
-                         rf"""getattr\([\w.]+,\s*["']{key}["']""", code):
+            if re.search(
+                rf"""hparams\.{key}\b|\[["']{key}["']\]|\.get\(["']{key}["']|"""
+                rf"""getattr\([\w.]+,\s*["']{key}["']""",
+                code,
+            ):
                 continue
             out.append(f"{rel}: {key}")
     return out
@@ -137,11 +143,15 @@ def override_problems(root: Path) -> list[str]:
         if readme.is_file():
             for n, line in enumerate(readme.read_text(encoding="utf-8").splitlines(), 1):
                 for m in re.finditer(r"--(?:head-|search-)?overrides \"([^\"]*)\"", line):
-                    out += [f"{readme.relative_to(root)}:{n}: --{k}" for k in _keys(m.group(1))
-                            if k not in known]
+                    out += [
+                        f"{readme.relative_to(root)}:{n}: --{k}" for k in _keys(m.group(1)) if k not in known
+                    ]
                 for m in re.finditer(r"serkit train [^`|]*", line):
-                    out += [f"{readme.relative_to(root)}:{n}: --{k}" for k in _keys(m.group(0))
-                            if "_" in k and k not in known]
+                    out += [
+                        f"{readme.relative_to(root)}:{n}: --{k}"
+                        for k in _keys(m.group(0))
+                        if "_" in k and k not in known
+                    ]
     return out
 
 
@@ -172,11 +182,19 @@ def _copy(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     shutil.copytree(REPO / SHARED, root / SHARED, symlinks=True)
     shutil.copytree(REPO / "local", root / "local")
-    shutil.copytree(REPO / "plugins" / "serkit", root / "plugins" / "serkit", symlinks=True,
-                    ignore=shutil.ignore_patterns("conf", "__pycache__"), dirs_exist_ok=True)
+    shutil.copytree(
+        REPO / "plugins" / "serkit",
+        root / "plugins" / "serkit",
+        symlinks=True,
+        ignore=shutil.ignore_patterns("conf", "__pycache__"),
+        dirs_exist_ok=True,
+    )
     for recipe in ("IEMOCAP", "MELD", "SAVEE"):
-        shutil.copytree(REPO / "recipes" / recipe, root / "recipes" / recipe,
-                        ignore=shutil.ignore_patterns("exp", "data", "dump", "db"))
+        shutil.copytree(
+            REPO / "recipes" / recipe,
+            root / "recipes" / recipe,
+            ignore=shutil.ignore_patterns("exp", "data", "dump", "db"),
+        )
     return root
 
 
@@ -186,10 +204,13 @@ def test_a_planted_unused_key_fails(tmp_path):
     conf = root / SHARED / "shiftser.yaml"
     conf.write_text(conf.read_text(encoding="utf-8") + "dropout_ratio: 0.1\n", encoding="utf-8")
     flea = root / SHARED / "flea.yaml"
-    flea.write_text(flea.read_text(encoding="utf-8").replace("\nlr: ", "\nlearning_rate: 0.1\nlr: "),
-                    encoding="utf-8")
-    assert unused_keys(root) == [f"{SHARED}/flea.yaml: learning_rate",
-                                 f"{SHARED}/shiftser.yaml: dropout_ratio"]
+    flea.write_text(
+        flea.read_text(encoding="utf-8").replace("\nlr: ", "\nlearning_rate: 0.1\nlr: "), encoding="utf-8"
+    )
+    assert unused_keys(root) == [
+        f"{SHARED}/flea.yaml: learning_rate",
+        f"{SHARED}/shiftser.yaml: dropout_ratio",
+    ]
 
 
 def test_a_misspelled_override_or_overlay_key_fails(tmp_path):
@@ -197,25 +218,31 @@ def test_a_misspelled_override_or_overlay_key_fails(tmp_path):
     assert override_problems(root) == [] and overlay_problems(root) == []
     readme = root / "recipes" / "IEMOCAP" / "README.md"
     text = readme.read_text(encoding="utf-8")
-    readme.write_text(text.replace('"--shift_proportion 0.125"', '"--shift_proportoin 0.125"', 1),
-                      encoding="utf-8")
+    readme.write_text(
+        text.replace('"--shift_proportion 0.125"', '"--shift_proportoin 0.125"', 1), encoding="utf-8"
+    )
     run = root / "local" / "ser.sh"
-    run.write_text(run.read_text(encoding="utf-8").replace("--transformer_layers", "--transformer_layer", 1),
-                   encoding="utf-8")
+    run.write_text(
+        run.read_text(encoding="utf-8").replace("--transformer_layers", "--transformer_layer", 1),
+        encoding="utf-8",
+    )
     search = root / "local" / "ser.sh"
     text = search.read_text(encoding="utf-8")
     default = 'search_overrides=${search_overrides:-"--arch_lr 0.5'
     assert text.count(default) == 1
-    search.write_text(text.replace(default, default.replace("arch_lr", "arch_learning_rate")),
-                      encoding="utf-8")
+    search.write_text(
+        text.replace(default, default.replace("arch_lr", "arch_learning_rate")), encoding="utf-8"
+    )
     mini = root / SHARED / "mfsn_mini.yaml"
     mini.write_text(mini.read_text(encoding="utf-8") + "fusion_width: 8\n", encoding="utf-8")
     found = override_problems(root)
     assert [f.split(":")[0] + ":" + f.split(": ")[-1] for f in found] == [
         "local/ser.sh:--arch_learning_rate",
         "local/ser.sh:--transformer_layer",
-        "recipes/IEMOCAP/README.md:--shift_proportoin"], found
-    assert overlay_problems(root) == [f"{SHARED}/mfsn_mini.yaml sets ['fusion_width'], which "
-                                      f"{SHARED}/mfsn.yaml does not have",
-                                      f"{SHARED}/mfsn_mini.yaml sets ['fusion_width'], which "
-                                      "recipes/IEMOCAP/conf/mfsn_text.yaml does not have"]
+        "recipes/IEMOCAP/README.md:--shift_proportoin",
+    ], found
+    assert overlay_problems(root) == [
+        f"{SHARED}/mfsn_mini.yaml sets ['fusion_width'], which {SHARED}/mfsn.yaml does not have",
+        f"{SHARED}/mfsn_mini.yaml sets ['fusion_width'], which "
+        "recipes/IEMOCAP/conf/mfsn_text.yaml does not have",
+    ]

@@ -1,5 +1,6 @@
 """serkit.distributed: when `serkit train` relaunches itself under torchrun, and each process's share
 of the batch."""
+
 from __future__ import annotations
 
 import pytest

@@ -5,6 +5,7 @@ caller passes a seed, and ``HubertModel.apply_mask`` never does: two tiny-HuBERT
 the same ``common.seed`` differed in every weight. :mod:`serkit.fairseq_ext.masking` seeds them from
 torch's generator (re-seeded by fairseq's trainer before every update).
 """
+
 from __future__ import annotations
 
 import numpy as np

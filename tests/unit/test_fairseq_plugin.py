@@ -1,4 +1,5 @@
 """The fairseq plugin: registration through one import path, CPT initialisation, SER model/task/criterion."""
+
 from __future__ import annotations
 
 import importlib
@@ -50,15 +51,21 @@ def _cpt_model(init_from: str | None, **overrides):
     from serkit.fairseq_ext.hubert_cpt import SerkitHubertConfig, SerkitHubertModel
     from serkit.upstream.tiny import TINY
 
-    cfg = OmegaConf.structured(SerkitHubertConfig(label_rate=50.0, init_from=init_from, feature_grad_mult=0.0,
-                                                  **{**TINY, **overrides}))
-    task = Namespace(cfg=HubertPretrainingConfig(data="unused", labels=["km"], label_rate=50.0),
-                     dictionaries=[_km_dictionary(50)])
+    cfg = OmegaConf.structured(
+        SerkitHubertConfig(
+            label_rate=50.0, init_from=init_from, feature_grad_mult=0.0, **{**TINY, **overrides}
+        )
+    )
+    task = Namespace(
+        cfg=HubertPretrainingConfig(data="unused", labels=["km"], label_rate=50.0),
+        dictionaries=[_km_dictionary(50)],
+    )
     return SerkitHubertModel.build_model(cfg, task), cfg
 
 
 # ---------------------------------------------------------------------------------------------
 # registration
+
 
 def test_registered_classes_are_serkits_and_prefixed():
     from fairseq.criterions import CRITERION_REGISTRY
@@ -108,12 +115,12 @@ import serkit_fairseq, serkit.fairseq_ext
 from serkit.fairseq_ext import predict
 assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == {before!r}, "import set the variable"
 d = Dictionary(); d.add_symbol("x")
-torch.save({{"task_state": {{"dictionaries": [d]}}, "args": None}}, {str(tmp_path / 'd.pt')!r})
+torch.save({{"task_state": {{"dictionaries": [d]}}, "args": None}}, {str(tmp_path / "d.pt")!r})
 state = torch.load({str(tmp_path / "d.pt")!r})  # as fairseq's load_checkpoint_to_cpu: no weights_only
 assert state["task_state"]["dictionaries"][0].symbols == d.symbols
-torch.save({{"args": Namespace(a=1)}}, {str(tmp_path / 'n.pt')!r})
+torch.save({{"args": Namespace(a=1)}}, {str(tmp_path / "n.pt")!r})
 try:
-    torch.load({str(tmp_path / 'n.pt')!r})
+    torch.load({str(tmp_path / "n.pt")!r})
 except Exception as e:
     assert "Weights only load failed" in str(e), e
 else:
@@ -137,8 +144,12 @@ def test_configs_also_work_with_fairseqs_argparse_bridge():
 
     import serkit.fairseq_ext as ext
 
-    for dc in (ext.SerTaskConfig, ext.SerModelConfig, ext.SerkitHubertConfig,
-               ext.ser_criterion.SerCrossEntropyConfig):
+    for dc in (
+        ext.SerTaskConfig,
+        ext.SerModelConfig,
+        ext.SerkitHubertConfig,
+        ext.ser_criterion.SerCrossEntropyConfig,
+    ):
         parser = argparse.ArgumentParser()
         gen_parser_from_dataclass(parser, dc())
         required = ["/fold"] if dc is ext.SerTaskConfig else []  # the task's data is positional
@@ -156,6 +167,7 @@ def test_user_dir_registers_nothing_itself():
 
 # ---------------------------------------------------------------------------------------------
 # serkit_hubert: start from a pretrained checkpoint, re-initialise the label-set parts
+
 
 def test_cpt_init_loads_every_label_independent_weight(data):
     src = torch.load(data["tiny"], weights_only=False)["model"]
@@ -211,6 +223,7 @@ def test_init_done_reaches_the_run_config(data):
 
 # ---------------------------------------------------------------------------------------------
 # serkit_ser: task, model, criterion
+
 
 def _ser_task(fold: Path, **kw):
     from omegaconf import OmegaConf
@@ -284,9 +297,14 @@ def test_task_names_the_line_of_an_unknown_label(data, tmp_path):
         _ser_task(fold).load_dataset("valid")
 
 
-@pytest.mark.parametrize("kw", [dict(head="linear", pooling="attention"),
-                                dict(head="linear", pooling="mean", weighted_layer_sum=True),
-                                dict(head="shiftcnn", layer=1)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(head="linear", pooling="attention"),
+        dict(head="linear", pooling="mean", weighted_layer_sum=True),
+        dict(head="shiftcnn", layer=1),
+    ],
+)
 def test_ser_model_gives_the_same_logits_padded_or_alone(data, kw):
     task = _ser_task(data["fold"])
     model, cfg = _ser_model(task, data["tiny"], **kw)
@@ -388,16 +406,37 @@ def _tiny_wav2vec2_checkpoint(path: Path) -> Path:
 
     from serkit.upstream.tiny import TINY
 
-    cfg = Wav2Vec2Config(**TINY, extractor_mode="layer_norm", layer_norm_first=True,
-                         conv_bias=True, latent_vars=8, latent_groups=2)
+    cfg = Wav2Vec2Config(
+        **TINY,
+        extractor_mode="layer_norm",
+        layer_norm_first=True,
+        conv_bias=True,
+        latent_vars=8,
+        latent_groups=2,
+    )
     torch.manual_seed(0)
     model = Wav2Vec2Model(cfg)
     model_cfg = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True) | {"_name": "wav2vec2"}
-    torch.save({"cfg": {"model": model_cfg, "task": {"_name": "audio_pretraining", "data": "/nowhere",
-                                                     "normalize": True, "sample_rate": 16000}},
-                "model": model.state_dict(), "args": None, "extra_state": {},
-                "optimizer_history": [{"criterion_name": "x", "optimizer_name": "y", "lr_scheduler_state": {},
-                                       "num_updates": 0}]}, path)
+    torch.save(
+        {
+            "cfg": {
+                "model": model_cfg,
+                "task": {
+                    "_name": "audio_pretraining",
+                    "data": "/nowhere",
+                    "normalize": True,
+                    "sample_rate": 16000,
+                },
+            },
+            "model": model.state_dict(),
+            "args": None,
+            "extra_state": {},
+            "optimizer_history": [
+                {"criterion_name": "x", "optimizer_name": "y", "lr_scheduler_state": {}, "num_updates": 0}
+            ],
+        },
+        path,
+    )
     return path
 
 

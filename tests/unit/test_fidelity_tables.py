@@ -8,6 +8,7 @@ line); or a head's default in the head registry (`serkit.nn.heads: head.option`,
 `build_head("head", ...)` builds it with).
 Numbers compare numerically, everything else as the exact string. A row with no checkable source fails.
 """
+
 from __future__ import annotations
 
 import math
@@ -110,8 +111,9 @@ def registry_default(head: str, option: str):
     if "cls" not in captured or "defaults" not in captured:
         raise LookupError(f"head {head!r} is not registered by _register_class: its defaults cannot be read")
     signature = inspect.signature(captured["cls"])
-    options = {k: p.default for k, p in signature.parameters.items()
-               if p.default is not inspect.Parameter.empty}
+    options = {
+        k: p.default for k, p in signature.parameters.items() if p.default is not inspect.Parameter.empty
+    }
     options.update(captured["defaults"])
     if option not in options:
         raise LookupError(f"head {head!r} has no option {option!r} ({sorted(options)})")
@@ -147,8 +149,10 @@ def lookup(recipe: Path, source: str):
             if d:
                 return d.group(1).strip("\"'")
         raise LookupError(f"{path} has no '{var}=' default line")
-    raise LookupError(f"source {source!r} is neither 'conf/<file>.yaml: key', '<shared>.yaml: key', "
-                      "'run.sh --option' nor 'serkit.nn.heads: <head>.<option>'")
+    raise LookupError(
+        f"source {source!r} is neither 'conf/<file>.yaml: key', '<shared>.yaml: key', "
+        "'run.sh --option' nor 'serkit.nn.heads: <head>.<option>'"
+    )
 
 
 def _number(value):
@@ -184,7 +188,7 @@ def check_row(recipe: Path, cells) -> str | None:
         return f"{len(cells)} cells, expected {len(COLUMNS)} ({' | '.join(COLUMNS)})"
     m = DEFAULT_CELL.match(cells[3])
     if not m:
-        return ("'serkit default' is not `value` (`source`): " + cells[3])
+        return "'serkit default' is not `value` (`source`): " + cells[3]
     try:
         value = lookup(recipe, m.group("source"))
     except LookupError as e:
@@ -203,8 +207,9 @@ def all_rows(root: Path = REPO):
 ROWS = list(all_rows())
 
 
-@pytest.mark.parametrize("readme,method,lineno,line,cells", ROWS,
-                         ids=[f"{r.parent.name}:{m}:{n}" for r, m, n, _, _ in ROWS])
+@pytest.mark.parametrize(
+    "readme,method,lineno,line,cells", ROWS, ids=[f"{r.parent.name}:{m}:{n}" for r, m, n, _, _ in ROWS]
+)
 def test_fidelity_row_matches_its_source(readme, method, lineno, line, cells):
     problem = check_row(readme.parent, cells)
     assert problem is None, f"{readme.relative_to(REPO)}:{lineno} ({method}): {problem}\n    {line}"
@@ -214,22 +219,35 @@ def test_the_shiftser_table_exists_and_covers_the_official_code_details():
     rows = [(cells, line) for r, m, _, line, cells in ROWS if r.parent.name == "IEMOCAP" and m == "ShiftSER"]
     assert len(rows) >= 30
     sources = {DEFAULT_CELL.match(c[3]).group("source") for c, _ in rows if c and DEFAULT_CELL.match(c[3])}
-    for key in ("vector_weight_decay", "time_mask_fill", "warmup_start_lr", "final_lr", "featex_layers",
-                "finetune_optimizer", "max_duration"):
+    for key in (
+        "vector_weight_decay",
+        "time_mask_fill",
+        "warmup_start_lr",
+        "final_lr",
+        "featex_layers",
+        "finetune_optimizer",
+        "max_duration",
+    ):
         assert f"shiftser.yaml: {key}" in sources, key
 
 
 def copy_recipe(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
-    shutil.copytree(REPO / "recipes" / "IEMOCAP", root / "recipes" / "IEMOCAP",
-                    ignore=shutil.ignore_patterns("exp", "data", "dump", "db"))
+    shutil.copytree(
+        REPO / "recipes" / "IEMOCAP",
+        root / "recipes" / "IEMOCAP",
+        ignore=shutil.ignore_patterns("exp", "data", "dump", "db"),
+    )
     shutil.copytree(REPO / SHARED_CONF, root / SHARED_CONF, symlinks=True)
     return root
 
 
 def problems(root: Path) -> list[str]:
-    return [f"{r.name}:{n} {check_row(r.parent, c)} :: {line}" for r, _, n, line, c in all_rows(root)
-            if check_row(r.parent, c) is not None]
+    return [
+        f"{r.name}:{n} {check_row(r.parent, c)} :: {line}"
+        for r, _, n, line, c in all_rows(root)
+        if check_row(r.parent, c) is not None
+    ]
 
 
 def test_a_changed_yaml_value_fails_with_the_readme_line(tmp_path):
@@ -260,8 +278,9 @@ def test_values_compare_numerically_and_strings_exactly():
     assert same("5e-7", 5.0e-7) and same("0.0005", "5e-4") and same("100", 100) and not same("0.1", 0.05)
     assert same("True", True) and not same("True", "True ") and same("null", None)
     assert same("start", "start") and not same("Start", "start")
-    assert yaml.load("a: !new:x.Y\n    b: !ref <c>\nd: !PLACEHOLDER\ne: !apply:f [1]\n",
-                     Loader=TagIgnoringLoader) == {"a": {"b": "<c>"}, "d": "", "e": [1]}
+    assert yaml.load(
+        "a: !new:x.Y\n    b: !ref <c>\nd: !PLACEHOLDER\ne: !apply:f [1]\n", Loader=TagIgnoringLoader
+    ) == {"a": {"b": "<c>"}, "d": "", "e": [1]}
     assert split_row("| a | `x | y` | b\\|c |") == ["a", "`x | y`", "b|c"]
 
 
@@ -280,8 +299,14 @@ def test_a_changed_registry_default_fails_with_the_readme_line(monkeypatch):
     from serkit.nn import heads
 
     monkeypatch.delitem(heads.HEADS, "shiftcnn")
-    heads._register_class("shiftcnn", heads.ConvHead, shift_blocks=(1,), proportion=1 / 8,
-                          bidirectional=False, placement="residual")
+    heads._register_class(
+        "shiftcnn",
+        heads.ConvHead,
+        shift_blocks=(1,),
+        proportion=1 / 8,
+        bidirectional=False,
+        placement="residual",
+    )
     found = problems(REPO)
     assert len(found) == 1 and "says `0.0625` but serkit.nn.heads: shiftcnn.proportion is 0.125" in found[0]
     assert "| ShiftCNN shift proportion |" in found[0]

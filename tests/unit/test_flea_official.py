@@ -1,6 +1,7 @@
 """FLEA's official-code training details in serkit: each one acts (dropout before pooling, time masking
 inside HuBERT, the class-balanced sampler, truncation, weight decay), and the shared flea.yaml turns them
 on."""
+
 from __future__ import annotations
 
 import json
@@ -113,8 +114,11 @@ def test_flea_training_uses_sampler_truncation_and_weight_decay(sb_tiny, tmp_pat
 
     setup = sb_tiny
     made, loaders, sigs, decay = [], [], [], []
-    real_sampler, real_make, real_fwd = dataio.class_balanced_sampler, SERBrain.make_dataloader, \
-        SERBrain.compute_forward
+    real_sampler, real_make, real_fwd = (
+        dataio.class_balanced_sampler,
+        SERBrain.make_dataloader,
+        SERBrain.compute_forward,
+    )
     real_start = SERBrain.on_fit_start
 
     def start_spy(self):
@@ -142,10 +146,27 @@ def test_flea_training_uses_sampler_truncation_and_weight_decay(sb_tiny, tmp_pat
     monkeypatch.setattr(SERBrain, "compute_forward", fwd_spy)
     monkeypatch.setattr(SERBrain, "on_fit_start", start_spy)
     out = tmp_path / "flea"
-    assert main([str(SHARED_CONF / "flea.yaml"), "--fold-dir", str(setup["fold"]),
-                 "--output-folder", str(out), "--upstream", str(setup["ckpt"]), "--number_of_epochs", "1",
-                 "--batch_size", "4",
-                 "--max_duration", "0.25", "--noprogressbar"]) == 0
+    assert (
+        main(
+            [
+                str(SHARED_CONF / "flea.yaml"),
+                "--fold-dir",
+                str(setup["fold"]),
+                "--output-folder",
+                str(out),
+                "--upstream",
+                str(setup["ckpt"]),
+                "--number_of_epochs",
+                "1",
+                "--batch_size",
+                "4",
+                "--max_duration",
+                "0.25",
+                "--noprogressbar",
+            ]
+        )
+        == 0
+    )
     assert len(made) == 1 and loaders[0].sampler is made[0]
     assert sigs and max(sigs) == 4000  # 0.25 s at 16 kHz; the utterances are 0.4-0.9 s
     assert decay and set(decay) == {1e-5}

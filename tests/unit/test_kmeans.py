@@ -320,8 +320,15 @@ def test_fit_counts_the_frames_of_each_split_it_sees(setup, tmp_path, monkeypatc
     assert meta["num_frames"] == _frames(reader, train)
 
     loaded.clear()
-    meta = km.fit(setup["feats"], setup["fold"], tmp_path / "all.npz", n_clusters=3, max_frames=10**6,
-                  splits=["train", "valid", "test"], transductive=True)
+    meta = km.fit(
+        setup["feats"],
+        setup["fold"],
+        tmp_path / "all.npz",
+        n_clusters=3,
+        max_frames=10**6,
+        splits=["train", "valid", "test"],
+        transductive=True,
+    )
     assert set(loaded) == {u.utt for u in train + valid + test}  # held-out audio read on purpose
     want = {"train": _frames(reader, train), "valid": _frames(reader, valid), "test": _frames(reader, test)}
     assert meta["frames_per_split"] == want and meta["available_frames_per_split"] == want
@@ -332,8 +339,15 @@ def test_fit_counts_the_frames_of_each_split_it_sees(setup, tmp_path, monkeypatc
     assert info["fit_frames_per_split"]["test"] == _frames(reader, test) > 0
 
     # capped: the sample is spread over the splits and still counted per split
-    meta = km.fit(setup["feats"], setup["fold"], tmp_path / "cap.npz", n_clusters=3, max_frames=60,
-                  splits=["train", "valid", "test"], transductive=True)
+    meta = km.fit(
+        setup["feats"],
+        setup["fold"],
+        tmp_path / "cap.npz",
+        n_clusters=3,
+        max_frames=60,
+        splits=["train", "valid", "test"],
+        transductive=True,
+    )
     assert sum(meta["frames_per_split"].values()) == 60 and meta["frames_per_split"]["test"] > 0
 
 
@@ -346,9 +360,19 @@ def _sklearn_model(setup, k=4):
 
     reader = FeatureReader(setup["feats"])
     x = np.concatenate([reader.load(u.utt)[0] for u in setup["by"]["spk0"] + setup["by"]["spk1"]])
-    return MiniBatchKMeans(n_clusters=k, init="k-means++", max_iter=100, batch_size=10000,
-                           compute_labels=False, tol=0.0, max_no_improvement=100, init_size=None, n_init=3,
-                           reassignment_ratio=0.0, random_state=0).fit(x), reader
+    return MiniBatchKMeans(
+        n_clusters=k,
+        init="k-means++",
+        max_iter=100,
+        batch_size=10000,
+        compute_labels=False,
+        tol=0.0,
+        max_no_improvement=100,
+        init_size=None,
+        n_init=3,
+        reassignment_ratio=0.0,
+        random_state=0,
+    ).fit(x), reader
 
 
 class _Unseekable(io.RawIOBase):
@@ -440,6 +464,20 @@ def test_fit_never_overwrites_a_published_kmeans_file(setup, tmp_path):
     path = tmp_path / "km500.bin"
     joblib.dump(model, path)
     before = path.read_bytes()
-    rc = main(["kmeans", "fit", "--feats", str(setup["feats"]), "--fold", str(setup["fold"]),
-               "--n-clusters", "2", "--max-frames", "50", "--out", str(path)])
+    rc = main(
+        [
+            "kmeans",
+            "fit",
+            "--feats",
+            str(setup["feats"]),
+            "--fold",
+            str(setup["fold"]),
+            "--n-clusters",
+            "2",
+            "--max-frames",
+            "50",
+            "--out",
+            str(path),
+        ]
+    )
     assert rc == 2 and path.read_bytes() == before  # read as k-means for apply, never replaced by fit

@@ -1,5 +1,6 @@
 """k-means++ seeding is scikit-learn's ``kmeans_plusplus`` (no hand-written copy to keep right), seeded
 reproducibly from serkit's generator, including data whose points coincide."""
+
 from __future__ import annotations
 
 import numpy as np

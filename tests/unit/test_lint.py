@@ -1,6 +1,7 @@
 """The tree keeps one style: ruff's lint rules and ruff's formatter over every Python file, shellcheck over
 every shell script the recipes and tools run (what `make lint` runs), so a change that breaks either
 fails `make test`, not only a lint run someone may forget."""
+
 import shutil
 import subprocess
 import sys
@@ -34,8 +35,12 @@ def test_ruff_format_leaves_every_file_as_it_is():
 
 
 def test_shellcheck_is_clean():
-    scripts = sorted({str(p.relative_to(REPO)) for pattern in
-                      ["local/*.sh", "recipes/*/*.sh", "tools/*.sh", "bench/*.sh", ".ci/run"]
-                      for p in REPO.glob(pattern)})
+    scripts = sorted(
+        {
+            str(p.relative_to(REPO))
+            for pattern in ["local/*.sh", "recipes/*/*.sh", "tools/*.sh", "bench/*.sh", ".ci/run"]
+            for p in REPO.glob(pattern)
+        }
+    )
     r = run(tool("shellcheck"), "-x", *scripts)
     assert r.returncode == 0, r.stdout + r.stderr

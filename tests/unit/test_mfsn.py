@@ -1,4 +1,5 @@
 """MFSN modules: fusion operations, the mixed operation's search step, the Choice Cell, masks, segments."""
+
 from functools import partial
 
 import pytest
@@ -22,7 +23,7 @@ def test_fusion_op_shapes_and_both_inputs_get_gradient(name):
     b = torch.randn(3, 7, 4, requires_grad=True)
     y = op(a, b, None)
     assert y.shape == (3, 7, 8)
-    (y ** 2).sum().backward()
+    (y**2).sum().backward()
     assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
 
 
@@ -196,7 +197,7 @@ def test_segment_starts_cover_the_utterance_with_right_aligned_last():
         starts = segment_starts(n, S)
         covered = torch.zeros(n, dtype=torch.bool)
         for s in starts:
-            covered[s:s + S] = True
+            covered[s : s + S] = True
         assert covered.all()
         assert starts[-1] == max(0, n - S)
         assert all(b - a == S for a, b in zip(starts, starts[1:-1]))
@@ -244,8 +245,9 @@ def test_alexnet_cnn_is_mask_invariant_and_loads_a_state_dict(tmp_path):
     alone = head(x, None, wav=wav, wav_lengths=torch.tensor([n]))
     mask = torch.zeros(1, 150, dtype=torch.bool)
     mask[:, 93:] = True
-    padded = head(_pad(x, 150), mask, wav=torch.cat([wav, torch.randn(1, 18000)], 1),
-                  wav_lengths=torch.tensor([n]))
+    padded = head(
+        _pad(x, 150), mask, wav=torch.cat([wav, torch.randn(1, 18000)], 1), wav_lengths=torch.tensor([n])
+    )
     torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
     # An image classifier's state dict ("features.*" + "classifier.*") loads; a wrong shape is named.
     state = {f"features.{k}": torch.randn_like(v) for k, v in head.cnn.state_dict().items()}

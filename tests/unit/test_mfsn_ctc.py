@@ -1,4 +1,5 @@
 """The MFSN text path's greedy CTC decoding (serkit.speechbrain.mfsn.ctc_greedy_transcripts)."""
+
 import numpy as np
 import pytest
 
@@ -16,10 +17,15 @@ def test_ctc_greedy_transcripts_merge_repeats_and_drop_blanks(tmp_path):
     (tmp_path / "dict.ltr.txt").write_text("| 10\nH 5\nI 4\n")
     V = 7  # <s> <pad> </s> <unk> | H I
     inner = {"model": {"_name": "wav2vec2", "encoder_layers": 12}, "task": {"_name": "audio_pretraining"}}
-    cfg = {"model": {"_name": "wav2vec_ctc", "w2v_args": inner},
-           "task": {"_name": "audio_pretraining", "normalize": False}}  # post-LN: no final layer norm
-    weights = {"w2v_encoder.proj.weight": torch.eye(V), "w2v_encoder.proj.bias": torch.zeros(V),
-               "w2v_encoder.w2v_model.mask_emb": torch.zeros(V)}
+    cfg = {
+        "model": {"_name": "wav2vec_ctc", "w2v_args": inner},
+        "task": {"_name": "audio_pretraining", "normalize": False},
+    }  # post-LN: no final layer norm
+    weights = {
+        "w2v_encoder.proj.weight": torch.eye(V),
+        "w2v_encoder.proj.bias": torch.zeros(V),
+        "w2v_encoder.w2v_model.mask_emb": torch.zeros(V),
+    }
     torch.save({"cfg": cfg, "model": weights}, tmp_path / "ctc.pt")
     # frames: H H <blank> I | | H I I  ->  "hi hi"
     ids = [5, 5, 0, 6, 4, 4, 5, 0, 6, 6]

@@ -9,6 +9,7 @@ clamped to op i's largest magnitude) and must stay far from it, while the same f
 a fresh instance of op i's own kind (the control that shows the optimiser finds an exact match when one
 exists). Inputs have equal widths (dim_a = dim_b), so that a reversal changes no parameter shape.
 """
+
 import itertools
 
 import pytest
@@ -73,5 +74,6 @@ def test_a_reversed_operation_cannot_be_fitted_to_its_forward_operation(base):
         control = _relative_residual(target, target)
         cross = _relative_residual(target, fitted)
         assert control < 0.02, f"the fit does not recover {target} from its own kind ({control:.2e})"
-        assert cross > 10 * control and cross > 5e-3, \
+        assert cross > 10 * control and cross > 5e-3, (
             f"{fitted} fits {target} (residual {cross:.2e}, own kind {control:.2e}): the same function family"
+        )

@@ -1,4 +1,5 @@
 """Mini corpora: exact on-disk layouts, file formats, quirks, ground truth and determinism."""
+
 from __future__ import annotations
 
 import csv
@@ -34,8 +35,10 @@ def iemocap(tmp_path_factory) -> Path:
     return build("iemocap", tmp_path_factory.mktemp("iemocap"), seed=3, **SMALL_IEMOCAP)
 
 
-EVAL_TURN = re.compile(r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(Ses0\d[FM]_\w+_[FM]\d{3})\t(\w{3})\t"
-                       r"\[(\d\.\d{4}), (\d\.\d{4}), (\d\.\d{4})\]$")
+EVAL_TURN = re.compile(
+    r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(Ses0\d[FM]_\w+_[FM]\d{3})\t(\w{3})\t"
+    r"\[(\d\.\d{4}), (\d\.\d{4}), (\d\.\d{4})\]$"
+)
 
 EVAL_LINE = re.compile(r"^(C-[EFM]\d:\t(\w+; ?)+\t\(.*\)|A-[EFM]\d:\tval \d; act \d; dom  \d;\t\(\))$")
 
@@ -61,7 +64,11 @@ def test_iemocap_layout_and_formats(iemocap):
     manifest = json.loads((iemocap / "MANIFEST.json").read_text())
     utts = manifest["utterances"]
     assert sorted(p.name for p in iemocap.iterdir()) == [
-        ".serkit-output", "MANIFEST.json", "Session1", "Session2"]
+        ".serkit-output",
+        "MANIFEST.json",
+        "Session1",
+        "Session2",
+    ]
     wavs = sorted(p for p in iemocap.glob("Session*/sentences/wav/*/*.wav") if not p.name.startswith("._"))
     assert {p.stem for p in wavs} == set(utts)
     for p in wavs[:20]:
@@ -75,8 +82,14 @@ def test_iemocap_layout_and_formats(iemocap):
     for sess in (1, 2):
         ddir = iemocap / f"Session{sess}" / "dialog"
         dialogs = sorted(p.stem for p in (ddir / "EmoEvaluation").glob("Ses*.txt"))
-        assert dialogs == sorted([f"Ses0{sess}F_impro01", f"Ses0{sess}M_impro02", f"Ses0{sess}F_script01_1",
-                                  f"Ses0{sess}M_script02_2"])
+        assert dialogs == sorted(
+            [
+                f"Ses0{sess}F_impro01",
+                f"Ses0{sess}M_impro02",
+                f"Ses0{sess}F_script01_1",
+                f"Ses0{sess}M_script02_2",
+            ]
+        )
         for dialog in dialogs:
             labels = parse_evaluation(ddir / "EmoEvaluation" / f"{dialog}.txt")
             # Both speakers talk in every dialog: the dialog prefix letter is not the speaker.
@@ -96,8 +109,9 @@ def test_iemocap_labels_and_quirks(iemocap):
     raws = {d["raw"] for d in utts.values()}
     assert {"neu", "hap", "exc", "sad", "ang"} <= raws and raws - {"neu", "hap", "exc", "sad", "ang", None}
     for d in utts.values():
-        assert d.get("emo4") == {"exc": "hap"}.get(d["raw"], d["raw"] if d["raw"] in
-                                                   ("neu", "hap", "sad", "ang") else None)
+        assert d.get("emo4") == {"exc": "hap"}.get(
+            d["raw"], d["raw"] if d["raw"] in ("neu", "hap", "sad", "ang") else None
+        )
     # Per speaker: utts_per_class of each 4-class emotion.
     for spk, counts in manifest["counts"]["speaker_emo4"].items():
         assert counts == {"neu": 2, "hap": 2, "sad": 2, "ang": 2}, spk
@@ -116,8 +130,14 @@ def test_iemocap_labels_and_quirks(iemocap):
     assert apple and not apple[0].read_bytes().startswith(b"RIFF")
     assert list(s1.glob("sentences/wav/*/*.pk"))
     # Scripted dialogs repeat their sentences across sessions (a text branch can leak content).
-    texts = {s: [d["text"] for u, d in sorted(utts.items(), key=lambda kv: kv[1]["start"])
-                 if d["dialog"] == f"Ses0{s}F_script01_1"] for s in (1, 2)}
+    texts = {
+        s: [
+            d["text"]
+            for u, d in sorted(utts.items(), key=lambda kv: kv[1]["start"])
+            if d["dialog"] == f"Ses0{s}F_script01_1"
+        ]
+        for s in (1, 2)
+    }
     assert texts[1][:3] == texts[2][:3]
 
 
@@ -167,11 +187,15 @@ def decode(path: Path) -> tuple[int, int, np.ndarray, list[str]]:
 
 def test_meld_csvs(meld):
     manifest = json.loads((meld / "MANIFEST.json").read_text())
-    header = ("Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,"
-              "StartTime,EndTime")
+    header = (
+        "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime"
+    )
     texts = []
-    for split, rel, n in (("train", "train/train_sent_emo.csv", 14), ("dev", "dev_sent_emo.csv", 8),
-                          ("test", "test_sent_emo.csv", 10)):
+    for split, rel, n in (
+        ("train", "train/train_sent_emo.csv", 14),
+        ("dev", "dev_sent_emo.csv", 8),
+        ("test", "test_sent_emo.csv", 10),
+    ):
         raw = (meld / rel).read_text(encoding="utf-8")
         assert raw.split("\n", 1)[0] == header
         rows = list(csv.DictReader(raw.splitlines()))
@@ -179,18 +203,30 @@ def test_meld_csvs(meld):
         for r in rows:
             key = f"{split}_dia{r['Dialogue_ID']}_utt{r['Utterance_ID']}"
             truth = manifest["utterances"][key]
-            assert (r["Emotion"], r["Speaker"], r["Utterance"]) == (truth["emotion"], truth["speaker"],
-                                                                    truth["text"])
+            assert (r["Emotion"], r["Speaker"], r["Utterance"]) == (
+                truth["emotion"],
+                truth["speaker"],
+                truth["text"],
+            )
             assert re.match(r"^\d\d:\d\d:\d\d,\d{3}$", r["StartTime"]) and r["StartTime"] < r["EndTime"]
             texts.append(r["Utterance"])
-        assert set(r["Emotion"] for r in rows) == {"neutral", "joy", "surprise", "anger", "sadness",
-                                                    "disgust", "fear"}
+        assert set(r["Emotion"] for r in rows) == {
+            "neutral",
+            "joy",
+            "surprise",
+            "anger",
+            "sadness",
+            "disgust",
+            "fear",
+        }
         counts = manifest["counts"][split]
         assert counts["neutral"] == max(counts.values())
     joined = "".join(texts)
     assert "," in joined and '"' in joined and "’" in joined and "…" in joined
-    speakers = {split: {d["speaker"] for d in manifest["utterances"].values() if d["split"] == split}
-                for split in ("train", "dev", "test")}
+    speakers = {
+        split: {d["speaker"] for d in manifest["utterances"].values() if d["split"] == split}
+        for split in ("train", "dev", "test")
+    }
     assert speakers["train"] & speakers["dev"] & speakers["test"]
 
 
@@ -199,8 +235,11 @@ def test_meld_clips(meld):
     utts = manifest["utterances"]
     assert len(manifest["broken"]) == len(manifest["silent"]) == len(manifest["missing"]) == 1
     assert manifest["prefixed"]
-    folders = {"train": "train/train_splits", "dev": "dev_splits_complete",
-               "test": "output_repeated_splits_test"}
+    folders = {
+        "train": "train/train_splits",
+        "dev": "dev_splits_complete",
+        "test": "output_repeated_splits_test",
+    }
     for key, d in utts.items():
         name = key.split("_", 1)[1] + ".mp4"
         if d["status"] == "missing":
@@ -228,14 +267,22 @@ def test_meld_determinism(meld, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- SAVEE
-@pytest.mark.parametrize("layout,pattern", [("nested", "AudioData/{s}/{c}.wav"),
-                                            ("double", "AudioData/AudioData/{s}/{c}.wav"),
-                                            ("flat", "AudioData/{s}_{c}.wav")])
+@pytest.mark.parametrize(
+    "layout,pattern",
+    [
+        ("nested", "AudioData/{s}/{c}.wav"),
+        ("double", "AudioData/AudioData/{s}/{c}.wav"),
+        ("flat", "AudioData/{s}_{c}.wav"),
+    ],
+)
 def test_savee_layouts(tmp_path, layout, pattern):
     root = build("savee", tmp_path, seed=0, layout=layout, **SMALL_SAVEE)
     manifest = json.loads((root / "MANIFEST.json").read_text())
-    expected = {pattern.format(s=s, c=c) for s in ("DC", "JE")
-                for c in ("a01", "d01", "f01", "h01", "n01", "n02", "sa01", "su01")}
+    expected = {
+        pattern.format(s=s, c=c)
+        for s in ("DC", "JE")
+        for c in ("a01", "d01", "f01", "h01", "n01", "n02", "sa01", "su01")
+    }
     assert {p.relative_to(root).as_posix() for p in root.rglob("*.wav")} == expected
     assert {d["wav"] for d in manifest["utterances"].values()} == expected
     for rel in expected:

@@ -1,4 +1,5 @@
 """The synthetic voices carry emotion cues of the documented direction, learnable across speakers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,11 +36,20 @@ def frame_features(x: np.ndarray, sr: int) -> dict:
     span = np.flatnonzero(active)
     a = active
     return {
-        "f0": float(np.median(f0)), "f0_sd": float(np.std(12 * f0)),
+        "f0": float(np.median(f0)),
+        "f0_sd": float(np.std(12 * f0)),
         "level": float(10 * np.log10(np.mean(10 ** (energy[a] / 10)))),  # what the synthesizer sets
         "rate": len(peaks) / ((span[-1] - span[0] + 1) / 100),
-        "vector": np.array([energy[a].mean(), energy[a].std(), zcr[a].mean(), zcr[a].std(),
-                            centroid[a].mean(), centroid[a].std()]),
+        "vector": np.array(
+            [
+                energy[a].mean(),
+                energy[a].std(),
+                zcr[a].mean(),
+                zcr[a].std(),
+                centroid[a].mean(),
+                centroid[a].std(),
+            ]
+        ),
     }
 
 

@@ -1,5 +1,6 @@
 """SpecAugment on features: zero fill (parameter-free) and the official ShiftSER code's learned time-mask
 vector."""
+
 import pytest
 import torch
 
@@ -15,8 +16,14 @@ def masks_and_output(aug, x, mask, seed=0):
 
 def test_learned_fill_puts_the_vector_in_masked_frames_and_zero_in_masked_channels():
     torch.manual_seed(0)
-    aug = SpecAugment(time_mask_prob=0.3, time_mask_width=2, channel_mask_prob=0.2, channel_mask_width=3,
-                      time_mask_fill="learned", dim=16)
+    aug = SpecAugment(
+        time_mask_prob=0.3,
+        time_mask_width=2,
+        channel_mask_prob=0.2,
+        channel_mask_width=3,
+        time_mask_fill="learned",
+        dim=16,
+    )
     x = torch.randn(3, 12, 16)
     mask = torch.zeros(3, 12, dtype=torch.bool)
     mask[1, 8:] = True
@@ -40,8 +47,9 @@ def test_learned_fill_puts_the_vector_in_masked_frames_and_zero_in_masked_channe
 
 
 def test_learned_vector_is_a_parameter_trained_through_masked_frames_only():
-    aug = SpecAugment(time_mask_prob=0.5, time_mask_width=2, channel_mask_prob=0.0, time_mask_fill="learned",
-                      dim=8)
+    aug = SpecAugment(
+        time_mask_prob=0.5, time_mask_width=2, channel_mask_prob=0.0, time_mask_fill="learned", dim=8
+    )
     assert [n for n, _ in aug.named_parameters()] == ["masked_embed"]
     assert ((aug.masked_embed >= 0) & (aug.masked_embed < 1)).all()  # the official uniform [0, 1) init
     x = torch.randn(2, 10, 8, requires_grad=True)

@@ -1,4 +1,5 @@
 """Heads built by name: shapes, mask invariance, no input mutation, gradients, parameter counts."""
+
 import pytest
 import torch
 
@@ -47,10 +48,10 @@ def test_shape_and_mask_invariance_eval(name, pooling):
         assert batched.shape == (len(LENGTHS), K)
         assert torch.isfinite(batched).all()
         for i, length in enumerate(LENGTHS):
-            alone = head(x[i:i + 1, :length])  # unpadded, no mask
+            alone = head(x[i : i + 1, :length])  # unpadded, no mask
             assert torch.allclose(batched[i], alone[0], atol=1e-4, rtol=1e-4), (name, i)
             # padded with an explicit all-valid mask gives the same too
-            alone_masked = head(x[i:i + 1, :length], torch.zeros(1, length, dtype=torch.bool))
+            alone_masked = head(x[i : i + 1, :length], torch.zeros(1, length, dtype=torch.bool))
             assert torch.allclose(alone_masked, alone, atol=1e-5)
 
 
@@ -60,7 +61,7 @@ def test_mask_invariance_train_mode_without_dropout(name):
     x, mask = padded_batch(1)
     batched = head(x, mask)
     for i, length in enumerate(LENGTHS):
-        alone = head(x[i:i + 1, :length])
+        alone = head(x[i : i + 1, :length])
         assert torch.allclose(batched[i], alone[0], atol=1e-4, rtol=1e-4), (name, i)
 
 
@@ -103,7 +104,7 @@ def test_mask_aware_false_reproduces_official_leak():
     official = make("shiftformer", mask_aware=False).eval()
     with torch.no_grad():
         batched = official(x, mask)
-        alone = official(x[1:2, :LENGTHS[1]])
+        alone = official(x[1:2, : LENGTHS[1]])
     assert not torch.allclose(batched[1], alone[0], atol=1e-3)
 
 
@@ -180,14 +181,17 @@ def test_ablation_variants_keep_mask_invariance(variant):
         with torch.no_grad():
             batched = head(x, mask)
             for i, length in enumerate(LENGTHS):
-                alone = head(x[i:i + 1, :length])[0]
+                alone = head(x[i : i + 1, :length])[0]
                 assert torch.allclose(batched[i], alone, atol=1e-4, rtol=1e-4), (mode, i)
 
 
 def test_augment_shift_is_the_shift_in_training_and_the_baseline_in_eval():
     x, mask = padded_batch(5)
-    pairs = [("shiftcnn", "cnn", {}), ("shiftlstm", "lstm", {}),
-             ("transformer", "transformer", {"shift_placement": "inplace"})]
+    pairs = [
+        ("shiftcnn", "cnn", {}),
+        ("shiftlstm", "lstm", {}),
+        ("transformer", "transformer", {"shift_placement": "inplace"}),
+    ]
     for shifted_name, base_name, kw in pairs:
         augmented = make(shifted_name, shift_augment_p=1.0, **kw)
         shifted = make(shifted_name, **kw)

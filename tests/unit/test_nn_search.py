@@ -1,4 +1,5 @@
 """BAS supernet: Gumbel-softmax mixture, arch/weight split, derivation, and the derived network."""
+
 import pytest
 import torch
 
@@ -81,7 +82,7 @@ def test_eval_mixture_is_noise_free_and_mask_invariant():
         first, second = net(x, mask), net(x, mask)
         assert torch.equal(first, second)
         for i, length in enumerate([7, 4, 2]):
-            assert torch.allclose(first[i], net(x[i:i + 1, :length])[0], atol=1e-5)
+            assert torch.allclose(first[i], net(x[i : i + 1, :length])[0], atol=1e-5)
 
 
 def test_training_mixture_is_gumbel_and_temperature_sharpens_it():

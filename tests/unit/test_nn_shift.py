@@ -1,4 +1,5 @@
 """Temporal shift: which channels move where, zeros, padding behaviour, placements, gradients."""
+
 import pytest
 import torch
 from torch import nn
@@ -19,8 +20,8 @@ def official_shift(x, fold, bidirectional):
     out = torch.zeros_like(x)
     if bidirectional:
         out[:, 1:, :fold] = x[:, :-1, :fold]
-        out[:, :-1, fold:2 * fold] = x[:, 1:, fold:2 * fold]
-        out[:, :, 2 * fold:] = x[:, :, 2 * fold:]
+        out[:, :-1, fold : 2 * fold] = x[:, 1:, fold : 2 * fold]
+        out[:, :, 2 * fold :] = x[:, :, 2 * fold :]
     else:
         out[:, 1:, :fold] = x[:, :-1, :fold]
         out[:, :, fold:] = x[:, :, fold:]

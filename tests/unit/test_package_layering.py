@@ -91,8 +91,9 @@ def test_the_upstream_forward_and_the_lobes_never_import_fairseq():
 def test_only_the_listed_modules_register_with_fairseq_or_import_computed_names():
     graph = _graph()
     registers = {
-        m for m, imps in graph.items() if not _is(m, "serkit.fairseq_ext") and any(
-            _is(n, "serkit.fairseq_ext") for n, _ in imps)
+        m
+        for m, imps in graph.items()
+        if not _is(m, "serkit.fairseq_ext") and any(_is(n, "serkit.fairseq_ext") for n, _ in imps)
     }
     assert registers == REGISTERS
     assert {m for m, imps in graph.items() if any(n is None for n, _ in imps)} == DYNAMIC

@@ -1,6 +1,7 @@
 """The wheel: the shared configs and the recipes' own as package data (the recipes' own bytes), extras,
 Python versions, and `serkit config` / `train NAME` / `config-dir` / `user-dir` run from an installed copy
 outside the repo."""
+
 from __future__ import annotations
 
 import email
@@ -37,19 +38,44 @@ def wheel(tmp_path_factory) -> Path:
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
-                    "-w", str(out)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(src),
+            "-w",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (whl,) = out.glob("serkit-*.whl")
     return whl
 
 
 def test_wheel_ships_every_recipe_config_with_the_recipes_bytes(wheel):
-    assert [c.relative_to(REPO).as_posix() for c in RECIPE_CONFIGS] == ["recipes/IEMOCAP/conf/mfsn_text.yaml",
-                                                                 "recipes/IEMOCAP/conf/mfsn_text_mini.yaml"]
+    assert [c.relative_to(REPO).as_posix() for c in RECIPE_CONFIGS] == [
+        "recipes/IEMOCAP/conf/mfsn_text.yaml",
+        "recipes/IEMOCAP/conf/mfsn_text_mini.yaml",
+    ]
     assert [c.relative_to(SHARED_DIR).as_posix() for c in SHARED_CONFIGS] == [
-        "bas.yaml", "bas_search.yaml", "fairseq/cpt_hubert_base.yaml", "fairseq/cpt_hubert_tiny.yaml",
-        "fairseq/hubert_tiny_iter1.yaml", "fairseq/ser_finetune.yaml", "flea.yaml", "mfsn.yaml",
-        "mfsn_mini.yaml", "shiftser.yaml"]
+        "bas.yaml",
+        "bas_search.yaml",
+        "fairseq/cpt_hubert_base.yaml",
+        "fairseq/cpt_hubert_tiny.yaml",
+        "fairseq/hubert_tiny_iter1.yaml",
+        "fairseq/ser_finetune.yaml",
+        "flea.yaml",
+        "mfsn.yaml",
+        "mfsn_mini.yaml",
+        "shiftser.yaml",
+    ]
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         for config in RECIPE_CONFIGS + SHARED_CONFIGS:
@@ -64,8 +90,16 @@ def test_wheel_metadata_extras_and_python_versions(wheel):
         meta_name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
         meta = email.message_from_bytes(z.read(meta_name))
     assert meta["Requires-Python"] == ">=3.10"  # serkit.nn runs wherever torch does
-    assert set(meta.get_all("Provides-Extra")) == {"speechbrain", "fairseq", "faiss", "faiss-gpu", "hf",
-                                                   "tensorboard", "all", "dev"}
+    assert set(meta.get_all("Provides-Extra")) == {
+        "speechbrain",
+        "fairseq",
+        "faiss",
+        "faiss-gpu",
+        "hf",
+        "tensorboard",
+        "all",
+        "dev",
+    }
     requires = meta.get_all("Requires-Dist")
     assert 'fairseq-fixed==0.12.3.1; python_version < "3.12" and extra == "fairseq"' in requires
     assert 'fairseq-fixed==0.12.3.1; python_version < "3.12" and extra == "all"' in requires
@@ -73,23 +107,44 @@ def test_wheel_metadata_extras_and_python_versions(wheel):
     assert 'faiss-cpu; extra == "faiss"' in requires
     assert 'speechbrain>=1.0; extra == "speechbrain"' in requires
     assert 'tensorboard; extra == "tensorboard"' in requires and 'tensorboard; extra == "all"' in requires
-    assert not [r for r in requires if "extra" not in r and r.split(">")[0].split("=")[0] in
-                ("speechbrain", "fairseq-fixed", "faiss-cpu", "faiss-gpu", "transformers", "tensorboard")]
+    assert not [
+        r
+        for r in requires
+        if "extra" not in r
+        and r.split(">")[0].split("=")[0]
+        in ("speechbrain", "fairseq-fixed", "faiss-cpu", "faiss-gpu", "transformers", "tensorboard")
+    ]
 
 
 @pytest.fixture(scope="module")
 def installed(wheel, tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
-                    str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return target
 
 
 def installed_serkit(target: Path, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
     code = "import sys, serkit.cli; print(serkit.cli.__file__, file=sys.stderr); sys.exit(serkit.cli.main())"
-    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.stderr.splitlines()[0] == str(target / "serkit" / "cli.py")  # the installed copy runs
     return proc
 
@@ -124,14 +179,36 @@ def test_installed_config_prints_and_copies(installed, tmp_path):
 
 def test_installed_train_finds_a_shipped_config_by_name(installed, tmp_path):
     """`serkit train shiftser` reads the installed shiftser.yaml (here: it asks for the head first)."""
-    proc = installed_serkit(installed, "train", "shiftser", "--fold-dir", "f", "--output-folder", "out",
-                            "--feats", "feats", cwd=tmp_path)
+    proc = installed_serkit(
+        installed,
+        "train",
+        "shiftser",
+        "--fold-dir",
+        "f",
+        "--output-folder",
+        "out",
+        "--feats",
+        "feats",
+        cwd=tmp_path,
+    )
     shiftser = installed / "serkit" / "conf" / "shiftser.yaml"
     assert proc.returncode == 2 and f"{shiftser}: give --method" in proc.stderr, proc.stderr
-    proc = installed_serkit(installed, "train", "shiftcnn", "--fold-dir", "f", "--output-folder", "out",
-                            "--feats", "feats", cwd=tmp_path)
-    assert proc.returncode == 2 and "shiftcnn: no such hparams file, nor a config shipped with serkit" \
-        in proc.stderr, proc.stderr
+    proc = installed_serkit(
+        installed,
+        "train",
+        "shiftcnn",
+        "--fold-dir",
+        "f",
+        "--output-folder",
+        "out",
+        "--feats",
+        "feats",
+        cwd=tmp_path,
+    )
+    assert (
+        proc.returncode == 2
+        and "shiftcnn: no such hparams file, nor a config shipped with serkit" in proc.stderr
+    ), proc.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -144,8 +221,9 @@ def test_installed_config_dir_and_user_dir(installed, tmp_path):
 
 def _make_n(*args: str) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("GPU", "MAKEFLAGS", "MAKELEVEL")}
-    proc = subprocess.run(["make", "-n", "-C", str(REPO), "install", *args], capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = subprocess.run(
+        ["make", "-n", "-C", str(REPO), "install", *args], capture_output=True, text=True, env=env, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
 
@@ -155,8 +233,20 @@ def test_make_install_gpu_adds_faiss_gpu_only_when_asked():
     assert not [line for line in _make_n("GPU=0") if "faiss" in line]
     lock = (REPO / "requirements" / "lock.txt").read_text().splitlines()
     (faiss_cpu,) = [line for line in lock if line.startswith("faiss-cpu==")]
-    proc = subprocess.run(["bash", str(REPO / "tools" / "install_faiss_gpu.sh"), "--dry-run"],
-                          capture_output=True, text=True, timeout=60, check=True)
-    assert proc.stdout.split() == [str(REPO / ".venv" / "bin" / "python"), "-m", "pip", "install", "-q", "-c",
-                                   str(REPO / "requirements" / "lock.txt"),
-                                   "faiss-gpu==" + faiss_cpu.split("==")[1]]
+    proc = subprocess.run(
+        ["bash", str(REPO / "tools" / "install_faiss_gpu.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout.split() == [
+        str(REPO / ".venv" / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "-c",
+        str(REPO / "requirements" / "lock.txt"),
+        "faiss-gpu==" + faiss_cpu.split("==")[1],
+    ]

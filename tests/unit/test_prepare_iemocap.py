@@ -1,4 +1,5 @@
 """serkit prepare iemocap: utterances, labels, speakers and errors on a quirky fixture release."""
+
 from __future__ import annotations
 
 import logging
@@ -51,18 +52,24 @@ def test_prepare_exact_utterances_labels_speakers(release, tmp_path):
     assert meta["classes"] == ["neu", "hap", "ang", "sad"]
     assert meta["counts"]["class"] == {"ang": 5, "hap": 10, "neu": 10, "sad": 10}
     assert meta["counts"]["speaker"]["Ses01F"] == 4 and meta["counts"]["speaker"]["Ses01M"] == 3
-    assert meta["dropped"] == {"label fru not in iemocap4": 5, "label xxx not in iemocap4": 5,
-                               "wav without an EmoEvaluation line": 5}
+    assert meta["dropped"] == {
+        "label fru not in iemocap4": 5,
+        "label xxx not in iemocap4": 5,
+        "wav without an EmoEvaluation line": 5,
+    }
     spk2utt = read_map(out / "spk2utt")
     assert spk2utt["Ses01M"].split() == sorted(u for u, v in expected.items() if v[2] == "Ses01M")
     for name in ("wav.scp", "utt2spk", "utt2emo", "utt2emo_raw", "utt2session", "utt2dur", "text"):
         assert list(read_map(out / name)) == sorted(expected), name
 
 
-@pytest.mark.parametrize("label_map,classes,n", [
-    ("iemocap4_fru", ["neu", "hap", "ang", "sad", "fru"], 40),
-    ("iemocap6", ["neu", "hap", "exc", "ang", "sad", "fru"], 40),
-])
+@pytest.mark.parametrize(
+    "label_map,classes,n",
+    [
+        ("iemocap4_fru", ["neu", "hap", "ang", "sad", "fru"], 40),
+        ("iemocap6", ["neu", "hap", "exc", "ang", "sad", "fru"], 40),
+    ],
+)
 def test_label_maps(release, tmp_path, label_map, classes, n):
     d = datadir.load(prepare(release, tmp_path / "d", label_map=label_map))
     assert d.classes == classes and len(d.records) == n
@@ -84,8 +91,11 @@ def test_warns_when_counts_differ_from_the_release(release, tmp_path, caplog):
 
 def test_missing_session_lists_found_sessions(tmp_path):
     root = make_iemocap(tmp_path, sessions=(1, 2))
-    with pytest.raises(SerkitError, match=r"missing Session3, Session4, Session5 \(found Session1, Session2\)"
-                                          r".*--sessions 1,2"):
+    with pytest.raises(
+        SerkitError,
+        match=r"missing Session3, Session4, Session5 \(found Session1, Session2\)"
+        r".*--sessions 1,2",
+    ):
         prepare(root, tmp_path / "d")
     d = datadir.load(prepare(root, tmp_path / "d", sessions=[1, 2]))
     assert sorted(d.meta["counts"]["session"]) == ["Ses01", "Ses02"]
@@ -143,20 +153,24 @@ def test_duplicate_utterance_id(release, tmp_path):
 def test_label_for_missing_wav(release, tmp_path):
     wav = release / "Session2/sentences/wav/Ses02F_impro01/Ses02F_impro01_M000.wav"
     wav.unlink()
-    with pytest.raises(SerkitError,
-                       match=r"Ses02F_impro01\.txt:\d+: Ses02F_impro01_M000 is labelled but .* missing"):
+    with pytest.raises(
+        SerkitError, match=r"Ses02F_impro01\.txt:\d+: Ses02F_impro01_M000 is labelled but .* missing"
+    ):
         prepare(release, tmp_path / "d")
     d = datadir.load(prepare(release, tmp_path / "d", allow_missing_wav=True))
     assert "Ses02F_impro01_M000" not in d.records and len(d.records) == 34
     assert d.meta["dropped"]["labelled but wav missing (--allow-missing-wav)"] == 1
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("stereo", "2 channels, expected mono"),
-    ("rate", "sample rate 8000 Hz, expected 16000 Hz"),
-    ("empty", "empty audio"),
-    ("corrupt", "unreadable audio"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("stereo", "2 channels, expected mono"),
+        ("rate", "sample rate 8000 Hz, expected 16000 Hz"),
+        ("empty", "empty audio"),
+        ("corrupt", "unreadable audio"),
+    ],
+)
 def test_bad_wav_names_file_and_keeps_previous_output(release, tmp_path, kind, message):
     out = prepare(release, tmp_path / "d")
     before = snapshot(out)
@@ -179,8 +193,21 @@ def test_cli_exit_codes(release, tmp_path, capsys, monkeypatch):
     assert main(["prepare", "iemocap", "--root", str(release), "--out", str(tmp_path / "d")]) == 0
     shutil.rmtree(release / "Session5")
     assert main(["prepare", "iemocap", "--root", str(release), "--out", str(tmp_path / "d")]) == 2
-    assert main(["prepare", "iemocap", "--root", str(release), "--out", str(tmp_path / "d"),
-                 "--sessions", "1,2,3,4"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "iemocap",
+                "--root",
+                str(release),
+                "--out",
+                str(tmp_path / "d"),
+                "--sessions",
+                "1,2,3,4",
+            ]
+        )
+        == 0
+    )
     with pytest.raises(SystemExit) as e:
         main(["prepare", "timit", "--root", str(release), "--out", str(tmp_path / "x")])
     assert e.value.code == 2

@@ -1,4 +1,5 @@
 """serkit prepare meld: CSV quirks, clip decoding, skipped clips, resumable extraction."""
+
 from __future__ import annotations
 
 import logging
@@ -60,8 +61,11 @@ def test_skipped_clips_are_listed_and_counted(prepared):
     assert reasons["test_dia2_utt0"] == "missing clip"
     assert len(reasons) == 3
     meta = datadir.load(prepared).meta
-    assert meta["dropped"] == {"skipped clip: missing clip": 1, "skipped clip: silent": 1,
-                               "skipped clip: unreadable": 1}
+    assert meta["dropped"] == {
+        "skipped clip: missing clip": 1,
+        "skipped clip: silent": 1,
+        "skipped clip: unreadable": 1,
+    }
     assert meta["counts"]["split"] == {"dev": 1, "test": 1, "train": 3}
 
 
@@ -78,16 +82,18 @@ def test_rerun_reuses_extracted_wavs(release, prepared, tmp_path, monkeypatch):
     # only the deleted wav and the clips that never gave one (silent, broken) are decoded again
     assert decoded_names == ["dia0_utt1.mp4", "dia0_utt1.mp4", "dia1_utt0.mp4"]
     after = {p.name: p.stat().st_ino for p in (out / "wavs").iterdir()}
-    assert {k: v for k, v in after.items() if k != "train_dia0_utt1.wav" and k.endswith(".wav")} == \
-        {k: v for k, v in wavs.items() if k != "train_dia0_utt1.wav" and k.endswith(".wav")}
+    assert {k: v for k, v in after.items() if k != "train_dia0_utt1.wav" and k.endswith(".wav")} == {
+        k: v for k, v in wavs.items() if k != "train_dia0_utt1.wav" and k.endswith(".wav")
+    }
     assert datadir.load(out).meta["extraction"]["reused_wavs"] == 4
 
 
 def test_parallel_decoding_gives_the_same_directory(release, prepared, tmp_path):
     out = prepare(release, tmp_path / "meld", jobs=2)
     for name in ("utt2emo", "utt2spk", "utt2num_samples", "utt2split", "text", "skipped.tsv"):
-        assert (out / name).read_text().replace(str(out), "") == \
-            (prepared / name).read_text().replace(str(prepared), ""), name
+        assert (out / name).read_text().replace(str(out), "") == (prepared / name).read_text().replace(
+            str(prepared), ""
+        ), name
 
 
 def test_cp1252_csv_warns(release, tmp_path, caplog):

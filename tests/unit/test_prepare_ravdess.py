@@ -1,5 +1,6 @@
 """serkit prepare ravdess on the mini RAVDESS (the speech release's Actor_XX/MM-VV-EE-II-SS-RR-AA.wav
 layout) and the ravdess_actors4 protocol: what is kept, what is refused, and which actors each fold tests."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ from serkit.utils import SerkitError
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    return mini.build("ravdess", tmp_path_factory.mktemp("ravdess") / "db", seed=0, actors=8, statements=1,
-                      repetitions=1)
+    return mini.build(
+        "ravdess", tmp_path_factory.mktemp("ravdess") / "db", seed=0, actors=8, statements=1, repetitions=1
+    )
 
 
 def test_speech_wavs_are_kept_with_their_actor_emotion_and_gender(release, tmp_path):
@@ -26,8 +28,16 @@ def test_speech_wavs_are_kept_with_their_actor_emotion_and_gender(release, tmp_p
     assert sorted(data.records) == sorted(manifest["utterances"])  # the song and video-only files are not
     r = data.records["03-01-05-01-01-01-07"]
     assert (r.spk, r.session, r.emo, r.emo_raw) == ("Actor_07", "Actor_07", "angry", "05")
-    assert data.meta["classes"] == ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust",
-                                    "surprised"]
+    assert data.meta["classes"] == [
+        "neutral",
+        "calm",
+        "happy",
+        "sad",
+        "angry",
+        "fearful",
+        "disgust",
+        "surprised",
+    ]
     assert data.meta["genders"]["Actor_07"] == "M" and data.meta["genders"]["Actor_08"] == "F"
 
 

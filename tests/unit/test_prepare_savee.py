@@ -1,4 +1,5 @@
 """serkit prepare savee: the three layouts, 44.1 -> 16 kHz conversion, duplicates and bad wavs."""
+
 from __future__ import annotations
 
 import shutil

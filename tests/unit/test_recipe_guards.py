@@ -1,6 +1,7 @@
 """Recipe shell scripts never remove what serkit did not write, and hand no unchecked option to Hydra:
 the template's mini corpus stage (local/ser.sh, here SAVEE's), local/make_tiny_upstream.sh's OUT/iter1,
 local/cpt.sh --update-freq."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,9 @@ def savee_mini_stage() -> str:
 def run_savee_mini(cwd: Path) -> subprocess.CompletedProcess:
     setup = 'workdir=$PWD; prepare_name=savee; opts="mini seed=0"; '
     script = f"set -euo pipefail; . {STAGE}; {setup}{savee_mini_stage()}"
-    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        ["bash", "-c", script], cwd=cwd, env=env(), capture_output=True, text=True, timeout=120
+    )
 
 
 def test_savee_mini_stage_keeps_what_it_did_not_write(tmp_path):
@@ -89,16 +91,41 @@ def test_cpt_refuses_an_update_freq_that_is_not_a_whole_number(tmp_path):
     labels, fold = tmp_path / "km", tmp_path / "fold"
     labels.mkdir()
     fold.mkdir()
-    for f in (labels / "train.km", labels / "valid.km", labels / "dict.km.txt", fold / "train.tsv",
-              tmp_path / "init.pt"):
+    for f in (
+        labels / "train.km",
+        labels / "valid.km",
+        labels / "dict.km.txt",
+        fold / "train.tsv",
+        tmp_path / "init.pt",
+    ):
         f.write_text("x\n")
     out = tmp_path / "cpt"
     bad = "1],optimization.max_update=[5"
-    r = subprocess.run(["bash", str(REPO / "local" / "cpt.sh"), "--yaml",
-                        str(REPO / "plugins" / "serkit" / "conf" / "fairseq" / "hubert_tiny_iter1.yaml"),
-                        "--fold", str(fold), "--labels", str(labels), "--init", str(tmp_path / "init.pt"),
-                        "--updates", "2", "--update-freq", bad, "--out", str(out)],
-                       cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            "bash",
+            str(REPO / "local" / "cpt.sh"),
+            "--yaml",
+            str(REPO / "plugins" / "serkit" / "conf" / "fairseq" / "hubert_tiny_iter1.yaml"),
+            "--fold",
+            str(fold),
+            "--labels",
+            str(labels),
+            "--init",
+            str(tmp_path / "init.pt"),
+            "--updates",
+            "2",
+            "--update-freq",
+            bad,
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0
     assert f"--update-freq {bad}: expected a whole number >= 1" in r.stderr
     assert not out.exists()  # refused before anything was written

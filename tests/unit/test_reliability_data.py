@@ -1,5 +1,6 @@
 """Reliability of the data commands: outputs never destroy inputs or foreign files, converted wavs are
 reused only from the very same source, one writer per output, and bad input is refused by name."""
+
 from __future__ import annotations
 
 import errno
@@ -37,8 +38,11 @@ def read_marker(path: Path) -> dict | None:
 
 def snapshot(root: Path) -> dict[str, str]:
     """relative path -> SHA-1 of every file under ``root``."""
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def cli(*argv: str) -> int:
@@ -50,8 +54,20 @@ def dump(data, out, *extra) -> int:
 
 
 def km_fit(feats, fold, out) -> int:
-    return cli("kmeans", "fit", "--feats", feats, "--fold", fold, "--out", out, "--n-clusters", "3",
-               "--backend", "sklearn")
+    return cli(
+        "kmeans",
+        "fit",
+        "--feats",
+        feats,
+        "--fold",
+        fold,
+        "--out",
+        out,
+        "--n-clusters",
+        "3",
+        "--backend",
+        "sklearn",
+    )
 
 
 @pytest.fixture
@@ -60,6 +76,7 @@ def iemocap(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- data loss
+
 
 @pytest.mark.parametrize("where", ["root", "parent", "inside", "symlink"])
 def test_prepare_out_overlapping_root_is_refused_before_writing(iemocap, tmp_path, where, capsys):
@@ -86,8 +103,11 @@ def test_prepare_savee_out_equal_to_root_keeps_the_original_wavs(tmp_path, capsy
 @pytest.mark.parametrize("corpus", ["iemocap", "savee", "meld"])
 def test_prepare_never_replaces_a_directory_with_foreign_files(tmp_path, corpus, capsys):
     base = tmp_path / "corpus"
-    root = {"iemocap": lambda: make_iemocap(base, sessions=(1, 2)), "meld": lambda: make_meld(base),
-            "savee": lambda: make_savee(base, per_code=1)}[corpus]()
+    root = {
+        "iemocap": lambda: make_iemocap(base, sessions=(1, 2)),
+        "meld": lambda: make_meld(base),
+        "savee": lambda: make_savee(base, per_code=1),
+    }[corpus]()
     out = tmp_path / "out"
     out.mkdir()
     (out / "thesis.tex").write_text("\\chapter{Years of work}\n")
@@ -213,6 +233,7 @@ def test_full_disk_names_the_file_and_loses_nothing(iemocap, tmp_path, monkeypat
 
 # --------------------------------------------------------------------------- reuse of converted wavs
 
+
 def _retone(path: Path, seed: int) -> None:
     info = sf.info(path)
     sf.write(path, tone(info.frames, seed, channels=info.channels), info.samplerate, subtype="PCM_16")
@@ -290,6 +311,7 @@ def test_meld_replaced_clip_is_decoded_again(meld_release, tmp_path, monkeypatch
 
 # -------------------------------------------------------------------------------------- bad input
 
+
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: 44 + (len(data) - 44) // 2])
@@ -301,8 +323,20 @@ def test_truncated_iemocap_wav_is_refused_or_dropped(iemocap, tmp_path, capsys):
     with pytest.raises(SerkitError, match=rf"{wav}: truncated: its header declares \d+ bytes"):
         prepare_iemocap(iemocap, tmp_path / "d", sessions=[1, 2])
     assert not (tmp_path / "d").exists()
-    assert cli("prepare", "iemocap", "--root", iemocap, "--out", tmp_path / "d", "--sessions", "1,2",
-               "--allow-truncated") == 0
+    assert (
+        cli(
+            "prepare",
+            "iemocap",
+            "--root",
+            iemocap,
+            "--out",
+            tmp_path / "d",
+            "--sessions",
+            "1,2",
+            "--allow-truncated",
+        )
+        == 0
+    )
     d = datadir.load(tmp_path / "d")
     assert "Ses02F_impro01_M000" not in d.records
     assert d.meta["truncated"] == [str(wav)]
@@ -323,11 +357,16 @@ def test_truncated_savee_source_is_refused_or_dropped(tmp_path):
 def test_meld_csv_with_a_missing_closing_quote_is_refused_with_the_line(meld_release, tmp_path):
     csv_path = meld_release / "train" / "train_sent_emo.csv"
     header = csv_path.read_text(encoding="utf-8").splitlines()[0]
-    csv_path.write_text(header + "\n" + textwrap.dedent("""\
+    csv_path.write_text(
+        header
+        + "\n"
+        + textwrap.dedent("""\
         1,"Oh my God,Chandler,joy,neutral,0,0,3,19,00:14:38,00:14:40
         2,Then go.",The Interviewer,neutral,neutral,0,1,3,19,00:14:38,00:14:40
         3,"No, no, no.",Mrs. Geller,Anger,neutral,1,0,3,19,00:14:38,00:14:40
-        """), encoding="utf-8")
+        """),
+        encoding="utf-8",
+    )
     with pytest.raises(SerkitError, match=rf"{csv_path}:2: this row runs on to line 3 and swallows 1 row"):
         prepare_meld(meld_release, tmp_path / "d")
     assert not (tmp_path / "d").exists()
@@ -360,8 +399,13 @@ def test_emo_evaluation_cut_between_turns_warns_per_file(iemocap, tmp_path, capl
         prepare_iemocap(iemocap, tmp_path / "d", sessions=[1, 2])
     finally:
         serkit.utils.log.propagate = False
-    warnings = sorted({m for r in caplog.records if r.levelname == "WARNING"
-                       and "no line for" in (m := r.getMessage()) and str(ev) in m})
+    warnings = sorted(
+        {
+            m
+            for r in caplog.records
+            if r.levelname == "WARNING" and "no line for" in (m := r.getMessage()) and str(ev) in m
+        }
+    )
     # the fixture's unlabelled wav (F003) plus the two cut turns
     assert len(warnings) == 1 and f"{ev} has no line for 3 wav(s)" in warnings[0]
 
@@ -401,11 +445,15 @@ def test_one_speaker_split_says_why(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------- k-means args
 
-@pytest.mark.parametrize("args,message", [
-    (["--n-clusters", "0"], "--n-clusters 0: must be at least 1"),
-    (["--n-clusters", "-1"], "--n-clusters -1: must be at least 1"),
-    (["--n-clusters", "4", "--max-frames", "0"], "--max-frames 0: must be at least 1"),
-])
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--n-clusters", "0"], "--n-clusters 0: must be at least 1"),
+        (["--n-clusters", "-1"], "--n-clusters -1: must be at least 1"),
+        (["--n-clusters", "4", "--max-frames", "0"], "--max-frames 0: must be at least 1"),
+    ],
+)
 def test_kmeans_fit_rejects_bad_numbers_cleanly(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:
         cli("kmeans", "fit", "--feats", tmp_path, "--fold", tmp_path, "--out", tmp_path / "m.npz", *args)
@@ -442,13 +490,25 @@ class Holder:
         for p in (self.ready, self.done):
             p.unlink(missing_ok=True)
         env = dict(os.environ, PYTHONPATH=str(REPO / "plugins"))
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock.parent), str(lock),
-                                      "shared" if shared else "x", str(self.ready), str(self.done)], env=env)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                HOLDER,
+                str(lock.parent),
+                str(lock),
+                "shared" if shared else "x",
+                str(self.ready),
+                str(self.done),
+            ],
+            env=env,
+        )
         for _ in range(400):
             if self.ready.exists():
                 return
             assert self.proc.poll() is None, "the holder died"
             import time
+
             time.sleep(0.05)
         raise AssertionError("holder never took the lock")
 
@@ -469,8 +529,12 @@ def tiny_fold(tmp_path):
         sf.write(wav, (0.1 * rng.standard_normal(4000 + 800 * i)).astype(np.float32), 16000)
         utts.append(Utterance(f"s{i % 3}_u{i}", str(wav), 4000 + 800 * i, "neu", f"s{i % 3}"))
     fold = tmp_path / "fold1"
-    write_split(fold, "train", [u for u in utts if u.spk == "s0"] + [u for u in utts if u.spk == "s1"],
-                str(tmp_path / "wav"))
+    write_split(
+        fold,
+        "train",
+        [u for u in utts if u.spk == "s0"] + [u for u in utts if u.spk == "s1"],
+        str(tmp_path / "wav"),
+    )
     write_split(fold, "valid", [u for u in utts if u.spk == "s2"][:1], str(tmp_path / "wav"))
     write_split(fold, "test", [u for u in utts if u.spk == "s2"][1:], str(tmp_path / "wav"))
     return fold
@@ -512,21 +576,53 @@ def test_second_kmeans_on_one_output_fails_at_once(tiny_fold, tmp_path, capsys):
     assert km_fit(feats, tiny_fold, model) == 0
     holder = Holder(tmp_path, model.parent / ".serkit-lock")
     try:
-        assert cli("kmeans", "apply", "--model", model, "--feats", feats, "--fold", tiny_fold, "--out",
-                   model.parent) == 2
-        assert f"k-means label directory {model.parent} is in use by pid {holder.proc.pid}" in \
-            capsys.readouterr().err
+        assert (
+            cli(
+                "kmeans",
+                "apply",
+                "--model",
+                model,
+                "--feats",
+                feats,
+                "--fold",
+                tiny_fold,
+                "--out",
+                model.parent,
+            )
+            == 2
+        )
+        assert (
+            f"k-means label directory {model.parent} is in use by pid {holder.proc.pid}"
+            in capsys.readouterr().err
+        )
     finally:
         holder.release()
-    assert cli("kmeans", "apply", "--model", model, "--feats", feats, "--fold", tiny_fold, "--out",
-               model.parent) == 0
+    assert (
+        cli("kmeans", "apply", "--model", model, "--feats", feats, "--fold", tiny_fold, "--out", model.parent)
+        == 0
+    )
     assert (model.parent / "train.km").is_file()
 
 
 def test_kmeans_fit_init_sample_below_k_says_so(tiny_fold, tmp_path, capsys):
     assert dump(tiny_fold, tmp_path / "feats") == 0
-    assert cli("kmeans", "fit", "--feats", tmp_path / "feats", "--fold", tiny_fold, "--out",
-               tmp_path / "m.npz", "--n-clusters", "50", "--init-sample", "20") == 2
+    assert (
+        cli(
+            "kmeans",
+            "fit",
+            "--feats",
+            tmp_path / "feats",
+            "--fold",
+            tiny_fold,
+            "--out",
+            tmp_path / "m.npz",
+            "--n-clusters",
+            "50",
+            "--init-sample",
+            "20",
+        )
+        == 2
+    )
     assert "--init-sample 20 is below --n-clusters 50" in capsys.readouterr().err
     assert not (tmp_path / "m.npz").exists()
 
@@ -540,14 +636,27 @@ def test_kmeans_fit_never_overwrites_a_foreign_file(tiny_fold, tmp_path, capsys)
 
 
 def test_outputs_of_dump_features_and_kmeans_apply_may_not_be_inputs(tiny_fold, tmp_path, capsys):
-    assert cli("dump-features", "--upstream", "mfcc", "--data", tiny_fold, "--out", tiny_fold,
-               "--no-progress") == 2
+    assert (
+        cli("dump-features", "--upstream", "mfcc", "--data", tiny_fold, "--out", tiny_fold, "--no-progress")
+        == 2
+    )
     assert "is the input" in capsys.readouterr().err
     assert not (tiny_fold / "feats.scp").exists() and not (tiny_fold / MARKER).exists()
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "feats.scp").write_text("mine\n")
-    assert cli("dump-features", "--upstream", "mfcc", "--data", tiny_fold, "--out", tmp_path / "foreign",
-               "--no-progress") == 2
+    assert (
+        cli(
+            "dump-features",
+            "--upstream",
+            "mfcc",
+            "--data",
+            tiny_fold,
+            "--out",
+            tmp_path / "foreign",
+            "--no-progress",
+        )
+        == 2
+    )
     assert (tmp_path / "foreign" / "feats.scp").read_text() == "mine\n"
     feats = tmp_path / "feats"
     assert dump(tiny_fold, feats) == 0
@@ -555,11 +664,25 @@ def test_outputs_of_dump_features_and_kmeans_apply_may_not_be_inputs(tiny_fold, 
     assert km_fit(feats, tiny_fold, model) == 0
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "train.km").write_text("my labels\n")
-    assert cli("kmeans", "apply", "--model", model, "--feats", feats, "--fold", tiny_fold, "--out",
-               tmp_path / "labels") == 2
+    assert (
+        cli(
+            "kmeans",
+            "apply",
+            "--model",
+            model,
+            "--feats",
+            feats,
+            "--fold",
+            tiny_fold,
+            "--out",
+            tmp_path / "labels",
+        )
+        == 2
+    )
     assert (tmp_path / "labels" / "train.km").read_text() == "my labels\n"
-    assert cli("kmeans", "apply", "--model", model, "--feats", feats, "--fold", tiny_fold, "--out",
-               feats) == 2
+    assert (
+        cli("kmeans", "apply", "--model", model, "--feats", feats, "--fold", tiny_fold, "--out", feats) == 2
+    )
     assert "is the input" in capsys.readouterr().err
 
 
@@ -575,6 +698,7 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path):
 
 
 # ------------------------------------------------------------------ outputs of earlier serkit versions
+
 
 def test_split_written_before_markers_is_replaced_but_not_with_foreign_files(iemocap, tmp_path):
     data = prepare_iemocap(iemocap, tmp_path / "d", sessions=[1, 2])

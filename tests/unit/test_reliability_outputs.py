@@ -1,6 +1,7 @@
 """Single-file outputs never replace what serkit did not write: `serkit export-upstream --out`,
 `serkit make-upstream --out` and `serkit results --out` refuse a foreign file (and export refuses the
 upstream it was trained from), and replace their own earlier output."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,11 @@ def test_make_upstream_refuses_a_file_it_did_not_write_and_replaces_its_own(tmp_
     torch.save({"model": {"w": torch.zeros(2)}, "cfg": {}}, foreign)
     before = foreign.read_bytes()
     assert main(["make-upstream", "tiny-hubert", "--out", str(foreign)]) == 2
-    assert re.search(r"--out .*hubert_base_ls960.pt: exists and is not a checkpoint `serkit make-upstream` "
-                     r"wrote; .*choose another --out", capsys.readouterr().err)
+    assert re.search(
+        r"--out .*hubert_base_ls960.pt: exists and is not a checkpoint `serkit make-upstream` "
+        r"wrote; .*choose another --out",
+        capsys.readouterr().err,
+    )
     assert foreign.read_bytes() == before
     notes = tmp_path / "notes.txt"
     notes.write_text("mine\n")
@@ -54,8 +58,11 @@ def test_export_upstream_refuses_the_recorded_upstream_and_foreign_files(tmp_pat
         export_upstream(exp, link)
     other = tmp_path / "other.pt"
     torch.save({"model": {}}, other)
-    with pytest.raises(SerkitError, match=r"other.pt: exists and is not an upstream `serkit export-upstream` "
-                       "wrote"):
+    with pytest.raises(
+        SerkitError,
+        match=r"other.pt: exists and is not an upstream `serkit export-upstream` "
+        "wrote",
+    ):
         export_upstream(exp, other)
     assert upstream.read_bytes() == before and link.is_symlink()
     from serkit.speechbrain.export import is_export
@@ -70,9 +77,19 @@ def test_results_refuses_a_file_it_did_not_write_and_replaces_its_own(tmp_path, 
     header = "| method | setting | protocol | upstream | selection | folds | UA | WA | WF1 |"
     run = tmp_path / "run"
     run.mkdir()
-    (run / "results.json").write_text(json.dumps({
-        "method": "m", "setting": "featex", "protocol": "p", "upstream": "u", "selection": "valid",
-        "folds": ["fold1"], "summary": {k: {"mean": 0.5, "std": 0.0} for k in ("ua", "wa", "weighted_f1")}}))
+    (run / "results.json").write_text(
+        json.dumps(
+            {
+                "method": "m",
+                "setting": "featex",
+                "protocol": "p",
+                "upstream": "u",
+                "selection": "valid",
+                "folds": ["fold1"],
+                "summary": {k: {"mean": 0.5, "std": 0.0} for k in ("ua", "wa", "weighted_f1")},
+            }
+        )
+    )
     paper = tmp_path / "paper_notes.md"
     paper.write_text("# my notes\n")
     assert main(["results", str(run), "--out", str(paper)]) == 2

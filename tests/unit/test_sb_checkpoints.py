@@ -1,4 +1,5 @@
 """serkit's Checkpointer: a checkpoint is complete or absent, whatever moment a run is killed at."""
+
 import pytest
 
 pytest.importorskip("speechbrain")
@@ -92,10 +93,14 @@ def test_a_plain_speechbrain_checkpointer_is_upgraded_with_its_recoverables(tmp_
 
 def test_a_redone_epoch_replaces_its_train_log_line(tmp_path):
     log = tmp_path / "train_log.txt"
-    log.write_text("epoch: 1, lr: 1.00e-03 - valid ua: 0.4\n"
-                   "epoch: 2, lr: 1.00e-03 - valid ua: 0.5\n"
-                   "epoch: 3, lr: 1.00e-03 - valid ua: 0.6\n")
+    log.write_text(
+        "epoch: 1, lr: 1.00e-03 - valid ua: 0.4\n"
+        "epoch: 2, lr: 1.00e-03 - valid ua: 0.5\n"
+        "epoch: 3, lr: 1.00e-03 - valid ua: 0.6\n"
+    )
     forget_logged_epochs(log, 3)
-    assert log.read_text().splitlines() == ["epoch: 1, lr: 1.00e-03 - valid ua: 0.4",
-                                            "epoch: 2, lr: 1.00e-03 - valid ua: 0.5"]
+    assert log.read_text().splitlines() == [
+        "epoch: 1, lr: 1.00e-03 - valid ua: 0.4",
+        "epoch: 2, lr: 1.00e-03 - valid ua: 0.5",
+    ]
     forget_logged_epochs(tmp_path / "absent.txt", 1)  # a fresh run has no log yet

@@ -1,4 +1,5 @@
 """max_duration / crop / pad_to_max in the SpeechBrain data pipeline, on cached features and on waveforms."""
+
 import pytest
 import torch
 
@@ -60,8 +61,8 @@ def test_waveforms_cropped_at_the_start_everywhere_and_padded(tmp_path):
         assert any(len(w) > n for w in whole.values()) and any(len(w) < n for w in whole.values())
         for utt, w in whole.items():
             assert torch.equal(short[utt], w[:n])
-            assert len(pad[utt]) == n and torch.equal(pad[utt][:min(n, len(w))], w[:n])
-            assert not pad[utt][len(w):].any()
+            assert len(pad[utt]) == n and torch.equal(pad[utt][: min(n, len(w))], w[:n])
+            assert not pad[utt][len(w) :].any()
 
 
 def test_random_crop_in_training_only(tmp_path):
@@ -76,7 +77,7 @@ def test_random_crop_in_training_only(tmp_path):
         for utt, w in items(rand["train"], "sig").items():
             assert len(w) == n
             # the window is a contiguous piece of the utterance
-            start = next(s for s in range(len(whole[utt]) - n + 1) if torch.equal(whole[utt][s:s + n], w))
+            start = next(s for s in range(len(whole[utt]) - n + 1) if torch.equal(whole[utt][s : s + n], w))
             starts.add(start)
     assert len(starts) > 3 and starts != {0}
     for split in ("valid", "test"):  # evaluation: always the first max_duration seconds

@@ -1,5 +1,6 @@
 """serkit heads as drop-in lobes of someone else's SpeechBrain recipe (SpeechBrain's IEMOCAP layout:
 embedding_model -> classifier, sb.nnet.losses.nll_loss, classification_error)."""
+
 import pytest
 import torch
 
@@ -29,8 +30,16 @@ def test_classifier_lobe_gives_speechbrain_log_probs_and_a_perfect_prediction_sc
     assert nll_loss(out, targets).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("name,kw", [("linear", {}), ("ffn", {"hidden": 6}), ("shiftcnn", {}),
-                                     ("transformer", {"num_heads": 2}), ("lstm", {})])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("linear", {}),
+        ("ffn", {"hidden": 6}),
+        ("shiftcnn", {}),
+        ("transformer", {"num_heads": 2}),
+        ("lstm", {}),
+    ],
+)
 def test_embedding_lobe_is_the_vector_the_heads_final_layer_classifies(name, kw):
     from serkit.speechbrain.lobes import SERHead
 

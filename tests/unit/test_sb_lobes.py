@@ -1,4 +1,5 @@
 """serkit.speechbrain.lobes: SpeechBrain's (x, relative lengths) convention on top of serkit.nn."""
+
 import pytest
 import torch
 

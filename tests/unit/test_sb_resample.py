@@ -1,4 +1,5 @@
 """Inference audio is resampled by the resampler that converted the training data (PyAV/FFmpeg)."""
+
 import numpy as np
 import pytest
 

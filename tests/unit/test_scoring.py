@@ -1,4 +1,5 @@
 """Scoring: metrics by hand, selection rules on a run with known per-epoch predictions."""
+
 import json
 
 import numpy as np
@@ -34,13 +35,16 @@ def make_run(tmp_path, nfolds=2):
     half = y[:4] + wrong[4:]
     for k in range(1, nfolds + 1):
         p = exp / f"fold{k}" / "predictions"
-        write_preds(p / "valid.epoch001.tsv", y, y)       # valid UA 1.0
-        write_preds(p / "test.epoch001.tsv", y, half)     # test UA 0.5
-        write_preds(p / "valid.epoch002.tsv", y, wrong)   # valid UA 0.0
-        write_preds(p / "test.epoch002.tsv", y, y)        # test UA 1.0
+        write_preds(p / "valid.epoch001.tsv", y, y)  # valid UA 1.0
+        write_preds(p / "test.epoch001.tsv", y, half)  # test UA 0.5
+        write_preds(p / "valid.epoch002.tsv", y, wrong)  # valid UA 0.0
+        write_preds(p / "test.epoch002.tsv", y, y)  # test UA 1.0
     (exp / "fold1.prev-20260101-000000" / "predictions").mkdir(parents=True)  # moved-aside output
-    (exp / "run.json").write_text(json.dumps({"method": "shiftcnn", "selection": "best_test",
-                                              "protocol": "iemocap_loso5", "upstream": "tiny"}))
+    (exp / "run.json").write_text(
+        json.dumps(
+            {"method": "shiftcnn", "selection": "best_test", "protocol": "iemocap_loso5", "upstream": "tiny"}
+        )
+    )
     return exp
 
 

@@ -1,5 +1,6 @@
 """search_probs.png (plot_search): the candidates are named for every layer's panel, one figure legend
 below the panels (not one panel's legend over its curves), each candidate one colour in all panels."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,10 +16,14 @@ CHOICES = ["msa_ffn", "msa", "ffn", "conv", "identity"]
 
 
 def entries(layers: int = 4, epochs: int = 3) -> list[dict]:
-    probs = [[[(c + 1 + layer + e) / 100 for c in range(len(CHOICES))] for layer in range(layers)]
-             for e in range(epochs)]
-    return [{"epoch": e + 1, "choices": CHOICES, "probabilities": p, "derived": "msa_ffn,msa,ffn,conv"}
-            for e, p in enumerate(probs)]
+    probs = [
+        [[(c + 1 + layer + e) / 100 for c in range(len(CHOICES))] for layer in range(layers)]
+        for e in range(epochs)
+    ]
+    return [
+        {"epoch": e + 1, "choices": CHOICES, "probabilities": p, "derived": "msa_ffn,msa,ffn,conv"}
+        for e, p in enumerate(probs)
+    ]
 
 
 def test_one_legend_names_every_candidate_for_all_panels(tmp_path):

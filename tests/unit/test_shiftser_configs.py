@@ -2,6 +2,7 @@
 top-level key (so `--head-overrides "--key value"` reaches it), a mis-spelled key or an option of another
 head fails, each head is built with the registry's defaults, and the optimisers and schedules are the
 paper's / official code's."""
+
 import functools
 
 import pytest
@@ -42,20 +43,38 @@ OPTIONS = [
     ("shiftcnn", ["--kernel_size", "3"], lambda hp: head(hp).blocks[0].depthwise.kernel_size == (3,)),
     ("cnn", ["--kernel_size", "11"], lambda hp: head(hp).blocks[1].depthwise.kernel_size == (11,)),
     ("shiftcnn", ["--mask_aware", "False"], lambda hp: not head(hp).blocks[1].shift.mask_aware),
-    ("shiftcnn", ["--shift_augment_p", "0.5"],
-     lambda hp: type(head(hp).blocks[1].shift).__name__ == "RandomShift"
-     and head(hp).blocks[1].shift.p == 0.5),
+    (
+        "shiftcnn",
+        ["--shift_augment_p", "0.5"],
+        lambda hp: (
+            type(head(hp).blocks[1].shift).__name__ == "RandomShift" and head(hp).blocks[1].shift.p == 0.5
+        ),
+    ),
     ("transformer", ["--positions", "absolute"], lambda hp: head(hp).position_embeddings is not None),
-    ("transformer", ["--token_mixer", "pooling"],
-     lambda hp: type(head(hp).layers[0].attention).__name__ == "PoolingMixer"),
-    ("transformer", ["--shift_placement", "residual"],
-     lambda hp: all(getattr(layer, "placement", None) == "residual" and layer.shift.proportion == 0.25
-                    for layer in head(hp).layers)),
-    ("transformer", ["--shift_placement", "inplace", "--shift_augment_p", "0.5"],
-     lambda hp: type(getattr(head(hp).layers[0], "shift", None)).__name__ == "RandomShift"),
+    (
+        "transformer",
+        ["--token_mixer", "pooling"],
+        lambda hp: type(head(hp).layers[0].attention).__name__ == "PoolingMixer",
+    ),
+    (
+        "transformer",
+        ["--shift_placement", "residual"],
+        lambda hp: all(
+            getattr(layer, "placement", None) == "residual" and layer.shift.proportion == 0.25
+            for layer in head(hp).layers
+        ),
+    ),
+    (
+        "transformer",
+        ["--shift_placement", "inplace", "--shift_augment_p", "0.5"],
+        lambda hp: type(getattr(head(hp).layers[0], "shift", None)).__name__ == "RandomShift",
+    ),
     ("shiftformer", ["--shift_proportion", "0.125"], lambda hp: head(hp).layers[0].shift.proportion == 0.125),
-    ("shiftformer", ["--shift_bidirectional", "False"],
-     lambda hp: not head(hp).layers[1].shift.bidirectional),
+    (
+        "shiftformer",
+        ["--shift_bidirectional", "False"],
+        lambda hp: not head(hp).layers[1].shift.bidirectional,
+    ),
     ("shiftlstm", ["--shift_proportion", "0.5"], lambda hp: head(hp).shift.proportion == 0.5),
     ("shiftlstm", ["--shift_placement", "residual"], lambda hp: head(hp).shortcut is not None),
     ("shiftlstm", ["--shift_augment_p", "1.0"], lambda hp: type(head(hp).shift).__name__ == "RandomShift"),
@@ -95,8 +114,19 @@ def test_a_misspelled_override_fails_serkit_train_before_writing_anything(tmp_pa
 
     out = tmp_path / "out"
     with pytest.raises(SerkitError, match=r"shiftser.yaml: no key \['shift_proporton'\]"):
-        main([*head_conf("shiftcnn"), "--fold-dir", str(tmp_path), "--output-folder", str(out),
-              "--feats", str(tmp_path / "feats"), "--shift_proporton", "0.25"])
+        main(
+            [
+                *head_conf("shiftcnn"),
+                "--fold-dir",
+                str(tmp_path),
+                "--output-folder",
+                str(out),
+                "--feats",
+                str(tmp_path / "feats"),
+                "--shift_proporton",
+                "0.25",
+            ]
+        )
     assert not out.exists()
 
 
@@ -108,8 +138,16 @@ def raw():
     return yaml.load((SHARED_CONF / "shiftser.yaml").read_text(encoding="utf-8"), Loader=Loader)
 
 
-HEAD_OPTIONS = ["kernel_size", "shift_proportion", "shift_bidirectional", "shift_placement", "mask_aware",
-                "shift_augment_p", "positions", "token_mixer"]
+HEAD_OPTIONS = [
+    "kernel_size",
+    "shift_proportion",
+    "shift_bidirectional",
+    "shift_placement",
+    "mask_aware",
+    "shift_augment_p",
+    "positions",
+    "token_mixer",
+]
 
 
 @pytest.mark.parametrize("name", HEADS)
@@ -123,8 +161,9 @@ def test_each_head_is_built_with_the_registry_defaults(name, tmp_path):
     torch.manual_seed(1986)
     reference = build_head(name, C, 4)
     assert repr(built) == repr(reference)
-    assert [(k, v.shape) for k, v in built.state_dict().items()] == \
-        [(k, v.shape) for k, v in reference.state_dict().items()]
+    assert [(k, v.shape) for k, v in built.state_dict().items()] == [
+        (k, v.shape) for k, v in reference.state_dict().items()
+    ]
 
 
 def test_an_option_of_another_head_or_no_head_fails_serkit_train(tmp_path):
@@ -167,8 +206,9 @@ def test_schedules_match_the_official_code():
     from serkit.speechbrain.brain import WarmupCosine, WarmupHoldLinear
 
     steps, epochs, warmup = 10, 100, 5
-    cosine = WarmupCosine(5e-4, warmup, epochs, final_lr=5e-6, warmup_start_lr=5e-7,
-                          cosine_after_warmup=False)
+    cosine = WarmupCosine(
+        5e-4, warmup, epochs, final_lr=5e-6, warmup_start_lr=5e-7, cosine_after_warmup=False
+    )
     # timm CosineLRScheduler(t_initial=1000, lr_min=5e-6, warmup_lr_init=5e-7, warmup_t=50), per iteration
     import math
 
@@ -211,8 +251,12 @@ def test_gradient_clipping_covers_every_parameter_group():
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 3)
     before = [p.detach().clone() for p in net.parameters()]
-    brain = SERBrain(modules={"head": net}, opt_class=functools.partial(torch.optim.SGD, lr=1.0),
-                     hparams={"vector_weight_decay": False}, run_opts={"device": "cpu", "max_grad_norm": 1.0})
+    brain = SERBrain(
+        modules={"head": net},
+        opt_class=functools.partial(torch.optim.SGD, lr=1.0),
+        hparams={"vector_weight_decay": False},
+        run_opts={"device": "cpu", "max_grad_norm": 1.0},
+    )
     brain.init_optimizers()
     assert len(brain.optimizer.param_groups) == 2
     for p in net.parameters():

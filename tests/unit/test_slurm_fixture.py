@@ -1,5 +1,6 @@
 """tests/fixtures/slurm.py: the Slurm tests skip, with the reason, where no cluster answers, and fail
 under CI (CI=true), where they must run."""
+
 from __future__ import annotations
 
 import pytest

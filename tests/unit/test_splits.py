@@ -1,4 +1,5 @@
 """serkit split / check-split: fold contents per protocol, leakage check, alignment, determinism."""
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ from tests.fixtures.corpora import make_iemocap, make_meld, make_savee
 @pytest.fixture(scope="module")
 def iemocap(tmp_path_factory):
     from serkit.data.prepare_iemocap import prepare
+
     base = tmp_path_factory.mktemp("iemocap")
     return prepare(make_iemocap(base), base / "data")
 
@@ -25,6 +27,7 @@ def iemocap(tmp_path_factory):
 @pytest.fixture(scope="module")
 def savee(tmp_path_factory):
     from serkit.data.prepare_savee import prepare
+
     base = tmp_path_factory.mktemp("savee")
     return prepare(make_savee(base, per_code=3), base / "data")
 
@@ -32,6 +35,7 @@ def savee(tmp_path_factory):
 @pytest.fixture(scope="module")
 def meld(tmp_path_factory):
     from serkit.data.prepare_meld import prepare
+
     base = tmp_path_factory.mktemp("meld")
     return prepare(make_meld(base), base / "data")
 
@@ -65,9 +69,10 @@ def test_iemocap_loso5(iemocap, tmp_path):
                 r = data.records[u.utt]
                 assert (u.emo, u.spk, u.wav, u.num_samples) == (r.emo, r.spk, r.wav, r.num_samples)
         assert read_classes(fold) == ["neu", "hap", "ang", "sad"]
-        assert info["counts"]["test"] == dict(Counter(r.emo for r in (data.records[u] for u in test)),
-                                              **{c: 0 for c in ["neu", "hap", "ang", "sad"]
-                                                 if c not in {data.records[u].emo for u in test}})
+        assert info["counts"]["test"] == dict(
+            Counter(r.emo for r in (data.records[u] for u in test)),
+            **{c: 0 for c in ["neu", "hap", "ang", "sad"] if c not in {data.records[u].emo for u in test}},
+        )
         assert check_fold(fold) == []
 
 
@@ -179,6 +184,7 @@ def test_failed_split_keeps_previous_output(iemocap, tmp_path, monkeypatch):
     make_splits("iemocap_loso5", iemocap, tmp_path / "s")
     before = (tmp_path / "s" / "fold1" / "train.tsv").read_bytes()
     import serkit.data.splits as splits_mod
+
     monkeypatch.setattr(splits_mod, "check_fold", lambda *a: ["leak!"])
     with pytest.raises(SerkitError, match="leakage check"):
         make_splits("iemocap_loso5", iemocap, tmp_path / "s", seed=9)

@@ -1,6 +1,7 @@
 """local/stage.sh, the recipes' shared stage helpers, driven from bash: `.done` identities (options and
 inputs), the workdir lock, option checks, fold lists read from the split, and values handed to Python
 and Hydra without becoming code."""
+
 from __future__ import annotations
 
 import json
@@ -19,13 +20,21 @@ STAGE = REPO / "local" / "stage.sh"
 
 def bash(script: str, cwd: Path, timeout: int = 60) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    return subprocess.run(["bash", "-c", f"set -euo pipefail; . {STAGE}; {script}"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", "-c", f"set -euo pipefail; . {STAGE}; {script}"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # A stage: runs "work" unless done, where work appends a line to DIR/ran (so a re-run is counted).
-STAGE_FN = ('run_stage() { local dir=$1; shift; '
-            'is_done "$dir" "$@" || { echo x >> "$dir/ran"; mark_done "$dir"; }; }; ')
+STAGE_FN = (
+    "run_stage() { local dir=$1; shift; "
+    'is_done "$dir" "$@" || { echo x >> "$dir/ran"; mark_done "$dir"; }; }; '
+)
 
 
 def runs(d: Path) -> int:
@@ -123,8 +132,13 @@ def test_big_files_are_identified_by_size_and_mtime(tmp_path):
 
 def test_lock_refuses_a_second_run_naming_the_holder(tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    holder = subprocess.Popen(["bash", "-c", f". {STAGE}; lock_workdir work; echo locked; sleep 60"],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        ["bash", "-c", f". {STAGE}; lock_workdir work; echo locked; sleep 60"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         t0 = time.monotonic()
@@ -140,30 +154,39 @@ def test_lock_refuses_a_second_run_naming_the_holder(tmp_path):
     assert r.returncode == 0 and "GOT" in r.stdout
 
 
-@pytest.mark.parametrize("call, message", [
-    ("check_stages abc 5 5", "--stage abc: expected a whole number"),
-    ("check_stages -1 5 5", "--stage -1: expected a whole number"),
-    ("check_stages 0 x 5", "--stop-stage x: expected a whole number"),
-    ("check_stages 7 9 5", "--stage 7: this recipe's stages are 0..5"),
-    ("check_stages 3 2 5", "--stage 3 comes after --stop-stage 2: nothing to run"),
-    ("check_int --layer 9x", "--layer 9x: expected a whole number"),
-    ("check_int --nclusters 1 2", "--nclusters 1: expected a whole number >= 2"),
-    ("check_int_list --sec-layers 4,,8", "--sec-layers 4,,8: expected a comma list"),
-    ("check_number --finetune-lr 1e-", "--finetune-lr 1e-: expected a number"),
-    ("check_choice --valid spk stratified speaker", "--valid spk: choose one of: stratified speaker"),
-    ("check_choice_list --method flea,nope flea linear", "--method nope: unknown (choose from: flea linear)"),
-    ("check_folds_spec 0,2", "--folds 0,2: 'all' or a comma list of fold numbers"),
-    ("check_device gpu", "--device gpu: choose auto, cpu, cuda or cuda:N"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        ("check_stages abc 5 5", "--stage abc: expected a whole number"),
+        ("check_stages -1 5 5", "--stage -1: expected a whole number"),
+        ("check_stages 0 x 5", "--stop-stage x: expected a whole number"),
+        ("check_stages 7 9 5", "--stage 7: this recipe's stages are 0..5"),
+        ("check_stages 3 2 5", "--stage 3 comes after --stop-stage 2: nothing to run"),
+        ("check_int --layer 9x", "--layer 9x: expected a whole number"),
+        ("check_int --nclusters 1 2", "--nclusters 1: expected a whole number >= 2"),
+        ("check_int_list --sec-layers 4,,8", "--sec-layers 4,,8: expected a comma list"),
+        ("check_number --finetune-lr 1e-", "--finetune-lr 1e-: expected a number"),
+        ("check_choice --valid spk stratified speaker", "--valid spk: choose one of: stratified speaker"),
+        (
+            "check_choice_list --method flea,nope flea linear",
+            "--method nope: unknown (choose from: flea linear)",
+        ),
+        ("check_folds_spec 0,2", "--folds 0,2: 'all' or a comma list of fold numbers"),
+        ("check_device gpu", "--device gpu: choose auto, cpu, cuda or cuda:N"),
+    ],
+)
 def test_option_checks_name_the_option(tmp_path, call, message):
     r = bash(call, tmp_path)
     assert r.returncode == 1 and message in r.stderr, r.stderr
 
 
 def test_option_checks_accept_good_values(tmp_path):
-    r = bash("check_stages 0 5 5; check_stages 3 3 5; check_int --layer 09; check_number --lr 1e-4; "
-             "check_number --lr 0.25; check_int_list --l 0,1,2; check_folds_spec all; check_folds_spec 1,10; "
-             "check_device cuda:1; check_choice_list --method flea,linear flea linear; echo OK", tmp_path)
+    r = bash(
+        "check_stages 0 5 5; check_stages 3 3 5; check_int --layer 09; check_number --lr 1e-4; "
+        "check_number --lr 0.25; check_int_list --l 0,1,2; check_folds_spec all; check_folds_spec 1,10; "
+        "check_device cuda:1; check_choice_list --method flea,linear flea linear; echo OK",
+        tmp_path,
+    )
     assert r.stdout.strip() == "OK", r.stderr
 
 
@@ -182,8 +205,10 @@ def test_split_folds_follows_the_folds_the_split_wrote(tmp_path):
 def test_json_value_and_run_json_take_paths_as_arguments(tmp_path):
     evil = tmp_path / "a'+str(__import__('os').system('touch PWNED'))+'"
     evil.mkdir()
-    r = bash(f'write_run_json "{evil}/run.json" corpus=X "method=it\'s"; json_value "{evil}/run.json" method',
-             tmp_path)
+    r = bash(
+        f'write_run_json "{evil}/run.json" corpus=X "method=it\'s"; json_value "{evil}/run.json" method',
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "it's" and not (tmp_path / "PWNED").exists()
     assert json.loads((evil / "run.json").read_text()) == {"corpus": "X", "method": "it's"}
@@ -220,9 +245,9 @@ def test_no_python_source_is_built_from_shell_variables():
     for f in files:
         for n, line in enumerate(f.read_text().splitlines(), 1):
             for m in re.finditer(r"python3?\s+-c\s+", line):
-                rest = line[m.end():]
+                rest = line[m.end() :]
                 end = rest.find("'", 1) if rest.startswith("'") else -1
-                after = rest[end + 1:end + 2] if end > 0 else "?"
+                after = rest[end + 1 : end + 2] if end > 0 else "?"
                 # a double-quoted source, or a single-quoted one that closes to splice something in
                 if end < 0 or (after and not after.isspace() and after not in ")|;&"):
                     bad.append(f"{f.relative_to(REPO)}:{n}: {line.strip()}")

@@ -1,5 +1,6 @@
 """The test suite's own rules: every test file holds tests, and no test reaches other files through sys.path
 (shared helpers live in tests/fixtures, shared fixtures in tests/conftest.py)."""
+
 from __future__ import annotations
 
 import ast
@@ -27,7 +28,11 @@ def test_no_test_changes_sys_path():
     offenders = []
     for path, tree in _sources().items():
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
-                    and node.value.id == "sys"):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "path"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "sys"
+            ):
                 offenders.append(f"{path.relative_to(TESTS)}:{node.lineno}")
     assert offenders == [], f"sys.path in tests (import tests.fixtures.<module> instead): {offenders}"

@@ -1,6 +1,7 @@
 """`serkit train NAME_OR_PATH --overlay FILE`: shipped configs found by name, overlays applied before the
 command line's overrides, and every bad input a SerkitError that names the file, before anything is
 written."""
+
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,17 @@ SHARED = Path(__file__).resolve().parents[2] / "plugins" / "serkit" / "conf"
 
 
 def parse(tmp_path, *argv):
-    return _parse([*argv, "--fold-dir", str(tmp_path), "--output-folder", str(tmp_path / "out"),
-                   "--feats", str(tmp_path)])
+    return _parse(
+        [
+            *argv,
+            "--fold-dir",
+            str(tmp_path),
+            "--output-folder",
+            str(tmp_path / "out"),
+            "--feats",
+            str(tmp_path),
+        ]
+    )
 
 
 def test_a_shipped_config_is_found_by_name_and_overlays_stack(tmp_path):
@@ -25,17 +35,21 @@ def test_a_shipped_config_is_found_by_name_and_overlays_stack(tmp_path):
     assert overrides["lr"] == 0.5  # the command line wins over the overlay's 0.01
     mine = tmp_path / "wide.yaml"
     mine.write_text("fusion_dim: 64\n")
-    _, _, overrides = parse(tmp_path, str(SHARED / "mfsn.yaml"), "--overlay", "mfsn_mini",
-                            "--overlay", str(mine))
+    _, _, overrides = parse(
+        tmp_path, str(SHARED / "mfsn.yaml"), "--overlay", "mfsn_mini", "--overlay", str(mine)
+    )
     assert overrides["fusion_dim"] == 64 and overrides["attn_dim"] == 16  # later overlays win
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("fusion_width: 8\n", r"bad.yaml: no key \['fusion_width'\] in .*mfsn.yaml to override"),
-    ("model: !new:os.system [echo]\n", r"bad.yaml: not a plain yaml overlay"),
-    ("- 1\n- 2\n", r"bad.yaml: an overlay is a mapping of `key: value` overrides, not list"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("fusion_width: 8\n", r"bad.yaml: no key \['fusion_width'\] in .*mfsn.yaml to override"),
+        ("model: !new:os.system [echo]\n", r"bad.yaml: not a plain yaml overlay"),
+        ("- 1\n- 2\n", r"bad.yaml: an overlay is a mapping of `key: value` overrides, not list"),
+    ],
+)
 def test_a_bad_overlay_names_itself(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)

@@ -106,12 +106,16 @@ def _check_fit_args(args: argparse.Namespace) -> None:
 
     k = args.n_clusters
     if args.max_frames < k:
-        raise SerkitError(f"--max-frames {args.max_frames} is below --n-clusters {k}: k-means needs at least "
-                          "one frame per cluster; raise --max-frames or lower --n-clusters")
+        raise SerkitError(
+            f"--max-frames {args.max_frames} is below --n-clusters {k}: k-means needs at least "
+            "one frame per cluster; raise --max-frames or lower --n-clusters"
+        )
     if args.backend == "faiss" and args.init_sample < k:
-        raise SerkitError(f"--init-sample {args.init_sample} is below --n-clusters {k}: the k-means++ "
-                          f"seeding picks its {k} centres among those frames; raise --init-sample to at "
-                          f"least {k}")
+        raise SerkitError(
+            f"--init-sample {args.init_sample} is below --n-clusters {k}: the k-means++ "
+            f"seeding picks its {k} centres among those frames; raise --init-sample to at "
+            f"least {k}"
+        )
     out = Path(args.out)
     check_not_input(out, [args.feats, args.fold])
     if out.is_dir():
@@ -122,8 +126,10 @@ def _check_fit_args(args: argparse.Namespace) -> None:
         try:
             load_model(out, external=False)  # a published k-means file is not serkit's to replace
         except SerkitError:
-            raise SerkitError(f"--out {out}: exists and is not a serkit k-means model; serkit never "
-                              "overwrites what it did not write. Choose another --out") from None
+            raise SerkitError(
+                f"--out {out}: exists and is not a serkit k-means model; serkit never "
+                "overwrites what it did not write. Choose another --out"
+            ) from None
 
 
 def _km_json_of_apply(out: Path) -> bool:
@@ -143,11 +149,19 @@ def _check_apply_out(args: argparse.Namespace, splits: list[str]) -> None:
     model = os.path.realpath(args.model)
     for name in written:
         if os.path.realpath(out / name) == model:
-            raise SerkitError(f"--out {out}: would overwrite the input --model {args.model}; choose another "
-                              "--out or move the model")
-    check_output_dir(out, "kmeans", "k-means labels", [args.feats, args.fold], written,
-                     ours=lambda d: read_marker(d) is not None or _km_json_of_apply(d),
-                     evidence=f"{out / 'km.json'} of `serkit kmeans apply`")
+            raise SerkitError(
+                f"--out {out}: would overwrite the input --model {args.model}; choose another "
+                "--out or move the model"
+            )
+    check_output_dir(
+        out,
+        "kmeans",
+        "k-means labels",
+        [args.feats, args.fold],
+        written,
+        ours=lambda d: read_marker(d) is not None or _km_json_of_apply(d),
+        evidence=f"{out / 'km.json'} of `serkit kmeans apply`",
+    )
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -183,7 +197,8 @@ def run_apply(args: argparse.Namespace) -> int:
         raise SerkitError(f"--splits {args.splits!r}: name at least one split (train,valid,test)")
     _check_apply_out(args, splits)
     out = Path(args.out)
-    with locked_output_dir(out, "kmeans", f"k-means label directory {out}",
-                           recheck=lambda: _check_apply_out(args, splits)):
+    with locked_output_dir(
+        out, "kmeans", f"k-means label directory {out}", recheck=lambda: _check_apply_out(args, splits)
+    ):
         apply(args.model, args.feats, args.fold, out, splits=splits, layer=args.layer)
     return 0

@@ -130,10 +130,16 @@ def read_sklearn_kmeans(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """``cluster_centers_`` (K, D) float32 of a joblib/pickle MiniBatchKMeans file, and a description."""
     path = Path(path)
     raw = path.read_bytes()
-    if raw[:2] in (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda") or raw[:3] == b"BZh" or \
-            raw[:2] == b"\x1f\x8b" or raw[:6] == b"\xfd7zXZ\x00":
-        raise SerkitError(f"{path}: a compressed joblib file; serkit reads uncompressed ones only "
-                          "(fairseq's learn_kmeans.py writes them uncompressed)")
+    if (
+        raw[:2] in (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")
+        or raw[:3] == b"BZh"
+        or raw[:2] == b"\x1f\x8b"
+        or raw[:6] == b"\xfd7zXZ\x00"
+    ):
+        raise SerkitError(
+            f"{path}: a compressed joblib file; serkit reads uncompressed ones only "
+            "(fairseq's learn_kmeans.py writes them uncompressed)"
+        )
     if not raw[:1] == b"\x80":
         raise SerkitError(f"{path}: neither a serkit k-means model (.npz) nor a pickled k-means model")
     try:

@@ -72,8 +72,9 @@ def kmeans_pp_init(
         raise SerkitError(f"k-means: {n} frames for {k} clusters; use fewer clusters or more data")
     # float64: scikit-learn upcasts float32 distances chunk by chunk, which is slower than one copy
     seed = int(rng.integers(2**31 - 1))
-    centres, _ = kmeans_plusplus(np.asarray(x, dtype=np.float64), k, random_state=seed,
-                                 n_local_trials=n_local_trials)
+    centres, _ = kmeans_plusplus(
+        np.asarray(x, dtype=np.float64), k, random_state=seed, n_local_trials=n_local_trials
+    )
     return centres.astype(np.float32)
 
 
@@ -109,8 +110,9 @@ def inertia(x: np.ndarray, centroids: np.ndarray) -> float:
     return float(assign(x, centroids, return_dist=True)[1].astype(np.float64).sum())
 
 
-def assign(x: np.ndarray, centroids: np.ndarray,
-           return_dist: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def assign(
+    x: np.ndarray, centroids: np.ndarray, return_dist: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Nearest-centroid ids (and squared distances) with faiss' exact L2 search; scikit-learn's when
     faiss is not installed, so that ``--backend sklearn`` and ``apply`` need no serkit[faiss]."""
     from ..extras import is_installed
@@ -118,8 +120,9 @@ def assign(x: np.ndarray, centroids: np.ndarray,
     if not is_installed("faiss"):
         from sklearn.metrics import pairwise_distances_argmin_min
 
-        i, d = pairwise_distances_argmin_min(np.asarray(x, dtype=np.float32),
-                                             np.asarray(centroids, dtype=np.float32))
+        i, d = pairwise_distances_argmin_min(
+            np.asarray(x, dtype=np.float32), np.asarray(centroids, dtype=np.float32)
+        )
         return (i, np.square(d, dtype=np.float32)) if return_dist else i
     import faiss
 
@@ -232,13 +235,15 @@ def speaker_dependent(fold_dir: Path) -> bool:
     try:
         protocol = json.loads(info.read_text(encoding="utf-8")).get("protocol")
     except (ValueError, AttributeError) as e:
-        raise SerkitError(f"{info}: not the fold.json `serkit split` writes ({e}); "
-                          "re-run `serkit split`") from e
+        raise SerkitError(
+            f"{info}: not the fold.json `serkit split` writes ({e}); re-run `serkit split`"
+        ) from e
     return protocol in PROTOCOLS and PROTOCOLS[protocol].speaker_dependent
 
 
-def _fold_guard(fold_dir: Path, splits: Sequence[str],
-                transductive: bool) -> tuple[list[Utterance], set[str], set[str]]:
+def _fold_guard(
+    fold_dir: Path, splits: Sequence[str], transductive: bool
+) -> tuple[list[Utterance], set[str], set[str]]:
     """Utterances to fit on, after the leakage checks; returns (utterances, test utts, test speakers)."""
     from ..data.manifest import read_split
 
@@ -269,8 +274,9 @@ def _fold_guard(fold_dir: Path, splits: Sequence[str],
     return utts, test_utts, test_spks
 
 
-def sample_frames(reader: FeatureReader, utts: list[str], layer: int, max_frames: int,
-                  seed: int = 0) -> tuple[np.ndarray, list[tuple[str, int]]]:
+def sample_frames(
+    reader: FeatureReader, utts: list[str], layer: int, max_frames: int, seed: int = 0
+) -> tuple[np.ndarray, list[tuple[str, int]]]:
     """A uniform random sample (without replacement) of at most ``max_frames`` frames of ``utts``.
 
     Returns ``(x (N, C) float32, keys)`` where ``keys[i] = (utt, frame index)`` of row i. Only the

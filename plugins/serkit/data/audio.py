@@ -6,6 +6,7 @@ IEMOCAP's wavs are used in place after :func:`check_wav`.
 
 PyAV is imported inside the functions that need it; torch is not used here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,17 +69,23 @@ def check_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> int:
     try:
         info = sf.info(str(path))
     except Exception as e:  # libsndfile's errors carry no file name
-        raise SerkitError(f"{path}: unreadable audio ({e}); replace it with a good copy from the corpus "
-                          "release") from None
+        raise SerkitError(
+            f"{path}: unreadable audio ({e}); replace it with a good copy from the corpus release"
+        ) from None
     if info.frames <= 0:
-        raise SerkitError(f"{path}: empty audio (0 samples); replace it with a good copy from the "
-                          "corpus release")
+        raise SerkitError(
+            f"{path}: empty audio (0 samples); replace it with a good copy from the corpus release"
+        )
     if info.channels != 1:
-        raise SerkitError(f"{path}: {info.channels} channels, expected mono; convert it with "
-                          f"`sox {path.name} -c 1 out.wav` or use a clean copy of the corpus")
+        raise SerkitError(
+            f"{path}: {info.channels} channels, expected mono; convert it with "
+            f"`sox {path.name} -c 1 out.wav` or use a clean copy of the corpus"
+        )
     if info.samplerate != sample_rate:
-        raise SerkitError(f"{path}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz; "
-                          f"resample it (`sox {path.name} -r {sample_rate} out.wav`) or use a clean copy")
+        raise SerkitError(
+            f"{path}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz; "
+            f"resample it (`sox {path.name} -r {sample_rate} out.wav`) or use a clean copy"
+        )
     return int(info.frames)
 
 
@@ -87,13 +94,16 @@ def check_complete(path: str | os.PathLike) -> None:
     try:
         short = wav_shortfall(path)
     except OSError as e:
-        raise SerkitError(f"{path}: unreadable ({e.strerror}); replace it with a good copy from the "
-                          "corpus release") from None
+        raise SerkitError(
+            f"{path}: unreadable ({e.strerror}); replace it with a good copy from the corpus release"
+        ) from None
     if short is not None:
         declared, present = short
-        raise TruncatedWav(f"{path}: truncated: its header declares {declared} bytes of audio, the file "
-                           f"holds {present} ({100 * present // declared}%); replace it with a complete "
-                           "copy from the corpus release, or pass --allow-truncated to drop such files")
+        raise TruncatedWav(
+            f"{path}: truncated: its header declares {declared} bytes of audio, the file "
+            f"holds {present} ({100 * present // declared}%); replace it with a complete "
+            "copy from the corpus release, or pass --allow-truncated to drop such files"
+        )
 
 
 def file_sha1(path: str | os.PathLike) -> str:
@@ -113,8 +123,13 @@ def source_record(src: str | os.PathLike) -> dict:
 
 #: How ``prepare`` turns a source clip into a wav; part of each clip's record, so a change of any of
 #: these converts again.
-CONVERSION = {"sample_rate": SAMPLE_RATE, "channels": "mean", "resampler": "ffmpeg swr (PyAV)",
-              "format": "wav PCM_16", "converter_version": 1}
+CONVERSION = {
+    "sample_rate": SAMPLE_RATE,
+    "channels": "mean",
+    "resampler": "ffmpeg swr (PyAV)",
+    "format": "wav PCM_16",
+    "converter_version": 1,
+}
 
 
 def reusable(record: dict | None, src: str | os.PathLike | None, dst: str | os.PathLike) -> int:
@@ -133,7 +148,9 @@ def reusable(record: dict | None, src: str | os.PathLike | None, dst: str | os.P
         if (old["path"], old["size"], old["mtime_ns"]) != (os.path.realpath(src), st.st_size, st.st_mtime_ns):
             return 0
         if record["conversion"] != CONVERSION or (record["wav"]["size"], record["wav"]["mtime_ns"]) != (
-                out.st_size, out.st_mtime_ns):
+            out.st_size,
+            out.st_mtime_ns,
+        ):
             return 0
         if file_sha1(src) != old["sha1"]:
             return 0
@@ -145,8 +162,11 @@ def reusable(record: dict | None, src: str | os.PathLike | None, dst: str | os.P
 
 def conversion_record(src: str | os.PathLike, dst: str | os.PathLike, num_samples: int) -> dict:
     out = os.stat(dst)
-    return {"source": source_record(src), "conversion": CONVERSION,
-            "wav": {"size": out.st_size, "mtime_ns": out.st_mtime_ns, "num_samples": num_samples}}
+    return {
+        "source": source_record(src),
+        "conversion": CONVERSION,
+        "wav": {"size": out.st_size, "mtime_ns": out.st_mtime_ns, "num_samples": num_samples},
+    }
 
 
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
@@ -167,8 +187,9 @@ def _import_av() -> ModuleType:
     try:
         import av
     except ModuleNotFoundError:
-        raise SerkitError("PyAV is needed to resample and decode audio: `pip install av` "
-                          "(its wheel bundles FFmpeg)") from None
+        raise SerkitError(
+            "PyAV is needed to resample and decode audio: `pip install av` (its wheel bundles FFmpeg)"
+        ) from None
     return av
 
 

@@ -1,6 +1,7 @@
 """Converting a release's wavs once into ``OUT/wavs`` (16 kHz mono), for the corpora whose audio is not
 16 kHz already (SAVEE, RAVDESS): truncated sources checked first, a wav reused only while its source
 record (:mod:`serkit.data.audio`) still matches, the records saved as the conversion goes (resumable)."""
+
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,9 @@ from . import datadir
 log = logging.getLogger("serkit.data")
 
 
-def convert_sources(sources: dict[str, Path], out: Path, corpus: str, allow_truncated: bool = False
-                    ) -> tuple[dict[str, tuple[Path, int]], list[str], int]:
+def convert_sources(
+    sources: dict[str, Path], out: Path, corpus: str, allow_truncated: bool = False
+) -> tuple[dict[str, tuple[Path, int]], list[str], int]:
     """Convert ``sources`` (utterance id -> source wav) into ``out/wavs/<utt>.wav``.
 
     Returns ``({utt: (wav, num_samples)}, truncated sources dropped, wavs reused)``. A truncated source
@@ -60,10 +62,15 @@ def convert_sources(sources: dict[str, Path], out: Path, corpus: str, allow_trun
     return converted, truncated, reused
 
 
-def convert_release(root: str | os.PathLike, out: str | os.PathLike, corpus: str,
-                    find_wavs: Callable[[Path], dict[str, Path]], root_hint: str, layout_hint: str,
-                    allow_truncated: bool = False
-                    ) -> tuple[Path, Path, dict[str, tuple[Path, int]], list[str], int]:
+def convert_release(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    corpus: str,
+    find_wavs: Callable[[Path], dict[str, Path]],
+    root_hint: str,
+    layout_hint: str,
+    allow_truncated: bool = False,
+) -> tuple[Path, Path, dict[str, tuple[Path, int]], list[str], int]:
     """Claim ``out`` for ``corpus``, find the release's wavs under ``root`` and convert them.
 
     ``root_hint`` says what ``--root`` should point at, ``layout_hint`` which file names were expected.

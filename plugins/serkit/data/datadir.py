@@ -17,6 +17,7 @@ Files (one ``utt value`` line per utterance, sorted by utterance id, all coverin
 :func:`write` writes a directory atomically and validates it before it replaces an earlier one;
 :func:`load` reads and validates one.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,9 +54,11 @@ SPLIT_NAMES = ("train", "dev", "test")
 DATA_FILES = REQUIRED + OPTIONAL + ("spk2utt", "prepare.json", "skipped.tsv")
 CORPORA = ("iemocap", "meld", "savee", "ravdess")
 #: Names of the wavs that ``prepare`` converts into ``OUT/wavs`` (corpora shipped in another format).
-WAV_NAMES = {"meld": re.compile(r"^(train|dev|test)_dia\d+_utt\d+\.wav$"),
-             "savee": re.compile(r"^(DC|JE|JK|KL)_(a|d|f|h|n|sa|su)\d\d\.wav$"),
-             "ravdess": re.compile(r"^03-01-0[1-8]-0[12]-0[12]-0[12]-\d\d\.wav$")}
+WAV_NAMES = {
+    "meld": re.compile(r"^(train|dev|test)_dia\d+_utt\d+\.wav$"),
+    "savee": re.compile(r"^(DC|JE|JK|KL)_(a|d|f|h|n|sa|su)\d\d\.wav$"),
+    "ravdess": re.compile(r"^03-01-0[1-8]-0[12]-0[12]-0[12]-\d\d\.wav$"),
+}
 #: Per-clip record of where each converted wav came from (see :mod:`serkit.data.audio`).
 SOURCES = "sources.json"
 
@@ -99,8 +102,11 @@ def _recognise_wavs(path: Path, corpus: str, prefix: str = "wavs/", trusted: boo
     if not mine or corpus not in WAV_NAMES:
         return files_under(path, prefix)
     ok = WAV_NAMES[corpus]
-    return [f"{prefix}{n}" for n in files_under(path, "")
-            if not (n in (MARKER, SOURCES) or ("/" not in n and ok.match(n)))]
+    return [
+        f"{prefix}{n}"
+        for n in files_under(path, "")
+        if not (n in (MARKER, SOURCES) or ("/" not in n and ok.match(n)))
+    ]
 
 
 def _recogniser(corpus: str) -> Callable[[Path], list[str]]:
@@ -122,8 +128,11 @@ def _recogniser(corpus: str) -> Callable[[Path], list[str]]:
             if entry.is_dir() and not entry.is_symlink():
                 if name == "wavs":
                     unknown += _recognise_wavs(entry, corpus, trusted=own)
-                elif (m := read_marker(entry)) is not None and m["kind"] == "split" or \
-                        (own and (entry / "split.json").is_file()):
+                elif (
+                    (m := read_marker(entry)) is not None
+                    and m["kind"] == "split"
+                    or (own and (entry / "split.json").is_file())
+                ):
                     # folds split from this directory: stale once it is replaced, serkit's own
                     unknown += [f"{name}/{r}" for r in unknown_entries(entry, "split")]
                 else:
@@ -131,6 +140,7 @@ def _recogniser(corpus: str) -> Callable[[Path], list[str]]:
             elif not (own and name in DATA_FILES) and name != MARKER:
                 unknown.append(name)
         return unknown
+
     return recognise
 
 
@@ -182,8 +192,14 @@ def _check_utt_id(utt: str, where: str) -> None:
         raise SerkitError(f"{where}: utterance id {utt!r} is empty or contains white space")
 
 
-def write(out: str | os.PathLike, records: list[Record], meta: dict, keep: tuple[str, ...] = (),
-          extra_files: dict[str, str] | None = None, inputs: tuple = ()) -> Path:
+def write(
+    out: str | os.PathLike,
+    records: list[Record],
+    meta: dict,
+    keep: tuple[str, ...] = (),
+    extra_files: dict[str, str] | None = None,
+    inputs: tuple = (),
+) -> Path:
     """Write a data directory at ``out`` atomically and return its path.
 
     ``meta`` must hold at least ``corpus`` and ``classes``; counts and the format version are added.
@@ -199,8 +215,10 @@ def write(out: str | os.PathLike, records: list[Record], meta: dict, keep: tuple
     for r in records:
         _check_utt_id(r.utt, f"{meta.get('corpus', '?')} utterance")
         if r.utt in seen:
-            raise SerkitError(f"duplicate utterance id {r.utt!r}: {seen[r.utt].wav} and {r.wav}; "
-                              "keep one copy of the corpus under --root")
+            raise SerkitError(
+                f"duplicate utterance id {r.utt!r}: {seen[r.utt].wav} and {r.wav}; "
+                "keep one copy of the corpus under --root"
+            )
         seen[r.utt] = r
     recs = [seen[u] for u in sorted(seen)]
     if not recs:
@@ -209,12 +227,19 @@ def write(out: str | os.PathLike, records: list[Record], meta: dict, keep: tuple
     meta.setdefault("format_version", FORMAT_VERSION)
     meta["num_utts"] = len(recs)
     meta["hours"] = round(sum(r.duration for r in recs) / 3600, 3)
-    counts = {"class": count_by(recs, "emo"), "raw_label": count_by(recs, "emo_raw"),
-              "session": count_by(recs, "session"), "speaker": count_by(recs, "spk")}
+    counts = {
+        "class": count_by(recs, "emo"),
+        "raw_label": count_by(recs, "emo_raw"),
+        "session": count_by(recs, "session"),
+        "speaker": count_by(recs, "spk"),
+    }
     if any(r.split for r in recs):
         counts["split"] = count_by(recs, "split")
-        counts["split_class"] = {s: count_by([r for r in recs if r.split == s], "emo")
-                                 for s in SPLIT_NAMES if any(r.split == s for r in recs)}
+        counts["split_class"] = {
+            s: count_by([r for r in recs if r.split == s], "emo")
+            for s in SPLIT_NAMES
+            if any(r.split == s for r in recs)
+        }
     meta["counts"] = counts
 
     with atomic_dir(out, output_kind(meta["corpus"]), inputs=inputs) as tmp:
@@ -264,26 +289,34 @@ def validate(path: str | os.PathLike, check_paths: bool = True) -> DataDir:
         keys = list(m)
         if keys != sorted(keys):
             bad = next(i for i in range(1, len(keys)) if keys[i] < keys[i - 1])
-            raise SerkitError(f"{path / name}:{bad + 1}: not sorted by utterance id ({keys[bad]!r} after "
-                              f"{keys[bad - 1]!r}); re-run `serkit prepare`")
+            raise SerkitError(
+                f"{path / name}:{bad + 1}: not sorted by utterance id ({keys[bad]!r} after "
+                f"{keys[bad - 1]!r}); re-run `serkit prepare`"
+            )
         maps[name] = m
     ref = maps["wav.scp"]
     for name, m in maps.items():
         if m.keys() != ref.keys():
             only = sorted(set(m) ^ set(ref))[:3]
-            raise SerkitError(f"{path / name}: covers {len(m)} utterances, wav.scp {len(ref)} "
-                              f"(e.g. {only} differ); re-run `serkit prepare`")
+            raise SerkitError(
+                f"{path / name}: covers {len(m)} utterances, wav.scp {len(ref)} "
+                f"(e.g. {only} differ); re-run `serkit prepare`"
+            )
     classes = set(meta.get("classes", []))
     for lineno, wav in enumerate(ref.values(), 1):
         if not os.path.isabs(wav) or "|" in wav:
             raise SerkitError(f"{path / 'wav.scp'}:{lineno}: {wav!r} is not an absolute path")
         if check_paths and not os.path.isfile(wav):
-            raise SerkitError(f"{path / 'wav.scp'}:{lineno}: {wav} does not exist; was the corpus moved? "
-                              "re-run `serkit prepare`")
+            raise SerkitError(
+                f"{path / 'wav.scp'}:{lineno}: {wav} does not exist; was the corpus moved? "
+                "re-run `serkit prepare`"
+            )
     for lineno, (utt, emo) in enumerate(maps["utt2emo"].items(), 1):
         if emo not in classes:
-            raise SerkitError(f"{path / 'utt2emo'}:{lineno}: label {emo!r} of {utt} is not one of "
-                              f"{sorted(classes)} (prepare.json)")
+            raise SerkitError(
+                f"{path / 'utt2emo'}:{lineno}: label {emo!r} of {utt} is not one of "
+                f"{sorted(classes)} (prepare.json)"
+            )
     for name, cast in (("utt2dur", float), ("utt2num_samples", int)):
         for lineno, (utt, v) in enumerate(maps[name].items(), 1):
             try:
@@ -295,8 +328,9 @@ def validate(path: str | os.PathLike, check_paths: bool = True) -> DataDir:
     if "utt2split" in maps:
         for lineno, (utt, s) in enumerate(maps["utt2split"].items(), 1):
             if s not in SPLIT_NAMES:
-                raise SerkitError(f"{path / 'utt2split'}:{lineno}: {utt} has split {s!r}, "
-                                  f"expected one of {SPLIT_NAMES}")
+                raise SerkitError(
+                    f"{path / 'utt2split'}:{lineno}: {utt} has split {s!r}, expected one of {SPLIT_NAMES}"
+                )
     spk2utt = read_map(path / "spk2utt")
     expect: dict[str, list[str]] = {}
     for utt, spk in maps["utt2spk"].items():
@@ -304,11 +338,17 @@ def validate(path: str | os.PathLike, check_paths: bool = True) -> DataDir:
     if {s: v.split() for s, v in spk2utt.items()} != expect:
         raise SerkitError(f"{path / 'spk2utt'}: disagrees with utt2spk; re-run `serkit prepare`")
     records = {
-        utt: Record(utt=utt, wav=wav, spk=maps["utt2spk"][utt], emo=maps["utt2emo"][utt],
-                    emo_raw=maps["utt2emo_raw"][utt], session=maps["utt2session"][utt],
-                    num_samples=int(maps["utt2num_samples"][utt]),
-                    text=maps["text"][utt] if "text" in maps else None,
-                    split=maps["utt2split"][utt] if "utt2split" in maps else None)
+        utt: Record(
+            utt=utt,
+            wav=wav,
+            spk=maps["utt2spk"][utt],
+            emo=maps["utt2emo"][utt],
+            emo_raw=maps["utt2emo_raw"][utt],
+            session=maps["utt2session"][utt],
+            num_samples=int(maps["utt2num_samples"][utt]),
+            text=maps["text"][utt] if "text" in maps else None,
+            split=maps["utt2split"][utt] if "utt2split" in maps else None,
+        )
         for utt, wav in ref.items()
     }
     return DataDir(path=path, meta=meta, records=records)
@@ -325,8 +365,14 @@ def load(path: str | os.PathLike) -> DataDir:
 def log_summary(meta: dict, dropped: dict[str, int] | None = None) -> None:
     """Log counts per class, session and speaker, and what was dropped and why."""
     c = meta["counts"]
-    log.info("%s: %d utterances (%.2f h) in %d sessions, %d speakers", meta["corpus"], meta["num_utts"],
-             meta["hours"], len(c["session"]), len(c["speaker"]))
+    log.info(
+        "%s: %d utterances (%.2f h) in %d sessions, %d speakers",
+        meta["corpus"],
+        meta["num_utts"],
+        meta["hours"],
+        len(c["session"]),
+        len(c["speaker"]),
+    )
     log.info("per class: %s", ", ".join(f"{k} {v}" for k, v in c["class"].items()))
     if len(c["session"]) <= 20:
         log.info("per session: %s", ", ".join(f"{k} {v}" for k, v in c["session"].items()))

@@ -12,6 +12,7 @@ order:
 plus ``dict.emo.txt`` (``class count`` per line, fairseq Dictionary style) and ``fold.json``.
 Utterance ids are the json keys; ``read_split`` checks that the three files agree.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,9 +50,10 @@ def write_split(fold_dir: str | os.PathLike, split: str, utts: list[Utterance], 
     with atomic_file(fold_dir / f"{split}.emo", encoding="utf-8") as f:
         for u in utts:
             f.write(u.emo + "\n")
-    write_json(fold_dir / f"{split}.json", {
-        u.utt: {"wav": u.wav, "duration": round(u.duration, 4), "emo": u.emo, "spk": u.spk} for u in utts
-    })
+    write_json(
+        fold_dir / f"{split}.json",
+        {u.utt: {"wav": u.wav, "duration": round(u.duration, 4), "emo": u.emo, "spk": u.spk} for u in utts},
+    )
 
 
 def write_dict(fold_dir: str | os.PathLike, classes: list[str], counts: dict[str, int]) -> None:
@@ -85,13 +87,15 @@ def read_split(fold_dir: str | os.PathLike, split: str) -> list[Utterance]:
     if not (len(rows) == len(labels) == len(meta)):
         raise SerkitError(
             f"{fold_dir}: {split}.tsv has {len(rows)} utterances, {split}.emo {len(labels)}, "
-            f"{split}.json {len(meta)}; they must be line-aligned: re-run `serkit split`")
+            f"{split}.json {len(meta)}; they must be line-aligned: re-run `serkit split`"
+        )
     out = []
     for i, (row, label, (utt, m)) in enumerate(zip(rows, labels, meta.items()), start=2):
         rel, _, n = row.partition("\t")
         wav = os.path.join(root, rel)
         if os.path.normpath(wav) != os.path.normpath(m["wav"]) or label != m["emo"]:
-            raise SerkitError(f"{tsv}:{i}: {rel!r}/{label!r} disagrees with {js.name} entry {utt!r}; "
-                              "re-run `serkit split`")
+            raise SerkitError(
+                f"{tsv}:{i}: {rel!r}/{label!r} disagrees with {js.name} entry {utt!r}; re-run `serkit split`"
+            )
         out.append(Utterance(utt=utt, wav=m["wav"], num_samples=int(n), emo=label, spk=m["spk"]))
     return out

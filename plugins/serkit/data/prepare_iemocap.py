@@ -29,6 +29,7 @@ number; ``--allow-missing-wav`` drops such utterances instead (counted in the lo
 A wav shorter than its header promises (a truncated copy) is an error naming it;
 ``--allow-truncated`` drops such utterances instead and lists them in the log and prepare.json.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,8 +52,11 @@ LABEL_MAPS: dict[str, dict[str, str]] = {
     "iemocap6": {"neu": "neu", "hap": "hap", "exc": "exc", "ang": "ang", "sad": "sad", "fru": "fru"},
 }
 # Class order = label index order in dict.emo.txt.
-CLASSES = {"iemocap4": ["neu", "hap", "ang", "sad"], "iemocap4_fru": ["neu", "hap", "ang", "sad", "fru"],
-           "iemocap6": ["neu", "hap", "exc", "ang", "sad", "fru"]}
+CLASSES = {
+    "iemocap4": ["neu", "hap", "ang", "sad"],
+    "iemocap4_fru": ["neu", "hap", "ang", "sad", "fru"],
+    "iemocap6": ["neu", "hap", "exc", "ang", "sad", "fru"],
+}
 ALL_SESSIONS = (1, 2, 3, 4, 5)
 # Counts of the full release with the iemocap4 map (FACTS: per session and in all).
 EXPECTED_IEMOCAP4 = {"Ses01": 1085, "Ses02": 1023, "Ses03": 1151, "Ses04": 1031, "Ses05": 1241}
@@ -97,21 +101,28 @@ def parse_emo_evaluation(path: Path) -> list[tuple[int, str, str]]:
             evaluated = True
         if not line.startswith("["):
             if TURN_LIKE_RE.search(line):
-                raise SerkitError(f"{path}:{lineno}: malformed turn line {s!r}; expected "
-                                  "'[start - end]<TAB>utterance<TAB>label<TAB>[v, a, d]'")
+                raise SerkitError(
+                    f"{path}:{lineno}: malformed turn line {s!r}; expected "
+                    "'[start - end]<TAB>utterance<TAB>label<TAB>[v, a, d]'"
+                )
             continue  # evaluator lines (C-E1:, A-E1:, C-F1: ...) between turns
         m = TURN_RE.match(line.rstrip("\r\n"))
         if not m:
-            raise SerkitError(f"{path}:{lineno}: malformed turn line {line.strip()!r}; expected "
-                              "'[start - end]<TAB>utterance<TAB>label<TAB>[v, a, d]'. Fix the line or "
-                              "replace the file with the release's copy")
+            raise SerkitError(
+                f"{path}:{lineno}: malformed turn line {line.strip()!r}; expected "
+                "'[start - end]<TAB>utterance<TAB>label<TAB>[v, a, d]'. Fix the line or "
+                "replace the file with the release's copy"
+            )
         start, end, utt, emo = float(m.group(1)), float(m.group(2)), m.group(3), m.group(4)
         if not UTT_RE.match(utt):
-            raise SerkitError(f"{path}:{lineno}: {utt!r} is not an IEMOCAP utterance id "
-                              "(e.g. Ses01F_impro01_F000)")
+            raise SerkitError(
+                f"{path}:{lineno}: {utt!r} is not an IEMOCAP utterance id (e.g. Ses01F_impro01_F000)"
+            )
         if emo not in RAW_LABELS:
-            raise SerkitError(f"{path}:{lineno}: unknown label {emo!r} for {utt}; IEMOCAP labels are "
-                              f"{', '.join(RAW_LABELS)}. Fix the line or replace the file")
+            raise SerkitError(
+                f"{path}:{lineno}: unknown label {emo!r} for {utt}; IEMOCAP labels are "
+                f"{', '.join(RAW_LABELS)}. Fix the line or replace the file"
+            )
         if end < start:
             raise SerkitError(f"{path}:{lineno}: end time {end} before start time {start}")
         last_turn, evaluated = lineno, False
@@ -119,12 +130,16 @@ def parse_emo_evaluation(path: Path) -> list[tuple[int, str, str]]:
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")
     cut_line = EVALUATOR_RE.match(last) and not last.endswith(")") and not text.endswith("\n")
     if turns and (not evaluated or cut_line):
-        raise SerkitError(f"{path}: ends mid-turn (the turn at line {last_turn} "
-                          f"{'has no categorical evaluation' if not evaluated else 'is cut short'}); the "
-                          "file is truncated: replace it with the release's copy")
+        raise SerkitError(
+            f"{path}: ends mid-turn (the turn at line {last_turn} "
+            f"{'has no categorical evaluation' if not evaluated else 'is cut short'}); the "
+            "file is truncated: replace it with the release's copy"
+        )
     if not turns:
-        raise SerkitError(f"{path}: no turn lines ('[start - end]<TAB>utterance<TAB>label<TAB>[v, a, d]'); "
-                          "the file is empty or malformed: replace it with the release's copy")
+        raise SerkitError(
+            f"{path}: no turn lines ('[start - end]<TAB>utterance<TAB>label<TAB>[v, a, d]'); "
+            "the file is empty or malformed: replace it with the release's copy"
+        )
     return turns
 
 
@@ -142,22 +157,31 @@ def parse_transcriptions(path: Path) -> dict[str, str]:
 
 
 def find_sessions(root: Path, sessions: list[int] | None) -> list[int]:
-    found = sorted(int(p.name[len("Session"):]) for p in root.glob("Session*")
-                   if p.is_dir() and p.name[len("Session"):].isdigit())
+    found = sorted(
+        int(p.name[len("Session") :])
+        for p in root.glob("Session*")
+        if p.is_dir() and p.name[len("Session") :].isdigit()
+    )
     wanted = list(sessions) if sessions else list(ALL_SESSIONS)
     missing = [s for s in wanted if s not in found]
     if missing:
-        hint = (f"found {', '.join(f'Session{s}' for s in found)}" if found else "found no Session folder")
+        hint = f"found {', '.join(f'Session{s}' for s in found)}" if found else "found no Session folder"
         raise SerkitError(
             f"{root}: missing {', '.join(f'Session{s}' for s in missing)} ({hint}); point --root at "
             "IEMOCAP_full_release, or restrict with --sessions "
-            f"{','.join(map(str, found)) or '1,2,...'} (numbers then differ from the benchmark)")
+            f"{','.join(map(str, found)) or '1,2,...'} (numbers then differ from the benchmark)"
+        )
     return wanted
 
 
-def prepare(root: str | os.PathLike, out: str | os.PathLike, label_map: str = "iemocap4",
-            sessions: list[int] | None = None, allow_missing_wav: bool = False,
-            allow_truncated: bool = False) -> Path:
+def prepare(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    label_map: str = "iemocap4",
+    sessions: list[int] | None = None,
+    allow_missing_wav: bool = False,
+    allow_truncated: bool = False,
+) -> Path:
     """Write the IEMOCAP data directory ``out`` from the release at ``root``; return ``out``."""
     root = Path(root).absolute()
     if not root.is_dir():
@@ -176,8 +200,11 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, label_map: str = "i
         sdir = root / f"Session{s}"
         session = f"Ses{s:02d}"
         evdir = sdir / "dialog" / "EmoEvaluation"
-        evfiles = sorted(p for p in evdir.glob("*.txt") if p.is_file() and not _is_stray(p)) \
-            if evdir.is_dir() else []
+        evfiles = (
+            sorted(p for p in evdir.glob("*.txt") if p.is_file() and not _is_stray(p))
+            if evdir.is_dir()
+            else []
+        )
         if not evfiles:
             raise SerkitError(f"{evdir}: no EmoEvaluation/<dialog>.txt files; is Session{s} complete?")
         wavs: dict[str, Path] = {}
@@ -185,16 +212,19 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, label_map: str = "i
             if _is_stray(p) or not p.is_file():
                 continue
             if p.stem in wavs:
-                raise SerkitError(f"duplicate utterance id {p.stem!r}: {wavs[p.stem]} and {p}; "
-                                  "remove the extra copy")
+                raise SerkitError(
+                    f"duplicate utterance id {p.stem!r}: {wavs[p.stem]} and {p}; remove the extra copy"
+                )
             wavs[p.stem] = p
         labels: dict[str, tuple[str, Path, int]] = {}
         for ev in evfiles:
             for lineno, utt, emo in parse_emo_evaluation(ev):
                 if utt in labels:
                     _, p0, l0 = labels[utt]
-                    raise SerkitError(f"{ev}:{lineno}: duplicate utterance id {utt} (first at {p0}:{l0}); "
-                                      "remove one of the lines")
+                    raise SerkitError(
+                        f"{ev}:{lineno}: duplicate utterance id {utt} (first at {p0}:{l0}); "
+                        "remove one of the lines"
+                    )
                 if not utt.startswith(session):
                     raise SerkitError(f"{ev}:{lineno}: {utt} does not belong to Session{s}")
                 labels[utt] = (emo, ev, lineno)
@@ -209,9 +239,14 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, label_map: str = "i
         for u in sorted(unlabelled):
             by_dialog.setdefault(wavs[u].parent.name, []).append(u)
         for dialog, utts in by_dialog.items():
-            log.warning("IEMOCAP: %s has no line for %d wav(s) of %s (%s); dropped. Is the file cut "
-                        "short? Compare it with the release's copy", evdir / f"{dialog}.txt", len(utts),
-                        wavs[utts[0]].parent, ", ".join(utts[:5]) + (" ..." if len(utts) > 5 else ""))
+            log.warning(
+                "IEMOCAP: %s has no line for %d wav(s) of %s (%s); dropped. Is the file cut "
+                "short? Compare it with the release's copy",
+                evdir / f"{dialog}.txt",
+                len(utts),
+                wavs[utts[0]].parent,
+                ", ".join(utts[:5]) + (" ..." if len(utts) > 5 else ""),
+            )
         for utt, (emo, ev, lineno) in labels.items():
             wav = wavs.get(utt)
             if wav is None:
@@ -219,7 +254,8 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, label_map: str = "i
                     raise SerkitError(
                         f"{ev}:{lineno}: {utt} is labelled but {sdir}/sentences/wav/{utt.rsplit('_', 1)[0]}/"
                         f"{utt}.wav is missing; restore it from the release, or pass --allow-missing-wav "
-                        "to drop such utterances (numbers then differ from the benchmark)")
+                        "to drop such utterances (numbers then differ from the benchmark)"
+                    )
                 dropped["labelled but wav missing (--allow-missing-wav)"] += 1
                 continue
             if emo not in mapping:
@@ -234,17 +270,32 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, label_map: str = "i
                 dropped["truncated wav (--allow-truncated)"] += 1
                 truncated.append(str(wav))
                 continue
-            records.append(datadir.Record(
-                utt=utt, wav=str(wav), spk=speaker_of(utt), emo=mapping[emo], emo_raw=emo, session=session,
-                num_samples=n, text=texts.get(utt, "")))
+            records.append(
+                datadir.Record(
+                    utt=utt,
+                    wav=str(wav),
+                    spk=speaker_of(utt),
+                    emo=mapping[emo],
+                    emo_raw=emo,
+                    session=session,
+                    num_samples=n,
+                    text=texts.get(utt, ""),
+                )
+            )
     missing_text = sum(1 for r in records if not r.text)
     if missing_text:
         log.warning("IEMOCAP: %d utterances have no transcription line (empty in `text`)", missing_text)
     meta = {
-        "corpus": "iemocap", "serkit_version": __version__, "root": str(root),
-        "classes": CLASSES[label_map], "label_map": {"name": label_map, "map": mapping},
-        "options": {"sessions": wanted, "allow_missing_wav": allow_missing_wav,
-                    "allow_truncated": allow_truncated},
+        "corpus": "iemocap",
+        "serkit_version": __version__,
+        "root": str(root),
+        "classes": CLASSES[label_map],
+        "label_map": {"name": label_map, "map": mapping},
+        "options": {
+            "sessions": wanted,
+            "allow_missing_wav": allow_missing_wav,
+            "allow_truncated": allow_truncated,
+        },
         "dropped": dict(sorted(dropped.items())),
     }
     if truncated:
@@ -260,11 +311,16 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, label_map: str = "i
 def _warn_unexpected_counts(meta: dict, label_map: str, sessions: list[int]) -> None:
     total = meta["num_utts"]
     if sorted(sessions) == list(ALL_SESSIONS) and total != EXPECTED_TOTAL[label_map]:
-        log.warning("IEMOCAP: %d utterances with %s; the full release has %d: is this a partial or "
-                    "modified copy?", total, label_map, EXPECTED_TOTAL[label_map])
+        log.warning(
+            "IEMOCAP: %d utterances with %s; the full release has %d: is this a partial or modified copy?",
+            total,
+            label_map,
+            EXPECTED_TOTAL[label_map],
+        )
     if label_map == "iemocap4":
         for session, n in meta["counts"]["session"].items():
             expect = EXPECTED_IEMOCAP4.get(session)
             if expect is not None and n != expect:
-                log.warning("IEMOCAP: %s has %d utterances with iemocap4; the full release has %d",
-                            session, n, expect)
+                log.warning(
+                    "IEMOCAP: %s has %d utterances with iemocap4; the full release has %d", session, n, expect
+                )

@@ -21,6 +21,7 @@ column with white space replaced by ``_`` (``Mrs. Geller`` -> ``Mrs._Geller``). 
 dialogue (``train_dia0``). ``utt2split`` holds the official split. Classes (7, in this order):
 neutral, joy, surprise, anger, sadness, disgust, fear.
 """
+
 from __future__ import annotations
 
 import csv
@@ -43,8 +44,10 @@ CLASSES = ["neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"]
 LAYOUT = {
     "train": (("train/train_sent_emo.csv", "train_sent_emo.csv"), ("train/train_splits", "train_splits")),
     "dev": (("dev_sent_emo.csv", "dev/dev_sent_emo.csv"), ("dev_splits_complete", "dev/dev_splits_complete")),
-    "test": (("test_sent_emo.csv", "test/test_sent_emo.csv"),
-             ("output_repeated_splits_test", "test/output_repeated_splits_test")),
+    "test": (
+        ("test_sent_emo.csv", "test/test_sent_emo.csv"),
+        ("output_repeated_splits_test", "test/output_repeated_splits_test"),
+    ),
 }
 REQUIRED_COLUMNS = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
 EXPECTED = {"train": 9989, "dev": 1109, "test": 2610}
@@ -63,8 +66,10 @@ def read_csv(path: Path) -> list[tuple[int, dict[str, str]]]:
     fields = [f.strip() for f in reader.fieldnames or []]
     missing = [c for c in REQUIRED_COLUMNS if c not in fields]
     if missing:
-        raise SerkitError(f"{path}:1: missing column(s) {', '.join(missing)}; the header must contain "
-                          f"{', '.join(REQUIRED_COLUMNS)}")
+        raise SerkitError(
+            f"{path}:1: missing column(s) {', '.join(missing)}; the header must contain "
+            f"{', '.join(REQUIRED_COLUMNS)}"
+        )
     reader.fieldnames = fields
     physical = text.splitlines()
     rows = []
@@ -86,26 +91,34 @@ def _check_row(path: Path, start: int, end: int, row: dict, physical: list[str],
     swallowed = [k for k in range(start + 1, end + 1) if ROW_START_RE.match(physical[k - 1])]
     if swallowed:
         k = swallowed[0]
-        raise SerkitError(f"{path}:{start}: this row runs on to line {end} and swallows {len(swallowed)} "
-                          f"row(s) (line {k}: {physical[k - 1][:60]!r}); a closing quote is probably missing "
-                          f"in line {start}: fix the quoting or use the release's CSV")
+        raise SerkitError(
+            f"{path}:{start}: this row runs on to line {end} and swallows {len(swallowed)} "
+            f"row(s) (line {k}: {physical[k - 1][:60]!r}); a closing quote is probably missing "
+            f"in line {start}: fix the quoting or use the release's CSV"
+        )
     if None in row or any(v is None for v in row.values()):
         got = n_fields - sum(v is None for v in row.values()) + len(row.get(None) or [])
-        raise SerkitError(f"{path}:{start}: {got} fields, the header has {n_fields} (a stray or missing "
-                          "quote?); fix the row or use the release's CSV")
+        raise SerkitError(
+            f"{path}:{start}: {got} fields, the header has {n_fields} (a stray or missing "
+            "quote?); fix the row or use the release's CSV"
+        )
     text = row.get("Utterance") or ""
     if "\x00" in text or len(text) > 2000:  # far above any line of TV dialogue (our limit)
-        raise SerkitError(f"{path}:{start}: implausible Utterance field ({len(text)} characters: "
-                          f"{text[:60]!r}); fix the row or use the release's CSV")
+        raise SerkitError(
+            f"{path}:{start}: implausible Utterance field ({len(text)} characters: "
+            f"{text[:60]!r}); fix the row or use the release's CSV"
+        )
 
 
 def _first(root: Path, candidates: tuple[str, ...], kind: str, is_dir: bool) -> Path:
     for c in candidates:
         p = root / c
-        if (p.is_dir() if is_dir else p.is_file()):
+        if p.is_dir() if is_dir else p.is_file():
             return p
-    raise SerkitError(f"{root}: no {kind} (looked for {', '.join(candidates)}); point --root at MELD.Raw "
-                      "with the split archives extracted")
+    raise SerkitError(
+        f"{root}: no {kind} (looked for {', '.join(candidates)}); point --root at MELD.Raw "
+        "with the split archives extracted"
+    )
 
 
 def index_clips(folder: Path) -> dict[tuple[int, int], Path]:
@@ -159,29 +172,42 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, jobs: int = 1) -> P
             try:
                 dia, utt_id = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
             except (TypeError, ValueError):
-                raise SerkitError(f"{path}:{lineno}: Dialogue_ID/Utterance_ID {row.get('Dialogue_ID')!r}/"
-                                  f"{row.get('Utterance_ID')!r} are not integers; fix the row") from None
+                raise SerkitError(
+                    f"{path}:{lineno}: Dialogue_ID/Utterance_ID {row.get('Dialogue_ID')!r}/"
+                    f"{row.get('Utterance_ID')!r} are not integers; fix the row"
+                ) from None
             emo = (row["Emotion"] or "").strip().lower()
             if emo not in CLASSES:
-                raise SerkitError(f"{path}:{lineno}: unknown label {row['Emotion']!r}; MELD labels are "
-                                  f"{', '.join(CLASSES)}. Fix the row or use the release's CSV")
+                raise SerkitError(
+                    f"{path}:{lineno}: unknown label {row['Emotion']!r}; MELD labels are "
+                    f"{', '.join(CLASSES)}. Fix the row or use the release's CSV"
+                )
             spk = "_".join((row["Speaker"] or "").split())
             if not spk:
                 raise SerkitError(f"{path}:{lineno}: empty Speaker; fix the row")
             utt = f"{split}_dia{dia}_utt{utt_id}"
             if utt in seen:
-                raise SerkitError(f"{path}:{lineno}: duplicate utterance dia{dia}_utt{utt_id} (first at line "
-                                  f"{seen[utt]}); remove one of the rows")
+                raise SerkitError(
+                    f"{path}:{lineno}: duplicate utterance dia{dia}_utt{utt_id} (first at line "
+                    f"{seen[utt]}); remove one of the rows"
+                )
             seen[utt] = lineno
             rows.append((utt, split, emo, spk, row["Utterance"] or "", clips.get((dia, utt_id))))
         log.info("MELD %s: %d rows in %s, %d clips in %s", split, len(seen), path, len(clips), folder)
 
     wavdir = datadir.open_wavdir(out, "meld")
     old_records = datadir.load_sources(wavdir)
-    jobs_list = [(utt, str(clip) if clip else None, str(wavdir / f"{utt}.wav"), old_records.get(utt))
-                 for utt, _, _, _, _, clip in rows]
-    log.info("MELD: extracting %d clips to %s (%d recorded from an earlier run, %d jobs)", len(jobs_list),
-             wavdir, sum(1 for j in jobs_list if j[3]), jobs)
+    jobs_list = [
+        (utt, str(clip) if clip else None, str(wavdir / f"{utt}.wav"), old_records.get(utt))
+        for utt, _, _, _, _, clip in rows
+    ]
+    log.info(
+        "MELD: extracting %d clips to %s (%d recorded from an earlier run, %d jobs)",
+        len(jobs_list),
+        wavdir,
+        sum(1 for j in jobs_list if j[3]),
+        jobs,
+    )
     results: dict[str, tuple[int, str]] = {}
     new_records: dict[str, dict] = {}
     reused = 0
@@ -216,26 +242,42 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, jobs: int = 1) -> P
             skip_counts[reason.split(":")[0]] += 1
             log.warning("MELD: skipping %s (%s): %s", utt, clip or "no clip", reason)
             continue
-        records.append(datadir.Record(
-            utt=utt, wav=str(wavdir / f"{utt}.wav"), spk=spk, emo=emo, emo_raw=emo,
-            session=utt.rsplit("_", 1)[0], num_samples=n, text=text, split=split))
+        records.append(
+            datadir.Record(
+                utt=utt,
+                wav=str(wavdir / f"{utt}.wav"),
+                spk=spk,
+                emo=emo,
+                emo_raw=emo,
+                session=utt.rsplit("_", 1)[0],
+                num_samples=n,
+                text=text,
+                split=split,
+            )
+        )
     skipped_tsv = "utt\tfile\treason\n" + "".join(f"{u}\t{f}\t{r}\n" for u, f, r in skipped)
     meta = {
-        "corpus": "meld", "serkit_version": __version__, "root": str(root), "classes": CLASSES,
+        "corpus": "meld",
+        "serkit_version": __version__,
+        "root": str(root),
+        "classes": CLASSES,
         "label_map": {"name": "meld7", "map": {c: c for c in CLASSES}},
         "options": {"jobs": jobs},
         "dropped": {f"skipped clip: {k}": v for k, v in sorted(skip_counts.items())},
         "extraction": {"reused_wavs": reused, "skipped": len(skipped), "skipped_list": "skipped.tsv"},
     }
-    datadir.write(out, records, meta, keep=("wavs",), extra_files={"skipped.tsv": skipped_tsv},
-                  inputs=(root,))
+    datadir.write(
+        out, records, meta, keep=("wavs",), extra_files={"skipped.tsv": skipped_tsv}, inputs=(root,)
+    )
     meta = datadir.load(out).meta
     datadir.log_summary(meta, meta["dropped"])
     for split, expect in EXPECTED.items():
-        n = meta["counts"].get("split", {}).get(split, 0) + sum(1 for r in rows if r[1] == split
-                                                                 and results[r[0]][1])
+        n = meta["counts"].get("split", {}).get(split, 0) + sum(
+            1 for r in rows if r[1] == split and results[r[0]][1]
+        )
         if n != expect:
-            log.warning("MELD %s: %d rows; the release has %d: is this a partial or modified copy?",
-                        split, n, expect)
+            log.warning(
+                "MELD %s: %d rows; the release has %d: is this a partial or modified copy?", split, n, expect
+            )
     log.info("MELD: wrote %s (%d skipped, listed in %s)", out, len(skipped), out / "skipped.tsv")
     return out

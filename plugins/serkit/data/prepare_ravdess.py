@@ -89,15 +89,30 @@ def find_wavs(root: Path) -> dict[str, Path]:
 def prepare(root: str | os.PathLike, out: str | os.PathLike, allow_truncated: bool = False) -> Path:
     """Write the RAVDESS data directory ``out`` (16 kHz wavs in ``out/wavs``); return ``out``."""
     root, out, converted, truncated, reused = convert_release(
-        root, out, "ravdess", find_wavs, "the folder holding Actor_01 .. Actor_24",
-        "Actor_01/03-01-01-01-01-01-01.wav", allow_truncated)
+        root,
+        out,
+        "ravdess",
+        find_wavs,
+        "the folder holding Actor_01 .. Actor_24",
+        "Actor_01/03-01-01-01-01-01-01.wav",
+        allow_truncated,
+    )
     wavdir = out / "wavs"
     records = []
     for utt, (dst, n) in converted.items():
         code, actor = utt.split("-")[2], utt.split("-")[6]
         spk = f"Actor_{actor}"
-        records.append(datadir.Record(utt=utt, wav=str(dst), spk=spk, emo=CODE_TO_CLASS[code], emo_raw=code,
-                                      session=spk, num_samples=n))
+        records.append(
+            datadir.Record(
+                utt=utt,
+                wav=str(dst),
+                spk=spk,
+                emo=CODE_TO_CLASS[code],
+                emo_raw=code,
+                session=spk,
+                num_samples=n,
+            )
+        )
     log.info(
         "RAVDESS: %d wavs from %s (%d converted, %d reused from %s)",
         len(records),

@@ -22,6 +22,7 @@ Emotion codes -> class names (in this class order): a anger, d disgust, f fear, 
 n neutral, sa sadness, su surprise. The full corpus has 480 utterances: 120 per speaker, 15 per
 emotion except neutral (30).
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,15 @@ from .convert import convert_release
 
 log = logging.getLogger("serkit.data")
 
-CODE_TO_CLASS = {"a": "anger", "d": "disgust", "f": "fear", "h": "happiness", "n": "neutral",
-                 "sa": "sadness", "su": "surprise"}
+CODE_TO_CLASS = {
+    "a": "anger",
+    "d": "disgust",
+    "f": "fear",
+    "h": "happiness",
+    "n": "neutral",
+    "sa": "sadness",
+    "su": "surprise",
+}
 CLASSES = list(CODE_TO_CLASS.values())
 SPEAKERS = ("DC", "JE", "JK", "KL")
 NESTED_RE = re.compile(r"^(a|d|f|h|n|sa|su)(\d\d)\.wav$")
@@ -56,14 +64,15 @@ def find_wavs(root: Path) -> dict[str, Path]:
         m = NESTED_RE.match(p.name)
         if m and p.parent.name in SPEAKERS:
             utt = f"{p.parent.name}_{m.group(1)}{m.group(2)}"
-        elif (m := FLAT_RE.match(p.name)):
+        elif m := FLAT_RE.match(p.name):
             utt = p.stem
         else:
             ignored += 1
             continue
         if utt in found:
-            raise SerkitError(f"duplicate utterance id {utt}: {found[utt]} and {p}; point --root at one "
-                              "copy of SAVEE")
+            raise SerkitError(
+                f"duplicate utterance id {utt}: {found[utt]} and {p}; point --root at one copy of SAVEE"
+            )
         found[utt] = p
     if ignored:
         log.info("SAVEE: ignored %d wav files that do not match the SAVEE names", ignored)
@@ -73,22 +82,47 @@ def find_wavs(root: Path) -> dict[str, Path]:
 def prepare(root: str | os.PathLike, out: str | os.PathLike, allow_truncated: bool = False) -> Path:
     """Write the SAVEE data directory ``out`` (16 kHz wavs in ``out/wavs``); return ``out``."""
     root, out, converted, truncated, reused = convert_release(
-        root, out, "savee", find_wavs, "the SAVEE copy (AudioData)", "AudioData/DC/a01.wav or DC_a01.wav",
-        allow_truncated)
+        root,
+        out,
+        "savee",
+        find_wavs,
+        "the SAVEE copy (AudioData)",
+        "AudioData/DC/a01.wav or DC_a01.wav",
+        allow_truncated,
+    )
     wavdir = out / "wavs"
     records = []
     for utt, (dst, n) in converted.items():
         spk, code = utt.split("_")
         emo_code = code.rstrip("0123456789")
-        records.append(datadir.Record(utt=utt, wav=str(dst), spk=spk, emo=CODE_TO_CLASS[emo_code],
-                                      emo_raw=emo_code, session=spk, num_samples=n))
-    log.info("SAVEE: %d wavs from %s (%d converted, %d reused from %s)", len(records), root,
-             len(records) - reused, reused, wavdir)
+        records.append(
+            datadir.Record(
+                utt=utt,
+                wav=str(dst),
+                spk=spk,
+                emo=CODE_TO_CLASS[emo_code],
+                emo_raw=emo_code,
+                session=spk,
+                num_samples=n,
+            )
+        )
+    log.info(
+        "SAVEE: %d wavs from %s (%d converted, %d reused from %s)",
+        len(records),
+        root,
+        len(records) - reused,
+        reused,
+        wavdir,
+    )
     dropped = {"truncated source wav (--allow-truncated)": len(truncated)} if truncated else {}
     meta = {
-        "corpus": "savee", "serkit_version": __version__, "root": str(root), "classes": CLASSES,
+        "corpus": "savee",
+        "serkit_version": __version__,
+        "root": str(root),
+        "classes": CLASSES,
         "label_map": {"name": "savee7", "map": CODE_TO_CLASS},
-        "options": {"allow_truncated": allow_truncated}, "dropped": dropped,
+        "options": {"allow_truncated": allow_truncated},
+        "dropped": dropped,
         "extraction": {"reused_wavs": reused},
     }
     if truncated:
@@ -99,7 +133,11 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike, allow_truncated: bo
     per_spk = Counter(r.spk for r in records)
     for spk in SPEAKERS:
         if per_spk.get(spk, 0) != EXPECTED_PER_SPEAKER:
-            log.warning("SAVEE: speaker %s has %d utterances; the full corpus has %d", spk,
-                        per_spk.get(spk, 0), EXPECTED_PER_SPEAKER)
+            log.warning(
+                "SAVEE: speaker %s has %d utterances; the full corpus has %d",
+                spk,
+                per_spk.get(spk, 0),
+                EXPECTED_PER_SPEAKER,
+            )
     log.info("SAVEE: wrote %s", out)
     return out

@@ -40,6 +40,7 @@ directory's ``utt2spk``/``utt2session``, so an edited fold.json or json ``spk`` 
 Add a protocol with ``@register_protocol(name, corpus, ...)`` on a function
 ``(data: DataDir, opts: SplitOptions) -> list[Fold]``.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,15 +100,23 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {}
 
 
-def register_protocol(name: str, corpus: str, *, held_out: str | None, speaker_dependent: bool = False,
-                      description: str = "", valid_modes: tuple[str, ...] = ("stratified",),
-                      ) -> Callable[[ProtocolFunction], ProtocolFunction]:
+def register_protocol(
+    name: str,
+    corpus: str,
+    *,
+    held_out: str | None,
+    speaker_dependent: bool = False,
+    description: str = "",
+    valid_modes: tuple[str, ...] = ("stratified",),
+) -> Callable[[ProtocolFunction], ProtocolFunction]:
     """Register a protocol function under ``name`` (the ``serkit split`` argument)."""
+
     def deco(fn: ProtocolFunction) -> ProtocolFunction:
         if name in PROTOCOLS:
             raise ValueError(f"protocol {name!r} registered twice")
         PROTOCOLS[name] = Protocol(name, corpus, fn, held_out, speaker_dependent, description, valid_modes)
         return fn
+
     return deco
 
 
@@ -120,13 +129,15 @@ def get_protocol(name: str) -> Protocol:
 # ---------------------------------------------------------------------------------------------------
 # helpers
 
+
 def _rng(opts: SplitOptions, *key: object) -> random.Random:
     # str seeds hash with SHA-512: the same on every machine and Python run (unlike hash()).
     return random.Random(":".join(map(str, (opts.seed, *key))))
 
 
-def stratified_sample(utts: list[str], data: datadir.DataDir, fraction: float,
-                      rng: random.Random) -> set[str]:
+def stratified_sample(
+    utts: list[str], data: datadir.DataDir, fraction: float, rng: random.Random
+) -> set[str]:
     """A ``fraction`` of ``utts`` drawn within each (speaker, class) group (at least one utterance)."""
     groups: dict[tuple[str, str], list[str]] = {}
     for u in sorted(utts):
@@ -136,7 +147,7 @@ def stratified_sample(utts: list[str], data: datadir.DataDir, fraction: float,
     for key in sorted(groups):
         members = groups[key]
         rng.shuffle(members)
-        chosen.update(members[:int(round(fraction * len(members)))])
+        chosen.update(members[: int(round(fraction * len(members)))])
     if not chosen and len(utts) > 1 and fraction > 0:
         chosen.add(rng.choice(sorted(utts)))
     return chosen
@@ -149,11 +160,14 @@ def _by(data: datadir.DataDir, attr: str) -> dict[str, list[str]]:
     return dict(sorted(out.items()))
 
 
-def _hold_out(data: datadir.DataDir, test: list[str], pool: list[str], opts: SplitOptions, key: str,
-              info: dict) -> Fold:
+def _hold_out(
+    data: datadir.DataDir, test: list[str], pool: list[str], opts: SplitOptions, key: str, info: dict
+) -> Fold:
     valid = stratified_sample(pool, data, opts.valid_fraction, _rng(opts, key))
-    info = {**info, "valid": f"stratified {opts.valid_fraction:.0%} of the training utterances "
-                             "(by speaker and class)"}
+    info = {
+        **info,
+        "valid": f"stratified {opts.valid_fraction:.0%} of the training utterances (by speaker and class)",
+    }
     return Fold(train=sorted(set(pool) - valid), valid=sorted(valid), test=sorted(test), info=info)
 
 
@@ -164,22 +178,35 @@ def _speaker_pairs(data: datadir.DataDir) -> list[Fold]:
     for session, utts in by_session.items():
         spks = sorted({data.records[u].spk for u in utts})
         if len(spks) != 2:
-            raise SerkitError(f"{data.path}: session {session} has speakers {spks}; speaker-held-out IEMOCAP "
-                              "folds need exactly two per session (re-run `serkit prepare`)")
+            raise SerkitError(
+                f"{data.path}: session {session} has speakers {spks}; speaker-held-out IEMOCAP "
+                "folds need exactly two per session (re-run `serkit prepare`)"
+            )
         pool = [u for u, r in data.records.items() if r.session != session]
         for test_spk in spks:
             valid_spk = spks[1 - spks.index(test_spk)]
-            folds.append(Fold(train=sorted(pool), valid=sorted(by_spk[valid_spk]),
-                              test=sorted(by_spk[test_spk]),
-                              info={"test": test_spk, "valid": f"speaker {valid_spk} (same session)"}))
+            folds.append(
+                Fold(
+                    train=sorted(pool),
+                    valid=sorted(by_spk[valid_spk]),
+                    test=sorted(by_spk[test_spk]),
+                    info={"test": test_spk, "valid": f"speaker {valid_spk} (same session)"},
+                )
+            )
     return folds
 
 
 # ---------------------------------------------------------------------------------------------------
 # protocols
 
-@register_protocol("iemocap_loso5", "iemocap", held_out="session", valid_modes=("stratified", "speaker"),
-                   description="leave one session out (5 folds; 10 with --valid speaker)")
+
+@register_protocol(
+    "iemocap_loso5",
+    "iemocap",
+    held_out="session",
+    valid_modes=("stratified", "speaker"),
+    description="leave one session out (5 folds; 10 with --valid speaker)",
+)
 def iemocap_loso5(data: datadir.DataDir, opts: SplitOptions) -> list[Fold]:
     if opts.valid == "speaker":
         return _speaker_pairs(data)
@@ -190,26 +217,47 @@ def iemocap_loso5(data: datadir.DataDir, opts: SplitOptions) -> list[Fold]:
     return folds
 
 
-@register_protocol("iemocap_loso10", "iemocap", held_out="session",
-                   description="leave one speaker out (10 folds), valid = the other speaker of the session")
+@register_protocol(
+    "iemocap_loso10",
+    "iemocap",
+    held_out="session",
+    description="leave one speaker out (10 folds), valid = the other speaker of the session",
+)
 def iemocap_loso10(data: datadir.DataDir, opts: SplitOptions) -> list[Fold]:
     return _speaker_pairs(data)
 
 
-@register_protocol("meld_official", "meld", held_out=None, speaker_dependent=True,
-                   description="official train/dev/test split (one fold; speakers shared across splits)")
+@register_protocol(
+    "meld_official",
+    "meld",
+    held_out=None,
+    speaker_dependent=True,
+    description="official train/dev/test split (one fold; speakers shared across splits)",
+)
 def meld_official(data: datadir.DataDir, opts: SplitOptions) -> list[Fold]:
     by_split = _by(data, "split")
     if None in by_split or not {"train", "dev", "test"} <= set(by_split):
-        raise SerkitError(f"{data.path}: utt2split missing or incomplete "
-                          f"(have {sorted(map(str, by_split))}); "
-                          "re-run `serkit prepare meld`")
-    return [Fold(train=by_split["train"], valid=by_split["dev"], test=by_split["test"],
-                 info={"test": "official test", "valid": "official dev"})]
+        raise SerkitError(
+            f"{data.path}: utt2split missing or incomplete "
+            f"(have {sorted(map(str, by_split))}); "
+            "re-run `serkit prepare meld`"
+        )
+    return [
+        Fold(
+            train=by_split["train"],
+            valid=by_split["dev"],
+            test=by_split["test"],
+            info={"test": "official test", "valid": "official dev"},
+        )
+    ]
 
 
-@register_protocol("savee_loso4", "savee", held_out="speaker",
-                   description="leave one speaker out (4 folds), stratified 10% validation")
+@register_protocol(
+    "savee_loso4",
+    "savee",
+    held_out="speaker",
+    description="leave one speaker out (4 folds), stratified 10% validation",
+)
 def savee_loso4(data: datadir.DataDir, opts: SplitOptions) -> list[Fold]:
     folds = []
     for spk, test in _by(data, "spk").items():
@@ -218,9 +266,13 @@ def savee_loso4(data: datadir.DataDir, opts: SplitOptions) -> list[Fold]:
     return folds
 
 
-@register_protocol("ravdess_actors4", "ravdess", held_out="speaker",
-                   description="4 consecutive actors held out per fold (2 male, 2 female; 6 folds on the "
-                               "full release), stratified 10% validation")
+@register_protocol(
+    "ravdess_actors4",
+    "ravdess",
+    held_out="speaker",
+    description="4 consecutive actors held out per fold (2 male, 2 female; 6 folds on the "
+    "full release), stratified 10% validation",
+)
 def ravdess_actors4(data: datadir.DataDir, opts: SplitOptions) -> list[Fold]:
     groups: dict[int, list[str]] = {}
     for u, r in data.records.items():  # speakers are Actor_01 .. Actor_24
@@ -228,13 +280,19 @@ def ravdess_actors4(data: datadir.DataDir, opts: SplitOptions) -> list[Fold]:
     folds = []
     for g, test in sorted(groups.items()):
         pool = [u for u, r in data.records.items() if u not in set(test)]
-        folds.append(_hold_out(data, test, pool, opts, f"actors{g}",
-                               {"test": f"actors {4 * g + 1}-{4 * g + 4}"}))
+        folds.append(
+            _hold_out(data, test, pool, opts, f"actors{g}", {"test": f"actors {4 * g + 1}-{4 * g + 4}"})
+        )
     return folds
 
 
-@register_protocol("savee_cv10", "savee", held_out=None, speaker_dependent=True,
-                   description="SPEAKER-DEPENDENT stratified 10-fold cross-validation (MFSN paper)")
+@register_protocol(
+    "savee_cv10",
+    "savee",
+    held_out=None,
+    speaker_dependent=True,
+    description="SPEAKER-DEPENDENT stratified 10-fold cross-validation (MFSN paper)",
+)
 def savee_cv10(data: datadir.DataDir, opts: SplitOptions, k: int = 10) -> list[Fold]:
     assign: dict[str, int] = {}
     offset = 0
@@ -256,9 +314,18 @@ def savee_cv10(data: datadir.DataDir, opts: SplitOptions, k: int = 10) -> list[F
 # ---------------------------------------------------------------------------------------------------
 # writing and checking
 
+
 def _utterances(data: datadir.DataDir, utts: list[str]) -> list[Utterance]:
-    return [Utterance(utt=u, wav=data.records[u].wav, num_samples=data.records[u].num_samples,
-                      emo=data.records[u].emo, spk=data.records[u].spk) for u in utts]
+    return [
+        Utterance(
+            utt=u,
+            wav=data.records[u].wav,
+            num_samples=data.records[u].num_samples,
+            emo=data.records[u].emo,
+            spk=data.records[u].spk,
+        )
+        for u in utts
+    ]
 
 
 FOLD_FILES = {f"{s}.{ext}" for s in SPLITS for ext in ("tsv", "emo", "json")} | {"dict.emo.txt", "fold.json"}
@@ -276,9 +343,15 @@ def _recognise_split(path: Path) -> list[str]:
     unknown = []
     for r in files_under(path):
         parts = r.split("/")
-        known = own and (r in ("split.json", MARKER) or (
-            len(parts) == 2 and parts[0].startswith("fold") and parts[0][4:].isdigit()
-            and parts[1] in FOLD_FILES))
+        known = own and (
+            r in ("split.json", MARKER)
+            or (
+                len(parts) == 2
+                and parts[0].startswith("fold")
+                and parts[0][4:].isdigit()
+                and parts[1] in FOLD_FILES
+            )
+        )
         if not known:
             unknown.append(r)
     return unknown
@@ -298,28 +371,38 @@ def _check_sizes(protocol: str, data: datadir.DataDir, folds: list[Fold]) -> Non
                 f"{protocol} fold {k} (test {fold.info.get('test')}): the {' and '.join(empty)} split(s) "
                 f"would be empty: {data.path} holds {len(data.records)} utterances of {len(spk)} speaker(s) "
                 f"({', '.join(spk[:10])}) in {len(sess)} session(s); this protocol needs more speakers or "
-                "sessions than that. Prepare more of the corpus, or choose another protocol")
+                "sessions than that. Prepare more of the corpus, or choose another protocol"
+            )
     if not folds:
         raise SerkitError(f"{protocol}: no folds for {data.path} (no utterances?); re-run `serkit prepare`")
 
 
-def make_splits(protocol: str, data_dir: str | os.PathLike, out: str | os.PathLike, seed: int = 0,
-                valid: str = "stratified", valid_fraction: float = 0.1) -> list[Path]:
+def make_splits(
+    protocol: str,
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    seed: int = 0,
+    valid: str = "stratified",
+    valid_fraction: float = 0.1,
+) -> list[Path]:
     """Write the folds of ``protocol`` for the data directory ``data_dir`` under ``out``; return them.
 
     The whole ``out`` is replaced atomically, after every fold passed :func:`check_fold`.
     """
     proto = get_protocol(protocol)
     if valid not in proto.valid_modes:
-        raise SerkitError(f"--valid {valid} is not available for {protocol} "
-                          f"(choose {', '.join(proto.valid_modes)})")
+        raise SerkitError(
+            f"--valid {valid} is not available for {protocol} (choose {', '.join(proto.valid_modes)})"
+        )
     if not 0 < valid_fraction < 1:
         raise SerkitError(f"--valid-fraction {valid_fraction} must be between 0 and 1")
     data = datadir.load(data_dir)
     if data.corpus != proto.corpus:
-        raise SerkitError(f"{data.path}: a {data.corpus} data directory; {protocol} is for {proto.corpus} "
-                          f"(protocols for {data.corpus}: "
-                          f"{', '.join(n for n, p in PROTOCOLS.items() if p.corpus == data.corpus)})")
+        raise SerkitError(
+            f"{data.path}: a {data.corpus} data directory; {protocol} is for {proto.corpus} "
+            f"(protocols for {data.corpus}: "
+            f"{', '.join(n for n, p in PROTOCOLS.items() if p.corpus == data.corpus)})"
+        )
     opts = SplitOptions(seed=seed, valid=valid, valid_fraction=valid_fraction)
     folds = proto.make(data, opts)
     _check_sizes(protocol, data, folds)
@@ -338,30 +421,55 @@ def make_splits(protocol: str, data_dir: str | os.PathLike, out: str | os.PathLi
                 write_split(fdir, split, _utterances(data, utts), root)
             write_dict(fdir, classes, Counter(data.records[u].emo for u in fold.train))
             info = {
-                "protocol": protocol, "fold": k, "num_folds": len(folds), "seed": seed,
-                "corpus": data.corpus, "data_dir": str(data.path.absolute()),
-                "held_out": proto.held_out, "speaker_dependent": proto.speaker_dependent,
-                "valid_mode": valid, "valid_fraction": valid_fraction if valid == "stratified" else None,
+                "protocol": protocol,
+                "fold": k,
+                "num_folds": len(folds),
+                "seed": seed,
+                "corpus": data.corpus,
+                "data_dir": str(data.path.absolute()),
+                "held_out": proto.held_out,
+                "speaker_dependent": proto.speaker_dependent,
+                "valid_mode": valid,
+                "valid_fraction": valid_fraction if valid == "stratified" else None,
                 **fold.info,
                 "classes": classes,
                 "speakers": {s: sorted({data.records[u].spk for u in us}) for s, us in members.items()},
                 "sessions": {s: sorted({data.records[u].session for u in us}) for s, us in members.items()},
                 "num_utts": {s: len(us) for s, us in members.items()},
-                "counts": {s: {c: sum(1 for u in us if data.records[u].emo == c) for c in classes}
-                           for s, us in members.items()},
+                "counts": {
+                    s: {c: sum(1 for u in us if data.records[u].emo == c) for c in classes}
+                    for s, us in members.items()
+                },
             }
             write_json(fdir / "fold.json", info)
             problems = [p.replace(str(tmp), str(out)) for p in check_fold(fdir, data)]
             if problems:
-                raise SerkitError(f"{protocol} fold {k} (to be written to {out / fdir.name}) fails the "
-                                  "leakage check:\n  " + "\n  ".join(problems))
+                raise SerkitError(
+                    f"{protocol} fold {k} (to be written to {out / fdir.name}) fails the "
+                    "leakage check:\n  " + "\n  ".join(problems)
+                )
             paths.append(out / f"fold{k}")
-            log.info("%s fold%d: test %s, train/valid/test %d/%d/%d utterances", protocol, k,
-                     fold.info.get("test"), len(fold.train), len(fold.valid), len(fold.test))
-        write_json(tmp / "split.json", {"protocol": protocol, "description": proto.description,
-                                        "folds": [p.name for p in paths], "seed": seed, "valid_mode": valid,
-                                        "data_dir": str(data.path.absolute()),
-                                        "speaker_dependent": proto.speaker_dependent})
+            log.info(
+                "%s fold%d: test %s, train/valid/test %d/%d/%d utterances",
+                protocol,
+                k,
+                fold.info.get("test"),
+                len(fold.train),
+                len(fold.valid),
+                len(fold.test),
+            )
+        write_json(
+            tmp / "split.json",
+            {
+                "protocol": protocol,
+                "description": proto.description,
+                "folds": [p.name for p in paths],
+                "seed": seed,
+                "valid_mode": valid,
+                "data_dir": str(data.path.absolute()),
+                "speaker_dependent": proto.speaker_dependent,
+            },
+        )
     log.info("%s: wrote %d folds to %s", protocol, len(paths), out)
     return paths
 
@@ -369,9 +477,11 @@ def make_splits(protocol: str, data_dir: str | os.PathLike, out: str | os.PathLi
 def _load_data_for(fold_dir: Path, info: dict, cache: dict | None) -> tuple[datadir.DataDir | None, str]:
     dd = info.get("data_dir")
     if not dd or not (Path(dd) / "prepare.json").is_file():
-        return None, (f"{fold_dir}/fold.json: its data directory {dd!r} is not there; speakers and "
-                      "sessions are checked against the data directory's utt2spk and utt2session: restore "
-                      "it or pass --data-dir")
+        return None, (
+            f"{fold_dir}/fold.json: its data directory {dd!r} is not there; speakers and "
+            "sessions are checked against the data directory's utt2spk and utt2session: restore "
+            "it or pass --data-dir"
+        )
     key = os.path.realpath(dd)
     if cache is not None and key in cache:
         return cache[key], ""
@@ -384,8 +494,9 @@ def _load_data_for(fold_dir: Path, info: dict, cache: dict | None) -> tuple[data
     return data, ""
 
 
-def check_fold(fold_dir: str | os.PathLike, data: datadir.DataDir | None = None,
-               _cache: dict | None = None) -> list[str]:
+def check_fold(
+    fold_dir: str | os.PathLike, data: datadir.DataDir | None = None, _cache: dict | None = None
+) -> list[str]:
     """Return the leakage and consistency problems of one fold directory (empty list: clean).
 
     The rules (speakers held out or shared, session held out) come from the protocol registry, looked
@@ -399,8 +510,10 @@ def check_fold(fold_dir: str | os.PathLike, data: datadir.DataDir | None = None,
     info = json.loads(fj.read_text(encoding="utf-8"))
     proto = PROTOCOLS.get(info.get("protocol"))
     if proto is None:
-        return [f"{fj}: protocol {info.get('protocol')!r} is not one of serkit's "
-                f"({', '.join(sorted(PROTOCOLS))}); re-run `serkit split`"]
+        return [
+            f"{fj}: protocol {info.get('protocol')!r} is not one of serkit's "
+            f"({', '.join(sorted(PROTOCOLS))}); re-run `serkit split`"
+        ]
     problems: list[str] = []
     splits: dict[str, list[Utterance]] = {}
     for s in SPLITS:
@@ -421,8 +534,9 @@ def check_fold(fold_dir: str | os.PathLike, data: datadir.DataDir | None = None,
         if bad:
             problems.append(f"{fold_dir}/{s}.emo: labels {bad} not in dict.emo.txt")
         if info.get("num_utts", {}).get(s, len(us)) != len(us):
-            problems.append(f"{fold_dir}/fold.json: says {info['num_utts'][s]} {s} utterances, "
-                            f"files hold {len(us)}")
+            problems.append(
+                f"{fold_dir}/fold.json: says {info['num_utts'][s]} {s} utterances, files hold {len(us)}"
+            )
     where: dict[str, str] = {}
     for s, us in splits.items():
         for u in us:
@@ -430,26 +544,34 @@ def check_fold(fold_dir: str | os.PathLike, data: datadir.DataDir | None = None,
                 problems.append(f"{fold_dir}: utterance {u.utt} is in both {where[u.utt]} and {s}")
             where[u.utt] = s
     if bool(info.get("speaker_dependent")) != proto.speaker_dependent:
-        problems.append(f"{fj}: says speaker_dependent={info.get('speaker_dependent')}, but {proto.name} "
-                        f"is {'speaker-dependent' if proto.speaker_dependent else 'speaker-independent'}; "
-                        "re-run `serkit split`")
+        problems.append(
+            f"{fj}: says speaker_dependent={info.get('speaker_dependent')}, but {proto.name} "
+            f"is {'speaker-dependent' if proto.speaker_dependent else 'speaker-independent'}; "
+            "re-run `serkit split`"
+        )
     if data is None:
         data, why = _load_data_for(fold_dir, info, _cache)
         if data is None:
             return problems + [why]
     if data.corpus != proto.corpus:
-        problems.append(f"{fold_dir}: {proto.name} is for {proto.corpus}, its data directory {data.path} "
-                        f"holds {data.corpus}")
+        problems.append(
+            f"{fold_dir}: {proto.name} is for {proto.corpus}, its data directory {data.path} "
+            f"holds {data.corpus}"
+        )
     unknown = sorted(u.utt for us in splits.values() for u in us if u.utt not in data.records)
     if unknown:
-        problems.append(f"{fold_dir}: {len(unknown)} utterance(s) not in the data directory {data.path} "
-                        f"(e.g. {unknown[:3]}); re-run `serkit split`")
+        problems.append(
+            f"{fold_dir}: {len(unknown)} utterance(s) not in the data directory {data.path} "
+            f"(e.g. {unknown[:3]}); re-run `serkit split`"
+        )
     for s, us in splits.items():
         wrong = [u for u in us if u.utt in data.records and u.spk != data.records[u.utt].spk]
         if wrong:
-            problems.append(f"{fold_dir}/{s}.json: speaker of {wrong[0].utt} is {wrong[0].spk!r}, utt2spk of "
-                            f"{data.path} says {data.records[wrong[0].utt].spk!r} ({len(wrong)} such); "
-                            "re-run `serkit split`")
+            problems.append(
+                f"{fold_dir}/{s}.json: speaker of {wrong[0].utt} is {wrong[0].spk!r}, utt2spk of "
+                f"{data.path} says {data.records[wrong[0].utt].spk!r} ({len(wrong)} such); "
+                "re-run `serkit split`"
+            )
     spk = {s: {data.records[u.utt].spk for u in us if u.utt in data.records} for s, us in splits.items()}
     for s in SPLITS:
         if sorted(spk[s]) != info.get("speakers", {}).get(s, sorted(spk[s])):
@@ -458,11 +580,14 @@ def check_fold(fold_dir: str | os.PathLike, data: datadir.DataDir | None = None,
         for other in ("train", "valid"):
             both = sorted(spk[other] & spk["test"])
             if both:
-                problems.append(f"{fold_dir}: speaker(s) {both[:5]} in both {other} and test; "
-                                f"{proto.name} must hold speakers out")
+                problems.append(
+                    f"{fold_dir}: speaker(s) {both[:5]} in both {other} and test; "
+                    f"{proto.name} must hold speakers out"
+                )
     if proto.held_out == "session":
-        sess = {s: {data.records[u.utt].session for u in us if u.utt in data.records}
-                for s, us in splits.items()}
+        sess = {
+            s: {data.records[u.utt].session for u in us if u.utt in data.records} for s, us in splits.items()
+        }
         both = sorted(sess["train"] & sess["test"])
         if both:
             problems.append(f"{fold_dir}: test session(s) {both} also in train")
@@ -491,7 +616,12 @@ def check_split(path: str | os.PathLike, data_dir: str | os.PathLike | None = No
     for f in folds:
         info = json.loads((f / "fold.json").read_text(encoding="utf-8"))
         tag = " (speaker-dependent by design)" if PROTOCOLS[info["protocol"]].speaker_dependent else ""
-        log.info("%s: %s fold %s clean%s: train/valid/test %s", f, info.get("protocol"), info.get("fold"),
-                 tag,
-                 "/".join(str(info.get("num_utts", {}).get(s, "?")) for s in SPLITS))
+        log.info(
+            "%s: %s fold %s clean%s: train/valid/test %s",
+            f,
+            info.get("protocol"),
+            info.get("fold"),
+            tag,
+            "/".join(str(info.get("num_utts", {}).get(s, "?")) for s in SPLITS),
+        )
     return folds

@@ -22,6 +22,7 @@ CPT or SER finetune resumes without ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``: their 
 is ``fairseq.data.dictionary.Dictionary`` (``hubert_pretraining``'s ``task_state``), a container of
 strings and ints, which is allow-listed (:data:`SAFE_GLOBALS`). Nothing else is unpickled.
 """
+
 import torch
 from fairseq.data.dictionary import Dictionary
 
@@ -44,6 +45,18 @@ REGISTERED = {
     "criterion": {"serkit_ser_ce": SerCrossEntropy},
 }
 
-__all__ = ["REGISTERED", "SerCrossEntropy", "SerModel", "SerModelConfig", "SerTask", "SerTaskConfig",
-           "SerkitHubertConfig", "SerkitHubertModel", "hubert_cpt", "masking", "ser_criterion", "ser_model",
-           "ser_task"]
+__all__ = [
+    "REGISTERED",
+    "SerCrossEntropy",
+    "SerModel",
+    "SerModelConfig",
+    "SerTask",
+    "SerTaskConfig",
+    "SerkitHubertConfig",
+    "SerkitHubertModel",
+    "hubert_cpt",
+    "masking",
+    "ser_criterion",
+    "ser_model",
+    "ser_task",
+]

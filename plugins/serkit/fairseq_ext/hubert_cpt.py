@@ -23,6 +23,7 @@ checkpoints it saves load (``checkpoint_utils``, ``serkit.upstream.load_upstream
 ``init_from`` being read, or even present, again. A resumed run reads ``init_from`` once more and then
 the checkpoint's weights replace it.
 """
+
 import logging
 import os
 from dataclasses import dataclass, field
@@ -40,9 +41,20 @@ log = logging.getLogger("serkit.fairseq_ext")
 
 #: config fields that shape the weights loaded from ``init_from`` (label-set-dependent ones excluded)
 ARCH_FIELDS = (
-    "extractor_mode", "conv_feature_layers", "conv_bias", "encoder_layers", "encoder_embed_dim",
-    "encoder_ffn_embed_dim", "encoder_attention_heads", "activation_fn", "layer_type",
-    "layer_norm_first", "conv_pos", "conv_pos_groups", "conv_pos_batch_norm", "target_glu",
+    "extractor_mode",
+    "conv_feature_layers",
+    "conv_bias",
+    "encoder_layers",
+    "encoder_embed_dim",
+    "encoder_ffn_embed_dim",
+    "encoder_attention_heads",
+    "activation_fn",
+    "layer_type",
+    "layer_norm_first",
+    "conv_pos",
+    "conv_pos_groups",
+    "conv_pos_batch_norm",
+    "target_glu",
 )
 #: ... and those that also shape ``final_proj`` (checked only when it is loaded, not re-initialised)
 PROJ_FIELDS = ("final_dim", "untie_final_proj")
@@ -57,19 +69,25 @@ FOREIGN = ("_ema",)
 class SerkitHubertConfig(HubertConfig):
     init_from: Optional[str] = field(  # noqa: UP045
         default=None,
-        metadata={"help": "fairseq HuBERT checkpoint (hubert or serkit_hubert) to start from: its "
-                          "feature extractor and encoder are loaded, the label embeddings and "
-                          "final_proj are re-initialised for this run's dictionary; absolute path"},
+        metadata={
+            "help": "fairseq HuBERT checkpoint (hubert or serkit_hubert) to start from: its "
+            "feature extractor and encoder are loaded, the label embeddings and "
+            "final_proj are re-initialised for this run's dictionary; absolute path"
+        },
     )
     init_done: bool = field(
         default=False,
-        metadata={"help": "set by the model once init_from's weights are in, so that a saved "
-                          "checkpoint loads without reading init_from; leave it false"},
+        metadata={
+            "help": "set by the model once init_from's weights are in, so that a saved "
+            "checkpoint loads without reading init_from; leave it false"
+        },
     )
     reinit_final_proj: bool = field(
         default=True,
-        metadata={"help": "re-initialise final_proj with the label embeddings (it maps into the old "
-                          "labels' embedding space); false keeps the checkpoint's"},
+        metadata={
+            "help": "re-initialise final_proj with the label embeddings (it maps into the old "
+            "labels' embedding space); false keeps the checkpoint's"
+        },
     )
 
 
@@ -101,8 +119,9 @@ def _mark_init_done(cfg: SerkitHubertConfig | DictConfig) -> None:
 class SerkitHubertModel(HubertModel):
     """fairseq's HubertModel that can start from a pretrained HuBERT with a new label set."""
 
-    def __init__(self, cfg: SerkitHubertConfig, task_cfg: HubertPretrainingConfig,
-                 dictionaries: list[Dictionary]) -> None:
+    def __init__(
+        self, cfg: SerkitHubertConfig, task_cfg: HubertPretrainingConfig, dictionaries: list[Dictionary]
+    ) -> None:
         super().__init__(cfg, task_cfg, dictionaries)
         self.cfg = cfg
         if cfg.feature_grad_mult == 0:
@@ -124,30 +143,42 @@ class SerkitHubertModel(HubertModel):
         the mismatching config fields or weights when the checkpoint does not fit this architecture.
         """
         if not os.path.isfile(path):
-            raise SerkitError(f"model.init_from={path}: no such file; pass the absolute path of a fairseq "
-                              "HuBERT checkpoint (relative paths are read from hydra's run dir)")
+            raise SerkitError(
+                f"model.init_from={path}: no such file; pass the absolute path of a fairseq "
+                "HuBERT checkpoint (relative paths are read from hydra's run dir)"
+            )
         from serkit.upstream.checkpoint import read_checkpoint, rename_weight_norm
 
         ck = read_checkpoint(path)  # any published form; a hubert_ctc's inner HuBERT
         src_model_cfg = ck.model_cfg
         src_name = src_model_cfg.get("_name")
         if src_name not in ("hubert", "serkit_hubert"):
-            raise SerkitError(f"model.init_from={path}: a '{ck.name}' checkpoint; continued pretraining "
-                              "starts from a HuBERT (model 'hubert', 'serkit_hubert' or a 'hubert_ctc' "
-                              "encoder)")
+            raise SerkitError(
+                f"model.init_from={path}: a '{ck.name}' checkpoint; continued pretraining "
+                "starts from a HuBERT (model 'hubert', 'serkit_hubert' or a 'hubert_ctc' "
+                "encoder)"
+            )
 
         fields = ARCH_FIELDS + (() if self.cfg.reinit_final_proj else PROJ_FIELDS)
-        bad = [f"model.{f}={getattr(self.cfg, f)!s} (checkpoint: {src_model_cfg[f]!s})" for f in fields
-               if f in src_model_cfg and hasattr(self.cfg, f)
-               and not _same(f, getattr(self.cfg, f), src_model_cfg[f])]
+        bad = [
+            f"model.{f}={getattr(self.cfg, f)!s} (checkpoint: {src_model_cfg[f]!s})"
+            for f in fields
+            if f in src_model_cfg
+            and hasattr(self.cfg, f)
+            and not _same(f, getattr(self.cfg, f), src_model_cfg[f])
+        ]
         if bad:
-            raise SerkitError(f"model.init_from={path}: the config's architecture differs from the "
-                              f"checkpoint's: {'; '.join(bad)}; set these fields as the checkpoint has them")
+            raise SerkitError(
+                f"model.init_from={path}: the config's architecture differs from the "
+                f"checkpoint's: {'; '.join(bad)}; set these fields as the checkpoint has them"
+            )
         src_norm = ck.task_cfg.get("normalize")
         if task_normalize is not None and src_norm is not None and bool(task_normalize) != bool(src_norm):
-            raise SerkitError(f"model.init_from={path}: the checkpoint was trained with task.normalize="
-                              f"{bool(src_norm)}, this run has task.normalize={bool(task_normalize)}; "
-                              "they must agree (the encoder expects that input scaling)")
+            raise SerkitError(
+                f"model.init_from={path}: the checkpoint was trained with task.normalize="
+                f"{bool(src_norm)}, this run has task.normalize={bool(task_normalize)}; "
+                "they must agree (the encoder expects that input scaling)"
+            )
 
         def label_dependent(key: str) -> bool:
             return key in LABEL_KEYS or (self.cfg.reinit_final_proj and key.startswith(PROJ_PREFIX))
@@ -156,21 +187,37 @@ class SerkitHubertModel(HubertModel):
         weights = rename_weight_norm(ck.encoder_state, own)
         src = {k: v for k, v in weights.items() if not label_dependent(k) and not k.startswith(FOREIGN)}
         unexpected = sorted(k for k in src if k not in own)
-        wrong_shape = sorted(f"{k} {tuple(src[k].shape)} vs {tuple(own[k].shape)}"
-                             for k in src if k in own and src[k].shape != own[k].shape)
+        wrong_shape = sorted(
+            f"{k} {tuple(src[k].shape)} vs {tuple(own[k].shape)}"
+            for k in src
+            if k in own and src[k].shape != own[k].shape
+        )
         missing = sorted(k for k in own if k not in src and not label_dependent(k))
         if unexpected or wrong_shape or missing:
-            parts = [f"{name}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                     for name, keys in (("not in this model", unexpected), ("shape differs", wrong_shape),
-                                        ("missing from the checkpoint", missing)) if keys]
-            raise SerkitError(f"model.init_from={path}: weights do not fit this model ({'; '.join(parts)}); "
-                              "check the architecture fields of the config")
+            parts = [
+                f"{name}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                for name, keys in (
+                    ("not in this model", unexpected),
+                    ("shape differs", wrong_shape),
+                    ("missing from the checkpoint", missing),
+                )
+                if keys
+            ]
+            raise SerkitError(
+                f"model.init_from={path}: weights do not fit this model ({'; '.join(parts)}); "
+                "check the architecture fields of the config"
+            )
         merged = dict(own)
         merged.update(src)
         self.load_state_dict(merged, strict=True)
         reinit = [k for k in own if label_dependent(k)]
         n_labels = sum(getattr(self, "num_classes", []) or [])
-        log.info("serkit_hubert: loaded %d tensors from %s; re-initialised %s for this run's dictionary "
-                 "(%d entries: its labels + fairseq's 4 special symbols)", len(src), path, ", ".join(reinit),
-                 n_labels)
+        log.info(
+            "serkit_hubert: loaded %d tensors from %s; re-initialised %s for this run's dictionary "
+            "(%d entries: its labels + fairseq's 4 special symbols)",
+            len(src),
+            path,
+            ", ".join(reinit),
+            n_labels,
+        )
         return {"loaded": sorted(src), "reinitialised": reinit}

@@ -18,6 +18,7 @@ Calls that pass ``seed``, ``epoch`` and ``indices`` are unchanged.
 :mod:`serkit.fairseq_ext` (or the ``plugins/serkit_fairseq`` user dir) installs it, so that every
 ``fairseq-hydra-train`` run with serkit's user dir masks reproducibly.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,16 +26,25 @@ import torch
 from fairseq.data import data_utils
 
 #: fairseq's own function (before any patching)
-_fairseq_compute_mask_indices = getattr(data_utils.compute_mask_indices, "__wrapped__",
-                                        data_utils.compute_mask_indices)
+_fairseq_compute_mask_indices = getattr(
+    data_utils.compute_mask_indices, "__wrapped__", data_utils.compute_mask_indices
+)
 
 #: modules whose models call ``compute_mask_indices`` by its module-level name
 PATCHED_MODULES = ("fairseq.models.hubert.hubert", "fairseq.models.wav2vec.wav2vec2")
 
 
-def compute_mask_indices(shape: tuple[int, int], padding_mask: torch.Tensor | None, mask_prob: float,
-                         mask_length: int, *args, seed: int | None = None, epoch: int | None = None,
-                         indices: np.ndarray | torch.Tensor | None = None, **kwargs) -> np.ndarray:
+def compute_mask_indices(
+    shape: tuple[int, int],
+    padding_mask: torch.Tensor | None,
+    mask_prob: float,
+    mask_length: int,
+    *args,
+    seed: int | None = None,
+    epoch: int | None = None,
+    indices: np.ndarray | torch.Tensor | None = None,
+    **kwargs,
+) -> np.ndarray:
     """fairseq's ``compute_mask_indices``; without ``seed``, seeded from torch's CPU generator.
 
     Each utterance ``i`` of the batch gets fairseq's own per-utterance generator, seeded by
@@ -45,8 +55,9 @@ def compute_mask_indices(shape: tuple[int, int], padding_mask: torch.Tensor | No
         seed = int(torch.randint(0, 2**31 - 1, (1,), device="cpu").item())
         epoch = 0
         indices = np.arange(shape[0])
-    return _fairseq_compute_mask_indices(shape, padding_mask, mask_prob, mask_length, *args, seed=seed,
-                                         epoch=epoch, indices=indices, **kwargs)
+    return _fairseq_compute_mask_indices(
+        shape, padding_mask, mask_prob, mask_length, *args, seed=seed, epoch=epoch, indices=indices, **kwargs
+    )
 
 
 compute_mask_indices.__wrapped__ = _fairseq_compute_mask_indices

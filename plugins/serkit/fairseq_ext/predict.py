@@ -10,6 +10,7 @@ rows in the order of ``FOLD/<split>.tsv``). The upstream is rebuilt from the che
 ``fairseq-hydra-train`` with ``task.predictions_dir`` already writes these files for every epoch (the
 recipe's route); this command is for a given checkpoint, e.g. after multi-GPU training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("serkit.fairseq_ext")
 
 
-def load_ser_checkpoint(checkpoint: str | os.PathLike, fold: str | os.PathLike | None = None,
-                        device: str = "cpu") -> tuple[SerModel, SerTask]:
+def load_ser_checkpoint(
+    checkpoint: str | os.PathLike, fold: str | os.PathLike | None = None, device: str = "cpu"
+) -> tuple[SerModel, SerTask]:
     """``(model, task)`` of a ``serkit_ser_model`` checkpoint, in eval mode, reading data from ``fold``."""
     from fairseq import checkpoint_utils
 
@@ -40,22 +42,32 @@ def load_ser_checkpoint(checkpoint: str | os.PathLike, fold: str | os.PathLike |
         raise SerkitError(f"{checkpoint}: checkpoint not found")
     overrides = {"data": str(Path(fold).resolve())} if fold is not None else None
     try:
-        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)],
-                                                                          arg_overrides=overrides)
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+            [str(checkpoint)], arg_overrides=overrides
+        )
     except SerkitError:
         raise
     except Exception as e:  # noqa: BLE001 - fairseq raises many kinds on foreign files
-        raise SerkitError(f"{checkpoint}: cannot load as a fairseq checkpoint "
-                          f"({type(e).__name__}: {e})") from e
+        raise SerkitError(
+            f"{checkpoint}: cannot load as a fairseq checkpoint ({type(e).__name__}: {e})"
+        ) from e
     if cfg.task.get("_name") != "serkit_ser":
-        raise SerkitError(f"{checkpoint}: a '{cfg.task.get('_name')}' checkpoint; predict needs one trained "
-                          "with task serkit_ser (ser_finetune.yaml)")
+        raise SerkitError(
+            f"{checkpoint}: a '{cfg.task.get('_name')}' checkpoint; predict needs one trained "
+            "with task serkit_ser (ser_finetune.yaml)"
+        )
     model = models[0].to(device).eval()
     return model, task
 
 
-def predict_split(model: SerModel, task: SerTask, split: str, out: str | os.PathLike, batch_size: int = 8,
-                  device: str = "cpu") -> Path:
+def predict_split(
+    model: SerModel,
+    task: SerTask,
+    split: str,
+    out: str | os.PathLike,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> Path:
     """Run ``model`` on ``split`` of the task's fold and write the predictions TSV to ``out``."""
     import numpy as np
     import torch
@@ -65,16 +77,18 @@ def predict_split(model: SerModel, task: SerTask, split: str, out: str | os.Path
 
     fold_classes = task._read_classes()
     if fold_classes != task.classes:
-        raise SerkitError(f"{task.cfg.data}: classes {fold_classes} differ from the checkpoint's "
-                          f"{task.classes}; "
-                          "predict on a fold of the same protocol")
+        raise SerkitError(
+            f"{task.cfg.data}: classes {fold_classes} differ from the checkpoint's "
+            f"{task.classes}; "
+            "predict on a fold of the same protocol"
+        )
     task.load_dataset(split)
     dataset = task.dataset(split)
     order = np.argsort(dataset.sizes, kind="stable")  # similar lengths together: less padding
     probs: list = [None] * len(dataset)
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            batch = dataset.collater([dataset[int(i)] for i in order[start: start + batch_size]])
+            batch = dataset.collater([dataset[int(i)] for i in order[start : start + batch_size]])
             batch = fairseq_utils.move_to_cuda(batch) if device.startswith("cuda") else batch
             logits = model(**batch["net_input"])["logits"].float()
             for i, p in zip(batch["id"].tolist(), torch.softmax(logits, -1).cpu().tolist()):
@@ -86,11 +100,15 @@ def predict_split(model: SerModel, task: SerTask, split: str, out: str | os.Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serkit.fairseq_ext.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m serkit.fairseq_ext.predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--checkpoint", required=True, help="a serkit_ser_model checkpoint (fairseq .pt)")
-    parser.add_argument("--fold", required=True,
-                        help="fold directory (serkit split) holding <split>.tsv/.emo")
+    parser.add_argument(
+        "--fold", required=True, help="fold directory (serkit split) holding <split>.tsv/.emo"
+    )
     parser.add_argument("--split", default="test", help="split to predict (default: test)")
     parser.add_argument("--out", required=True, help="predictions TSV to write")
     parser.add_argument("--batch-size", type=int, default=8)

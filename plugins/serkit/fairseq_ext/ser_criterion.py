@@ -6,6 +6,7 @@ so a validation value is the value of the whole subset, not a mean of per-batch 
 from a subset do not enter its UA. Both are logged in percent; ``loss`` is the mean cross entropy per
 utterance in bits (fairseq's convention).
 """
+
 import math
 from dataclasses import dataclass, field
 
@@ -51,13 +52,15 @@ class SerCrossEntropy(FairseqCriterion):
         super().__init__(task)
         self.label_smoothing = label_smoothing
 
-    def forward(self, model: BaseFairseqModel, sample: dict,
-                reduce: bool = True) -> tuple[torch.Tensor, int, dict]:
+    def forward(
+        self, model: BaseFairseqModel, sample: dict, reduce: bool = True
+    ) -> tuple[torch.Tensor, int, dict]:
         net_output = model(**sample["net_input"])
         logits = net_output["logits"].float()
         target = sample["target"]
-        loss = F.cross_entropy(logits, target, reduction="sum" if reduce else "none",
-                               label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(
+            logits, target, reduction="sum" if reduce else "none", label_smoothing=self.label_smoothing
+        )
         batch = target.numel()
         logging_output = {
             "loss": loss.item() if reduce else loss.detach(),

@@ -20,6 +20,7 @@ batch.
 The upstream's config is stored in ``model.upstream_cfg`` when training starts (by the ``serkit_ser``
 task), so a saved checkpoint rebuilds the upstream without ``upstream_path``.
 """
+
 import logging
 import os
 from dataclasses import dataclass, field
@@ -40,47 +41,94 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("serkit.fairseq_ext")
 
+
 @dataclass
 class SerModelConfig(FairseqDataclass):
-    upstream_path: Optional[str] = field(default=None, metadata={  # noqa: UP045
-        "help": "fairseq checkpoint of the upstream (HuBERT, serkit_hubert, wav2vec 2.0, or a CTC "
-                "finetuned one); absolute path"})
-    upstream_cfg: Any = field(default=None, metadata={
-        "help": "the upstream's config, filled in from upstream_path when training starts; a "
-                "checkpoint of this model rebuilds its upstream from it; leave unset"})
-    head: str = field(default="linear", metadata={
-        "help": "serkit head (serkit.nn.build_head): linear, ffn, cnn, shiftcnn, transformer, "
-                "shiftformer, lstm, shiftlstm, ..."})
-    pooling: str = field(default="attention", metadata={
-        "help": "pooling of heads that pool: attention (FLEA) or mean"})
-    head_options: Dict[str, Any] = field(default_factory=dict, metadata={  # noqa: UP006
-        "help": "extra keyword arguments of the head, e.g. {dropout: 0.1}"})
-    layer: int = field(default=-1, metadata={
-        "help": "-1: the upstream's output; l >= 1: output of transformer layer l (layers above it "
-                "are not run); 0: the CNN features after projection"})
-    weighted_layer_sum: bool = field(default=False, metadata={
-        "help": "feed the head a learnable softmax-weighted sum of layers 0..N instead of one layer"})
-    freeze_upstream: bool = field(default=False, metadata={
-        "help": "train only the head (and layer weights): the feature-extraction setting"})
-    freeze_finetune_updates: int = field(default=0, metadata={
-        "help": "keep the transformer frozen for this many updates (the head trains from the start)"})
-    feature_grad_mult: float = field(default=0.0, metadata={
-        "help": "gradient scale into the CNN front end; 0 freezes it (FLEA, ShiftSER finetuning)"})
-    encoder_layerdrop: float = field(default=0.0, metadata={
-        "help": "probability of dropping a transformer layer in training (must be 0 with "
-                "weighted_layer_sum)"})
-    dropout: Optional[float] = field(default=None, metadata={  # noqa: UP045
-        "help": "transformer dropout; unset keeps the upstream's"})
-    attention_dropout: Optional[float] = field(default=None, metadata={  # noqa: UP045
-        "help": "attention dropout; unset keeps the upstream's"})
-    activation_dropout: Optional[float] = field(default=None, metadata={  # noqa: UP045
-        "help": "FFN activation dropout; unset keeps the upstream's"})
-    mask_prob: float = field(default=0.0, metadata={
-        "help": "training-time time masking of the transformer input (the upstream's mask "
-                "embedding), as in wav2vec 2.0 finetuning; 0 disables"})
+    upstream_path: Optional[str] = field(  # noqa: UP045
+        default=None,
+        metadata={
+            "help": "fairseq checkpoint of the upstream (HuBERT, serkit_hubert, wav2vec 2.0, or a CTC "
+            "finetuned one); absolute path"
+        },
+    )
+    upstream_cfg: Any = field(
+        default=None,
+        metadata={
+            "help": "the upstream's config, filled in from upstream_path when training starts; a "
+            "checkpoint of this model rebuilds its upstream from it; leave unset"
+        },
+    )
+    head: str = field(
+        default="linear",
+        metadata={
+            "help": "serkit head (serkit.nn.build_head): linear, ffn, cnn, shiftcnn, transformer, "
+            "shiftformer, lstm, shiftlstm, ..."
+        },
+    )
+    pooling: str = field(
+        default="attention", metadata={"help": "pooling of heads that pool: attention (FLEA) or mean"}
+    )
+    head_options: Dict[str, Any] = field(  # noqa: UP006
+        default_factory=dict,
+        metadata={"help": "extra keyword arguments of the head, e.g. {dropout: 0.1}"},
+    )
+    layer: int = field(
+        default=-1,
+        metadata={
+            "help": "-1: the upstream's output; l >= 1: output of transformer layer l (layers above it "
+            "are not run); 0: the CNN features after projection"
+        },
+    )
+    weighted_layer_sum: bool = field(
+        default=False,
+        metadata={
+            "help": "feed the head a learnable softmax-weighted sum of layers 0..N instead of one layer"
+        },
+    )
+    freeze_upstream: bool = field(
+        default=False,
+        metadata={"help": "train only the head (and layer weights): the feature-extraction setting"},
+    )
+    freeze_finetune_updates: int = field(
+        default=0,
+        metadata={
+            "help": "keep the transformer frozen for this many updates (the head trains from the start)"
+        },
+    )
+    feature_grad_mult: float = field(
+        default=0.0,
+        metadata={"help": "gradient scale into the CNN front end; 0 freezes it (FLEA, ShiftSER finetuning)"},
+    )
+    encoder_layerdrop: float = field(
+        default=0.0,
+        metadata={
+            "help": "probability of dropping a transformer layer in training (must be 0 with "
+            "weighted_layer_sum)"
+        },
+    )
+    dropout: Optional[float] = field(  # noqa: UP045
+        default=None,
+        metadata={"help": "transformer dropout; unset keeps the upstream's"},
+    )
+    attention_dropout: Optional[float] = field(  # noqa: UP045
+        default=None,
+        metadata={"help": "attention dropout; unset keeps the upstream's"},
+    )
+    activation_dropout: Optional[float] = field(  # noqa: UP045
+        default=None,
+        metadata={"help": "FFN activation dropout; unset keeps the upstream's"},
+    )
+    mask_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "training-time time masking of the transformer input (the upstream's mask "
+            "embedding), as in wav2vec 2.0 finetuning; 0 disables"
+        },
+    )
     mask_length: int = field(default=10, metadata={"help": "frames per time mask"})
-    mask_channel_prob: float = field(default=0.0, metadata={
-        "help": "training-time channel masking of the transformer input; 0 disables"})
+    mask_channel_prob: float = field(
+        default=0.0, metadata={"help": "training-time channel masking of the transformer input; 0 disables"}
+    )
     mask_channel_length: int = field(default=64, metadata={"help": "channels per channel mask"})
 
 
@@ -91,11 +139,15 @@ def read_upstream(path: str) -> tuple[DictConfig, dict]:
     published form: ``cfg`` dict or argparse ``args``, nested ``w2v_args``, either weight-norm naming).
     """
     if not path:
-        raise SerkitError("model.upstream_path is not set; pass the absolute path of a fairseq HuBERT or "
-                          "wav2vec 2.0 checkpoint")
+        raise SerkitError(
+            "model.upstream_path is not set; pass the absolute path of a fairseq HuBERT or "
+            "wav2vec 2.0 checkpoint"
+        )
     if not os.path.isfile(path):
-        raise SerkitError(f"model.upstream_path={path}: no such file (give an absolute path: hydra runs in "
-                          "its own directory)")
+        raise SerkitError(
+            f"model.upstream_path={path}: no such file (give an absolute path: hydra runs in "
+            "its own directory)"
+        )
     return encoder_config(path)
 
 
@@ -117,19 +169,26 @@ class SerModel(BaseFairseqModel):
         self.num_layers = len(encoder.layers)
         self.dim = encoder.embedding_dim
         if not -1 <= cfg.layer <= self.num_layers:
-            raise SerkitError(f"model.layer={cfg.layer}: this upstream has layers 0..{self.num_layers} "
-                              "(-1: its output)")
+            raise SerkitError(
+                f"model.layer={cfg.layer}: this upstream has layers 0..{self.num_layers} (-1: its output)"
+            )
         if cfg.weighted_layer_sum and cfg.encoder_layerdrop > 0:
-            raise SerkitError("model.weighted_layer_sum needs model.encoder_layerdrop=0 (a dropped layer "
-                              "has no output to weigh)")
+            raise SerkitError(
+                "model.weighted_layer_sum needs model.encoder_layerdrop=0 (a dropped layer "
+                "has no output to weigh)"
+            )
         encoder.layerdrop = cfg.encoder_layerdrop
-        for name, value in (("dropout", cfg.dropout), ("attention_dropout", cfg.attention_dropout),
-                            ("activation_dropout", cfg.activation_dropout)):
+        for name, value in (
+            ("dropout", cfg.dropout),
+            ("attention_dropout", cfg.attention_dropout),
+            ("activation_dropout", cfg.activation_dropout),
+        ):
             if value is not None:
                 self._set_dropout(name, value)
         self.layer_sum = WeightedLayerSum(self.num_layers + 1) if cfg.weighted_layer_sum else None
-        self.head = build_head(cfg.head, self.dim, num_classes, pooling=cfg.pooling,
-                               **dict(cfg.head_options or {}))
+        self.head = build_head(
+            cfg.head, self.dim, num_classes, pooling=cfg.pooling, **dict(cfg.head_options or {})
+        )
         self.num_updates = 0
         self._freeze()
 
@@ -184,10 +243,14 @@ class SerModel(BaseFairseqModel):
         else:
             upstream_cfg, state = read_upstream(cfg.upstream_path)
             upstream = build_finetuning_encoder(upstream_cfg, state, cfg.upstream_path)
-            log.info("serkit_ser_model: upstream %s (%s, %d layers x %d dims, normalize=%s)",
-                     cfg.upstream_path, upstream_cfg.model.get("_name"), len(upstream.encoder.layers),
-                     upstream.encoder.embedding_dim,
-                     bool(upstream_cfg.task.get("normalize", False)))
+            log.info(
+                "serkit_ser_model: upstream %s (%s, %d layers x %d dims, normalize=%s)",
+                cfg.upstream_path,
+                upstream_cfg.model.get("_name"),
+                len(upstream.encoder.layers),
+                upstream.encoder.embedding_dim,
+                bool(upstream_cfg.task.get("normalize", False)),
+            )
         num_classes = getattr(task, "num_classes", None)
         if not num_classes:
             raise SerkitError("serkit_ser_model needs the serkit_ser task (it provides the class list)")
@@ -198,8 +261,12 @@ class SerModel(BaseFairseqModel):
         self.num_updates = num_updates
 
     # -- forward ---------------------------------------------------------------------------------
-    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,  # noqa: UP045
-                **kwargs) -> dict[str, Any]:
+    def forward(
+        self,
+        source: torch.Tensor,
+        padding_mask: Optional[torch.Tensor] = None,  # noqa: UP045
+        **kwargs,
+    ) -> dict[str, Any]:
         """``source`` (B, S) float32, or half when fairseq runs the model in fp16; padding at the end."""
         up, cfg = self.upstream, self.cfg
         if padding_mask is None or not bool(padding_mask.any()):
@@ -209,10 +276,17 @@ class SerModel(BaseFairseqModel):
         tune_upstream = not cfg.freeze_upstream and self.num_updates >= cfg.freeze_finetune_updates
         top = self._top_layer()
         hidden, frame_mask = layer_outputs(
-            up, source, lengths, list(range(top + 1)) if self.layer_sum is not None else [top],
-            normalize=self.normalize, train_cnn=tune_upstream and cfg.feature_grad_mult > 0 and self.training,
-            train=tune_upstream, feature_grad_mult=cfg.feature_grad_mult,
-            mask=self._mask if self.training else None, path=cfg.upstream_path or "")
+            up,
+            source,
+            lengths,
+            list(range(top + 1)) if self.layer_sum is not None else [top],
+            normalize=self.normalize,
+            train_cnn=tune_upstream and cfg.feature_grad_mult > 0 and self.training,
+            train=tune_upstream,
+            feature_grad_mult=cfg.feature_grad_mult,
+            mask=self._mask if self.training else None,
+            path=cfg.upstream_path or "",
+        )
         if self.layer_sum is not None:  # its weights train even when the upstream is frozen
             h = self.layer_sum(torch.stack(hidden, dim=1))  # (B, L+1, T, C) -> (B, T, C)
         else:

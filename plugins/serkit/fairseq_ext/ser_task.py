@@ -15,6 +15,7 @@ apply any selection rule afterwards, without keeping a checkpoint per epoch. fai
 (a rank sees only its shard); with several GPUs, run ``python -m serkit.fairseq_ext.predict`` on
 saved checkpoints instead.
 """
+
 import logging
 import os
 import sys
@@ -40,24 +41,46 @@ log = logging.getLogger("serkit.fairseq_ext")
 
 @dataclass
 class SerTaskConfig(FairseqDataclass):
-    data: str = field(default=MISSING, metadata={
-        "help": "fold directory written by `serkit split` (<split>.tsv, <split>.emo, dict.emo.txt); "
-                "absolute path"})
-    labels: str = field(default="emo", metadata={
-        "help": "extension of the label files: <split>.<labels> and dict.<labels>.txt"})
+    data: str = field(
+        default=MISSING,
+        metadata={
+            "help": "fold directory written by `serkit split` (<split>.tsv, <split>.emo, dict.emo.txt); "
+            "absolute path"
+        },
+    )
+    labels: str = field(
+        default="emo",
+        metadata={"help": "extension of the label files: <split>.<labels> and dict.<labels>.txt"},
+    )
     sample_rate: int = field(default=16000, metadata={"help": "sample rate the wavs must have"})
-    max_sample_size: Optional[int] = field(default=None, metadata={  # noqa: UP045
-        "help": "randomly crop TRAINING utterances longer than this many samples (bounds memory); "
-                "valid and test utterances are never cropped"})
-    seed: int = field(default=II("common.seed"), metadata={
-        "help": "seed of the training crops (with the epoch and the utterance index), so a resumed run "
-                "crops as an uninterrupted one"})
-    min_sample_size: int = field(default=400, metadata={
-        "help": "utterances shorter than this are an error (400 samples = one frame of the 20 ms conv "
-                "front end)"})
-    predictions_dir: Optional[str] = field(default=None, metadata={  # noqa: UP045
-        "help": "if set, write <dir>/<subset>.epoch<NNN>.tsv with per-utterance class probabilities "
-                "after each validation pass (see dataset.valid_subset); absolute path"})
+    max_sample_size: Optional[int] = field(  # noqa: UP045
+        default=None,
+        metadata={
+            "help": "randomly crop TRAINING utterances longer than this many samples (bounds memory); "
+            "valid and test utterances are never cropped"
+        },
+    )
+    seed: int = field(
+        default=II("common.seed"),
+        metadata={
+            "help": "seed of the training crops (with the epoch and the utterance index), so a resumed run "
+            "crops as an uninterrupted one"
+        },
+    )
+    min_sample_size: int = field(
+        default=400,
+        metadata={
+            "help": "utterances shorter than this are an error (400 samples = one frame of the 20 ms conv "
+            "front end)"
+        },
+    )
+    predictions_dir: Optional[str] = field(  # noqa: UP045
+        default=None,
+        metadata={
+            "help": "if set, write <dir>/<subset>.epoch<NNN>.tsv with per-utterance class probabilities "
+            "after each validation pass (see dataset.valid_subset); absolute path"
+        },
+    )
 
 
 def read_label_file(path: Path, classes: list[str], expected: int) -> list[int]:
@@ -69,12 +92,16 @@ def read_label_file(path: Path, classes: list[str], expected: int) -> list[int]:
         for lineno, line in enumerate(f, 1):
             name = line.strip()
             if name not in index:
-                raise SerkitError(f"{path}:{lineno}: label {name!r} is not in dict ({', '.join(classes)}); "
-                                  "re-run `serkit split`, or point task.data at the fold it belongs to")
+                raise SerkitError(
+                    f"{path}:{lineno}: label {name!r} is not in dict ({', '.join(classes)}); "
+                    "re-run `serkit split`, or point task.data at the fold it belongs to"
+                )
             out.append(index[name])
     if len(out) != expected:
-        raise SerkitError(f"{path}: {len(out)} labels for {expected} utterances in the tsv; they must be "
-                          "line-aligned: re-run `serkit split`")
+        raise SerkitError(
+            f"{path}: {len(out)} labels for {expected} utterances in the tsv; they must be "
+            "line-aligned: re-run `serkit split`"
+        )
     return out
 
 
@@ -88,8 +115,9 @@ def read_manifest(path: Path) -> tuple[str, list[str], list[int]]:
         for lineno, line in enumerate(f, 2):
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 2 or not parts[1].isdigit():
-                raise SerkitError(f"{path}:{lineno}: expected 'relpath<TAB>num_samples', "
-                                  f"got {line.strip()!r}")
+                raise SerkitError(
+                    f"{path}:{lineno}: expected 'relpath<TAB>num_samples', got {line.strip()!r}"
+                )
             rels.append(parts[0])
             sizes.append(int(parts[1]))
     if not root:
@@ -100,9 +128,18 @@ def read_manifest(path: Path) -> tuple[str, list[str], list[int]]:
 class SerAudioDataset(FairseqDataset):
     """Waveforms with one class label each; batches carry ``padding_mask`` (True on padded samples)."""
 
-    def __init__(self, name: str, root: str, relpaths: list[str], sizes: list[int], labels: list[int],
-                 sample_rate: int = 16000, max_sample_size: int | None = None, shuffle: bool = False,
-                 seed: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        relpaths: list[str],
+        sizes: list[int],
+        labels: list[int],
+        sample_rate: int = 16000,
+        max_sample_size: int | None = None,
+        shuffle: bool = False,
+        seed: int = 1,
+    ) -> None:
         super().__init__()
         self.name = name
         self.root = root
@@ -126,8 +163,9 @@ class SerAudioDataset(FairseqDataset):
         try:
             wav, sr = sf.read(path, dtype="float32", always_2d=True)
         except Exception as e:  # noqa: BLE001 - soundfile raises several types
-            raise SerkitError(f"{path}: cannot read ({e}); utterance {self.utts[index]!r} of "
-                              f"{self.name}") from e
+            raise SerkitError(
+                f"{path}: cannot read ({e}); utterance {self.utts[index]!r} of {self.name}"
+            ) from e
         if sr != self.sample_rate:
             raise SerkitError(f"{path}: {sr} Hz, expected {self.sample_rate}; `serkit prepare` writes 16 kHz")
         return wav.mean(axis=1)
@@ -149,7 +187,7 @@ class SerAudioDataset(FairseqDataset):
             # state restarts at the resume, crops each epoch exactly as an uninterrupted one
             with data_utils.numpy_seed(self.seed, self.epoch, index):
                 start = np.random.randint(0, wav.numel() - self.max_sample_size + 1)
-            wav = wav[start: start + self.max_sample_size]
+            wav = wav[start : start + self.max_sample_size]
         return {"id": index, "source": wav, "label": self.labels[index]}
 
     def collater(self, samples: list[dict]) -> dict:
@@ -220,25 +258,39 @@ class SerTask(FairseqTask):
     def num_classes(self) -> int:
         return len(self.state.classes)
 
-    def load_dataset(self, split: str, combine: bool = False, task_cfg: FairseqDataclass | None = None,
-                     **kwargs) -> None:
+    def load_dataset(
+        self, split: str, combine: bool = False, task_cfg: FairseqDataclass | None = None, **kwargs
+    ) -> None:
         data = Path(self.cfg.data)
         root, rels, sizes = read_manifest(data / f"{split}.tsv")
         labels = read_label_file(data / f"{split}.{self.cfg.labels}", self.classes, len(rels))
         short = [(r, n) for r, n in zip(rels, sizes) if n < self.cfg.min_sample_size]
         if short:
-            raise SerkitError(f"{data / (split + '.tsv')}: {len(short)} utterance(s) shorter than "
-                              f"{self.cfg.min_sample_size} samples (first: {short[0][0]}, {short[0][1]}); "
-                              "drop them from the fold")
+            raise SerkitError(
+                f"{data / (split + '.tsv')}: {len(short)} utterance(s) shorter than "
+                f"{self.cfg.min_sample_size} samples (first: {short[0][0]}, {short[0][1]}); "
+                "drop them from the fold"
+            )
         is_train = split.startswith("train")
         self.datasets[split] = SerAudioDataset(
-            split, root, rels, sizes, labels, sample_rate=self.cfg.sample_rate,
-            max_sample_size=self.cfg.max_sample_size if is_train else None, shuffle=is_train,
-            seed=self._seed())
+            split,
+            root,
+            rels,
+            sizes,
+            labels,
+            sample_rate=self.cfg.sample_rate,
+            max_sample_size=self.cfg.max_sample_size if is_train else None,
+            shuffle=is_train,
+            seed=self._seed(),
+        )
         counts = np.bincount(labels, minlength=self.num_classes)
-        log.info("serkit_ser: %s: %d utterances (%s), %.1f s of audio", split, len(rels),
-                 ", ".join(f"{c} {n}" for c, n in zip(self.classes, counts)),
-                 sum(sizes) / self.cfg.sample_rate)
+        log.info(
+            "serkit_ser: %s: %d utterances (%s), %.1f s of audio",
+            split,
+            len(rels),
+            ", ".join(f"{c} {n}" for c, n in zip(self.classes, counts)),
+            sum(sizes) / self.cfg.sample_rate,
+        )
 
     def _seed(self) -> int:
         """``task.seed``: ``common.seed`` inside fairseq-hydra-train; fairseq's default (1) for a task
@@ -268,8 +320,9 @@ class SerTask(FairseqTask):
         self.epoch = epoch
         self._pending.clear()
 
-    def valid_step(self, sample: dict, model: BaseFairseqModel,
-                   criterion: FairseqCriterion) -> tuple[torch.Tensor, int, dict]:
+    def valid_step(
+        self, sample: dict, model: BaseFairseqModel, criterion: FairseqCriterion
+    ) -> tuple[torch.Tensor, int, dict]:
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
         probs = logging_output.pop("_probs", None)
         if self.cfg.predictions_dir and probs is not None and sample.get("subset"):
@@ -278,11 +331,16 @@ class SerTask(FairseqTask):
 
     # -- per-epoch predictions -------------------------------------------------------------------
     def _collect(self, sample: dict, probs: torch.Tensor) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
+        if (
+            torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1
+        ):
             if not self._warned_distributed:
-                log.warning("task.predictions_dir needs distributed_world_size=1; no predictions written "
-                            "(run python -m serkit.fairseq_ext.predict on the checkpoints)")
+                log.warning(
+                    "task.predictions_dir needs distributed_world_size=1; no predictions written "
+                    "(run python -m serkit.fairseq_ext.predict on the checkpoints)"
+                )
                 self._warned_distributed = True
             return
         subset = sample["subset"]
@@ -292,14 +350,20 @@ class SerTask(FairseqTask):
         dataset = self.datasets.get(subset)
         if dataset is not None and len(rows) == len(dataset):
             path = Path(self.cfg.predictions_dir) / f"{subset}.epoch{self.epoch:03d}.tsv"
-            write_predictions(path, dataset.utts, [rows[i][0] for i in range(len(dataset))],
-                              [rows[i][1] for i in range(len(dataset))], self.classes)
+            write_predictions(
+                path,
+                dataset.utts,
+                [rows[i][0] for i in range(len(dataset))],
+                [rows[i][1] for i in range(len(dataset))],
+                self.classes,
+            )
             log.info("serkit_ser: wrote %s (%d utterances)", path, len(dataset))
             del self._pending[subset]
 
 
-def write_predictions(path: Path, utts: list[str], targets: list[int], probs: list[list[float]],
-                      classes: list[str]) -> None:
+def write_predictions(
+    path: Path, utts: list[str], targets: list[int], probs: list[list[float]], classes: list[str]
+) -> None:
     """A predictions TSV (docs/interfaces.md): ``utt label pred <class_1> ... <class_K>``."""
     with atomic_file(path, encoding="utf-8") as f:
         f.write("\t".join(["utt", "label", "pred", *classes]) + "\n")

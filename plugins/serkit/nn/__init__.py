@@ -4,6 +4,7 @@ Everything here imports only torch, takes ``x`` (B, T, C) with ``padding_mask`` 
 padding) or None, never writes into its inputs, and gives a sequence the same output whether or not it
 is padded inside a batch.
 """
+
 from .augment import SpecAugment
 from .blocks import (
     ConvNeXtBlock1d,

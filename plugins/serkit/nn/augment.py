@@ -1,4 +1,5 @@
 """SpecAugment on upstream features: random time and channel masks, in training only."""
+
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,9 @@ from torch import Tensor, nn
 __all__ = ["SpecAugment"]
 
 
-def _span_mask(lengths: Tensor, size: int, prob: float, width: int, min_masks: int,
-               generator: torch.Generator | None) -> Tensor:
+def _span_mask(
+    lengths: Tensor, size: int, prob: float, width: int, min_masks: int, generator: torch.Generator | None
+) -> Tensor:
     """Random spans of ``width`` inside the first ``lengths[b]`` positions of each row.
 
     The number of spans of row b is ``prob * lengths[b] / width`` rounded at random (so the expected
@@ -77,10 +79,17 @@ class SpecAugment(nn.Module):
     True
     """
 
-    def __init__(self, time_mask_prob: float = 0.08, time_mask_width: int = 15,
-                 channel_mask_prob: float = 0.05, channel_mask_width: int = 64,
-                 min_time_masks: int = 2, min_channel_masks: int = 1, time_mask_fill: str = "zero",
-                 dim: int | None = None) -> None:
+    def __init__(
+        self,
+        time_mask_prob: float = 0.08,
+        time_mask_width: int = 15,
+        channel_mask_prob: float = 0.05,
+        channel_mask_width: int = 64,
+        min_time_masks: int = 2,
+        min_channel_masks: int = 1,
+        time_mask_fill: str = "zero",
+        dim: int | None = None,
+    ) -> None:
         super().__init__()
         if time_mask_fill not in ("zero", "learned"):
             raise ValueError(f"time_mask_fill must be 'zero' or 'learned', got {time_mask_fill!r}")
@@ -96,8 +105,9 @@ class SpecAugment(nn.Module):
         self.min_time_masks = int(min_time_masks)
         self.min_channel_masks = int(min_channel_masks)
 
-    def masks(self, x: Tensor, padding_mask: Tensor | None = None,
-              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def masks(
+        self, x: Tensor, padding_mask: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Draw the masks: time (B, T) and channel (B, C), True where the value is replaced."""
         batch, frames, channels = x.shape
         device = x.device
@@ -107,8 +117,9 @@ class SpecAugment(nn.Module):
             lengths = (~padding_mask).sum(dim=1)
         time = torch.zeros(batch, frames, dtype=torch.bool, device=device)
         if self.time_mask_prob > 0:
-            time = _span_mask(lengths, frames, self.time_mask_prob, self.time_mask_width,
-                              self.min_time_masks, generator)
+            time = _span_mask(
+                lengths, frames, self.time_mask_prob, self.time_mask_width, self.min_time_masks, generator
+            )
             if padding_mask is not None:
                 time = time & ~padding_mask  # holes inside the mask: keep padding untouched
         channel = torch.zeros(batch, channels, dtype=torch.bool, device=device)
@@ -118,10 +129,17 @@ class SpecAugment(nn.Module):
                 raise ValueError(
                     f"SpecAugment: channel_mask_width {self.channel_mask_width} x "
                     f"{max(self.min_channel_masks, 1)} span(s) covers all {channels} channels; use a width "
-                    f"well below the feature dimension (ShiftSER: 64 of 768)")
+                    f"well below the feature dimension (ShiftSER: 64 of 768)"
+                )
             all_channels = torch.full((batch,), channels, dtype=torch.long, device=device)
-            channel = _span_mask(all_channels, channels, self.channel_mask_prob, self.channel_mask_width,
-                                 self.min_channel_masks, generator)
+            channel = _span_mask(
+                all_channels,
+                channels,
+                self.channel_mask_prob,
+                self.channel_mask_width,
+                self.min_channel_masks,
+                generator,
+            )
         return time, channel
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
@@ -130,8 +148,10 @@ class SpecAugment(nn.Module):
         time, channel = self.masks(x, padding_mask)
         if self.masked_embed is not None:
             if self.masked_embed.shape[0] != x.shape[-1]:
-                raise ValueError(f"SpecAugment: learned time-mask vector has {self.masked_embed.shape[0]} "
-                                 f"channels, features have {x.shape[-1]}")
+                raise ValueError(
+                    f"SpecAugment: learned time-mask vector has {self.masked_embed.shape[0]} "
+                    f"channels, features have {x.shape[-1]}"
+                )
             x = torch.where(time[:, :, None], self.masked_embed.to(x.dtype), x)
             replace = channel[:, None, :].expand(-1, x.shape[1], -1)
         else:
@@ -141,6 +161,8 @@ class SpecAugment(nn.Module):
         return x.masked_fill(replace, 0.0)
 
     def extra_repr(self) -> str:
-        return (f"time_mask_prob={self.time_mask_prob:g}, time_mask_width={self.time_mask_width}, "
-                f"channel_mask_prob={self.channel_mask_prob:g}, "
-                f"channel_mask_width={self.channel_mask_width}, time_mask_fill={self.time_mask_fill!r}")
+        return (
+            f"time_mask_prob={self.time_mask_prob:g}, time_mask_width={self.time_mask_width}, "
+            f"channel_mask_prob={self.channel_mask_prob:g}, "
+            f"channel_mask_width={self.channel_mask_width}, time_mask_fill={self.time_mask_fill!r}"
+        )

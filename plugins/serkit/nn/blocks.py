@@ -4,6 +4,7 @@ transformer layer, Shiftformer layer, ConvNeXt-like 1-D block, and the BAS candi
 All take ``x`` (B, T, C) and ``padding_mask`` (B, T) bool (True on padding) or None, and give each
 sequence the same output whether or not it is padded inside a batch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -88,8 +89,9 @@ class RelativeSelfAttention(nn.Module):
     torch.Size([2, 12, 16])
     """
 
-    def __init__(self, dim: int, num_heads: int, max_len: int = 374, out_proj: bool = False,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, max_len: int = 374, out_proj: bool = False, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -104,7 +106,7 @@ class RelativeSelfAttention(nn.Module):
     def _relative_scores(self, q: Tensor, k: Tensor) -> Tensor:
         frames = q.shape[-2]
         reach = min(frames, self.max_len)  # distances -(reach-1) .. reach-1 are distinct
-        table = self.distance_embedding.weight[self.max_len - reach:self.max_len + reach - 1]
+        table = self.distance_embedding.weight[self.max_len - reach : self.max_len + reach - 1]
         pos = torch.arange(frames, device=q.device)
         index = (pos[:, None] - pos[None, :]).clamp(-(reach - 1), reach - 1) + (reach - 1)  # (T, T)
         # q.R(i-j): project queries on every distance, then pick the distance of each (i, j).
@@ -139,8 +141,15 @@ class TransformerLayer(nn.Module):
     torch.Size([2, 5, 24])
     """
 
-    def __init__(self, dim: int, num_heads: int | None = None, mlp_ratio: int = 4, max_len: int = 374,
-                 out_proj: bool = False, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int | None = None,
+        mlp_ratio: int = 4,
+        max_len: int = 374,
+        out_proj: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         num_heads = default_num_heads(dim) if num_heads is None else num_heads
         self.attention = RelativeSelfAttention(dim, num_heads, max_len, out_proj, dropout)
@@ -204,8 +213,15 @@ class ConvNeXtBlock1d(nn.Module):
     torch.Size([2, 6, 8])
     """
 
-    def __init__(self, dim: int, kernel_size: int = 7, expansion: int = 4, shift: TemporalShift | None = None,
-                 placement: str = "residual", dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int = 7,
+        expansion: int = 4,
+        shift: TemporalShift | None = None,
+        placement: str = "residual",
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if placement not in ("residual", "inplace"):
             raise ValueError(f"placement must be 'residual' or 'inplace', got {placement!r}")
@@ -273,8 +289,9 @@ class FFNBlock(nn.Module):
     torch.Size([2, 5, 16])
     """
 
-    def __init__(self, dim: int, hidden: int | None = None, dropout: float = 0.0,
-                 residual: bool = False) -> None:
+    def __init__(
+        self, dim: int, hidden: int | None = None, dropout: float = 0.0, residual: bool = False
+    ) -> None:
         super().__init__()
         self.ffn = FeedForward(dim, 4 * dim if hidden is None else hidden, dropout)
         self.norm = nn.LayerNorm(dim)
@@ -298,8 +315,9 @@ class TransformerBlock(nn.Module):
     torch.Size([2, 5, 16])
     """
 
-    def __init__(self, dim: int, hidden: int | None = None, num_heads: int | None = None,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, hidden: int | None = None, num_heads: int | None = None, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.msa = MSABlock(dim, num_heads, dropout)
         self.ffn = FFNBlock(dim, hidden, dropout, residual=True)

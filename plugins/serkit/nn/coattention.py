@@ -40,6 +40,7 @@ utterance (it overlaps the one before); an utterance shorter than 3 s is one seg
 masked in a batch). An utterance's prediction is the mean of its segments' log-probabilities
 (:func:`aggregate_segments`). :func:`segment_starts` gives the sample offsets.
 """
+
 from __future__ import annotations
 
 import math
@@ -126,8 +127,9 @@ class MeanPoolHead(nn.Module):
         self.input_dims, self.num_streams = dims, len(dims)
         self.fc = nn.Linear(sum(dims), num_classes)
 
-    def forward(self, x: Tensor | Sequence[Tensor], padding_mask: Tensor | None = None,
-                **unused: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor | Sequence[Tensor], padding_mask: Tensor | None = None, **unused: Tensor | None
+    ) -> Tensor:
         xs = (x,) if isinstance(x, Tensor) else tuple(x)
         if len(xs) != self.num_streams:
             raise ValueError(f"MeanPoolHead built for {self.num_streams} stream(s), got {len(xs)}")
@@ -137,13 +139,18 @@ class MeanPoolHead(nn.Module):
 def _alexnet_features() -> nn.Sequential:
     # The layer layout (and so the state-dict keys 0..12) of the common AlexNet `features` block.
     return nn.Sequential(
-        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=False),
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+        nn.ReLU(inplace=False),
         nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=False),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2),
+        nn.ReLU(inplace=False),
         nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=False),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=False),
-        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=False),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1),
+        nn.ReLU(inplace=False),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=False),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=False),
         nn.MaxPool2d(kernel_size=3, stride=2),
     )
 
@@ -226,11 +233,22 @@ class CoAttentionHead(nn.Module):
     torch.Size([2, 4])
     """
 
-    def __init__(self, input_dim: int | Sequence[int], num_classes: int, sample_rate: int = 16000,
-                 n_fft: int = 400, hop_length: int = 160, n_mfcc: int = 40, n_mels: int = 64,
-                 cnn: str = "small", cnn_channels: tuple[int, ...] = (16, 32, 64),
-                 pretrained_cnn: str | None = None, lstm_hidden: int = 128, attn_dim: int = 128,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        input_dim: int | Sequence[int],
+        num_classes: int,
+        sample_rate: int = 16000,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        n_mfcc: int = 40,
+        n_mels: int = 64,
+        cnn: str = "small",
+        cnn_channels: tuple[int, ...] = (16, 32, 64),
+        pretrained_cnn: str | None = None,
+        lstm_hidden: int = 128,
+        attn_dim: int = 128,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         import torchaudio  # torch's own audio package; imported here to keep `import serkit.nn` light
 
@@ -240,13 +258,17 @@ class CoAttentionHead(nn.Module):
         self.input_dims = dims
         k = self.num_streams = len(dims)
         self.n_fft, self.hop_length = n_fft, hop_length
-        self.spectrogram = torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=hop_length,
-                                                             center=False, power=2.0)
+        self.spectrogram = torchaudio.transforms.Spectrogram(
+            n_fft=n_fft, hop_length=hop_length, center=False, power=2.0
+        )
         # log_mels: a plain log; the dB variant clips at top_db relative to the batch maximum, which
         # would make one utterance's features depend on the others in its batch.
         self.mfcc = torchaudio.transforms.MFCC(
-            sample_rate=sample_rate, n_mfcc=n_mfcc, log_mels=True,
-            melkwargs={"n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels, "center": False})
+            sample_rate=sample_rate,
+            n_mfcc=n_mfcc,
+            log_mels=True,
+            melkwargs={"n_fft": n_fft, "hop_length": hop_length, "n_mels": n_mels, "center": False},
+        )
         if cnn == "small":
             channels = tuple(int(c) for c in cnn_channels)
             self.cnn = _small_cnn(channels[:-1] + (channels[-1] * k,))
@@ -284,15 +306,20 @@ class CoAttentionHead(nn.Module):
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if any(k.startswith("features.") for k in state):
-            state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+            state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
         own = self.cnn.state_dict()
         problems = [f"{k}: missing" for k in own if k not in state]
-        problems += [f"{k}: shape {tuple(state[k].shape)} in file, {tuple(v.shape)} in the model"
-                     for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+        problems += [
+            f"{k}: shape {tuple(state[k].shape)} in file, {tuple(v.shape)} in the model"
+            for k, v in own.items()
+            if k in state and tuple(state[k].shape) != tuple(v.shape)
+        ]
         if problems:
-            raise ValueError(f"{path}: does not fit the {type(self.cnn).__name__} CNN of this head "
-                             f"({'; '.join(problems[:6])}{' ...' if len(problems) > 6 else ''}); use "
-                             "cnn='alexnet' with AlexNet weights, or train from scratch")
+            raise ValueError(
+                f"{path}: does not fit the {type(self.cnn).__name__} CNN of this head "
+                f"({'; '.join(problems[:6])}{' ...' if len(problems) > 6 else ''}); use "
+                "cnn='alexnet' with AlexNet weights, or train from scratch"
+            )
         self.cnn.load_state_dict({k: state[k] for k in own})
 
     def stft_frames(self, wav_lengths: Tensor) -> Tensor:
@@ -331,12 +358,23 @@ class CoAttentionHead(nn.Module):
         of the pooled BiLSTM states."""
         k, h = self.num_streams, self.lstm_hidden
         cs = self.cnn_dim // k
-        fwd, bwd = m[:, : h * k], m[:, h * k:]
-        return [(s[:, i * cs:(i + 1) * cs],
-                 torch.cat([fwd[:, i * h:(i + 1) * h], bwd[:, i * h:(i + 1) * h]], -1)) for i in range(k)]
+        fwd, bwd = m[:, : h * k], m[:, h * k :]
+        return [
+            (
+                s[:, i * cs : (i + 1) * cs],
+                torch.cat([fwd[:, i * h : (i + 1) * h], bwd[:, i * h : (i + 1) * h]], -1),
+            )
+            for i in range(k)
+        ]
 
-    def forward(self, x: Tensor | Sequence[Tensor], padding_mask: Tensor | None = None, *, wav: Tensor,
-                wav_lengths: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor | Sequence[Tensor],
+        padding_mask: Tensor | None = None,
+        *,
+        wav: Tensor,
+        wav_lengths: Tensor | None = None,
+    ) -> Tensor:
         xs = (x,) if isinstance(x, Tensor) else tuple(x)
         if len(xs) != self.num_streams:
             raise ValueError(f"CoAttentionHead built for {self.num_streams} stream(s), got {len(xs)}")

@@ -27,6 +27,7 @@ TransformerHead's ``positions`` (RPE -> APE), ``token_mixer`` (MHSA -> pooling) 
 (Table 3), and ``shift_augment_p`` > 0, which turns every shift of a head into a training-only random
 augmentation (Table 1's "+Augment" rows: at evaluation the head is its shift-free baseline).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -115,8 +116,9 @@ def build_head(name: str, input_dim: int, num_classes: int, pooling: str = "mean
     return factory(input_dim, num_classes, pooling=pooling, **kw)
 
 
-def make_shift(proportion: float, bidirectional: bool, mask_aware: bool = True,
-               augment_p: float = 0.0) -> nn.Module:
+def make_shift(
+    proportion: float, bidirectional: bool, mask_aware: bool = True, augment_p: float = 0.0
+) -> nn.Module:
     """The shift module of a head: a :class:`TemporalShift`, or with ``augment_p`` > 0 a
     :class:`RandomShift` (applied to a training batch with probability ``augment_p``, never in eval).
 
@@ -163,12 +165,17 @@ class FFNHead(nn.Module):
     torch.Size([2, 3])
     """
 
-    def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", hidden: int = 256,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, input_dim: int, num_classes: int, pooling: str = "mean", hidden: int = 256, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(input_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(input_dim, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
         )
         self.pool = build_pooling(pooling, hidden)
         self.classifier = nn.Linear(hidden, num_classes)
@@ -205,10 +212,21 @@ class ConvHead(nn.Module):
     torch.Size([2, 4])
     """
 
-    def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", num_blocks: int = 2,
-                 kernel_size: int = 7, shift_blocks: Sequence[int] = (), proportion: float = 1 / 16,
-                 bidirectional: bool = False, mask_aware: bool = True, placement: str = "residual",
-                 shift_augment_p: float = 0.0, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        pooling: str = "mean",
+        num_blocks: int = 2,
+        kernel_size: int = 7,
+        shift_blocks: Sequence[int] = (),
+        proportion: float = 1 / 16,
+        bidirectional: bool = False,
+        mask_aware: bool = True,
+        placement: str = "residual",
+        shift_augment_p: float = 0.0,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         shift_blocks = tuple(int(i) for i in shift_blocks)
         bad = [i for i in shift_blocks if not 0 <= i < num_blocks]
@@ -216,10 +234,13 @@ class ConvHead(nn.Module):
             raise ValueError(f"shift_blocks {bad} out of range for {num_blocks} blocks")
         self.blocks = nn.ModuleList(
             ConvNeXtBlock1d(
-                input_dim, kernel_size,
+                input_dim,
+                kernel_size,
                 shift=make_shift(proportion, bidirectional, mask_aware, shift_augment_p)
-                if i in shift_blocks else None,
-                placement=placement, dropout=dropout,
+                if i in shift_blocks
+                else None,
+                placement=placement,
+                dropout=dropout,
             )
             for i in range(num_blocks)
         )
@@ -284,9 +305,19 @@ class _AblationTransformerLayer(TransformerLayer):
     (in-place), as in the official code's commented-out alternatives.
     """
 
-    def __init__(self, dim: int, num_heads: int | None, mlp_ratio: int, max_len: int, out_proj: bool,
-                 dropout: float, positions: str, token_mixer: str, shift: nn.Module | None,
-                 placement: str) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int | None,
+        mlp_ratio: int,
+        max_len: int,
+        out_proj: bool,
+        dropout: float,
+        positions: str,
+        token_mixer: str,
+        shift: nn.Module | None,
+        placement: str,
+    ) -> None:
         super().__init__(dim, num_heads, mlp_ratio, max_len, out_proj, dropout)
         if token_mixer == "pooling":
             self.attention = PoolingMixer(3)
@@ -342,27 +373,52 @@ class TransformerHead(nn.Module):
     torch.Size([2, 4])
     """
 
-    def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", num_layers: int = 2,
-                 num_heads: int | None = None, mlp_ratio: int = 4, max_len: int = 374, out_proj: bool = False,
-                 positions: str = "relative", token_mixer: str = "attention", shift_placement: str = "none",
-                 proportion: float = 1 / 4, bidirectional: bool = False, mask_aware: bool = True,
-                 shift_augment_p: float = 0.0, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        pooling: str = "mean",
+        num_layers: int = 2,
+        num_heads: int | None = None,
+        mlp_ratio: int = 4,
+        max_len: int = 374,
+        out_proj: bool = False,
+        positions: str = "relative",
+        token_mixer: str = "attention",
+        shift_placement: str = "none",
+        proportion: float = 1 / 4,
+        bidirectional: bool = False,
+        mask_aware: bool = True,
+        shift_augment_p: float = 0.0,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if positions not in ("relative", "absolute"):
             raise ValueError(f"positions must be 'relative' or 'absolute', got {positions!r}")
         if token_mixer not in ("attention", "pooling"):
             raise ValueError(f"token_mixer must be 'attention' or 'pooling', got {token_mixer!r}")
         if shift_placement not in ("none", "residual", "inplace"):
-            raise ValueError(f"shift_placement must be 'none', 'residual' or 'inplace', "
-                             f"got {shift_placement!r}")
+            raise ValueError(
+                f"shift_placement must be 'none', 'residual' or 'inplace', got {shift_placement!r}"
+            )
         plain = positions == "relative" and token_mixer == "attention" and shift_placement == "none"
         self.layers = nn.ModuleList(
-            TransformerLayer(input_dim, num_heads, mlp_ratio, max_len, out_proj, dropout) if plain else
-            _AblationTransformerLayer(
-                input_dim, num_heads, mlp_ratio, max_len, out_proj, dropout, positions, token_mixer,
-                None if shift_placement == "none" else
-                make_shift(proportion, bidirectional, mask_aware, shift_augment_p),
-                shift_placement)
+            TransformerLayer(input_dim, num_heads, mlp_ratio, max_len, out_proj, dropout)
+            if plain
+            else _AblationTransformerLayer(
+                input_dim,
+                num_heads,
+                mlp_ratio,
+                max_len,
+                out_proj,
+                dropout,
+                positions,
+                token_mixer,
+                None
+                if shift_placement == "none"
+                else make_shift(proportion, bidirectional, mask_aware, shift_augment_p),
+                shift_placement,
+            )
             for _ in range(num_layers)
         )
         self.position_embeddings = nn.Embedding(max_len, input_dim) if positions == "absolute" else None
@@ -390,13 +446,23 @@ class ShiftformerHead(nn.Module):
     torch.Size([2, 4])
     """
 
-    def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", num_layers: int = 2,
-                 mlp_ratio: int = 4, proportion: float = 1 / 4, bidirectional: bool = True,
-                 mask_aware: bool = True, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        pooling: str = "mean",
+        num_layers: int = 2,
+        mlp_ratio: int = 4,
+        proportion: float = 1 / 4,
+        bidirectional: bool = True,
+        mask_aware: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            ShiftformerLayer(input_dim, TemporalShift(proportion, bidirectional, mask_aware),
-                             mlp_ratio, dropout)
+            ShiftformerLayer(
+                input_dim, TemporalShift(proportion, bidirectional, mask_aware), mlp_ratio, dropout
+            )
             for _ in range(num_layers)
         )
         self.pool = build_pooling(pooling, input_dim)
@@ -440,9 +506,19 @@ class LSTMHead(nn.Module):
     torch.Size([2, 4])
     """
 
-    def __init__(self, input_dim: int, num_classes: int, pooling: str = "mean", hidden: int | None = None,
-                 proportion: float = 0.0, bidirectional: bool = False, mask_aware: bool = True,
-                 placement: str = "inplace", shift_augment_p: float = 0.0, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        pooling: str = "mean",
+        hidden: int | None = None,
+        proportion: float = 0.0,
+        bidirectional: bool = False,
+        mask_aware: bool = True,
+        placement: str = "inplace",
+        shift_augment_p: float = 0.0,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if placement not in ("inplace", "residual"):
             raise ValueError(f"placement must be 'inplace' or 'residual', got {placement!r}")
@@ -481,8 +557,9 @@ class LSTMHead(nn.Module):
         return self.classifier(self.pool(out, padding_mask))
 
 
-def _register_class(name: str, cls: Callable[..., nn.Module], aliases: dict[str, str] | None = None,
-                    **defaults: object) -> None:
+def _register_class(
+    name: str, cls: Callable[..., nn.Module], aliases: dict[str, str] | None = None, **defaults: object
+) -> None:
     """Register ``cls(input_dim, num_classes, pooling=..., **kw)`` as head ``name``; ``defaults`` fill in
     the keywords the caller does not give (what makes ``shiftcnn`` a ``ConvHead`` with a shift);
     ``aliases`` maps a keyword the other heads use to this class's own name for it."""
@@ -502,8 +579,9 @@ def _register_class(name: str, cls: Callable[..., nn.Module], aliases: dict[str,
 _register_class("linear", LinearHead)
 _register_class("ffn", FFNHead)
 _register_class("cnn", ConvHead, shift_blocks=())
-_register_class("shiftcnn", ConvHead, shift_blocks=(1,), proportion=1 / 16, bidirectional=False,
-                placement="residual")
+_register_class(
+    "shiftcnn", ConvHead, shift_blocks=(1,), proportion=1 / 16, bidirectional=False, placement="residual"
+)
 # placement: where the shift goes, as the other shifted heads name it (one config serves them all)
 _register_class("transformer", TransformerHead, aliases={"placement": "shift_placement"})
 _register_class("shiftformer", ShiftformerHead)
@@ -521,4 +599,3 @@ def count_parameters(module: nn.Module) -> int:
     3076
     """
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-

@@ -3,6 +3,7 @@
 Convention everywhere in ``serkit.nn``: ``padding_mask`` is a ``(B, T)`` bool tensor that is True on
 padded frames (the fairseq / ``torch.nn.MultiheadAttention`` convention), or None for "no padding".
 """
+
 from __future__ import annotations
 
 import torch

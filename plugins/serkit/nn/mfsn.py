@@ -83,6 +83,7 @@ operations, a single operation by default).
 Masks: the operations are per frame except the attentions, whose padded keys are excluded; every output
 has its padded frames set to zero. A sequence gives the same output padded or not (mask invariance).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -109,7 +110,14 @@ __all__ = [
 ]
 
 FUSION_OPS = (
-    "attention", "attention_rev", "concat_fc", "concat_fc_rev", "ism", "ism_rev", "sum", "linear_glu",
+    "attention",
+    "attention_rev",
+    "concat_fc",
+    "concat_fc_rev",
+    "ism",
+    "ism_rev",
+    "sum",
+    "linear_glu",
 )
 MFSN_VARIANTS = ("sec_only", "sec_tec_nosearch", "mfsn")
 
@@ -175,8 +183,10 @@ class ChoiceCell(nn.Module):
         elif self.alpha is not None:
             level = int(self.alpha.detach().argmax())
         else:
-            raise ValueError("ChoiceCell(mode='uniform') learns nothing: derive(scores=...) with one "
-                             "validation score per level")
+            raise ValueError(
+                "ChoiceCell(mode='uniform') learns nothing: derive(scores=...) with one "
+                "validation score per level"
+            )
         self.fix(level)
         return level
 
@@ -236,8 +246,9 @@ class _Attention(nn.Module):
         attn_mask = None
         if padding_mask is not None:
             attn_mask = ~padding_mask[:, None, None, :]  # True = may attend
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -299,8 +310,9 @@ class _Reversed(nn.Module):
         return self.op(b, a, padding_mask)
 
 
-def build_fusion_op(name: str, dim_a: int, dim_b: int, dim: int, num_heads: int = 4,
-                    dropout: float = 0.0) -> nn.Module:
+def build_fusion_op(
+    name: str, dim_a: int, dim_b: int, dim: int, num_heads: int = 4, dropout: float = 0.0
+) -> nn.Module:
     """Build one fusion operation ``op(a, b, padding_mask) -> (B, T, dim)`` by its name in :data:`FUSION_OPS`.
 
     Example
@@ -362,8 +374,16 @@ class FusionCell(nn.Module):
     []
     """
 
-    def __init__(self, dim_a: int, dim_b: int, dim: int, ops: Sequence[str] = FUSION_OPS,
-                 search: bool = True, num_heads: int = 4, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim_a: int,
+        dim_b: int,
+        dim: int,
+        ops: Sequence[str] = FUSION_OPS,
+        search: bool = True,
+        num_heads: int = 4,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         ops = list(ops)
         if not ops:
@@ -398,8 +418,9 @@ class FusionCell(nn.Module):
 
     def forward(self, a: Tensor, b: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         if a.shape[:2] != b.shape[:2]:
-            raise ValueError(f"FusionCell inputs must share (B, T): got {tuple(a.shape)} and "
-                             f"{tuple(b.shape)}")
+            raise ValueError(
+                f"FusionCell inputs must share (B, T): got {tuple(a.shape)} and {tuple(b.shape)}"
+            )
         # Padded frames may hold anything: zero them so that per-frame operations cannot produce
         # inf/nan there (an attention would mask them anyway).
         a, b = zero_padded_frames(a, padding_mask), zero_padded_frames(b, padding_mask)
@@ -432,8 +453,10 @@ def parse_arch(spec: str | dict) -> dict:
     level, sep, ops = str(spec).strip().partition(":")
     names = [o.strip() for o in ops.split(",") if o.strip()]
     if not sep or not level.strip().isdigit() or not names or any(n not in FUSION_OPS for n in names):
-        raise ValueError(f"architecture {spec!r}: write <sec_level>:<op>[,<op>...], e.g. '2:ism' "
-                         f"(operations: {', '.join(FUSION_OPS)})")
+        raise ValueError(
+            f"architecture {spec!r}: write <sec_level>:<op>[,<op>...], e.g. '2:ism' "
+            f"(operations: {', '.join(FUSION_OPS)})"
+        )
     return {"sec_level": int(level), "fusion_ops": names}
 
 
@@ -492,11 +515,22 @@ class MFSN(nn.Module):
     torch.Size([2, 4])
     """
 
-    def __init__(self, sec_dim: int, tec_dim: int, num_levels: int,
-                 head: nn.Module | Callable[..., nn.Module], variant: str = "mfsn",
-                 dim: int = 256, ops: Sequence[str] = FUSION_OPS, choice_mode: str = "uniform",
-                 num_heads: int = 4, dropout: float = 0.1, arch: dict | str | None = None,
-                 detach_tec: bool = True, streams: str = "dual") -> None:
+    def __init__(
+        self,
+        sec_dim: int,
+        tec_dim: int,
+        num_levels: int,
+        head: nn.Module | Callable[..., nn.Module],
+        variant: str = "mfsn",
+        dim: int = 256,
+        ops: Sequence[str] = FUSION_OPS,
+        choice_mode: str = "uniform",
+        num_heads: int = 4,
+        dropout: float = 0.1,
+        arch: dict | str | None = None,
+        detach_tec: bool = True,
+        streams: str = "dual",
+    ) -> None:
         super().__init__()
         if variant not in MFSN_VARIANTS:
             raise ValueError(f"unknown MFSN variant {variant!r}; choose from {', '.join(MFSN_VARIANTS)}")
@@ -547,12 +581,18 @@ class MFSN(nn.Module):
         level = self.choice.fixed_level
         if level is None:
             level = self.choice.derive(level_scores)
-        return {"sec_level": level, "fusion_ops": self.fusion.derive(top_k), "op_weights": weights,
-                "level_probs": probs, "level_scores": list(level_scores) if level_scores else None}
+        return {
+            "sec_level": level,
+            "fusion_ops": self.fusion.derive(top_k),
+            "op_weights": weights,
+            "level_probs": probs,
+            "level_scores": list(level_scores) if level_scores else None,
+        }
 
     # -- forward --------------------------------------------------------------------------------------
-    def fuse(self, sec: Tensor, tec: Tensor | None, padding_mask: Tensor | None = None,
-             level: int | None = None) -> tuple[Tensor, ...]:
+    def fuse(
+        self, sec: Tensor, tec: Tensor | None, padding_mask: Tensor | None = None, level: int | None = None
+    ) -> tuple[Tensor, ...]:
         """The streams given to the head: a tuple of (B, T, C_k), channels :attr:`stream_dims`."""
         if sec.dim() != 4 or sec.shape[1] != self.num_levels:
             raise ValueError(f"sec must be (B, {self.num_levels}, T, C), got {tuple(sec.shape)}")
@@ -571,8 +611,14 @@ class MFSN(nn.Module):
         adjusted = self.fusion(self.dropout(s), tec, padding_mask)
         return (adjusted, sec_stream) if self.streams == "dual" else (adjusted,)
 
-    def forward(self, sec: Tensor, tec: Tensor | None = None, padding_mask: Tensor | None = None,
-                level: int | None = None, **head_inputs: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        sec: Tensor,
+        tec: Tensor | None = None,
+        padding_mask: Tensor | None = None,
+        level: int | None = None,
+        **head_inputs: Tensor | None,
+    ) -> Tensor:
         return self.head(self.fuse(sec, tec, padding_mask, level=level), padding_mask, **head_inputs)
 
 
@@ -600,11 +646,13 @@ class TextFrames(nn.Module):
         self.query = nn.Linear(int(sec_dim), int(dim))
         self.attn = nn.MultiheadAttention(int(dim), int(num_heads), batch_first=True)
 
-    def forward(self, sec: Tensor, ids: Tensor, padding_mask: Tensor | None,
-                ids_padding_mask: Tensor) -> Tensor:
+    def forward(
+        self, sec: Tensor, ids: Tensor, padding_mask: Tensor | None, ids_padding_mask: Tensor
+    ) -> Tensor:
         lengths = (~ids_padding_mask).sum(1).clamp_min(1)
-        packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths.cpu(), batch_first=True,
-                                                   enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.embed(ids), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
         states, _ = self.lstm(packed)
         states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=ids.shape[1])
         q = self.query(zero_padded_frames(sec.mean(dim=1), padding_mask))
@@ -639,9 +687,15 @@ class TextMFSN(nn.Module):
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
-    def forward(self, sec: Tensor, tec: Tensor | None = None, padding_mask: Tensor | None = None,
-                level: int | None = None, tec_padding_mask: Tensor | None = None,
-                **head_inputs: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        sec: Tensor,
+        tec: Tensor | None = None,
+        padding_mask: Tensor | None = None,
+        level: int | None = None,
+        tec_padding_mask: Tensor | None = None,
+        **head_inputs: Tensor | None,
+    ) -> Tensor:
         frames = None
         if self.mfsn.variant != "sec_only":
             ids_mask = tec == 0 if tec_padding_mask is None else tec_padding_mask

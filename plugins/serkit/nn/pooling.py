@@ -1,4 +1,5 @@
 """Utterance-level pooling over frames (mean, FLEA attention) and the learnable sum of upstream layers."""
+
 from __future__ import annotations
 
 import torch

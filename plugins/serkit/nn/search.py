@@ -22,6 +22,7 @@ the sampling parameters are trained together", Fig. 2; "trains the stochastic su
 optimize the architecture distribution", Sec. 2.2). The temperature schedule ``gumbel_temperature`` is
 FBNet's (the paper refers to FBNet for the details and gives none).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -77,8 +78,13 @@ def gumbel_temperature(epoch: int, initial: float = 5.0, decay: float = 0.956, m
     return max(minimum, initial * decay**epoch)
 
 
-def make_arch_optimizer(params: Iterable[nn.Parameter], name: str = "sgd", lr: float = 0.005,
-                        momentum: float = 0.9, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def make_arch_optimizer(
+    params: Iterable[nn.Parameter],
+    name: str = "sgd",
+    lr: float = 0.005,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
     """The optimiser of the architecture logits, chosen by name (``arch_opt_class`` in the yamls).
 
     ``"sgd"``: SGD, what the paper uses for the architecture distribution (Sec. 2.2), with the lr it
@@ -103,8 +109,9 @@ def make_arch_optimizer(params: Iterable[nn.Parameter], name: str = "sgd", lr: f
     raise ValueError(f"unknown arch optimiser {name!r}; choose sgd (the paper) or adam (FBNet)")
 
 
-def parse_arch(arch: str | list[str] | tuple[str, ...],
-               choices: Sequence[str] = tuple(BLOCK_CHOICES)) -> list[str]:
+def parse_arch(
+    arch: str | list[str] | tuple[str, ...], choices: Sequence[str] = tuple(BLOCK_CHOICES)
+) -> list[str]:
     """Split ``"ffn,msa,msa_ffn"`` into block names and check them.
 
     Example
@@ -170,17 +177,28 @@ class BlockSearchSupernet(nn.Module):
     (torch.Size([2, 3]), 'msa_ffn,msa_ffn')
     """
 
-    def __init__(self, input_dim: int, num_classes: int, num_layers: int = 4,
-                 choices: Sequence[str] = ("msa_ffn", "msa", "ffn"), pooling: str = "mean",
-                 model_dim: int = 256, num_heads: int = 4, ffn_dim: int | None = None, dropout: float = 0.0,
-                 ffn_residual: bool = False, tau: float = 5.0) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        num_layers: int = 4,
+        choices: Sequence[str] = ("msa_ffn", "msa", "ffn"),
+        pooling: str = "mean",
+        model_dim: int = 256,
+        num_heads: int = 4,
+        ffn_dim: int | None = None,
+        dropout: float = 0.0,
+        ffn_residual: bool = False,
+        tau: float = 5.0,
+    ) -> None:
         super().__init__()
         self.choices = tuple(parse_arch(list(choices)))
         ffn_dim = 4 * model_dim if ffn_dim is None else ffn_dim
         self.stem = _Stem(input_dim, model_dim)
         self.layers = nn.ModuleList(
-            nn.ModuleList(BLOCK_CHOICES[n](model_dim, ffn_dim, num_heads, dropout, ffn_residual)
-                          for n in self.choices)
+            nn.ModuleList(
+                BLOCK_CHOICES[n](model_dim, ffn_dim, num_heads, dropout, ffn_residual) for n in self.choices
+            )
             for _ in range(num_layers)
         )
         # One logit vector per layer; zeros = uniform over candidates at the start.
@@ -251,16 +269,26 @@ class DerivedBlockNetwork(nn.Module):
     (torch.Size([3, 4]), 'ffn,msa')
     """
 
-    def __init__(self, input_dim: int, num_classes: int, arch: str = "ffn,msa,msa_ffn,msa",
-                 pooling: str = "mean", model_dim: int = 256, num_heads: int = 4, ffn_dim: int | None = None,
-                 dropout: float = 0.0, ffn_residual: bool = False) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        arch: str = "ffn,msa,msa_ffn,msa",
+        pooling: str = "mean",
+        model_dim: int = 256,
+        num_heads: int = 4,
+        ffn_dim: int | None = None,
+        dropout: float = 0.0,
+        ffn_residual: bool = False,
+    ) -> None:
         super().__init__()
         names = parse_arch(arch)
         self.arch = ",".join(names)
         ffn_dim = 4 * model_dim if ffn_dim is None else ffn_dim
         self.stem = _Stem(input_dim, model_dim)
-        self.layers = nn.ModuleList(BLOCK_CHOICES[n](model_dim, ffn_dim, num_heads, dropout, ffn_residual)
-                                    for n in names)
+        self.layers = nn.ModuleList(
+            BLOCK_CHOICES[n](model_dim, ffn_dim, num_heads, dropout, ffn_residual) for n in names
+        )
         self.pool = build_pooling(pooling, model_dim)
         self.classifier = nn.Linear(model_dim, num_classes)
 
@@ -272,4 +300,3 @@ class DerivedBlockNetwork(nn.Module):
 
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}"
-

@@ -3,6 +3,7 @@
 ``TemporalShift`` is the operator, ``ShiftedBlock`` places it around a block (in-place or residual),
 ``RandomShift`` applies it as a training-only augmentation.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -14,8 +15,15 @@ from torch import Tensor, nn
 __all__ = ["TemporalShift", "ShiftedBlock", "RandomShift", "temporal_shift"]
 
 
-def _shift_into(out: Tensor, src: Tensor, fold: int, bidirectional: bool, adjoint: bool,
-                pair: Tensor | None, valid: Tensor | None) -> Tensor:
+def _shift_into(
+    out: Tensor,
+    src: Tensor,
+    fold: int,
+    bidirectional: bool,
+    adjoint: bool,
+    pair: Tensor | None,
+    valid: Tensor | None,
+) -> Tensor:
     """Write the shift of ``src`` (or its adjoint) into the preallocated ``out``; no other allocation.
 
     ``pair[b, t]`` (shape (B, T-1, 1)) is 1 when frames t and t+1 are both valid: a value only moves
@@ -55,8 +63,15 @@ class _ShiftFunction(torch.autograd.Function):
     """Shift as one autograd node: the gradient is the adjoint shift, again one allocation."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, fold: int, bidirectional: bool,
-                adjoint: bool, pair: Tensor | None, valid: Tensor | None) -> Tensor:
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        fold: int,
+        bidirectional: bool,
+        adjoint: bool,
+        pair: Tensor | None,
+        valid: Tensor | None,
+    ) -> Tensor:
         ctx.fold, ctx.bidirectional, ctx.adjoint = fold, bidirectional, adjoint
         ctx.pair, ctx.valid = pair, valid  # constants (masks), not saved for their own gradient
         return _shift_into(torch.empty_like(x), x, fold, bidirectional, adjoint, pair, valid)
@@ -68,8 +83,9 @@ class _ShiftFunction(torch.autograd.Function):
         return grad_x, None, None, None, None, None
 
 
-def temporal_shift(x: Tensor, fold: int, bidirectional: bool = False,
-                   padding_mask: Tensor | None = None) -> Tensor:
+def temporal_shift(
+    x: Tensor, fold: int, bidirectional: bool = False, padding_mask: Tensor | None = None
+) -> Tensor:
     """Shift ``fold`` channels one frame forward in time (and, if bidirectional, the next ``fold`` back).
 
     Functional form of :class:`TemporalShift`; with ``padding_mask`` the shift is mask aware.
@@ -145,8 +161,9 @@ class TemporalShift(nn.Module):
              [ 0.,  0.]]])
     """
 
-    def __init__(self, proportion: float = 1 / 16, bidirectional: bool = False,
-                 mask_aware: bool = True) -> None:
+    def __init__(
+        self, proportion: float = 1 / 16, bidirectional: bool = False, mask_aware: bool = True
+    ) -> None:
         super().__init__()
         limit = 0.5 if bidirectional else 1.0
         if not 0.0 <= proportion <= limit:
@@ -165,8 +182,10 @@ class TemporalShift(nn.Module):
         return temporal_shift(x, self.fold(x.shape[-1]), self.bidirectional, mask)
 
     def extra_repr(self) -> str:
-        return (f"proportion={self.proportion:g}, bidirectional={self.bidirectional}, "
-                f"mask_aware={self.mask_aware}")
+        return (
+            f"proportion={self.proportion:g}, bidirectional={self.bidirectional}, "
+            f"mask_aware={self.mask_aware}"
+        )
 
 
 def _accepts_padding_mask(module: nn.Module) -> bool:
@@ -242,8 +261,9 @@ class RandomShift(nn.Module):
     True
     """
 
-    def __init__(self, p: float = 0.5, proportion: float = 1 / 16, bidirectional: bool = False,
-                 mask_aware: bool = True) -> None:
+    def __init__(
+        self, p: float = 0.5, proportion: float = 1 / 16, bidirectional: bool = False, mask_aware: bool = True
+    ) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}")

@@ -46,6 +46,7 @@ are functions of the epoch and step. Intra-epoch checkpoints (SpeechBrain's ``--
 accumulation, and a mid-epoch resume fast-forwards the sampler without drawing from the global
 generators.
 """
+
 from __future__ import annotations
 
 import json
@@ -100,10 +101,21 @@ class WarmupCosine:
     (5e-07, 0.0002525, 5e-06)
     """
 
-    def __init__(self, lr: float, warmup_epochs: float, epochs: float, final_lr: float = 0.0,
-                 warmup_start_lr: float = 0.0, cosine_after_warmup: bool = True) -> None:
-        self.lr, self.warmup, self.epochs, self.final_lr = float(lr), float(warmup_epochs), float(epochs), \
-            float(final_lr)
+    def __init__(
+        self,
+        lr: float,
+        warmup_epochs: float,
+        epochs: float,
+        final_lr: float = 0.0,
+        warmup_start_lr: float = 0.0,
+        cosine_after_warmup: bool = True,
+    ) -> None:
+        self.lr, self.warmup, self.epochs, self.final_lr = (
+            float(lr),
+            float(warmup_epochs),
+            float(epochs),
+            float(final_lr),
+        )
         self.warmup_start_lr = float(warmup_start_lr)
         self.cosine_after_warmup = bool(cosine_after_warmup)
 
@@ -132,8 +144,12 @@ class WarmupHoldLinear:
     """
 
     def __init__(self, lr: float, warmup_epochs: float, hold_epochs: float, epochs: float) -> None:
-        self.lr, self.warmup, self.hold, self.epochs = float(lr), float(warmup_epochs), float(hold_epochs), \
-            float(epochs)
+        self.lr, self.warmup, self.hold, self.epochs = (
+            float(lr),
+            float(warmup_epochs),
+            float(hold_epochs),
+            float(epochs),
+        )
 
     def __call__(self, progress: float) -> float:
         if self.warmup > 0 and progress < self.warmup:
@@ -144,8 +160,9 @@ class WarmupHoldLinear:
         return self.lr * max(0.0, (self.epochs - progress) / max(1e-9, self.epochs - decay_start))
 
 
-def parameter_groups(modules: torch.nn.Module,
-                     vector_weight_decay: bool = True) -> list[torch.nn.Parameter] | list[dict]:
+def parameter_groups(
+    modules: torch.nn.Module, vector_weight_decay: bool = True
+) -> list[torch.nn.Parameter] | list[dict]:
     """Trainable parameters of ``modules`` for an optimiser; with ``vector_weight_decay=False`` two groups,
     the 1-D parameters (biases, norms, the learned mask vector, layer-sum logits) with weight decay 0
     (the official ShiftSER code's ``set_weight_decay``) and the rest with the optimiser's weight decay.
@@ -202,15 +219,27 @@ def plot_search(entries: list[dict], path: Path) -> Figure | None:
     for layer in range(layers):
         ax = axes[0][layer]
         for c, name in enumerate(choices):
-            ax.plot(epochs, [e["probabilities"][layer][c] for e in entries], label=name, marker=".",
-                    color=colours[c])
+            ax.plot(
+                epochs,
+                [e["probabilities"][layer][c] for e in entries],
+                label=name,
+                marker=".",
+                color=colours[c],
+            )
         ax.set_title(f"layer {layer + 1}")
         ax.set_xlabel("epoch")
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("softmax(theta)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(choices), 6), fontsize="small",
-               title="candidate block (every panel)", title_fontsize="small")
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=min(len(choices), 6),
+        fontsize="small",
+        title="candidate block (every panel)",
+        title_fontsize="small",
+    )
     fig.suptitle(f"BAS search: derived {entries[-1]['derived']}", fontsize="medium")
     rows = -(-len(choices) // 6)
     fig.tight_layout(rect=(0, min(0.1 + 0.07 * rows, 0.5), 1, 1))
@@ -243,8 +272,10 @@ def require_tensorboard() -> None:
     try:
         import tensorboard  # noqa: F401
     except ImportError:
-        raise SerkitError("--tensorboard needs the tensorboard package: pip install 'serkit[tensorboard]' "
-                          "(or leave --tensorboard out)") from None
+        raise SerkitError(
+            "--tensorboard needs the tensorboard package: pip install 'serkit[tensorboard]' "
+            "(or leave --tensorboard out)"
+        ) from None
 
 
 def tensorboard_logger(save_dir: str | os.PathLike) -> TensorboardLogger:
@@ -257,11 +288,17 @@ def tensorboard_logger(save_dir: str | os.PathLike) -> TensorboardLogger:
     from speechbrain.utils.train_logger import TensorboardLogger
 
     class EpochTensorboardLogger(TensorboardLogger):
-        def log_stats(self, stats_meta: dict, train_stats: dict | None = None,
-                      valid_stats: dict | None = None, test_stats: dict | None = None,
-                      verbose: bool = False) -> None:
+        def log_stats(
+            self,
+            stats_meta: dict,
+            train_stats: dict | None = None,
+            valid_stats: dict | None = None,
+            test_stats: dict | None = None,
+            verbose: bool = False,
+        ) -> None:
             if self.writer is None:  # not the main process
                 return
+
             def known(stats: dict | None) -> dict | None:
                 # a value not measured (None) is left out, not written as a scalar
                 kept = {k: v for k, v in (stats or {}).items() if v is not None}
@@ -284,15 +321,19 @@ BATCHING = ("dynamic", "random")
 EVAL_MAX_PADDING = 0.05
 
 
-def _durations(dataset: DynamicItemDataset, max_duration: float | None = None,
-               pad_to_max: bool = False) -> np.ndarray:
+def _durations(
+    dataset: DynamicItemDataset, max_duration: float | None = None, pad_to_max: bool = False
+) -> np.ndarray:
     """Seconds of each item as the model sees it (``max_duration`` crops; ``pad_to_max`` pads to it)."""
     import numpy as np
 
     lengths = np.array([float(dataset.data[i]["duration"]) for i in dataset.data_ids])
     if max_duration is not None:
-        lengths = np.full_like(lengths, float(max_duration)) if pad_to_max else np.minimum(lengths,
-                                                                                          float(max_duration))
+        lengths = (
+            np.full_like(lengths, float(max_duration))
+            if pad_to_max
+            else np.minimum(lengths, float(max_duration))
+        )
     return lengths
 
 
@@ -327,11 +368,17 @@ def _duration_sampler_class() -> type[DynamicBatchSampler]:
     return DurationBatchSampler
 
 
-def duration_batch_sampler(dataset: DynamicItemDataset, batch_size: int,
-                           max_batch_length: float | None = None, num_buckets: int = 40,
-                           shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                           max_duration: float | None = None,
-                           pad_to_max: bool = False) -> DynamicBatchSampler:
+def duration_batch_sampler(
+    dataset: DynamicItemDataset,
+    batch_size: int,
+    max_batch_length: float | None = None,
+    num_buckets: int = 40,
+    shuffle: bool = True,
+    seed: int = 0,
+    drop_last: bool = False,
+    max_duration: float | None = None,
+    pad_to_max: bool = False,
+) -> DynamicBatchSampler:
     """SpeechBrain's ``DynamicBatchSampler`` over the ``duration`` (seconds) of a ``DynamicItemDataset``.
 
     Bucket boundaries split the sorted durations into ``num_buckets`` parts of equal total duration (so
@@ -351,13 +398,25 @@ def duration_batch_sampler(dataset: DynamicItemDataset, batch_size: int,
     boundaries = np.unique(np.append(ordered[ends], ordered[-1]))
     if max_batch_length is None:
         max_batch_length = int(batch_size) * float(boundaries[np.searchsorted(boundaries, lengths)].mean())
-    return _duration_sampler_class()(dataset, max_batch_length=float(max_batch_length),
-                               bucket_boundaries=boundaries.tolist(), lengths_list=lengths.tolist(),
-                               shuffle=shuffle, batch_ordering="random", seed=int(seed), drop_last=drop_last)
+    return _duration_sampler_class()(
+        dataset,
+        max_batch_length=float(max_batch_length),
+        bucket_boundaries=boundaries.tolist(),
+        lengths_list=lengths.tolist(),
+        shuffle=shuffle,
+        batch_ordering="random",
+        seed=int(seed),
+        drop_last=drop_last,
+    )
 
 
-def sorted_batches(dataset: DynamicItemDataset, batch_size: int, max_batch_length: float | None = None,
-                   max_duration: float | None = None, pad_to_max: bool = False) -> list[list[int]]:
+def sorted_batches(
+    dataset: DynamicItemDataset,
+    batch_size: int,
+    max_batch_length: float | None = None,
+    max_duration: float | None = None,
+    pad_to_max: bool = False,
+) -> list[list[int]]:
     """Evaluation batches: consecutive utterances in ascending duration, a batch closed before it would
     exceed ``max_batch_length`` seconds of padded audio (None: ``batch_size`` times the mean duration)
     or ``EVAL_MAX_PADDING`` of padding."""
@@ -426,12 +485,14 @@ class SERBrain(sb.Brain):
             x = self.modules.augment(x, lens)
         return self.modules.head(x, lens)
 
-    def compute_objectives(self, predictions: torch.Tensor, batch: PaddedBatch,
-                           stage: sb.Stage) -> torch.Tensor:
+    def compute_objectives(
+        self, predictions: torch.Tensor, batch: PaddedBatch, stage: sb.Stage
+    ) -> torch.Tensor:
         labels, _ = batch.label
         labels = labels.to(self.device).view(-1)
-        loss = F.cross_entropy(predictions.float(), labels,
-                               label_smoothing=float(getattr(self.hparams, "label_smoothing", 0.0)))
+        loss = F.cross_entropy(
+            predictions.float(), labels, label_smoothing=float(getattr(self.hparams, "label_smoothing", 0.0))
+        )
         if stage != sb.Stage.TRAIN:
             probs = torch.softmax(predictions.float(), dim=-1).cpu().tolist()
             for utt, label, p in zip(batch.id, labels.cpu().tolist(), probs):
@@ -459,8 +520,10 @@ class SERBrain(sb.Brain):
             return super().init_optimizers()
         arch_opt_class = getattr(self.hparams, "arch_opt_class", None)
         if arch_opt_class is None:
-            raise ValueError("a BAS search head needs `arch_opt_class` in the hparams (the optimiser of the "
-                             "architecture logits)")
+            raise ValueError(
+                "a BAS search head needs `arch_opt_class` in the hparams (the optimiser of the "
+                "architecture logits)"
+            )
         arch = list(net.arch_parameters())
         arch_ids = {id(p) for p in arch}
         weights = [p for p in self.modules.parameters() if id(p) not in arch_ids]
@@ -475,24 +538,37 @@ class SERBrain(sb.Brain):
         """The DataLoader arguments for ``dataset`` under the hparams' ``batching`` (module docstring)."""
         batching = str(getattr(self.hparams, "batching", "random"))
         if batching not in BATCHING:
-            raise SerkitError(f"batching: {batching!r} is not one of {', '.join(BATCHING)}; set it in the "
-                              "hparams yaml or with --batching")
+            raise SerkitError(
+                f"batching: {batching!r} is not one of {', '.join(BATCHING)}; set it in the "
+                "hparams yaml or with --batching"
+            )
         if batching == "random" or not isinstance(dataset, sb.dataio.dataset.DynamicItemDataset):
             return loader_kwargs
         if stage == sb.Stage.TRAIN and loader_kwargs.get("sampler") is not None:
-            raise SerkitError("batching: dynamic cannot be combined with a sampler that draws the training "
-                              "utterances itself (class_balanced_sampler: True); set batching: random, or "
-                              "class_balanced_sampler: False")
+            raise SerkitError(
+                "batching: dynamic cannot be combined with a sampler that draws the training "
+                "utterances itself (class_balanced_sampler: True); set batching: random, or "
+                "class_balanced_sampler: False"
+            )
         kwargs = dict(loader_kwargs)
         batch_size = int(kwargs.pop("batch_size", 1))
         max_length = getattr(self.hparams, "max_batch_length", None)
         shuffle, drop_last = bool(kwargs.pop("shuffle", False)), bool(kwargs.pop("drop_last", False))
-        seen = {"max_duration": getattr(self.hparams, "max_duration", None),  # what the model sees
-                "pad_to_max": bool(getattr(self.hparams, "pad_to_max", False))}
+        seen = {
+            "max_duration": getattr(self.hparams, "max_duration", None),  # what the model sees
+            "pad_to_max": bool(getattr(self.hparams, "pad_to_max", False)),
+        }
         if stage == sb.Stage.TRAIN:
             kwargs["batch_sampler"] = duration_batch_sampler(
-                dataset, batch_size, max_length, int(getattr(self.hparams, "num_buckets", 40)),
-                shuffle=shuffle, seed=int(getattr(self.hparams, "seed", 0) or 0), drop_last=drop_last, **seen)
+                dataset,
+                batch_size,
+                max_length,
+                int(getattr(self.hparams, "num_buckets", 40)),
+                shuffle=shuffle,
+                seed=int(getattr(self.hparams, "seed", 0) or 0),
+                drop_last=drop_last,
+                **seen,
+            )
         else:
             kwargs["batch_sampler"] = sorted_batches(dataset, batch_size, max_length, **seen)
         return kwargs
@@ -507,8 +583,9 @@ class SERBrain(sb.Brain):
         for opt in valid.values():
             self.scaler.unscale_(opt)
         for opt in valid.values():
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
-                                           self.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in opt.param_groups for p in g["params"]], self.max_grad_norm
+            )
         if not self.scaler.is_enabled() and self.skip_nonfinite_grads:
             self.check_gradients()
         for opt in valid.values():
@@ -518,8 +595,13 @@ class SERBrain(sb.Brain):
             opt.zero_grad(set_to_none=True)
         self.optimizer_step += 1
 
-    def make_dataloader(self, dataset: Dataset | DataLoader, stage: sb.Stage,
-                        ckpt_prefix: str | None = "dataloader-", **loader_kwargs) -> DataLoader:
+    def make_dataloader(
+        self,
+        dataset: Dataset | DataLoader,
+        stage: sb.Stage,
+        ckpt_prefix: str | None = "dataloader-",
+        **loader_kwargs,
+    ) -> DataLoader:
         loader_kwargs = self.batching_kwargs(dataset, stage, loader_kwargs)
         loader = super().make_dataloader(dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN:
@@ -574,9 +656,11 @@ class SERBrain(sb.Brain):
             if net is not None:
                 from serkit.nn.search import gumbel_temperature
 
-                tau = gumbel_temperature(self._epoch - 1,
-                                         float(getattr(self.hparams, "temperature_start", 5.0)),
-                                         float(getattr(self.hparams, "temperature_decay", 0.956)))
+                tau = gumbel_temperature(
+                    self._epoch - 1,
+                    float(getattr(self.hparams, "temperature_start", 5.0)),
+                    float(getattr(self.hparams, "temperature_decay", 0.956)),
+                )
                 net.set_temperature(tau)
 
     def on_stage_end(self, stage: sb.Stage, stage_loss: float, epoch: int | None = None) -> None:
@@ -597,11 +681,19 @@ class SERBrain(sb.Brain):
         out = Path(self.hparams.output_folder)
         if if_main_process():
             pred_dir = out / "predictions"
-            write_predictions(pred_dir / f"valid.epoch{epoch:03d}.tsv", valid_rows,
-                              self.orders.get("valid", sorted(valid_rows)), self.classes)
+            write_predictions(
+                pred_dir / f"valid.epoch{epoch:03d}.tsv",
+                valid_rows,
+                self.orders.get("valid", sorted(valid_rows)),
+                self.classes,
+            )
             if test_rows is not None:
-                write_predictions(pred_dir / f"test.epoch{epoch:03d}.tsv", test_rows,
-                                  self.orders.get("test", sorted(test_rows)), self.classes)
+                write_predictions(
+                    pred_dir / f"test.epoch{epoch:03d}.tsv",
+                    test_rows,
+                    self.orders.get("test", sorted(test_rows)),
+                    self.classes,
+                )
         stats_meta = {"epoch": epoch, "lr": self.current_lr()}
         net = self._search_net()
         if net is not None:
@@ -637,7 +729,8 @@ class SERBrain(sb.Brain):
         if not isinstance(dataset, torch.utils.data.DataLoader):
             opts = dict(getattr(self.hparams, "test_dataloader_opts", {"batch_size": 1}))
             dataset = sb.dataio.dataloader.make_dataloader(
-                dataset, **self.batching_kwargs(dataset, sb.Stage.TEST, opts))
+                dataset, **self.batching_kwargs(dataset, sb.Stage.TEST, opts)
+            )
             self.test_set = dataset
         self._rows = {}
         self.modules.eval()
@@ -657,9 +750,15 @@ class SERBrain(sb.Brain):
         # a resumed epoch replaces its line
         entries = [e for e in read_search_log(path) if e["epoch"] < epoch]
         derived = net.derive()
-        entries.append({"epoch": epoch, "temperature": net.tau, "choices": list(net.choices),
-                        "probabilities": [[round(float(p), 6) for p in row] for row in net.probabilities()],
-                        "derived": derived})
+        entries.append(
+            {
+                "epoch": epoch,
+                "temperature": net.tau,
+                "choices": list(net.choices),
+                "probabilities": [[round(float(p), 6) for p in row] for row in net.probabilities()],
+                "derived": derived,
+            }
+        )
         with atomic_file(path, encoding="utf-8") as f:
             for e in entries:
                 f.write(json.dumps(e) + "\n")

@@ -22,6 +22,7 @@ see docs/trust.md.)
 :class:`RandomState` is the recoverable that makes a resumed run continue the random streams of the
 run it resumes (``SERBrain`` adds it as ``rng``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,9 +44,15 @@ log = logging.getLogger("serkit.speechbrain")
 PENDING = ".CKPT.yaml.pending"
 
 
-def weights_only_recovery(obj: torch.nn.Module | torch.optim.Optimizer | torch.optim.lr_scheduler.LRScheduler
-                          | torch.optim.lr_scheduler.ReduceLROnPlateau | torch.amp.GradScaler,
-                          path: str | os.PathLike, end_of_epoch: bool) -> None:
+def weights_only_recovery(
+    obj: torch.nn.Module
+    | torch.optim.Optimizer
+    | torch.optim.lr_scheduler.LRScheduler
+    | torch.optim.lr_scheduler.ReduceLROnPlateau
+    | torch.amp.GradScaler,
+    path: str | os.PathLike,
+    end_of_epoch: bool,
+) -> None:
     """SpeechBrain's ``torch_recovery`` with ``weights_only=True`` (no arbitrary unpickling)."""
     del end_of_epoch
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -92,8 +99,13 @@ class RandomState:
         state = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "numpy": {
+                "kind": kind,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
             "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
         }
         torch.save(state, path)
@@ -107,12 +119,23 @@ class RandomState:
             if len(cuda) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(cuda)
             else:
-                log.warning("%s: saved with %d CUDA device(s), %d visible now; the CUDA generators start "
-                            "afresh, so this run will not repeat the interrupted one exactly", path,
-                            len(cuda), torch.cuda.device_count())
+                log.warning(
+                    "%s: saved with %d CUDA device(s), %d visible now; the CUDA generators start "
+                    "afresh, so this run will not repeat the interrupted one exactly",
+                    path,
+                    len(cuda),
+                    torch.cuda.device_count(),
+                )
         npy = state["numpy"]
-        np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                             npy["cached_gaussian"]))
+        np.random.set_state(
+            (
+                npy["kind"],
+                npy["keys"].numpy().astype(np.uint32),
+                npy["pos"],
+                npy["has_gauss"],
+                npy["cached_gaussian"],
+            )
+        )
         py = state["python"]
         random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
         self.end_of_epoch = bool(end_of_epoch)
@@ -121,15 +144,22 @@ class RandomState:
 class Checkpointer(sb_checkpoints.Checkpointer):
     """SpeechBrain's checkpointer with atomic saves and recovery that survives a killed run."""
 
-    def _save_checkpoint_metafile(self, fpath: str | os.PathLike, meta_to_include: dict | None = None,
-                                  end_of_epoch: bool = True) -> dict:
+    def _save_checkpoint_metafile(
+        self, fpath: str | os.PathLike, meta_to_include: dict | None = None, end_of_epoch: bool = True
+    ) -> dict:
         pending = Path(fpath).with_name(PENDING)
         return super()._save_checkpoint_metafile(pending, meta_to_include or {}, end_of_epoch)
 
-    def save_checkpoint(self, meta: dict | None = None, end_of_epoch: bool = True, name: str | None = None,
-                        verbosity: int = logging.INFO) -> sb_checkpoints.Checkpoint | None:
-        ckpt = super().save_checkpoint(meta=meta or {}, end_of_epoch=end_of_epoch, name=name,
-                                       verbosity=verbosity)
+    def save_checkpoint(
+        self,
+        meta: dict | None = None,
+        end_of_epoch: bool = True,
+        name: str | None = None,
+        verbosity: int = logging.INFO,
+    ) -> sb_checkpoints.Checkpoint | None:
+        ckpt = super().save_checkpoint(
+            meta=meta or {}, end_of_epoch=end_of_epoch, name=name, verbosity=verbosity
+        )
         if ckpt is not None:  # the main process: every parameter file is written, publish the checkpoint
             os.replace(ckpt.path / PENDING, ckpt.path / sb_checkpoints.METAFNAME)
         ddp_barrier()
@@ -141,9 +171,13 @@ class Checkpointer(sb_checkpoints.Checkpointer):
             return "killed while saving" if (ckpt_dir / PENDING).exists() else None
         if self.allow_partial_load:
             return None
-        missing = [name for name in self.recoverables
-                   if not (ckpt_dir / f"{name}{sb_checkpoints.PARAMFILE_EXT}").exists()
-                   and not name.startswith("dataloader") and not self.optional_recoverables.get(name)]
+        missing = [
+            name
+            for name in self.recoverables
+            if not (ckpt_dir / f"{name}{sb_checkpoints.PARAMFILE_EXT}").exists()
+            and not name.startswith("dataloader")
+            and not self.optional_recoverables.get(name)
+        ]
         return f"missing {', '.join(missing)}" if missing else None
 
     def list_checkpoints(self) -> list[sb_checkpoints.Checkpoint]:
@@ -157,8 +191,11 @@ class Checkpointer(sb_checkpoints.Checkpointer):
             for ckpt_dir in sorted(self.checkpoints_dir.glob(f"{sb_checkpoints.CKPT_PREFIX}+*")):
                 why = self._incomplete(ckpt_dir) if ckpt_dir.is_dir() else None
                 if why:
-                    log.warning("%s: incomplete checkpoint (%s); removing it and resuming from the one "
-                                "before", ckpt_dir, why)
+                    log.warning(
+                        "%s: incomplete checkpoint (%s); removing it and resuming from the one before",
+                        ckpt_dir,
+                        why,
+                    )
                     shutil.rmtree(ckpt_dir)
                     removed.append(ckpt_dir)
         ddp_barrier()
@@ -170,24 +207,34 @@ class Checkpointer(sb_checkpoints.Checkpointer):
 
     def _weights_only_hooks(self) -> dict:
         """Load hooks for the recoverables SpeechBrain would load with a plain ``torch.load``."""
-        return {name: weights_only_recovery for name, obj in self.recoverables.items()
-                if name not in self.custom_load_hooks
-                and sb_checkpoints.get_default_hook(obj, sb_checkpoints.DEFAULT_LOAD_HOOKS)
-                is sb_checkpoints.torch_recovery}
+        return {
+            name: weights_only_recovery
+            for name, obj in self.recoverables.items()
+            if name not in self.custom_load_hooks
+            and sb_checkpoints.get_default_hook(obj, sb_checkpoints.DEFAULT_LOAD_HOOKS)
+            is sb_checkpoints.torch_recovery
+        }
 
     def load_checkpoint(self, checkpoint: sb_checkpoints.Checkpoint) -> None:
-        missing = [name for name, optional in self.optional_recoverables.items()
-                   if optional and name not in checkpoint.paramfiles]
+        missing = [
+            name
+            for name, optional in self.optional_recoverables.items()
+            if optional and name not in checkpoint.paramfiles
+        ]
         if "rng" in missing:
-            log.warning("%s: no random-generator state (saved by an older serkit); training continues, but "
-                        "not exactly as the interrupted run would have", checkpoint.path)
+            log.warning(
+                "%s: no random-generator state (saved by an older serkit); training continues, but "
+                "not exactly as the interrupted run would have",
+                checkpoint.path,
+            )
         custom = self.custom_load_hooks
         self.custom_load_hooks = {**self._weights_only_hooks(), **custom}
         try:
             return super().load_checkpoint(checkpoint)
         except pickle.UnpicklingError as e:
-            detail = [line.strip() for line in str(e).splitlines()
-                      if "GLOBAL" in line or "Unsupported" in line] or ["not loadable with weights_only=True"]
+            detail = [
+                line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line
+            ] or ["not loadable with weights_only=True"]
             raise SerkitError(
                 f"{checkpoint.path}: refusing to load this checkpoint: a parameter file holds pickled "
                 f"objects beyond tensors ({detail[0]}). serkit writes tensors only, so this file was not "
@@ -197,7 +244,8 @@ class Checkpointer(sb_checkpoints.Checkpointer):
             raise SerkitError(
                 f"{checkpoint.path}: cannot load this checkpoint ({type(e).__name__}: {e}); it is truncated "
                 f"or was written by another model. Remove that directory to resume from an earlier "
-                f"checkpoint, or train into a fresh --output-folder") from e
+                f"checkpoint, or train into a fresh --output-folder"
+            ) from e
         finally:
             self.custom_load_hooks = custom
 

@@ -16,6 +16,7 @@ shorter ones are zero-padded to it, so that every item has the same length and t
 signal (no padding mask: the official ShiftSER code's 7.5 s clips). Cached features are cut in frames
 (7.5 s = 374 frames of a 20 ms upstream), from features computed on the whole utterance.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,12 @@ SAMPLE_RATE = 16000
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
 
 
-def load_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: bool = True,
-             max_duration: float | None = None) -> torch.Tensor:
+def load_wav(
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    resample: bool = True,
+    max_duration: float | None = None,
+) -> torch.Tensor:
     """Read an audio file as a mono float32 tensor (S,) at ``sample_rate``.
 
     Multi-channel audio is averaged to mono. Another sample rate is resampled (with a warning) when
@@ -62,12 +67,16 @@ def load_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: 
     try:
         info = sf.info(str(path))
         if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
-            raise SerkitError(f"{path}: sample rate {info.samplerate} Hz is outside {MIN_SAMPLE_RATE}.."
-                              f"{MAX_SAMPLE_RATE} Hz; the header is wrong or this is not speech audio")
+            raise SerkitError(
+                f"{path}: sample rate {info.samplerate} Hz is outside {MIN_SAMPLE_RATE}.."
+                f"{MAX_SAMPLE_RATE} Hz; the header is wrong or this is not speech audio"
+            )
         seconds = info.frames / info.samplerate
         if max_duration is not None and seconds > max_duration:
-            raise SerkitError(f"{path}: {seconds:.1f} s of audio is longer than --max-duration "
-                              f"{max_duration:g} s; cut it into utterances, or raise --max-duration")
+            raise SerkitError(
+                f"{path}: {seconds:.1f} s of audio is longer than --max-duration "
+                f"{max_duration:g} s; cut it into utterances, or raise --max-duration"
+            )
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except SerkitError:
         raise
@@ -77,13 +86,17 @@ def load_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: 
         raise SerkitError(f"{path}: empty audio (0 samples)")
     finite = np.isfinite(data).all(axis=1)
     if not finite.all():
-        raise SerkitError(f"{path}: non-finite samples (NaN or Inf) at {int((~finite).sum())} time step(s), "
-                          f"the first at {int(np.argmin(finite)) / sr:.3f} s; the file is corrupt")
+        raise SerkitError(
+            f"{path}: non-finite samples (NaN or Inf) at {int((~finite).sum())} time step(s), "
+            f"the first at {int(np.argmin(finite)) / sr:.3f} s; the file is corrupt"
+        )
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]))
     if sr != sample_rate:
         if not resample:
-            raise SerkitError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz; resample it "
-                              f"(`sox {path.name} -r {sample_rate} out.wav`)")
+            raise SerkitError(
+                f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz; resample it "
+                f"(`sox {path.name} -r {sample_rate} out.wav`)"
+            )
         from serkit.data.audio import resample  # the resampler `serkit prepare` converts corpora with
 
         log.warning("%s: sample rate %d Hz, resampling to %d Hz", path, sr, sample_rate)
@@ -99,8 +112,9 @@ def label_encoder(classes: list[str], where: str = "") -> Callable[[str], int]:
         try:
             return index[emo]
         except KeyError:
-            raise SerkitError(f"{where}: label {emo!r} is not in dict.emo.txt {classes}; re-run "
-                              "`serkit split`") from None
+            raise SerkitError(
+                f"{where}: label {emo!r} is not in dict.emo.txt {classes}; re-run `serkit split`"
+            ) from None
 
     return encode
 
@@ -121,7 +135,7 @@ def crop_to(x: torch.Tensor, max_len: int, crop: str = "start", pad: bool = Fals
     n = x.shape[0]
     if n > max_len:
         start = 0 if crop == "start" else int(torch.randint(0, n - max_len + 1, ()))
-        x = x[start:start + max_len]
+        x = x[start : start + max_len]
     elif pad and n < max_len:
         x = torch.cat([x, x.new_zeros((max_len - n, *x.shape[1:]))], dim=0)
     return x
@@ -139,8 +153,9 @@ def class_balanced_sampler(dataset: DynamicItemDataset, seed: int = 0) -> Reprod
         emos = [item["emo"] for item in dataset]
     counts = Counter(emos)
     weights = [1.0 / counts[e] for e in emos]
-    return ReproducibleWeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
-                                             seed=int(seed))
+    return ReproducibleWeightedRandomSampler(
+        weights, num_samples=len(weights), replacement=True, seed=int(seed)
+    )
 
 
 def _select_layers(feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -153,8 +168,13 @@ def _chain(x: torch.Tensor, steps: Iterable[Transform]) -> torch.Tensor:
     return x
 
 
-def duration_limit(max_duration: float | str | None, crop: str = "start", pad_to_max: bool = False,
-                   reader: FeatureReader | None = None, where: str = "hparams") -> int | None:
+def duration_limit(
+    max_duration: float | str | None,
+    crop: str = "start",
+    pad_to_max: bool = False,
+    reader: FeatureReader | None = None,
+    where: str = "hparams",
+) -> int | None:
     """Check the crop options and return ``max_duration`` in items of the input (frames of ``reader``'s
     features, else samples at 16 kHz); None when ``max_duration`` is None (no limit).
 
@@ -174,8 +194,9 @@ def duration_limit(max_duration: float | str | None, crop: str = "start", pad_to
     except (TypeError, ValueError):
         seconds = -1.0
     if not seconds > 0:
-        raise SerkitError(f"{where}: max_duration must be a positive number of seconds or null, "
-                          f"got {max_duration!r}")
+        raise SerkitError(
+            f"{where}: max_duration must be a positive number of seconds or null, got {max_duration!r}"
+        )
     samples = int(round(seconds * SAMPLE_RATE))
     if reader is None:
         return samples
@@ -196,8 +217,10 @@ def feature_pipeline(reader: FeatureReader, transform: Transform | None = None) 
         try:
             feats = reader.load(utt)
         except KeyError:
-            raise SerkitError(f"{getattr(reader, 'path', 'features')}: no features for utterance {utt!r}; "
-                              "dump features for every split of the fold (`serkit dump-features`)") from None
+            raise SerkitError(
+                f"{getattr(reader, 'path', 'features')}: no features for utterance {utt!r}; "
+                "dump features for every split of the fold (`serkit dump-features`)"
+            ) from None
         feats = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).transpose(0, 1)
         return feats if transform is None else transform(feats)
 
@@ -217,10 +240,16 @@ def wav_pipeline(transform: Transform | None = None) -> Callable:
     return pipeline
 
 
-def fold_datasets(fold_dir: str | os.PathLike, reader: FeatureReader | None = None,
-                  splits: Sequence[str] = ("train", "valid", "test"), sort_eval: bool = True,
-                  max_duration: float | str | None = None, crop: str = "start", pad_to_max: bool = False,
-                  feature_layers: list[int] | None = None) -> tuple[dict[str, DynamicItemDataset], list[str]]:
+def fold_datasets(
+    fold_dir: str | os.PathLike,
+    reader: FeatureReader | None = None,
+    splits: Sequence[str] = ("train", "valid", "test"),
+    sort_eval: bool = True,
+    max_duration: float | str | None = None,
+    crop: str = "start",
+    pad_to_max: bool = False,
+    feature_layers: list[int] | None = None,
+) -> tuple[dict[str, DynamicItemDataset], list[str]]:
     """Build ``{split: DynamicItemDataset}`` for a fold, plus the class list.
 
     ``reader`` (a ``FeatureReader``) gives cached features (``feats``); without it the datasets give

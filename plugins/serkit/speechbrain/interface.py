@@ -24,6 +24,7 @@ trusted sources only, as SpeechBrain's own ``from_hparams``. The head and state 
 with ``weights_only=True`` (:class:`~serkit.speechbrain.checkpoints.Checkpointer`), so a checkpoint
 file holding other pickled objects is refused (docs/trust.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,13 @@ def read_train_info(source: str | os.PathLike) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_fold(source: str | os.PathLike, hparams_file: str = "hyperparams.yaml",
-              overrides: dict | None = None, checkpoint: str = "best", upstream: str | None = None) -> dict:
+def load_fold(
+    source: str | os.PathLike,
+    hparams_file: str = "hyperparams.yaml",
+    overrides: dict | None = None,
+    checkpoint: str = "best",
+    upstream: str | None = None,
+) -> dict:
     """Rebuild a trained fold: ``{"modules", "hparams", "classes", "train_info", "checkpoint"}``.
 
     ``modules`` holds ``layer_sum``, ``head`` and ``upstream`` (the frozen upstream that encodes raw audio
@@ -80,12 +86,15 @@ def load_fold(source: str | os.PathLike, hparams_file: str = "hyperparams.yaml",
     recorded = info.get("upstream")
     up_path = upstream or recorded
     if not up_path:
-        raise SerkitError(f"{source / 'train_info.json'}: no upstream recorded for the cached features; "
-                          "pass --upstream CKPT (the checkpoint the features were dumped with)")
+        raise SerkitError(
+            f"{source / 'train_info.json'}: no upstream recorded for the cached features; "
+            "pass --upstream CKPT (the checkpoint the features were dumped with)"
+        )
     if not Path(up_path).exists() and up_path != "mfcc":
         where = "--upstream" if upstream else f"{source / 'train_info.json'} records the upstream"
-        raise SerkitError(f"{where} {up_path}: not found; pass --upstream PATH to where that checkpoint "
-                          "is now")
+        raise SerkitError(
+            f"{where} {up_path}: not found; pass --upstream PATH to where that checkpoint is now"
+        )
     if info.get("setting") == "finetune":
         from .lobes import FairseqUpstream
 
@@ -96,23 +105,44 @@ def load_fold(source: str | os.PathLike, hparams_file: str = "hyperparams.yaml",
 
         up = load_upstream(up_path, device="cpu")
         if info.get("upstream_normalize") is not None and bool(up.normalize) != bool(
-                info["upstream_normalize"]):
-            log.warning("%s: normalize=%s differs from the cached features' (%s)", up_path,
-                        up.normalize, info["upstream_normalize"])
+            info["upstream_normalize"]
+        ):
+            log.warning(
+                "%s: normalize=%s differs from the cached features' (%s)",
+                up_path,
+                up.normalize,
+                info["upstream_normalize"],
+            )
     checkpointer = Checkpointer(source / "save", recoverables=recoverables)
     best = info.get("best_metric", "ua")
     # "last": the last finished epoch, not an intra-epoch checkpoint of a killed run
-    ckpt = checkpointer.find_checkpoint(max_key=f"valid_{best}") if checkpoint == "best" \
+    ckpt = (
+        checkpointer.find_checkpoint(max_key=f"valid_{best}")
+        if checkpoint == "best"
         else checkpointer.find_checkpoint(ckpt_predicate=lambda c: c.meta.get("end-of-epoch", True))
+    )
     if ckpt is None:
         raise SerkitError(f"{source / 'save'}: no checkpoint; has training run at least one epoch?")
     checkpointer.load_checkpoint(ckpt)
-    log.info("loaded %s (epoch %s, valid %s %.4f)", ckpt.path, ckpt.meta.get("epoch"), best,
-             ckpt.meta.get(f"valid_{best}", float("nan")))
-    modules = {"layer_sum": hparams["modules"]["layer_sum"], "head": hparams["modules"]["head"],
-               "upstream": up}
-    return {"modules": modules, "hparams": hparams, "classes": list(info["classes"]), "train_info": info,
-            "checkpoint": ckpt}
+    log.info(
+        "loaded %s (epoch %s, valid %s %.4f)",
+        ckpt.path,
+        ckpt.meta.get("epoch"),
+        best,
+        ckpt.meta.get(f"valid_{best}", float("nan")),
+    )
+    modules = {
+        "layer_sum": hparams["modules"]["layer_sum"],
+        "head": hparams["modules"]["head"],
+        "upstream": up,
+    }
+    return {
+        "modules": modules,
+        "hparams": hparams,
+        "classes": list(info["classes"]),
+        "train_info": info,
+        "checkpoint": ckpt,
+    }
 
 
 FOREIGN_YAML = """\
@@ -144,8 +174,10 @@ def write_foreign_files(source: str | os.PathLike) -> tuple[Path, Path]:
     source = Path(source).resolve()
     read_train_info(source)
     out = []
-    for name, text in (("inference.yaml", FOREIGN_YAML.format(fold=json.dumps(str(source)))),
-                       ("custom.py", FOREIGN_PY)):
+    for name, text in (
+        ("inference.yaml", FOREIGN_YAML.format(fold=json.dumps(str(source)))),
+        ("custom.py", FOREIGN_PY),
+    ):
         path = source / name
         if path.exists() and "serkit" not in path.read_text(encoding="utf-8", errors="replace"):
             raise SerkitError(f"{path}: exists and was not written by serkit; move it aside")
@@ -166,14 +198,24 @@ class EmotionClassifier(Pretrained):
 
     MODULES_NEEDED = ["layer_sum", "head", "upstream"]
 
-    def __init__(self, modules: dict[str, torch.nn.Module] | None = None, hparams: dict | None = None,
-                 run_opts: dict | None = None, freeze_params: bool = True) -> None:
+    def __init__(
+        self,
+        modules: dict[str, torch.nn.Module] | None = None,
+        hparams: dict | None = None,
+        run_opts: dict | None = None,
+        freeze_params: bool = True,
+    ) -> None:
         hparams = dict(hparams or {})
         if "serkit_fold" in hparams:  # built by SpeechBrain's foreign_class from inference.yaml
             fold = hparams.pop("serkit_fold")
             modules = fold["modules"]
-            hparams = {**fold["hparams"], **hparams, "classes": fold["classes"],
-                       "train_info": fold["train_info"], "serkit_checkpoint": fold["checkpoint"]}
+            hparams = {
+                **fold["hparams"],
+                **hparams,
+                "classes": fold["classes"],
+                "train_info": fold["train_info"],
+                "serkit_checkpoint": fold["checkpoint"],
+            }
         super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, freeze_params=freeze_params)
         self.classes = list(hparams["classes"])
         self.info = hparams["train_info"]
@@ -201,10 +243,17 @@ class EmotionClassifier(Pretrained):
         return self.mods.upstream if self.finetuned else None
 
     @classmethod
-    def from_hparams(cls, source: str | os.PathLike, hparams_file: str = "hyperparams.yaml",
-                     overrides: dict | None = None, savedir: str | os.PathLike | None = None,
-                     run_opts: dict | None = None, checkpoint: str = "best", upstream: str | None = None,
-                     **kwargs) -> EmotionClassifier | MFSNClassifier:
+    def from_hparams(
+        cls,
+        source: str | os.PathLike,
+        hparams_file: str = "hyperparams.yaml",
+        overrides: dict | None = None,
+        savedir: str | os.PathLike | None = None,
+        run_opts: dict | None = None,
+        checkpoint: str = "best",
+        upstream: str | None = None,
+        **kwargs,
+    ) -> EmotionClassifier | MFSNClassifier:
         """Load a trained fold (a local folder: nothing is fetched, so ``savedir`` is unused).
 
         ``hparams_file`` and ``overrides`` as in SpeechBrain (the fold's ``hyperparams.yaml``);
@@ -223,8 +272,9 @@ class EmotionClassifier(Pretrained):
                 hp = load_hyperpyyaml(f, overrides or {})
             device = (run_opts or {}).get("device") or "cpu"
             return hp["classifier"](source, hp, read_train_info(source), device=device, checkpoint=checkpoint)
-        fold = load_fold(source, hparams_file=hparams_file, overrides=overrides, checkpoint=checkpoint,
-                         upstream=upstream)
+        fold = load_fold(
+            source, hparams_file=hparams_file, overrides=overrides, checkpoint=checkpoint, upstream=upstream
+        )
         run_opts = dict(run_opts or {})
         run_opts.setdefault("device", "cpu")
         return cls(run_opts=run_opts, hparams={"serkit_fold": fold}, **kwargs)
@@ -260,14 +310,16 @@ class EmotionClassifier(Pretrained):
         from .lobes import SERHead
 
         head = self.mods.head
-        if not isinstance(head, SERHead) or not isinstance(getattr(head.head, "classifier", None),
-                                                          torch.nn.Linear):
+        if not isinstance(head, SERHead) or not isinstance(
+            getattr(head.head, "classifier", None), torch.nn.Linear
+        ):
             raise SerkitError(f"{type(head).__name__}: no final linear layer to take an embedding from")
         return head
 
     @torch.no_grad()
-    def classify_batch(self, wavs: torch.Tensor,
-                       wav_lens: torch.Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+    def classify_batch(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, list[str]]:
         """Classify a padded batch of 16 kHz waveforms (B, S) with relative lengths ``wav_lens`` (B,).
 
         Returns ``(out_prob (B, K), score (B,), index (B,), text_lab [str])`` like SpeechBrain's
@@ -279,8 +331,9 @@ class EmotionClassifier(Pretrained):
         score, index = out_prob.max(dim=-1)
         return out_prob, score, index, [self.classes[i] for i in index.tolist()]
 
-    def classify_file(self, path: str | os.PathLike,
-                      max_duration: float | None = 600.0) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+    def classify_file(
+        self, path: str | os.PathLike, max_duration: float | None = 600.0
+    ) -> tuple[Tensor, Tensor, Tensor, list[str]]:
         """Classify one audio file (resampled to 16 kHz and averaged to mono if needed).
 
         Refused (SerkitError naming the file): NaN/Inf samples, a sample rate outside 1..384 kHz, more
@@ -294,9 +347,12 @@ class EmotionClassifier(Pretrained):
         module = self.finetuned_upstream.upstream if self.finetuned else self.mods.upstream
         need = int(getattr(module, "receptive_field", 400))
         if wav.numel() < need:
-            raise SerkitError(f"{path}: {wav.numel()} samples ({wav.numel() / 16:.1f} ms) is shorter than "
-                              f"the upstream's receptive field ({need} samples); nothing to classify")
+            raise SerkitError(
+                f"{path}: {wav.numel()} samples ({wav.numel() / 16:.1f} ms) is shorter than "
+                f"the upstream's receptive field ({need} samples); nothing to classify"
+            )
 
-    def forward(self, wavs: Tensor,
-                wav_lens: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+    def forward(
+        self, wavs: Tensor, wav_lens: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, list[str]]:
         return self.classify_batch(wavs, wav_lens)

@@ -22,6 +22,7 @@ torch.Size([2, 1, 4])
 >>> SERHead("ffn", input_dim=8, num_classes=4, output="embedding", hidden=6)(x, lens).shape
 torch.Size([2, 1, 6])
 """
+
 from __future__ import annotations
 
 import logging
@@ -102,8 +103,15 @@ class SERHead(nn.Module):
 
     OUTPUTS = ("logits", "log_probs", "embedding")
 
-    def __init__(self, name: str, input_dim: int, num_classes: int, pooling: str = "mean",
-                 output: str = "logits", **kwargs) -> None:
+    def __init__(
+        self,
+        name: str,
+        input_dim: int,
+        num_classes: int,
+        pooling: str = "mean",
+        output: str = "logits",
+        **kwargs,
+    ) -> None:
         super().__init__()
         from serkit.nn import HEADS, BlockSearchSupernet, build_head
 
@@ -118,8 +126,10 @@ class SERHead(nn.Module):
             self.head = build_head(name, int(input_dim), int(num_classes), pooling=pooling, **kwargs)
         final = getattr(self.head, "classifier", None)
         if output == "embedding" and not isinstance(final, nn.Linear):
-            raise ValueError(f"SERHead {name!r}: no final linear `classifier` layer to take the embedding "
-                             "from; use output='logits' or 'log_probs'")
+            raise ValueError(
+                f"SERHead {name!r}: no final linear `classifier` layer to take the embedding "
+                "from; use output='logits' or 'log_probs'"
+            )
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         if x.dim() == 2:  # one vector per utterance (e.g. another lobe's embedding squeezed): one frame
@@ -255,9 +265,16 @@ class FairseqUpstream(nn.Module):
     wav : (B, S) at 16 kHz; lengths : (B,) relative; output : ((B, L, T, C), frame lengths (B,) relative).
     """
 
-    def __init__(self, path: str, freeze_cnn: bool = True, freeze: bool = False,
-                 layers: str | int | Iterable[int] = "last", mask_time_prob: float = 0.0,
-                 mask_time_length: int = 10, output_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        freeze_cnn: bool = True,
+        freeze: bool = False,
+        layers: str | int | Iterable[int] = "last",
+        mask_time_prob: float = 0.0,
+        mask_time_length: int = 10,
+        output_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.mask_time_prob, self.mask_time_length = float(mask_time_prob), int(mask_time_length)
         self.output_dropout = nn.Dropout(float(output_dropout))
@@ -267,8 +284,10 @@ class FairseqUpstream(nn.Module):
         self.upstream = load_upstream(self.path, device="cpu")
         self.model = getattr(self.upstream, "model", None)
         if self.model is None or not hasattr(self.model, "feature_extractor"):
-            raise TypeError(f"{path}: FairseqUpstream finetunes fairseq HuBERT/wav2vec 2.0/data2vec models; "
-                            f"got a {getattr(self.upstream, 'kind', '?')} upstream")
+            raise TypeError(
+                f"{path}: FairseqUpstream finetunes fairseq HuBERT/wav2vec 2.0/data2vec models; "
+                f"got a {getattr(self.upstream, 'kind', '?')} upstream"
+            )
         self.layers = resolve_layers(layers, self.upstream.num_layers)
         self.upstream.check_layers(self.layers)
         self.num_layers = len(self.layers)
@@ -286,13 +305,20 @@ class FairseqUpstream(nn.Module):
             encoder.layerdrop = 0.0
         # Parts of fairseq's pretraining model that SER never uses (masked-prediction heads):
         # leaving them trainable would make DDP wait for gradients that never come.
-        unused = ["final_proj", "label_embs_concat", "project_q", "quantizer", "target_glu",
-                  "final_proj_list"]
+        unused = [
+            "final_proj",
+            "label_embs_concat",
+            "project_q",
+            "quantizer",
+            "target_glu",
+            "final_proj_list",
+        ]
         if self.mask_time_prob <= 0 or self.freeze:
             unused.append("mask_emb")  # trained, as the rest of the transformer, only when masking uses it
         elif not isinstance(getattr(self.model, "mask_emb", None), nn.Parameter):
-            raise TypeError(f"{path}: mask_time_prob needs a model with a mask embedding "
-                            "(HuBERT, wav2vec 2.0)")
+            raise TypeError(
+                f"{path}: mask_time_prob needs a model with a mask embedding (HuBERT, wav2vec 2.0)"
+            )
         for name in unused:
             obj = getattr(self.model, name, None)
             if isinstance(obj, nn.Module):
@@ -322,9 +348,16 @@ class FairseqUpstream(nn.Module):
             sample_lengths = torch.round(lengths.float() * n).long().clamp(1, n)
         masking = self.training and self.mask_time_prob > 0 and not self.freeze
         hidden, frame_mask = layer_outputs(
-            self.model, wav, sample_lengths, self.layers, normalize=self.upstream.normalize,
-            train_cnn=not self.freeze_cnn, train=not self.freeze, mask=self._mask_time if masking else None,
-            path=self.path)
+            self.model,
+            wav,
+            sample_lengths,
+            self.layers,
+            normalize=self.upstream.normalize,
+            train_cnn=not self.freeze_cnn,
+            train=not self.freeze,
+            mask=self._mask_time if masking else None,
+            path=self.path,
+        )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             out = self.output_dropout(torch.stack(hidden, dim=1))  # (B, L, T, C)
             out = out.masked_fill(frame_mask[:, None, :, None], 0.0)

@@ -50,6 +50,7 @@ the Choice Cell the level with the best validation UA (``uniform``) or its argma
 sentencepiece model trained on the fold's training transcripts only (``text_sp.model``), encoded by
 :class:`serkit.nn.mfsn.TextMFSN`. See :data:`LEAK_WARNING`.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,9 +88,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("serkit.speechbrain")
 
-LEAK_WARNING = ("TEXT LEAK: IEMOCAP's scripted sentences repeat across sessions (SAVEE's sentence lists "
-                "are chosen per emotion and shared by its speakers); a text branch can recognise a "
-                "sentence seen in training. Not comparable with audio-only results.")
+LEAK_WARNING = (
+    "TEXT LEAK: IEMOCAP's scripted sentences repeat across sessions (SAVEE's sentence lists "
+    "are chosen per emotion and shared by its speakers); a text branch can recognise a "
+    "sentence seen in training. Not comparable with audio-only results."
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -118,8 +121,9 @@ def phase_epochs(ablation: str, arch: str | None, search_epochs: int, train_epoc
 # --------------------------------------------------------------------------------------------------
 # transcripts (text ablation)
 # --------------------------------------------------------------------------------------------------
-def ctc_greedy_transcripts(checkpoint: PathLike, dict_path: PathLike, reader: FeatureReader, layer: int,
-                           utts: list[str]) -> dict[str, str]:
+def ctc_greedy_transcripts(
+    checkpoint: PathLike, dict_path: PathLike, reader: FeatureReader, layer: int, utts: list[str]
+) -> dict[str, str]:
     """Greedy CTC transcripts from a CTC-finetuned model's cached last layer (:mod:`serkit.upstream.ctc`)."""
     from serkit.upstream.ctc import greedy_transcripts
 
@@ -138,9 +142,18 @@ def _sentencepiece(train: dict[str, str], prefix: Path, vocab_size: int) -> Sent
     model = Path(str(prefix) + ".model")
     if not (model.is_file() and stamp.is_file() and stamp.read_text(encoding="utf-8") == corpus):
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter([t for t in texts if t.strip()] or ["<empty>"]), model_prefix=str(prefix),
-            vocab_size=int(vocab_size), model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
-            pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, minloglevel=2)
+            sentence_iterator=iter([t for t in texts if t.strip()] or ["<empty>"]),
+            model_prefix=str(prefix),
+            vocab_size=int(vocab_size),
+            model_type="unigram",
+            character_coverage=1.0,
+            hard_vocab_limit=False,
+            pad_id=0,
+            unk_id=1,
+            bos_id=-1,
+            eos_id=-1,
+            minloglevel=2,
+        )
         with atomic_file(stamp, encoding="utf-8") as f:
             f.write(corpus)
     return spm.SentencePieceProcessor(model_file=str(model))
@@ -155,8 +168,9 @@ def resolve_layer_list(lobe: FairseqUpstream, specs: Iterable[int | str | None])
     for spec in specs:
         layer = lobe.upstream.num_layers if spec in (None, "last") else int(spec)
         if layer not in lobe.layers:
-            raise SerkitError(f"{lobe.path}: layer {layer} not available (layers {lobe.layers}); give "
-                              "upstream_layers: all")
+            raise SerkitError(
+                f"{lobe.path}: layer {layer} not available (layers {lobe.layers}); give upstream_layers: all"
+            )
         out.append(layer)
     return out
 
@@ -166,16 +180,25 @@ def _resolve_layer(reader: FeatureReader, spec: int | str | None, what: str) -> 
         return max(reader.layers)
     layer = int(spec)
     if layer not in reader.layers:
-        raise SerkitError(f"{reader.path}: {what} layer {layer} not stored (stored: {reader.layers}); "
-                          "dump it with `serkit dump-features --layers ...` or change the option")
+        raise SerkitError(
+            f"{reader.path}: {what} layer {layer} not stored (stored: {reader.layers}); "
+            "dump it with `serkit dump-features --layers ...` or change the option"
+        )
     return layer
 
 
 class _Frames:
     """Per-utterance SEC levels, TEC frames and waveform, cut to a common length (cached on request)."""
 
-    def __init__(self, sec_reader: FeatureReader, sec_layers: list[int], tec_reader: FeatureReader | None,
-                 tec_layer: int | None, sample_rate: int, cache: bool) -> None:
+    def __init__(
+        self,
+        sec_reader: FeatureReader,
+        sec_layers: list[int],
+        tec_reader: FeatureReader | None,
+        tec_layer: int | None,
+        sample_rate: int,
+        cache: bool,
+    ) -> None:
         self.sec_reader, self.sec_layers = sec_reader, sec_layers
         self.tec_reader, self.tec_layer = tec_reader, tec_layer
         self.sample_rate = sample_rate
@@ -188,32 +211,48 @@ class _Frames:
 
         for reader in (self.sec_reader, self.tec_reader):
             if reader is not None and utt not in reader:
-                raise SerkitError(f"{reader.path}: no features for utterance {utt!r} of {wav_path}; "
-                                  "dump features for every split of the fold")
+                raise SerkitError(
+                    f"{reader.path}: no features for utterance {utt!r} of {wav_path}; "
+                    "dump features for every split of the fold"
+                )
         sec = self.sec_reader.load(utt, layers=self.sec_layers)  # (L, T, C)
         tec = self.tec_reader.load(utt, layers=[self.tec_layer])[0] if self.tec_reader is not None else None
         T = sec.shape[1] if tec is None else min(sec.shape[1], tec.shape[0])
         if tec is not None and abs(sec.shape[1] - tec.shape[0]) > 2:
-            raise SerkitError(f"{utt}: TEC has {tec.shape[0]} frames, SEC {sec.shape[1]}; both must come "
-                              "from 50 Hz upstreams run on the same audio")
+            raise SerkitError(
+                f"{utt}: TEC has {tec.shape[0]} frames, SEC {sec.shape[1]}; both must come "
+                "from 50 Hz upstreams run on the same audio"
+            )
         wav, sr = sf.read(wav_path, dtype="float32", always_2d=True)
         if sr != self.sample_rate:
             raise SerkitError(f"{wav_path}: {sr} Hz, expected {self.sample_rate} Hz (run `serkit prepare`)")
-        out = (torch.from_numpy(np.ascontiguousarray(sec[:, :T])).half(),
-               None if tec is None else torch.from_numpy(np.ascontiguousarray(tec[:T])).half(),
-               torch.from_numpy(np.ascontiguousarray(wav.mean(axis=1))))
+        out = (
+            torch.from_numpy(np.ascontiguousarray(sec[:, :T])).half(),
+            None if tec is None else torch.from_numpy(np.ascontiguousarray(tec[:T])).half(),
+            torch.from_numpy(np.ascontiguousarray(wav.mean(axis=1))),
+        )
         if self.cache is not None:
             self.cache[utt] = out
         return out
 
 
-def segment_datasets(fold_dir: PathLike, reader: FeatureReader | None, *, sec_layers: Sequence[int | str],
-                     tec_feats: PathLike | None = None, tec_layer: int | str = "last", ablation: str = "mfsn",
-                     segment_seconds: float = 3.0, sample_rate: int = 16000, cache_in_memory: bool = True,
-                     text: PathLike | None = None, ctc_checkpoint: PathLike | None = None,
-                     ctc_dict: PathLike | None = None, text_vocab_size: int = 500,
-                     output_folder: PathLike | None = None,
-                     ) -> tuple[dict[str, DynamicItemDataset], list[str]]:
+def segment_datasets(
+    fold_dir: PathLike,
+    reader: FeatureReader | None,
+    *,
+    sec_layers: Sequence[int | str],
+    tec_feats: PathLike | None = None,
+    tec_layer: int | str = "last",
+    ablation: str = "mfsn",
+    segment_seconds: float = 3.0,
+    sample_rate: int = 16000,
+    cache_in_memory: bool = True,
+    text: PathLike | None = None,
+    ctc_checkpoint: PathLike | None = None,
+    ctc_dict: PathLike | None = None,
+    text_vocab_size: int = 500,
+    output_folder: PathLike | None = None,
+) -> tuple[dict[str, DynamicItemDataset], list[str]]:
     """``({split: DynamicItemDataset of 3-second segments}, classes)`` for MFSN (see the module docstring).
 
     ``reader`` is the SEC ``FeatureReader`` (``serkit train --feats``). Items: ``id`` (``utt#k``),
@@ -228,20 +267,25 @@ def segment_datasets(fold_dir: PathLike, reader: FeatureReader | None, *, sec_la
     fold_dir = Path(fold_dir)
     classes = read_classes(fold_dir)
     if reader is None:  # `serkit train --upstream SEC_CKPT`: the encoders run on the segments' waveforms
-        return _waveform_segments(fold_dir, classes, ablation, float(segment_seconds), int(sample_rate),
-                                  text or ctc_checkpoint), classes
+        return _waveform_segments(
+            fold_dir, classes, ablation, float(segment_seconds), int(sample_rate), text or ctc_checkpoint
+        ), classes
     sec_levels = [_resolve_layer(reader, x, "SEC") for x in sec_layers]
     text_mode = bool(text) or bool(ctc_checkpoint)
     if text and ctc_checkpoint:
-        raise SerkitError("give either text (transcripts) or ctc_checkpoint with ctc_dict (greedy ASR "
-                          "transcripts), not both")
+        raise SerkitError(
+            "give either text (transcripts) or ctc_checkpoint with ctc_dict (greedy ASR "
+            "transcripts), not both"
+        )
     if ctc_checkpoint and not ctc_dict:
         raise SerkitError("ctc_checkpoint needs ctc_dict (the dict.ltr.txt it was trained with)")
     tec_reader = tec_level = None
     if ablation != "sec_only" and (not text_mode or ctc_checkpoint):
         if not tec_feats:
-            raise SerkitError(f"ablation {ablation} needs TEC features: give --tec_feats (a dump of the "
-                              "CTC-finetuned wav2vec 2.0), or use --ablation sec_only")
+            raise SerkitError(
+                f"ablation {ablation} needs TEC features: give --tec_feats (a dump of the "
+                "CTC-finetuned wav2vec 2.0), or use --ablation sec_only"
+            )
         tec_reader = FeatureReader(tec_feats)
         tec_level = _resolve_layer(tec_reader, tec_layer, "TEC")
     splits = {s: read_split(fold_dir, s) for s in ("train", "valid", "test")}
@@ -252,19 +296,27 @@ def segment_datasets(fold_dir: PathLike, reader: FeatureReader | None, *, sec_la
             transcripts = read_map(text)
             missing = [u.utt for us in splits.values() for u in us if u.utt not in transcripts]
             if missing:
-                raise SerkitError(f"{text}: no transcript for {len(missing)} utterance(s), e.g. "
-                                  f"{missing[:3]}; the text ablation needs one per utterance")
+                raise SerkitError(
+                    f"{text}: no transcript for {len(missing)} utterance(s), e.g. "
+                    f"{missing[:3]}; the text ablation needs one per utterance"
+                )
         else:
-            transcripts = ctc_greedy_transcripts(ctc_checkpoint, ctc_dict, tec_reader, tec_level,
-                                                 [u.utt for us in splits.values() for u in us])
+            transcripts = ctc_greedy_transcripts(
+                ctc_checkpoint, ctc_dict, tec_reader, tec_level, [u.utt for us in splits.values() for u in us]
+            )
         if output_folder is None:
             raise SerkitError("the text ablation needs output_folder (where the tokenizer is written)")
         # The tokenizer sees the training split only.
-        sp = _sentencepiece({u.utt: transcripts[u.utt] for u in splits["train"]},
-                            Path(output_folder) / "text_sp", int(text_vocab_size))
+        sp = _sentencepiece(
+            {u.utt: transcripts[u.utt] for u in splits["train"]},
+            Path(output_folder) / "text_sp",
+            int(text_vocab_size),
+        )
         if sp.get_piece_size() > int(text_vocab_size):
-            raise SerkitError(f"sentencepiece made {sp.get_piece_size()} pieces > text_vocab_size "
-                              f"{text_vocab_size}; raise text_vocab_size")
+            raise SerkitError(
+                f"sentencepiece made {sp.get_piece_size()} pieces > text_vocab_size "
+                f"{text_vocab_size}; raise text_vocab_size"
+            )
         pieces = {u.utt: (sp.encode(transcripts[u.utt]) or [1]) for us in splits.values() for u in us}
         tec_reader = None  # the text replaces the frames
 
@@ -284,7 +336,7 @@ def segment_datasets(fold_dir: PathLike, reader: FeatureReader | None, *, sec_la
             yield torch.tensor(pieces[utt], dtype=torch.long)
         else:
             yield None if tec is None else tec[f0:f1].float()
-        yield sig[start:start + seg_samples]
+        yield sig[start : start + seg_samples]
 
     datasets = {}
     for split, utts in splits.items():
@@ -292,9 +344,14 @@ def segment_datasets(fold_dir: PathLike, reader: FeatureReader | None, *, sec_la
         data = {}
         for u in utts:
             for k, s in enumerate(segment_starts(u.num_samples, seg_samples)):
-                data[f"{u.utt}#{k}"] = {"utt": u.utt, "wav": u.wav, "start": s, "label_index": encode(u.emo),
-                                        "frame0": int(round(s * frame_rate / int(sample_rate))),
-                                        "duration": min(u.num_samples, seg_samples) / int(sample_rate)}
+                data[f"{u.utt}#{k}"] = {
+                    "utt": u.utt,
+                    "wav": u.wav,
+                    "start": s,
+                    "label_index": encode(u.emo),
+                    "frame0": int(round(s * frame_rate / int(sample_rate))),
+                    "duration": min(u.num_samples, seg_samples) / int(sample_rate),
+                }
 
         @sb.utils.data_pipeline.takes("label_index")
         @sb.utils.data_pipeline.provides("label")
@@ -311,8 +368,14 @@ def segment_datasets(fold_dir: PathLike, reader: FeatureReader | None, *, sec_la
     return datasets, classes
 
 
-def _waveform_segments(fold_dir: Path, classes: list[str], ablation: str, segment_seconds: float,
-                       sample_rate: int, text_mode: PathLike | None) -> dict[str, DynamicItemDataset]:
+def _waveform_segments(
+    fold_dir: Path,
+    classes: list[str],
+    ablation: str,
+    segment_seconds: float,
+    sample_rate: int,
+    text_mode: PathLike | None,
+) -> dict[str, DynamicItemDataset]:
     """Segments as waveforms only (the finetuning path): items ``id``, ``utt``, ``label``, ``sig``."""
     from serkit.data.manifest import read_split
     from serkit.nn.coattention import segment_starts
@@ -320,14 +383,16 @@ def _waveform_segments(fold_dir: Path, classes: list[str], ablation: str, segmen
     from .dataio import label_encoder, load_wav
 
     if text_mode:
-        raise SerkitError("the text ablation trains on cached features (--feats); the waveform path "
-                          "(--upstream) takes the ASR model's frames as TEC")
+        raise SerkitError(
+            "the text ablation trains on cached features (--feats); the waveform path "
+            "(--upstream) takes the ASR model's frames as TEC"
+        )
     seg_samples = int(round(segment_seconds * sample_rate))
 
     @sb.utils.data_pipeline.takes("wav", "start")
     @sb.utils.data_pipeline.provides("sig")
     def segment(wav: str, start: int) -> torch.Tensor:
-        return load_wav(wav, sample_rate, resample=False)[start:start + seg_samples]
+        return load_wav(wav, sample_rate, resample=False)[start : start + seg_samples]
 
     @sb.utils.data_pipeline.takes("label_index")
     @sb.utils.data_pipeline.provides("label")
@@ -337,15 +402,26 @@ def _waveform_segments(fold_dir: Path, classes: list[str], ablation: str, segmen
     datasets = {}
     for split in ("train", "valid", "test"):
         encode = label_encoder(classes, str(fold_dir / f"{split}.tsv"))
-        data = {f"{u.utt}#{k}": {"utt": u.utt, "wav": u.wav, "start": s, "label_index": encode(u.emo),
-                                 "duration": min(u.num_samples, seg_samples) / sample_rate}
-                for u in read_split(fold_dir, split)
-                for k, s in enumerate(segment_starts(u.num_samples, seg_samples))}
+        data = {
+            f"{u.utt}#{k}": {
+                "utt": u.utt,
+                "wav": u.wav,
+                "start": s,
+                "label_index": encode(u.emo),
+                "duration": min(u.num_samples, seg_samples) / sample_rate,
+            }
+            for u in read_split(fold_dir, split)
+            for k, s in enumerate(segment_starts(u.num_samples, seg_samples))
+        }
         ds = sb.dataio.dataset.DynamicItemDataset(data, dynamic_items=[segment, label])
         ds.set_output_keys(["id", "utt", "label", "sig"])
         datasets[split] = ds
-        log.info("%s: %d segments of %.1f s (waveforms: the encoders run in training)", split, len(data),
-                 segment_seconds)
+        log.info(
+            "%s: %d segments of %.1f s (waveforms: the encoders run in training)",
+            split,
+            len(data),
+            segment_seconds,
+        )
     return datasets
 
 
@@ -357,7 +433,7 @@ def train_top_layers(lobe: FairseqUpstream, n: int) -> None:
         raise SerkitError(f"{lobe.path}: cannot train the top {n} of {len(layers)} transformer layers")
     for p in lobe.model.parameters():
         p.requires_grad_(False)
-    for layer in layers[len(layers) - n:]:
+    for layer in layers[len(layers) - n :]:
         for p in layer.parameters():
             p.requires_grad_(True)
     lobe.freeze = n == 0
@@ -383,29 +459,42 @@ class MFSNBrain(SERBrain):
     arch_optimizer = None
     _level: int | None = None  # a fixed SEC level for every forward (scoring the levels after the search)
 
-    def __init__(self, modules: dict[str, torch.nn.Module] | None = None,
-                 opt_class: Callable[..., torch.optim.Optimizer] | None = None, hparams: dict | None = None,
-                 run_opts: RunOptions | dict | None = None, checkpointer: Checkpointer | None = None) -> None:
+    def __init__(
+        self,
+        modules: dict[str, torch.nn.Module] | None = None,
+        opt_class: Callable[..., torch.optim.Optimizer] | None = None,
+        hparams: dict | None = None,
+        run_opts: RunOptions | dict | None = None,
+        checkpointer: Checkpointer | None = None,
+    ) -> None:
         modules = dict(modules or {})
         if "upstream" in modules:  # `serkit train --upstream SEC_CKPT`: SEC (and TEC) run on the waveforms
             from .lobes import FairseqUpstream
 
             sec = modules["upstream"]
             train_top_layers(sec, int(hparams.get("sec_finetune_layers", 0)))
-            self._sec_index = [sec.layers.index(layer) for layer in
-                               (resolve_layer_list(sec, hparams["sec_layers"]))]
+            self._sec_index = [
+                sec.layers.index(layer) for layer in (resolve_layer_list(sec, hparams["sec_layers"]))
+            ]
             tec_path = hparams.get("tec_upstream")
             if hparams.get("ablation") != "sec_only":
                 if not tec_path:
-                    raise SerkitError("the waveform path needs tec_upstream (the CTC-finetuned wav2vec 2.0 "
-                                      "checkpoint) except for sec_only")
+                    raise SerkitError(
+                        "the waveform path needs tec_upstream (the CTC-finetuned wav2vec 2.0 "
+                        "checkpoint) except for sec_only"
+                    )
                 tec = FairseqUpstream(tec_path, freeze=True, layers="all")
                 train_top_layers(tec, 0)  # TEC is detached before fusion (paper Sec. 2.2): never trained
                 (tec_layer,) = resolve_layer_list(tec, [hparams.get("tec_layer", "last")])
                 self._tec_index = tec.layers.index(tec_layer)
                 modules["tec_upstream"] = tec
-        super().__init__(modules=modules, opt_class=opt_class, hparams=hparams, run_opts=run_opts,
-                         checkpointer=checkpointer)
+        super().__init__(
+            modules=modules,
+            opt_class=opt_class,
+            hparams=hparams,
+            run_opts=run_opts,
+            checkpointer=checkpointer,
+        )
 
     @property
     def _model(self) -> MFSN | TextMFSN:
@@ -424,7 +513,7 @@ class MFSNBrain(SERBrain):
                 tec = tec_layers[:, self._tec_index]
                 T = min(sec.shape[2], tec.shape[1])
                 sec, tec = sec[:, :, :T], tec[:, :T]
-            mask = relative_lengths_to_padding_mask(lens, layers.shape[2])[:, :sec.shape[2]]
+            mask = relative_lengths_to_padding_mask(lens, layers.shape[2])[:, : sec.shape[2]]
         else:
             sec, sec_lens = batch.sec  # (B, T, L, C)
             sec = sec.transpose(1, 2)
@@ -434,21 +523,25 @@ class MFSNBrain(SERBrain):
                 if tec.dtype == torch.long:  # transcript pieces
                     extra["tec_padding_mask"] = relative_lengths_to_padding_mask(tec_lens, tec.shape[1])
         wav_lengths = torch.round(wav_lens * wav.shape[1]).long().clamp_min(1)
-        return self.modules.model(sec, tec, mask, level=self._level, wav=wav, wav_lengths=wav_lengths,
-                                  **extra)
+        return self.modules.model(
+            sec, tec, mask, level=self._level, wav=wav, wav_lengths=wav_lengths, **extra
+        )
 
-    def compute_objectives(self, predictions: torch.Tensor, batch: PaddedBatch,
-                           stage: sb.Stage) -> torch.Tensor:
+    def compute_objectives(
+        self, predictions: torch.Tensor, batch: PaddedBatch, stage: sb.Stage
+    ) -> torch.Tensor:
         labels, _ = batch.label
         labels = labels.to(self.device).view(-1)
-        loss = F.cross_entropy(predictions.float(), labels,
-                               label_smoothing=float(getattr(self.hparams, "label_smoothing", 0.0)))
+        loss = F.cross_entropy(
+            predictions.float(), labels, label_smoothing=float(getattr(self.hparams, "label_smoothing", 0.0))
+        )
         if stage != sb.Stage.TRAIN:
             logp = F.log_softmax(predictions.detach().float(), dim=-1).cpu()
             for utt, label, lp in zip(batch.utt, labels.cpu().tolist(), logp):
                 old = self._rows.get(utt)
-                self._rows[utt] = _UtteranceRow(label, lp if old is None else old.logp_sum + lp,
-                                                1 if old is None else old.count + 1)
+                self._rows[utt] = _UtteranceRow(
+                    label, lp if old is None else old.logp_sum + lp, 1 if old is None else old.count + 1
+                )
         return loss
 
     # ---------------------------------------------------------------- search
@@ -462,8 +555,10 @@ class MFSNBrain(SERBrain):
             return super().init_optimizers()
         arch_opt_class = getattr(self.hparams, "arch_opt_class", None)
         if arch_opt_class is None:
-            raise SerkitError("the MFSN search (arch: null) needs `arch_opt_class` in the hparams; to "
-                              "retrain a derived cell give --arch \"$(cat <search>/arch.txt)\"")
+            raise SerkitError(
+                "the MFSN search (arch: null) needs `arch_opt_class` in the hparams; to "
+                'retrain a derived cell give --arch "$(cat <search>/arch.txt)"'
+            )
         arch_ids = {id(p) for p in arch}
         self.optimizer = self.opt_class([p for p in self.modules.parameters() if id(p) not in arch_ids])
         self.arch_optimizer = arch_opt_class(arch)
@@ -484,18 +579,28 @@ class MFSNBrain(SERBrain):
             generator = torch.Generator().manual_seed(seed)
             while True:
                 yield from torch.utils.data.DataLoader(
-                    dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                    collate_fn=sb.dataio.batch.PaddedBatch)
+                    dataset,
+                    batch_size=batch_size,
+                    shuffle=True,
+                    generator=generator,
+                    collate_fn=sb.dataio.batch.PaddedBatch,
+                )
         from .brain import duration_batch_sampler
 
         sampler = duration_batch_sampler(
-            dataset, batch_size, getattr(self.hparams, "max_batch_length", None),
-            int(getattr(self.hparams, "num_buckets", 40)), shuffle=True, seed=seed)
+            dataset,
+            batch_size,
+            getattr(self.hparams, "max_batch_length", None),
+            int(getattr(self.hparams, "num_buckets", 40)),
+            shuffle=True,
+            seed=seed,
+        )
         passes = 0
         while True:  # each pass over arch_data reshuffles its buckets (seed + pass)
             sampler.set_epoch(passes)
-            yield from torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
-                                                   collate_fn=sb.dataio.batch.PaddedBatch)
+            yield from torch.utils.data.DataLoader(
+                dataset, batch_sampler=sampler, collate_fn=sb.dataio.batch.PaddedBatch
+            )
             passes += 1
 
     def fit_batch(self, batch: PaddedBatch) -> torch.Tensor:
@@ -503,16 +608,22 @@ class MFSNBrain(SERBrain):
             abatch = next(self._arch_iter)
             self.arch_optimizer.zero_grad(set_to_none=True)
             with self.training_ctx:
-                aloss = self.compute_objectives(self.compute_forward(abatch, sb.Stage.TRAIN), abatch,
-                                                sb.Stage.TRAIN)
+                aloss = self.compute_objectives(
+                    self.compute_forward(abatch, sb.Stage.TRAIN), abatch, sb.Stage.TRAIN
+                )
             aloss.backward()
             self.arch_optimizer.step()
             # The architecture step's weight gradients must not reach the weight step.
             self.optimizer.zero_grad(set_to_none=True)
         return super().fit_batch(batch)
 
-    def fit(self, epoch_counter: Iterable[int], train_set: Dataset | DataLoader,
-            valid_set: Dataset | DataLoader | None = None, **kwargs) -> None:
+    def fit(
+        self,
+        epoch_counter: Iterable[int],
+        train_set: Dataset | DataLoader,
+        valid_set: Dataset | DataLoader | None = None,
+        **kwargs,
+    ) -> None:
         arch_data = str(getattr(self.hparams, "arch_data", "valid"))
         if arch_data not in ("valid", "train"):
             raise SerkitError(f"arch_data {arch_data!r}: choose valid or train")
@@ -535,9 +646,12 @@ class MFSNBrain(SERBrain):
         entry = None
         if stage == sb.Stage.VALID and self.searching:
             model = self._model
-            entry = {"epoch": epoch, "valid_ua": self._metrics(self._rows)["ua"],
-                     "op_weights": model.fusion.op_weights(),
-                     "level_probs": [float(p) for p in model.choice.probabilities()]}
+            entry = {
+                "epoch": epoch,
+                "valid_ua": self._metrics(self._rows)["ua"],
+                "op_weights": model.fusion.op_weights(),
+                "level_probs": [float(p) for p in model.choice.probabilities()],
+            }
         super().on_stage_end(stage, stage_loss, epoch)
         if entry is not None and if_main_process():
             path = Path(self.hparams.output_folder) / "search_log.jsonl"
@@ -546,8 +660,13 @@ class MFSNBrain(SERBrain):
             with atomic_file(path, encoding="utf-8") as f:
                 f.writelines(json.dumps(e) + "\n" for e in entries)
             best = max(entry["op_weights"], key=entry["op_weights"].get)
-            log.info("search epoch %d: valid UA %.4f, top operation %s (%.3f)", epoch, entry["valid_ua"],
-                     best, entry["op_weights"][best])
+            log.info(
+                "search epoch %d: valid UA %.4f, top operation %s (%.3f)",
+                epoch,
+                entry["valid_ua"],
+                best,
+                entry["op_weights"][best],
+            )
 
     def _derive(self, valid_set: Dataset) -> dict:
         from serkit.nn.mfsn import arch_spec
@@ -574,10 +693,16 @@ class MFSNBrain(SERBrain):
             f.write(arch_spec(arch) + "\n")
         ranked = sorted(arch["op_weights"].items(), key=lambda kv: -kv[1])
         weights = ", ".join(f"{k}={v:.3f}" for k, v in ranked)
-        log.info("derived %s: SEC level %d (layer %s of %s), fusion %s; operation weights %s%s",
-                 arch_spec(arch), arch["sec_level"], arch["sec_layer"], sec_layers,
-                 ",".join(arch["fusion_ops"]), weights,
-                 f"; level valid UA {level_scores}" if level_scores else "")
+        log.info(
+            "derived %s: SEC level %d (layer %s of %s), fusion %s; operation weights %s%s",
+            arch_spec(arch),
+            arch["sec_level"],
+            arch["sec_layer"],
+            sec_layers,
+            ",".join(arch["fusion_ops"]),
+            weights,
+            f"; level valid UA {level_scores}" if level_scores else "",
+        )
         if self.train_info is not None:
             self.train_info["arch"] = arch_spec(arch)
         return arch
@@ -590,9 +715,14 @@ class MFSNBrain(SERBrain):
         fold_info = json.loads(fold.read_text(encoding="utf-8")) if fold.is_file() else {}
         ablation, streams = model.variant, model.streams
         sec = self.train_info.get("sources", {}).get("sec", {})  # on a rerun, info["upstream"] is the label
-        sources = {"sec": {"feats": self.train_info.get("feats"), "layers": list(hp.sec_layers),
-                           "upstream": sec.get("upstream", self.train_info.get("upstream")),
-                           "stream": f"layer {list(hp.sec_layers)[-1]}"}}
+        sources = {
+            "sec": {
+                "feats": self.train_info.get("feats"),
+                "layers": list(hp.sec_layers),
+                "upstream": sec.get("upstream", self.train_info.get("upstream")),
+                "stream": f"layer {list(hp.sec_layers)[-1]}",
+            }
+        }
         note = getattr(hp, "note", "") or ""
         text_mode = bool(getattr(hp, "text", None) or getattr(hp, "ctc_checkpoint", None))
         if ablation != "sec_only":
@@ -604,16 +734,28 @@ class MFSNBrain(SERBrain):
 
                     layer = _resolve_layer(FeatureReader(hp.tec_feats), hp.tec_layer, "TEC")
                     what = f"greedy CTC of {Path(hp.ctc_checkpoint).name} (layer {layer})"
-                sources["tec"] = {"text": str(what), "detached": False, "warning": LEAK_WARNING,
-                                  "tokenizer": "sentencepiece unigram, training split only"}
+                sources["tec"] = {
+                    "text": str(what),
+                    "detached": False,
+                    "warning": LEAK_WARNING,
+                    "tokenizer": "sentencepiece unigram, training split only",
+                }
                 note = (note + " " if note else "") + LEAK_WARNING
             else:
                 sources["tec"] = {"feats": str(hp.tec_feats), "layer": hp.tec_layer, "detached": True}
         setting = ablation if streams == "dual" or ablation == "sec_only" else f"{ablation}_single_stream"
-        info = {"setting": setting, "ablation": ablation, "streams": streams, "sources": sources,
-                "headline": getattr(hp, "headline", "ua"), "note": note or None,
-                "corpus": fold_info.get("corpus"), "protocol": fold_info.get("protocol"),
-                "fold": fold_info.get("fold"), "sec_layers": list(hp.sec_layers)}
+        info = {
+            "setting": setting,
+            "ablation": ablation,
+            "streams": streams,
+            "sources": sources,
+            "headline": getattr(hp, "headline", "ua"),
+            "note": note or None,
+            "corpus": fold_info.get("corpus"),
+            "protocol": fold_info.get("protocol"),
+            "fold": fold_info.get("fold"),
+            "sec_layers": list(hp.sec_layers),
+        }
         label = getattr(hp, "sources_label", "") or ""
         if label:  # the tables' upstream column; the SEC checkpoint is sources.sec.upstream
             info["upstream"] = label
@@ -631,8 +773,16 @@ class MFSNClassifier(torch.nn.Module):
     :class:`~serkit.speechbrain.interface.EmotionClassifier` (``classify_batch``, ``classify_file``).
     """
 
-    def __init__(self, model: MFSN, classes: Iterable[str], info: dict, hparams: dict, sec_upstream: Upstream,
-                 tec_upstream: Upstream | None, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: MFSN,
+        classes: Iterable[str],
+        info: dict,
+        hparams: dict,
+        sec_upstream: Upstream,
+        tec_upstream: Upstream | None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         super().__init__()
         self.model, self.classes, self.info = model, list(classes), info
         self.sec_upstream, self.tec_upstream = sec_upstream, tec_upstream
@@ -670,11 +820,15 @@ class MFSNClassifier(torch.nn.Module):
             for start in segment_starts(n, self.seg_samples):
                 f0 = min(int(round(start * frame_rate / self.sample_rate)), max(0, T - 1))
                 f1 = min(T, f0 + seg_frames)
-                seg = wav[start:start + self.seg_samples]
+                seg = wav[start : start + self.seg_samples]
                 x_tec = None if tec is None else tec[None, f0:f1].to(self.device)
-                y = self.model(sec[None, :, f0:f1].to(self.device), x_tec, None,
-                               wav=seg[None].to(self.device),
-                               wav_lengths=torch.tensor([seg.numel()], device=self.device))
+                y = self.model(
+                    sec[None, :, f0:f1].to(self.device),
+                    x_tec,
+                    None,
+                    wav=seg[None].to(self.device),
+                    wav_lengths=torch.tensor([seg.numel()], device=self.device),
+                )
                 logits.append(y.float().cpu())
             logits = torch.cat(logits)
             logps.append(aggregate_segments(logits, torch.zeros(len(logits), dtype=torch.long), 1)[0])
@@ -697,15 +851,18 @@ class MFSNClassifier(torch.nn.Module):
         ups = [u for u in (self.sec_upstream, self.tec_upstream) if u is not None]
         need = max(int(getattr(u, "receptive_field", 400)) for u in ups)
         if wav.numel() < need:
-            raise SerkitError(f"{path}: {wav.numel()} samples ({wav.numel() / 16:.1f} ms) is shorter than "
-                              f"the upstreams' receptive field ({need} samples); nothing to classify")
+            raise SerkitError(
+                f"{path}: {wav.numel()} samples ({wav.numel() / 16:.1f} ms) is shorter than "
+                f"the upstreams' receptive field ({need} samples); nothing to classify"
+            )
 
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> Prediction:
         return self.classify_batch(wavs, wav_lens)
 
 
-def load_classifier(source: PathLike, hparams: dict, info: dict, device: str = "cpu",
-                    checkpoint: str = "best") -> MFSNClassifier:
+def load_classifier(
+    source: PathLike, hparams: dict, info: dict, device: str = "cpu", checkpoint: str = "best"
+) -> MFSNClassifier:
     """:class:`MFSNClassifier` for a finished fold (``EmotionClassifier.from_hparams`` calls this when the
     fold's yaml names it as ``classifier``)."""
     from serkit.upstream import load_upstream
@@ -715,14 +872,19 @@ def load_classifier(source: PathLike, hparams: dict, info: dict, device: str = "
 
     source = Path(source)
     if info.get("ablation") is None:
-        raise SerkitError(f"{source / 'train_info.json'}: no MFSN entries; was this fold trained with "
-                          "MFSNBrain?")
+        raise SerkitError(
+            f"{source / 'train_info.json'}: no MFSN entries; was this fold trained with MFSNBrain?"
+        )
     if not info.get("feats"):
-        raise SerkitError(f"{source}: an MFSN fold trained on waveforms (--upstream, SEC layers finetuned); "
-                          "serkit predict supports MFSN folds trained on cached features (--feats) only")
+        raise SerkitError(
+            f"{source}: an MFSN fold trained on waveforms (--upstream, SEC layers finetuned); "
+            "serkit predict supports MFSN folds trained on cached features (--feats) only"
+        )
     if info["sources"].get("tec", {}).get("detached") is False:
-        raise SerkitError(f"{source}: a text-ablation fold (TEC from transcripts) cannot classify new audio; "
-                          "only audio-TEC MFSN folds can")
+        raise SerkitError(
+            f"{source}: a text-ablation fold (TEC from transcripts) cannot classify new audio; "
+            "only audio-TEC MFSN folds can"
+        )
     sec_reader = FeatureReader(info["feats"])
     info = dict(info)
     info["sec_layers_resolved"] = [_resolve_layer(sec_reader, x, "SEC") for x in hparams["sec_layers"]]
@@ -732,13 +894,15 @@ def load_classifier(source: PathLike, hparams: dict, info: dict, device: str = "
         info["tec_layer_resolved"] = _resolve_layer(tec_reader, hparams["tec_layer"], "TEC")
         tec_path = tec_reader.meta.get("upstream")
         if not tec_path or not Path(tec_path).is_file():
-            raise SerkitError(f"{tec_reader.path}/meta.json: TEC upstream {tec_path!r} not found; it encodes "
-                              "new audio")
+            raise SerkitError(
+                f"{tec_reader.path}/meta.json: TEC upstream {tec_path!r} not found; it encodes new audio"
+            )
         tec_upstream = load_upstream(tec_path, device="cpu")
     sec_path = info["sources"]["sec"].get("upstream")
     if not sec_path or not Path(sec_path).is_file():
-        raise SerkitError(f"{source / 'train_info.json'}: SEC upstream {sec_path!r} not found; it encodes "
-                          "new audio")
+        raise SerkitError(
+            f"{source / 'train_info.json'}: SEC upstream {sec_path!r} not found; it encodes new audio"
+        )
     sec_upstream = load_upstream(sec_path, device="cpu")
     model = hparams["modules"]["model"]
     ckpts = Checkpointer(source / "save", recoverables={"model": model})
@@ -748,13 +912,17 @@ def load_classifier(source: PathLike, hparams: dict, info: dict, device: str = "
         raise SerkitError(f"{source / 'save'}: no checkpoint; has training run at least one epoch?")
     ckpts.load_checkpoint(ckpt)
     if model.arch_parameters():
-        raise SerkitError(f"{source}: an MFSN search fold (the supernet); classify with the retrained fold "
-                          "(serkit train ... --arch \"$(cat arch.txt)\")")
+        raise SerkitError(
+            f"{source}: an MFSN search fold (the supernet); classify with the retrained fold "
+            '(serkit train ... --arch "$(cat arch.txt)")'
+        )
     clf = MFSNClassifier(model, info["classes"], info, hparams, sec_upstream, tec_upstream, device=device)
     clf.checkpoint = ckpt
     return clf
 
 
 if __name__ == "__main__":  # the old trainer's entry point is gone: say where it went
-    raise SystemExit(f"{os.path.basename(__file__)}: MFSN trains with `serkit train` (see the module "
-                     "docstring of serkit.speechbrain.mfsn and recipes/SAVEE/run.sh)")
+    raise SystemExit(
+        f"{os.path.basename(__file__)}: MFSN trains with `serkit train` (see the module "
+        "docstring of serkit.speechbrain.mfsn and recipes/SAVEE/run.sh)"
+    )

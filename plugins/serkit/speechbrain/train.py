@@ -32,6 +32,7 @@ A killed run started again with the same command resumes where its last checkpoi
 next epoch, or mid-epoch with SpeechBrain's ``--ckpt_interval_steps N`` / ``--ckpt_interval_minutes M``)
 and ends bit-identical, on CPU, to a run that was never interrupted (see serkit.speechbrain.brain).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,29 +59,46 @@ DERIVED_KEYS = ("output_folder", "num_classes", "input_dim", "num_layers")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="serkit train", allow_abbrev=False,
+        prog="serkit train",
+        allow_abbrev=False,
         description="Train a SER head on cached features (featex) or finetune an upstream (finetune) on one "
-                    "fold. Unknown --key value pairs override the yaml (HyperPyYAML) or set SpeechBrain run "
-                    "options.")
+        "fold. Unknown --key value pairs override the yaml (HyperPyYAML) or set SpeechBrain run "
+        "options.",
+    )
     add_arguments(p)
     return p
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("hparams", help="HyperPyYAML file, or a config shipped with serkit by name (`serkit "
-                                   "config` lists them), e.g. shiftser (with --method shiftcnn)")
-    p.add_argument("--overlay", action="append", default=[], metavar="FILE",
-                   help="yaml mapping of overrides (a file or a shipped name, e.g. mfsn_mini) applied "
-                        "before the command line's --key value pairs; repeatable, later ones win")
-    p.add_argument("--fold-dir",
-                   help="fold directory from `serkit split` (train/valid/test.json, dict.emo.txt)")
+    p.add_argument(
+        "hparams",
+        help="HyperPyYAML file, or a config shipped with serkit by name (`serkit "
+        "config` lists them), e.g. shiftser (with --method shiftcnn)",
+    )
+    p.add_argument(
+        "--overlay",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="yaml mapping of overrides (a file or a shipped name, e.g. mfsn_mini) applied "
+        "before the command line's --key value pairs; repeatable, later ones win",
+    )
+    p.add_argument(
+        "--fold-dir", help="fold directory from `serkit split` (train/valid/test.json, dict.emo.txt)"
+    )
     p.add_argument("--output-folder", help="where this fold's run goes, e.g. exp/shiftcnn/fold1")
     p.add_argument("--feats", help="cached features from `serkit dump-features` (featex setting)")
-    p.add_argument("--upstream", help="fairseq checkpoint: finetuned (finetune setting) unless --feats is "
-                                      "given; default for --feats: the features' own upstream")
-    p.add_argument("--tensorboard", metavar="DIR",
-                   help="also write the per-epoch losses and metrics as TensorBoard events to DIR "
-                        "(SpeechBrain's TensorboardLogger; needs serkit[tensorboard])")
+    p.add_argument(
+        "--upstream",
+        help="fairseq checkpoint: finetuned (finetune setting) unless --feats is "
+        "given; default for --feats: the features' own upstream",
+    )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write the per-epoch losses and metrics as TensorBoard events to DIR "
+        "(SpeechBrain's TensorboardLogger; needs serkit[tensorboard])",
+    )
 
 
 _PLACEHOLDER = object()
@@ -123,13 +141,16 @@ def _read_overlay(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise SerkitError(f"{path}: not a plain yaml overlay ({str(e).splitlines()[0]}); an overlay holds "
-                          "`key: value` lines only") from None
+        raise SerkitError(
+            f"{path}: not a plain yaml overlay ({str(e).splitlines()[0]}); an overlay holds "
+            "`key: value` lines only"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SerkitError(f"{path}: an overlay is a mapping of `key: value` overrides, "
-                          f"not {type(data).__name__}")
+        raise SerkitError(
+            f"{path}: an overlay is a mapping of `key: value` overrides, not {type(data).__name__}"
+        )
     return data
 
 
@@ -142,8 +163,10 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, RunOptions, dict]:
         if not getattr(args, opt):
             raise SerkitError(f"serkit train: --{opt.replace('_', '-')} is required")
     if not args.feats and not args.upstream:
-        raise SerkitError("serkit train: give --feats DIR (train on cached features) or --upstream CKPT "
-                          "(finetune the upstream)")
+        raise SerkitError(
+            "serkit train: give --feats DIR (train on cached features) or --upstream CKPT "
+            "(finetune the upstream)"
+        )
     args.hparams = resolve_config(args.hparams)
     args.overlay = [resolve_config(o, "overlay file") for o in args.overlay]
     if args.tensorboard:  # before anything is written
@@ -158,22 +181,31 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, RunOptions, dict]:
         values = _read_overlay(overlay)
         unknown = [k for k in values if k not in known]
         if unknown:
-            raise SerkitError(f"{overlay}: no key {unknown} in {args.hparams} to override; an overlay may "
-                              "only set the config's keys")
+            raise SerkitError(
+                f"{overlay}: no key {unknown} in {args.hparams} to override; an overlay may "
+                "only set the config's keys"
+            )
         layered.update(values)
     overrides = {**layered, **(overrides or {})}
     bad = [k for k in DERIVED_KEYS if k in overrides]
     if bad:
-        raise SerkitError(f"serkit train: {bad} are set from --fold-dir/--output-folder/--feats/--upstream; "
-                          "do not override them")
+        raise SerkitError(
+            f"serkit train: {bad} are set from --fold-dir/--output-folder/--feats/--upstream; "
+            "do not override them"
+        )
     unknown = [k for k in overrides if k not in known]
     if unknown:  # before anything is written: a mis-spelled option must not silently do nothing
         raise SerkitError(f"{args.hparams}: no key {unknown} to override; its keys are {sorted(known)}")
-    missing = [k for k, v in _peek_yaml(args.hparams, placeholders=True).items()
-               if v is _PLACEHOLDER and k not in DERIVED_KEYS and k not in overrides]
+    missing = [
+        k
+        for k, v in _peek_yaml(args.hparams, placeholders=True).items()
+        if v is _PLACEHOLDER and k not in DERIVED_KEYS and k not in overrides
+    ]
     if missing:
-        raise SerkitError(f"{args.hparams}: give {', '.join('--' + k for k in missing)} (the config leaves "
-                          f"{'it' if len(missing) == 1 else 'them'} to the command line)")
+        raise SerkitError(
+            f"{args.hparams}: give {', '.join('--' + k for k in missing)} (the config leaves "
+            f"{'it' if len(missing) == 1 else 'them'} to the command line)"
+        )
     return args, run_opts, overrides
 
 
@@ -211,8 +243,10 @@ def _featex_layers(spec: str | int | Iterable[int] | None, layers: list[int], wh
         wanted = [int(s) for s in spec]
     missing = [w for w in wanted if w not in layers]
     if missing or not wanted:
-        raise SerkitError(f"featex_layers {spec!r}: layers {missing or spec} are not among the cached layers "
-                          f"{layers} of {where}")
+        raise SerkitError(
+            f"featex_layers {spec!r}: layers {missing or spec} are not among the cached layers "
+            f"{layers} of {where}"
+        )
     return [layers.index(w) for w in wanted]
 
 
@@ -253,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     classes = read_classes(fold_dir)
     peek = {**_peek_yaml(args.hparams), **overrides}
     if peek.get("method") == "bas" and "arch" in peek and not peek["arch"]:
-        raise SerkitError(f"{args.hparams}: --method bas retrains a searched architecture: give --arch "
-                          "(the bas_search run's arch.txt, e.g. --arch ffn,msa,msa_ffn,msa)")
+        raise SerkitError(
+            f"{args.hparams}: --method bas retrains a searched architecture: give --arch "
+            "(the bas_search run's arch.txt, e.g. --arch ffn,msa,msa_ffn,msa)"
+        )
     import torch.distributed as dist
 
     from ..distributed import per_process_batch
@@ -287,23 +323,31 @@ def main(argv: list[str] | None = None) -> int:
         normalize = meta.get("normalize")
     else:
         setting = "finetune"
-        upstream_lobe = FairseqUpstream(args.upstream, freeze_cnn=bool(peek.get("upstream_freeze_cnn", True)),
-                                        freeze=bool(peek.get("upstream_freeze", False)),
-                                        layers=peek.get("upstream_layers", "last"),
-                                        mask_time_prob=float(peek.get("upstream_mask_time_prob", 0.0)),
-                                        mask_time_length=int(peek.get("upstream_mask_time_length", 10)),
-                                        output_dropout=float(peek.get("upstream_output_dropout", 0.0)))
+        upstream_lobe = FairseqUpstream(
+            args.upstream,
+            freeze_cnn=bool(peek.get("upstream_freeze_cnn", True)),
+            freeze=bool(peek.get("upstream_freeze", False)),
+            layers=peek.get("upstream_layers", "last"),
+            mask_time_prob=float(peek.get("upstream_mask_time_prob", 0.0)),
+            mask_time_length=int(peek.get("upstream_mask_time_length", 10)),
+            output_dropout=float(peek.get("upstream_output_dropout", 0.0)),
+        )
         input_dim, num_layers = upstream_lobe.dim, upstream_lobe.num_layers
         upstream_path, upstream_layers = args.upstream, upstream_lobe.layers
         normalize = upstream_lobe.upstream.normalize
     if upstream_path and str(upstream_path) != "mfcc":
         upstream_path = str(Path(upstream_path).resolve())
 
-    overrides.update(output_folder=str(output_folder), num_classes=len(classes),
-                     input_dim=int(input_dim), num_layers=int(num_layers))
+    overrides.update(
+        output_folder=str(output_folder),
+        num_classes=len(classes),
+        input_dim=int(input_dim),
+        num_layers=int(num_layers),
+    )
     created = not output_folder.exists()
-    sb.create_experiment_directory(experiment_directory=str(output_folder), hyperparams_to_save=args.hparams,
-                                   overrides=overrides)
+    sb.create_experiment_directory(
+        experiment_directory=str(output_folder), hyperparams_to_save=args.hparams, overrides=overrides
+    )
     with open(args.hparams, encoding="utf-8") as f:
         try:
             hparams = load_hyperpyyaml(f, overrides)
@@ -312,11 +356,16 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             if created:  # made by this call a moment ago, holding only the config it copied: leave no trace
                 shutil.rmtree(output_folder)
-            raise SerkitError(f"{args.hparams}: {e.args[-1]}: that option is not one of this head's "
-                              "(--method); leave it null") from None
+            raise SerkitError(
+                f"{args.hparams}: {e.args[-1]}: that option is not one of this head's "
+                "(--method); leave it null"
+            ) from None
 
-    crop_opts = {"max_duration": hparams.get("max_duration"), "crop": hparams.get("crop", "start"),
-                 "pad_to_max": bool(hparams.get("pad_to_max", False))}
+    crop_opts = {
+        "max_duration": hparams.get("max_duration"),
+        "crop": hparams.get("crop", "start"),
+        "pad_to_max": bool(hparams.get("pad_to_max", False)),
+    }
     # A method with its own items (MFSN: 3-second segments of two feature dumps) names its builder.
     builder = hparams.get("fold_datasets")
     try:
@@ -365,34 +414,54 @@ def main(argv: list[str] | None = None) -> int:
         info["epochs_run"] = json.loads(previous.read_text(encoding="utf-8")).get("epochs_run", 0)
 
     brain_class = hparams.get("brain_class", SERBrain)  # a SERBrain subclass (MFSN's)
-    brain = brain_class(modules=modules, opt_class=opt_class, hparams=hparams, run_opts=run_opts,
-                     checkpointer=checkpointer)
+    brain = brain_class(
+        modules=modules, opt_class=opt_class, hparams=hparams, run_opts=run_opts, checkpointer=checkpointer
+    )
     brain.classes = classes
     brain.orders = {split: split_order(fold_dir, split) for split in ("valid", "test")}
     brain.test_set = datasets["test"]
     brain.train_info = info
     info["effective_batch_size"] = per_process * world_size * int(brain.grad_accumulation_factor)
-    log.info("batch per update: %d per process x %d process%s x grad_accumulation_factor %d = %d",
-             per_process, world_size, "es" if world_size > 1 else "", brain.grad_accumulation_factor,
-             info["effective_batch_size"])
+    log.info(
+        "batch per update: %d per process x %d process%s x grad_accumulation_factor %d = %d",
+        per_process,
+        world_size,
+        "es" if world_size > 1 else "",
+        brain.grad_accumulation_factor,
+        info["effective_batch_size"],
+    )
     if args.tensorboard:
         from .brain import tensorboard_logger
 
         brain.tensorboard = tensorboard_logger(Path(args.tensorboard).resolve())
         info["tensorboard"] = str(Path(args.tensorboard).resolve())
-    log.info("%s: %s setting, %d classes, %d/%d/%d train/valid/test utterances, input %d x %d layers -> %s",
-             info["method"], setting, len(classes), len(datasets["train"]), len(datasets["valid"]),
-             len(datasets["test"]), input_dim, num_layers, output_folder)
+    log.info(
+        "%s: %s setting, %d classes, %d/%d/%d train/valid/test utterances, input %d x %d layers -> %s",
+        info["method"],
+        setting,
+        len(classes),
+        len(datasets["train"]),
+        len(datasets["valid"]),
+        len(datasets["test"]),
+        input_dim,
+        num_layers,
+        output_folder,
+    )
     train_loader_kwargs = dict(hparams["train_dataloader_opts"])
     if hparams.get("class_balanced_sampler"):
         from .dataio import class_balanced_sampler
 
         train_loader_kwargs.pop("shuffle", None)
         train_loader_kwargs["sampler"] = brain.train_sampler = class_balanced_sampler(
-            datasets["train"], seed=int(hparams.get("seed") or 0))
-    brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"],
-              train_loader_kwargs=train_loader_kwargs,
-              valid_loader_kwargs=dict(hparams["valid_dataloader_opts"]))
+            datasets["train"], seed=int(hparams.get("seed") or 0)
+        )
+    brain.fit(
+        hparams["epoch_counter"],
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=train_loader_kwargs,
+        valid_loader_kwargs=dict(hparams["valid_dataloader_opts"]),
+    )
     if sb.utils.distributed.if_main_process():
         from ..utils import write_json
 

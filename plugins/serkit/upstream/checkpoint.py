@@ -407,9 +407,7 @@ def _dictionary(size: int) -> object:  # a fairseq Dictionary (fairseq is not im
     return d
 
 
-def build_encoder(
-    ck: SpeechCheckpoint, label_embeddings: bool = True, load: bool = True
-) -> torch.nn.Module:
+def build_encoder(ck: SpeechCheckpoint, label_embeddings: bool = True, load: bool = True) -> torch.nn.Module:
     """The fairseq encoder model of ``ck`` (HubertModel, Wav2Vec2Model, Data2VecAudioModel), weights loaded.
 
     No data is read: a HuBERT's label dictionaries come from the checkpoint's ``task_state`` or are sized

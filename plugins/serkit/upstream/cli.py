@@ -164,9 +164,15 @@ def features_output(args: argparse.Namespace, items: list[AudioItem]) -> Iterato
     inputs = list(args.data) + [it.wav for it in items]
     if args.upstream != "mfcc" and os.path.exists(args.upstream):
         inputs.append(args.upstream)
-    check_output_dir(args.out, "features", "features", inputs, FEATURE_FILES,
-                     ours=lambda out: (out / "dump.json").is_file(),
-                     evidence="dump.json of `serkit dump-features`")
+    check_output_dir(
+        args.out,
+        "features",
+        "features",
+        inputs,
+        FEATURE_FILES,
+        ours=lambda out: (out / "dump.json").is_file(),
+        evidence="dump.json of `serkit dump-features`",
+    )
     shard = None if args.nshard == 1 else (args.shard, args.nshard)
     with locked_output_dir(args.out, "features", f"feature directory {Path(args.out)}", shard):
         yield

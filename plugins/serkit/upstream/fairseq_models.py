@@ -65,8 +65,9 @@ class _GradScale(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-def _cnn(model: torch.nn.Module, wav: torch.Tensor, lengths: torch.Tensor, group_norm: bool, rf: int,
-         hop: int) -> torch.Tensor:
+def _cnn(
+    model: torch.nn.Module, wav: torch.Tensor, lengths: torch.Tensor, group_norm: bool, rf: int, hop: int
+) -> torch.Tensor:
     """CNN features (B, C, T); per utterance when a group norm would mix in the padding."""
     fe = model.feature_extractor
     if not group_norm or not bool((lengths != wav.size(1)).any()):

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("serkit.upstream")
 
 
-
 def encoder_dims(
     conv_feature_layers: str, layers: int, dim: int, ffn: int, heads: int, **more: object
 ) -> dict:

@@ -20,6 +20,7 @@ label, the class used for training, relative path, and for MELD which clips are 
 missing). The same seed gives byte-identical files; emotion cues are documented in
 :mod:`serkit.data.mini.synth`. Each build is atomic: a crash leaves no half-written root.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

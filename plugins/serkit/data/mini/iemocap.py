@@ -20,6 +20,7 @@ session, as in the real corpus. Per speaker: ``utts_per_class`` utterances of ea
 4-class set (fru, sur, xxx, oth, fea, dis in turn). Session 1's female speaker has one extra wav (and
 transcript line) with no evaluation line.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -37,18 +38,55 @@ SR = 16000
 FOUR_CLASS = {"neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad", "ang": "ang"}
 EXTRA_LABELS = ("fru", "sur", "xxx", "oth", "fea", "dis")
 # raw code -> synthesizer emotion
-VOICE = {"neu": "neutral", "hap": "happy", "exc": "excited", "sad": "sad", "ang": "anger",
-         "fru": "frustrated", "sur": "surprise", "oth": "other", "fea": "fear", "dis": "disgust"}
+VOICE = {
+    "neu": "neutral",
+    "hap": "happy",
+    "exc": "excited",
+    "sad": "sad",
+    "ang": "anger",
+    "fru": "frustrated",
+    "sur": "surprise",
+    "oth": "other",
+    "fea": "fear",
+    "dis": "disgust",
+}
 # raw code -> evaluator vocabulary
-NAMES = {"neu": "Neutral", "hap": "Happiness", "exc": "Excited", "sad": "Sadness", "ang": "Anger",
-         "fru": "Frustration", "sur": "Surprise", "oth": "Other", "fea": "Fear", "dis": "Disgust"}
+NAMES = {
+    "neu": "Neutral",
+    "hap": "Happiness",
+    "exc": "Excited",
+    "sad": "Sadness",
+    "ang": "Anger",
+    "fru": "Frustration",
+    "sur": "Surprise",
+    "oth": "Other",
+    "fea": "Fear",
+    "dis": "Disgust",
+}
 # raw code -> typical (valence, activation, dominance) on the 1..5 scale
-VAD = {"neu": (2.5, 2.5, 2.5), "hap": (4.0, 3.0, 3.0), "exc": (4.0, 3.5, 3.0), "sad": (2.0, 2.0, 2.0),
-       "ang": (1.5, 4.0, 4.0), "fru": (2.0, 3.5, 3.5), "sur": (3.5, 3.5, 3.0), "oth": (3.0, 3.0, 3.0),
-       "fea": (2.0, 3.5, 2.0), "dis": (1.5, 3.0, 3.5), "xxx": (2.5, 3.0, 3.0)}
+VAD = {
+    "neu": (2.5, 2.5, 2.5),
+    "hap": (4.0, 3.0, 3.0),
+    "exc": (4.0, 3.5, 3.0),
+    "sad": (2.0, 2.0, 2.0),
+    "ang": (1.5, 4.0, 4.0),
+    "fru": (2.0, 3.5, 3.5),
+    "sur": (3.5, 3.5, 3.0),
+    "oth": (3.0, 3.0, 3.0),
+    "fea": (2.0, 3.5, 2.0),
+    "dis": (1.5, 3.0, 3.5),
+    "xxx": (2.5, 3.0, 3.0),
+}
 DIALOGS = ("{s}F_impro01", "{s}M_impro02", "{s}F_script01_1", "{s}M_script02_2")
-APPLEDOUBLE = (bytes.fromhex("00051607") + bytes.fromhex("00020000") + b"Mac OS X        "
-               + bytes.fromhex("0002") + b"\0" * 58 + b"ATTR" + b"\0" * 4002)
+APPLEDOUBLE = (
+    bytes.fromhex("00051607")
+    + bytes.fromhex("00020000")
+    + b"Mac OS X        "
+    + bytes.fromhex("0002")
+    + b"\0" * 58
+    + b"ATTR"
+    + b"\0" * 4002
+)
 
 
 def _script(name: str, seed: int, n_lines: int, min_dur: float, max_dur: float) -> list[list[str]]:
@@ -88,9 +126,16 @@ def _evaluation(code: str, rng: np.random.Generator) -> tuple[list[str], tuple[f
     return lines, tuple(float(x) for x in vad / len(attr))
 
 
-def build(out: Path, seed: int = 0, sessions: int | Iterable[int] = (1, 2, 3, 4, 5), utts_per_class: int = 6,
-          extra_per_speaker: int = 4, min_dur: float = 1.0, max_dur: float = 2.5,
-          quirks: bool = True) -> Path:
+def build(
+    out: Path,
+    seed: int = 0,
+    sessions: int | Iterable[int] = (1, 2, 3, 4, 5),
+    utts_per_class: int = 6,
+    extra_per_speaker: int = 4,
+    min_dur: float = 1.0,
+    max_dur: float = 2.5,
+    quirks: bool = True,
+) -> Path:
     """Write the mini IEMOCAP under ``out/IEMOCAP_full_release`` and return that directory.
 
     ``sessions``: an int n (sessions 1..n) or an iterable of session numbers (1..5).
@@ -106,13 +151,26 @@ def build(out: Path, seed: int = 0, sessions: int | Iterable[int] = (1, 2, 3, 4,
     if not 0 < min_dur <= max_dur:
         raise ValueError(f"need 0 < min_dur <= max_dur, got {min_dur}, {max_dur}")
     root = Path(out) / "IEMOCAP_full_release"
-    scripts = {name: _script(name, seed, 4 * utts_per_class + extra_per_speaker + 2, min_dur, max_dur)
-               for name in ("script01_1", "script02_2")}
-    manifest: dict = {"corpus": "iemocap", "seed": seed, "sample_rate": SR,
-                      "options": {"sessions": list(sessions), "utts_per_class": utts_per_class,
-                                  "extra_per_speaker": extra_per_speaker, "min_dur": min_dur,
-                                  "max_dur": max_dur, "quirks": quirks},
-                      "four_class": FOUR_CLASS, "utterances": {}, "unlabelled": []}
+    scripts = {
+        name: _script(name, seed, 4 * utts_per_class + extra_per_speaker + 2, min_dur, max_dur)
+        for name in ("script01_1", "script02_2")
+    }
+    manifest: dict = {
+        "corpus": "iemocap",
+        "seed": seed,
+        "sample_rate": SR,
+        "options": {
+            "sessions": list(sessions),
+            "utts_per_class": utts_per_class,
+            "extra_per_speaker": extra_per_speaker,
+            "min_dur": min_dur,
+            "max_dur": max_dur,
+            "quirks": quirks,
+        },
+        "four_class": FOUR_CLASS,
+        "utterances": {},
+        "unlabelled": [],
+    }
     with atomic_dir(root, kind("iemocap")) as tmp:
         for n in sessions:
             sess = f"Ses0{n}"
@@ -121,10 +179,11 @@ def build(out: Path, seed: int = 0, sessions: int | Iterable[int] = (1, 2, 3, 4,
             dialogs = [d.format(s=sess) for d in DIALOGS]
             turns: dict[str, list[tuple[str, str | None]]] = {d: [] for d in dialogs}
             for g in "FM":
-                labels = (["neu", "sad", "ang"] * utts_per_class
-                          + [("exc", "hap")[i % 2] for i in range(utts_per_class)]
-                          + [EXTRA_LABELS[(i + (g == "M")) % len(EXTRA_LABELS)]
-                             for i in range(extra_per_speaker)])
+                labels = (
+                    ["neu", "sad", "ang"] * utts_per_class
+                    + [("exc", "hap")[i % 2] for i in range(utts_per_class)]
+                    + [EXTRA_LABELS[(i + (g == "M")) % len(EXTRA_LABELS)] for i in range(extra_per_speaker)]
+                )
                 order = rng_for("iemocap-order", seed, sess, g).permutation(len(labels))
                 for j, i in enumerate(order):
                     turns[dialogs[j % len(dialogs)]].append((g, labels[i]))
@@ -148,21 +207,32 @@ def build(out: Path, seed: int = 0, sessions: int | Iterable[int] = (1, 2, 3, 4,
                         emotion = ["neutral", "frustrated", "anger", "happy", "sad"][int(urng.integers(5))]
                     if script is not None:
                         words = script[line_no % len(script)]
-                        x, info = synthesize(emotion, speakers[g], urng, SR, words=words,
-                                             min_dur=min_dur, max_dur=max_dur)
+                        x, info = synthesize(
+                            emotion, speakers[g], urng, SR, words=words, min_dur=min_dur, max_dur=max_dur
+                        )
                     else:
-                        x, info = synthesize(emotion, speakers[g], urng, SR,
-                                             duration=urng.uniform(min_dur, max_dur))
+                        x, info = synthesize(
+                            emotion, speakers[g], urng, SR, duration=urng.uniform(min_dur, max_dur)
+                        )
                     rel = Path(f"Session{n}/sentences/wav/{dialog}/{utt}.wav")
                     write_wav(tmp / rel, x, SR)
                     start, end = t, t + len(x) / SR
                     t = end + drng.uniform(0.3, 2.0)
                     trans_lines.append(f"{utt} [{start:08.4f}-{end:08.4f}]: {info['text'].capitalize()}.")
-                    entry = {"speaker": f"{sess}{g}", "session": n, "dialog": dialog, "gender": g,
-                             "raw": code, "emo4": FOUR_CLASS.get(code) if code else None,
-                             "text": info["text"].capitalize() + ".", "start": round(start, 4),
-                             "end": round(end, 4), "num_samples": len(x), "wav": rel.as_posix(),
-                             "voice": emotion}
+                    entry = {
+                        "speaker": f"{sess}{g}",
+                        "session": n,
+                        "dialog": dialog,
+                        "gender": g,
+                        "raw": code,
+                        "emo4": FOUR_CLASS.get(code) if code else None,
+                        "text": info["text"].capitalize() + ".",
+                        "start": round(start, 4),
+                        "end": round(end, 4),
+                        "num_samples": len(x),
+                        "wav": rel.as_posix(),
+                        "voice": emotion,
+                    }
                     if code is None:
                         manifest["unlabelled"].append(utt)
                         entry.pop("emo4")
@@ -185,8 +255,9 @@ def build(out: Path, seed: int = 0, sessions: int | Iterable[int] = (1, 2, 3, 4,
                 (ddir / "EmoEvaluation").mkdir(parents=True, exist_ok=True)
                 (ddir / "EmoEvaluation" / f"{dialog}.txt").write_text(text, encoding="utf-8")
                 (ddir / "transcriptions").mkdir(parents=True, exist_ok=True)
-                (ddir / "transcriptions" / f"{dialog}.txt").write_text("\n".join(trans_lines) + "\n",
-                                                                       encoding="utf-8")
+                (ddir / "transcriptions" / f"{dialog}.txt").write_text(
+                    "\n".join(trans_lines) + "\n", encoding="utf-8"
+                )
                 if quirks:
                     ev = ddir / "EmoEvaluation"
                     for sub, name, body in (
@@ -203,7 +274,8 @@ def build(out: Path, seed: int = 0, sessions: int | Iterable[int] = (1, 2, 3, 4,
                     (wdir / f"._{first}").write_bytes(APPLEDOUBLE)
                     if dialog.endswith("impro01"):
                         (wdir / f"{dialog}.pk").write_bytes(
-                            pickle.dumps({"dialog": dialog, "turns": len(items)}, protocol=2))
+                            pickle.dumps({"dialog": dialog, "turns": len(items)}, protocol=2)
+                        )
                         if n == sessions[0]:
                             (ev / f"{dialog}.txt~").write_text(text, encoding="utf-8")
         utts = manifest["utterances"]

@@ -1,4 +1,5 @@
 """Marker kinds of the mini corpora and the recognition of roots built before markers existed."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,13 @@ from serkit.utils import files_under, register_recogniser
 #: Top-level entries of each mini root (what ``build`` writes besides MANIFEST.json).
 TOP_LEVEL = {
     "iemocap": {"Session1", "Session2", "Session3", "Session4", "Session5"},
-    "meld": {"train", "dev_sent_emo.csv", "test_sent_emo.csv", "dev_splits_complete",
-             "output_repeated_splits_test"},
+    "meld": {
+        "train",
+        "dev_sent_emo.csv",
+        "test_sent_emo.csv",
+        "dev_splits_complete",
+        "output_repeated_splits_test",
+    },
     "savee": {"AudioData"},
     "ravdess": {f"Actor_{a:02d}" for a in range(1, 25)},
 }
@@ -30,8 +36,12 @@ def _recogniser(corpus: str) -> Callable[[Path], list[str]]:
             ours = manifest.get("corpus") == corpus and "seed" in manifest and "utterances" in manifest
         except (OSError, ValueError, AttributeError):
             ours = False
-        return [r for r in files_under(root)
-                if not (ours and (r == "MANIFEST.json" or r.split("/", 1)[0] in TOP_LEVEL[corpus]))]
+        return [
+            r
+            for r in files_under(root)
+            if not (ours and (r == "MANIFEST.json" or r.split("/", 1)[0] in TOP_LEVEL[corpus]))
+        ]
+
     return recognise
 
 

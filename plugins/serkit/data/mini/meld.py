@@ -19,6 +19,7 @@ a video stream first, like the real ones). Quirks (``quirks=True``): one train c
 (unreadable), one dev clip is digitally silent, one test row has no clip, and three test clips carry the
 ``final_videos_test`` prefix. Seven emotions with MELD's imbalance (neutral the majority).
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,13 +36,31 @@ from serkit.utils import atomic_dir, write_json
 from .synth import make_speaker, rng_for, synthesize
 
 SR = 48000
-COLUMNS = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
-           "Season", "Episode", "StartTime", "EndTime"]
+COLUMNS = [
+    "Sr No.",
+    "Utterance",
+    "Speaker",
+    "Emotion",
+    "Sentiment",
+    "Dialogue_ID",
+    "Utterance_ID",
+    "Season",
+    "Episode",
+    "StartTime",
+    "EndTime",
+]
 EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
 # train-set class frequencies of the real corpus (FACTS.md): 4710 1743 1205 1109 683 271 268
 PROPORTIONS = np.array([4710, 1743, 1205, 1109, 683, 271, 268], dtype=float)
-VOICE = {"neutral": "neutral", "joy": "happy", "surprise": "surprise", "anger": "anger",
-         "sadness": "sad", "disgust": "disgust", "fear": "fear"}
+VOICE = {
+    "neutral": "neutral",
+    "joy": "happy",
+    "surprise": "surprise",
+    "anger": "anger",
+    "sadness": "sad",
+    "disgust": "disgust",
+    "fear": "fear",
+}
 SPEAKERS = {"Chandler": "M", "Joey": "M", "Ross": "M", "Monica": "F", "Phoebe": "F", "Rachel": "F"}
 LINES = (
     "Oh, my God!",
@@ -111,8 +130,9 @@ def write_mp4(path: Path | io.BytesIO, audio: np.ndarray, channels: int, video: 
             vstream.codec_context.thread_count = 1
         n = audio.shape[1]
         for i in range(0, n, 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, i:i + 1024]), format="fltp",
-                                               layout=layout)
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(audio[:, i : i + 1024]), format="fltp", layout=layout
+            )
             frame.sample_rate, frame.pts = SR, i
             for packet in astream.encode(frame):
                 container.mux(packet)
@@ -120,8 +140,9 @@ def write_mp4(path: Path | io.BytesIO, audio: np.ndarray, channels: int, video: 
             container.mux(packet)
         if vstream is not None:
             for k in range(int(n / SR * 2) + 1):
-                frame = av.VideoFrame.from_ndarray(np.full((72, 32), 16 + 30 * (k % 7), np.uint8),
-                                                   format="yuv420p")
+                frame = av.VideoFrame.from_ndarray(
+                    np.full((72, 32), 16 + 30 * (k % 7), np.uint8), format="yuv420p"
+                )
                 frame.pts = k
                 for packet in vstream.encode(frame):
                     container.mux(packet)
@@ -131,19 +152,44 @@ def write_mp4(path: Path | io.BytesIO, audio: np.ndarray, channels: int, video: 
         container.close()
 
 
-def build(out: Path, seed: int = 0, n_train: int = 70, n_dev: int = 12, n_test: int = 20,
-          min_dur: float = 1.0, max_dur: float = 2.5, channels: int = 6, video: bool = True,
-          quirks: bool = True) -> Path:
+def build(
+    out: Path,
+    seed: int = 0,
+    n_train: int = 70,
+    n_dev: int = 12,
+    n_test: int = 20,
+    min_dur: float = 1.0,
+    max_dur: float = 2.5,
+    channels: int = 6,
+    video: bool = True,
+    quirks: bool = True,
+) -> Path:
     """Write the mini MELD under ``out/MELD.Raw`` and return that directory."""
     if channels not in (1, 2, 6):
         raise ValueError(f"channels must be 1, 2 or 6, got {channels}")
     root = Path(out) / "MELD.Raw"
-    manifest: dict = {"corpus": "meld", "seed": seed, "sample_rate": SR, "channels": channels,
-                      "options": {"n_train": n_train, "n_dev": n_dev, "n_test": n_test, "min_dur": min_dur,
-                                  "max_dur": max_dur, "channels": channels, "video": video,
-                                  "quirks": quirks},
-                      "classes": list(EMOTIONS), "utterances": {}, "broken": [], "silent": [],
-                      "missing": [], "prefixed": []}
+    manifest: dict = {
+        "corpus": "meld",
+        "seed": seed,
+        "sample_rate": SR,
+        "channels": channels,
+        "options": {
+            "n_train": n_train,
+            "n_dev": n_dev,
+            "n_test": n_test,
+            "min_dur": min_dur,
+            "max_dur": max_dur,
+            "channels": channels,
+            "video": video,
+            "quirks": quirks,
+        },
+        "classes": list(EMOTIONS),
+        "utterances": {},
+        "broken": [],
+        "silent": [],
+        "missing": [],
+        "prefixed": [],
+    }
     speakers = {name: make_speaker(name, g, seed) for name, g in SPEAKERS.items()}
     with atomic_dir(root, kind("meld")) as tmp:
         for split, n_split in (("train", n_train), ("dev", n_dev), ("test", n_test)):
@@ -174,10 +220,16 @@ def build(out: Path, seed: int = 0, n_train: int = 70, n_dev: int = 12, n_test: 
                     text = LINES[int(urng.integers(len(LINES)))]
                 else:
                     text = None
-                x, info = synthesize(VOICE[emotion], speakers[speaker], urng, SR,
-                                     words=re.findall(r"[A-Za-z]+", text) if text else None,
-                                     duration=None if text else urng.uniform(min_dur, max_dur),
-                                     min_dur=min_dur, max_dur=max_dur)
+                x, info = synthesize(
+                    VOICE[emotion],
+                    speakers[speaker],
+                    urng,
+                    SR,
+                    words=re.findall(r"[A-Za-z]+", text) if text else None,
+                    duration=None if text else urng.uniform(min_dur, max_dur),
+                    min_dur=min_dur,
+                    max_dur=max_dur,
+                )
                 if text is None:
                     words = info["text"]
                     text = words[0].upper() + words[1:] + str(urng.choice([".", "!", "?", "…"]))
@@ -187,8 +239,21 @@ def build(out: Path, seed: int = 0, n_train: int = 70, n_dev: int = 12, n_test: 
                     sentiment = {"neutral": "neutral", "joy": "positive"}.get(emotion, "negative")
                 start, end = t, t + len(x) / SR
                 t = end + urng.uniform(0.2, 1.5)
-                rows.append([i + 1, text, speaker, emotion, sentiment, dia, utt_id, season, episode,
-                             _timestamp(start), _timestamp(end)])
+                rows.append(
+                    [
+                        i + 1,
+                        text,
+                        speaker,
+                        emotion,
+                        sentiment,
+                        dia,
+                        utt_id,
+                        season,
+                        episode,
+                        _timestamp(start),
+                        _timestamp(end),
+                    ]
+                )
                 status, clip = "ok", f"{clip_rel}/{name}.mp4"
                 audio = _to_51(x, urng, channels)
                 if quirks and split == "test" and i in (1, 4, 9):
@@ -210,9 +275,17 @@ def build(out: Path, seed: int = 0, n_train: int = 70, n_dev: int = 12, n_test: 
                 if status != "ok":
                     manifest[status].append(key)
                 manifest["utterances"][key] = {
-                    "split": split, "dialogue": dia, "utterance": utt_id, "speaker": speaker,
-                    "emotion": emotion, "sentiment": sentiment, "text": text, "clip": clip,
-                    "status": status, "num_samples": len(x), "duration": round(len(x) / SR, 4),
+                    "split": split,
+                    "dialogue": dia,
+                    "utterance": utt_id,
+                    "speaker": speaker,
+                    "emotion": emotion,
+                    "sentiment": sentiment,
+                    "text": text,
+                    "clip": clip,
+                    "status": status,
+                    "num_samples": len(x),
+                    "duration": round(len(x) / SR, 4),
                 }
                 utt_id += 1
             with open(tmp / csv_rel, "w", encoding="utf-8", newline="") as f:

@@ -10,6 +10,7 @@ The real corpus has 15 utterances per emotion and 30 neutral per speaker; the de
 ``per_class=4`` and ``neutral=8``. Every speaker reads the same sentence list, as in the real corpus.
 ``MANIFEST.json`` (in ``out/SAVEE``) holds the ground truth; ids are ``<speaker>_<file stem>``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,15 +22,37 @@ from .synth import choose_words, make_speaker, rng_for, synthesize, write_wav
 
 SR = 44100
 SPEAKERS = ("DC", "JE", "JK", "KL")
-CODES = {"a": "anger", "d": "disgust", "f": "fear", "h": "happiness", "n": "neutral", "sa": "sadness",
-         "su": "surprise"}
-VOICE = {"a": "anger", "d": "disgust", "f": "fear", "h": "happy", "n": "neutral", "sa": "sad",
-         "su": "surprise"}
+CODES = {
+    "a": "anger",
+    "d": "disgust",
+    "f": "fear",
+    "h": "happiness",
+    "n": "neutral",
+    "sa": "sadness",
+    "su": "surprise",
+}
+VOICE = {
+    "a": "anger",
+    "d": "disgust",
+    "f": "fear",
+    "h": "happy",
+    "n": "neutral",
+    "sa": "sad",
+    "su": "surprise",
+}
 LAYOUTS = ("nested", "double", "flat")
 
 
-def build(out: Path, seed: int = 0, per_class: int = 4, neutral: int = 8, speakers: int | tuple = 4,
-          layout: str = "nested", min_dur: float = 1.0, max_dur: float = 2.5) -> Path:
+def build(
+    out: Path,
+    seed: int = 0,
+    per_class: int = 4,
+    neutral: int = 8,
+    speakers: int | tuple = 4,
+    layout: str = "nested",
+    min_dur: float = 1.0,
+    max_dur: float = 2.5,
+) -> Path:
     """Write the mini SAVEE under ``out/SAVEE`` (it holds ``AudioData/``) and return ``out/SAVEE``."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -39,10 +62,21 @@ def build(out: Path, seed: int = 0, per_class: int = 4, neutral: int = 8, speake
     if not 1 <= per_class <= 99 or not 1 <= neutral <= 99:
         raise ValueError("per_class and neutral must be within 1..99 (two-digit file numbers)")
     root = Path(out) / "SAVEE"
-    manifest: dict = {"corpus": "savee", "seed": seed, "sample_rate": SR,
-                      "options": {"per_class": per_class, "neutral": neutral, "speakers": list(names),
-                                  "layout": layout, "min_dur": min_dur, "max_dur": max_dur},
-                      "classes": CODES, "utterances": {}}
+    manifest: dict = {
+        "corpus": "savee",
+        "seed": seed,
+        "sample_rate": SR,
+        "options": {
+            "per_class": per_class,
+            "neutral": neutral,
+            "speakers": list(names),
+            "layout": layout,
+            "min_dur": min_dur,
+            "max_dur": max_dur,
+        },
+        "classes": CODES,
+        "utterances": {},
+    }
     sentences = {}
     for code in CODES:
         rng = rng_for("savee-text", seed, code)
@@ -55,14 +89,28 @@ def build(out: Path, seed: int = 0, per_class: int = 4, neutral: int = 8, speake
                 for i in range(1, (neutral if code == "n" else per_class) + 1):
                     stem = f"{code}{i:02d}"
                     rng = rng_for("savee-utt", seed, spk, stem, min_dur, max_dur)
-                    x, info = synthesize(VOICE[code], speaker, rng, SR, words=sentences[code, i],
-                                         min_dur=min_dur, max_dur=max_dur)
-                    rel = {"nested": f"AudioData/{spk}/{stem}.wav",
-                           "double": f"AudioData/AudioData/{spk}/{stem}.wav",
-                           "flat": f"AudioData/{spk}_{stem}.wav"}[layout]
+                    x, info = synthesize(
+                        VOICE[code],
+                        speaker,
+                        rng,
+                        SR,
+                        words=sentences[code, i],
+                        min_dur=min_dur,
+                        max_dur=max_dur,
+                    )
+                    rel = {
+                        "nested": f"AudioData/{spk}/{stem}.wav",
+                        "double": f"AudioData/AudioData/{spk}/{stem}.wav",
+                        "flat": f"AudioData/{spk}_{stem}.wav",
+                    }[layout]
                     write_wav(tmp / rel, x, SR)
                     manifest["utterances"][f"{spk}_{stem}"] = {
-                        "speaker": spk, "code": code, "emotion": CODES[code], "wav": rel,
-                        "num_samples": len(x), "text": info["text"]}
+                        "speaker": spk,
+                        "code": code,
+                        "emotion": CODES[code],
+                        "wav": rel,
+                        "num_samples": len(x),
+                        "text": info["text"],
+                    }
         write_json(tmp / "MANIFEST.json", manifest)
     return root

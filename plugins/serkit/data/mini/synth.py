@@ -45,6 +45,7 @@ energy +-2.5 dB, tempo +-12 %, range +-25 %), so classes overlap and the task is
 Speakers differ in F0 base (male ~115 Hz, female ~210 Hz), vocal-tract length (formant scale), speaking
 rate, loudness and voice quality, so a model has to generalise across speakers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,8 +60,16 @@ import numpy as np
 from scipy import signal
 
 __all__ = [
-    "EMOTIONS", "Cues", "Speaker", "make_speaker", "synthesize", "choose_words", "rng_for",
-    "to_int16", "write_wav", "wav_bytes",
+    "EMOTIONS",
+    "Cues",
+    "Speaker",
+    "make_speaker",
+    "synthesize",
+    "choose_words",
+    "rng_for",
+    "to_int16",
+    "write_wav",
+    "wav_bytes",
 ]
 
 
@@ -68,16 +77,16 @@ __all__ = [
 class Cues:
     """Acoustic targets of one emotion (see the table in the module docstring)."""
 
-    f0_shift: float      # semitones above the speaker's base F0
-    f0_range: float      # semitones of accent excursion
-    tempo: float         # syllables per second
-    energy: float        # dB relative to neutral
+    f0_shift: float  # semitones above the speaker's base F0
+    f0_range: float  # semitones of accent excursion
+    tempo: float  # syllables per second
+    energy: float  # dB relative to neutral
     open_quotient: float  # glottal open phase / period: larger = laxer, breathier
-    tilt: float          # one-pole low-pass coefficient on the source: larger = steeper spectral tilt
-    breath: float        # aspiration noise relative to the voiced source
-    jitter: float        # relative s.d. of period length
-    shimmer: float       # relative s.d. of period amplitude
-    creak: float = 0.0   # probability that a syllable is creaky
+    tilt: float  # one-pole low-pass coefficient on the source: larger = steeper spectral tilt
+    breath: float  # aspiration noise relative to the voiced source
+    jitter: float  # relative s.d. of period length
+    shimmer: float  # relative s.d. of period amplitude
+    creak: float = 0.0  # probability that a syllable is creaky
     contour: str = "fall"  # fall | rise_fall | flat | rise_end | tremor
     pause: float = 0.15  # probability of a pause after a word
     formant: float = 1.0  # formant scale (smiling raises formants)
@@ -86,22 +95,37 @@ class Cues:
 EMOTIONS: dict[str, Cues] = {
     "neutral": Cues(0.0, 3.0, 4.2, 0.0, 0.60, 0.45, 0.05, 0.006, 0.03),
     "anger": Cues(3.0, 7.0, 5.2, 7.0, 0.40, 0.10, 0.02, 0.010, 0.05, pause=0.10),
-    "happy": Cues(4.0, 8.0, 4.8, 3.5, 0.50, 0.25, 0.04, 0.008, 0.04, contour="rise_fall", pause=0.10,
-                  formant=1.04),
-    "sad": Cues(-2.0, 1.5, 3.0, -6.0, 0.75, 0.70, 0.25, 0.009, 0.04, contour="flat", pause=0.35,
-                formant=0.98),
+    "happy": Cues(
+        4.0, 8.0, 4.8, 3.5, 0.50, 0.25, 0.04, 0.008, 0.04, contour="rise_fall", pause=0.10, formant=1.04
+    ),
+    "sad": Cues(
+        -2.0, 1.5, 3.0, -6.0, 0.75, 0.70, 0.25, 0.009, 0.04, contour="flat", pause=0.35, formant=0.98
+    ),
     "fear": Cues(5.0, 4.0, 5.6, 1.0, 0.55, 0.40, 0.12, 0.030, 0.08, contour="tremor", pause=0.20),
     "disgust": Cues(-3.0, 3.5, 3.2, 1.0, 0.45, 0.35, 0.06, 0.020, 0.10, creak=0.6, pause=0.20),
     "surprise": Cues(4.0, 10.0, 4.6, 3.0, 0.55, 0.35, 0.06, 0.008, 0.04, contour="rise_end", pause=0.10),
-    "excited": Cues(5.0, 9.0, 5.2, 5.0, 0.45, 0.20, 0.04, 0.008, 0.04, contour="rise_fall", pause=0.10,
-                    formant=1.04),
+    "excited": Cues(
+        5.0, 9.0, 5.2, 5.0, 0.45, 0.20, 0.04, 0.008, 0.04, contour="rise_fall", pause=0.10, formant=1.04
+    ),
     "frustrated": Cues(1.5, 4.0, 4.6, 3.5, 0.50, 0.30, 0.05, 0.012, 0.05, creak=0.15),
     "other": Cues(0.5, 3.5, 4.2, 0.5, 0.60, 0.45, 0.06, 0.008, 0.04),
     "calm": Cues(-1.0, 2.0, 3.6, -3.0, 0.65, 0.55, 0.10, 0.006, 0.03, pause=0.20),  # RAVDESS's calm
 }
 
-_NUMERIC = ("f0_shift", "f0_range", "tempo", "energy", "open_quotient", "tilt", "breath", "jitter",
-            "shimmer", "creak", "pause", "formant")
+_NUMERIC = (
+    "f0_shift",
+    "f0_range",
+    "tempo",
+    "energy",
+    "open_quotient",
+    "tilt",
+    "breath",
+    "jitter",
+    "shimmer",
+    "creak",
+    "pause",
+    "formant",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +133,14 @@ class Speaker:
     """A synthetic talker: F0 base, vocal-tract scale and habits."""
 
     name: str
-    gender: str          # "F" or "M"
-    f0_base: float       # Hz
+    gender: str  # "F" or "M"
+    f0_base: float  # Hz
     formant_scale: float  # 1.0 = adult male vocal tract
     formant_jitter: tuple[float, float, float, float]  # per-formant offsets (relative)
-    rate: float          # multiplies the emotion's tempo
-    loudness: float      # dB offset
-    tilt: float          # added to the emotion's tilt
-    breath: float        # multiplies the emotion's breathiness
+    rate: float  # multiplies the emotion's tempo
+    loudness: float  # dB offset
+    tilt: float  # added to the emotion's tilt
+    breath: float  # multiplies the emotion's breathiness
     expressiveness: float  # scales emotion deviations from neutral
 
 
@@ -133,10 +157,15 @@ def make_speaker(name: str, gender: str, seed: int) -> Speaker:
     else:
         f0, scale = 115.0 * np.exp(rng.normal(0, 0.08)), 1.0 * (1 + rng.normal(0, 0.03))
     return Speaker(
-        name=name, gender=gender, f0_base=float(f0), formant_scale=float(scale),
+        name=name,
+        gender=gender,
+        f0_base=float(f0),
+        formant_scale=float(scale),
         formant_jitter=tuple(float(v) for v in rng.normal(0, 0.04, 4)),
-        rate=float(np.exp(rng.normal(0, 0.08))), loudness=float(rng.normal(0, 1.5)),
-        tilt=float(rng.normal(0, 0.06)), breath=float(np.exp(rng.normal(0, 0.3))),
+        rate=float(np.exp(rng.normal(0, 0.08))),
+        loudness=float(rng.normal(0, 1.5)),
+        tilt=float(rng.normal(0, 0.06)),
+        breath=float(np.exp(rng.normal(0, 0.3))),
         expressiveness=float(rng.uniform(0.8, 1.2)),
     )
 
@@ -170,8 +199,18 @@ def syllables(word: str) -> list[tuple[str, str]]:
             while j < len(w) and w[j] in vowels:
                 j += 1
             group = w[i:j]
-            vowel = {"ee": "i", "oo": "u", "ea": "i", "ou": "ae", "ai": "e", "ay": "e", "oa": "o",
-                     "ie": "i", "io": "o", "er": "er"}.get(group[:2], vowels[group[0]])
+            vowel = {
+                "ee": "i",
+                "oo": "u",
+                "ea": "i",
+                "ou": "ae",
+                "ai": "e",
+                "ay": "e",
+                "oa": "o",
+                "ie": "i",
+                "io": "o",
+                "er": "er",
+            }.get(group[:2], vowels[group[0]])
             out.append((onset, vowel))
             onset, i = "", j
             continue
@@ -186,8 +225,9 @@ def syllables(word: str) -> list[tuple[str, str]]:
     return out
 
 
-def choose_words(n_syllables: int, rng: np.random.Generator,
-                 vocabulary: Sequence[str] = VOCABULARY) -> list[str]:
+def choose_words(
+    n_syllables: int, rng: np.random.Generator, vocabulary: Sequence[str] = VOCABULARY
+) -> list[str]:
     """Words from ``vocabulary`` whose syllable count adds up to about ``n_syllables`` (at least one)."""
     words: list[str] = []
     total = 0
@@ -204,8 +244,12 @@ def choose_words(n_syllables: int, rng: np.random.Generator,
 
 # ---------------------------------------------------------------------------------------------- audio
 _FORMANTS = {  # adult male F1, F2, F3, F4 (Hz)
-    "a": (730, 1090, 2440, 3400), "e": (530, 1840, 2480, 3500), "i": (270, 2290, 3010, 3700),
-    "o": (570, 840, 2410, 3300), "u": (300, 870, 2240, 3300), "ae": (660, 1720, 2410, 3400),
+    "a": (730, 1090, 2440, 3400),
+    "e": (530, 1840, 2480, 3500),
+    "i": (270, 2290, 3010, 3700),
+    "o": (570, 840, 2410, 3300),
+    "u": (300, 870, 2240, 3300),
+    "ae": (660, 1720, 2410, 3400),
     "er": (490, 1350, 1690, 3300),
 }
 _BANDWIDTHS = (80.0, 100.0, 140.0, 200.0, 250.0)
@@ -316,8 +360,9 @@ def synthesize(
                 segs.append([onset, t, t + d, syl_index])
             segs.append(["vowel", t + d, t + syl, (vowel, syl_index)])
             accented = stressed and rng.random() < 0.7
-            accents.append((t + d + 0.5 * (syl - d),
-                            rng.uniform(0.5, 1.0) if accented else rng.uniform(-0.3, 0.2)))
+            accents.append(
+                (t + d + 0.5 * (syl - d), rng.uniform(0.5, 1.0) if accented else rng.uniform(-0.3, 0.2))
+            )
             energies.append((1.0 if stressed else 0.7) * rng.uniform(0.85, 1.15))
             creaky.append(bool(rng.random() < cues["creak"]))
             syl_index += 1
@@ -361,7 +406,7 @@ def synthesize(
     creak = np.zeros(n)
     for s in segs:
         if s[0] == "vowel" and creaky[s[3][1]]:
-            creak[int(s[1] * sr): int(s[2] * sr)] = 1.0
+            creak[int(s[1] * sr) : int(s[2] * sr)] = 1.0
     if creak.any():
         creak = signal.filtfilt(b, a, creak)
     f0 = f0 * (1 - 0.35 * creak)
@@ -380,8 +425,11 @@ def synthesize(
     amp = shim[k] * (1 - 0.45 * creak * (k % 2))
     oq = cues["open_quotient"]
     tp, tn = 0.6 * oq, 0.4 * oq
-    flow = np.where(frac < tp, 0.5 * (1 - np.cos(np.pi * frac / tp)),
-                    np.where(frac < tp + tn, np.cos(0.5 * np.pi * np.clip(frac - tp, 0, None) / tn), 0.0))
+    flow = np.where(
+        frac < tp,
+        0.5 * (1 - np.cos(np.pi * frac / tp)),
+        np.where(frac < tp + tn, np.cos(0.5 * np.pi * np.clip(frac - tp, 0, None) / tn), 0.0),
+    )
     src = np.diff(flow, prepend=flow[0]) * (sr / f0j) * amp  # d(flow)/d(phase): level independent of F0
     src = signal.lfilter([1 - cues["tilt"]], [1, -cues["tilt"]], src)
     noise = rng.standard_normal(n)
@@ -409,12 +457,12 @@ def synthesize(
             fm = tuple(fm) + ((4500 * fs,) if sr > 20000 else ())
             seg = src[i0:i1] * gate * energies[si]
             y = signal.sosfilt(_resonator_sos(fm, sr), np.concatenate([seg, np.zeros(tail)]))
-            out[i0:i1 + tail] += y
+            out[i0 : i1 + tail] += y
         elif kind == "son":
             fm = (280 * fs, 1300 * fs, 2500 * fs, 3400 * fs)
             seg = src[i0:i1] * gate * 0.35
             y = signal.sosfilt(_resonator_sos(fm, sr), np.concatenate([seg, np.zeros(tail)]))
-            out[i0:i1 + tail] += y
+            out[i0 : i1 + tail] += y
         elif kind == "fric":
             lo, hi = (3500.0, 7500.0) if rng.random() < 0.6 else (1800.0, 6000.0)
             seg = noise[i0:i1] * gate * 0.25
@@ -439,8 +487,12 @@ def synthesize(
     peak = np.max(np.abs(out))
     if peak > 0.9:  # a gentle limiter, as a real recording chain would have, never hard clipping
         out = np.tanh(out / 0.9) * 0.9
-    info = {"text": " ".join(words), "syllables": syl_index, "duration": n / sr,
-            **{name: round(float(v), 4) for name, v in cues.items() if name in _NUMERIC}}
+    info = {
+        "text": " ".join(words),
+        "syllables": syl_index,
+        "duration": n / sr,
+        **{name: round(float(v), 4) for name, v in cues.items() if name in _NUMERIC},
+    }
     return out.astype(np.float32), info
 
 
