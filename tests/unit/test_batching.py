@@ -164,9 +164,9 @@ def test_every_recipe_config_batches_by_length():
     assert [p.name for p in confs] == [
         "bas.yaml",
         "bas_search.yaml",
+        "flea.yaml",
         "mfsn.yaml",
         "shiftser.yaml",
-        "flea.yaml",
         "mfsn_text.yaml",
     ]
     for conf in confs:
